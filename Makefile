@@ -1,0 +1,34 @@
+# make demo / make test work as the only command on a fresh machine: they build .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements.stamp
+export HF_HUB_OFFLINE ?= 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help venv demo test test-slow clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv and install requirements.txt (skipped when up to date)
+
+demo: $(STAMP)  ## the demo: 8-run fine-tuning sweep, uniform + greedy soups, table and figure
+	$(PY) src/finetune.py sweep=demo
+	$(PY) src/soup.py
+
+test: $(STAMP)  ## fast tests (offline; W&B offline)
+	WANDB_MODE=offline $(PY) -m pytest -m "not slow"
+
+test-slow:  $(STAMP)  ## everything, including the full demo
+	WANDB_MODE=offline $(PY) -m pytest
+
+clean:  ## remove logs, caches and outputs (keeps .venv)
+	rm -rf logs .cache outputs multirun .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,25 @@
+"""Fine-tune one model from the shared initialization; `-m` sweeps (one job per fine-tune).
+
+    python src/finetune.py                          # one run with the defaults (the embedded demo)
+    python src/finetune.py -m lr=1e-3,3e-3          # a sweep
+    python src/finetune.py sweep=demo               # the demo's 8-trial random search
+"""
+import os
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+os.environ.setdefault("SOUPS_ROOT", str(Path(__file__).resolve().parents[1]))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="finetune")
+def main(cfg) -> float:
+    from soups.finetune_job import run_finetune
+
+    info = run_finetune(cfg, HydraConfig.get().runtime.output_dir)
+    return info["metrics"]["val"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""Soup a pool of fine-tunes, evaluate on held-out, test and shifts, write the table and figure.
+
+    python src/soup.py                              # uniform + greedy on the latest finetune sweep
+    python src/soup.py method=greedy pool.dir=logs/finetune/multiruns/<sweep>
+"""
+import os
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+os.environ.setdefault("SOUPS_ROOT", str(Path(__file__).resolve().parents[1]))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="soup")
+def main(cfg) -> None:
+    from soups.soup_job import run_soup
+
+    run_soup(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()

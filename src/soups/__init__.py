@@ -1,0 +1,1 @@
+"""soups: fine-tune from one initialization, average the weights, evaluate under distribution shift."""

@@ -1,0 +1,72 @@
+"""In-memory image sets: raw uint8 arrays, resized once to the model's input size for evaluation,
+and a timm-transformed view of them for training (RandAugment etc. work on PIL images)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+
+@dataclass
+class ImageArray:
+    """`images`: uint8 [N,H,W] (grey) or [N,H,W,3]; `labels`: int64 [N]."""
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.ndim not in (3, 4):
+            raise ValueError(f"{self.name}: expected uint8 images [N,H,W] or [N,H,W,3], "
+                             f"got {self.images.dtype} {tuple(self.images.shape)}")
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self):
+        return len(self.labels)
+
+
+class EvalSet:
+    """An image set decoded and resized once (uint8 [N,3,R,R]); batches are normalized on the fly."""
+
+    def __init__(self, source: ImageArray, image_size: int, mean, std):
+        x = source.images
+        x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        resized = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear",
+                                antialias=True, align_corners=False)
+        self.name = source.name
+        self.images = resized.round().clamp(0, 255).to(torch.uint8)
+        self.labels = source.labels
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(std).view(1, 3, 1, 1) * 255.0
+
+    def __len__(self):
+        return len(self.labels)
+
+    def normalize(self, batch_u8: torch.Tensor) -> torch.Tensor:
+        out = (batch_u8.float() - self.mean) / self.std
+        return out.contiguous(memory_format=torch.channels_last)
+
+    def batches(self, batch_size: int, limit: int | None = None):
+        """Yields (normalized images, labels) in a fixed order."""
+        n = len(self) if limit is None else min(limit, len(self))
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            yield self.normalize(self.images[start:stop]), self.labels[start:stop]
+
+
+class TransformedImages(Dataset):
+    """Training view: each item is a PIL RGB image through a (timm) transform."""
+
+    def __init__(self, source: ImageArray, transform):
+        self.source = source
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        img = Image.fromarray(self.source.images[i].numpy()).convert("RGB")
+        return self.transform(img), self.source.labels[i]

@@ -1,0 +1,74 @@
+"""One fine-tuning job: shared init -> fine-tune -> evaluate -> run dir (weights + run.json)."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from soups import search
+from soups.data import bn_recalibration_set, eval_sets, load_data, train_dataset
+from soups.evaluate import Evaluator, recalibrate_bn
+from soups.init import load_init, shared_init
+from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, atomic_save_safetensors, sha256_file, write_json
+from soups.models import build_classifier, has_batchnorm
+from soups.runtime import check_precision, resolve_device, setup
+from soups.tracking import tracking
+from soups.train import check_hparams, finetune
+
+log = logging.getLogger(__name__)
+HPARAMS = ("lr", "wd", "epochs", "batch_size", "warmup_steps", "grad_clip", "label_smoothing", "mixup",
+           "randaug", "crop_scale", "precision", "seed")
+
+
+def apply_trial(cfg: DictConfig) -> None:
+    """With `trial=i`, draw the searched hyperparameters (random search) into the config itself."""
+    if cfg.get("trial") is None:
+        return
+    space = OmegaConf.to_container(cfg.search_space, resolve=True) or {}
+    unknown = [k for k in space if k not in HPARAMS]
+    if unknown:
+        raise ValueError(f"search_space fields {unknown} are not hyperparameters; searchable: {list(HPARAMS)}")
+    drawn = search.sample(space, cfg.search_seed, int(cfg.trial))
+    with open_dict(cfg):
+        for name, value in drawn.items():
+            cfg[name] = value
+        cfg.seed = int(cfg.seed) + int(cfg.trial)  # each trial its own data order
+    log.info("trial %s draws %s", cfg.trial, drawn)
+
+
+def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict:
+    run_dir = Path(run_dir)
+    apply_trial(cfg)
+    check_hparams(cfg)
+    check_precision(cfg.precision)
+    setup(cfg.seed, cfg.get("threads"))
+    device = resolve_device(cfg.device)
+    start = time.time()
+    init_dir = shared_init(cfg, device)
+    data = load_data(cfg.data, cfg.shifts)
+    model = build_classifier(cfg.model, cfg.data.num_classes, load_pretrained=False).to(device)
+    init_info = load_init(init_dir, model)
+    hparams = {k: cfg[k] for k in HPARAMS}
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    group = run_dir.parent.name if cfg.get("trial") is not None or run_dir.name.isdigit() else None
+    with tracking(cfg.logger, run_dir, name=f"{run_dir.parent.name}/{run_dir.name}", job_type="finetune",
+                  config=resolved, group=cfg.logger.get("group") or group) as tracker:
+        history = finetune(model, train_dataset(data.train, cfg.model, cfg.randaug, cfg.crop_scale), cfg,
+                           cfg.data.num_classes, device, on_log=lambda r: tracker.log(r, step=r["step"]))
+        if has_batchnorm(model):
+            # Running statistics lag the weights after a short fine-tune; recompute them on the same fixed
+            # sample a soup uses, so individuals and soups are measured alike.
+            recalibrate_bn(model, bn_recalibration_set(data, cfg.data, cfg.model), cfg.eval_batch_size, device)
+        evaluator = Evaluator(eval_sets(data.eval_arrays(), cfg.model), cfg.eval_batch_size, cfg.precision, device)
+        metrics = evaluator.evaluate(model)
+        atomic_save_safetensors(model.state_dict(), run_dir / WEIGHTS_NAME, metadata={"kind": "finetune"})
+        info = {"kind": "finetune", "hparams": hparams, "metrics": metrics,
+                "weights": WEIGHTS_NAME, "sha256": sha256_file(run_dir / WEIGHTS_NAME),
+                "init": {"dir": str(init_dir), "sha256": init_info["sha256"], "metrics": init_info["metrics"]},
+                "seconds": round(time.time() - start, 1), "history": history, "config": resolved}
+        write_json(info, run_dir / RUN_INFO_NAME)
+        tracker.summary({f"final/{k}": v for k, v in metrics.items()})
+    log.info("run %s: %s", run_dir, " ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+    return info

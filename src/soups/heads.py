@@ -1,0 +1,45 @@
+"""Heads that make the shared initialization: a linear probe on frozen features."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from soups.data import EvalSet
+from soups.runtime import autocast
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def extract_features(model, data: EvalSet, batch_size: int, precision: str, device) -> np.ndarray:
+    model.eval()
+    feats = []
+    for images, _ in data.batches(batch_size):
+        with autocast(precision, device):
+            feats.append(model.features(images.to(device)).float().cpu())
+    return torch.cat(feats).numpy().astype(np.float64)
+
+
+def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
+                     Cs: list[float], max_iter: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Multinomial logistic regression on standardized features; C picked on the held-out set.
+
+    The standardization is folded into the returned weight and bias, so the head acts on raw features.
+    """
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    zt, zv = (train_x - mean) / std, (val_x - mean) / std
+    best = None
+    for C in Cs:
+        clf = LogisticRegression(C=C, max_iter=max_iter).fit(zt, train_y)
+        acc = 100.0 * clf.score(zv, val_y)
+        log.info("linear probe C=%g: held-out %.2f%%", C, acc)
+        if best is None or acc > best[0]:
+            best = (acc, C, clf)
+    acc, C, clf = best
+    weight = clf.coef_ / std
+    bias = clf.intercept_ - (clf.coef_ * mean / std).sum(1)
+    info = {"C": C, "val_accuracy": acc, "Cs": list(Cs)}
+    return torch.tensor(weight, dtype=torch.float32), torch.tensor(bias, dtype=torch.float32), info

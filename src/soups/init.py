@@ -1,0 +1,77 @@
+"""The shared initialization every fine-tune starts from: pretrained tower (+ BN statistics adapted
+to the data) + linear-probe head. Computed once per (model, data, head) config and cached."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+from filelock import FileLock
+from omegaconf import OmegaConf
+
+from soups.data import EvalSet, eval_sets, load_data
+from soups.evaluate import Evaluator, recalibrate_bn
+from soups.heads import extract_features, fit_linear_probe
+from soups.io import WEIGHTS_NAME, atomic_save_safetensors, load_weights, read_json, sha256_file, write_json
+from soups.models import build_classifier, has_batchnorm
+
+log = logging.getLogger(__name__)
+INIT_INFO_NAME = "init.json"
+
+
+def init_key(cfg) -> str:
+    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "shifts", "head")}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def shared_init(cfg, device) -> Path:
+    """Directory holding the init's weights and init.json; built under a file lock if absent."""
+    out = Path(cfg.paths.cache_dir) / "init" / f"{cfg.model.name}-{cfg.data.name}-{init_key(cfg)}"
+    out.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out / ".lock")):  # parallel sweep jobs: one builds, the rest wait and reuse
+        if not (out / INIT_INFO_NAME).is_file():
+            _build_init(cfg, device, out)
+    info = read_json(out / INIT_INFO_NAME)
+    if sha256_file(out / WEIGHTS_NAME) != info["sha256"]:
+        raise ValueError(f"cached init {out} does not match its recorded sha256; delete the folder to rebuild")
+    return out
+
+
+def _build_init(cfg, device, out: Path) -> None:
+    if cfg.head.kind != "linear_probe":
+        raise ValueError(f"head.kind={cfg.head.kind!r}; available: linear_probe")
+    start = time.time()
+    data = load_data(cfg.data, cfg.shifts)
+    model = build_classifier(cfg.model, cfg.data.num_classes, cache_dir=cfg.paths.cache_dir).to(device)
+    train = EvalSet(data.train, cfg.model.image_size, cfg.model.mean, cfg.model.std)
+    if cfg.head.adapt_bn and has_batchnorm(model):
+        # Features on ImageNet BN statistics probe well but fine-tune badly once BN runs in train mode.
+        recalibrate_bn(model, train, cfg.eval_batch_size, device)
+    val = EvalSet(data.val, cfg.model.image_size, cfg.model.mean, cfg.model.std)
+    fx = extract_features(model, train, cfg.eval_batch_size, cfg.precision, device)
+    vx = extract_features(model, val, cfg.eval_batch_size, cfg.precision, device)
+    weight, bias, probe = fit_linear_probe(fx, data.train.labels.numpy(), vx, data.val.labels.numpy(),
+                                           list(cfg.head.Cs), cfg.head.max_iter)
+    model.head.weight.data.copy_(weight)
+    model.head.bias.data.copy_(bias)
+    evaluator = Evaluator(eval_sets(data.eval_arrays(), cfg.model), cfg.eval_batch_size, cfg.precision, device)
+    metrics = evaluator.evaluate(model)
+    atomic_save_safetensors(model.state_dict(), out / WEIGHTS_NAME, metadata={"kind": "init"})
+    write_json({"kind": "init", "model": OmegaConf.to_container(cfg.model, resolve=True),
+                "data": OmegaConf.to_container(cfg.data, resolve=True),
+                "shifts": OmegaConf.to_container(cfg.shifts, resolve=True),
+                "head": {**OmegaConf.to_container(cfg.head, resolve=True), **probe},
+                "metrics": metrics, "sha256": sha256_file(out / WEIGHTS_NAME),
+                "seconds": round(time.time() - start, 1)}, out / INIT_INFO_NAME)
+    log.info("shared init (linear probe, C=%g): %s", probe["C"], _fmt(metrics))
+
+
+def load_init(init_dir: Path, model) -> dict:
+    model.load_state_dict(load_weights(Path(init_dir) / WEIGHTS_NAME))
+    return read_json(Path(init_dir) / INIT_INFO_NAME)
+
+
+def _fmt(metrics: dict) -> str:
+    return " ".join(f"{k}={v:.2f}" for k, v in metrics.items())

@@ -1,0 +1,82 @@
+"""Files a user keeps: written atomically (temp file + rename), read with clear errors, never unpickled."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+WEIGHTS_NAME = "model.safetensors"
+RUN_INFO_NAME = "run.json"
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
+                            metadata: dict[str, str] | None = None) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def write_json(obj, path: str | Path) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
+    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def write_text(text: str, path: str | Path) -> None:
+    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"expected {path} (written at the end of every run); is the run finished?")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); the file is damaged") from err
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_weights_header(path: str | Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{key: (shape, dtype)} from a safetensors header, without reading the tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing checkpoint {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path} is not a readable safetensors checkpoint ({err}); truncated or damaged?") from err
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing checkpoint {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path} is not a readable safetensors checkpoint ({err}); truncated or damaged?") from err

@@ -1,0 +1,95 @@
+"""The classifier every run trains and every soup averages: an open_clip image tower plus a linear head.
+
+Only `visual.*` and `head.*` are saved; the text tower is used (if ever) to build zero-shot heads.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from soups.pretrained import resolve_image_tower_weights
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+class ImageClassifier(nn.Module):
+    """Image tower -> (optionally L2-normalized) features -> linear head, as in the official repo."""
+
+    def __init__(self, visual: nn.Module, feature_dim: int, num_classes: int, normalize_features: bool):
+        super().__init__()
+        self.visual = visual
+        self.head = nn.Linear(feature_dim, num_classes)
+        self.normalize_features = normalize_features
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        feats = self.visual(images)
+        return F.normalize(feats, dim=-1) if self.normalize_features else feats
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+def build_classifier(model_cfg, num_classes: int, cache_dir: str | Path | None = None,
+                     load_pretrained: bool = True) -> ImageClassifier:
+    """Create the open_clip model named by `model_cfg.open_clip_name` and wrap its image tower.
+
+    `load_pretrained=False` builds the architecture only (to load a run's or a soup's weights into).
+    """
+    name = model_cfg.open_clip_name
+    if name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {name!r}; registered configs live in {MODEL_CONFIG_DIR} "
+                         f"and open_clip's own list (open_clip.list_models())")
+    pretrained = model_cfg.get("pretrained") if load_pretrained else None
+    tower_file = None
+    if load_pretrained and model_cfg.get("image_tower_weights"):
+        tower_file = resolve_image_tower_weights(model_cfg.image_tower_weights, cache_dir)
+    with _quiet_root_logger():  # open_clip logs routine steps (and "initialized randomly") on the root logger
+        clip = open_clip.create_model(name, pretrained=pretrained, force_image_size=model_cfg.image_size,
+                                      pretrained_image_path=str(tower_file) if tower_file else None)
+    if tower_file is not None:
+        assert_tower_loaded(clip.visual, tower_file)
+    feature_dim = open_clip.get_model_config(name)["embed_dim"]
+    model = ImageClassifier(clip.visual, feature_dim, num_classes, bool(model_cfg.normalize_features))
+    del clip  # drops the text tower
+    if model_cfg.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def assert_tower_loaded(visual: nn.Module, weights_file: Path) -> None:
+    """open_clip loads `pretrained_image_path` non-strictly and only logs failures: check every tensor."""
+    from safetensors.torch import load_file
+
+    expected = load_file(str(weights_file))
+    actual = visual.state_dict()
+    missing = [k for k in actual if k not in expected]
+    wrong = [k for k, v in expected.items() if k not in actual or not torch.equal(actual[k], v)]
+    if missing or wrong:
+        raise RuntimeError(f"pretrained image tower weights from {weights_file} did not load: "
+                           f"{len(missing)} tower tensors missing from the file (e.g. {missing[:3]}), "
+                           f"{len(wrong)} file tensors absent or different in the tower (e.g. {wrong[:3]})")
+    log.info("image tower: all %d tensors loaded from %s", len(expected), weights_file)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

@@ -1,0 +1,30 @@
+"""Souping recipes: each maps a pool of ingredients (+ a context that loads and scores weights) to one
+set of weights and a record of how it chose. One recipe per file; configs in conf/method/."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from soups.averaging import StateDict
+from soups.pool import Ingredient
+
+
+@dataclass
+class RecipeResult:
+    state: StateDict
+    ingredients: list[Ingredient]
+    record: dict = field(default_factory=dict)  # recipe-specific: trace, parameters, ...
+
+
+class SoupContext(Protocol):
+    def load(self, ingredient: Ingredient) -> StateDict:
+        """The ingredient's weights."""
+
+    def held_out(self, state: StateDict) -> float:
+        """Held-out accuracy (%) of averaged weights (BN statistics recomputed where the model has BN)."""
+
+
+class Recipe(Protocol):
+    name: str
+
+    def __call__(self, ingredients: list[Ingredient], ctx: SoupContext) -> RecipeResult: ...

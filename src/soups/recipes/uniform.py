@@ -1,0 +1,15 @@
+"""Uniform soup: the plain average of every ingredient."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from soups.averaging import average
+from soups.recipes import RecipeResult
+
+
+@dataclass
+class UniformSoup:
+    name: str = "uniform"
+
+    def __call__(self, ingredients, ctx) -> RecipeResult:
+        return RecipeResult(average(ctx.load(i) for i in ingredients), list(ingredients))

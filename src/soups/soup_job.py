@@ -1,0 +1,122 @@
+"""One soup job: pool -> recipes -> evaluation -> soup dirs + report (table, figure, W&B)."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from soups.averaging import StateDict
+from soups.data import EvalSet, bn_recalibration_set, eval_sets, load_data
+from soups.evaluate import HELD_OUT, Evaluator, recalibrate_bn
+from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, atomic_save_safetensors, load_weights, sha256_file, write_json
+from soups.models import build_classifier, has_batchnorm
+from soups.pool import Ingredient, load_pool
+from soups.report import write_report
+from soups.runtime import check_precision, resolve_device, setup
+from soups.tracking import tracking
+
+log = logging.getLogger(__name__)
+
+
+class WeightsScorer:
+    """Loads weights into one reusable model; recomputes BN statistics of averaged weights first."""
+
+    def __init__(self, model, evaluator: Evaluator, bn_sample: EvalSet | None, batch_size: int, device):
+        self.model, self.evaluator, self.bn_sample = model, evaluator, bn_sample
+        self.batch_size, self.device = batch_size, device
+
+    def load(self, ingredient: Ingredient) -> StateDict:
+        return load_weights(ingredient.weights)
+
+    def materialize(self, state: StateDict, averaged: bool = True):
+        self.model.load_state_dict(state)
+        if averaged and self.bn_sample is not None:
+            recalibrate_bn(self.model, self.bn_sample, self.batch_size, self.device)
+        return self.model
+
+    def held_out(self, state: StateDict) -> float:
+        return self.evaluator.accuracy(self.materialize(state), HELD_OUT)
+
+    def evaluate(self, state: StateDict, averaged: bool) -> dict[str, float]:
+        return self.evaluator.evaluate(self.materialize(state, averaged))
+
+
+def build_recipes(method_cfg) -> dict:
+    """Instantiated (hence validated) before any work."""
+    if not method_cfg:
+        raise ValueError("no method selected; e.g. method=greedy or method=[uniform,greedy]")
+    return {name: instantiate(node) for name, node in method_cfg.items()}
+
+
+def _wants_recalibration(setting, model) -> bool:
+    if setting == "auto":
+        return has_batchnorm(model)
+    if isinstance(setting, bool):
+        return setting
+    raise ValueError(f"bn_recalibration={setting!r}; expected auto, true or false")
+
+
+def reference_rows(ingredients: list[Ingredient]) -> list[dict]:
+    """Initialization, every individual, and the best individual by held-out accuracy (from run.json)."""
+    rows = [{"row": "initialization", "kind": "init", "ingredients": "", "metrics": ingredients[0].info["init"]["metrics"]}]
+    rows += [{"row": i.name, "kind": "individual", "ingredients": 1, "metrics": i.info["metrics"]} for i in ingredients]
+    best = max(ingredients, key=lambda i: i.held_out)
+    rows.append({"row": f"best individual ({best.name})", "kind": "best_individual", "ingredients": 1,
+                 "metrics": best.info["metrics"]})
+    return rows
+
+
+def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
+    out_dir = Path(out_dir)
+    check_precision(cfg.precision)
+    recipes = build_recipes(cfg.method)
+    ingredients = load_pool(cfg.pool, cfg.paths.log_dir, cfg.pool.verify_sha256)
+    log.info("pool: %d ingredients from %s", len(ingredients), ingredients[0].run_dir.parent)
+    run_cfg = OmegaConf.create(ingredients[0].info["config"])
+    setup(cfg.seed, cfg.get("threads"))
+    device = resolve_device(cfg.device)
+    data = load_data(run_cfg.data, run_cfg.shifts)
+    evaluator = Evaluator(eval_sets(data.eval_arrays(), run_cfg.model), cfg.eval_batch_size, cfg.precision, device)
+    model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)
+    bn_sample = None
+    if _wants_recalibration(cfg.bn_recalibration, model):
+        bn_sample = bn_recalibration_set(data, run_cfg.data, run_cfg.model)
+    scorer = WeightsScorer(model, evaluator, bn_sample, cfg.eval_batch_size, device)
+
+    rows = reference_rows(ingredients)
+    with tracking(cfg.logger, out_dir, name=f"soup/{out_dir.name}", job_type="soup",
+                  config=OmegaConf.to_container(cfg, resolve=True), group=ingredients[0].run_dir.parent.name) as tracker:
+        for name, recipe in recipes.items():
+            start = time.time()
+            result = recipe(ingredients, scorer)
+            metrics = scorer.evaluate(result.state, averaged=len(result.ingredients) > 1)
+            seconds = round(time.time() - start, 1)
+            _save_soup(out_dir / name, name, result, metrics, ingredients[0].info, bn_sample is not None, seconds)
+            rows.append({"row": f"{name} soup", "kind": "soup", "ingredients": len(result.ingredients),
+                         "metrics": metrics})
+            tracker.log({f"{name}/{k}": v for k, v in metrics.items()})
+            log.info("%s soup (%d ingredients, %.1fs): %s", name, len(result.ingredients), seconds,
+                     " ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+        title = f"soups of {ingredients[0].run_dir.parent.name} ({len(ingredients)} ingredients)"
+        table = write_report(rows, out_dir, title)
+        cols = ["row", "kind", "ingredients", *rows[0]["metrics"].keys()]
+        tracker.table("soups/table", cols, [[r["row"], r["kind"], str(r["ingredients"]),
+                                             *[r["metrics"].get(c) for c in cols[3:]]] for r in rows])
+        tracker.image("soups/figure", out_dir / "figure.png")
+    print(f"\n{title}\n\n{table}\nwritten to {out_dir}")
+    return rows
+
+
+def _save_soup(soup_dir: Path, name: str, result, metrics: dict, template_info: dict, recalibrated: bool,
+               seconds: float) -> None:
+    atomic_save_safetensors(result.state, soup_dir / WEIGHTS_NAME, metadata={"kind": "soup", "method": name})
+    record = {"kind": "soup", "method": name, "ingredients": [str(i.run_dir) for i in result.ingredients],
+              "metrics": metrics, "bn_recalibrated": recalibrated, "seconds": seconds, **result.record}
+    write_json(record, soup_dir / "soup.json")
+    # run.json in the same schema as a fine-tune's, so a soup loads (and soups) like any run
+    write_json({"kind": "soup", "method": name, "metrics": metrics, "weights": WEIGHTS_NAME,
+                "sha256": sha256_file(soup_dir / WEIGHTS_NAME), "init": template_info["init"],
+                "config": template_info["config"]}, soup_dir / RUN_INFO_NAME)

@@ -1,0 +1,63 @@
+"""Weights & Biases logging: online when WANDB_API_KEY is set, else offline; never a prompt.
+
+`tracking(...)` always closes its run, also when the job fails: Hydra multirun jobs share a process.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+class NullTracker:
+    def log(self, metrics: dict, step: int | None = None) -> None: ...
+    def summary(self, metrics: dict) -> None: ...
+    def table(self, key: str, columns: list[str], rows: list[list]) -> None: ...
+    def image(self, key: str, path: str | Path) -> None: ...
+
+
+class WandbTracker(NullTracker):
+    def __init__(self, run):
+        self.run = run
+
+    def log(self, metrics, step=None):
+        self.run.log(metrics, step=step)
+
+    def summary(self, metrics):
+        self.run.summary.update(metrics)
+
+    def table(self, key, columns, rows):
+        import wandb
+
+        self.run.log({key: wandb.Table(columns=columns, data=rows)})
+
+    def image(self, key, path):
+        import wandb
+
+        self.run.log({key: wandb.Image(str(path))})
+
+
+def wandb_mode(logger_cfg) -> str:
+    if logger_cfg.get("mode"):
+        return logger_cfg.mode
+    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+
+
+@contextlib.contextmanager
+def tracking(logger_cfg, run_dir: str | Path, name: str, job_type: str, config: dict, group: str | None):
+    if logger_cfg.kind == "none":
+        yield NullTracker()
+        return
+    if logger_cfg.kind != "wandb":
+        raise ValueError(f"logger.kind={logger_cfg.kind!r}; expected wandb or none")
+    import wandb
+
+    run = wandb.init(project=logger_cfg.project, entity=logger_cfg.get("entity"), dir=str(run_dir),
+                     name=name, job_type=job_type, group=group, config=config, mode=wandb_mode(logger_cfg),
+                     tags=list(logger_cfg.get("tags") or []), reinit="finish_previous")
+    try:
+        yield WandbTracker(run)
+    except BaseException:
+        run.finish(exit_code=1)
+        raise
+    run.finish()

@@ -1,0 +1,105 @@
+"""One fine-tune: AdamW, cosine schedule with linear warmup, grad clipping, label smoothing, mixup."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from soups.runtime import autocast
+
+
+def check_hparams(cfg) -> None:
+    """Refuse hyperparameters that would fail (or silently do nothing) deep in the loop."""
+    problems = []
+    if not cfg.lr > 0:
+        problems.append(f"lr={cfg.lr} must be > 0")
+    if cfg.wd < 0:
+        problems.append(f"wd={cfg.wd} must be >= 0")
+    if int(cfg.epochs) < 1 or int(cfg.epochs) != cfg.epochs:
+        problems.append(f"epochs={cfg.epochs} must be a positive integer")
+    if not 0 <= cfg.label_smoothing < 1:
+        problems.append(f"label_smoothing={cfg.label_smoothing} must be in [0, 1)")
+    if cfg.mixup < 0:
+        problems.append(f"mixup={cfg.mixup} must be >= 0 (0 = off)")
+    if cfg.mixup > 0 and cfg.batch_size % 2:
+        problems.append(f"mixup needs an even batch_size, got {cfg.batch_size}")
+    if not 0 < cfg.crop_scale <= 1:
+        problems.append(f"crop_scale={cfg.crop_scale} must be in (0, 1]")
+    if problems:
+        raise ValueError("bad fine-tuning hyperparameters: " + "; ".join(problems))
+
+
+def make_optimizer(model: nn.Module, lr: float, wd: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases and norm parameters (1-d tensors)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=lr, **fast)
+
+
+def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: torch.device,
+             on_log: Callable[[dict], None] | None = None, log_every: int = 10) -> list[dict]:
+    """Trains `model` in place (BN in train mode); returns the logged loss/lr curve."""
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=cfg.num_workers > 0,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    if len(loader) == 0:
+        raise ValueError(f"batch_size={cfg.batch_size} exceeds the {len(dataset)} training images")
+    mixup = (Mixup(mixup_alpha=cfg.mixup, label_smoothing=cfg.label_smoothing, num_classes=num_classes)
+             if cfg.mixup > 0 else None)
+    loss_fn = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    total = int(cfg.epochs) * len(loader)
+    optimizer = make_optimizer(model, cfg.lr, cfg.wd, device)
+    scheduler = cosine_with_warmup(optimizer, min(cfg.warmup_steps, total), total)
+    channels_last = bool(cfg.model.get("channels_last"))
+    history, step, pending = [], 0, []
+    model.train()
+    bar = tqdm(total=total, desc="fine-tune", leave=False, disable=None)
+    for epoch in range(int(cfg.epochs)):
+        for images, labels in loader:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = labels
+            if mixup:
+                images, targets = mixup(images, labels)
+            with autocast(cfg.precision, device):
+                logits = model(images)
+            loss = loss_fn(logits.float(), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            pending.append(loss.detach())
+            if step % log_every == 0 or step == total:  # one host sync per log_every steps
+                record = {"step": step, "epoch": epoch, "train_loss": torch.stack(pending).mean().item(),
+                          "lr": scheduler.get_last_lr()[0]}
+                pending = []
+                history.append(record)
+                bar.set_postfix(loss=f"{record['train_loss']:.3f}")
+                if on_log:
+                    on_log(record)
+            bar.update(1)
+    bar.close()
+    return history
