@@ -5,6 +5,7 @@ import logging
 import time
 from pathlib import Path
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -48,7 +49,13 @@ def build_recipes(method_cfg) -> dict:
     """Instantiated (hence validated) before any work."""
     if not method_cfg:
         raise ValueError("no method selected; e.g. method=greedy or method=[uniform,greedy]")
-    return {name: instantiate(node) for name, node in method_cfg.items()}
+    recipes = {}
+    for name, node in method_cfg.items():
+        try:
+            recipes[name] = instantiate(node)
+        except InstantiationException as err:
+            raise ValueError(f"method.{name}: {err.__cause__ or err}") from err
+    return recipes
 
 
 def _wants_recalibration(setting, model) -> bool:
@@ -93,6 +100,8 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
             start = time.time()
             result = recipe(ingredients, scorer)
             metrics = scorer.evaluate(result.state, averaged=len(result.ingredients) > 1)
+            # save what was evaluated: the average with its recomputed BN statistics (if any)
+            result.state = {k: v.detach().cpu().clone() for k, v in scorer.model.state_dict().items()}
             seconds = round(time.time() - start, 1)
             _save_soup(out_dir / name, name, result, metrics, ingredients[0].info, bn_sample is not None, seconds)
             rows.append({"row": f"{name} soup", "kind": "soup", "ingredients": len(result.ingredients),

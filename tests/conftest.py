@@ -1,0 +1,45 @@
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("SOUPS_ROOT", str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+# Small but real: tiny random-init BN tower, 20 MNIST images per class, one short epoch.
+TINY = ["model=tiny_efficientnet", "data.train_per_class=20", "data.val_per_class=10",
+        "data.test_per_class=10", "data.bn_recalibration_images=64", "shifts.max_images=40",
+        "epochs=1", "batch_size=16", "warmup_steps=2", "logger=none", "eval_batch_size=128",
+        "head.Cs=[1.0]", "head.max_iter=200"]
+
+
+def compose_cfg(name: str, tmp_path: Path, overrides=()):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(name, overrides=[f"paths.log_dir={tmp_path}/logs", f"paths.cache_dir={tmp_path}/cache",
+                                         *overrides])
+
+
+@pytest.fixture
+def finetune_cfg(tmp_path):
+    return lambda *overrides: compose_cfg("finetune", tmp_path, [*TINY, *overrides])
+
+
+@pytest.fixture
+def soup_cfg(tmp_path):
+    return lambda *overrides: compose_cfg("soup", tmp_path, ["logger=none", "eval_batch_size=128", *overrides])
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory):
+    """Three fine-tunes of the tiny model from one shared init, as a sweep folder: (tmp, sweep_dir)."""
+    from soups.finetune_job import run_finetune
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    sweep = tmp / "logs" / "finetune" / "multiruns" / "2000-01-01_00-00-00_000000"
+    for i, lr in enumerate(["1e-3", "3e-3", "1e-2"]):
+        run_finetune(compose_cfg("finetune", tmp, [*TINY, f"lr={lr}", f"seed={i}"]), sweep / str(i))
+    return tmp, sweep

@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from soups.averaging import RunningAverage, average
+
+
+def state(w, b, n=0):
+    return {"w": torch.tensor(w, dtype=torch.float32), "b": torch.tensor(b, dtype=torch.bfloat16),
+            "bn.num_batches_tracked": torch.tensor(n)}
+
+
+def test_uniform_average_is_exact_mean_and_keeps_dtypes():
+    out = average([state([1.0, 2.0], [0.5], 3), state([3.0, 6.0], [1.5], 7), state([2.0, 1.0], [1.0], 9)])
+    assert torch.equal(out["w"], torch.tensor([2.0, 3.0]))
+    assert out["w"].dtype == torch.float32 and out["b"].dtype == torch.bfloat16
+    assert out["b"].item() == 1.0
+    # integer buffers come from the first ingredient, not averaged
+    assert out["bn.num_batches_tracked"].item() == 3
+
+
+def test_weighted_average_normalizes_weights():
+    out = average([state([0.0], [0.0]), state([4.0], [4.0])], weights=[3.0, 1.0])
+    assert out["w"].item() == pytest.approx(1.0)
+
+
+def test_float64_accumulation_beats_float32_rounding():
+    big = [{"w": torch.tensor([1e8 + k], dtype=torch.float64).float()} for k in (0, 8, 16, 24)]
+    assert average(big)["w"].item() == torch.tensor([1e8 + 12]).float().item()
+
+
+def test_peek_with_does_not_change_the_running_sum():
+    running = RunningAverage()
+    running.add(state([2.0], [2.0]))
+    peek = running.peek_with(state([4.0], [4.0]))
+    assert peek["w"].item() == 3.0
+    assert running.result()["w"].item() == 2.0
+
+
+def test_mismatched_keys_are_refused():
+    running = RunningAverage()
+    running.add({"a": torch.zeros(1)})
+    with pytest.raises(ValueError, match="different keys"):
+        running.add({"b": torch.zeros(1)})

@@ -1,0 +1,49 @@
+"""The commands as a user types them, in subprocesses: a -m sweep, then a soup of the latest sweep."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_ARGS = ["model=tiny_efficientnet", "data.train_per_class=20", "data.val_per_class=10",
+             "data.test_per_class=10", "data.bn_recalibration_images=64", "shifts.max_images=40",
+             "epochs=1", "batch_size=16", "head.Cs=[1.0]"]
+
+
+def run(args, tmp_path, check=True):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.run([sys.executable, *args, f"paths.log_dir={tmp_path}/logs",
+                           f"paths.cache_dir={tmp_path}/cache"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_multirun_sweep_then_greedy_soup_of_that_sweep(tmp_path):
+    run(["src/finetune.py", "-m", "lr=1e-3,3e-3", *TINY_ARGS], tmp_path)
+    sweeps = list((tmp_path / "logs" / "finetune" / "multiruns").iterdir())
+    assert len(sweeps) == 1
+    runs = sorted(p.name for p in sweeps[0].iterdir() if (p / "run.json").is_file())
+    assert runs == ["0", "1"]
+    lrs = [json.loads((sweeps[0] / r / "run.json").read_text())["hparams"]["lr"] for r in runs]
+    assert lrs == [1e-3, 3e-3]
+    # W&B, offline: one run per fine-tune, files inside the run dir
+    assert list((sweeps[0] / "0" / "wandb").glob("offline-run-*/run-*.wandb"))
+
+    proc = run(["src/soup.py", "method=greedy"], tmp_path)
+    assert "| **greedy soup** |" in proc.stdout
+    soup_dirs = list((tmp_path / "logs" / "soup" / "runs").iterdir())
+    record = json.loads((soup_dirs[0] / "greedy" / "soup.json").read_text())
+    assert {Path(p).parent for p in record["ingredients"]} == {sweeps[0]}
+    assert list((soup_dirs[0] / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_second_sweep_gets_its_own_folder_and_becomes_the_latest(tmp_path):
+    for lr in ("1e-3", "2e-3"):
+        run(["src/finetune.py", "-m", f"lr={lr}", *TINY_ARGS, "logger=none"], tmp_path)
+    sweeps = sorted((tmp_path / "logs" / "finetune" / "multiruns").iterdir())
+    assert len(sweeps) == 2
+    proc = run(["src/soup.py", "method=uniform", "logger=none"], tmp_path)
+    assert sweeps[1].name in proc.stdout and sweeps[0].name not in proc.stdout

@@ -1,0 +1,46 @@
+import torch
+from omegaconf import OmegaConf
+
+from soups.data import eval_sets, load_data
+from soups.data.digits import mnist_splits, sklearn_digits
+
+DATA = OmegaConf.load("conf/data/mnist.yaml")
+SHIFTS = OmegaConf.load("conf/shifts/mnist.yaml")
+
+
+def test_splits_are_disjoint_stratified_and_deterministic():
+    a = mnist_splits(30, 10, 20, seed=0)
+    b = mnist_splits(30, 10, 20, seed=0)
+    for name, n in (("train", 30), ("val", 10), ("test", 20)):
+        assert torch.equal(a[name].images, b[name].images)
+        assert torch.bincount(a[name].labels).tolist() == [n] * 10
+    flat = {name: {bytes(img.numpy()) for img in a[name].images} for name in a}
+    assert not flat["train"] & flat["val"] and not flat["train"] & flat["test"] and not flat["val"] & flat["test"]
+    assert not torch.equal(mnist_splits(30, 10, 20, seed=1)["train"].images, a["train"].images)
+
+
+def test_sklearn_digits_are_framed_like_mnist():
+    digits = sklearn_digits()
+    assert digits.images.shape == (1797, 28, 28) and digits.images.dtype == torch.uint8
+    assert digits.images[:, :4].max() == 0 and digits.images[:, :, 24:].max() == 0
+    assert digits.images.max() == 255
+
+
+def test_default_data_and_shifts_have_the_configured_sizes():
+    data = load_data(DATA, SHIFTS)
+    per_class = DATA.train_per_class, DATA.val_per_class, DATA.test_per_class
+    assert (len(data.train), len(data.val), len(data.test)) == tuple(10 * n for n in per_class)
+    assert list(data.shifts) == list(SHIFTS.names)
+    assert all(len(s) == min(SHIFTS.max_images, len(s)) for s in data.shifts.values())
+    invert = data.shifts["invert"]
+    assert invert.images.float().mean() > 128 > data.test.images.float().mean()
+
+
+def test_eval_sets_resize_once_and_normalize_per_batch():
+    data = load_data(DATA, SHIFTS)
+    model_cfg = OmegaConf.create({"image_size": 40, "mean": [0.5] * 3, "std": [0.5] * 3})
+    sets = eval_sets(data.eval_arrays(), model_cfg)
+    assert sets["val"].images.shape == (len(data.val), 3, 40, 40)
+    images, labels = next(sets["val"].batches(8))
+    assert images.shape == (8, 3, 40, 40) and -1.0 <= images.min() and images.max() <= 1.0
+    assert torch.equal(labels, data.val.labels[:8])

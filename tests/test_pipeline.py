@@ -1,0 +1,95 @@
+"""The real entry functions end to end on a tiny model: sweep -> pool -> soups -> report."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from soups.finetune_job import run_finetune
+from soups.io import load_weights
+from soups.soup_job import run_soup
+
+
+def test_finetune_run_dir_is_self_describing(tiny_sweep):
+    _, sweep = tiny_sweep
+    run = sweep / "0"
+    info = json.loads((run / "run.json").read_text())
+    assert info["hparams"]["lr"] == 1e-3 and info["config"]["model"]["name"] == "tiny_efficientnet"
+    assert set(info["metrics"]) == {"val", "test", "digits", "rotate", "invert", "blur", "avg_shifts"}
+    shifts = [info["metrics"][k] for k in ("digits", "rotate", "invert", "blur")]
+    assert info["metrics"]["avg_shifts"] == pytest.approx(sum(shifts) / 4)
+    weights = load_file(str(run / "model.safetensors"))
+    assert all(k.startswith(("visual.", "head.")) for k in weights)  # image tower + head only
+    assert info["history"] and info["history"][-1]["step"] > 0
+    assert len(info["sha256"]) == 64
+    # every run of the sweep started from the same cached init
+    assert len({json.loads((sweep / str(i) / "run.json").read_text())["init"]["sha256"] for i in range(3)}) == 1
+
+
+def test_soup_run_writes_weights_records_table_and_figure(tiny_sweep, soup_cfg, tmp_path):
+    tmp, sweep = tiny_sweep
+    out = tmp_path / "soup"
+    rows = run_soup(soup_cfg(f"pool.dir={sweep}"), out)
+    kinds = [r["kind"] for r in rows]
+    assert kinds == ["init", "individual", "individual", "individual", "best_individual", "soup", "soup"]
+    for method in ("uniform", "greedy"):
+        record = json.loads((out / method / "soup.json").read_text())
+        assert record["method"] == method and set(record["metrics"]) >= {"val", "test", "avg_shifts"}
+        assert (out / method / "model.safetensors").is_file() and (out / method / "run.json").is_file()
+    greedy = json.loads((out / "greedy" / "soup.json").read_text())
+    best_val = max(r["metrics"]["val"] for r in rows if r["kind"] == "individual")
+    assert greedy["trace"][0]["individual_held_out"] == best_val
+    assert len(greedy["trace"]) == 3 and greedy["ingredients"][0].endswith(greedy["trace"][0]["run"].split("/")[-1])
+    # greedy is never worse than the best individual on the held-out set
+    assert greedy["metrics"]["val"] >= best_val - 1e-9
+    assert "| **greedy soup** |" in (out / "report.md").read_text()
+    assert (out / "figure.png").stat().st_size > 10_000 and (out / "report.csv").is_file()
+
+
+def test_uniform_soup_weights_are_the_exact_average(tiny_sweep, soup_cfg, tmp_path):
+    _, sweep = tiny_sweep
+    out = tmp_path / "soup"
+    run_soup(soup_cfg(f"pool.dir={sweep}", "method=uniform", "bn_recalibration=false"), out)
+    soup = load_weights(out / "uniform" / "model.safetensors")
+    runs = [load_weights(sweep / str(i) / "model.safetensors") for i in range(3)]
+    for key, value in soup.items():
+        if value.is_floating_point():
+            expected = (sum(r[key].double() for r in runs) / 3).float()
+            assert torch.equal(value, expected), key
+        else:
+            assert torch.equal(value, runs[0][key]), key
+
+
+def test_soup_of_a_bn_model_recomputes_statistics_and_saves_what_it_evaluated(tiny_sweep, soup_cfg, tmp_path):
+    _, sweep = tiny_sweep
+    out = tmp_path / "soup"
+    run_soup(soup_cfg(f"pool.dir={sweep}", "method=uniform"), out)
+    soup = load_weights(out / "uniform" / "model.safetensors")
+    runs = [load_weights(sweep / str(i) / "model.safetensors") for i in range(3)]
+    stat = next(k for k in soup if k.endswith("running_mean"))
+    weight = next(k for k in soup if k.endswith("conv_stem.weight"))
+    assert not torch.allclose(soup[stat], sum(r[stat] for r in runs) / 3)  # recomputed, not averaged
+    assert torch.equal(soup[weight], (sum(r[weight].double() for r in runs) / 3).float())
+    assert json.loads((out / "uniform" / "soup.json").read_text())["bn_recalibrated"] is True
+
+
+def test_layernorm_model_needs_no_recalibration(finetune_cfg, soup_cfg, tmp_path):
+    sweep = tmp_path / "vit_sweep"
+    for i, lr in enumerate(["1e-3", "2e-3"]):
+        run_finetune(finetune_cfg("model=tiny_vit", f"lr={lr}"), sweep / str(i))
+    out = tmp_path / "soup"
+    run_soup(soup_cfg(f"pool.dir={sweep}", "method=uniform"), out)
+    assert json.loads((out / "uniform" / "soup.json").read_text())["bn_recalibrated"] is False
+
+
+def test_random_search_trial_draws_into_the_config(finetune_cfg, tmp_path):
+    cfg = finetune_cfg("trial=2", "search_space={lr:[log_uniform,1e-4,1e-3],wd:[choice,0.0,0.5]}")
+    info = run_finetune(cfg, tmp_path / "run")
+    assert 1e-4 <= info["hparams"]["lr"] <= 1e-3 and info["hparams"]["wd"] in (0.0, 0.5)
+    assert info["config"]["lr"] == info["hparams"]["lr"] and info["hparams"]["seed"] == 2
+
+
+def test_mixup_randaugment_and_bf16_train(finetune_cfg, tmp_path):
+    info = run_finetune(finetune_cfg("mixup=0.2", "label_smoothing=0.1", "randaug=rand-m9-n2",
+                                     "crop_scale=0.8", "precision=bf16"), tmp_path / "run")
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in info["history"])
