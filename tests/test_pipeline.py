@@ -93,3 +93,37 @@ def test_mixup_randaugment_and_bf16_train(finetune_cfg, tmp_path):
     info = run_finetune(finetune_cfg("mixup=0.2", "label_smoothing=0.1", "randaug=rand-m9-n2",
                                      "crop_scale=0.8", "precision=bf16"), tmp_path / "run")
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in info["history"])
+
+
+def test_checkpoint_round_trip_reproduces_the_recorded_accuracy(tiny_sweep):
+    from omegaconf import OmegaConf
+
+    from soups.data import eval_sets, load_data
+    from soups.evaluate import Evaluator
+    from soups.models import build_classifier
+
+    _, sweep = tiny_sweep
+    info = json.loads((sweep / "1" / "run.json").read_text())
+    cfg = OmegaConf.create(info["config"])
+    model = build_classifier(cfg.model, cfg.data.num_classes, load_pretrained=False)
+    model.load_state_dict(load_weights(sweep / "1" / "model.safetensors"))
+    evaluator = Evaluator(eval_sets(load_data(cfg.data, cfg.shifts).eval_arrays(), cfg.model), 128, "fp32",
+                          torch.device("cpu"))
+    assert evaluator.evaluate(model) == info["metrics"]
+
+
+def test_results_notebook_runs_on_a_soup_run(tiny_sweep, soup_cfg, tmp_path, monkeypatch, capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    _, sweep = tiny_sweep
+    out = tmp_path / "soup"
+    run_soup(soup_cfg(f"pool.dir={sweep}"), out)
+    monkeypatch.setenv("SOUPS_RESULTS", str(out))
+    notebook = json.loads(open("notebooks/soup_results.ipynb").read())
+    scope = {}
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "code":
+            exec("".join(cell["source"]), scope)
+    printed = capsys.readouterr().out
+    assert "| **greedy soup** |" in printed and "accepted" in printed

@@ -52,7 +52,7 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict:
     init_info = load_init(init_dir, model)
     hparams = {k: cfg[k] for k in HPARAMS}
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    group = run_dir.parent.name if cfg.get("trial") is not None or run_dir.name.isdigit() else None
+    group = run_dir.parent.name if run_dir.name.isdigit() else None  # multirun job folders are numbered
     with tracking(cfg.logger, run_dir, name=f"{run_dir.parent.name}/{run_dir.name}", job_type="finetune",
                   config=resolved, group=cfg.logger.get("group") or group) as tracker:
         history = finetune(model, train_dataset(data.train, cfg.model, cfg.randaug, cfg.crop_scale), cfg,

@@ -5,8 +5,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 class NullTracker:
@@ -52,9 +55,14 @@ def tracking(logger_cfg, run_dir: str | Path, name: str, job_type: str, config: 
         raise ValueError(f"logger.kind={logger_cfg.kind!r}; expected wandb or none")
     import wandb
 
+    mode = wandb_mode(logger_cfg)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=logger_cfg.project, entity=logger_cfg.get("entity"), dir=str(run_dir),
-                     name=name, job_type=job_type, group=group, config=config, mode=wandb_mode(logger_cfg),
-                     tags=list(logger_cfg.get("tags") or []), reinit="finish_previous")
+                     name=name, job_type=job_type, group=group, config=config, mode=mode,
+                     tags=list(logger_cfg.get("tags") or []), reinit="finish_previous",
+                     settings=wandb.Settings(silent=bool(logger_cfg.get("silent", True))))
+    where = run.url if mode == "online" else f"{run.dir}  (upload later: wandb sync {Path(run.dir).parent})"
+    log.info("W&B %s run: %s", mode, where)
     try:
         yield WandbTracker(run)
     except BaseException:

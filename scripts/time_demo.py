@@ -1,0 +1,49 @@
+"""Time the demo's stages (sweep, soups) on this machine and print a Markdown row for BENCHMARKS.md.
+
+    .venv/bin/python scripts/time_demo.py [extra overrides for both commands, e.g. paths.log_dir=/tmp/x]
+
+The shared init is rebuilt (its cache is cleared first) so the time is that of a first run.
+"""
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def timed(args: list[str]) -> float:
+    start = time.time()
+    subprocess.run([sys.executable, *args], cwd=ROOT, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return time.time() - start
+
+
+def main() -> None:
+    extra = sys.argv[1:]
+    cache = next((Path(a.split("=", 1)[1]) for a in extra if a.startswith("paths.cache_dir=")), ROOT / ".cache")
+    shutil.rmtree(cache / "init", ignore_errors=True)
+    sweep = timed(["src/finetune.py", "sweep=demo", *extra])
+    soup = timed(["src/soup.py", *extra])
+    machine = f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    print("\n| machine | sweep (init + 8 fine-tunes) | soups (uniform + greedy) | total |")
+    print("|---|---:|---:|---:|")
+    print(f"| {machine} | {sweep:.0f} s | {soup:.0f} s | {sweep + soup:.0f} s ({(sweep + soup) / 60:.1f} min) |")
+
+
+if __name__ == "__main__":
+    main()
