@@ -49,36 +49,45 @@ def csv_text(rows: list[dict]) -> str:
 
 
 def figure(rows: list[dict], path: Path, title: str) -> None:
-    """x: in-distribution (test) accuracy, y: average accuracy over the shifts."""
+    """x: in-distribution (test) accuracy, y: average accuracy over the shifts (the paper's Figure 1).
+
+    Axes frame the fine-tuned models and soups; the far-away initialization is noted, not plotted."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    style = {"init": dict(marker="*", s=160, c="black"), "individual": dict(marker="o", s=30, c="#9e9e9e"),
-             "best_individual": dict(marker="o", s=60, c="#1f77b4")}
-    soup_markers = ["D", "s", "^", "v", "P", "X", "h", "<", ">"]
+    points = [r for r in rows if "avg_shifts" in r["metrics"]]
+    style = {"individual": dict(marker="o", s=30, c="#9e9e9e", label="fine-tuned models"),
+             "best_individual": dict(marker="o", s=70, c="#1f77b4", label="best individual (held-out)")}
+    soup_colors = ["#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+    soup_markers = ["*", "D", "s", "^", "v", "P", "X", "h"]
     fig, ax = plt.subplots(figsize=(6, 4.5))
     labelled, soups = set(), 0
-    for row in rows:
-        m = row["metrics"]
-        if "avg_shifts" not in m:
+    for row in points:
+        x, y = row["metrics"]["test"], row["metrics"]["avg_shifts"]
+        if row["kind"] == "init":
             continue
         if row["kind"] == "soup":
-            kw = dict(marker=soup_markers[soups % len(soup_markers)], s=90, zorder=3)
+            ax.scatter(x, y, marker=soup_markers[soups % 8], c=soup_colors[soups % 8], s=150, zorder=3,
+                       label=row["row"], edgecolors="black", linewidths=0.5)
             soups += 1
-            label = row["row"]
         else:
-            kw = style[row["kind"]]
-            label = None if row["kind"] in labelled else {"init": "initialization", "individual": "fine-tuned models",
-                                                          "best_individual": "best individual (held-out)"}[row["kind"]]
+            kw = dict(style[row["kind"]])
+            if row["kind"] in labelled:
+                kw.pop("label")
             labelled.add(row["kind"])
-        ax.scatter(m["test"], m["avg_shifts"], label=label, **kw)
+            ax.scatter(x, y, **kw)
+    init = next((r for r in points if r["kind"] == "init"), None)
+    if init is not None:
+        ax.text(0.02, 0.02, f"initialization: test {init['metrics']['test']:.1f}, "
+                f"shifts {init['metrics']['avg_shifts']:.1f} (off the axes)", transform=ax.transAxes, fontsize=8)
     ax.set_xlabel("test accuracy (%)")
     ax.set_ylabel("avg accuracy over shifts (%)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="best")
+    ax.margins(0.15)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)
