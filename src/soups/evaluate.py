@@ -55,6 +55,10 @@ class Evaluator:
         return metrics
 
 
+def format_metrics(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.2f}" for k, v in metrics.items())
+
+
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, sample: EvalSet, batch_size: int, device: torch.device) -> None:
     """Recompute BatchNorm running statistics on a fixed sample (cumulative average, as SWA does)."""

@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from soups import search
 from soups.data import bn_recalibration_set, eval_sets, load_data, train_dataset
-from soups.evaluate import Evaluator, recalibrate_bn
+from soups.evaluate import Evaluator, format_metrics, recalibrate_bn
 from soups.init import load_init, shared_init
 from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, atomic_save_safetensors, sha256_file, write_json
 from soups.models import build_classifier, has_batchnorm
@@ -70,5 +70,5 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict:
                 "seconds": round(time.time() - start, 1), "history": history, "config": resolved}
         write_json(info, run_dir / RUN_INFO_NAME)
         tracker.summary({f"final/{k}": v for k, v in metrics.items()})
-    log.info("run %s: %s", run_dir, " ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+    log.info("run %s: %s", run_dir, format_metrics(metrics))
     return info

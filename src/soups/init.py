@@ -12,7 +12,7 @@ from filelock import FileLock
 from omegaconf import OmegaConf
 
 from soups.data import EvalSet, eval_sets, load_data
-from soups.evaluate import Evaluator, recalibrate_bn
+from soups.evaluate import Evaluator, format_metrics, recalibrate_bn
 from soups.heads import extract_features, fit_linear_probe
 from soups.io import WEIGHTS_NAME, atomic_save_safetensors, load_weights, read_json, sha256_file, write_json
 from soups.models import build_classifier, has_batchnorm
@@ -65,13 +65,9 @@ def _build_init(cfg, device, out: Path) -> None:
                 "head": {**OmegaConf.to_container(cfg.head, resolve=True), **probe},
                 "metrics": metrics, "sha256": sha256_file(out / WEIGHTS_NAME),
                 "seconds": round(time.time() - start, 1)}, out / INIT_INFO_NAME)
-    log.info("shared init (linear probe, C=%g): %s", probe["C"], _fmt(metrics))
+    log.info("shared init (linear probe, C=%g): %s", probe["C"], format_metrics(metrics))
 
 
 def load_init(init_dir: Path, model) -> dict:
     model.load_state_dict(load_weights(Path(init_dir) / WEIGHTS_NAME))
     return read_json(Path(init_dir) / INIT_INFO_NAME)
-
-
-def _fmt(metrics: dict) -> str:
-    return " ".join(f"{k}={v:.2f}" for k, v in metrics.items())

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from soups.averaging import StateDict
 from soups.data import EvalSet, bn_recalibration_set, eval_sets, load_data
-from soups.evaluate import HELD_OUT, Evaluator, recalibrate_bn
+from soups.evaluate import HELD_OUT, Evaluator, format_metrics, recalibrate_bn
 from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, atomic_save_safetensors, load_weights, sha256_file, write_json
 from soups.models import build_classifier, has_batchnorm
 from soups.pool import Ingredient, load_pool
@@ -108,7 +108,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
                          "metrics": metrics})
             tracker.log({f"{name}/{k}": v for k, v in metrics.items()})
             log.info("%s soup (%d ingredients, %.1fs): %s", name, len(result.ingredients), seconds,
-                     " ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+                     format_metrics(metrics))
         title = f"soups of {ingredients[0].run_dir.parent.name} ({len(ingredients)} ingredients)"
         table = write_report(rows, out_dir, title)
         cols = ["row", "kind", "ingredients", *rows[0]["metrics"].keys()]
