@@ -1,10 +1,11 @@
 import torch
 from omegaconf import OmegaConf
 
-from soups.data import eval_sets, load_data
+from soups.data import MnistData
 from soups.data.digits import mnist_splits, sklearn_digits
 
 DATA = OmegaConf.load("conf/data/mnist.yaml")
+MODEL = OmegaConf.load("conf/model/efficientnet_lite0.yaml")
 SHIFTS = OmegaConf.load("conf/shifts/mnist.yaml")
 
 
@@ -27,7 +28,7 @@ def test_sklearn_digits_are_framed_like_mnist():
 
 
 def test_default_data_and_shifts_have_the_configured_sizes():
-    data = load_data(DATA, SHIFTS)
+    data = MnistData(DATA, SHIFTS, MODEL)
     per_class = DATA.train_per_class, DATA.val_per_class, DATA.test_per_class
     assert (len(data.train), len(data.val), len(data.test)) == tuple(10 * n for n in per_class)
     assert list(data.shifts) == list(SHIFTS.names)
@@ -37,9 +38,9 @@ def test_default_data_and_shifts_have_the_configured_sizes():
 
 
 def test_eval_sets_resize_once_and_normalize_per_batch():
-    data = load_data(DATA, SHIFTS)
     model_cfg = OmegaConf.create({"image_size": 40, "mean": [0.5] * 3, "std": [0.5] * 3})
-    sets = eval_sets(data.eval_arrays(), model_cfg)
+    data = MnistData(DATA, SHIFTS, model_cfg)
+    sets = data.eval_sets()
     assert sets["val"].images.shape == (len(data.val), 3, 40, 40)
     images, labels = next(sets["val"].batches(8))
     assert images.shape == (8, 3, 40, 40) and -1.0 <= images.min() and images.max() <= 1.0

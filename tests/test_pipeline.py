@@ -98,7 +98,7 @@ def test_mixup_randaugment_and_bf16_train(finetune_cfg, tmp_path):
 def test_checkpoint_round_trip_reproduces_the_recorded_accuracy(tiny_sweep):
     from omegaconf import OmegaConf
 
-    from soups.data import eval_sets, load_data
+    from soups.data import build_data
     from soups.evaluate import Evaluator
     from soups.models import build_classifier
 
@@ -107,7 +107,7 @@ def test_checkpoint_round_trip_reproduces_the_recorded_accuracy(tiny_sweep):
     cfg = OmegaConf.create(info["config"])
     model = build_classifier(cfg.model, cfg.data.num_classes, load_pretrained=False)
     model.load_state_dict(load_weights(sweep / "1" / "model.safetensors"))
-    evaluator = Evaluator(eval_sets(load_data(cfg.data, cfg.shifts).eval_arrays(), cfg.model), 128, "fp32",
+    evaluator = Evaluator(build_data(cfg.data, cfg.shifts, cfg.model).eval_sets(), 128, "fp32",
                           torch.device("cpu"))
     assert evaluator.evaluate(model) == info["metrics"]
 

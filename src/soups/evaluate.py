@@ -42,8 +42,11 @@ class Evaluator:
         return torch.cat(out)
 
     def accuracy(self, model: nn.Module, name: str) -> float:
-        preds = self.logits(model, name).argmax(-1)
-        return 100.0 * (preds == self.sets[name].labels).float().mean().item()
+        data = self.sets[name]
+        logits = self.logits(model, name)
+        project = getattr(data, "project_logits", None)  # class subsets (ImageNet-R/A), ObjectNet's max-merge
+        preds = (project(logits) if project else logits).argmax(-1)
+        return 100.0 * (preds == data.labels).float().mean().item()
 
     def evaluate(self, model: nn.Module, names: list[str] | None = None) -> dict[str, float]:
         """Top-1 % per set, plus `avg_shifts` (unweighted mean over the shift sets, as in the paper)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from soups import search
-from soups.data import bn_recalibration_set, eval_sets, load_data, train_dataset
+from soups.data import build_data
 from soups.evaluate import Evaluator, format_metrics, recalibrate_bn
 from soups.init import load_init, shared_init
 from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, atomic_save_safetensors, sha256_file, write_json
@@ -47,7 +47,7 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict:
     device = resolve_device(cfg.device)
     start = time.time()
     init_dir = shared_init(cfg, device)
-    data = load_data(cfg.data, cfg.shifts)
+    data = build_data(cfg.data, cfg.shifts, cfg.model)
     model = build_classifier(cfg.model, cfg.data.num_classes, load_pretrained=False).to(device)
     init_info = load_init(init_dir, model)
     hparams = {k: cfg[k] for k in HPARAMS}
@@ -55,13 +55,13 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict:
     group = run_dir.parent.name if run_dir.name.isdigit() else None  # multirun job folders are numbered
     with tracking(cfg.logger, run_dir, name=f"{run_dir.parent.name}/{run_dir.name}", job_type="finetune",
                   config=resolved, group=cfg.logger.get("group") or group) as tracker:
-        history = finetune(model, train_dataset(data.train, cfg.model, cfg.randaug, cfg.crop_scale), cfg,
+        history = finetune(model, data.train_set(cfg.randaug, cfg.crop_scale), cfg,
                            cfg.data.num_classes, device, on_log=lambda r: tracker.log(r, step=r["step"]))
         if has_batchnorm(model):
             # Running statistics lag the weights after a short fine-tune; recompute them on the same fixed
             # sample a soup uses, so individuals and soups are measured alike.
-            recalibrate_bn(model, bn_recalibration_set(data, cfg.data, cfg.model), cfg.eval_batch_size, device)
-        evaluator = Evaluator(eval_sets(data.eval_arrays(), cfg.model), cfg.eval_batch_size, cfg.precision, device)
+            recalibrate_bn(model, data.bn_set(), cfg.eval_batch_size, device)
+        evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device)
         metrics = evaluator.evaluate(model)
         atomic_save_safetensors(model.state_dict(), run_dir / WEIGHTS_NAME, metadata={"kind": "finetune"})
         info = {"kind": "finetune", "hparams": hparams, "metrics": metrics,

@@ -43,3 +43,30 @@ def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray
     bias = clf.intercept_ - (clf.coef_ * mean / std).sum(1)
     info = {"C": C, "val_accuracy": acc, "Cs": list(Cs)}
     return torch.tensor(weight, dtype=torch.float32), torch.tensor(bias, dtype=torch.float32), info
+
+
+@torch.no_grad()
+def zero_shot_head(clip, tokenizer, classnames: list[str], templates: list, logit_scale: float,
+                   device) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP's zero-shot classifier as a linear head on L2-normalized image features: per class, the
+    normalized text embeddings of every template, averaged and renormalized, times the logit scale."""
+    from open_clip import build_zero_shot_classifier
+
+    clip.eval()
+    weights = build_zero_shot_classifier(clip, tokenizer, classnames, templates, num_classes_per_batch=10,
+                                         device=device)  # [dim, classes], unit columns
+    weight = logit_scale * weights.T.float().cpu()
+    return weight, torch.zeros(len(classnames))
+
+
+def zero_shot_prompts(head_cfg) -> tuple[list[str], list]:
+    """Class names and prompt templates named in the head config (open_clip ships ImageNet's)."""
+    import open_clip
+
+    classnames = {"imagenet": open_clip.IMAGENET_CLASSNAMES}.get(head_cfg.classnames, None)
+    templates = {"openai": open_clip.OPENAI_IMAGENET_TEMPLATES,
+                 "simple": open_clip.SIMPLE_IMAGENET_TEMPLATES}.get(head_cfg.templates, None)
+    if classnames is None or templates is None:
+        raise ValueError(f"head.classnames={head_cfg.classnames!r} / head.templates={head_cfg.templates!r}; "
+                         f"available: classnames imagenet, templates openai | simple")
+    return list(classnames), list(templates)

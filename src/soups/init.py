@@ -8,14 +8,15 @@ import logging
 import time
 from pathlib import Path
 
+import open_clip
 from filelock import FileLock
 from omegaconf import OmegaConf
 
-from soups.data import EvalSet, eval_sets, load_data
+from soups.data import build_data
 from soups.evaluate import Evaluator, format_metrics, recalibrate_bn
-from soups.heads import extract_features, fit_linear_probe
+from soups.heads import extract_features, fit_linear_probe, zero_shot_head, zero_shot_prompts
 from soups.io import WEIGHTS_NAME, atomic_save_safetensors, load_weights, read_json, sha256_file, write_json
-from soups.models import build_classifier, has_batchnorm
+from soups.models import build_classifier, classifier_from_clip, create_clip, has_batchnorm
 
 log = logging.getLogger(__name__)
 INIT_INFO_NAME = "init.json"
@@ -40,23 +41,15 @@ def shared_init(cfg, device) -> Path:
 
 
 def _build_init(cfg, device, out: Path) -> None:
-    if cfg.head.kind != "linear_probe":
-        raise ValueError(f"head.kind={cfg.head.kind!r}; available: linear_probe")
     start = time.time()
-    data = load_data(cfg.data, cfg.shifts)
-    model = build_classifier(cfg.model, cfg.data.num_classes, cache_dir=cfg.paths.cache_dir).to(device)
-    train = EvalSet(data.train, cfg.model.image_size, cfg.model.mean, cfg.model.std)
-    if cfg.head.adapt_bn and has_batchnorm(model):
-        # Features on ImageNet BN statistics probe well but fine-tune badly once BN runs in train mode.
-        recalibrate_bn(model, train, cfg.eval_batch_size, device)
-    val = EvalSet(data.val, cfg.model.image_size, cfg.model.mean, cfg.model.std)
-    fx = extract_features(model, train, cfg.eval_batch_size, cfg.precision, device)
-    vx = extract_features(model, val, cfg.eval_batch_size, cfg.precision, device)
-    weight, bias, probe = fit_linear_probe(fx, data.train.labels.numpy(), vx, data.val.labels.numpy(),
-                                           list(cfg.head.Cs), cfg.head.max_iter)
-    model.head.weight.data.copy_(weight)
-    model.head.bias.data.copy_(bias)
-    evaluator = Evaluator(eval_sets(data.eval_arrays(), cfg.model), cfg.eval_batch_size, cfg.precision, device)
+    data = build_data(cfg.data, cfg.shifts, cfg.model)
+    if cfg.head.kind == "linear_probe":
+        model, probe = _linear_probe_init(cfg, data, device)
+    elif cfg.head.kind == "zero_shot":
+        model, probe = _zero_shot_init(cfg, device)
+    else:
+        raise ValueError(f"head.kind={cfg.head.kind!r}; available: linear_probe, zero_shot")
+    evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device)
     metrics = evaluator.evaluate(model)
     atomic_save_safetensors(model.state_dict(), out / WEIGHTS_NAME, metadata={"kind": "init"})
     write_json({"kind": "init", "model": OmegaConf.to_container(cfg.model, resolve=True),
@@ -65,7 +58,35 @@ def _build_init(cfg, device, out: Path) -> None:
                 "head": {**OmegaConf.to_container(cfg.head, resolve=True), **probe},
                 "metrics": metrics, "sha256": sha256_file(out / WEIGHTS_NAME),
                 "seconds": round(time.time() - start, 1)}, out / INIT_INFO_NAME)
-    log.info("shared init (linear probe, C=%g): %s", probe["C"], format_metrics(metrics))
+    log.info("shared init (%s): %s", cfg.head.kind, format_metrics(metrics))
+
+
+def _linear_probe_init(cfg, data, device):
+    model = build_classifier(cfg.model, cfg.data.num_classes, cache_dir=cfg.paths.cache_dir).to(device)
+    train, val = data.probe_sets()
+    if cfg.head.adapt_bn and has_batchnorm(model):
+        # Features on ImageNet BN statistics probe well but fine-tune badly once BN runs in train mode.
+        recalibrate_bn(model, train, cfg.eval_batch_size, device)
+    fx = extract_features(model, train, cfg.eval_batch_size, cfg.precision, device)
+    vx = extract_features(model, val, cfg.eval_batch_size, cfg.precision, device)
+    weight, bias, probe = fit_linear_probe(fx, train.labels.numpy(), vx, val.labels.numpy(),
+                                           list(cfg.head.Cs), cfg.head.max_iter)
+    model.head.weight.data.copy_(weight)
+    model.head.bias.data.copy_(bias)
+    return model, probe
+
+
+def _zero_shot_init(cfg, device):
+    clip = create_clip(cfg.model, cache_dir=cfg.paths.cache_dir).to(device)
+    classnames, templates = zero_shot_prompts(cfg.head)
+    if len(classnames) != cfg.data.num_classes:
+        raise ValueError(f"{len(classnames)} class names for {cfg.data.num_classes} classes")
+    weight, bias = zero_shot_head(clip, open_clip.get_tokenizer(cfg.model.open_clip_name), classnames, templates,
+                                  cfg.head.logit_scale, device)
+    model = classifier_from_clip(clip, cfg.model, cfg.data.num_classes)
+    model.head.weight.data.copy_(weight)
+    model.head.bias.data.copy_(bias)
+    return model, {"classnames": cfg.head.classnames, "templates": cfg.head.templates, "num_templates": len(templates)}
 
 
 def load_init(init_dir: Path, model) -> dict:

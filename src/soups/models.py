@@ -38,12 +38,8 @@ class ImageClassifier(nn.Module):
         return self.head(self.features(images))
 
 
-def build_classifier(model_cfg, num_classes: int, cache_dir: str | Path | None = None,
-                     load_pretrained: bool = True) -> ImageClassifier:
-    """Create the open_clip model named by `model_cfg.open_clip_name` and wrap its image tower.
-
-    `load_pretrained=False` builds the architecture only (to load a run's or a soup's weights into).
-    """
+def create_clip(model_cfg, cache_dir: str | Path | None = None, load_pretrained: bool = True) -> nn.Module:
+    """The whole open_clip model named by `model_cfg.open_clip_name` (text tower included)."""
     name = model_cfg.open_clip_name
     if name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {name!r}; registered configs live in {MODEL_CONFIG_DIR} "
@@ -52,17 +48,36 @@ def build_classifier(model_cfg, num_classes: int, cache_dir: str | Path | None =
     tower_file = None
     if load_pretrained and model_cfg.get("image_tower_weights"):
         tower_file = resolve_image_tower_weights(model_cfg.image_tower_weights, cache_dir)
-    with _quiet_root_logger():  # open_clip logs routine steps (and "initialized randomly") on the root logger
-        clip = open_clip.create_model(name, pretrained=pretrained, force_image_size=model_cfg.image_size,
-                                      pretrained_image_path=str(tower_file) if tower_file else None)
+    try:
+        with _quiet_root_logger():  # open_clip logs routine steps (and "initialized randomly") on the root logger
+            clip = open_clip.create_model(name, pretrained=pretrained, force_image_size=model_cfg.image_size,
+                                          pretrained_image_path=str(tower_file) if tower_file else None)
+    except RuntimeError as err:
+        if pretrained and not Path(str(pretrained)).is_file():
+            raise RuntimeError(
+                f"could not get pretrained weights {pretrained!r} for {name} ({err}). Without internet, supply "
+                f"them as a file: download once elsewhere (open_clip.create_model({name!r}, "
+                f"pretrained={pretrained!r}) caches them under ~/.cache/huggingface), copy the checkpoint "
+                f"here and pass model.pretrained=/path/to/checkpoint") from err
+        raise
     if tower_file is not None:
         assert_tower_loaded(clip.visual, tower_file)
-    feature_dim = open_clip.get_model_config(name)["embed_dim"]
+    return clip
+
+
+def classifier_from_clip(clip: nn.Module, model_cfg, num_classes: int) -> ImageClassifier:
+    feature_dim = open_clip.get_model_config(model_cfg.open_clip_name)["embed_dim"]
     model = ImageClassifier(clip.visual, feature_dim, num_classes, bool(model_cfg.normalize_features))
-    del clip  # drops the text tower
     if model_cfg.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def build_classifier(model_cfg, num_classes: int, cache_dir: str | Path | None = None,
+                     load_pretrained: bool = True) -> ImageClassifier:
+    """Image tower (pretrained unless `load_pretrained=False`: architecture only, to load a run's or a
+    soup's weights into) + a linear head; the text tower is dropped."""
+    return classifier_from_clip(create_clip(model_cfg, cache_dir, load_pretrained), model_cfg, num_classes)
 
 
 @contextlib.contextmanager

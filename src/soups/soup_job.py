@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from soups.averaging import StateDict
-from soups.data import EvalSet, bn_recalibration_set, eval_sets, load_data
+from soups.data import EvalSet, build_data
 from soups.evaluate import HELD_OUT, Evaluator, format_metrics, recalibrate_bn
 from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, atomic_save_safetensors, load_weights, sha256_file, write_json
 from soups.models import build_classifier, has_batchnorm
@@ -85,12 +85,12 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     run_cfg = OmegaConf.create(ingredients[0].info["config"])
     setup(cfg.seed, cfg.get("threads"))
     device = resolve_device(cfg.device)
-    data = load_data(run_cfg.data, run_cfg.shifts)
-    evaluator = Evaluator(eval_sets(data.eval_arrays(), run_cfg.model), cfg.eval_batch_size, cfg.precision, device)
+    data = build_data(run_cfg.data, run_cfg.shifts, run_cfg.model)
+    evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device)
     model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)
     bn_sample = None
     if _wants_recalibration(cfg.bn_recalibration, model):
-        bn_sample = bn_recalibration_set(data, run_cfg.data, run_cfg.model)
+        bn_sample = data.bn_set()
     scorer = WeightsScorer(model, evaluator, bn_sample, cfg.eval_batch_size, device)
 
     rows = reference_rows(ingredients)

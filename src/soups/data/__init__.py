@@ -1,7 +1,11 @@
-"""Datasets by config: a training set, the held-out `val` set, `test`, and the shift sets."""
-from __future__ import annotations
+"""Datasets by config. `build_data(data_cfg, shifts_cfg, model_cfg)` returns an object with
 
-from dataclasses import dataclass
+    eval_sets()           {"val": held-out, "test": ..., <shift>: ...}, each with .labels and .batches(bs)
+    train_set(randaug, crop_scale)   the fine-tuning Dataset (timm training transform)
+    probe_sets()          (train, val) evaluation-style sets for fitting a linear probe
+    bn_set()              the fixed training sample for recomputing BatchNorm statistics
+"""
+from __future__ import annotations
 
 from timm.data import create_transform
 
@@ -9,48 +13,55 @@ from soups.data.digits import SHIFTS as MNIST_SHIFTS
 from soups.data.digits import make_shift, mnist_splits, subsample
 from soups.data.images import EvalSet, ImageArray, TransformedImages
 
-__all__ = ["Data", "load_data", "eval_sets", "bn_recalibration_set", "train_dataset", "EvalSet", "ImageArray"]
+__all__ = ["build_data", "MnistData", "EvalSet", "ImageArray", "train_transform"]
 
 
-@dataclass
-class Data:
-    train: ImageArray
-    val: ImageArray
-    test: ImageArray
-    shifts: dict[str, ImageArray]
+def build_data(data_cfg, shifts_cfg, model_cfg):
+    if data_cfg.name == "mnist":
+        return MnistData(data_cfg, shifts_cfg, model_cfg)
+    if data_cfg.name == "imagenet":
+        from soups.data.imagenet_data import ImageNetData
 
-    def eval_arrays(self) -> dict[str, ImageArray]:
-        return {"val": self.val, "test": self.test, **self.shifts}
-
-
-def load_data(data_cfg, shifts_cfg) -> Data:
-    if data_cfg.name != "mnist":
-        raise ValueError(f"unknown data.name={data_cfg.name!r}; available: mnist")
-    splits = mnist_splits(data_cfg.train_per_class, data_cfg.val_per_class, data_cfg.test_per_class,
-                          data_cfg.split_seed)
-    names = list(shifts_cfg.names)
-    unknown = [n for n in names if n not in MNIST_SHIFTS]
-    if unknown:
-        raise ValueError(f"unknown shifts {unknown}; MNIST shifts are {list(MNIST_SHIFTS)}")
-    shifts = {n: subsample(make_shift(n, splits["test"], shifts_cfg.seed), shifts_cfg.max_images, shifts_cfg.seed)
-              for n in names}
-    return Data(splits["train"], splits["val"], splits["test"], shifts)
+        return ImageNetData(data_cfg, shifts_cfg, model_cfg)
+    raise ValueError(f"unknown data.name={data_cfg.name!r}; available: mnist, imagenet")
 
 
-def eval_sets(arrays: dict[str, ImageArray], model_cfg) -> dict[str, EvalSet]:
-    return {name: EvalSet(a, model_cfg.image_size, model_cfg.mean, model_cfg.std) for name, a in arrays.items()}
-
-
-def bn_recalibration_set(data: Data, data_cfg, model_cfg) -> EvalSet:
-    """The fixed training sample on which BN statistics of every model (individual or soup) are recomputed."""
-    sample = subsample(data.train, data_cfg.bn_recalibration_images, data_cfg.split_seed)
-    return EvalSet(sample, model_cfg.image_size, model_cfg.mean, model_cfg.std)
-
-
-def train_dataset(train: ImageArray, model_cfg, randaug: str | None, crop_scale: float) -> TransformedImages:
-    """timm's training transform: random-resized crop (no flips: digits have a handedness) + RandAugment."""
-    transform = create_transform(
-        input_size=model_cfg.image_size, is_training=True, scale=(crop_scale, 1.0), ratio=(1.0, 1.0),
-        hflip=0.0, vflip=0.0, color_jitter=0.0, auto_augment=randaug or None, interpolation="bilinear",
+def train_transform(model_cfg, randaug: str | None, crop_scale: float, hflip: float = 0.0,
+                    interpolation: str = "bilinear", ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+    """timm's training transform: random-resized crop + RandAugment (no colour jitter, no erasing)."""
+    return create_transform(
+        input_size=model_cfg.image_size, is_training=True, scale=(crop_scale, 1.0), ratio=ratio,
+        hflip=hflip, vflip=0.0, color_jitter=0.0, auto_augment=randaug or None, interpolation=interpolation,
         mean=tuple(model_cfg.mean), std=tuple(model_cfg.std), re_prob=0.0)
-    return TransformedImages(train, transform)
+
+
+class MnistData:
+    """The embedded default: in-memory digits, resized once to the model's input size."""
+
+    def __init__(self, data_cfg, shifts_cfg, model_cfg):
+        unknown = [n for n in shifts_cfg.names if n not in MNIST_SHIFTS]
+        if unknown:
+            raise ValueError(f"unknown shifts {unknown}; MNIST shifts are {list(MNIST_SHIFTS)}")
+        self.cfg, self.model_cfg = data_cfg, model_cfg
+        splits = mnist_splits(data_cfg.train_per_class, data_cfg.val_per_class, data_cfg.test_per_class,
+                              data_cfg.split_seed)
+        self.train, self.val, self.test = splits["train"], splits["val"], splits["test"]
+        self.shifts = {n: subsample(make_shift(n, self.test, shifts_cfg.seed), shifts_cfg.max_images, shifts_cfg.seed)
+                       for n in shifts_cfg.names}
+
+    def _eval(self, images: ImageArray) -> EvalSet:
+        return EvalSet(images, self.model_cfg.image_size, self.model_cfg.mean, self.model_cfg.std)
+
+    def eval_sets(self) -> dict[str, EvalSet]:
+        return {name: self._eval(a) for name, a in {"val": self.val, "test": self.test, **self.shifts}.items()}
+
+    def train_set(self, randaug: str | None, crop_scale: float) -> TransformedImages:
+        # square crops, no flips: digits have a handedness
+        transform = train_transform(self.model_cfg, randaug, crop_scale, hflip=0.0, ratio=(1.0, 1.0))
+        return TransformedImages(self.train, transform)
+
+    def probe_sets(self) -> tuple[EvalSet, EvalSet]:
+        return self._eval(self.train), self._eval(self.val)
+
+    def bn_set(self) -> EvalSet:
+        return self._eval(subsample(self.train, self.cfg.bn_recalibration_images, self.cfg.split_seed))

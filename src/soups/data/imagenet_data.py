@@ -1,0 +1,61 @@
+"""`data=imagenet`: fine-tune on ImageNet train minus the held-out split; evaluate on the held-out split
+(`val`), ImageNet val (`test`) and the shifts. All layouts and counts are checked up front."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from open_clip import image_transform
+
+from soups.data import train_transform
+from soups.data.imagenet import FileEvalSet, FileImages, held_out_mask, imagenet_split
+from soups.data.imagenet_shifts import BUILDERS, DEFAULTS
+
+
+class ImageNetData:
+    def __init__(self, data_cfg, shifts_cfg, model_cfg):
+        self.cfg, self.model_cfg = data_cfg, model_cfg
+        root = Path(data_cfg.root).expanduser()
+        self.eval_transform = image_transform(model_cfg.image_size, is_train=False, mean=tuple(model_cfg.mean),
+                                              std=tuple(model_cfg.std))
+        paths, labels = imagenet_split(root, data_cfg.train_dir, data_cfg.expected_train_images)
+        held = held_out_mask(labels, data_cfg.held_out.idxs_file, data_cfg.held_out.per_class,
+                             data_cfg.held_out.seed, paths)
+        self.train_paths = [p for p, h in zip(paths, held) if not h]
+        self.train_labels = labels[~held]
+        self.held_paths = [p for p, h in zip(paths, held) if h]
+        self.held_labels = labels[held]
+        val_dir = next((d for d in data_cfg.val_dirs if (root / d).is_dir()), data_cfg.val_dirs[0])
+        self.test_paths, self.test_labels = imagenet_split(root, val_dir, data_cfg.expected_val_images)
+        self.shifts = {}
+        for name in shifts_cfg.names:
+            if name not in BUILDERS:
+                raise ValueError(f"unknown ImageNet shift {name!r}; expected some of {list(BUILDERS)}")
+            folders = [shifts_cfg.folders[name], *shifts_cfg.get("alt_folders", {}).get(name, [])]
+            folder = next((f for f in folders if (root / f).is_dir()), folders[0])
+            extra = {"crop_border": shifts_cfg.objectnet_crop_border} if name == "objectnet" else {}
+            self.shifts[name] = BUILDERS[name](root / folder, self.eval_transform, shifts_cfg.expected[name],
+                                               data_cfg.num_workers, **extra)
+
+    def _eval(self, name, paths, labels) -> FileEvalSet:
+        return FileEvalSet(name, paths, labels, self.eval_transform, self.cfg.num_workers)
+
+    def eval_sets(self) -> dict:
+        return {"val": self._eval("val", self.held_paths, self.held_labels),
+                "test": self._eval("test", self.test_paths, self.test_labels), **self.shifts}
+
+    def train_set(self, randaug: str | None, crop_scale: float) -> FileImages:
+        transform = train_transform(self.model_cfg, randaug, crop_scale, hflip=0.5, interpolation="bicubic")
+        return FileImages(self.train_paths, self.train_labels, transform)
+
+    def probe_sets(self):
+        raise ValueError("a linear probe on ImageNet features is not built in; use head=zero_shot "
+                         "(or the released LP init, model_0 of pool=paper_vit_b32)")
+
+    def bn_set(self) -> FileEvalSet:
+        rng = np.random.default_rng(self.cfg.held_out.seed)
+        take = np.sort(rng.choice(len(self.train_paths), size=self.cfg.bn_recalibration_images, replace=False))
+        return self._eval("bn", [self.train_paths[i] for i in take], self.train_labels[take])
+
+
+assert set(DEFAULTS) == set(BUILDERS)

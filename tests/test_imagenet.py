@@ -1,0 +1,110 @@
+"""ImageNet and the five shifts on fake trees in the exact layouts: labels, masks, projections, errors."""
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from fake_imagenet import ANALOG_CLOCK, BANANA, DIGITAL_CLOCK, make_tree
+from soups.data import build_data
+from soups.data.imagenet import WNID_INDEX, DatasetLayoutError, held_out_mask, scan_class_folders
+from soups.data.imagenet_shifts import imagenet_r, imagenet_v2, objectnet
+
+IDENTITY = lambda img: torch.zeros(1)  # noqa: E731 - transforms are not under test here
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imagenet")
+    return root, make_tree(root)
+
+
+def imagenet_cfgs(root, counts, **held_out):
+    data = OmegaConf.merge(OmegaConf.load("conf/data/imagenet.yaml"), {
+        "root": str(root), "expected_train_images": counts["train"], "expected_val_images": counts["val"],
+        "num_workers": 0, "bn_recalibration_images": 8, "held_out": {"per_class": 1, **held_out}})
+    shifts = OmegaConf.merge(OmegaConf.load("conf/shifts/imagenet.yaml"),
+                             {"expected": {k: counts[k] for k in OmegaConf.load("conf/shifts/imagenet.yaml").expected}})
+    model = OmegaConf.load("conf/model/tiny_vit.yaml")
+    return data, shifts, model
+
+
+def test_imagenet_train_val_and_the_held_out_split(tree):
+    root, counts = tree
+    data = build_data(*imagenet_cfgs(root, counts))
+    sets = data.eval_sets()
+    assert len(sets["val"]) == 1000 and len(sets["test"]) == 1000  # held-out: 1 per class here
+    assert len(data.train_paths) == counts["train"] - 1000
+    assert not set(data.train_paths) & set(data.held_paths)
+    assert sorted(sets["val"].labels.tolist()) == list(range(1000))
+    assert list(sets) == ["val", "test", "imagenet_v2", "imagenet_r", "imagenet_sketch", "objectnet", "imagenet_a"]
+    images, labels = next(sets["imagenet_r"].batches(2))
+    assert images.shape == (2, 3, 32, 32)
+
+
+def test_official_mask_file_is_used_and_checked(tree, tmp_path):
+    root, counts = tree
+    paths, _ = zip(*scan_class_folders(str(root / "train")))
+    labels = torch.tensor([WNID_INDEX[p.split("/")[-2]] for p in paths])
+    mask = np.zeros(len(paths), dtype=np.int64)
+    mask[::2] = 1  # the first image of every class held out
+    np.save(tmp_path / "idxs.npy", mask)
+    held = held_out_mask(labels, str(tmp_path / "idxs.npy"), 26, 0, list(paths))
+    assert held.sum() == 1000 and held[0] and not held[1]
+    np.save(tmp_path / "bad.npy", np.zeros(5))
+    with pytest.raises(ValueError, match="0/1 mask over the 2000"):
+        held_out_mask(labels, str(tmp_path / "bad.npy"), 26, 0)
+    mask[:] = 1  # > 1000 held out: the official sanity check applies and fails on this tree
+    np.save(tmp_path / "all.npy", mask)
+    with pytest.raises(ValueError, match="n01675722_4108.JPEG"):
+        held_out_mask(labels, str(tmp_path / "all.npy"), 26, 0, list(paths))
+
+
+def test_seeded_held_out_split_is_deterministic_and_per_class():
+    labels = torch.arange(10).repeat_interleave(30)
+    a, b = held_out_mask(labels, None, 3, 0), held_out_mask(labels, None, 3, 0)
+    assert (a == b).all() and np.bincount(labels.numpy()[a]).tolist() == [3] * 10
+    assert not (held_out_mask(labels, None, 3, 1) == a).all()
+
+
+def test_v2_labels_come_from_folder_names(tree):
+    root, _ = tree
+    v2 = imagenet_v2(root / "imagenetv2-matched-frequency-format-val", IDENTITY, 4, 0)
+    assert sorted(zip([p.split("/")[-2] for p in v2.paths], v2.labels.tolist())) == [
+        ("0", 0), ("10", 10), ("2", 2), ("999", 999)]
+
+
+def test_imagenet_r_masks_logits_to_its_classes(tree):
+    root, _ = tree
+    r = imagenet_r(root / "imagenet-r", IDENTITY, 3, 0)
+    logits = torch.zeros(1, 1000)
+    logits[0, 0] = 9.0  # class 0 is not in the subset: must not win
+    logits[0, 4] = 5.0  # ImageNet class 4 = third R folder
+    projected = r.project_logits(logits)
+    assert projected.shape == (1, 3) and projected.argmax().item() == 2
+    assert r.labels.tolist() == [0, 1, 2]
+
+
+def test_objectnet_projects_by_max_over_mapped_classes(tree):
+    root, _ = tree
+    on = objectnet(root / "objectnet-1.0", IDENTITY, 4, 0)
+    assert len(on) == 4 and sorted(set(on.labels.tolist())) == [0, 1]  # bench dropped; alarm_clock=0, banana=1
+    logits = torch.zeros(2, 1000)
+    logits[0, DIGITAL_CLOCK] = 3.0   # either clock counts for "Alarm clock"
+    logits[0, BANANA] = 2.0
+    logits[1, ANALOG_CLOCK] = 1.0
+    logits[1, BANANA] = 4.0
+    projected = on.project_logits(logits)
+    assert projected.tolist() == [[3.0, 2.0], [1.0, 4.0]]
+
+
+def test_missing_root_wrong_count_and_wrong_layout_say_what_was_expected(tree, tmp_path):
+    root, counts = tree
+    data, shifts, model = imagenet_cfgs(tmp_path / "nowhere", counts)
+    with pytest.raises(DatasetLayoutError, match="(?s)missing folder.*expected layout.*get it from"):
+        build_data(data, shifts, model)
+    data, shifts, model = imagenet_cfgs(root, counts)
+    shifts.expected.imagenet_a = 7500
+    with pytest.raises(DatasetLayoutError, match="imagenet_a: found 2 images, expected 7500"):
+        build_data(data, shifts, model)
+    with pytest.raises(DatasetLayoutError, match="named 0..999"):
+        imagenet_v2(root / "sketch", IDENTITY, None, 0)
