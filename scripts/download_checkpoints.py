@@ -1,0 +1,102 @@
+"""Fetch the paper's 72 released CLIP ViT-B/32 checkpoints and the official metadata files.
+
+    python scripts/download_checkpoints.py --out data/model_soups_checkpoints [--models 0-71] [--jobs 4]
+
+Resumable: partial downloads continue where they stopped (HTTP Range); complete files are skipped.
+Each finished file's sha256 is recorded in `sha256.json` beside it; a file whose bytes no longer match
+its record is fetched again. The official metadata (`hparam_info.json`, the result jsonl files and the
+held-out mask `imagenet_98_idxs.npy`) come from the same repository; nothing of it is vendored here.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+RELEASE = "https://github.com/mlfoundations/model-soups/releases/download/v0.0.2/model_{i}.pt"
+RAW = "https://raw.githubusercontent.com/mlfoundations/model-soups/main/{name}"
+METADATA = ["hparam_info.json", "individual_model_results.jsonl", "uniform_soup_results.jsonl",
+            "greedy_soup_results.jsonl", "imagenet_98_idxs.npy"]
+CHUNK = 1 << 20
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(url: str, dest: Path, opener=urllib.request.urlopen) -> Path:
+    """Download `url` to `dest` through `dest.part`, resuming a partial file; atomic rename at the end."""
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    with opener(request) as response:
+        status = getattr(response, "status", 200)
+        if have and status != 206:  # server ignored the range: start over
+            have = 0
+        with open(part, "ab" if have else "wb") as f:
+            while block := response.read(CHUNK):
+                f.write(block)
+    os.replace(part, dest)
+    return dest
+
+
+def parse_models(spec: str) -> list[int]:
+    out = []
+    for piece in spec.split(","):
+        lo, _, hi = piece.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    if any(not 0 <= i <= 71 for i in out):
+        raise SystemExit(f"--models {spec}: the release has model_0 .. model_71")
+    return out
+
+
+def main(argv=None, opener=urllib.request.urlopen) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--models", default="0-71")
+    parser.add_argument("--jobs", type=int, default=4)
+    parser.add_argument("--no-metadata", action="store_true")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    record_path = args.out / "sha256.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+
+    jobs = [(RELEASE.format(i=i), args.out / f"model_{i}.pt") for i in parse_models(args.models)]
+    if not args.no_metadata:
+        jobs += [(RAW.format(name=name), args.out / name) for name in METADATA]
+
+    def one(job):
+        url, dest = job
+        if dest.is_file() and record.get(dest.name) == sha256(dest):
+            return dest.name, record[dest.name], "complete"
+        fetch(url, dest, opener)
+        return dest.name, sha256(dest), "downloaded"
+
+    failures = 0
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = {pool.submit(one, job): job for job in jobs}
+        for future, (url, dest) in futures.items():
+            try:
+                name, digest, status = future.result()
+                record[name] = digest
+                print(f"{status:>10}  {name}  {digest[:12]}")
+            except OSError as err:
+                failures += 1
+                print(f"    failed  {dest.name}: {err} (run again to resume)", file=sys.stderr)
+    tmp = record_path.with_name(record_path.name + ".tmp")
+    tmp.write_text(json.dumps(dict(sorted(record.items())), indent=2) + "\n")
+    os.replace(tmp, record_path)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
