@@ -108,3 +108,18 @@ def test_missing_root_wrong_count_and_wrong_layout_say_what_was_expected(tree, t
         build_data(data, shifts, model)
     with pytest.raises(DatasetLayoutError, match="named 0..999"):
         imagenet_v2(root / "sketch", IDENTITY, None, 0)
+
+
+def test_verifier_reports_found_missing_and_counts(tree, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("verify_datasets", "scripts/verify_datasets.py")
+    verify = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(verify)
+    root, counts = tree
+    assert verify.main(["--root", str(root)]) == 1  # fake tree: counts differ from the real releases
+    out = capsys.readouterr().out
+    assert "imagenet_a       mismatch          2" in out and "found 2 images, expected 7500" in out
+    assert verify.main(["--root", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert out.count("missing") >= 7
