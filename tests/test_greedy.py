@@ -15,7 +15,7 @@ class ScalarScorer:
         self.values, self.score, self.calls = values, score, 0
 
     def load(self, ingredient):
-        return {"x": torch.tensor([self.values[ingredient.run_dir.name]], dtype=torch.float64)}
+        return {"x": torch.tensor([self.values[ingredient.name]], dtype=torch.float64)}
 
     def held_out(self, state):
         self.calls += 1
@@ -23,11 +23,11 @@ class ScalarScorer:
 
 
 def ingredient(name, held_out):
-    return Ingredient(Path("sweep") / name, {"metrics": {"val": held_out}})
+    return Ingredient(name, Path(name) / "model.safetensors", {"metrics": {"val": held_out}})
 
 
 def names(result):
-    return [i.run_dir.name for i in result.ingredients]
+    return [i.name for i in result.ingredients]
 
 
 def test_ranks_by_held_out_and_rejects_a_bad_ingredient():

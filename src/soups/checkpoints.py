@@ -41,13 +41,13 @@ def convert_official_state_dict(official: dict[str, torch.Tensor],
     return converted
 
 
-def convert_official_file(path: str | Path, out_dir: str | Path,
-                          expected: dict[str, torch.Tensor] | None = None) -> Path:
+def convert_official_file(path: str | Path, out_dir: str | Path, expected: dict[str, torch.Tensor] | None = None,
+                          source_sha256: str | None = None) -> Path:
     """`out_dir/<name>.safetensors`, converted once (reused while the source's sha256 is unchanged)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"missing checkpoint {path}; fetch the release with scripts/download_checkpoints.py")
-    source_sha = sha256_file(path)
+    source_sha = source_sha256 or sha256_file(path)
     out = Path(out_dir) / f"{path.stem}-{source_sha[:16]}.safetensors"
     if out.is_file():
         return out

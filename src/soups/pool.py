@@ -1,7 +1,8 @@
-"""A pool of ingredients: fine-tuned run dirs that share one architecture and one initialization.
+"""A pool of ingredients: fine-tuned weights that share one architecture and one initialization.
 
 Sources: the most recent finetune sweep (default), `pool.dir` (a sweep folder or a folder of run
-dirs), `pool.glob`, or `pool.runs` (a list). Every check runs before any evaluation.
+dirs), `pool.glob`, `pool.runs` (a list), or `pool.release` (the paper's released checkpoints, see
+soups/release.py). Every check runs before any evaluation.
 """
 from __future__ import annotations
 
@@ -14,17 +15,21 @@ from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, read_json, read_weights_header
 
 @dataclass
 class Ingredient:
-    run_dir: Path
+    """One set of fine-tuned weights. `info` holds at least `metrics` once evaluated (a run's run.json)."""
+    name: str
+    weights: Path
     info: dict = field(repr=False)
+    run_dir: Path | None = None
     header: dict = field(default_factory=dict, repr=False)  # {key: (shape, dtype)} of the weights
 
-    @property
-    def name(self) -> str:
-        return f"{self.run_dir.parent.name}/{self.run_dir.name}"
+    @classmethod
+    def from_run_dir(cls, run_dir: Path, info: dict) -> "Ingredient":
+        return cls(f"{run_dir.parent.name}/{run_dir.name}", run_dir / WEIGHTS_NAME, info, run_dir)
 
     @property
-    def weights(self) -> Path:
-        return self.run_dir / WEIGHTS_NAME
+    def source(self) -> Path:
+        """Where the user's copy lives: the run dir, or the original file a checkpoint was converted from."""
+        return self.run_dir or Path(self.info.get("source", self.weights))
 
     @property
     def held_out(self) -> float:
@@ -73,7 +78,7 @@ def load_pool(pool_cfg, log_dir, verify_sha256: bool = True) -> list[Ingredient]
     ingredients = []
     for run_dir in resolve_run_dirs(pool_cfg, log_dir):
         info = read_json(run_dir / RUN_INFO_NAME)
-        ingredient = Ingredient(run_dir, info)
+        ingredient = Ingredient.from_run_dir(run_dir, info)
         header = read_weights_header(ingredient.weights)
         if verify_sha256 and info.get("sha256") and sha256_file(ingredient.weights) != info["sha256"]:
             raise ValueError(f"{ingredient.weights} does not match the sha256 in its run.json: "

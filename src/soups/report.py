@@ -95,8 +95,34 @@ def figure(rows: list[dict], path: Path, title: str) -> None:
     tmp.replace(path)
 
 
-def write_report(rows: list[dict], out_dir: Path, title: str) -> str:
+REFERENCE_ROWS = {"best_individual": "best_individual", "uniform": "uniform soup", "greedy": "greedy soup"}
+
+
+def reference_table(rows: list[dict], reference) -> str:
+    """Ours next to published numbers, per cell `ours (reference, difference)`."""
+    cols = list(reference.columns)
+    lines = [f"Reference: {reference.source}", "",
+             "| | " + " | ".join(HEADERS.get(c, c) for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for key, published in reference.rows.items():
+        ours = next((r for r in rows if r["kind"] == key or r["row"] == REFERENCE_ROWS.get(key)), None)
+        for source, values in published.items():
+            cells = []
+            for col, ref in zip(cols, values):
+                mine = ours["metrics"].get(col) if ours else None
+                if ref is None:
+                    cells.append("" if mine is None else f"{mine:.2f}")
+                elif mine is None:
+                    cells.append(f"– ({ref:.2f})")
+                else:
+                    cells.append(f"{mine:.2f} ({ref:.2f}, {mine - ref:+.2f})")
+            lines.append(f"| {key} vs {source} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(rows: list[dict], out_dir: Path, title: str, reference=None) -> str:
     table = markdown_table(rows)
+    if reference:
+        table += "\n" + reference_table(rows, reference)
     write_text(f"# {title}\n\nTop-1 accuracy (%). held-out = the validation split used to rank and select "
                f"ingredients.\n\n{table}", out_dir / "report.md")
     write_text(csv_text(rows), out_dir / "report.csv")

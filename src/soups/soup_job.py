@@ -11,10 +11,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from soups.averaging import StateDict
 from soups.data import EvalSet, build_data
+from soups.eval_cache import MetricsCache, evaluation_key
 from soups.evaluate import HELD_OUT, Evaluator, format_metrics, recalibrate_bn
 from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, atomic_save_safetensors, load_weights, sha256_file, write_json
 from soups.models import build_classifier, has_batchnorm
 from soups.pool import Ingredient, load_pool
+from soups.release import load_release_pool
 from soups.report import write_report
 from soups.runtime import check_precision, resolve_device, setup
 from soups.tracking import tracking
@@ -66,9 +68,9 @@ def _wants_recalibration(setting, model) -> bool:
     raise ValueError(f"bn_recalibration={setting!r}; expected auto, true or false")
 
 
-def reference_rows(ingredients: list[Ingredient]) -> list[dict]:
-    """Initialization, every individual, and the best individual by held-out accuracy (from run.json)."""
-    rows = [{"row": "initialization", "kind": "init", "ingredients": "", "metrics": ingredients[0].info["init"]["metrics"]}]
+def reference_rows(ingredients: list[Ingredient], init_metrics: dict) -> list[dict]:
+    """Initialization, every individual, and the best individual by held-out accuracy."""
+    rows = [{"row": "initialization", "kind": "init", "ingredients": "", "metrics": init_metrics}]
     rows += [{"row": i.name, "kind": "individual", "ingredients": 1, "metrics": i.info["metrics"]} for i in ingredients]
     best = max(ingredients, key=lambda i: i.held_out)
     rows.append({"row": f"best individual ({best.name})", "kind": "best_individual", "ingredients": 1,
@@ -76,26 +78,51 @@ def reference_rows(ingredients: list[Ingredient]) -> list[dict]:
     return rows
 
 
+def _open_pool(cfg, device):
+    """(ingredients, run config with model/data/shifts, template model, init record, pool name)."""
+    if cfg.pool.get("release"):
+        missing = [k for k in ("model", "data", "shifts") if not cfg.get(k)]
+        if missing:
+            raise ValueError(f"pool.release needs {missing} in the soup config; use experiment=paper_vit_b32")
+        run_cfg = OmegaConf.create({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "shifts")})
+        model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)
+        ingredients, init = load_release_pool(cfg.pool.release, model.state_dict(), cfg.paths.cache_dir)
+        return ingredients, run_cfg, model, init, Path(cfg.pool.release.dir).name
+    ingredients = load_pool(cfg.pool, cfg.paths.log_dir, cfg.pool.verify_sha256)
+    run_cfg = OmegaConf.create(ingredients[0].info["config"])
+    model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)
+    return ingredients, run_cfg, model, None, ingredients[0].run_dir.parent.name
+
+
 def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     out_dir = Path(out_dir)
     check_precision(cfg.precision)
     recipes = build_recipes(cfg.method)
-    ingredients = load_pool(cfg.pool, cfg.paths.log_dir, cfg.pool.verify_sha256)
-    log.info("pool: %d ingredients from %s", len(ingredients), ingredients[0].run_dir.parent)
-    run_cfg = OmegaConf.create(ingredients[0].info["config"])
     setup(cfg.seed, cfg.get("threads"))
     device = resolve_device(cfg.device)
+    ingredients, run_cfg, model, init, pool_name = _open_pool(cfg, device)
+    log.info("pool %s: %d ingredients", pool_name, len(ingredients))
     data = build_data(run_cfg.data, run_cfg.shifts, run_cfg.model)
     evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device)
-    model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)
-    bn_sample = None
-    if _wants_recalibration(cfg.bn_recalibration, model):
-        bn_sample = data.bn_set()
+    bn_sample = data.bn_set() if _wants_recalibration(cfg.bn_recalibration, model) else None
     scorer = WeightsScorer(model, evaluator, bn_sample, cfg.eval_batch_size, device)
 
-    rows = reference_rows(ingredients)
+    cache = MetricsCache(cfg.paths.cache_dir, evaluation_key(run_cfg, cfg.precision))
+    for ingredient in ingredients:  # released checkpoints carry no metrics: evaluate each once, cached
+        if "metrics" not in ingredient.info:
+            digest = sha256_file(ingredient.weights)
+            ingredient.info["metrics"] = cache.get(digest) or scorer.evaluate(scorer.load(ingredient), averaged=False)
+            cache.put(digest, ingredient.info["metrics"])
+            log.info("%s: %s", ingredient.name, format_metrics(ingredient.info["metrics"]))
+    if init is None:
+        template = {"init": ingredients[0].info["init"], "config": ingredients[0].info["config"]}
+    else:
+        template = {"init": {"name": init.name, "sha256": sha256_file(init.weights), "metrics": init.info["metrics"]},
+                    "config": OmegaConf.to_container(run_cfg)}
+
+    rows = reference_rows(ingredients, template["init"]["metrics"])
     with tracking(cfg.logger, out_dir, name=f"soup/{out_dir.name}", job_type="soup",
-                  config=OmegaConf.to_container(cfg, resolve=True), group=ingredients[0].run_dir.parent.name) as tracker:
+                  config=OmegaConf.to_container(cfg, resolve=True), group=pool_name) as tracker:
         for name, recipe in recipes.items():
             start = time.time()
             result = recipe(ingredients, scorer)
@@ -103,14 +130,14 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
             # save what was evaluated: the average with its recomputed BN statistics (if any)
             result.state = {k: v.detach().cpu().clone() for k, v in scorer.model.state_dict().items()}
             seconds = round(time.time() - start, 1)
-            _save_soup(out_dir / name, name, result, metrics, ingredients[0].info, bn_sample is not None, seconds)
+            _save_soup(out_dir / name, name, result, metrics, template, bn_sample is not None, seconds)
             rows.append({"row": f"{name} soup", "kind": "soup", "ingredients": len(result.ingredients),
                          "metrics": metrics})
             tracker.log({f"{name}/{k}": v for k, v in metrics.items()})
             log.info("%s soup (%d ingredients, %.1fs): %s", name, len(result.ingredients), seconds,
                      format_metrics(metrics))
-        title = f"soups of {ingredients[0].run_dir.parent.name} ({len(ingredients)} ingredients)"
-        table = write_report(rows, out_dir, title)
+        title = f"soups of {pool_name} ({len(ingredients)} ingredients)"
+        table = write_report(rows, out_dir, title, cfg.get("reference"))
         cols = ["row", "kind", "ingredients", *rows[0]["metrics"].keys()]
         tracker.table("soups/table", cols, [[r["row"], r["kind"], str(r["ingredients"]),
                                              *[r["metrics"].get(c) for c in cols[3:]]] for r in rows])
@@ -122,7 +149,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
 def _save_soup(soup_dir: Path, name: str, result, metrics: dict, template_info: dict, recalibrated: bool,
                seconds: float) -> None:
     atomic_save_safetensors(result.state, soup_dir / WEIGHTS_NAME, metadata={"kind": "soup", "method": name})
-    record = {"kind": "soup", "method": name, "ingredients": [str(i.run_dir) for i in result.ingredients],
+    record = {"kind": "soup", "method": name, "ingredients": [str(i.source) for i in result.ingredients],
               "metrics": metrics, "bn_recalibrated": recalibrated, "seconds": seconds, **result.record}
     write_json(record, soup_dir / "soup.json")
     # run.json in the same schema as a fine-tune's, so a soup loads (and soups) like any run

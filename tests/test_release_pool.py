@@ -1,0 +1,88 @@
+"""`python src/soup.py experiment=paper_vit_b32`: the released pool's format end to end, on fake
+official checkpoints and the fake ImageNet tree. Fast with a tiny tower; the real ViT-B/32 is slow."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, compose_cfg
+from fake_imagenet import make_tree
+from soups.evaluate import Evaluator
+from soups.models import create_clip
+from soups.soup_job import run_soup
+
+SHIFTS = ("imagenet_v2", "imagenet_r", "imagenet_sketch", "objectnet", "imagenet_a")
+
+
+def write_release(folder: Path, model_cfg, n: int, head_dim: int) -> None:
+    """n official-format checkpoints (one shared random tower perturbed per model) + metadata files."""
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    base = create_clip(model_cfg, load_pretrained=False).state_dict()
+    head = torch.randn(1000, head_dim)
+    hparams, record = {"model_0": {"info": "LP initialization"}}, {}
+    for i in range(n):
+        state = {f"model.{k}": v + (0.01 * i * torch.randn_like(v) if v.is_floating_point() else 0)
+                 for k, v in base.items() if not k.startswith("transformer.")}
+        state["classification_head.weight"] = head + 0.01 * i * torch.randn_like(head)
+        state["classification_head.bias"] = torch.zeros(1000)
+        torch.save(state, folder / f"model_{i}.pt")
+        if i:
+            hparams[f"model_{i}"] = {"lr": 1e-5 * i, "wd": 0.1, "epochs": 4, "aug": None, "mix": 0, "smoothing": 0}
+    (folder / "hparam_info.json").write_text(json.dumps(hparams))
+
+
+def overrides(tmp_path, counts, model="tiny_vit"):
+    return ["experiment=paper_vit_b32", f"model={model}", "precision=fp32", "logger=none", "eval_batch_size=256",
+            f"data.root={tmp_path}/data", "data.num_workers=0", "data.held_out.per_class=1",
+            f"data.expected_train_images={counts['train']}", f"data.expected_val_images={counts['val']}",
+            *[f"shifts.expected.{k}={counts[k]}" for k in SHIFTS],
+            f"pool.release.dir={tmp_path}/release", "pool.release.models=3"]
+
+
+def test_released_pool_soups_and_compares_with_the_paper(tmp_path, monkeypatch):
+    counts = make_tree(tmp_path / "data", train_per_class=1 + 1)
+    cfg = compose_cfg("soup", tmp_path, overrides(tmp_path, counts))
+    write_release(tmp_path / "release", cfg.model, 3, head_dim=64)
+    rows = run_soup(cfg, tmp_path / "out")
+    names = [r["row"] for r in rows]
+    assert names[:4] == ["initialization", "model_0", "model_1", "model_2"]
+    assert rows[0]["metrics"] == rows[1]["metrics"]  # model_0 is the init
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "greedy vs released" in report and "(81.03, " in report and "(47.97, " in report
+    greedy = json.loads((tmp_path / "out" / "greedy" / "soup.json").read_text())
+    assert greedy["ingredients"][0].endswith(".pt")
+
+    calls = []
+    original = Evaluator.evaluate
+    monkeypatch.setattr(Evaluator, "evaluate", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    run_soup(compose_cfg("soup", tmp_path, [*overrides(tmp_path, counts), "method=uniform"]), tmp_path / "out2")
+    assert len(calls) == 1  # the three individuals came from the cache; only the soup was evaluated
+
+
+def test_release_files_are_checked_before_any_work(tmp_path):
+    counts = make_tree(tmp_path / "data")
+    cfg = compose_cfg("soup", tmp_path, overrides(tmp_path, counts))
+    with pytest.raises(FileNotFoundError, match="download_checkpoints.py"):
+        run_soup(cfg, tmp_path / "out")
+    write_release(tmp_path / "release", cfg.model, 3, head_dim=64)
+    (tmp_path / "release" / "sha256.json").write_text(json.dumps({"model_1.pt": "0" * 64}))
+    with pytest.raises(ValueError, match="sha256 recorded at download"):
+        run_soup(cfg, tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_soup_of_three_official_vit_b32_checkpoints_through_soup_py(tmp_path):
+    counts = make_tree(tmp_path / "data")
+    cfg = compose_cfg("soup", tmp_path, overrides(tmp_path, counts, model="vit_b32"))
+    write_release(tmp_path / "release", cfg.model, 3, head_dim=512)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    args = [a for a in overrides(tmp_path, counts, model="vit_b32") if a != "model=vit_b32"]
+    proc = subprocess.run([sys.executable, "src/soup.py", *args, f"paths.log_dir={tmp_path}/logs",
+                           f"paths.cache_dir={tmp_path}/cache"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| **greedy soup** |" in proc.stdout and "uniform vs released" in proc.stdout
