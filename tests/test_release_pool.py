@@ -86,3 +86,21 @@ def test_soup_of_three_official_vit_b32_checkpoints_through_soup_py(tmp_path):
                            f"paths.cache_dir={tmp_path}/cache"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| **greedy soup** |" in proc.stdout and "uniform vs released" in proc.stdout
+
+
+def test_finetune_experiment_starts_from_the_released_init(tmp_path):
+    from soups.finetune_job import run_finetune
+    from soups.io import load_weights
+
+    counts = make_tree(tmp_path / "data")
+    data_args = [a for a in overrides(tmp_path, counts) if a.startswith(("data.", "shifts.", "model="))]
+    cfg = compose_cfg("finetune", tmp_path, ["experiment=finetune_vit_b32", *data_args, "head=checkpoint",
+                                             f"head.path={tmp_path}/release/model_0.pt", "precision=fp32",
+                                             "batch_size=64", "epochs=1", "warmup_steps=2", "num_workers=0",
+                                             "logger=none", "eval_batch_size=256"])
+    write_release(tmp_path / "release", cfg.model, 1, head_dim=64)
+    info = run_finetune(cfg, tmp_path / "run")
+    init = load_weights(Path(info["init"]["dir"]) / "model.safetensors")
+    official = torch.load(tmp_path / "release" / "model_0.pt", weights_only=True)
+    assert torch.equal(init["head.weight"], official["classification_head.weight"])
+    assert info["hparams"]["warmup_steps"] == 2 and info["config"]["model"]["name"] == "tiny_vit"

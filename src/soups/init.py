@@ -12,6 +12,7 @@ import open_clip
 from filelock import FileLock
 from omegaconf import OmegaConf
 
+from soups.checkpoints import convert_official_file
 from soups.data import build_data
 from soups.evaluate import Evaluator, format_metrics, recalibrate_bn
 from soups.heads import extract_features, fit_linear_probe, zero_shot_head, zero_shot_prompts
@@ -47,8 +48,10 @@ def _build_init(cfg, device, out: Path) -> None:
         model, probe = _linear_probe_init(cfg, data, device)
     elif cfg.head.kind == "zero_shot":
         model, probe = _zero_shot_init(cfg, device)
+    elif cfg.head.kind == "checkpoint":
+        model, probe = _checkpoint_init(cfg, device)
     else:
-        raise ValueError(f"head.kind={cfg.head.kind!r}; available: linear_probe, zero_shot")
+        raise ValueError(f"head.kind={cfg.head.kind!r}; available: linear_probe, zero_shot, checkpoint")
     evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device)
     metrics = evaluator.evaluate(model)
     atomic_save_safetensors(model.state_dict(), out / WEIGHTS_NAME, metadata={"kind": "init"})
@@ -87,6 +90,17 @@ def _zero_shot_init(cfg, device):
     model.head.weight.data.copy_(weight)
     model.head.bias.data.copy_(bias)
     return model, {"classnames": cfg.head.classnames, "templates": cfg.head.templates, "num_templates": len(templates)}
+
+
+def _checkpoint_init(cfg, device):
+    """Start from given weights: a project checkpoint (.safetensors) or an official one (e.g. model_0.pt,
+    the paper's linear-probe init)."""
+    model = build_classifier(cfg.model, cfg.data.num_classes, load_pretrained=False).to(device)
+    path = Path(cfg.head.path).expanduser()
+    if path.suffix != ".safetensors":
+        path = convert_official_file(path, Path(cfg.paths.cache_dir) / "release", expected=model.state_dict())
+    model.load_state_dict(load_weights(path), strict=True)
+    return model, {"path": str(cfg.head.path), "sha256": sha256_file(path)}
 
 
 def load_init(init_dir: Path, model) -> dict:
