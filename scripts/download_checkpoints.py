@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 RELEASE = "https://github.com/mlfoundations/model-soups/releases/download/v0.0.2/model_{i}.pt"
@@ -81,20 +81,25 @@ def main(argv=None, opener=urllib.request.urlopen) -> int:
         fetch(url, dest, opener)
         return dest.name, sha256(dest), "downloaded"
 
+    def save_record():  # after every finished file, so an interruption loses nothing completed
+        tmp = record_path.with_name(record_path.name + ".tmp")
+        tmp.write_text(json.dumps(dict(sorted(record.items())), indent=2) + "\n")
+        os.replace(tmp, record_path)
+
     failures = 0
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = {pool.submit(one, job): job for job in jobs}
-        for future, (url, dest) in futures.items():
+        for future in as_completed(futures):
+            url, dest = futures[future]
             try:
                 name, digest, status = future.result()
-                record[name] = digest
-                print(f"{status:>10}  {name}  {digest[:12]}")
-            except OSError as err:
+            except Exception as err:  # dropped connection, HTTP error, disk full: report, keep the rest
                 failures += 1
-                print(f"    failed  {dest.name}: {err} (run again to resume)", file=sys.stderr)
-    tmp = record_path.with_name(record_path.name + ".tmp")
-    tmp.write_text(json.dumps(dict(sorted(record.items())), indent=2) + "\n")
-    os.replace(tmp, record_path)
+                print(f"    failed  {dest.name}: {err!r} (run again to resume)", file=sys.stderr)
+                continue
+            record[name] = digest
+            save_record()
+            print(f"{status:>10}  {name}  {digest[:12]}")
     return 1 if failures else 0
 
 

@@ -41,3 +41,18 @@ def test_mismatched_keys_are_refused():
     running.add({"a": torch.zeros(1)})
     with pytest.raises(ValueError, match="different keys"):
         running.add({"b": torch.zeros(1)})
+
+
+def test_shape_mismatch_and_weight_count_are_refused():
+    running = RunningAverage()
+    running.add({"w": torch.zeros(3, 4)})
+    with pytest.raises(ValueError, match="different shapes"):
+        running.add({"w": torch.zeros(4)})
+    with pytest.raises(ValueError, match="different shapes"):
+        running.peek_with({"w": torch.zeros(4)})
+    with pytest.raises(ValueError, match="3 weights for 2"):
+        average([state([1.0], [1.0])] * 2, weights=[1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="more state dicts"):
+        average([state([1.0], [1.0])] * 3, weights=[1.0])
+    with pytest.raises(ValueError, match="sum to zero"):
+        average([state([1.0], [1.0])] * 2, weights=[1.0, -1.0])

@@ -64,7 +64,9 @@ def test_mixed_architectures(tiny_sweep, soup_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [("lr=-1", "lr=-1"), ("mixup=0.2", "even batch_size"),
-                                               ("epochs=0", "epochs=0"), ("precision=fp8", "precision")])
+                                               ("epochs=0", "epochs=0"), ("precision=fp8", "precision"),
+                                               ("grad_clip=-1", "grad_clip"), ("warmup_steps=-5", "warmup_steps"),
+                                               ("batch_size=0", "batch_size=0")])
 def test_bad_hyperparameters(finetune_cfg, tmp_path, override, message):
     extra = ["batch_size=15"] if "mixup" in override else []
     with pytest.raises(ValueError, match=message):

@@ -10,13 +10,11 @@ from omegaconf import OmegaConf
 from soups.io import read_json, write_json
 
 
-def evaluation_key(run_cfg, precision: str) -> str:
-    """What the numbers depend on besides the weights: data, shifts, input pipeline, precision."""
-    parts = {"data": OmegaConf.to_container(run_cfg.data, resolve=True),
-             "shifts": OmegaConf.to_container(run_cfg.shifts, resolve=True),
-             "input": {k: OmegaConf.to_container(run_cfg.model, resolve=True)[k]
-                       for k in ("image_size", "mean", "std", "open_clip_name")},
-             "precision": precision}
+def evaluation_key(run_cfg, precision: str, batch_size: int) -> str:
+    """What the numbers depend on besides the weights: data, shifts, model config (input pipeline,
+    feature normalization), precision, and batch size (BN statistics are recomputed in batches)."""
+    parts = {k: OmegaConf.to_container(run_cfg[k], resolve=True) for k in ("data", "shifts", "model")}
+    parts |= {"precision": precision, "batch_size": int(batch_size)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 

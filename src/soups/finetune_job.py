@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from soups import search
 from soups.data import build_data
+from soups.eval_cache import evaluation_key
 from soups.evaluate import Evaluator, format_metrics, recalibrate_bn
 from soups.init import load_init, shared_init
 from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, atomic_save_safetensors, sha256_file, write_json
@@ -65,6 +66,7 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict:
         metrics = evaluator.evaluate(model)
         atomic_save_safetensors(model.state_dict(), run_dir / WEIGHTS_NAME, metadata={"kind": "finetune"})
         info = {"kind": "finetune", "hparams": hparams, "metrics": metrics,
+                "evaluation_key": evaluation_key(cfg, cfg.precision, cfg.eval_batch_size),
                 "weights": WEIGHTS_NAME, "sha256": sha256_file(run_dir / WEIGHTS_NAME),
                 "init": {"dir": str(init_dir), "sha256": init_info["sha256"], "metrics": init_info["metrics"]},
                 "seconds": round(time.time() - start, 1), "history": history, "config": resolved}

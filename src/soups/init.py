@@ -86,7 +86,7 @@ def _zero_shot_init(cfg, device):
         raise ValueError(f"{len(classnames)} class names for {cfg.data.num_classes} classes")
     weight, bias = zero_shot_head(clip, open_clip.get_tokenizer(cfg.model.open_clip_name), classnames, templates,
                                   cfg.head.logit_scale, device)
-    model = classifier_from_clip(clip, cfg.model, cfg.data.num_classes)
+    model = classifier_from_clip(clip, cfg.model, cfg.data.num_classes).to(device)
     model.head.weight.data.copy_(weight)
     model.head.bias.data.copy_(bias)
     return model, {"classnames": cfg.head.classnames, "templates": cfg.head.templates, "num_templates": len(templates)}

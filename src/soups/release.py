@@ -15,6 +15,8 @@ def load_release_pool(release_cfg, template_state: dict, cache_dir: str | Path) 
     folder = Path(release_cfg.dir).expanduser()
     names = [f"model_{i}" for i in range(int(release_cfg.models))]
     hint = f"fetch them with: python scripts/download_checkpoints.py --out {folder}"
+    if release_cfg.init not in names:
+        raise ValueError(f"pool.release.init={release_cfg.init!r} is not one of model_0..model_{len(names) - 1}")
     missing = [n for n in names if not (folder / f"{n}.pt").is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} released checkpoints missing from {folder} "
@@ -36,6 +38,4 @@ def load_release_pool(release_cfg, template_state: dict, cache_dir: str | Path) 
                                           source_sha256=digest)
         ingredients.append(Ingredient(name, converted, {"hparams": hparams.get(name, {}), "source": str(path),
                                                         "source_sha256": digest}))
-    if release_cfg.init not in names:
-        raise ValueError(f"pool.release.init={release_cfg.init!r} is not one of model_0..model_{len(names) - 1}")
     return ingredients, ingredients[names.index(release_cfg.init)]

@@ -107,11 +107,16 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     bn_sample = data.bn_set() if _wants_recalibration(cfg.bn_recalibration, model) else None
     scorer = WeightsScorer(model, evaluator, bn_sample, cfg.eval_batch_size, device)
 
-    cache = MetricsCache(cfg.paths.cache_dir, evaluation_key(run_cfg, cfg.precision))
-    for ingredient in ingredients:  # released checkpoints carry no metrics: evaluate each once, cached
-        if "metrics" not in ingredient.info:
-            digest = sha256_file(ingredient.weights)
+    key = evaluation_key(run_cfg, cfg.precision, cfg.eval_batch_size)
+    cache = MetricsCache(cfg.paths.cache_dir, key)
+    for ingredient in ingredients:
+        # released checkpoints carry no metrics, and a run measured under other evaluation settings
+        # (precision, batch size, ...) is not comparable with the soups: evaluate once, cached
+        if "metrics" not in ingredient.info or ingredient.info.get("evaluation_key") != key:
+            digest = ingredient.info.get("sha256") or ingredient.info.get("source_sha256") \
+                or sha256_file(ingredient.weights)
             ingredient.info["metrics"] = cache.get(digest) or scorer.evaluate(scorer.load(ingredient), averaged=False)
+            ingredient.info["evaluation_key"] = key
             cache.put(digest, ingredient.info["metrics"])
             log.info("%s: %s", ingredient.name, format_metrics(ingredient.info["metrics"]))
     if init is None:

@@ -27,8 +27,14 @@ def check_hparams(cfg) -> None:
         problems.append(f"label_smoothing={cfg.label_smoothing} must be in [0, 1)")
     if cfg.mixup < 0:
         problems.append(f"mixup={cfg.mixup} must be >= 0 (0 = off)")
-    if cfg.mixup > 0 and cfg.batch_size % 2:
+    if cfg.mixup > 0 and isinstance(cfg.batch_size, int) and cfg.batch_size % 2:
         problems.append(f"mixup needs an even batch_size, got {cfg.batch_size}")
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        problems.append(f"batch_size={cfg.batch_size} must be a positive integer")
+    if not isinstance(cfg.warmup_steps, int) or cfg.warmup_steps < 0:
+        problems.append(f"warmup_steps={cfg.warmup_steps} must be an integer >= 0")
+    if cfg.grad_clip < 0:
+        problems.append(f"grad_clip={cfg.grad_clip} must be >= 0 (0 = off)")
     if not 0 < cfg.crop_scale <= 1:
         problems.append(f"crop_scale={cfg.crop_scale} must be in (0, 1]")
     if problems:

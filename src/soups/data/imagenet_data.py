@@ -9,7 +9,7 @@ from open_clip import image_transform
 
 from soups.data import train_transform
 from soups.data.imagenet import FileEvalSet, FileImages, held_out_mask, imagenet_split
-from soups.data.imagenet_shifts import BUILDERS, DEFAULTS
+from soups.data.imagenet_shifts import BUILDERS
 
 
 class ImageNetData:
@@ -57,5 +57,3 @@ class ImageNetData:
         take = np.sort(rng.choice(len(self.train_paths), size=self.cfg.bn_recalibration_images, replace=False))
         return self._eval("bn", [self.train_paths[i] for i in take], self.train_labels[take])
 
-
-assert set(DEFAULTS) == set(BUILDERS)

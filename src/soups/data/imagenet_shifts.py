@@ -6,17 +6,8 @@ from pathlib import Path
 
 import torch
 
-from soups.data.imagenet import (WNID_INDEX, WNIDS, ClassSubset, FileEvalSet, MaxOverGroups, check_count,
+from soups.data.imagenet import (WNID_INDEX, ClassSubset, FileEvalSet, MaxOverGroups, check_count,
                                  layout_error, require_dir, scan_class_folders)
-
-# (dataset folder under the data root, number of images in the full release)
-DEFAULTS = {
-    "imagenet_v2": ("imagenetv2-matched-frequency-format-val", 10_000),  # or ImageNetV2-matched-frequency
-    "imagenet_sketch": ("sketch", 50_889),
-    "imagenet_r": ("imagenet-r", 30_000),
-    "imagenet_a": ("imagenet-a", 7_500),
-    "objectnet": ("objectnet-1.0", 18_574),
-}
 
 TREES = {
     "imagenet_v2": "  <root>/imagenetv2-matched-frequency-format-val/0/*.jpeg ... /999/*.jpeg (folder = class index)",
@@ -114,7 +105,10 @@ def objectnet(root: Path, transform, expected: int | None, num_workers: int, cro
 def _read_json(path: Path, tree: str) -> dict:
     if not path.is_file():
         raise layout_error("objectnet", f"missing mapping file {path}", tree)
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise layout_error("objectnet", f"{path} is not valid JSON ({err})", tree) from err
 
 
 def _read_lines(path: Path, tree: str) -> list[str]:
@@ -125,4 +119,3 @@ def _read_lines(path: Path, tree: str) -> list[str]:
 
 BUILDERS = {"imagenet_v2": imagenet_v2, "imagenet_sketch": imagenet_sketch, "imagenet_r": imagenet_r,
             "imagenet_a": imagenet_a, "objectnet": objectnet}
-assert set(BUILDERS) == set(DEFAULTS) and len(WNIDS) == 1000
