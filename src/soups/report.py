@@ -97,24 +97,31 @@ def figure(rows: list[dict], path: Path, title: str) -> None:
 REFERENCE_ROWS = {"uniform": "uniform soup", "greedy": "greedy soup"}  # reference key -> our row (else by kind)
 
 
+def reference_comparison(rows: list[dict], reference) -> list[dict]:
+    """One record per (recipe, published source, column): ours, the reference, the difference."""
+    out = []
+    for key, published in reference.rows.items():
+        ours = next((r for r in rows if r["kind"] == key or r["row"] == REFERENCE_ROWS.get(key)), None)
+        for source, values in published.items():
+            for col, ref in zip(reference.columns, values):
+                mine = ours["metrics"].get(col) if ours else None
+                out.append({"row": key, "source": source, "column": col, "ours": mine, "reference": ref,
+                            "difference": None if mine is None or ref is None else mine - ref})
+    return out
+
+
 def reference_table(rows: list[dict], reference) -> str:
     """Ours next to published numbers, per cell `ours (reference, difference)`."""
     cols = list(reference.columns)
     lines = [f"Reference: {reference.source}", "",
              "| | " + " | ".join(HEADERS.get(c, c) for c in cols) + " |", "|---|" + "---:|" * len(cols)]
-    for key, published in reference.rows.items():
-        ours = next((r for r in rows if r["kind"] == key or r["row"] == REFERENCE_ROWS.get(key)), None)
-        for source, values in published.items():
-            cells = []
-            for col, ref in zip(cols, values):
-                mine = ours["metrics"].get(col) if ours else None
-                if ref is None:
-                    cells.append("" if mine is None else f"{mine:.2f}")
-                elif mine is None:
-                    cells.append(f"– ({ref:.2f})")
-                else:
-                    cells.append(f"{mine:.2f} ({ref:.2f}, {mine - ref:+.2f})")
-            lines.append(f"| {key} vs {source} | " + " | ".join(cells) + " |")
+    cells: dict[tuple[str, str], list[str]] = {}
+    for c in reference_comparison(rows, reference):
+        mine, ref = c["ours"], c["reference"]
+        text = ("" if mine is None else f"{mine:.2f}") if ref is None else (
+            f"– ({ref:.2f})" if mine is None else f"{mine:.2f} ({ref:.2f}, {c['difference']:+.2f})")
+        cells.setdefault((c["row"], c["source"]), []).append(text)
+    lines += [f"| {row} vs {source} | " + " | ".join(texts) + " |" for (row, source), texts in cells.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,7 @@ from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, atomic_save_safetensors, load_
 from soups.models import build_classifier, has_batchnorm
 from soups.pool import Ingredient, load_pool
 from soups.release import load_release_pool
-from soups.report import write_report
+from soups.report import reference_comparison, write_report
 from soups.runtime import check_precision, resolve_device, setup
 from soups.tracking import tracking
 
@@ -147,6 +147,9 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
         tracker.table("soups/table", cols, [[r["row"], r["kind"], str(r["ingredients"]),
                                              *[r["metrics"].get(c) for c in cols[3:]]] for r in rows])
         tracker.image("soups/figure", out_dir / "figure.png")
+        if cfg.get("reference"):
+            comparison = reference_comparison(rows, cfg.reference)
+            tracker.table("soups/reference", list(comparison[0]), [list(c.values()) for c in comparison])
     print(f"\n{title}\n\n{table}\nwritten to {out_dir}")
     return rows
 
