@@ -68,7 +68,7 @@ def _wants_recalibration(setting, model) -> bool:
     raise ValueError(f"bn_recalibration={setting!r}; expected auto, true or false")
 
 
-def reference_rows(ingredients: list[Ingredient], init_metrics: dict) -> list[dict]:
+def baseline_rows(ingredients: list[Ingredient], init_metrics: dict) -> list[dict]:
     """Initialization, every individual, and the best individual by held-out accuracy."""
     rows = [{"row": "initialization", "kind": "init", "ingredients": "", "metrics": init_metrics}]
     rows += [{"row": i.name, "kind": "individual", "ingredients": 1, "metrics": i.info["metrics"]} for i in ingredients]
@@ -125,7 +125,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
         template = {"init": {"name": init.name, "sha256": sha256_file(init.weights), "metrics": init.info["metrics"]},
                     "config": OmegaConf.to_container(run_cfg)}
 
-    rows = reference_rows(ingredients, template["init"]["metrics"])
+    rows = baseline_rows(ingredients, template["init"]["metrics"])
     with tracking(cfg.logger, out_dir, name=f"soup/{out_dir.name}", job_type="soup",
                   config=OmegaConf.to_container(cfg, resolve=True), group=pool_name) as tracker:
         for name, recipe in recipes.items():
