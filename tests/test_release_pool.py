@@ -38,7 +38,7 @@ def write_release(folder: Path, model_cfg, n: int, head_dim: int) -> None:
 
 def overrides(tmp_path, counts, model="tiny_vit"):
     return ["experiment=paper_vit_b32", f"model={model}", "precision=fp32", "logger=none", "eval_batch_size=256",
-            f"data.root={tmp_path}/data", "data.num_workers=0", "data.held_out.per_class=1",
+            f"data.root={tmp_path}/data", "data.num_workers=0", "data.held_out.per_class=1", "data.held_out.idxs_file=null",
             f"data.expected_train_images={counts['train']}", f"data.expected_val_images={counts['val']}",
             *[f"shifts.expected.{k}={counts[k]}" for k in SHIFTS],
             f"pool.release.dir={tmp_path}/release", "pool.release.models=3"]

@@ -59,3 +59,34 @@ def test_zero_shot_init_finetune_and_soup_on_fake_imagenet(tmp_path, soup_cfg):
     rows = run_soup(soup_cfg(f"pool.dir={sweep}"), tmp_path / "soup")
     assert [r["kind"] for r in rows][-2:] == ["soup", "soup"]
     assert json.loads((tmp_path / "soup" / "uniform" / "soup.json").read_text())["bn_recalibrated"] is False
+
+
+@pytest.mark.filterwarnings("ignore:The number of unique classes")  # one image per class in the fake tree
+def test_linear_probe_init_on_imagenet_caches_its_features(tmp_path, monkeypatch):
+    import soups.heads
+    from soups.init import shared_init
+
+    counts = make_tree(tmp_path / "data")
+    base = ["model=tiny_vit", "data=imagenet", "shifts=imagenet", "head=linear_probe", "head.train_per_class=1",
+            "head.max_iter=50", f"data.root={tmp_path}/data", "data.num_workers=0", "data.held_out.per_class=1",
+            f"data.expected_train_images={counts['train']}", f"data.expected_val_images={counts['val']}",
+            *[f"shifts.expected.{k}={counts[k]}" for k in ("imagenet_v2", "imagenet_r", "imagenet_sketch",
+                                                           "objectnet", "imagenet_a")], "eval_batch_size=256"]
+    init = shared_init(compose_cfg("finetune", tmp_path, [*base, "head.Cs=[1.0]"]), torch.device("cpu"))
+    info = json.loads((init / "init.json").read_text())
+    assert info["head"]["kind"] == "linear_probe" and 0 <= info["metrics"]["val"] <= 100
+    assert len(list((tmp_path / "cache" / "features").glob("*.npy"))) == 2
+    calls = []
+    monkeypatch.setattr(soups.heads, "extract_features", lambda *a, **k: calls.append(1))
+    shared_init(compose_cfg("finetune", tmp_path, [*base, "head.Cs=[0.1]"]), torch.device("cpu"))  # a new init
+    assert calls == []  # the frozen features came from the cache
+
+
+def test_pretrained_may_be_a_local_file(tmp_path):
+    tiny = OmegaConf.load("conf/model/tiny_efficientnet.yaml")
+    torch.manual_seed(1)
+    source = create_clip(tiny, load_pretrained=False)
+    torch.save(source.state_dict(), tmp_path / "weights.pt")
+    loaded = create_clip(OmegaConf.merge(tiny, {"pretrained": str(tmp_path / "weights.pt")}))
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

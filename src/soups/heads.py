@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +22,21 @@ def extract_features(model, data: EvalSet, batch_size: int, precision: str, devi
         with autocast(precision, device):
             feats.append(model.features(images.to(device)).float().cpu())
     return torch.cat(feats).numpy().astype(np.float64)
+
+
+def cached_features(model, data, batch_size: int, precision: str, device, cache_file: Path) -> np.ndarray:
+    """Frozen features of `data`, extracted once and kept in `cache_file` (.npy, written atomically)."""
+    if cache_file.is_file():
+        feats = np.load(cache_file, allow_pickle=False)
+        if len(feats) == len(data):
+            log.info("features from cache: %s", cache_file)
+            return feats
+    feats = extract_features(model, data, batch_size, precision, device)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_name(f".{cache_file.name}.tmp.npy")
+    np.save(tmp, feats)
+    tmp.replace(cache_file)
+    return feats
 
 
 def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,

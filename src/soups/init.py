@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from soups.checkpoints import convert_official_file
 from soups.data import build_data
 from soups.evaluate import Evaluator, format_metrics, recalibrate_bn
-from soups.heads import extract_features, fit_linear_probe, zero_shot_head, zero_shot_prompts
+from soups.heads import cached_features, fit_linear_probe, zero_shot_head, zero_shot_prompts
 from soups.io import WEIGHTS_NAME, atomic_save_safetensors, load_weights, read_json, sha256_file, write_json
 from soups.models import build_classifier, classifier_from_clip, create_clip, has_batchnorm
 
@@ -66,12 +66,17 @@ def _build_init(cfg, device, out: Path) -> None:
 
 def _linear_probe_init(cfg, data, device):
     model = build_classifier(cfg.model, cfg.data.num_classes, cache_dir=cfg.paths.cache_dir).to(device)
-    train, val = data.probe_sets()
+    train, val = data.probe_sets(cfg.head.get("train_per_class"))
     if cfg.head.adapt_bn and has_batchnorm(model):
         # Features on ImageNet BN statistics probe well but fine-tune badly once BN runs in train mode.
         recalibrate_bn(model, train, cfg.eval_batch_size, device)
-    fx = extract_features(model, train, cfg.eval_batch_size, cfg.precision, device)
-    vx = extract_features(model, val, cfg.eval_batch_size, cfg.precision, device)
+    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data")}
+    parts |= {"adapt_bn": bool(cfg.head.adapt_bn), "per_class": cfg.head.get("train_per_class"),
+              "precision": cfg.precision}
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    features_dir = Path(cfg.paths.cache_dir) / "features"
+    fx = cached_features(model, train, cfg.eval_batch_size, cfg.precision, device, features_dir / f"{key}-train.npy")
+    vx = cached_features(model, val, cfg.eval_batch_size, cfg.precision, device, features_dir / f"{key}-val.npy")
     weight, bias, probe = fit_linear_probe(fx, train.labels.numpy(), vx, val.labels.numpy(),
                                            list(cfg.head.Cs), cfg.head.max_iter)
     model.head.weight.data.copy_(weight)

@@ -71,7 +71,8 @@ def _wants_recalibration(setting, model) -> bool:
 def baseline_rows(ingredients: list[Ingredient], init_metrics: dict) -> list[dict]:
     """Initialization, every individual, and the best individual by held-out accuracy."""
     rows = [{"row": "initialization", "kind": "init", "ingredients": "", "metrics": init_metrics}]
-    rows += [{"row": i.name, "kind": "individual", "ingredients": 1, "metrics": i.info["metrics"]} for i in ingredients]
+    rows += [{"row": i.name, "kind": "individual", "ingredients": 1, "metrics": i.info["metrics"],
+              "hparams": i.info.get("hparams", {})} for i in ingredients]
     best = max(ingredients, key=lambda i: i.held_out)
     rows.append({"row": f"best individual ({best.name})", "kind": "best_individual", "ingredients": 1,
                  "metrics": best.info["metrics"]})

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import torch
 from timm.data import create_transform
 
 from soups.data.digits import SHIFTS as MNIST_SHIFTS
@@ -14,6 +15,16 @@ from soups.data.digits import make_shift, mnist_splits, subsample
 from soups.data.images import EvalSet, ImageArray, TransformedImages
 
 __all__ = ["build_data", "MnistData", "EvalSet", "ImageArray", "train_transform"]
+
+
+def per_class_subset(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
+    """Sorted indices of at most `per_class` items of every class, drawn with `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    picks = []
+    for cls in labels.unique():
+        idx = (labels == cls).nonzero().flatten()
+        picks.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+    return torch.cat(picks).sort().values
 
 
 def build_data(data_cfg, shifts_cfg, model_cfg):
@@ -60,8 +71,12 @@ class MnistData:
         transform = train_transform(self.model_cfg, randaug, crop_scale, hflip=0.0, ratio=(1.0, 1.0))
         return TransformedImages(self.train, transform)
 
-    def probe_sets(self) -> tuple[EvalSet, EvalSet]:
-        return self._eval(self.train), self._eval(self.val)
+    def probe_sets(self, per_class: int | None = None) -> tuple[EvalSet, EvalSet]:
+        train = self.train
+        if per_class:
+            take = per_class_subset(train.labels, per_class, self.cfg.split_seed)
+            train = ImageArray(train.name, train.images[take], train.labels[take])
+        return self._eval(train), self._eval(self.val)
 
     def bn_set(self) -> EvalSet:
         return self._eval(subsample(self.train, self.cfg.bn_recalibration_images, self.cfg.split_seed))

@@ -145,6 +145,10 @@ def held_out_mask(labels: torch.Tensor, idxs_file: str | None, per_class: int, s
     """
     n = len(labels)
     if idxs_file:
+        if not Path(idxs_file).is_file():
+            raise FileNotFoundError(f"held-out split file {idxs_file} not found: fetch it with "
+                                    f"scripts/download_checkpoints.py, or set data.held_out.idxs_file=null for "
+                                    f"a seeded split of the same size")
         mask = np.load(idxs_file, allow_pickle=False)
         if mask.shape != (n,) or not np.isin(mask, (0, 1)).all():
             raise ValueError(f"{idxs_file}: expected a 0/1 mask over the {n} ImageNet train images "

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from open_clip import image_transform
 
-from soups.data import train_transform
+from soups.data import per_class_subset, train_transform
 from soups.data.imagenet import FileEvalSet, FileImages, held_out_mask, imagenet_split
 from soups.data.imagenet_shifts import BUILDERS
 
@@ -48,9 +49,12 @@ class ImageNetData:
         transform = train_transform(self.model_cfg, randaug, crop_scale, hflip=0.5, interpolation="bicubic")
         return FileImages(self.train_paths, self.train_labels, transform)
 
-    def probe_sets(self):
-        raise ValueError("a linear probe on ImageNet features is not built in; use head=zero_shot "
-                         "(or the released LP init, model_0 of pool=paper_vit_b32)")
+    def probe_sets(self, per_class: int | None = None) -> tuple[FileEvalSet, FileEvalSet]:
+        """(fine-tuning split, capped at `per_class` images per class if given; the held-out split)."""
+        take = (per_class_subset(self.train_labels, per_class, self.cfg.held_out.seed) if per_class
+                else torch.arange(len(self.train_paths)))
+        train = self._eval("probe_train", [self.train_paths[i] for i in take], self.train_labels[take])
+        return train, self._eval("val", self.held_paths, self.held_labels)
 
     def bn_set(self) -> FileEvalSet:
         rng = np.random.default_rng(self.cfg.held_out.seed)
