@@ -139,3 +139,11 @@ def test_results_notebook_runs_on_a_soup_run(tiny_sweep, soup_cfg, tmp_path, mon
             exec("".join(cell["source"]), scope)
     printed = capsys.readouterr().out
     assert "| **greedy soup** |" in printed and "accepted" in printed
+
+
+def test_model_stock_runs_through_soup(tiny_sweep, soup_cfg, tmp_path):
+    _, sweep = tiny_sweep
+    rows = run_soup(soup_cfg(f"pool.dir={sweep}", "method=[model_stock]"), tmp_path / "soup")
+    record = json.loads((tmp_path / "soup" / "model_stock" / "soup.json").read_text())
+    assert rows[-1]["row"] == "model_stock soup" and -1.0 <= record["mean_ratio"] <= 2.0
+    assert len(record["ratios"]) > 10

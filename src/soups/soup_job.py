@@ -27,12 +27,16 @@ log = logging.getLogger(__name__)
 class WeightsScorer:
     """Loads weights into one reusable model; recomputes BN statistics of averaged weights first."""
 
-    def __init__(self, model, evaluator: Evaluator, bn_sample: EvalSet | None, batch_size: int, device):
+    def __init__(self, model, evaluator: Evaluator, bn_sample: EvalSet | None, batch_size: int, device,
+                 init_weights: Path):
         self.model, self.evaluator, self.bn_sample = model, evaluator, bn_sample
-        self.batch_size, self.device = batch_size, device
+        self.batch_size, self.device, self.init_weights = batch_size, device, init_weights
 
     def load(self, ingredient: Ingredient) -> StateDict:
         return load_weights(ingredient.weights)
+
+    def load_init(self) -> StateDict:
+        return load_weights(self.init_weights)
 
     def materialize(self, state: StateDict, averaged: bool = True):
         self.model.load_state_dict(state)
@@ -106,7 +110,8 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     data = build_data(run_cfg.data, run_cfg.shifts, run_cfg.model)
     evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device)
     bn_sample = data.bn_set() if _wants_recalibration(cfg.bn_recalibration, model) else None
-    scorer = WeightsScorer(model, evaluator, bn_sample, cfg.eval_batch_size, device)
+    init_weights = init.weights if init is not None else Path(ingredients[0].info["init"]["dir"]) / WEIGHTS_NAME
+    scorer = WeightsScorer(model, evaluator, bn_sample, cfg.eval_batch_size, device, init_weights)
 
     key = evaluation_key(run_cfg, cfg.precision, cfg.eval_batch_size)
     cache = MetricsCache(cfg.paths.cache_dir, key)

@@ -20,6 +20,9 @@ class SoupContext(Protocol):
     def load(self, ingredient: Ingredient) -> StateDict:
         """The ingredient's weights."""
 
+    def load_init(self) -> StateDict:
+        """The shared initialization's weights (for recipes that move relative to it)."""
+
     def held_out(self, state: StateDict) -> float:
         """Held-out accuracy (%) of averaged weights (BN statistics recomputed where the model has BN)."""
 

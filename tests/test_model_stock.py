@@ -1,0 +1,61 @@
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from soups.pool import Ingredient
+from soups.recipes.model_stock import ModelStock
+
+
+class Weights:
+    def __init__(self, init, states):
+        self.init, self.states = init, states
+
+    def load_init(self):
+        return self.init
+
+    def load(self, ingredient):
+        return self.states[ingredient.name]
+
+
+def pool(*names):
+    return [Ingredient(n, Path(n), {"metrics": {"val": 0.0}}) for n in names]
+
+
+def test_two_models_match_the_hand_computation():
+    init = {"w": torch.zeros(2), "steps": torch.tensor(5)}
+    states = {"a": {"w": torch.tensor([1.0, 0.0]), "steps": torch.tensor(7)},
+              "b": {"w": torch.tensor([1.0, 1.0]), "steps": torch.tensor(9)}}
+    result = ModelStock()(pool("a", "b"), Weights(init, states))
+    cos = 1 / math.sqrt(2)
+    t = 2 * cos / (cos + 1)
+    assert result.state["w"].tolist() == pytest.approx([t * 1.0, t * 0.5])
+    assert result.state["steps"].item() == 7  # integer buffers from the first ingredient
+    assert result.record["ratios"]["w"] == pytest.approx(t)
+
+
+def test_orthogonal_displacements_fall_back_to_the_init_and_parallel_ones_to_the_mean():
+    init = {"w": torch.tensor([1.0, 1.0])}
+    orthogonal = {"a": {"w": torch.tensor([2.0, 1.0])}, "b": {"w": torch.tensor([1.0, 2.0])}}
+    assert ModelStock()(pool("a", "b"), Weights(init, orthogonal)).state["w"].tolist() == pytest.approx([1.0, 1.0])
+    parallel = {"a": {"w": torch.tensor([2.0, 2.0])}, "b": {"w": torch.tensor([3.0, 3.0])}}
+    assert ModelStock()(pool("a", "b"), Weights(init, parallel)).state["w"].tolist() == pytest.approx([2.5, 2.5])
+
+
+def test_k_models_use_the_mean_pairwise_cosine():
+    torch.manual_seed(0)
+    init = {"w": torch.randn(6, dtype=torch.float64)}
+    states = {n: {"w": init["w"] + torch.randn(6, dtype=torch.float64)} for n in "abcd"}
+    result = ModelStock()(pool(*"abcd"), Weights(init, states))
+    ds = [states[n]["w"] - init["w"] for n in "abcd"]
+    cos = sum(torch.nn.functional.cosine_similarity(ds[i], ds[j], dim=0).item()
+              for i in range(4) for j in range(i + 1, 4)) / 6
+    t = 4 * cos / (3 * cos + 1)
+    mean = sum(states[n]["w"] for n in "abcd") / 4
+    assert torch.allclose(result.state["w"], t * mean + (1 - t) * init["w"])
+
+
+def test_one_ingredient_is_refused():
+    with pytest.raises(ValueError, match="at least 2"):
+        ModelStock()(pool("a"), Weights({"w": torch.zeros(1)}, {"a": {"w": torch.ones(1)}}))
