@@ -141,9 +141,16 @@ def test_results_notebook_runs_on_a_soup_run(tiny_sweep, soup_cfg, tmp_path, mon
     assert "| **greedy soup** |" in printed and "accepted" in printed
 
 
-def test_model_stock_runs_through_soup(tiny_sweep, soup_cfg, tmp_path):
+def test_model_stock_and_wise_ft_run_through_soup(tiny_sweep, soup_cfg, tmp_path):
     _, sweep = tiny_sweep
-    rows = run_soup(soup_cfg(f"pool.dir={sweep}", "method=[model_stock]"), tmp_path / "soup")
+    rows = run_soup(soup_cfg(f"pool.dir={sweep}", "method=[model_stock,wise_ft]", "method.wise_ft.alphas=[0.0,0.5,1.0]"),
+                    tmp_path / "soup")
     record = json.loads((tmp_path / "soup" / "model_stock" / "soup.json").read_text())
-    assert rows[-1]["row"] == "model_stock soup" and -1.0 <= record["mean_ratio"] <= 2.0
-    assert len(record["ratios"]) > 10
+    assert [r["row"] for r in rows[-2:]] == ["model_stock soup", "wise_ft soup"]
+    assert -1.0 <= record["mean_ratio"] <= 2.0 and len(record["ratios"]) > 10
+    wise = json.loads((tmp_path / "soup" / "wise_ft" / "soup.json").read_text())
+    assert [p["alpha"] for p in wise["curve"]] == [0.0, 0.5, 1.0]
+    best = next(r for r in rows if r["kind"] == "best_individual")
+    assert wise["curve"][2]["val"] == best["metrics"]["val"]  # alpha = 1 is the fine-tuned model itself
+    init = rows[0]["metrics"]
+    assert wise["curve"][0]["val"] == init["val"]  # alpha = 0 is the initialization itself

@@ -26,6 +26,9 @@ class SoupContext(Protocol):
     def held_out(self, state: StateDict) -> float:
         """Held-out accuracy (%) of averaged weights (BN statistics recomputed where the model has BN)."""
 
+    def evaluate(self, state: StateDict, averaged: bool) -> dict[str, float]:
+        """Accuracy on every set (+ avg_shifts); `averaged` weights get BN statistics recomputed."""
+
 
 class Recipe(Protocol):
     name: str

@@ -1,0 +1,38 @@
+"""WiSE-FT (Wortsman et al., 2022): interpolate fine-tuned weights with the initialization,
+theta_alpha = (1 - alpha) * theta_init + alpha * theta_ft, over an alpha grid. Every point of the curve
+is evaluated on every set (the paper shows soups beyond these curves); alpha is chosen on held-out."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from soups.recipes import RecipeResult
+
+
+def interpolate(init: dict, tuned: dict, alpha: float) -> dict:
+    return {k: ((1 - alpha) * init[k].double() + alpha * v.double()).to(v.dtype) if v.is_floating_point()
+            else v.clone() for k, v in tuned.items()}
+
+
+@dataclass
+class WiseFT:
+    alphas: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
+    base: str = "best"  # "best": the best individual by held-out accuracy; else an ingredient's name
+    name: str = "wise_ft"
+
+    def __post_init__(self):
+        self.alphas = [float(a) for a in self.alphas]
+        if not self.alphas or any(a < 0 for a in self.alphas):
+            raise ValueError(f"wise_ft alphas must be a non-empty list of numbers >= 0, got {self.alphas}")
+
+    def __call__(self, ingredients, ctx) -> RecipeResult:
+        if self.base == "best":
+            base = max(ingredients, key=lambda i: i.held_out)
+        else:
+            base = next((i for i in ingredients if i.name == self.base), None)
+            if base is None:
+                raise ValueError(f"wise_ft base {self.base!r} is not in the pool ({[i.name for i in ingredients][:5]} ...)")
+        init, tuned = ctx.load_init(), ctx.load(base)
+        curve = [{"alpha": a, **ctx.evaluate(interpolate(init, tuned, a), averaged=0 < a < 1)} for a in self.alphas]
+        chosen = max(curve, key=lambda point: point["val"])  # first of equals: the smallest alpha
+        return RecipeResult(interpolate(init, tuned, chosen["alpha"]), [base],
+                            {"base": base.name, "alpha": chosen["alpha"], "curve": curve})
