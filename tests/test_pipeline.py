@@ -154,3 +154,30 @@ def test_model_stock_and_wise_ft_run_through_soup(tiny_sweep, soup_cfg, tmp_path
     assert wise["curve"][2]["val"] == best["metrics"]["val"]  # alpha = 1 is the fine-tuned model itself
     init = rows[0]["metrics"]
     assert wise["curve"][0]["val"] == init["val"]  # alpha = 0 is the initialization itself
+
+
+def test_ensemble_metrics_are_those_of_the_mean_logits(tiny_sweep, soup_cfg, tmp_path):
+    from omegaconf import OmegaConf
+
+    from soups.data import build_data
+    from soups.evaluate import Evaluator
+    from soups.models import build_classifier
+
+    _, sweep = tiny_sweep
+    rows = run_soup(soup_cfg(f"pool.dir={sweep}", "method=[ensemble,greedy_ensemble]"), tmp_path / "soup")
+    ensemble = next(r for r in rows if r["row"] == "ensemble")
+    assert ensemble["kind"] == "ensemble" and ensemble["cost"] == 3
+    assert not (tmp_path / "soup" / "ensemble" / "model.safetensors").exists()
+    assert "| **ensemble** |" in (tmp_path / "soup" / "report.md").read_text()
+    cfg = OmegaConf.create(json.loads((sweep / "0" / "run.json").read_text())["config"])
+    evaluator = Evaluator(build_data(cfg.data, cfg.shifts, cfg.model).eval_sets(), 128, "fp32", torch.device("cpu"))
+    model = build_classifier(cfg.model, cfg.data.num_classes, load_pretrained=False)
+    for name in ("val", "test", "rotate"):
+        logits = []
+        for i in range(3):
+            model.load_state_dict(load_weights(sweep / str(i) / "model.safetensors"))
+            logits.append(evaluator.logits(model, name))
+        assert ensemble["metrics"][name] == evaluator.accuracy_of_logits(name, torch.stack(logits).mean(0))
+    greedy = json.loads((tmp_path / "soup" / "greedy_ensemble" / "soup.json").read_text())
+    assert greedy["kind"] == "ensemble" and greedy["metrics"]["val"] >= max(
+        r["metrics"]["val"] for r in rows if r["kind"] == "individual")

@@ -41,17 +41,21 @@ class Evaluator:
                 out.append(model(images.to(self.device, non_blocking=True)).float().cpu())
         return torch.cat(out)
 
-    def accuracy(self, model: nn.Module, name: str) -> float:
+    def accuracy_of_logits(self, name: str, logits: torch.Tensor) -> float:
         data = self.sets[name]
-        logits = self.logits(model, name)
         project = getattr(data, "project_logits", None)  # class subsets (ImageNet-R/A), ObjectNet's max-merge
         preds = (project(logits) if project else logits).argmax(-1)
         return 100.0 * (preds == data.labels).float().mean().item()
 
+    def accuracy(self, model: nn.Module, name: str) -> float:
+        return self.accuracy_of_logits(name, self.logits(model, name))
+
     def evaluate(self, model: nn.Module, names: list[str] | None = None) -> dict[str, float]:
         """Top-1 % per set, plus `avg_shifts` (unweighted mean over the shift sets, as in the paper)."""
         names = list(self.sets) if names is None else names
-        metrics = {n: self.accuracy(model, n) for n in names}
+        return self.with_average({n: self.accuracy(model, n) for n in names})
+
+    def with_average(self, metrics: dict[str, float]) -> dict[str, float]:
         shifts = [metrics[n] for n in self.shift_names if n in metrics]
         if shifts:
             metrics["avg_shifts"] = sum(shifts) / len(shifts)

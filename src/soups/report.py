@@ -27,12 +27,12 @@ HEADERS = {"val": "held-out", "avg_shifts": "avg shifts"}
 
 def markdown_table(rows: list[dict]) -> str:
     cols = metric_columns(rows)
-    header = ["", *[HEADERS.get(c, c) for c in cols], "#ingredients"]
+    header = ["", *[HEADERS.get(c, c) for c in cols], "#ingredients", "inference cost"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for row in rows:
-        name = f"**{row['row']}**" if row["kind"] in ("best_individual", "soup") else row["row"]
+        name = f"**{row['row']}**" if row["kind"] in ("best_individual", "soup", "ensemble") else row["row"]
         cells = [f"{row['metrics'][c]:.2f}" if c in row["metrics"] else "" for c in cols]
-        lines.append("| " + " | ".join([name, *cells, str(row.get("ingredients", ""))]) + " |")
+        lines.append("| " + " | ".join([name, *cells, str(row.get("ingredients", "")), f"{row.get('cost', 1)}×"]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -40,9 +40,9 @@ def csv_text(rows: list[dict]) -> str:
     cols = metric_columns(rows)
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow([*NAME_COLUMNS, *cols])
+    writer.writerow([*NAME_COLUMNS, "inference_cost", *cols])
     for row in rows:
-        writer.writerow([row["row"], row["kind"], row.get("ingredients", ""),
+        writer.writerow([row["row"], row["kind"], row.get("ingredients", ""), row.get("cost", 1),
                          *[f"{row['metrics'][c]:.4f}" if c in row["metrics"] else "" for c in cols]])
     return buf.getvalue()
 
@@ -67,7 +67,7 @@ def figure(rows: list[dict], path: Path, title: str) -> None:
         x, y = row["metrics"]["test"], row["metrics"]["avg_shifts"]
         if row["kind"] == "init":
             continue
-        if row["kind"] == "soup":
+        if row["kind"] in ("soup", "ensemble"):
             ax.scatter(x, y, marker=soup_markers[soups % 8], c=soup_colors[soups % 8], s=150, zorder=3,
                        label=row["row"], edgecolors="black", linewidths=0.5)
             soups += 1

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import time
+
+import torch
 from pathlib import Path
 
 from hydra.errors import InstantiationException
@@ -31,6 +33,7 @@ class WeightsScorer:
                  init_weights: Path):
         self.model, self.evaluator, self.bn_sample = model, evaluator, bn_sample
         self.batch_size, self.device, self.init_weights = batch_size, device, init_weights
+        self._held_out_cache: dict[str, torch.Tensor] = {}
 
     def load(self, ingredient: Ingredient) -> StateDict:
         return load_weights(ingredient.weights)
@@ -49,6 +52,28 @@ class WeightsScorer:
 
     def evaluate(self, state: StateDict, averaged: bool) -> dict[str, float]:
         return self.evaluator.evaluate(self.materialize(state, averaged))
+
+    # ensembles: the mean of the members' logits (each member as it is, no averaging of weights)
+    def _held_out_logits(self, ingredient: Ingredient) -> torch.Tensor:
+        if ingredient.name not in self._held_out_cache:  # kept for greedy ensembles, which revisit them
+            model = self.materialize(self.load(ingredient), averaged=False)
+            self._held_out_cache[ingredient.name] = self.evaluator.logits(model, HELD_OUT)
+        return self._held_out_cache[ingredient.name]
+
+    def ensemble_held_out(self, members: list[Ingredient]) -> float:
+        mean = torch.stack([self._held_out_logits(m) for m in members]).mean(0)
+        return self.evaluator.accuracy_of_logits(HELD_OUT, mean)
+
+    def ensemble_evaluate(self, members: list[Ingredient]) -> dict[str, float]:
+        """Streamed over members: one running sum of logits per set."""
+        sums: dict[str, torch.Tensor] = {}
+        for member in members:
+            model = self.materialize(self.load(member), averaged=False)
+            for name in self.evaluator.sets:
+                logits = self._held_out_logits(member) if name == HELD_OUT else self.evaluator.logits(model, name)
+                sums[name] = sums[name] + logits if name in sums else logits.clone()
+        return self.evaluator.with_average({n: self.evaluator.accuracy_of_logits(n, s / len(members))
+                                            for n, s in sums.items()})
 
 
 def build_recipes(method_cfg) -> dict:
@@ -137,13 +162,18 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
         for name, recipe in recipes.items():
             start = time.time()
             result = recipe(ingredients, scorer)
-            metrics = scorer.evaluate(result.state, averaged=len(result.ingredients) > 1)
-            # save what was evaluated: the average with its recomputed BN statistics (if any)
-            result.state = {k: v.detach().cpu().clone() for k, v in scorer.model.state_dict().items()}
+            if result.state is None:  # an ensemble: k forward passes per image
+                metrics = scorer.ensemble_evaluate(result.ingredients)
+                kind, cost = "ensemble", len(result.ingredients)
+            else:
+                metrics = scorer.evaluate(result.state, averaged=len(result.ingredients) > 1)
+                # save what was evaluated: the average with its recomputed BN statistics (if any)
+                result.state = {k: v.detach().cpu().clone() for k, v in scorer.model.state_dict().items()}
+                kind, cost = "soup", 1
             seconds = round(time.time() - start, 1)
             _save_soup(out_dir / name, name, result, metrics, template, bn_sample is not None, seconds)
-            rows.append({"row": f"{name} soup", "kind": "soup", "ingredients": len(result.ingredients),
-                         "metrics": metrics})
+            rows.append({"row": f"{name} soup" if kind == "soup" else name.replace("_", " "), "kind": kind,
+                         "ingredients": len(result.ingredients), "cost": cost, "metrics": metrics})
             tracker.log({f"{name}/{k}": v for k, v in metrics.items()})
             log.info("%s soup (%d ingredients, %.1fs): %s", name, len(result.ingredients), seconds,
                      format_metrics(metrics))
@@ -162,9 +192,13 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
 
 def _save_soup(soup_dir: Path, name: str, result, metrics: dict, template_info: dict, recalibrated: bool,
                seconds: float) -> None:
+    record = {"kind": "soup" if result.state is not None else "ensemble", "method": name,
+              "ingredients": [str(i.source) for i in result.ingredients], "metrics": metrics,
+              "bn_recalibrated": recalibrated and result.state is not None, "seconds": seconds, **result.record}
+    if result.state is None:  # an ensemble has no weights of its own
+        write_json(record, soup_dir / "soup.json")
+        return
     atomic_save_safetensors(result.state, soup_dir / WEIGHTS_NAME, metadata={"kind": "soup", "method": name})
-    record = {"kind": "soup", "method": name, "ingredients": [str(i.source) for i in result.ingredients],
-              "metrics": metrics, "bn_recalibrated": recalibrated, "seconds": seconds, **result.record}
     write_json(record, soup_dir / "soup.json")
     # run.json in the same schema as a fine-tune's, so a soup loads (and soups) like any run
     write_json({"kind": "soup", "method": name, "metrics": metrics, "weights": WEIGHTS_NAME,

@@ -11,7 +11,7 @@ from soups.pool import Ingredient
 
 @dataclass
 class RecipeResult:
-    state: StateDict
+    state: StateDict | None  # None for an ensemble: its members' logits are averaged instead
     ingredients: list[Ingredient]
     record: dict = field(default_factory=dict)  # recipe-specific: trace, parameters, ...
 
@@ -28,6 +28,9 @@ class SoupContext(Protocol):
 
     def evaluate(self, state: StateDict, averaged: bool) -> dict[str, float]:
         """Accuracy on every set (+ avg_shifts); `averaged` weights get BN statistics recomputed."""
+
+    def ensemble_held_out(self, members: list[Ingredient]) -> float:
+        """Held-out accuracy (%) of the mean of the members' logits."""
 
 
 class Recipe(Protocol):
