@@ -68,9 +68,14 @@ class WeightsScorer:
         """Streamed over members: one running sum of logits per set."""
         sums: dict[str, torch.Tensor] = {}
         for member in members:
-            model = self.materialize(self.load(member), averaged=False)
+            model = self.materialize(self.load(member), averaged=False)  # loaded once per member
             for name in self.evaluator.sets:
-                logits = self._held_out_logits(member) if name == HELD_OUT else self.evaluator.logits(model, name)
+                if name == HELD_OUT and member.name in self._held_out_cache:
+                    logits = self._held_out_cache[member.name]
+                else:
+                    logits = self.evaluator.logits(model, name)
+                    if name == HELD_OUT:
+                        self._held_out_cache[member.name] = logits
                 sums[name] = sums[name] + logits if name in sums else logits.clone()
         return self.evaluator.with_average({n: self.evaluator.accuracy_of_logits(n, s / len(members))
                                             for n, s in sums.items()})

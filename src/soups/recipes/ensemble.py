@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from soups.recipes import RecipeResult
-from soups.recipes.greedy import check_comparator, greedy_selection
+from soups.recipes.greedy import GreedyRecipe, greedy_selection
 
 
 @dataclass
@@ -18,12 +18,8 @@ class LogitEnsemble:
 
 
 @dataclass
-class GreedyEnsemble:
-    comparator: str = ">="
+class GreedyEnsemble(GreedyRecipe):
     name: str = "greedy_ensemble"
-
-    def __post_init__(self):
-        check_comparator(self.comparator)
 
     def __call__(self, ingredients, ctx) -> RecipeResult:
         members = []

@@ -18,9 +18,14 @@ log = logging.getLogger(__name__)
 COMPARATORS = {">=": operator.ge, ">": operator.gt}
 
 
-def check_comparator(comparator: str) -> None:
-    if comparator not in COMPARATORS:
-        raise ValueError(f"greedy comparator {comparator!r}; expected one of {list(COMPARATORS)}")
+@dataclass
+class GreedyRecipe:
+    """Base of the greedy recipes: the acceptance comparator, validated at construction."""
+    comparator: str = ">="
+
+    def __post_init__(self):
+        if self.comparator not in COMPARATORS:
+            raise ValueError(f"greedy comparator {self.comparator!r}; expected one of {list(COMPARATORS)}")
 
 
 def greedy_selection(ingredients, score_with: Callable, on_accept: Callable, comparator: str, what: str):
@@ -46,12 +51,8 @@ def greedy_selection(ingredients, score_with: Callable, on_accept: Callable, com
 
 
 @dataclass
-class GreedySoup:
-    comparator: str = ">="
+class GreedySoup(GreedyRecipe):
     name: str = "greedy"
-
-    def __post_init__(self):
-        check_comparator(self.comparator)
 
     def __call__(self, ingredients, ctx) -> RecipeResult:
         running = RunningAverage()
