@@ -50,12 +50,15 @@ def test_individuals_measured_under_other_settings_are_evaluated_again(tiny_swee
     _, sweep = tiny_sweep
     cfg = soup_cfg(f"pool.dir={sweep}", "method=uniform", "eval_batch_size=32")
     rows = run_soup(cfg, tmp_path / "soup")
-    assert len(list((tmp_path / "cache" / "eval").glob("*/*.json"))) == 3  # one per individual
+    digests = [json.loads((sweep / str(i) / "run.json").read_text())["sha256"] for i in range(3)]
+    for digest in digests:  # metrics and every set's logits, once per individual
+        assert len(list((tmp_path / "cache" / "eval").glob(f"*/{digest}.json"))) == 1
+        assert len(list((tmp_path / "cache" / "eval").glob(f"*/{digest}/*.safetensors"))) == 6
     recorded = json.loads((sweep / "0" / "run.json").read_text())["metrics"]
     assert rows[1]["metrics"]["val"] == pytest.approx(recorded["val"], abs=2.0)
     # the same settings as the fine-tunes: their run.json metrics are used as they are
     run_soup(soup_cfg(f"pool.dir={sweep}", "method=uniform", f"paths.cache_dir={tmp_path}/cache2"), tmp_path / "s2")
-    assert not (tmp_path / "cache2" / "eval").exists()
+    assert not any((tmp_path / "cache2" / "eval").glob(f"*/{digests[0]}*"))
 
 
 def test_uniform_soup_weights_are_the_exact_average(tiny_sweep, soup_cfg, tmp_path):

@@ -55,6 +55,13 @@ class Evaluator:
         names = list(self.sets) if names is None else names
         return self.with_average({n: self.accuracy(model, n) for n in names})
 
+    def all_logits(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {n: self.logits(model, n) for n in self.sets}
+
+    def metrics_of(self, logits: dict[str, torch.Tensor]) -> dict[str, float]:
+        """What `evaluate` returns, from logits already computed (e.g. cached, or an ensemble's mean)."""
+        return self.with_average({n: self.accuracy_of_logits(n, v) for n, v in logits.items()})
+
     def with_average(self, metrics: dict[str, float]) -> dict[str, float]:
         shifts = [metrics[n] for n in self.shift_names if n in metrics]
         if shifts:

@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from soups import search
 from soups.data import build_data
-from soups.eval_cache import evaluation_key
+from soups.eval_cache import EvaluationCache, evaluation_key, hash_ids
 from soups.evaluate import Evaluator, format_metrics, recalibrate_bn
 from soups.init import load_init, shared_init
 from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, atomic_save_safetensors, sha256_file, write_json
@@ -63,11 +63,16 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict:
             # sample a soup uses, so individuals and soups are measured alike.
             recalibrate_bn(model, data.bn_set(), cfg.eval_batch_size, device)
         evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device)
-        metrics = evaluator.evaluate(model)
+        logits = evaluator.all_logits(model)
+        metrics = evaluator.metrics_of(logits)
         atomic_save_safetensors(model.state_dict(), run_dir / WEIGHTS_NAME, metadata={"kind": "finetune"})
-        info = {"kind": "finetune", "hparams": hparams, "metrics": metrics,
-                "evaluation_key": evaluation_key(cfg, cfg.precision, cfg.eval_batch_size),
-                "weights": WEIGHTS_NAME, "sha256": sha256_file(run_dir / WEIGHTS_NAME),
+        digest, key = sha256_file(run_dir / WEIGHTS_NAME), evaluation_key(cfg, cfg.precision, cfg.eval_batch_size)
+        if cfg.cache_logits:  # a soup job's ensembles read these instead of evaluating the model again
+            cache = EvaluationCache(cfg.paths.cache_dir, key)
+            for name, values in logits.items():
+                cache.put_logits(digest, name, hash_ids(evaluator.sets[name].sample_ids), values)
+        info = {"kind": "finetune", "hparams": hparams, "metrics": metrics, "evaluation_key": key,
+                "weights": WEIGHTS_NAME, "sha256": digest,
                 "init": {"dir": str(init_dir), "sha256": init_info["sha256"], "metrics": init_info["metrics"]},
                 "seconds": round(time.time() - start, 1), "history": history, "config": resolved}
         write_json(info, run_dir / RUN_INFO_NAME)

@@ -4,81 +4,25 @@ from __future__ import annotations
 import logging
 import time
 
-import torch
 from pathlib import Path
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from soups.averaging import StateDict
-from soups.data import EvalSet, build_data
-from soups.eval_cache import MetricsCache, evaluation_key
-from soups.evaluate import HELD_OUT, Evaluator, format_metrics, recalibrate_bn
-from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, atomic_save_safetensors, load_weights, sha256_file, write_json
+from soups.data import build_data
+from soups.eval_cache import EvaluationCache, evaluation_key
+from soups.evaluate import Evaluator, format_metrics
+from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, atomic_save_safetensors, sha256_file, write_json
 from soups.models import build_classifier, has_batchnorm
 from soups.pool import Ingredient, load_pool
 from soups.release import load_release_pool
 from soups.report import reference_comparison, write_report
 from soups.runtime import check_precision, resolve_device, setup
+from soups.scorer import WeightsScorer
 from soups.tracking import tracking
 
 log = logging.getLogger(__name__)
-
-
-class WeightsScorer:
-    """Loads weights into one reusable model; recomputes BN statistics of averaged weights first."""
-
-    def __init__(self, model, evaluator: Evaluator, bn_sample: EvalSet | None, batch_size: int, device,
-                 init_weights: Path):
-        self.model, self.evaluator, self.bn_sample = model, evaluator, bn_sample
-        self.batch_size, self.device, self.init_weights = batch_size, device, init_weights
-        self._held_out_cache: dict[str, torch.Tensor] = {}
-
-    def load(self, ingredient: Ingredient) -> StateDict:
-        return load_weights(ingredient.weights)
-
-    def load_init(self) -> StateDict:
-        return load_weights(self.init_weights)
-
-    def materialize(self, state: StateDict, averaged: bool = True):
-        self.model.load_state_dict(state)
-        if averaged and self.bn_sample is not None:
-            recalibrate_bn(self.model, self.bn_sample, self.batch_size, self.device)
-        return self.model
-
-    def held_out(self, state: StateDict) -> float:
-        return self.evaluator.accuracy(self.materialize(state), HELD_OUT)
-
-    def evaluate(self, state: StateDict, averaged: bool) -> dict[str, float]:
-        return self.evaluator.evaluate(self.materialize(state, averaged))
-
-    # ensembles: the mean of the members' logits (each member as it is, no averaging of weights)
-    def _held_out_logits(self, ingredient: Ingredient) -> torch.Tensor:
-        if ingredient.name not in self._held_out_cache:  # kept for greedy ensembles, which revisit them
-            model = self.materialize(self.load(ingredient), averaged=False)
-            self._held_out_cache[ingredient.name] = self.evaluator.logits(model, HELD_OUT)
-        return self._held_out_cache[ingredient.name]
-
-    def ensemble_held_out(self, members: list[Ingredient]) -> float:
-        mean = torch.stack([self._held_out_logits(m) for m in members]).mean(0)
-        return self.evaluator.accuracy_of_logits(HELD_OUT, mean)
-
-    def ensemble_evaluate(self, members: list[Ingredient]) -> dict[str, float]:
-        """Streamed over members: one running sum of logits per set."""
-        sums: dict[str, torch.Tensor] = {}
-        for member in members:
-            model = self.materialize(self.load(member), averaged=False)  # loaded once per member
-            for name in self.evaluator.sets:
-                if name == HELD_OUT and member.name in self._held_out_cache:
-                    logits = self._held_out_cache[member.name]
-                else:
-                    logits = self.evaluator.logits(model, name)
-                    if name == HELD_OUT:
-                        self._held_out_cache[member.name] = logits
-                sums[name] = sums[name] + logits if name in sums else logits.clone()
-        return self.evaluator.with_average({n: self.evaluator.accuracy_of_logits(n, s / len(members))
-                                            for n, s in sums.items()})
 
 
 def build_recipes(method_cfg) -> dict:
@@ -141,20 +85,14 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device)
     bn_sample = data.bn_set() if _wants_recalibration(cfg.bn_recalibration, model) else None
     init_weights = init.weights if init is not None else Path(ingredients[0].info["init"]["dir"]) / WEIGHTS_NAME
-    scorer = WeightsScorer(model, evaluator, bn_sample, cfg.eval_batch_size, device, init_weights)
-
     key = evaluation_key(run_cfg, cfg.precision, cfg.eval_batch_size)
-    cache = MetricsCache(cfg.paths.cache_dir, key)
+    scorer = WeightsScorer(model, evaluator, bn_sample, cfg.eval_batch_size, device, init_weights,
+                           EvaluationCache(cfg.paths.cache_dir, key), key, cfg.cache_logits)
+
+    # released checkpoints carry no metrics, and a run measured under other evaluation settings
+    # (precision, batch size, ...) is not comparable with the soups: each is evaluated once, cached
     for ingredient in ingredients:
-        # released checkpoints carry no metrics, and a run measured under other evaluation settings
-        # (precision, batch size, ...) is not comparable with the soups: evaluate once, cached
-        if "metrics" not in ingredient.info or ingredient.info.get("evaluation_key") != key:
-            digest = ingredient.info.get("sha256") or ingredient.info.get("source_sha256") \
-                or sha256_file(ingredient.weights)
-            ingredient.info["metrics"] = cache.get(digest) or scorer.evaluate(scorer.load(ingredient), averaged=False)
-            ingredient.info["evaluation_key"] = key
-            cache.put(digest, ingredient.info["metrics"])
-            log.info("%s: %s", ingredient.name, format_metrics(ingredient.info["metrics"]))
+        scorer.individual_metrics(ingredient)
     if init is None:
         template = {"init": ingredients[0].info["init"], "config": ingredients[0].info["config"]}
     else:

@@ -75,7 +75,7 @@ class MnistData:
         train = self.train
         if per_class:
             take = per_class_subset(train.labels, per_class, self.cfg.split_seed)
-            train = ImageArray(train.name, train.images[take], train.labels[take])
+            train = ImageArray(train.name, train.images[take], train.labels[take], train.ids[take])
         return self._eval(train), self._eval(self.val)
 
     def bn_set(self) -> EvalSet:

@@ -36,7 +36,8 @@ def mnist_splits(train_per_class: int, val_per_class: int, test_per_class: int, 
     out = {}
     for name, parts in picked.items():
         idx = np.sort(np.concatenate(parts))
-        out[name] = ImageArray(name, torch.from_numpy(images[idx]), torch.from_numpy(labels[idx]))
+        out[name] = ImageArray(name, torch.from_numpy(images[idx]), torch.from_numpy(labels[idx]),
+                               torch.from_numpy(idx))
     return out
 
 
@@ -73,7 +74,7 @@ def make_shift(name: str, test: ImageArray, seed: int) -> ImageArray:
         x = canvas.round().clamp(0, 255).to(torch.uint8)
     else:
         raise ValueError(f"unknown MNIST shift {name!r}; expected one of {SHIFTS}")
-    return ImageArray(name, x.squeeze(1).contiguous(), test.labels.clone())
+    return ImageArray(name, x.squeeze(1).contiguous(), test.labels.clone(), test.ids.clone())
 
 
 def subsample(images: ImageArray, max_images: int | None, seed: int) -> ImageArray:
@@ -81,4 +82,4 @@ def subsample(images: ImageArray, max_images: int | None, seed: int) -> ImageArr
     if not max_images or len(images) <= max_images:
         return images
     idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:max_images].sort().values
-    return ImageArray(images.name, images.images[idx], images.labels[idx])
+    return ImageArray(images.name, images.images[idx], images.labels[idx], images.ids[idx])

@@ -90,6 +90,11 @@ class FileEvalSet:
     def __len__(self):
         return len(self.paths)
 
+    @property
+    def sample_ids(self) -> list[str]:
+        """class folder/file name: the same image wherever the dataset root lives."""
+        return ["/".join(Path(p).parts[-2:]) for p in self.paths]
+
     def batches(self, batch_size: int):
         loader = DataLoader(FileImages(self.paths, self.labels, self.transform, self.crop_border),
                             batch_size=batch_size, shuffle=False, num_workers=self.num_workers,

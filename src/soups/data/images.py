@@ -12,12 +12,16 @@ from torch.utils.data import Dataset
 
 @dataclass
 class ImageArray:
-    """`images`: uint8 [N,H,W] (grey) or [N,H,W,3]; `labels`: int64 [N]."""
+    """`images`: uint8 [N,H,W] (grey) or [N,H,W,3]; `labels`: int64 [N]; `ids`: int64 [N], each image's
+    index in its source (default 0..N-1), so cached predictions follow an image through any subset."""
     name: str
     images: torch.Tensor
     labels: torch.Tensor
+    ids: torch.Tensor | None = None
 
     def __post_init__(self):
+        if self.ids is None:
+            self.ids = torch.arange(len(self.labels))
         if self.images.dtype != torch.uint8 or self.images.ndim not in (3, 4):
             raise ValueError(f"{self.name}: expected uint8 images [N,H,W] or [N,H,W,3], "
                              f"got {self.images.dtype} {tuple(self.images.shape)}")
@@ -32,6 +36,7 @@ class EvalSet:
     """An image set decoded and resized once (uint8 [N,3,R,R]); batches are normalized on the fly."""
 
     def __init__(self, source: ImageArray, image_size: int, mean, std):
+        # Images are indexed by `sample_ids` (stable across subsets), never by batch position.
         x = source.images
         x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
         resized = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear",
@@ -39,6 +44,7 @@ class EvalSet:
         self.name = source.name
         self.images = resized.round().clamp(0, 255).to(torch.uint8)
         self.labels = source.labels
+        self.sample_ids = [str(i) for i in source.ids.tolist()]
         self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(std).view(1, 3, 1, 1) * 255.0
 

@@ -1,0 +1,120 @@
+"""The soup job's evaluation context (recipes.SoupContext): loads weights into one reusable model,
+recomputes BN statistics of averaged weights, and evaluates each thing once.
+
+Caches (soups.eval_cache), under one evaluation key:
+- individual models by their file's sha256: metrics, and logits per set keyed by sample id, which
+  ensembles average without a forward pass;
+- any other weights (soups, greedy candidates, WiSE-FT points) by the digest of their tensors: metrics.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from soups.averaging import StateDict
+from soups.data import EvalSet
+from soups.eval_cache import EvaluationCache, hash_ids, state_digest
+from soups.evaluate import HELD_OUT, Evaluator, format_metrics, recalibrate_bn
+from soups.io import load_weights, sha256_file
+from soups.pool import Ingredient
+
+log = logging.getLogger(__name__)
+
+
+class WeightsScorer:
+    def __init__(self, model, evaluator: Evaluator, bn_sample: EvalSet | None, batch_size: int, device,
+                 init_weights: Path, cache: EvaluationCache, evaluation_key: str, cache_logits: bool = True):
+        self.model, self.evaluator, self.bn_sample = model, evaluator, bn_sample
+        self.batch_size, self.device, self.init_weights = batch_size, device, init_weights
+        self.cache, self.key, self.cache_logits = cache, evaluation_key, cache_logits
+        self.ids = {name: hash_ids(s.sample_ids) for name, s in evaluator.sets.items()}
+        self._held_out_logits: dict[str, torch.Tensor] = {}  # greedy ensembles revisit members
+
+    def load(self, ingredient: Ingredient) -> StateDict:
+        return load_weights(ingredient.weights)
+
+    def load_init(self) -> StateDict:
+        return load_weights(self.init_weights)
+
+    def materialize(self, state: StateDict, averaged: bool = True):
+        self.model.load_state_dict(state)
+        if averaged and self.bn_sample is not None:
+            recalibrate_bn(self.model, self.bn_sample, self.batch_size, self.device)
+        return self.model
+
+    # ---- any weights: metrics cached by the digest of the tensors -------------------------------------
+    def _weights_key(self, state: StateDict, averaged: bool) -> str:
+        return state_digest(state) + ("-bn" if averaged and self.bn_sample is not None else "")
+
+    def held_out(self, state: StateDict) -> float:
+        key = self._weights_key(state, averaged=True)
+        cached = self.cache.get(key) or {}
+        if HELD_OUT not in cached:
+            cached[HELD_OUT] = self.evaluator.accuracy(self.materialize(state), HELD_OUT)
+            self.cache.put(key, cached)
+        return cached[HELD_OUT]
+
+    def evaluate(self, state: StateDict, averaged: bool) -> dict[str, float]:
+        """Every set's accuracy; afterwards `self.model` holds exactly the weights evaluated."""
+        key = self._weights_key(state, averaged)
+        cached = self.cache.get(key) or {}
+        model = self.materialize(state, averaged)
+        if set(self.evaluator.sets) <= set(cached):
+            return self.evaluator.with_average({n: cached[n] for n in self.evaluator.sets})
+        metrics = self.evaluator.evaluate(model)
+        self.cache.put(key, metrics)
+        return metrics
+
+    # ---- individual models: metrics and logits cached by file sha256 ----------------------------------
+    def digest(self, ingredient: Ingredient) -> str:
+        info = ingredient.info
+        if not (info.get("sha256") or info.get("source_sha256")):
+            info["source_sha256"] = sha256_file(ingredient.weights)
+        return info.get("sha256") or info["source_sha256"]
+
+    def individual_metrics(self, ingredient: Ingredient) -> dict[str, float]:
+        """From run.json when measured under this evaluation key, else from the cache, else evaluated."""
+        info = ingredient.info
+        if "metrics" in info and info.get("evaluation_key") == self.key:
+            return info["metrics"]
+        digest = self.digest(ingredient)
+        metrics = self.cache.get(digest)
+        if metrics is None:
+            metrics = self.evaluator.metrics_of(self._forward_all(ingredient, digest))
+            self.cache.put(digest, metrics)
+            log.info("%s: %s", ingredient.name, format_metrics(metrics))
+        info["metrics"], info["evaluation_key"] = metrics, self.key
+        return metrics
+
+    def _forward_all(self, ingredient: Ingredient, digest: str) -> dict[str, torch.Tensor]:
+        """One load, every set; logits kept in the cache for ensembles."""
+        logits = self.evaluator.all_logits(self.materialize(self.load(ingredient), averaged=False))
+        if self.cache_logits:
+            for name, values in logits.items():
+                self.cache.put_logits(digest, name, self.ids[name], values)
+        return logits
+
+    def individual_logits(self, ingredient: Ingredient) -> dict[str, torch.Tensor]:
+        digest = self.digest(ingredient)
+        cached = {n: self.cache.get_logits(digest, n, self.ids[n]) for n in self.evaluator.sets}
+        if any(v is None for v in cached.values()):
+            return self._forward_all(ingredient, digest)
+        return cached
+
+    # ---- ensembles: the mean of the members' logits (each member as it is) ---------------------------
+    def ensemble_held_out(self, members: list[Ingredient]) -> float:
+        for m in members:
+            if m.name not in self._held_out_logits:
+                self._held_out_logits[m.name] = self.individual_logits(m)[HELD_OUT]
+        mean = torch.stack([self._held_out_logits[m.name] for m in members]).mean(0)
+        return self.evaluator.accuracy_of_logits(HELD_OUT, mean)
+
+    def ensemble_evaluate(self, members: list[Ingredient]) -> dict[str, float]:
+        """Streamed over members: one running sum of logits per set."""
+        sums: dict[str, torch.Tensor] = {}
+        for member in members:
+            for name, logits in self.individual_logits(member).items():
+                sums[name] = sums[name] + logits if name in sums else logits.clone()
+        return self.evaluator.metrics_of({n: s / len(members) for n, s in sums.items()})

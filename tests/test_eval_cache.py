@@ -1,0 +1,57 @@
+"""Evaluation done once: logits keyed by sample id, metrics by weights digest, forward passes counted."""
+import torch
+
+from soups.eval_cache import EvaluationCache, hash_ids, state_digest
+from soups.evaluate import Evaluator
+from soups.soup_job import run_soup
+
+
+def test_logits_are_served_by_sample_id_in_any_order_and_subset(tmp_path):
+    cache = EvaluationCache(tmp_path, "key")
+    ids = [f"class{i % 3}/img{i}.jpg" for i in range(6)]
+    logits = torch.arange(12, dtype=torch.float32).view(6, 2)
+    cache.put_logits("abc", "val", hash_ids(ids), logits)
+    assert torch.equal(cache.get_logits("abc", "val", hash_ids(ids)), logits)
+    order = [4, 0, 5]
+    assert torch.equal(cache.get_logits("abc", "val", hash_ids([ids[i] for i in order])), logits[order])
+    assert cache.get_logits("abc", "val", hash_ids(["class0/unseen.jpg"])) is None  # not cached: recompute
+    assert cache.get_logits("abc", "test", hash_ids(ids)) is None
+
+
+def test_state_digest_changes_with_any_value_name_or_dtype():
+    state = {"w": torch.ones(2, 2), "n": torch.tensor(3)}
+    base = state_digest(state)
+    assert state_digest({k: v.clone() for k, v in state.items()}) == base
+    assert state_digest({**state, "w": torch.ones(2, 2).add_(1e-7)}) != base
+    assert state_digest({"v": state["w"], "n": state["n"]}) != base
+    assert state_digest({**state, "w": torch.ones(2, 2, dtype=torch.float64)}) != base
+
+
+def count_forward_passes(monkeypatch) -> list:
+    calls = []
+    original = Evaluator.logits
+    monkeypatch.setattr(Evaluator, "logits", lambda self, model, name: calls.append(name) or original(self, model, name))
+    return calls
+
+
+def test_ensembles_read_the_fine_tunes_logits_without_a_forward_pass(tiny_sweep, soup_cfg, tmp_path, monkeypatch):
+    tmp, sweep = tiny_sweep
+    calls = count_forward_passes(monkeypatch)
+    # the fine-tunes wrote their logits into this cache when they were evaluated
+    rows = run_soup(soup_cfg(f"pool.dir={sweep}", f"paths.cache_dir={tmp}/cache", "method=[ensemble,greedy_ensemble]"),
+                    tmp_path / "soup")
+    assert calls == [] and [r["kind"] for r in rows[-2:]] == ["ensemble", "ensemble"]
+
+
+def test_a_second_soup_run_evaluates_nothing_again(tiny_sweep, soup_cfg, tmp_path, monkeypatch):
+    _, sweep = tiny_sweep
+    calls = count_forward_passes(monkeypatch)
+    cfg = soup_cfg(f"pool.dir={sweep}", "method=[uniform,greedy,ensemble,greedy_ensemble]", "eval_batch_size=64")
+    first = run_soup(cfg, tmp_path / "first")
+    # other evaluation settings than the fine-tunes': each individual is evaluated once, on each set
+    sets = ["val", "test", "digits", "rotate", "invert", "blur"]
+    assert sum(calls.count(s) for s in sets[1:]) >= 3 * 5 and calls.count("test") == 3 + 2  # + uniform, greedy
+    calls.clear()
+    second = run_soup(cfg, tmp_path / "second")
+    assert calls == []
+    assert [r["metrics"] for r in second] == [r["metrics"] for r in first]
