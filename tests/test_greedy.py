@@ -76,3 +76,42 @@ def test_uniform_soup_averages_every_ingredient():
     result = UniformSoup()(pool, ScalarScorer({"a": 1.0, "b": 2.0, "c": 6.0}, lambda x: 0.0))
     assert result.state["x"].item() == pytest.approx(3.0)
     assert len(result.ingredients) == 3
+
+
+class EvaluatingScorer(ScalarScorer):
+    def evaluate(self, state, averaged):
+        x = state["x"].item()
+        return {"val": self.score(x), "test": 50.0 + x}
+
+
+def test_random_orders_are_seeded_permutations_reported_as_mean_and_std():
+    import statistics
+
+    pool = [ingredient(n, 90.0 - i) for i, n in enumerate("abcde")]
+    values = {"a": 1.0, "b": 1.4, "c": 0.7, "d": 3.0, "e": 1.1}
+    scorer = EvaluatingScorer(values, lambda x: 100 - 10 * abs(x - 1.0))
+    result = GreedySoup(order="random", orders=4, seed=3)(pool, scorer)
+    records = result.record["orders"]
+    assert len(records) == 4 and len({tuple(r["order"]) for r in records}) > 1
+    for r in records:
+        assert sorted(r["order"]) == list("abcde") and r["chosen"][0] == r["order"][0]
+        assert [t["run"] for t in r["trace"]] == r["order"]  # visited in the drawn order
+        mean_x = sum(values[n] for n in r["chosen"]) / len(r["chosen"])
+        assert r["metrics"]["test"] == pytest.approx(50.0 + mean_x)
+    for col in ("val", "test"):
+        column = [r["metrics"][col] for r in records]
+        assert result.record["mean"][col] == pytest.approx(statistics.fmean(column))
+        assert result.record["std"][col] == pytest.approx(statistics.pstdev(column))
+    saved = records[result.record["saved_order"]]
+    assert saved["held_out"] == max(r["held_out"] for r in records)
+    assert names(result) == saved["chosen"]
+    assert result.state["x"].item() == pytest.approx(sum(values[n] for n in saved["chosen"]) / len(saved["chosen"]))
+    again = GreedySoup(order="random", orders=4, seed=3)(pool, scorer).record["orders"]
+    assert [r["order"] for r in again] == [r["order"] for r in records]  # the same draw from the same seed
+    other = GreedySoup(order="random", orders=4, seed=4)(pool, scorer).record["orders"]
+    assert [r["order"] for r in other] != [r["order"] for r in records]
+
+
+def test_greedy_refuses_unknown_order():
+    with pytest.raises(ValueError, match="order"):
+        GreedySoup(order="alphabetical")

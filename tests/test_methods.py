@@ -3,5 +3,5 @@ from soups.soup_job import build_recipes
 
 def test_method_all_selects_and_builds_every_recipe(soup_cfg):
     recipes = build_recipes(soup_cfg("method=all").method)
-    assert list(recipes) == ["uniform", "greedy", "model_stock", "wise_ft", "ensemble", "greedy_ensemble"]
+    assert list(recipes) == ["uniform", "greedy", "greedy_random", "learned", "learned_bylayer", "model_stock", "wise_ft", "ensemble", "greedy_ensemble"]
     assert all(recipe.name == name for name, recipe in recipes.items())

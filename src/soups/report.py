@@ -5,6 +5,7 @@ import csv
 import io
 from pathlib import Path
 
+from soups import plots
 from soups.io import write_json, write_text
 
 NAME_COLUMNS = ("row", "kind", "ingredients")
@@ -25,13 +26,20 @@ def metric_columns(rows: list[dict]) -> list[str]:
 HEADERS = {"val": "held-out", "avg_shifts": "avg shifts"}
 
 
+def cell(row: dict, col: str) -> str:
+    if col not in row["metrics"]:
+        return ""
+    spread = row.get("std", {}).get(col)
+    return f"{row['metrics'][col]:.2f}" + ("" if spread is None else f" ± {spread:.2f}")
+
+
 def markdown_table(rows: list[dict]) -> str:
     cols = metric_columns(rows)
     header = ["", *[HEADERS.get(c, c) for c in cols], "#ingredients", "inference cost"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for row in rows:
         name = f"**{row['row']}**" if row["kind"] in ("best_individual", "soup", "ensemble") else row["row"]
-        cells = [f"{row['metrics'][c]:.2f}" if c in row["metrics"] else "" for c in cols]
+        cells = [cell(row, c) for c in cols]
         lines.append("| " + " | ".join([name, *cells, str(row.get("ingredients", "")), f"{row.get('cost', 1)}×"]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -40,10 +48,12 @@ def csv_text(rows: list[dict]) -> str:
     cols = metric_columns(rows)
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow([*NAME_COLUMNS, "inference_cost", *cols])
+    spread = [c for c in cols if any(c in row.get("std", {}) for row in rows)]
+    writer.writerow([*NAME_COLUMNS, "inference_cost", *cols, *[f"{c}_std" for c in spread]])
     for row in rows:
         writer.writerow([row["row"], row["kind"], row.get("ingredients", ""), row.get("cost", 1),
-                         *[f"{row['metrics'][c]:.4f}" if c in row["metrics"] else "" for c in cols]])
+                         *[f"{row['metrics'][c]:.4f}" if c in row["metrics"] else "" for c in cols],
+                         *[f"{row['std'][c]:.4f}" if c in row.get("std", {}) else "" for c in spread]])
     return buf.getvalue()
 
 
@@ -51,11 +61,7 @@ def figure(rows: list[dict], path: Path, title: str) -> None:
     """x: in-distribution (test) accuracy, y: average accuracy over the shifts (the paper's Figure 1).
 
     Axes frame the fine-tuned models and soups; the far-away initialization is noted, not plotted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     points = [r for r in rows if "avg_shifts" in r["metrics"]]
     style = {"individual": dict(marker="o", s=30, c="#9e9e9e", label="fine-tuned models"),
              "best_individual": dict(marker="o", s=70, c="#1f77b4", label="best individual (held-out)")}
@@ -68,8 +74,16 @@ def figure(rows: list[dict], path: Path, title: str) -> None:
         if row["kind"] == "init":
             continue
         if row["kind"] in ("soup", "ensemble"):
-            ax.scatter(x, y, marker=soup_markers[soups % 8], c=soup_colors[soups % 8], s=150, zorder=3,
+            color = soup_colors[soups % 8]
+            ax.scatter(x, y, marker=soup_markers[soups % 8], c=color, s=150, zorder=3,
                        label=row["row"], edgecolors="black", linewidths=0.5)
+            if row.get("std"):  # mean ± std over several draws (greedy over random orders)
+                ax.errorbar(x, y, xerr=row["std"].get("test"), yerr=row["std"].get("avg_shifts"), c=color,
+                            capsize=3, zorder=2)
+            if row.get("curve"):  # WiSE-FT: the interpolation path from the init to the fine-tuned model
+                curve = [p for p in row["curve"] if p["alpha"] > 0]
+                ax.plot([p["test"] for p in curve], [p["avg_shifts"] for p in curve], c=color, lw=1, ls="--",
+                        marker=".", zorder=2, label=f"{row['row']} curve (alpha {curve[0]['alpha']:g}..{curve[-1]['alpha']:g})")
             soups += 1
         else:
             kw = dict(style[row["kind"]])
@@ -88,10 +102,7 @@ def figure(rows: list[dict], path: Path, title: str) -> None:
     ax.legend(fontsize=8, loc="best")
     ax.margins(0.15)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    plots.save(fig, path)
 
 
 REFERENCE_ROWS = {"uniform": "uniform soup", "greedy": "greedy soup"}  # reference key -> our row (else by kind)

@@ -32,6 +32,13 @@ class WeightsScorer:
         self.ids = {name: hash_ids(s.sample_ids) for name, s in evaluator.sets.items()}
         self._held_out_logits: dict[str, torch.Tensor] = {}  # greedy ensembles revisit members
 
+    @property
+    def precision(self) -> str:
+        return self.evaluator.precision
+
+    def held_out_set(self) -> EvalSet:
+        return self.evaluator.sets[HELD_OUT]
+
     def load(self, ingredient: Ingredient) -> StateDict:
         return load_weights(ingredient.weights)
 

@@ -10,6 +10,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from soups import plots
 from soups.data import build_data
 from soups.eval_cache import EvaluationCache, evaluation_key
 from soups.evaluate import Evaluator, format_metrics
@@ -115,8 +116,13 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
                 kind, cost = "soup", 1
             seconds = round(time.time() - start, 1)
             _save_soup(out_dir / name, name, result, metrics, template, bn_sample is not None, seconds)
-            rows.append({"row": f"{name} soup" if kind == "soup" else name.replace("_", " "), "kind": kind,
-                         "ingredients": len(result.ingredients), "cost": cost, "metrics": metrics})
+            row = {"row": f"{name} soup" if kind == "soup" else name.replace("_", " "), "kind": kind,
+                   "ingredients": len(result.ingredients), "cost": cost, "metrics": metrics}
+            if "curve" in result.record:  # WiSE-FT's path, drawn in the figure
+                row["curve"] = result.record["curve"]
+            if "std" in result.record:  # several draws of one recipe (greedy over random orders): mean ± std
+                row |= {"metrics": result.record["mean"], "std": result.record["std"]}
+            rows.append(row)
             tracker.log({f"{name}/{k}": v for k, v in metrics.items()})
             log.info("%s soup (%d ingredients, %.1fs): %s", name, len(result.ingredients), seconds,
                      format_metrics(metrics))
@@ -143,6 +149,8 @@ def _save_soup(soup_dir: Path, name: str, result, metrics: dict, template_info: 
         return
     atomic_save_safetensors(result.state, soup_dir / WEIGHTS_NAME, metadata={"kind": "soup", "method": name})
     write_json(record, soup_dir / "soup.json")
+    if "coefficients" in record:
+        plots.coefficients(record, soup_dir / "coefficients.png", f"{name} soup: mixing weights")
     # run.json in the same schema as a fine-tune's, so a soup loads (and soups) like any run
     write_json({"kind": "soup", "method": name, "metrics": metrics, "weights": WEIGHTS_NAME,
                 "sha256": sha256_file(soup_dir / WEIGHTS_NAME), "init": template_info["init"],

@@ -95,9 +95,11 @@ class FileEvalSet:
         """class folder/file name: the same image wherever the dataset root lives."""
         return ["/".join(Path(p).parts[-2:]) for p in self.paths]
 
-    def batches(self, batch_size: int):
+    def batches(self, batch_size: int, shuffle_seed: int | None = None):
+        shuffled = shuffle_seed is not None
         loader = DataLoader(FileImages(self.paths, self.labels, self.transform, self.crop_border),
-                            batch_size=batch_size, shuffle=False, num_workers=self.num_workers,
+                            batch_size=batch_size, shuffle=shuffled, num_workers=self.num_workers,
+                            generator=torch.Generator().manual_seed(shuffle_seed) if shuffled else None,
                             pin_memory=torch.cuda.is_available())
         yield from loader
 

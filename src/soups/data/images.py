@@ -55,12 +55,13 @@ class EvalSet:
         out = (batch_u8.float() - self.mean) / self.std
         return out.contiguous(memory_format=torch.channels_last)
 
-    def batches(self, batch_size: int, limit: int | None = None):
-        """Yields (normalized images, labels) in a fixed order."""
+    def batches(self, batch_size: int, limit: int | None = None, shuffle_seed: int | None = None):
+        """Yields (normalized images, labels): in a fixed order, or shuffled by `shuffle_seed` (training)."""
         n = len(self) if limit is None else min(limit, len(self))
+        order = None if shuffle_seed is None else torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
         for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            yield self.normalize(self.images[start:stop]), self.labels[start:stop]
+            take = slice(start, min(start + batch_size, n)) if order is None else order[start:start + batch_size]
+            yield self.normalize(self.images[take]), self.labels[take]
 
 
 class TransformedImages(Dataset):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import torch
+
 from soups.averaging import StateDict
 from soups.pool import Ingredient
 
@@ -17,6 +19,13 @@ class RecipeResult:
 
 
 class SoupContext(Protocol):
+    model: torch.nn.Module  # a model of the pool's architecture (recipes that run it themselves)
+    device: torch.device
+    precision: str
+
+    def held_out_set(self):
+        """The held-out evaluation set: `.batches(batch_size, shuffle_seed=None)` yields (images, labels)."""
+
     def load(self, ingredient: Ingredient) -> StateDict:
         """The ingredient's weights."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from soups.recipes import RecipeResult
-from soups.recipes.greedy import GreedyRecipe, greedy_selection
+from soups.recipes.greedy import GreedyRecipe, by_held_out, greedy_selection
 
 
 @dataclass
@@ -24,7 +24,7 @@ class GreedyEnsemble(GreedyRecipe):
     def __call__(self, ingredients, ctx) -> RecipeResult:
         members = []
         chosen, best, trace = greedy_selection(
-            ingredients, lambda candidate: ctx.ensemble_held_out([*members, candidate]), members.append,
+            by_held_out(ingredients), lambda candidate: ctx.ensemble_held_out([*members, candidate]), members.append,
             self.comparator, "greedy ensemble")
         return RecipeResult(None, chosen, {"comparator": self.comparator, "held_out": best, "trace": trace,
                                            "inference_cost": len(chosen)})

@@ -3,11 +3,17 @@ add each next one if the held-out accuracy of the running average does not drop.
 
 comparator ">=" is the paper's text; ">" is the released code's. Ties in ranking keep pool order.
 `greedy_selection` is shared with the greedy ensemble, which adds models to a logit average instead.
+
+order="random" is the paper's ablation: `orders` greedy soups, each over a seeded random permutation
+of the pool; each is evaluated on every set and the report shows their mean ± std. The saved weights
+are those of the order with the best held-out accuracy (the first of equals).
 """
 from __future__ import annotations
 
 import logging
 import operator
+import random
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,11 +34,15 @@ class GreedyRecipe:
             raise ValueError(f"greedy comparator {self.comparator!r}; expected one of {list(COMPARATORS)}")
 
 
-def greedy_selection(ingredients, score_with: Callable, on_accept: Callable, comparator: str, what: str):
-    """(chosen in order, final held-out score, trace of every candidate). `score_with(candidate)` is the
-    held-out accuracy with the candidate added; `on_accept(candidate)` adds it for good."""
+def by_held_out(ingredients):
+    return sorted(ingredients, key=lambda i: i.held_out, reverse=True)  # stable: ties keep pool order
+
+
+def greedy_selection(ranked, score_with: Callable, on_accept: Callable, comparator: str, what: str):
+    """(chosen in order, final held-out score, trace of every candidate), visiting `ranked` in order.
+    `score_with(candidate)` is the held-out accuracy with the candidate added; `on_accept(candidate)`
+    adds it for good."""
     accept = COMPARATORS[comparator]
-    ranked = sorted(ingredients, key=lambda i: i.held_out, reverse=True)
     on_accept(ranked[0])
     chosen, best = [ranked[0]], ranked[0].held_out
     trace = [{"run": ranked[0].name, "individual_held_out": best, "soup_held_out": best, "accepted": True}]
@@ -52,9 +62,40 @@ def greedy_selection(ingredients, score_with: Callable, on_accept: Callable, com
 
 @dataclass
 class GreedySoup(GreedyRecipe):
+    order: str = "held_out"  # or "random"
+    orders: int = 5          # random permutations (order="random")
+    seed: int = 0
     name: str = "greedy"
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.order not in ("held_out", "random"):
+            raise ValueError(f"greedy order {self.order!r}; expected held_out or random")
+        if self.order == "random" and int(self.orders) < 1:
+            raise ValueError(f"greedy orders={self.orders}; expected at least 1 random order")
+
     def __call__(self, ingredients, ctx) -> RecipeResult:
+        if self.order == "held_out":
+            state, chosen, best, trace = self.soup(by_held_out(ingredients), ctx)
+            return RecipeResult(state, chosen, {"comparator": self.comparator, "held_out": best, "trace": trace})
+        runs = []
+        for k in range(int(self.orders)):
+            permutation = random.Random(int(self.seed) * 1_000_003 + k).sample(list(ingredients), len(ingredients))
+            state, chosen, best, trace = self.soup(permutation, ctx)
+            metrics = ctx.evaluate(state, averaged=len(chosen) > 1)
+            runs.append({"state": state, "chosen": chosen, "record": {
+                "order": [i.name for i in permutation], "chosen": [i.name for i in chosen], "held_out": best,
+                "metrics": metrics, "trace": trace}})
+        saved = max(range(len(runs)), key=lambda k: runs[k]["record"]["held_out"])
+        records = [r["record"] for r in runs]
+        columns = list(records[0]["metrics"])
+        spread = lambda f: {c: f([r["metrics"][c] for r in records]) for c in columns}  # noqa: E731
+        return RecipeResult(runs[saved]["state"], runs[saved]["chosen"], {
+            "comparator": self.comparator, "order": "random", "seed": self.seed, "saved_order": saved,
+            "held_out": records[saved]["held_out"], "trace": records[saved]["trace"], "orders": records,
+            "mean": spread(statistics.fmean), "std": spread(lambda v: statistics.pstdev(v) if len(v) > 1 else 0.0)})
+
+    def soup(self, ranked, ctx):
         running = RunningAverage()
         loaded = {}
 
@@ -65,5 +106,5 @@ class GreedySoup(GreedyRecipe):
         def on_accept(candidate):
             running.add(loaded.pop(candidate.name, None) or ctx.load(candidate))
 
-        chosen, best, trace = greedy_selection(ingredients, score_with, on_accept, self.comparator, "greedy soup")
-        return RecipeResult(running.result(), chosen, {"comparator": self.comparator, "held_out": best, "trace": trace})
+        chosen, best, trace = greedy_selection(ranked, score_with, on_accept, self.comparator, "greedy soup")
+        return running.result(), chosen, best, trace

@@ -1,0 +1,163 @@
+"""Learned soups (the paper's appendix): mixing weights trained on the held-out set.
+
+`learned`: one weight per ingredient; `learned_bylayer`: one per ingredient per parameter tensor.
+Weights are a softmax over ingredients of zero-initialized logits (so training starts at the uniform
+soup), plus a learned logit temperature; AdamW on the cross-entropy of the merged model, run through
+`torch.func.functional_call`. Ingredients are stacked once per tensor, in `ingredient_dtype`, and hold
+no gradients: only the K (or K x tensors) mixing logits do, so memory is about K models (half in
+bf16), not the official script's K models plus their gradients. BatchNorm layers use batch
+statistics while learning (averaged running statistics do not fit averaged weights); the final
+soup's statistics are recomputed like every other soup's.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from soups.recipes import RecipeResult
+from soups.runtime import autocast
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+CHUNK = 8  # ingredients upcast at a time when the stack is stored in bf16
+
+
+def _chunks(stack: torch.Tensor):
+    for chunk in stack.split(CHUNK):
+        yield chunk.float().reshape(len(chunk), -1)
+
+
+class _Mix(torch.autograd.Function):
+    """sum_k w[k] * stack[k]; saves the stack itself (no float copy) for the backward pass."""
+
+    @staticmethod
+    def forward(ctx, weights, stack):
+        ctx.save_for_backward(weights, stack)
+        out, start = None, 0
+        for chunk in _chunks(stack):
+            part = weights[start:start + len(chunk)] @ chunk
+            out = part if out is None else out + part
+            start += len(chunk)
+        return out.view(stack.shape[1:])
+
+    @staticmethod
+    def backward(ctx, grad):
+        weights, stack = ctx.saved_tensors
+        flat = grad.reshape(-1).float()
+        return torch.cat([chunk @ flat for chunk in _chunks(stack)]).to(weights.dtype), None
+
+
+@dataclass
+class LearnedSoup:
+    by_layer: bool = False
+    lr: float = 0.05
+    epochs: int = 5
+    batch_size: int = 256
+    weight_decay: float = 0.0
+    ingredient_dtype: str = "float32"  # or bfloat16: half the memory for the stacked ingredients
+    seed: int = 0
+    name: str = "learned"
+
+    def __post_init__(self):
+        if self.ingredient_dtype not in DTYPES:
+            raise ValueError(f"{self.name}: ingredient_dtype={self.ingredient_dtype!r}; expected {list(DTYPES)}")
+        if self.lr <= 0 or self.epochs < 0 or self.batch_size < 1:
+            raise ValueError(f"{self.name}: need lr > 0, epochs >= 0 and batch_size >= 1 "
+                             f"(got lr={self.lr}, epochs={self.epochs}, batch_size={self.batch_size})")
+
+    def __call__(self, ingredients, ctx) -> RecipeResult:
+        model, device = ctx.model, ctx.device
+        names = [n for n, _ in model.named_parameters()]
+        stacks, buffers = self._stack(ingredients, ctx, names, device)
+        k = len(ingredients)
+        logits = torch.zeros((k, len(names)) if self.by_layer else (k,), device=device, requires_grad=True)
+        log_temperature = torch.zeros((), device=device, requires_grad=True)
+        optimizer = torch.optim.AdamW([logits, log_temperature], lr=self.lr, weight_decay=self.weight_decay)
+        held_out = ctx.held_out_set()
+        project = getattr(held_out, "project_logits", None)
+
+        def loss_of(images, labels):
+            mix = logits.softmax(0)
+            params = {n: _Mix.apply(mix[:, i] if self.by_layer else mix, stacks[n]) for i, n in enumerate(names)}
+            with autocast(ctx.precision, device):
+                out = functional_call(model, {**params, **buffers}, (images.to(device),))
+            out = out.float() * log_temperature.exp()
+            return F.cross_entropy(project(out) if project else out, labels.to(device))
+
+        def mean_loss():
+            with torch.no_grad():
+                total = sum(loss_of(x, y).item() * len(y) for x, y in held_out.batches(self.batch_size))
+            return total / len(held_out)
+
+        model.eval()
+        for module in model.modules():  # batch statistics while learning; dropout etc. stay off
+            if isinstance(module, _BatchNorm):
+                module.train()
+        curve = [mean_loss()]
+        for epoch in range(self.epochs):
+            running, seen = 0.0, 0
+            for images, labels in held_out.batches(self.batch_size, shuffle_seed=self.seed * 1000 + epoch):
+                if len(labels) < 2 and buffers:  # batch statistics need two samples
+                    continue
+                loss = loss_of(images, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                running, seen = running + loss.item() * len(labels), seen + len(labels)
+            log.info("%s epoch %d: train loss %.4f", self.name, epoch + 1, running / max(seen, 1))
+        curve.append(mean_loss())
+        model.eval()
+        stacks.clear()  # free the stacked ingredients before merging
+        weights = logits.detach().softmax(0).cpu().double()
+        state = self._merge(ingredients, ctx, names, weights)
+        record = {"by_layer": self.by_layer, "lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size,
+                  "ingredient_dtype": self.ingredient_dtype, "temperature": log_temperature.exp().item(),
+                  "held_out_loss": {"uniform": curve[0], "learned": curve[-1]},
+                  "coefficients": {"ingredients": [i.name for i in ingredients],
+                                   "tensors": names if self.by_layer else None, "weights": weights.tolist()}}
+        log.info("%s: held-out loss %.4f (uniform) -> %.4f", self.name, curve[0], curve[-1])
+        return RecipeResult(state, list(ingredients), record)
+
+    def _stack(self, ingredients, ctx, names, device):
+        """{param: [K, ...] tensor in ingredient_dtype}, filled one ingredient at a time; the uniform
+        average of the buffers (unused by BatchNorm in batch-statistics mode)."""
+        dtype = DTYPES[self.ingredient_dtype]
+        stacks, buffers = {}, {}
+        for i, ingredient in enumerate(ingredients):
+            state = ctx.load(ingredient)
+            missing = [n for n in names if n not in state]
+            if missing:
+                raise ValueError(f"{ingredient.name} lacks parameters {missing[:3]} of the model")
+            for n in names:
+                if n not in stacks:
+                    stacks[n] = torch.empty((len(ingredients), *state[n].shape), dtype=dtype, device=device)
+                stacks[n][i] = state[n].to(device=device, dtype=dtype)
+            for n, v in state.items():
+                if n not in stacks:
+                    v = v.to(device)
+                    buffers[n] = (buffers.get(n, 0) + v.double() / len(ingredients)) if v.is_floating_point() else v
+        return stacks, {n: v.float() if v.is_floating_point() else v for n, v in buffers.items()}
+
+    def _merge(self, ingredients, ctx, names, weights):
+        """The soup in full precision: float64 sums over the original (not the stacked) weights.
+        Buffers take each ingredient's mean weight (BN statistics are recomputed afterwards anyway)."""
+        column = {n: i for i, n in enumerate(names)}
+        per_model = weights.mean(1) if self.by_layer else weights
+        sums, dtypes, fixed = {}, {}, {}
+        for i, ingredient in enumerate(ingredients):
+            for n, v in ctx.load(ingredient).items():
+                if not v.is_floating_point():
+                    fixed.setdefault(n, v.clone())
+                    continue
+                if n in column:
+                    w = weights[i, column[n]] if self.by_layer else weights[i]
+                else:
+                    w = per_model[i]
+                dtypes[n] = v.dtype
+                sums[n] = sums[n] + w * v.double() if n in sums else w * v.double()
+        return {**{n: s.to(dtypes[n]) for n, s in sums.items()}, **fixed}
