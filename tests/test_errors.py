@@ -72,3 +72,16 @@ def test_bad_hyperparameters(finetune_cfg, tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
         run_finetune(finetune_cfg(override, *extra), tmp_path / "run")
     assert not (tmp_path / "cache").exists()  # refused before the init was built
+
+
+def test_missing_initialization_fails_before_any_evaluation(tiny_sweep, soup_cfg, tmp_path):
+    import json
+
+    pool = copy_sweep(tiny_sweep[1], tmp_path / "pool")
+    for run in pool.iterdir():
+        info = json.loads((run / "run.json").read_text())
+        info["init"]["dir"] = str(tmp_path / "cleaned-cache" / "init")
+        write_json(info, run / "run.json")
+    with pytest.raises(FileNotFoundError, match="interpolate with the pool's shared initialization"):
+        run_soup(soup_cfg(f"pool.dir={pool}", "method=[uniform,wise_ft]"), tmp_path / "out")
+    assert not (tmp_path / "cache" / "eval").exists()

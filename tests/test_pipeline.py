@@ -127,23 +127,6 @@ def test_checkpoint_round_trip_reproduces_the_recorded_accuracy(tiny_sweep):
     assert evaluator.evaluate(model) == info["metrics"]
 
 
-def test_results_notebook_runs_on_a_soup_run(tiny_sweep, soup_cfg, tmp_path, monkeypatch, capsys):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    _, sweep = tiny_sweep
-    out = tmp_path / "soup"
-    run_soup(soup_cfg(f"pool.dir={sweep}"), out)
-    monkeypatch.setenv("SOUPS_RESULTS", str(out))
-    notebook = json.loads(open("notebooks/soup_results.ipynb").read())
-    scope = {}
-    for cell in notebook["cells"]:
-        if cell["cell_type"] == "code":
-            exec("".join(cell["source"]), scope)
-    printed = capsys.readouterr().out
-    assert "| **greedy soup** |" in printed and "accepted" in printed
-
-
 def test_model_stock_and_wise_ft_run_through_soup(tiny_sweep, soup_cfg, tmp_path):
     _, sweep = tiny_sweep
     rows = run_soup(soup_cfg(f"pool.dir={sweep}", "method=[model_stock,wise_ft]", "method.wise_ft.alphas=[0.0,0.5,1.0]"),

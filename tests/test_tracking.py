@@ -28,3 +28,42 @@ def test_run_is_closed_when_the_job_fails(tmp_path, monkeypatch):
     with tracking(WANDB, tmp_path, name="t2", job_type="test", config={}, group=None) as tracker:
         tracker.summary({"final/val": 1.0})
     assert wandb.run is None
+
+
+class RecordingTracker:
+    """Collects what the soup job hands to the tracker (the W&B calls themselves are tested above)."""
+
+    def __init__(self):
+        self.logged, self.tables, self.images = {}, {}, {}
+
+    def log(self, metrics, step=None):
+        self.logged.update(metrics)
+
+    def summary(self, metrics): ...
+
+    def table(self, key, columns, rows):
+        self.tables[key] = (columns, rows)
+
+    def image(self, key, path):
+        self.images[key] = path
+
+
+def test_each_recipe_logs_metrics_trace_curve_and_plot(tiny_sweep, soup_cfg, tmp_path, monkeypatch):
+    import contextlib
+
+    from soups import soup_job
+
+    recorder = RecordingTracker()
+    monkeypatch.setattr(soup_job, "tracking", lambda *a, **k: contextlib.nullcontext(recorder))
+    _, sweep = tiny_sweep
+    soup_job.run_soup(soup_cfg(f"pool.dir={sweep}", "method=[greedy,greedy_random,learned,wise_ft]",
+                               "method.greedy_random.orders=2", "method.learned.epochs=1",
+                               "method.wise_ft.alphas=[0.0,1.0]"), tmp_path / "soup")
+    for name in ("greedy", "greedy_random", "learned", "wise_ft"):
+        assert {f"{name}/val", f"{name}/test", f"{name}/avg_shifts"} <= set(recorder.logged)
+    columns, rows = recorder.tables["greedy/trace"]
+    assert columns[0] == "run" and len(rows) == 3
+    assert len(recorder.tables["greedy_random/orders"][1]) == 2
+    assert [r[0] for r in recorder.tables["wise_ft/curve"][1]] == [0.0, 1.0]
+    assert recorder.images["learned/coefficients"].name == "coefficients.png"
+    assert set(recorder.images) >= {"soups/figure"} and "soups/table" in recorder.tables

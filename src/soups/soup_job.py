@@ -86,6 +86,11 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device)
     bn_sample = data.bn_set() if _wants_recalibration(cfg.bn_recalibration, model) else None
     init_weights = init.weights if init is not None else Path(ingredients[0].info["init"]["dir"]) / WEIGHTS_NAME
+    needs_init = [name for name, recipe in recipes.items() if getattr(recipe, "needs_init", False)]
+    if needs_init and not Path(init_weights).is_file():
+        raise FileNotFoundError(f"{needs_init} interpolate with the pool's shared initialization, but its weights "
+                                f"{init_weights} (named in the ingredients' run.json) are missing; the init lives "
+                                f"in paths.cache_dir: was it cleaned? Choose other methods, or fine-tune the pool again")
     key = evaluation_key(run_cfg, cfg.precision, cfg.eval_batch_size)
     scorer = WeightsScorer(model, evaluator, bn_sample, cfg.eval_batch_size, device, init_weights,
                            EvaluationCache(cfg.paths.cache_dir, key), key, cfg.cache_logits)
@@ -123,7 +128,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
             if "std" in result.record:  # several draws of one recipe (greedy over random orders): mean ± std
                 row |= {"metrics": result.record["mean"], "std": result.record["std"]}
             rows.append(row)
-            tracker.log({f"{name}/{k}": v for k, v in metrics.items()})
+            log_recipe(tracker, name, metrics, result.record, out_dir / name)
             log.info("%s soup (%d ingredients, %.1fs): %s", name, len(result.ingredients), seconds,
                      format_metrics(metrics))
         title = f"soups of {pool_name} ({len(ingredients)} ingredients)"
@@ -137,6 +142,25 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
             tracker.table("soups/reference", list(comparison[0]), [list(c.values()) for c in comparison])
     print(f"\n{title}\n\n{table}\nwritten to {out_dir}")
     return rows
+
+
+TRACE_COLUMNS = ["run", "individual_held_out", "soup_held_out", "accepted"]
+
+
+def log_recipe(tracker, name: str, metrics: dict, record: dict, soup_dir: Path) -> None:
+    """W&B: the recipe's metrics, its greedy trace / WiSE-FT curve / random orders as tables, its plot."""
+    tracker.log({f"{name}/{k}": v for k, v in metrics.items()})
+    if record.get("trace"):
+        tracker.table(f"{name}/trace", TRACE_COLUMNS, [[t[c] for c in TRACE_COLUMNS] for t in record["trace"]])
+    if record.get("curve"):
+        cols = list(record["curve"][0])
+        tracker.table(f"{name}/curve", cols, [[p[c] for c in cols] for p in record["curve"]])
+    if record.get("orders"):
+        cols = list(record["orders"][0]["metrics"])
+        tracker.table(f"{name}/orders", ["order", "ingredients", *cols],
+                      [[" ".join(o["order"]), len(o["chosen"]), *[o["metrics"][c] for c in cols]] for o in record["orders"]])
+    if (soup_dir / "coefficients.png").is_file():
+        tracker.image(f"{name}/coefficients", soup_dir / "coefficients.png")
 
 
 def _save_soup(soup_dir: Path, name: str, result, metrics: dict, template_info: dict, recalibrated: bool,

@@ -9,6 +9,8 @@ mean_{i<j} cos_ij = (|u|^2 - k) / (k (k - 1)). Memory is two accumulators, whate
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +20,7 @@ from soups.recipes import RecipeResult
 
 @dataclass
 class ModelStock:
+    needs_init: ClassVar[bool] = True  # moves relative to the shared initialization
     name: str = "model_stock"
 
     def __call__(self, ingredients, ctx) -> RecipeResult:

@@ -3,6 +3,8 @@ theta_alpha = (1 - alpha) * theta_init + alpha * theta_ft, over an alpha grid. E
 is evaluated on every set (the paper shows soups beyond these curves); alpha is chosen on held-out."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 from dataclasses import dataclass, field
 
 from soups.recipes import RecipeResult
@@ -15,6 +17,7 @@ def interpolate(init: dict, tuned: dict, alpha: float) -> dict:
 
 @dataclass
 class WiseFT:
+    needs_init: ClassVar[bool] = True  # moves relative to the shared initialization
     alphas: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
     base: str = "best"  # "best": the best individual by held-out accuracy; else an ingredient's name
     name: str = "wise_ft"
