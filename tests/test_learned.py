@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from soups.data import build_data
 from soups.io import load_weights
 from soups.models import build_classifier
-from soups.recipes.learned import LearnedSoup, _Mix
+from soups.recipes.learned import LOSS_ORDER_SEED, LearnedSoup, _Mix
 from soups.soup_job import run_soup
 
 
@@ -44,7 +44,7 @@ def held_out_loss_with_batch_statistics(weights_file, run_cfg, batch_size):
             m.train()
     held_out = build_data(run_cfg.data, run_cfg.shifts, run_cfg.model).eval_sets()["val"]
     with torch.no_grad():
-        total = sum(F.cross_entropy(model(x), y).item() * len(y) for x, y in held_out.batches(batch_size))
+        total = sum(F.cross_entropy(model(x), y).item() * len(y) for x, y in held_out.batches(batch_size, shuffle_seed=LOSS_ORDER_SEED))
     return total / len(held_out)
 
 
@@ -96,3 +96,17 @@ def test_by_layer_coefficients_have_one_weight_per_ingredient_and_tensor(tiny_sw
     torch.testing.assert_close(weights.sum(0), torch.ones(len(tensors), dtype=weights.dtype))
     assert not torch.allclose(weights, torch.full_like(weights, 1 / 3))  # it learned something
     assert (out / "learned_bylayer" / "coefficients.png").is_file()
+
+
+def test_a_second_run_reuses_the_learned_weights(tiny_sweep, soup_cfg, tmp_path, monkeypatch):
+    _, sweep = tiny_sweep
+    cfg = soup_cfg(f"pool.dir={sweep}", "method=learned", "method.learned.epochs=1")
+    first = run_soup(cfg, tmp_path / "first")
+    monkeypatch.setattr(LearnedSoup, "_learn", lambda *a: pytest.fail("learned again"))
+    second = run_soup(cfg, tmp_path / "second")
+    assert second[-1]["metrics"] == first[-1]["metrics"]
+    assert torch.equal(load_weights(tmp_path / "first" / "learned" / "model.safetensors")["head.weight"],
+                       load_weights(tmp_path / "second" / "learned" / "model.safetensors")["head.weight"])
+    with pytest.raises(pytest.fail.Exception, match="learned again"):  # other settings: learned anew
+        run_soup(soup_cfg(f"pool.dir={sweep}", "method=learned", "method.learned.epochs=1", "method.learned.lr=0.1"),
+                 tmp_path / "other")

@@ -48,6 +48,17 @@ class EvaluationCache:
     def put(self, digest: str, metrics: dict) -> None:
         write_json({"sha256": digest, "metrics": metrics}, self.dir / f"{digest}.json")
 
+    def get_record(self, key: dict) -> dict | None:
+        path = self._record_path(key)
+        return read_json(path)["record"] if path.is_file() else None
+
+    def put_record(self, key: dict, record: dict) -> None:
+        write_json({"key": key, "record": record}, self._record_path(key))
+
+    def _record_path(self, key: dict) -> Path:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+        return self.dir / "recipes" / f"{digest[:32]}.json"
+
     def get_logits(self, digest: str, set_name: str, ids: torch.Tensor) -> torch.Tensor | None:
         """Logits for the samples `ids` (hash_ids), in that order; None unless every one is cached."""
         path = self.dir / digest / f"{set_name}.safetensors"

@@ -65,17 +65,18 @@ def figure(rows: list[dict], path: Path, title: str) -> None:
     points = [r for r in rows if "avg_shifts" in r["metrics"]]
     style = {"individual": dict(marker="o", s=30, c="#9e9e9e", label="fine-tuned models"),
              "best_individual": dict(marker="o", s=70, c="#1f77b4", label="best individual (held-out)")}
-    soup_colors = ["#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
-    soup_markers = ["*", "D", "s", "^", "v", "P", "X", "h"]
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    soup_colors = ["#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+                   "#393b79", "#ad494a", "#637939", "#7b4173"]
+    soup_markers = ["*", "D", "s", "^", "v", "P", "X", "h", "p", "<", ">", "d"]
+    fig, ax = plt.subplots(figsize=(8.5, 5))
     labelled, soups = set(), 0
     for row in points:
         x, y = row["metrics"]["test"], row["metrics"]["avg_shifts"]
         if row["kind"] == "init":
             continue
         if row["kind"] in ("soup", "ensemble"):
-            color = soup_colors[soups % 8]
-            ax.scatter(x, y, marker=soup_markers[soups % 8], c=color, s=150, zorder=3,
+            color = soup_colors[soups % len(soup_colors)]
+            ax.scatter(x, y, marker=soup_markers[soups % len(soup_markers)], c=color, s=150, zorder=3,
                        label=row["row"], edgecolors="black", linewidths=0.5)
             if row.get("std"):  # mean ± std over several draws (greedy over random orders)
                 ax.errorbar(x, y, xerr=row["std"].get("test"), yerr=row["std"].get("avg_shifts"), c=color,
@@ -99,8 +100,13 @@ def figure(rows: list[dict], path: Path, title: str) -> None:
     ax.set_ylabel("avg accuracy over shifts (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    ax.margins(0.15)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    # frame the models and soups; a WiSE-FT curve may run off toward the initialization
+    framed = [r["metrics"] for r in points if r["kind"] != "init"]
+    for axis, key in ((ax.set_xlim, "test"), (ax.set_ylim, "avg_shifts")) if framed else ():
+        lo, hi = min(m[key] for m in framed), max(m[key] for m in framed)
+        pad = 0.15 * (hi - lo) + 0.5
+        axis(lo - pad, hi + pad)
     fig.tight_layout()
     plots.save(fig, path)
 

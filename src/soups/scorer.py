@@ -4,7 +4,8 @@ recomputes BN statistics of averaged weights, and evaluates each thing once.
 Caches (soups.eval_cache), under one evaluation key:
 - individual models by their file's sha256: metrics, and logits per set keyed by sample id, which
   ensembles average without a forward pass;
-- any other weights (soups, greedy candidates, WiSE-FT points) by the digest of their tensors: metrics.
+- any other weights (soups, greedy candidates, WiSE-FT points) by the digest of their tensors: metrics;
+- what a recipe learned (learned soups' mixing weights), by its settings and its ingredients' sha256.
 """
 from __future__ import annotations
 
@@ -73,6 +74,13 @@ class WeightsScorer:
         metrics = self.evaluator.evaluate(model)
         self.cache.put(key, metrics)
         return metrics
+
+    # ---- recipes that learn something (learned soups): their result, by what it depends on ----------
+    def recall(self, key: dict) -> dict | None:
+        return self.cache.get_record(key)
+
+    def remember(self, key: dict, record: dict) -> None:
+        self.cache.put_record(key, record)
 
     # ---- individual models: metrics and logits cached by file sha256 ----------------------------------
     def digest(self, ingredient: Ingredient) -> str:

@@ -129,7 +129,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
                 row |= {"metrics": result.record["mean"], "std": result.record["std"]}
             rows.append(row)
             log_recipe(tracker, name, metrics, result.record, out_dir / name)
-            log.info("%s soup (%d ingredients, %.1fs): %s", name, len(result.ingredients), seconds,
+            log.info("%s %s (%d ingredients, %.1fs): %s", name, kind, len(result.ingredients), seconds,
                      format_metrics(metrics))
         title = f"soups of {pool_name} ({len(ingredients)} ingredients)"
         table = write_report(rows, out_dir, title, cfg.get("reference"))

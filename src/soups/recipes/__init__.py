@@ -41,6 +41,14 @@ class SoupContext(Protocol):
     def ensemble_held_out(self, members: list[Ingredient]) -> float:
         """Held-out accuracy (%) of the mean of the members' logits."""
 
+    def digest(self, ingredient: Ingredient) -> str:
+        """sha256 of the ingredient's weights file."""
+
+    def recall(self, key: dict) -> dict | None:
+        """What a recipe stored under `key` (settings + ingredient digests) in an earlier run, if anything."""
+
+    def remember(self, key: dict, record: dict) -> None: ...
+
 
 class Recipe(Protocol):
     name: str

@@ -25,6 +25,9 @@ from soups.runtime import autocast
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 CHUNK = 8  # ingredients upcast at a time when the stack is stored in bf16
+# The held-out loss before and after learning is measured in one fixed shuffled order: with batch
+# statistics, a batch must be a fair sample of the set (sets may be stored sorted by class).
+LOSS_ORDER_SEED = 1_000_003
 
 
 def _chunks(stack: torch.Tensor):
@@ -71,8 +74,22 @@ class LearnedSoup:
                              f"(got lr={self.lr}, epochs={self.epochs}, batch_size={self.batch_size})")
 
     def __call__(self, ingredients, ctx) -> RecipeResult:
+        names = [n for n, _ in ctx.model.named_parameters()]
+        # the same settings on the same ingredients (by sha256) learn the same weights: learn once
+        settings = {k: v for k, v in vars(self).items() if k != "name"}
+        key = {"recipe": "learned_soup", **settings, "ingredients": [ctx.digest(i) for i in ingredients]}
+        record = ctx.recall(key)
+        if record is None:
+            record = self._learn(ingredients, ctx, names)
+            ctx.remember(key, record)
+        else:
+            log.info("%s: mixing weights learned before on this pool (cache)", self.name)
+        weights = torch.tensor(record["coefficients"]["weights"], dtype=torch.float64)
+        record["coefficients"]["ingredients"] = [i.name for i in ingredients]
+        return RecipeResult(self._merge(ingredients, ctx, names, weights), list(ingredients), record)
+
+    def _learn(self, ingredients, ctx, names) -> dict:
         model, device = ctx.model, ctx.device
-        names = [n for n, _ in model.named_parameters()]
         stacks, buffers = self._stack(ingredients, ctx, names, device)
         k = len(ingredients)
         logits = torch.zeros((k, len(names)) if self.by_layer else (k,), device=device, requires_grad=True)
@@ -91,7 +108,8 @@ class LearnedSoup:
 
         def mean_loss():
             with torch.no_grad():
-                total = sum(loss_of(x, y).item() * len(y) for x, y in held_out.batches(self.batch_size))
+                batches = held_out.batches(self.batch_size, shuffle_seed=LOSS_ORDER_SEED)
+                total = sum(loss_of(x, y).item() * len(y) for x, y in batches)
             return total / len(held_out)
 
         model.eval()
@@ -114,14 +132,13 @@ class LearnedSoup:
         model.eval()
         stacks.clear()  # free the stacked ingredients before merging
         weights = logits.detach().softmax(0).cpu().double()
-        state = self._merge(ingredients, ctx, names, weights)
         record = {"by_layer": self.by_layer, "lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size,
                   "ingredient_dtype": self.ingredient_dtype, "temperature": log_temperature.exp().item(),
                   "held_out_loss": {"uniform": curve[0], "learned": curve[-1]},
                   "coefficients": {"ingredients": [i.name for i in ingredients],
                                    "tensors": names if self.by_layer else None, "weights": weights.tolist()}}
         log.info("%s: held-out loss %.4f (uniform) -> %.4f", self.name, curve[0], curve[-1])
-        return RecipeResult(state, list(ingredients), record)
+        return record
 
     def _stack(self, ingredients, ctx, names, device):
         """{param: [K, ...] tensor in ingredient_dtype}, filled one ingredient at a time; the uniform
