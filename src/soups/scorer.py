@@ -32,6 +32,7 @@ class WeightsScorer:
         self.cache, self.key, self.cache_logits = cache, evaluation_key, cache_logits
         self.ids = {name: hash_ids(s.sample_ids) for name, s in evaluator.sets.items()}
         self._held_out_logits: dict[str, torch.Tensor] = {}  # greedy ensembles revisit members
+        self._loaded: str | None = None  # the weights key `self.model` holds
 
     @property
     def precision(self) -> str:
@@ -47,9 +48,14 @@ class WeightsScorer:
         return load_weights(self.init_weights)
 
     def materialize(self, state: StateDict, averaged: bool = True):
-        self.model.load_state_dict(state)
-        if averaged and self.bn_sample is not None:
-            recalibrate_bn(self.model, self.bn_sample, self.batch_size, self.device)
+        """`self.model` with these weights (and, if averaged, recomputed BN statistics); a no-op when it
+        already holds them."""
+        key = self._weights_key(state, averaged)
+        if key != self._loaded:
+            self.model.load_state_dict(state)
+            if averaged and self.bn_sample is not None:
+                recalibrate_bn(self.model, self.bn_sample, self.batch_size, self.device)
+            self._loaded = key
         return self.model
 
     # ---- any weights: metrics cached by the digest of the tensors -------------------------------------
@@ -65,13 +71,12 @@ class WeightsScorer:
         return cached[HELD_OUT]
 
     def evaluate(self, state: StateDict, averaged: bool) -> dict[str, float]:
-        """Every set's accuracy; afterwards `self.model` holds exactly the weights evaluated."""
+        """Every set's accuracy (+ avg_shifts)."""
         key = self._weights_key(state, averaged)
         cached = self.cache.get(key) or {}
-        model = self.materialize(state, averaged)
         if set(self.evaluator.sets) <= set(cached):
             return self.evaluator.with_average({n: cached[n] for n in self.evaluator.sets})
-        metrics = self.evaluator.evaluate(model)
+        metrics = self.evaluator.evaluate(self.materialize(state, averaged))
         self.cache.put(key, metrics)
         return metrics
 

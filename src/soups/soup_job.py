@@ -115,9 +115,11 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
                 metrics = scorer.ensemble_evaluate(result.ingredients)
                 kind, cost = "ensemble", len(result.ingredients)
             else:
-                metrics = scorer.evaluate(result.state, averaged=len(result.ingredients) > 1)
+                averaged = len(result.ingredients) > 1
+                metrics = scorer.evaluate(result.state, averaged)
                 # save what was evaluated: the average with its recomputed BN statistics (if any)
-                result.state = {k: v.detach().cpu().clone() for k, v in scorer.model.state_dict().items()}
+                model = scorer.materialize(result.state, averaged)
+                result.state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                 kind, cost = "soup", 1
             seconds = round(time.time() - start, 1)
             _save_soup(out_dir / name, name, result, metrics, template, bn_sample is not None, seconds)
@@ -129,7 +131,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
                 row |= {"metrics": result.record["mean"], "std": result.record["std"]}
             rows.append(row)
             log_recipe(tracker, name, metrics, result.record, out_dir / name)
-            log.info("%s %s (%d ingredients, %.1fs): %s", name, kind, len(result.ingredients), seconds,
+            log.info("%s (%d ingredients, %.1fs): %s", row["row"], len(result.ingredients), seconds,
                      format_metrics(metrics))
         title = f"soups of {pool_name} ({len(ingredients)} ingredients)"
         table = write_report(rows, out_dir, title, cfg.get("reference"))
