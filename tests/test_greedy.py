@@ -17,7 +17,7 @@ class ScalarScorer:
     def load(self, ingredient):
         return {"x": torch.tensor([self.values[ingredient.name]], dtype=torch.float64)}
 
-    def held_out(self, state):
+    def held_out(self, state, acceptable=None):
         self.calls += 1
         return self.score(state["x"].item())
 
@@ -115,3 +115,58 @@ def test_random_orders_are_seeded_permutations_reported_as_mean_and_std():
 def test_greedy_refuses_unknown_order():
     with pytest.raises(ValueError, match="order"):
         GreedySoup(order="alphabetical")
+
+
+def test_early_rejection_makes_the_same_choices_with_fewer_forward_passes(tiny_sweep, soup_cfg, tmp_path):
+    import json
+
+    from soups.evaluate import Evaluator
+    from soups.soup_job import run_soup
+
+    _, sweep = tiny_sweep
+    forwarded = {}
+    original = Evaluator.forward
+
+    def counting(self, model, name):
+        for logits, labels in original(self, model, name):
+            forwarded[run] = forwarded.get(run, 0) + len(labels)
+            yield logits, labels
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Evaluator, "forward", counting)
+        traces = {}
+        for run, early in (("full", "false"), ("early", "true")):
+            out = tmp_path / run
+            run_soup(soup_cfg(f"pool.dir={sweep}", "method=greedy", f"method.greedy.early_rejection={early}",
+                              "eval_batch_size=16", f"paths.cache_dir={tmp_path}/cache_{run}"), out)
+            traces[run] = json.loads((out / "greedy" / "soup.json").read_text())
+    assert traces["early"]["ingredients"] == traces["full"]["ingredients"]
+    assert [t["accepted"] for t in traces["early"]["trace"]] == [t["accepted"] for t in traces["full"]["trace"]]
+    stopped = [t for t in traces["early"]["trace"] if t["soup_held_out"] is None]
+    assert all(not t["accepted"] for t in stopped)
+    if stopped:
+        assert forwarded["early"] < forwarded["full"]
+    else:
+        assert forwarded["early"] == forwarded["full"]
+
+
+def test_early_rejection_stops_exactly_when_the_bar_is_out_of_reach():
+    from soups.data import EvalSet, ImageArray
+    from soups.evaluate import Evaluator
+
+    labels = torch.tensor([1] * 50 + [0] * 50)  # the model below always says 0: wrong on the first half
+    images = ImageArray("val", torch.zeros(100, 4, 4, dtype=torch.uint8), labels)
+    sets = {n: EvalSet(images, 4, [0.5] * 3, [0.5] * 3) for n in ("val", "test")}
+    evaluator = Evaluator(sets, batch_size=10, precision="fp32", device=torch.device("cpu"), progress=False)
+    always_zero = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2))
+    with torch.no_grad():
+        always_zero[1].weight.zero_()
+        always_zero[1].bias.copy_(torch.tensor([1.0, 0.0]))
+    assert evaluator.accuracy(always_zero, "val", acceptable=lambda s: s >= 50.0) == 50.0
+    assert evaluator.images_forwarded == 100
+    # bar 60: after 5 batches (50 wrong) at most 50% is reachable
+    assert evaluator.accuracy(always_zero, "val", acceptable=lambda s: s >= 60.0) is None
+    assert evaluator.images_forwarded == 100 + 50
+    # the released code's strict ">": 50% can never beat 50%, known after 5 batches too
+    assert evaluator.accuracy(always_zero, "val", acceptable=lambda s: s > 50.0) is None
+    assert evaluator.images_forwarded == 150 + 50

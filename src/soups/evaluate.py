@@ -23,32 +23,48 @@ class Evaluator:
         self.precision = precision
         self.device = device
         self.progress = progress
+        self.images_forwarded = 0
 
     @property
     def shift_names(self) -> list[str]:
         return [n for n in self.sets if n not in (HELD_OUT, TEST)]
 
     @torch.no_grad()  # not inference_mode: bf16 autocast under it was slower on CPU
-    def logits(self, model: nn.Module, name: str) -> torch.Tensor:
+    def forward(self, model: nn.Module, name: str):
+        """Yields (logits, labels) batch by batch; counts the images forwarded."""
         model.eval()
         data = self.sets[name]
-        out = []
         batches = data.batches(self.batch_size)
         if self.progress:
             batches = tqdm(batches, total=-(-len(data) // self.batch_size), desc=f"eval {name}", leave=False, disable=None)
-        for images, _ in batches:
+        for images, labels in batches:
             with autocast(self.precision, self.device):
-                out.append(model(images.to(self.device, non_blocking=True)).float().cpu())
-        return torch.cat(out)
+                logits = model(images.to(self.device, non_blocking=True)).float().cpu()
+            self.images_forwarded += len(labels)
+            yield logits, labels
+
+    def logits(self, model: nn.Module, name: str) -> torch.Tensor:
+        return torch.cat([logits for logits, _ in self.forward(model, name)])
+
+    def correct(self, name: str, logits: torch.Tensor, labels: torch.Tensor) -> int:
+        project = getattr(self.sets[name], "project_logits", None)  # ImageNet-R/A subsets, ObjectNet's max
+        return int(((project(logits) if project else logits).argmax(-1) == labels).sum())
 
     def accuracy_of_logits(self, name: str, logits: torch.Tensor) -> float:
         data = self.sets[name]
-        project = getattr(data, "project_logits", None)  # class subsets (ImageNet-R/A), ObjectNet's max-merge
-        preds = (project(logits) if project else logits).argmax(-1)
-        return 100.0 * (preds == data.labels).float().mean().item()
+        return 100.0 * self.correct(name, logits, data.labels) / len(data)
 
-    def accuracy(self, model: nn.Module, name: str) -> float:
-        return self.accuracy_of_logits(name, self.logits(model, name))
+    def accuracy(self, model: nn.Module, name: str, acceptable=None) -> float | None:
+        """Top-1 %. With `acceptable(score) -> bool`: None as soon as even all-correct remaining images
+        could not make the score acceptable (exact: the same decision as the full pass, fewer images)."""
+        if acceptable is None:
+            return self.accuracy_of_logits(name, self.logits(model, name))
+        n, correct, seen = len(self.sets[name]), 0, 0
+        for logits, labels in self.forward(model, name):
+            correct, seen = correct + self.correct(name, logits, labels), seen + len(labels)
+            if not acceptable(100.0 * (correct + n - seen) / n):
+                return None
+        return 100.0 * correct / n
 
     def evaluate(self, model: nn.Module, names: list[str] | None = None) -> dict[str, float]:
         """Top-1 % per set, plus `avg_shifts` (unweighted mean over the shift sets, as in the paper)."""

@@ -62,11 +62,14 @@ class WeightsScorer:
     def _weights_key(self, state: StateDict, averaged: bool) -> str:
         return state_digest(state) + ("-bn" if averaged and self.bn_sample is not None else "")
 
-    def held_out(self, state: StateDict) -> float:
+    def held_out(self, state: StateDict, acceptable=None) -> float | None:
         key = self._weights_key(state, averaged=True)
         cached = self.cache.get(key) or {}
         if HELD_OUT not in cached:
-            cached[HELD_OUT] = self.evaluator.accuracy(self.materialize(state), HELD_OUT)
+            score = self.evaluator.accuracy(self.materialize(state), HELD_OUT, acceptable)
+            if score is None:  # stopped early: rejected, accuracy unknown (not cached)
+                return None
+            cached[HELD_OUT] = score
             self.cache.put(key, cached)
         return cached[HELD_OUT]
 

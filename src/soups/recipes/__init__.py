@@ -3,6 +3,7 @@ set of weights and a record of how it chose. One recipe per file; configs in con
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -32,8 +33,9 @@ class SoupContext(Protocol):
     def load_init(self) -> StateDict:
         """The shared initialization's weights (for recipes that move relative to it)."""
 
-    def held_out(self, state: StateDict) -> float:
-        """Held-out accuracy (%) of averaged weights (BN statistics recomputed where the model has BN)."""
+    def held_out(self, state: StateDict, acceptable: Callable[[float], bool] | None = None) -> float | None:
+        """Held-out accuracy (%) of averaged weights (BN statistics recomputed where the model has BN).
+        With `acceptable`, None as soon as no remaining outcome could satisfy it (exact early rejection)."""
 
     def evaluate(self, state: StateDict, averaged: bool) -> dict[str, float]:
         """Accuracy on every set (+ avg_shifts); `averaged` weights get BN statistics recomputed."""

@@ -40,23 +40,25 @@ def by_held_out(ingredients):
 
 def greedy_selection(ranked, score_with: Callable, on_accept: Callable, comparator: str, what: str):
     """(chosen in order, final held-out score, trace of every candidate), visiting `ranked` in order.
-    `score_with(candidate)` is the held-out accuracy with the candidate added; `on_accept(candidate)`
-    adds it for good."""
+
+    `score_with(candidate, acceptable)` is the held-out accuracy with the candidate added, or None if
+    its evaluation stopped early because `acceptable(score)` could no longer hold (a rejection, exact);
+    `on_accept(candidate)` adds it for good."""
     accept = COMPARATORS[comparator]
     on_accept(ranked[0])
     chosen, best = [ranked[0]], ranked[0].held_out
     trace = [{"run": ranked[0].name, "individual_held_out": best, "soup_held_out": best, "accepted": True}]
     for candidate in ranked[1:]:
-        score = score_with(candidate)
-        accepted = accept(score, best)
+        score = score_with(candidate, lambda s, bar=best: accept(s, bar))
+        accepted = score is not None and accept(score, best)
         if accepted:
             on_accept(candidate)
             chosen.append(candidate)
             best = score
         trace.append({"run": candidate.name, "individual_held_out": candidate.held_out,
                       "soup_held_out": score, "accepted": accepted})
-        log.info("%s: %s held-out %.2f -> %.2f %s", what, candidate.name, candidate.held_out, score,
-                 "accepted" if accepted else "rejected")
+        log.info("%s: %s held-out %.2f -> %s %s", what, candidate.name, candidate.held_out,
+                 "(stopped early)" if score is None else f"{score:.2f}", "accepted" if accepted else "rejected")
     return chosen, best, trace
 
 
@@ -65,6 +67,7 @@ class GreedySoup(GreedyRecipe):
     order: str = "held_out"  # or "random"
     orders: int = 5          # random permutations (order="random")
     seed: int = 0
+    early_rejection: bool = True  # stop a candidate's evaluation once it cannot be accepted (same choices)
     name: str = "greedy"
 
     def __post_init__(self):
@@ -97,11 +100,13 @@ class GreedySoup(GreedyRecipe):
 
     def soup(self, ranked, ctx):
         running = RunningAverage()
-        loaded = {}
+        loaded = {}  # only the current candidate: memory is one accumulator + one ingredient
 
-        def score_with(candidate):
+        def score_with(candidate, acceptable):
+            loaded.clear()
             loaded[candidate.name] = ctx.load(candidate)
-            return ctx.held_out(running.peek_with(loaded[candidate.name]))
+            state = running.peek_with(loaded[candidate.name])
+            return ctx.held_out(state, acceptable if self.early_rejection else None)
 
         def on_accept(candidate):
             running.add(loaded.pop(candidate.name, None) or ctx.load(candidate))
