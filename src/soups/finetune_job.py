@@ -48,7 +48,7 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict:
     device = resolve_device(cfg.device)
     start = time.time()
     init_dir = shared_init(cfg, device)
-    data = build_data(cfg.data, cfg.shifts, cfg.model)
+    data = build_data(cfg.data, cfg.shifts, cfg.model, cfg.paths.cache_dir)
     model = build_classifier(cfg.model, cfg.data.num_classes, load_pretrained=False).to(device)
     init_info = load_init(init_dir, model)
     hparams = {k: cfg[k] for k in HPARAMS}

@@ -43,7 +43,7 @@ def shared_init(cfg, device) -> Path:
 
 def _build_init(cfg, device, out: Path) -> None:
     start = time.time()
-    data = build_data(cfg.data, cfg.shifts, cfg.model)
+    data = build_data(cfg.data, cfg.shifts, cfg.model, cfg.paths.cache_dir)
     if cfg.head.kind == "linear_probe":
         model, probe = _linear_probe_init(cfg, data, device)
     elif cfg.head.kind == "zero_shot":

@@ -82,7 +82,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     device = resolve_device(cfg.device)
     ingredients, run_cfg, model, init, pool_name = _open_pool(cfg, device)
     log.info("pool %s: %d ingredients", pool_name, len(ingredients))
-    data = build_data(run_cfg.data, run_cfg.shifts, run_cfg.model)
+    data = build_data(run_cfg.data, run_cfg.shifts, run_cfg.model, cfg.paths.cache_dir)
     evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device)
     bn_sample = data.bn_set() if _wants_recalibration(cfg.bn_recalibration, model) else None
     init_weights = init.weights if init is not None else Path(ingredients[0].info["init"]["dir"]) / WEIGHTS_NAME

@@ -1,4 +1,4 @@
-"""Datasets by config. `build_data(data_cfg, shifts_cfg, model_cfg)` returns an object with
+"""Datasets by config. `build_data(data_cfg, shifts_cfg, model_cfg, cache_dir)` returns an object with
 
     eval_sets()           {"val": held-out, "test": ..., <shift>: ...}, each with .labels and .batches(bs)
     train_set(randaug, crop_scale)   the fine-tuning Dataset (timm training transform)
@@ -27,13 +27,15 @@ def per_class_subset(labels: torch.Tensor, per_class: int, seed: int) -> torch.T
     return torch.cat(picks).sort().values
 
 
-def build_data(data_cfg, shifts_cfg, model_cfg):
-    if data_cfg.name == "mnist":
+def build_data(data_cfg, shifts_cfg, model_cfg, cache_dir=None):
+    """`cache_dir`: where file-based evaluation sets are stored decoded (soups.data.store); None: decode
+    on every pass."""
+    if data_cfg.name == "mnist":  # in memory already
         return MnistData(data_cfg, shifts_cfg, model_cfg)
     if data_cfg.name == "imagenet":
         from soups.data.imagenet_data import ImageNetData
 
-        return ImageNetData(data_cfg, shifts_cfg, model_cfg)
+        return ImageNetData(data_cfg, shifts_cfg, model_cfg, cache_dir)
     raise ValueError(f"unknown data.name={data_cfg.name!r}; available: mnist, imagenet")
 
 

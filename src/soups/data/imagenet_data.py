@@ -11,11 +11,13 @@ from open_clip import image_transform
 from soups.data import per_class_subset, train_transform
 from soups.data.imagenet import FileEvalSet, FileImages, held_out_mask, imagenet_split
 from soups.data.imagenet_shifts import BUILDERS
+from soups.data.store import StoredEvalSet
 
 
 class ImageNetData:
-    def __init__(self, data_cfg, shifts_cfg, model_cfg):
+    def __init__(self, data_cfg, shifts_cfg, model_cfg, cache_dir=None):
         self.cfg, self.model_cfg = data_cfg, model_cfg
+        self.store_dir = cache_dir if data_cfg.get("store_eval_sets", True) else None
         root = Path(data_cfg.root).expanduser()
         self.eval_transform = image_transform(model_cfg.image_size, is_train=False, mean=tuple(model_cfg.mean),
                                               std=tuple(model_cfg.std))
@@ -41,9 +43,14 @@ class ImageNetData:
     def _eval(self, name, paths, labels) -> FileEvalSet:
         return FileEvalSet(name, paths, labels, self.eval_transform, self.cfg.num_workers)
 
+    def _stored(self, files: FileEvalSet):
+        """Decoded once into a uint8 store when there is a cache dir (soups.data.store)."""
+        return StoredEvalSet(files, self.store_dir) if self.store_dir else files
+
     def eval_sets(self) -> dict:
-        return {"val": self._eval("val", self.held_paths, self.held_labels),
+        sets = {"val": self._eval("val", self.held_paths, self.held_labels),
                 "test": self._eval("test", self.test_paths, self.test_labels), **self.shifts}
+        return {name: self._stored(files) for name, files in sets.items()}
 
     def train_set(self, randaug: str | None, crop_scale: float) -> FileImages:
         transform = train_transform(self.model_cfg, randaug, crop_scale, hflip=0.5, interpolation="bicubic")
@@ -59,5 +66,5 @@ class ImageNetData:
     def bn_set(self) -> FileEvalSet:
         rng = np.random.default_rng(self.cfg.held_out.seed)
         take = np.sort(rng.choice(len(self.train_paths), size=self.cfg.bn_recalibration_images, replace=False))
-        return self._eval("bn", [self.train_paths[i] for i in take], self.train_labels[take])
+        return self._stored(self._eval("bn", [self.train_paths[i] for i in take], self.train_labels[take]))
 
