@@ -143,12 +143,15 @@ def bench_eval(args) -> list[dict]:
 
 
 MEMORY_CHILD = """
-import resource, sys, time
+import re, sys
 sys.path.insert(0, {src!r})
+def peak_mb():  # VmHWM: this process's own peak (ru_maxrss would include the parent's, kept across exec)
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) / 1024
+import torch
 from soups.averaging import RunningAverage, average
 from soups.io import load_weights
 paths = {paths!r}
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = peak_mb()
 if {recipe!r} == "uniform":
     average(load_weights(p) for p in paths)
 else:  # greedy's memory pattern: accumulator + one candidate, peeked, then added or dropped
@@ -162,7 +165,7 @@ else:  # greedy's memory pattern: accumulator + one candidate, peeked, then adde
             running.add(candidate)
         del candidate
     running.result()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, base)
+print(peak_mb(), base)
 """
 
 
@@ -186,8 +189,7 @@ def bench_memory(args) -> list[dict]:
         for k in (4, 16):
             code = MEMORY_CHILD.format(src=str(ROOT / "src"), paths=paths[:k], recipe=recipe)
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-            peak_kb, base_kb = map(int, out.split())
-            peaks[k] = (peak_kb / 1024, base_kb / 1024)
+            peaks[k] = tuple(map(float, out.split()))
         row = {"recipe": recipe, "ingredient_mb": round(size_mb), "peak_rss_mb_k4": round(peaks[4][0]),
                "peak_rss_mb_k16": round(peaks[16][0]), "ratio_k16_k4": peaks[16][0] / peaks[4][0],
                "process_baseline_mb": round(peaks[4][1])}
