@@ -73,6 +73,11 @@ class EvaluationCache:
         rows = [row.get(int(i)) for i in ids.tolist()]
         return None if None in rows else stored["logits"][torch.tensor(rows, dtype=torch.long)]
 
+    def put_all_logits(self, digest: str, logits: dict[str, torch.Tensor], ids: dict[str, torch.Tensor]) -> None:
+        """One model's logits on every set; `ids`: each set's hash_ids."""
+        for name, values in logits.items():
+            self.put_logits(digest, name, ids[name], values)
+
     def put_logits(self, digest: str, set_name: str, ids: torch.Tensor, logits: torch.Tensor) -> None:
         if len(ids) != len(logits):
             raise ValueError(f"{set_name}: {len(ids)} sample ids for {len(logits)} rows of logits")

@@ -68,9 +68,8 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict:
         atomic_save_safetensors(model.state_dict(), run_dir / WEIGHTS_NAME, metadata={"kind": "finetune"})
         digest, key = sha256_file(run_dir / WEIGHTS_NAME), evaluation_key(cfg, cfg.precision, cfg.eval_batch_size)
         if cfg.cache_logits:  # a soup job's ensembles read these instead of evaluating the model again
-            cache = EvaluationCache(cfg.paths.cache_dir, key)
-            for name, values in logits.items():
-                cache.put_logits(digest, name, hash_ids(evaluator.sets[name].sample_ids), values)
+            ids = {name: hash_ids(eval_set.sample_ids) for name, eval_set in evaluator.sets.items()}
+            EvaluationCache(cfg.paths.cache_dir, key).put_all_logits(digest, logits, ids)
         info = {"kind": "finetune", "hparams": hparams, "metrics": metrics, "evaluation_key": key,
                 "weights": WEIGHTS_NAME, "sha256": digest,
                 "init": {"dir": str(init_dir), "sha256": init_info["sha256"], "metrics": init_info["metrics"]},

@@ -47,10 +47,10 @@ class WeightsScorer:
     def load_init(self) -> StateDict:
         return load_weights(self.init_weights)
 
-    def materialize(self, state: StateDict, averaged: bool = True):
+    def materialize(self, state: StateDict, averaged: bool = True, key: str | None = None):
         """`self.model` with these weights (and, if averaged, recomputed BN statistics); a no-op when it
-        already holds them."""
-        key = self._weights_key(state, averaged)
+        already holds them. `key`: their `_weights_key` if the caller has it (hashing is not free)."""
+        key = key or self._weights_key(state, averaged)
         if key != self._loaded:
             self.model.load_state_dict(state)
             if averaged and self.bn_sample is not None:
@@ -66,20 +66,23 @@ class WeightsScorer:
         key = self._weights_key(state, averaged=True)
         cached = self.cache.get(key) or {}
         if HELD_OUT not in cached:
-            score = self.evaluator.accuracy(self.materialize(state), HELD_OUT, acceptable)
+            score = self.evaluator.accuracy(self.materialize(state, key=key), HELD_OUT, acceptable)
             if score is None:  # stopped early: rejected, accuracy unknown (not cached)
                 return None
             cached[HELD_OUT] = score
             self.cache.put(key, cached)
         return cached[HELD_OUT]
 
-    def evaluate(self, state: StateDict, averaged: bool) -> dict[str, float]:
-        """Every set's accuracy (+ avg_shifts)."""
+    def evaluate(self, state: StateDict, averaged: bool, hold: bool = False) -> dict[str, float]:
+        """Every set's accuracy (+ avg_shifts). `hold`: leave `self.model` holding exactly the weights
+        evaluated (BN statistics included), also when the metrics come from the cache."""
         key = self._weights_key(state, averaged)
         cached = self.cache.get(key) or {}
+        if hold:
+            self.materialize(state, averaged, key)
         if set(self.evaluator.sets) <= set(cached):
             return self.evaluator.with_average({n: cached[n] for n in self.evaluator.sets})
-        metrics = self.evaluator.evaluate(self.materialize(state, averaged))
+        metrics = self.evaluator.evaluate(self.materialize(state, averaged, key))
         self.cache.put(key, metrics)
         return metrics
 
@@ -115,8 +118,7 @@ class WeightsScorer:
         """One load, every set; logits kept in the cache for ensembles."""
         logits = self.evaluator.all_logits(self.materialize(self.load(ingredient), averaged=False))
         if self.cache_logits:
-            for name, values in logits.items():
-                self.cache.put_logits(digest, name, self.ids[name], values)
+            self.cache.put_all_logits(digest, logits, self.ids)
         return logits
 
     def individual_logits(self, ingredient: Ingredient) -> dict[str, torch.Tensor]:

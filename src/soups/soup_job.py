@@ -115,11 +115,9 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
                 metrics = scorer.ensemble_evaluate(result.ingredients)
                 kind, cost = "ensemble", len(result.ingredients)
             else:
-                averaged = len(result.ingredients) > 1
-                metrics = scorer.evaluate(result.state, averaged)
+                metrics = scorer.evaluate(result.state, averaged=len(result.ingredients) > 1, hold=True)
                 # save what was evaluated: the average with its recomputed BN statistics (if any)
-                model = scorer.materialize(result.state, averaged)
-                result.state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                result.state = {k: v.detach().cpu().clone() for k, v in scorer.model.state_dict().items()}
                 kind, cost = "soup", 1
             seconds = round(time.time() - start, 1)
             _save_soup(out_dir / name, name, result, metrics, template, bn_sample is not None, seconds)

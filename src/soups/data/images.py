@@ -32,6 +32,13 @@ class ImageArray:
         return len(self.labels)
 
 
+def batch_indices(n: int, batch_size: int, shuffle_seed: int | None = None):
+    """Index tensors of consecutive batches over 0..n-1: in order, or a seeded permutation."""
+    order = torch.arange(n) if shuffle_seed is None else \
+        torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
+    yield from order.split(batch_size)
+
+
 class EvalSet:
     """An image set decoded and resized once (uint8 [N,3,R,R]); batches are normalized on the fly."""
 
@@ -58,9 +65,7 @@ class EvalSet:
     def batches(self, batch_size: int, limit: int | None = None, shuffle_seed: int | None = None):
         """Yields (normalized images, labels): in a fixed order, or shuffled by `shuffle_seed` (training)."""
         n = len(self) if limit is None else min(limit, len(self))
-        order = None if shuffle_seed is None else torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
-        for start in range(0, n, batch_size):
-            take = slice(start, min(start + batch_size, n)) if order is None else order[start:start + batch_size]
+        for take in batch_indices(n, batch_size, shuffle_seed):
             yield self.normalize(self.images[take]), self.labels[take]
 
 

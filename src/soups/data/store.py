@@ -22,6 +22,7 @@ from filelock import FileLock
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
+from soups.data.images import batch_indices
 from soups.data.imagenet import FileEvalSet, FileImages
 from soups.io import read_json, write_json
 
@@ -120,9 +121,7 @@ class StoredEvalSet:
         return batch_u8.float().div(255).sub(self.mean.to(batch_u8.device)).div(self.std.to(batch_u8.device))
 
     def batches(self, batch_size: int, shuffle_seed: int | None = None):
-        n, array = len(self), self.array
-        order = None if shuffle_seed is None else np.random.default_rng(shuffle_seed).permutation(n)
-        for start in range(0, n, batch_size):
-            take = slice(start, min(start + batch_size, n)) if order is None else np.sort(order[start:start + batch_size])
-            labels = self.labels[take] if order is None else self.labels[torch.from_numpy(take)]
-            yield self.normalize(torch.from_numpy(np.array(array[take]))), labels
+        array = self.array
+        for take in batch_indices(len(self), batch_size, shuffle_seed):
+            rows = take.sort().values  # memory-map reads in file order
+            yield self.normalize(torch.from_numpy(array[rows.numpy()])), self.labels[rows]
