@@ -81,3 +81,19 @@ def test_imagenet_data_stores_its_eval_sets_under_the_cache_dir(tree, tmp_path):
     assert all(isinstance(s, StoredEvalSet) for s in sets.values())
     next(sets["val"].batches(4))
     assert len(list((tmp_path / "evalsets").glob("val-*/images.npy"))) == 1
+
+
+def test_prefetched_batches_equal_plain_ones_and_stop_cleanly():
+    from soups.data.images import ImageArray, EvalSet, batch_indices, serve_batches
+
+    images = torch.randint(0, 256, (23, 8, 8, 3), dtype=torch.uint8)
+    data = EvalSet(ImageArray("toy", images, torch.arange(23) % 5), 8, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    fetch = lambda take: (data.images[take], data.labels[take])  # noqa: E731
+    plain = list(serve_batches(batch_indices(23, 4, 3), fetch, data.normalize, "cpu", prefetch=0))
+    ahead = list(serve_batches(batch_indices(23, 4, 3), fetch, data.normalize, "cpu", prefetch=2))
+    assert len(plain) == len(ahead) == 6
+    for (a, la), (b, lb) in zip(plain, ahead):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+    first = serve_batches(batch_indices(23, 4), fetch, data.normalize, "cpu", prefetch=2)
+    next(first)
+    first.close()  # early rejection stops a pass mid-way: the reader thread must not hang

@@ -34,12 +34,12 @@ class Evaluator:
         """Yields (logits, labels) batch by batch; counts the images forwarded."""
         model.eval()
         data = self.sets[name]
-        batches = data.batches(self.batch_size)
+        batches = data.batches(self.batch_size, device=self.device)
         if self.progress:
             batches = tqdm(batches, total=-(-len(data) // self.batch_size), desc=f"eval {name}", leave=False, disable=None)
         for images, labels in batches:
             with autocast(self.precision, self.device):
-                logits = model(images.to(self.device, non_blocking=True)).float().cpu()
+                logits = model(images).float().cpu()
             self.images_forwarded += len(labels)
             yield logits, labels
 
@@ -92,4 +92,4 @@ def format_metrics(metrics: dict[str, float]) -> str:
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, sample: EvalSet, batch_size: int, device: torch.device) -> None:
     """Recompute BatchNorm running statistics on a fixed sample (cumulative average, as SWA does)."""
-    update_bn((images.to(device) for images, _ in sample.batches(batch_size)), model, device=None)
+    update_bn((images for images, _ in sample.batches(batch_size, device=device)), model, device=None)

@@ -18,9 +18,9 @@ log = logging.getLogger(__name__)
 def extract_features(model, data: EvalSet, batch_size: int, precision: str, device) -> np.ndarray:
     model.eval()
     feats = []
-    for images, _ in data.batches(batch_size):
+    for images, _ in data.batches(batch_size, device=device):
         with autocast(precision, device):
-            feats.append(model.features(images.to(device)).float().cpu())
+            feats.append(model.features(images).float().cpu())
     return torch.cat(feats).numpy().astype(np.float64)
 
 

@@ -95,13 +95,15 @@ class FileEvalSet:
         """class folder/file name: the same image wherever the dataset root lives."""
         return ["/".join(Path(p).parts[-2:]) for p in self.paths]
 
-    def batches(self, batch_size: int, shuffle_seed: int | None = None):
+    def batches(self, batch_size: int, shuffle_seed: int | None = None, device=None):
+        """Decoded and normalized by DataLoader workers on every pass (see store.py for decode-once)."""
         shuffled = shuffle_seed is not None
         loader = DataLoader(FileImages(self.paths, self.labels, self.transform, self.crop_border),
                             batch_size=batch_size, shuffle=shuffled, num_workers=self.num_workers,
                             generator=torch.Generator().manual_seed(shuffle_seed) if shuffled else None,
-                            pin_memory=torch.cuda.is_available())
-        yield from loader
+                            pin_memory=torch.device(device or "cpu").type == "cuda")
+        for images, labels in loader:
+            yield images.to(device or "cpu", non_blocking=True), labels
 
 
 class ClassSubset:

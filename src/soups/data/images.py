@@ -2,6 +2,9 @@
 and a timm-transformed view of them for training (RandAugment etc. work on PIL images)."""
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +42,36 @@ def batch_indices(n: int, batch_size: int, shuffle_seed: int | None = None):
     yield from order.split(batch_size)
 
 
+def serve_batches(index_batches: Iterable[torch.Tensor], fetch: Callable, normalize: Callable,
+                  device: torch.device | str | None = None, prefetch: int | None = None):
+    """(normalize(images on `device`), labels) per index batch, where `fetch(indices)` -> (uint8 images,
+    labels) on the CPU. uint8 crosses to the device (4x fewer bytes than float) and is normalized there.
+    `prefetch` batches ahead are read (and pinned, for CUDA) in a thread while the device computes;
+    default 2 on an accelerator, 0 on the CPU (whose cores are the compute)."""
+    device = torch.device(device or "cpu")
+    prefetch = (0 if device.type == "cpu" else 2) if prefetch is None else prefetch
+
+    def read(take):
+        images, labels = fetch(take)
+        return (images.pin_memory() if device.type == "cuda" else images), labels
+
+    def moved(images, labels):
+        return normalize(images.to(device, non_blocking=True)), labels
+
+    if prefetch <= 0:
+        for take in index_batches:
+            yield moved(*read(take))
+        return
+    with ThreadPoolExecutor(1) as reader:
+        pending = deque()
+        for take in index_batches:
+            pending.append(reader.submit(read, take))
+            if len(pending) > prefetch:
+                yield moved(*pending.popleft().result())
+        while pending:
+            yield moved(*pending.popleft().result())
+
+
 class EvalSet:
     """An image set decoded and resized once (uint8 [N,3,R,R]); batches are normalized on the fly."""
 
@@ -54,19 +87,21 @@ class EvalSet:
         self.sample_ids = [str(i) for i in source.ids.tolist()]
         self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(std).view(1, 3, 1, 1) * 255.0
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self):
         return len(self.labels)
 
     def normalize(self, batch_u8: torch.Tensor) -> torch.Tensor:
-        out = (batch_u8.float() - self.mean) / self.std
-        return out.contiguous(memory_format=torch.channels_last)
+        mean, std = self._on_device.setdefault(batch_u8.device, (self.mean.to(batch_u8.device),
+                                                                 self.std.to(batch_u8.device)))
+        return ((batch_u8.float() - mean) / std).contiguous(memory_format=torch.channels_last)
 
-    def batches(self, batch_size: int, limit: int | None = None, shuffle_seed: int | None = None):
-        """Yields (normalized images, labels): in a fixed order, or shuffled by `shuffle_seed` (training)."""
+    def batches(self, batch_size: int, limit: int | None = None, shuffle_seed: int | None = None, device=None):
+        """Yields (normalized images on `device`, labels): in a fixed order, or shuffled by `shuffle_seed`."""
         n = len(self) if limit is None else min(limit, len(self))
-        for take in batch_indices(n, batch_size, shuffle_seed):
-            yield self.normalize(self.images[take]), self.labels[take]
+        yield from serve_batches(batch_indices(n, batch_size, shuffle_seed),
+                                 lambda take: (self.images[take], self.labels[take]), self.normalize, device)
 
 
 class TransformedImages(Dataset):

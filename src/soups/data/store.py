@@ -22,7 +22,7 @@ from filelock import FileLock
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
-from soups.data.images import batch_indices
+from soups.data.images import batch_indices, serve_batches
 from soups.data.imagenet import FileEvalSet, FileImages
 from soups.io import read_json, write_json
 
@@ -55,6 +55,7 @@ class StoredEvalSet:
         self.pil_transform, mean, std = split_transform(source.transform)
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.build_batch_size = build_batch_size
         key = {"name": self.name, "version": VERSION, "crop_border": source.crop_border,
                "transform": repr(self.pil_transform),
@@ -118,10 +119,16 @@ class StoredEvalSet:
 
     def normalize(self, batch_u8: torch.Tensor) -> torch.Tensor:
         # ToTensor's x / 255, then Normalize's (x - mean) / std: the very same float operations
-        return batch_u8.float().div(255).sub(self.mean.to(batch_u8.device)).div(self.std.to(batch_u8.device))
+        mean, std = self._on_device.setdefault(batch_u8.device, (self.mean.to(batch_u8.device),
+                                                                 self.std.to(batch_u8.device)))
+        return batch_u8.float().div(255).sub(mean).div(std)
 
-    def batches(self, batch_size: int, shuffle_seed: int | None = None):
+    def batches(self, batch_size: int, shuffle_seed: int | None = None, device=None):
+        """Yields (normalized images on `device`, labels); uint8 is moved, then normalized there."""
         array = self.array
-        for take in batch_indices(len(self), batch_size, shuffle_seed):
+
+        def fetch(take):
             rows = take.sort().values  # memory-map reads in file order
-            yield self.normalize(torch.from_numpy(array[rows.numpy()])), self.labels[rows]
+            return torch.from_numpy(array[rows.numpy()]), self.labels[rows]
+
+        yield from serve_batches(batch_indices(len(self), batch_size, shuffle_seed), fetch, self.normalize, device)

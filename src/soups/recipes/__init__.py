@@ -25,7 +25,8 @@ class SoupContext(Protocol):
     precision: str
 
     def held_out_set(self):
-        """The held-out evaluation set: `.batches(batch_size, shuffle_seed=None)` yields (images, labels)."""
+        """The held-out evaluation set: `.batches(batch_size, shuffle_seed=None, device=None)`
+        yields (images on `device`, labels)."""
 
     def load(self, ingredient: Ingredient) -> StateDict:
         """The ingredient's weights."""

@@ -102,13 +102,13 @@ class LearnedSoup:
             mix = logits.softmax(0)
             params = {n: _Mix.apply(mix[:, i] if self.by_layer else mix, stacks[n]) for i, n in enumerate(names)}
             with autocast(ctx.precision, device):
-                out = functional_call(model, {**params, **buffers}, (images.to(device),))
+                out = functional_call(model, {**params, **buffers}, (images,))
             out = out.float() * log_temperature.exp()
             return F.cross_entropy(project(out) if project else out, labels.to(device))
 
         def mean_loss():
             with torch.no_grad():
-                batches = held_out.batches(self.batch_size, shuffle_seed=LOSS_ORDER_SEED)
+                batches = held_out.batches(self.batch_size, shuffle_seed=LOSS_ORDER_SEED, device=device)
                 total = sum(loss_of(x, y).item() * len(y) for x, y in batches)
             return total / len(held_out)
 
@@ -119,7 +119,8 @@ class LearnedSoup:
         curve = [mean_loss()]
         for epoch in range(self.epochs):
             running, seen = 0.0, 0
-            for images, labels in held_out.batches(self.batch_size, shuffle_seed=self.seed * 1000 + epoch):
+            shuffled = held_out.batches(self.batch_size, shuffle_seed=self.seed * 1000 + epoch, device=device)
+            for images, labels in shuffled:
                 if len(labels) < 2 and buffers:  # batch statistics need two samples
                     continue
                 loss = loss_of(images, labels)
