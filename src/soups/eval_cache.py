@@ -13,13 +13,16 @@ from omegaconf import OmegaConf
 from soups.io import atomic_save_safetensors, load_weights, read_json, write_json
 
 
-def evaluation_key(run_cfg, precision: str, batch_size: int) -> str:
+def evaluation_key(run_cfg, precision: str, batch_size: int, compiled: bool = False) -> str:
     """What the numbers depend on besides the weights: data, shifts, model config (input pipeline,
-    feature normalization), precision, and batch size (BN statistics are recomputed in batches)."""
+    feature normalization), precision, batch size (BN statistics are recomputed in batches) and
+    whether the forward is compiled (fused kernels round differently)."""
     parts = {k: OmegaConf.to_container(run_cfg[k], resolve=True) for k in ("data", "shifts", "model")}
     # version 2: accuracy = 100 * correct / n in float64 (an exact function of the count, which exact
     # early rejection relies on); version-1 numbers differ in the 7th digit and are re-measured
     parts |= {"precision": precision, "batch_size": int(batch_size), "version": 2}
+    if compiled:  # only then: keys of eager runs stay as they were
+        parts["compiled"] = True
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -15,7 +15,7 @@ TEST = "test"
 
 class Evaluator:
     def __init__(self, sets: dict[str, EvalSet], batch_size: int, precision: str, device: torch.device,
-                 progress: bool = True):
+                 progress: bool = True, compile: bool = False):
         if HELD_OUT not in sets or TEST not in sets:
             raise ValueError(f"evaluation needs '{HELD_OUT}' and '{TEST}' sets, got {list(sets)}")
         self.sets = sets
@@ -23,7 +23,17 @@ class Evaluator:
         self.precision = precision
         self.device = device
         self.progress = progress
+        self.compile = compile  # torch.compile the forward: pays a compilation up front (see BENCHMARKS.md)
+        self._compiled: tuple[nn.Module, nn.Module] | None = None  # (model, its compiled forward)
         self.images_forwarded = 0
+
+    def runner(self, model: nn.Module) -> nn.Module:
+        """What runs the forward pass: the model, or its compiled twin (same parameters, loaded in place)."""
+        if not self.compile:
+            return model
+        if self._compiled is None or self._compiled[0] is not model:
+            self._compiled = (model, torch.compile(model))
+        return self._compiled[1]
 
     @property
     def shift_names(self) -> list[str]:
@@ -33,13 +43,14 @@ class Evaluator:
     def forward(self, model: nn.Module, name: str):
         """Yields (logits, labels) batch by batch; counts the images forwarded."""
         model.eval()
+        run = self.runner(model)
         data = self.sets[name]
         batches = data.batches(self.batch_size, device=self.device)
         if self.progress:
             batches = tqdm(batches, total=-(-len(data) // self.batch_size), desc=f"eval {name}", leave=False, disable=None)
         for images, labels in batches:
             with autocast(self.precision, self.device):
-                logits = model(images).float().cpu()
+                logits = run(images).float().cpu()
             self.images_forwarded += len(labels)
             yield logits, labels
 

@@ -62,11 +62,13 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict:
             # Running statistics lag the weights after a short fine-tune; recompute them on the same fixed
             # sample a soup uses, so individuals and soups are measured alike.
             recalibrate_bn(model, data.bn_set(), cfg.eval_batch_size, device)
-        evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device)
+        evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device,
+                              compile=bool(cfg.get("compile")))
         logits = evaluator.all_logits(model)
         metrics = evaluator.metrics_of(logits)
         atomic_save_safetensors(model.state_dict(), run_dir / WEIGHTS_NAME, metadata={"kind": "finetune"})
-        digest, key = sha256_file(run_dir / WEIGHTS_NAME), evaluation_key(cfg, cfg.precision, cfg.eval_batch_size)
+        digest = sha256_file(run_dir / WEIGHTS_NAME)
+        key = evaluation_key(cfg, cfg.precision, cfg.eval_batch_size, bool(cfg.get("compile")))
         if cfg.cache_logits:  # a soup job's ensembles read these instead of evaluating the model again
             ids = {name: hash_ids(eval_set.sample_ids) for name, eval_set in evaluator.sets.items()}
             EvaluationCache(cfg.paths.cache_dir, key).put_all_logits(digest, logits, ids)

@@ -83,7 +83,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     ingredients, run_cfg, model, init, pool_name = _open_pool(cfg, device)
     log.info("pool %s: %d ingredients", pool_name, len(ingredients))
     data = build_data(run_cfg.data, run_cfg.shifts, run_cfg.model, cfg.paths.cache_dir)
-    evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device)
+    evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device, compile=bool(cfg.get("compile")))
     bn_sample = data.bn_set() if _wants_recalibration(cfg.bn_recalibration, model) else None
     init_weights = init.weights if init is not None else Path(ingredients[0].info["init"]["dir"]) / WEIGHTS_NAME
     needs_init = [name for name, recipe in recipes.items() if getattr(recipe, "needs_init", False)]
@@ -91,7 +91,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
         raise FileNotFoundError(f"{needs_init} interpolate with the pool's shared initialization, but its weights "
                                 f"{init_weights} (named in the ingredients' run.json) are missing; the init lives "
                                 f"in paths.cache_dir: was it cleaned? Choose other methods, or fine-tune the pool again")
-    key = evaluation_key(run_cfg, cfg.precision, cfg.eval_batch_size)
+    key = evaluation_key(run_cfg, cfg.precision, cfg.eval_batch_size, bool(cfg.get("compile")))
     scorer = WeightsScorer(model, evaluator, bn_sample, cfg.eval_batch_size, device, init_weights,
                            EvaluationCache(cfg.paths.cache_dir, key), key, cfg.cache_logits)
 

@@ -76,6 +76,7 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
     optimizer = make_optimizer(model, cfg.lr, cfg.wd, device)
     scheduler = cosine_with_warmup(optimizer, min(cfg.warmup_steps, total), total)
     channels_last = bool(cfg.model.get("channels_last"))
+    forward = torch.compile(model) if cfg.get("compile") else model  # same parameters; saved weights keep plain names
     history, step, pending = [], 0, []
     model.train()
     bar = tqdm(total=total, desc="fine-tune", leave=False, disable=None)
@@ -88,7 +89,7 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
             if mixup:
                 images, targets = mixup(images, labels)
             with autocast(cfg.precision, device):
-                logits = model(images)
+                logits = forward(images)
             loss = loss_fn(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

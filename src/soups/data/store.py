@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,11 @@ class StoredEvalSet:
 
         def fetch(take):
             rows = take.sort().values  # memory-map reads in file order
+            first, last = int(rows[0]), int(rows[-1])
+            if last - first + 1 == len(rows):  # a run of rows: a view of the map, copied once by the consumer
+                with warnings.catch_warnings():  # read-only map: nothing writes into the view
+                    warnings.simplefilter("ignore", UserWarning)
+                    return torch.from_numpy(array[first:last + 1]), self.labels[rows]
             return torch.from_numpy(array[rows.numpy()]), self.labels[rows]
 
         yield from serve_batches(batch_indices(len(self), batch_size, shuffle_seed), fetch, self.normalize, device)
