@@ -3,6 +3,7 @@
     python src/finetune.py                          # one run with the defaults (the embedded demo)
     python src/finetune.py -m lr=1e-3,3e-3          # a sweep
     python src/finetune.py sweep=demo               # the demo's 8-trial random search
+    torchrun --nproc_per_node=4 src/finetune.py hydra.run.dir=logs/my_run   # one run, data-parallel
 """
 import os
 from pathlib import Path
@@ -11,6 +12,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 
 os.environ.setdefault("SOUPS_ROOT", str(Path(__file__).resolve().parents[1]))
+# Jobs a launcher starts elsewhere (submitit processes, SLURM nodes, Ray workers) import `soups` too
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parent),
+                                                       os.environ.get("PYTHONPATH")) if p)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="finetune")
@@ -18,7 +22,7 @@ def main(cfg) -> float:
     from soups.finetune_job import run_finetune
 
     info = run_finetune(cfg, HydraConfig.get().runtime.output_dir)
-    return info["metrics"]["val"]
+    return info["metrics"]["val"] if info else None  # None: a torchrun rank other than 0
 
 
 if __name__ == "__main__":

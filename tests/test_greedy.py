@@ -170,3 +170,31 @@ def test_early_rejection_stops_exactly_when_the_bar_is_out_of_reach():
     # the released code's strict ">": 50% can never beat 50%, known after 5 batches too
     assert evaluator.accuracy(always_zero, "val", acceptable=lambda s: s > 50.0) is None
     assert evaluator.images_forwarded == 150 + 50
+
+
+def test_an_early_rejection_is_journaled_and_replayed_without_a_forward_pass(tmp_path):
+    from soups.data import EvalSet, ImageArray
+    from soups.eval_cache import EvaluationCache
+    from soups.evaluate import Evaluator
+    from soups.scorer import WeightsScorer
+
+    labels = torch.tensor([1] * 50 + [0] * 50)  # the model below always says 0: wrong on the first half
+    images = ImageArray("val", torch.zeros(100, 4, 4, dtype=torch.uint8), labels)
+    always_zero = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2))
+    state = {"1.weight": torch.zeros(2, 48), "1.bias": torch.tensor([1.0, 0.0])}
+
+    def scorer():  # a fresh job (e.g. a rerun after a kill) on the same cache
+        sets = {n: EvalSet(images, 4, [0.5] * 3, [0.5] * 3) for n in ("val", "test")}
+        evaluator = Evaluator(sets, batch_size=10, precision="fp32", device=torch.device("cpu"), progress=False)
+        return WeightsScorer(always_zero, evaluator, None, 10, torch.device("cpu"), None,
+                             EvaluationCache(tmp_path, "key"), "key")
+
+    first = scorer()
+    assert first.held_out(state, acceptable=lambda s: s >= 60.0) is None
+    assert first.evaluator.images_forwarded == 50
+    rerun = scorer()
+    assert rerun.held_out(state, acceptable=lambda s: s >= 60.0) is None  # replayed from the journal
+    assert rerun.held_out(state, acceptable=lambda s: s > 55.0) is None   # a bar it still rules out
+    assert rerun.evaluator.images_forwarded == 0
+    assert rerun.held_out(state, acceptable=lambda s: s >= 50.0) == 50.0  # a lower bar: evaluated for real
+    assert rerun.evaluator.images_forwarded == 100

@@ -102,7 +102,7 @@ def test_a_second_run_reuses_the_learned_weights(tiny_sweep, soup_cfg, tmp_path,
     _, sweep = tiny_sweep
     cfg = soup_cfg(f"pool.dir={sweep}", "method=learned", "method.learned.epochs=1")
     first = run_soup(cfg, tmp_path / "first")
-    monkeypatch.setattr(LearnedSoup, "_learn", lambda *a: pytest.fail("learned again"))
+    monkeypatch.setattr(LearnedSoup, "_learn", lambda *a, **k: pytest.fail("learned again"))
     second = run_soup(cfg, tmp_path / "second")
     assert second[-1]["metrics"] == first[-1]["metrics"]
     assert torch.equal(load_weights(tmp_path / "first" / "learned" / "model.safetensors")["head.weight"],
@@ -110,3 +110,31 @@ def test_a_second_run_reuses_the_learned_weights(tiny_sweep, soup_cfg, tmp_path,
     with pytest.raises(pytest.fail.Exception, match="learned again"):  # other settings: learned anew
         run_soup(soup_cfg(f"pool.dir={sweep}", "method=learned", "method.learned.epochs=1", "method.learned.lr=0.1"),
                  tmp_path / "other")
+
+
+def test_an_interrupted_learned_soup_resumes_from_its_journal_with_the_same_weights(tiny_sweep, soup_cfg, tmp_path,
+                                                                                    monkeypatch, caplog):
+    from soups.scorer import WeightsScorer
+
+    _, sweep = tiny_sweep
+    settings = ("method=learned", "method.learned.epochs=3")
+    whole = run_soup(soup_cfg(f"pool.dir={sweep}", *settings, f"paths.cache_dir={tmp_path}/a"), tmp_path / "whole")
+    original = WeightsScorer.remember
+
+    def killed_after_two_epochs(self, key, record):
+        original(self, key, record)
+        if key.get("journal") and record["epoch"] == 2:
+            raise KeyboardInterrupt  # as if the job were killed here
+
+    monkeypatch.setattr(WeightsScorer, "remember", killed_after_two_epochs)
+    cfg = soup_cfg(f"pool.dir={sweep}", *settings, f"paths.cache_dir={tmp_path}/b")
+    with pytest.raises(KeyboardInterrupt):
+        run_soup(cfg, tmp_path / "killed")
+    monkeypatch.setattr(WeightsScorer, "remember", original)
+    with caplog.at_level("INFO"):
+        resumed = run_soup(cfg, tmp_path / "resumed")
+    assert "resuming from its journal after epoch 2" in caplog.text
+    read = lambda run: json.loads((tmp_path / run / "learned" / "soup.json").read_text())  # noqa: E731
+    assert read("resumed")["coefficients"]["weights"] == read("whole")["coefficients"]["weights"]
+    assert read("resumed")["held_out_loss"] == read("whole")["held_out_loss"]
+    assert resumed[-1]["metrics"] == whole[-1]["metrics"]

@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 
@@ -31,5 +32,30 @@ def test_log_uniform_covers_the_range_in_log_space():
 
 @pytest.mark.parametrize("spec", [["gaussian", 0, 1], ["uniform", 2, 1], ["log_uniform", 0, 1], ["choice"], 3])
 def test_bad_specs_are_refused(spec):
+    with pytest.raises(ValueError, match="search_space.x"):
+        sample({"x": spec}, 0, 0)
+
+
+def test_paper_random_search_draws_the_papers_distributions_reproducibly():
+    from conftest import compose_cfg
+    from omegaconf import OmegaConf
+
+    from soups.search import draws
+
+    cfg = compose_cfg("finetune", Path("/tmp"), ["sweep=paper_random"])
+    assert cfg.search_draws == 71
+    space = OmegaConf.to_container(cfg.search_space)
+    drawn = draws(space, cfg.search_seed, range(cfg.search_draws))
+    assert drawn == draws(space, cfg.search_seed, range(cfg.search_draws)) and len(drawn) == 71
+    assert all(1e-6 <= d["lr"] <= 1e-4 and 1e-4 <= d["wd"] <= 0.5 and 4 <= d["epochs"] <= 16 for d in drawn)
+    assert all(d["label_smoothing"] == 0 or 0 <= d["label_smoothing"] <= 0.25 for d in drawn)
+    off = sum(d["randaug"] is None for d in drawn) / len(drawn)
+    smoothing_off = sum(d["label_smoothing"] == 0 for d in drawn) / len(drawn)
+    assert 0.2 < off < 0.6 and 0.3 < smoothing_off < 0.7
+    assert all(d["randaug"] is None or d["randaug"].startswith("rand-m") for d in drawn)
+
+
+@pytest.mark.parametrize("spec", [["zero_or_uniform", 1.5, 0, 1], ["randaug", 0.4, 5, 1, 0, 2], ["zero_or_uniform", 0.5]])
+def test_bad_mixture_specs_are_refused(spec):
     with pytest.raises(ValueError, match="search_space.x"):
         sample({"x": spec}, 0, 0)

@@ -26,6 +26,7 @@ class Evaluator:
         self.compile = compile  # torch.compile the forward: pays a compilation up front (see BENCHMARKS.md)
         self._compiled: tuple[nn.Module, nn.Module] | None = None  # (model, its compiled forward)
         self.images_forwarded = 0
+        self.stopped_at: dict | None = None  # counts at the last early stop of `accuracy`
 
     def runner(self, model: nn.Module) -> nn.Module:
         """What runs the forward pass: the model, or its compiled twin (same parameters, loaded in place)."""
@@ -73,7 +74,8 @@ class Evaluator:
         n, correct, seen = len(self.sets[name]), 0, 0
         for logits, labels in self.forward(model, name):
             correct, seen = correct + self.correct(name, logits, labels), seen + len(labels)
-            if not acceptable(100.0 * (correct + n - seen) / n):
+            if not acceptable(best_reachable(correct, seen, n)):
+                self.stopped_at = {"correct": correct, "seen": seen, "n": n}  # what the decision rested on
                 return None
         return 100.0 * correct / n
 
@@ -94,6 +96,11 @@ class Evaluator:
         if shifts:
             metrics["avg_shifts"] = sum(shifts) / len(shifts)
         return metrics
+
+
+def best_reachable(correct: int, seen: int, n: int) -> float:
+    """The accuracy (%) if every one of the n - seen images not yet seen were right."""
+    return 100.0 * (correct + n - seen) / n
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -9,11 +10,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from soups import search
 from soups.data import build_data
+from soups.distributed import join, leave, share
 from soups.eval_cache import EvaluationCache, evaluation_key, hash_ids
 from soups.evaluate import Evaluator, format_metrics, recalibrate_bn
 from soups.init import load_init, shared_init
-from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, atomic_save_safetensors, sha256_file, write_json
+from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, atomic_save_safetensors, read_json, sha256_file, write_json
 from soups.models import build_classifier, has_batchnorm
+from soups.resume import clear_train_state
 from soups.runtime import check_precision, resolve_device, setup
 from soups.tracking import tracking
 from soups.train import check_hparams, finetune
@@ -39,13 +42,42 @@ def apply_trial(cfg: DictConfig) -> None:
     log.info("trial %s draws %s", cfg.trial, drawn)
 
 
-def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict:
-    run_dir = Path(run_dir)
+def list_draws(cfg: DictConfig, sweep_dir: Path) -> None:
+    """The whole sweep's draws in its folder (every job writes the same file, atomically)."""
+    if cfg.get("trial") is None or not cfg.get("search_draws"):
+        return
+    space = OmegaConf.to_container(cfg.search_space, resolve=True) or {}
+    write_json({"search_seed": cfg.search_seed, "search_space": space,
+                "draws": search.draws(space, cfg.search_seed, range(int(cfg.search_draws)))},
+               sweep_dir / "search_draws.json")
+
+
+def _discard_own_dir(own: Path, main: Path) -> None:
+    """A torchrun rank > 0 works in rank 0's run dir; the folder Hydra made for it holds only its config."""
+    if own.resolve() != main.resolve() and own.is_dir() and \
+            all(p.name == ".hydra" or p.suffix == ".log" for p in own.iterdir()):
+        shutil.rmtree(own, ignore_errors=True)
+
+
+def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
+    """A run dir holding run.json is finished: its record is returned and nothing runs (a relaunched
+    sweep skips its finished jobs). One holding a training state goes on from it. Under torchrun every
+    rank calls this; rank 0 returns the record, the others None."""
+    ranks, device = join(resolve_device(cfg.device))
+    own_dir, run_dir = Path(run_dir), share(ranks, Path(run_dir))  # each torchrun process composed its own
+    if not ranks.is_main:
+        _discard_own_dir(own_dir, run_dir)
+    if (run_dir / RUN_INFO_NAME).is_file():
+        log.info("run %s finished before (run.json): skipped", run_dir)
+        leave(ranks)
+        return read_json(run_dir / RUN_INFO_NAME) if ranks.is_main else None
     apply_trial(cfg)
     check_hparams(cfg)
     check_precision(cfg.precision)
+    if ranks.active and cfg.mixup > 0 and (cfg.batch_size // ranks.world_size) % 2:
+        raise ValueError(f"mixup needs an even batch per process: batch_size={cfg.batch_size} over "
+                         f"{ranks.world_size} processes")
     setup(cfg.seed, cfg.get("threads"))
-    device = resolve_device(cfg.device)
     start = time.time()
     init_dir = shared_init(cfg, device)
     data = build_data(cfg.data, cfg.shifts, cfg.model, cfg.paths.cache_dir)
@@ -53,11 +85,17 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict:
     init_info = load_init(init_dir, model)
     hparams = {k: cfg[k] for k in HPARAMS}
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    group = run_dir.parent.name if run_dir.name.isdigit() else None  # multirun job folders are numbered
-    with tracking(cfg.logger, run_dir, name=f"{run_dir.parent.name}/{run_dir.name}", job_type="finetune",
-                  config=resolved, group=cfg.logger.get("group") or group) as tracker:
-        history = finetune(model, data.train_set(cfg.randaug, cfg.crop_scale), cfg,
-                           cfg.data.num_classes, device, on_log=lambda r: tracker.log(r, step=r["step"]))
+    sweep = run_dir.parent.name if run_dir.name.isdigit() else None  # multirun job folders are numbered
+    if sweep and ranks.is_main:
+        list_draws(cfg, run_dir.parent)
+    logger = cfg.logger if ranks.is_main else OmegaConf.create({"kind": "none"})
+    with tracking(logger, run_dir, name=f"{run_dir.parent.name}/{run_dir.name}", job_type="finetune",
+                  config=resolved, group=cfg.logger.get("group") or sweep) as tracker:
+        history = finetune(model, data.train_set(cfg.randaug, cfg.crop_scale), cfg, cfg.data.num_classes, device,
+                           on_log=lambda r: tracker.log(r, step=r["step"]), state_dir=run_dir, group=ranks)
+        leave(ranks)  # the weights are the same on every rank: rank 0 evaluates and writes alone
+        if not ranks.is_main:
+            return None
         if has_batchnorm(model):
             # Running statistics lag the weights after a short fine-tune; recompute them on the same fixed
             # sample a soup uses, so individuals and soups are measured alike.
@@ -77,6 +115,7 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict:
                 "init": {"dir": str(init_dir), "sha256": init_info["sha256"], "metrics": init_info["metrics"]},
                 "seconds": round(time.time() - start, 1), "history": history, "config": resolved}
         write_json(info, run_dir / RUN_INFO_NAME)
+        clear_train_state(run_dir)  # finished: run.json and the weights are the record
         tracker.summary({f"final/{k}": v for k, v in metrics.items()})
     log.info("run %s: %s", run_dir, format_metrics(metrics))
     return info

@@ -17,11 +17,12 @@ import torch
 from soups.averaging import StateDict
 from soups.data import EvalSet
 from soups.eval_cache import EvaluationCache, hash_ids, state_digest
-from soups.evaluate import HELD_OUT, Evaluator, format_metrics, recalibrate_bn
+from soups.evaluate import HELD_OUT, Evaluator, best_reachable, format_metrics, recalibrate_bn
 from soups.io import load_weights, sha256_file
 from soups.pool import Ingredient
 
 log = logging.getLogger(__name__)
+STOPPED = f"{HELD_OUT}_stopped_early"  # cache field: counts of a held-out pass that stopped early
 
 
 class WeightsScorer:
@@ -63,11 +64,17 @@ class WeightsScorer:
         return state_digest(state) + ("-bn" if averaged and self.bn_sample is not None else "")
 
     def held_out(self, state: StateDict, acceptable=None) -> float | None:
+        """Cached like any metric; an early stop is cached as the counts it rested on, so a rerun (an
+        interrupted greedy soup, say) replays the rejection without a forward pass when it still holds."""
         key = self._weights_key(state, averaged=True)
         cached = self.cache.get(key) or {}
+        stopped = cached.get(STOPPED)
+        if HELD_OUT not in cached and stopped and acceptable and not acceptable(best_reachable(**stopped)):
+            return None
         if HELD_OUT not in cached:
             score = self.evaluator.accuracy(self.materialize(state, key=key), HELD_OUT, acceptable)
-            if score is None:  # stopped early: rejected, accuracy unknown (not cached)
+            if score is None:  # stopped early: rejected, accuracy unknown
+                self.cache.put(key, {**cached, STOPPED: self.evaluator.stopped_at})
                 return None
             cached[HELD_OUT] = score
             self.cache.put(key, cached)

@@ -5,6 +5,10 @@ A space maps a config field to one of
     [uniform, low, high]         uniform in [low, high]
     [log_uniform, low, high]     log-uniform in [low, high]
     [int_uniform, low, high]     integer uniform in [low, high] (inclusive)
+    [zero_or_uniform, p, low, high]   0.0 with probability p, else uniform in [low, high] (a knob that is
+                                      off in some runs: label smoothing, mixup)
+    [randaug, p, m_low, m_high, n_low, n_high]   null (no RandAugment) with probability p, else
+                                      timm's rand-m{M}-n{N} with integer M, N drawn uniformly
 Draws depend only on (seed, trial, field name), so adding a field does not change the others.
 """
 from __future__ import annotations
@@ -13,7 +17,8 @@ import hashlib
 import math
 import random
 
-KINDS = ("choice", "uniform", "log_uniform", "int_uniform")
+KINDS = ("choice", "uniform", "log_uniform", "int_uniform", "zero_or_uniform", "randaug")
+ARITY = {"uniform": 2, "log_uniform": 2, "int_uniform": 2, "zero_or_uniform": 3, "randaug": 5}
 
 
 def _rng(seed: int, trial: int, name: str) -> random.Random:
@@ -26,13 +31,20 @@ def validate_space(space: dict) -> None:
         if not isinstance(spec, (list, tuple)) or not spec or spec[0] not in KINDS:
             raise ValueError(f"search_space.{name}={spec!r}: expected [kind, ...] with kind in {KINDS}")
         kind, args = spec[0], list(spec[1:])
-        if kind == "choice" and not args:
-            raise ValueError(f"search_space.{name}: choice needs at least one value")
-        if kind != "choice":
-            if len(args) != 2 or not args[0] <= args[1]:
-                raise ValueError(f"search_space.{name}: {kind} needs [low, high] with low <= high, got {args}")
-            if kind == "log_uniform" and args[0] <= 0:
-                raise ValueError(f"search_space.{name}: log_uniform needs low > 0, got {args[0]}")
+        if kind == "choice":
+            if not args:
+                raise ValueError(f"search_space.{name}: choice needs at least one value")
+            continue
+        if len(args) != ARITY[kind] or not all(isinstance(a, (int, float)) for a in args):
+            raise ValueError(f"search_space.{name}: {kind} needs {ARITY[kind]} numbers, got {args}")
+        if kind in ("zero_or_uniform", "randaug") and not 0 <= args[0] <= 1:
+            raise ValueError(f"search_space.{name}: {kind}'s first number is a probability, got {args[0]}")
+        bounds = args[1:] if kind in ("zero_or_uniform", "randaug") else args
+        for low, high in zip(bounds[::2], bounds[1::2]):
+            if not low <= high:
+                raise ValueError(f"search_space.{name}: {kind} needs low <= high, got {args}")
+        if kind == "log_uniform" and args[0] <= 0:
+            raise ValueError(f"search_space.{name}: log_uniform needs low > 0, got {args[0]}")
 
 
 def sample(space: dict, seed: int, trial: int) -> dict:
@@ -46,6 +58,17 @@ def sample(space: dict, seed: int, trial: int) -> dict:
             out[name] = rng.uniform(args[0], args[1])
         elif kind == "log_uniform":
             out[name] = math.exp(rng.uniform(math.log(args[0]), math.log(args[1])))
-        else:
+        elif kind == "int_uniform":
             out[name] = rng.randint(int(args[0]), int(args[1]))
+        elif kind == "zero_or_uniform":
+            out[name] = 0.0 if rng.random() < args[0] else rng.uniform(args[1], args[2])
+        else:
+            off = rng.random() < args[0]
+            m, n = rng.randint(int(args[1]), int(args[2])), rng.randint(int(args[3]), int(args[4]))
+            out[name] = None if off else f"rand-m{m}-n{n}"
     return out
+
+
+def draws(space: dict, seed: int, trials) -> list[dict]:
+    """Every trial's draw, as listed in a sweep's directory."""
+    return [{"trial": int(t), **sample(space, seed, int(t))} for t in trials]

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -46,6 +47,11 @@ def wandb_mode(logger_cfg) -> str:
     return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
 
 
+def run_id(run_dir: str | Path) -> str:
+    """The W&B run id of a run dir: the same for every launch of the same job."""
+    return hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+
+
 @contextlib.contextmanager
 def tracking(logger_cfg, run_dir: str | Path, name: str, job_type: str, config: dict, group: str | None):
     if logger_cfg.kind == "none":
@@ -58,6 +64,7 @@ def tracking(logger_cfg, run_dir: str | Path, name: str, job_type: str, config: 
     mode = wandb_mode(logger_cfg)
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=logger_cfg.project, entity=logger_cfg.get("entity"), dir=str(run_dir),
+                     id=run_id(run_dir), resume="allow",  # a resumed job continues its run, not a second one
                      name=name, job_type=job_type, group=group, config=config, mode=mode,
                      tags=list(logger_cfg.get("tags") or []), reinit="finish_previous",
                      settings=wandb.Settings(silent=bool(logger_cfg.get("silent", True))))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from timm.data import Mixup
@@ -11,6 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from soups.distributed import SINGLE, Group, RankSlices, mean_over_ranks, wrap
+from soups.resume import load_train_state, save_train_state
 from soups.runtime import autocast
 
 
@@ -61,12 +64,20 @@ def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int) -> torch.
 
 
 def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: torch.device,
-             on_log: Callable[[dict], None] | None = None, log_every: int = 10) -> list[dict]:
-    """Trains `model` in place (BN in train mode); returns the logged loss/lr curve."""
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=cfg.num_workers > 0,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+             on_log: Callable[[dict], None] | None = None, log_every: int = 10,
+             state_dir: Path | None = None, group: Group = SINGLE) -> list[dict]:
+    """Trains `model` in place (BN in train mode); returns the logged loss/lr curve. With `state_dir`,
+    the training state is saved there after every epoch and a run finding one there goes on from it.
+    Under torchrun (`group`), each process takes its slice of every batch (soups.distributed)."""
+    # Workers are not persistent: each epoch's order and worker seeds then follow from the generator's
+    # state at its start, which is what a resumed run restores.
+    generator = torch.Generator().manual_seed(cfg.seed)
+    common = {"num_workers": cfg.num_workers, "pin_memory": device.type == "cuda", "generator": generator}
+    if group.active:
+        slices = RankSlices(len(dataset), cfg.batch_size, group, generator)
+        loader = DataLoader(dataset, batch_sampler=slices, **common)
+    else:
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, **common)
     if len(loader) == 0:
         raise ValueError(f"batch_size={cfg.batch_size} exceeds the {len(dataset)} training images")
     mixup = (Mixup(mixup_alpha=cfg.mixup, label_smoothing=cfg.label_smoothing, num_classes=num_classes)
@@ -76,11 +87,18 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
     optimizer = make_optimizer(model, cfg.lr, cfg.wd, device)
     scheduler = cosine_with_warmup(optimizer, min(cfg.warmup_steps, total), total)
     channels_last = bool(cfg.model.get("channels_last"))
-    forward = torch.compile(model) if cfg.get("compile") else model  # same parameters; saved weights keep plain names
-    history, step, pending = [], 0, []
+    forward = wrap(model, group, device)  # same parameters; saved weights keep plain names
+    if cfg.get("compile"):
+        forward = torch.compile(forward)
+    history, step, pending, start_epoch = [], 0, [], 0
+    resumed = state_dir and load_train_state(state_dir, model=model, optimizer=optimizer, scheduler=scheduler,
+                                             generator=generator)
+    if resumed:
+        start_epoch, step, history = resumed["epoch"], resumed["step"], resumed["history"]
+        pending = [torch.tensor(v, device=device) for v in resumed["pending"]]
     model.train()
-    bar = tqdm(total=total, desc="fine-tune", leave=False, disable=None)
-    for epoch in range(int(cfg.epochs)):
+    bar = tqdm(total=total, initial=step, desc="fine-tune", leave=False, disable=None)
+    for epoch in range(start_epoch, int(cfg.epochs)):
         for images, labels in loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if channels_last:
@@ -100,13 +118,17 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
             step += 1
             pending.append(loss.detach())
             if step % log_every == 0 or step == total:  # one host sync per log_every steps
-                record = {"step": step, "epoch": epoch, "train_loss": torch.stack(pending).mean().item(),
-                          "lr": scheduler.get_last_lr()[0]}
+                train_loss = mean_over_ranks(group, torch.stack(pending).mean()).item()
+                record = {"step": step, "epoch": epoch, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0]}
                 pending = []
                 history.append(record)
                 bar.set_postfix(loss=f"{record['train_loss']:.3f}")
                 if on_log:
                     on_log(record)
             bar.update(1)
+        if state_dir and group.is_main:
+            save_train_state(state_dir, model=model, optimizer=optimizer, scheduler=scheduler, generator=generator,
+                             epoch=epoch + 1, step=step, history=history,
+                             pending=[float(v) for v in pending])
     bar.close()
     return history

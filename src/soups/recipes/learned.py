@@ -35,6 +35,27 @@ def _chunks(stack: torch.Tensor):
         yield chunk.float().reshape(len(chunk), -1)
 
 
+def _to_json(value):
+    """An optimizer state dict as JSON (float32 values round-trip exactly through Python floats)."""
+    if isinstance(value, torch.Tensor):
+        return {"tensor": value.tolist(), "dtype": str(value.dtype).removeprefix("torch."), "device": str(value.device)}
+    if isinstance(value, dict):
+        return {"dict": [[_to_json(k), _to_json(v)] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _from_json(value):
+    if isinstance(value, dict) and "tensor" in value:
+        return torch.tensor(value["tensor"], dtype=getattr(torch, value["dtype"]), device=value["device"])
+    if isinstance(value, dict):
+        return {_from_json(k): _from_json(v) for k, v in value["dict"]}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
 class _Mix(torch.autograd.Function):
     """sum_k w[k] * stack[k]; saves the stack itself (no float copy) for the backward pass."""
 
@@ -80,7 +101,7 @@ class LearnedSoup:
         key = {"recipe": "learned_soup", **settings, "ingredients": [ctx.digest(i) for i in ingredients]}
         record = ctx.recall(key)
         if record is None:
-            record = self._learn(ingredients, ctx, names)
+            record = self._learn(ingredients, ctx, names, journal_key={**key, "journal": True})
             ctx.remember(key, record)
         else:
             log.info("%s: mixing weights learned before on this pool (cache)", self.name)
@@ -88,7 +109,9 @@ class LearnedSoup:
         record["coefficients"]["ingredients"] = [i.name for i in ingredients]
         return RecipeResult(self._merge(ingredients, ctx, names, weights), list(ingredients), record)
 
-    def _learn(self, ingredients, ctx, names) -> dict:
+    def _learn(self, ingredients, ctx, names, journal_key: dict) -> dict:
+        """Learns the mixing weights; after every epoch the journal (`journal_key`) holds what the next
+        epoch starts from, so an interrupted run goes on from its last epoch with the same result."""
         model, device = ctx.model, ctx.device
         stacks, buffers = self._stack(ingredients, ctx, names, device)
         k = len(ingredients)
@@ -116,8 +139,17 @@ class LearnedSoup:
         for module in model.modules():  # batch statistics while learning; dropout etc. stay off
             if isinstance(module, _BatchNorm):
                 module.train()
-        curve = [mean_loss()]
-        for epoch in range(self.epochs):
+        journal, start = ctx.recall(journal_key), 0
+        if journal:
+            with torch.no_grad():
+                logits.copy_(torch.tensor(journal["logits"]))
+                log_temperature.fill_(journal["log_temperature"])
+            optimizer.load_state_dict(_from_json(journal["optimizer"]))
+            start, curve = journal["epoch"], [journal["uniform_loss"]]
+            log.info("%s: resuming from its journal after epoch %d", self.name, start)
+        else:
+            curve = [mean_loss()]
+        for epoch in range(start, self.epochs):
             running, seen = 0.0, 0
             shuffled = held_out.batches(self.batch_size, shuffle_seed=self.seed * 1000 + epoch, device=device)
             for images, labels in shuffled:
@@ -129,6 +161,9 @@ class LearnedSoup:
                 optimizer.step()
                 running, seen = running + loss.item() * len(labels), seen + len(labels)
             log.info("%s epoch %d: train loss %.4f", self.name, epoch + 1, running / max(seen, 1))
+            ctx.remember(journal_key, {"epoch": epoch + 1, "logits": logits.tolist(), "uniform_loss": curve[0],
+                                       "log_temperature": log_temperature.item(),
+                                       "optimizer": _to_json(optimizer.state_dict())})
         curve.append(mean_loss())
         model.eval()
         stacks.clear()  # free the stacked ingredients before merging

@@ -1,0 +1,108 @@
+"""Data-parallel fine-tuning under torchrun: `torchrun --nproc_per_node=N src/finetune.py ...`.
+
+Each process trains on its slice of every global batch (the batches a single process would draw, in the
+same order), DDP averages the gradients, so N processes take the steps one process would (up to the
+order of floating-point sums). NCCL on GPUs, gloo on CPU. Only rank 0 logs and writes; after training
+the group is closed and rank 0 evaluates alone. BatchNorm layers are synchronized on GPUs
+(SyncBatchNorm); on CPU torch has no SyncBatchNorm, so BN statistics are per process there.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Sampler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Group:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+SINGLE = Group()
+
+
+def join(device: torch.device) -> tuple[Group, torch.device]:
+    """The process group torchrun set up in the environment (or a single process), and this rank's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return SINGLE, device
+    group = Group(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        device = torch.device("cuda", group.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    log.info("rank %d of %d on %s", group.rank, world_size, device)
+    return group, device
+
+
+def leave(group: Group) -> None:
+    if group.active and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def share(group: Group, value):
+    """Rank 0's `value` on every rank (e.g. its run dir: each torchrun process composes its own)."""
+    if not group.active:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def mean_over_ranks(group: Group, value: torch.Tensor) -> torch.Tensor:
+    if not group.active:
+        return value
+    value = value.clone()
+    dist.all_reduce(value)
+    return value / group.world_size
+
+
+def wrap(model: nn.Module, group: Group, device: torch.device) -> nn.Module:
+    """What the training loop calls: the model itself, or DDP around it (same parameters)."""
+    if not group.active:
+        return model
+    if device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+class RankSlices(Sampler):
+    """Batches for one rank: each global batch of the single-process order (a permutation drawn from
+    `generator`, as DataLoader(shuffle=True, generator=...) draws it), cut into `world_size` slices."""
+
+    def __init__(self, n: int, batch_size: int, group: Group, generator: torch.Generator):
+        if batch_size % group.world_size:
+            raise ValueError(f"batch_size={batch_size} must split evenly over {group.world_size} processes")
+        self.n, self.batch_size, self.group, self.generator = n, batch_size, group, generator
+        self.per_rank = batch_size // group.world_size
+
+    def __len__(self):
+        return self.n // self.batch_size
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator)
+        start = self.group.rank * self.per_rank
+        for b in range(len(self)):
+            yield order[b * self.batch_size + start: b * self.batch_size + start + self.per_rank].tolist()
+        # RandomSampler then draws its (empty) `num_samples % n` tail, advancing the generator once more;
+        # drawn here too, so the next epoch's order is one process's next order as well (tested)
+        torch.randperm(self.n, generator=self.generator)

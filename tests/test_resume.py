@@ -1,0 +1,66 @@
+"""Runs that resume: a fine-tune killed with SIGKILL goes on from its last epoch and ends with the
+weights of an uninterrupted run; a relaunched sweep skips finished jobs; the W&B run is one run."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, TINY
+from soups.io import read_json
+from soups.resume import STATE_NAME
+from soups.tracking import run_id
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+
+
+def finetune_command(tmp_path: Path, *overrides: str) -> list[str]:
+    tiny = [o for o in TINY if not o.startswith(("epochs=", "logger="))]
+    return [sys.executable, str(ROOT / "src" / "finetune.py"), *tiny, f"paths.log_dir={tmp_path}/logs",
+            f"paths.cache_dir={tmp_path}/cache", *overrides]
+
+
+def test_a_killed_fine_tune_resumes_and_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    overrides = ["epochs=4", "logger=wandb", "randaug=rand-m5-n1", "mixup=0.2"]  # RNG-heavy on purpose
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(finetune_command(tmp_path, *overrides, f"hydra.run.dir={whole}"), env=ENV, check=True,
+                   capture_output=True)
+    proc = subprocess.Popen(finetune_command(tmp_path, *overrides, f"hydra.run.dir={killed}"), env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / STATE_NAME).is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # after the first epoch's state, during the second epoch
+    proc.wait()
+    assert (killed / STATE_NAME).is_file() and not (killed / "run.json").exists()
+    done = subprocess.run(finetune_command(tmp_path, *overrides, f"hydra.run.dir={killed}"), env=ENV, check=True,
+                          capture_output=True, text=True)
+    assert "resuming from" in done.stderr + done.stdout
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(killed / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_json(killed / "run.json")["history"] == read_json(whole / "run.json")["history"]
+    assert not (killed / STATE_NAME).exists()  # finished: the training state is gone
+    runs = [p.name for p in (killed / "wandb").glob("offline-run-*")]
+    assert len(runs) == 2 and all(r.endswith(run_id(killed)) for r in runs)  # one W&B run, launched twice
+
+
+def test_a_relaunched_sweep_skips_finished_jobs_and_lists_its_draws(tmp_path):
+    sweep = tmp_path / "sweep"
+    command = finetune_command(tmp_path, "sweep=paper_random", "search_draws=2", "search_space.epochs=[choice,1]",
+                               "warmup_steps=2", "logger=none", f"hydra.sweep.dir={sweep}")
+    subprocess.run(command, env=ENV, check=True, capture_output=True)
+    listing = read_json(sweep / "search_draws.json")
+    assert [d["trial"] for d in listing["draws"]] == [0, 1]
+    for job in ("0", "1"):
+        drawn = read_json(sweep / job / "run.json")["hparams"]
+        assert drawn["lr"] == listing["draws"][int(job)]["lr"]
+    finished = (sweep / "0" / "model.safetensors").stat().st_mtime_ns
+    (sweep / "1" / "run.json").unlink()  # job 1 as if killed before it finished
+    (sweep / "1" / "model.safetensors").unlink()
+    subprocess.run(command, env=ENV, check=True, capture_output=True)
+    assert (sweep / "0" / "model.safetensors").stat().st_mtime_ns == finished  # skipped
+    assert (sweep / "1" / "run.json").is_file()  # ran again
