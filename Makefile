@@ -6,7 +6,7 @@ STAMP := $(VENV)/.requirements.stamp
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help venv demo test test-slow clean
+.PHONY: help venv demo test test-slow benchmark clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ test: $(STAMP)  ## fast tests (offline; W&B offline)
 
 test-slow:  $(STAMP)  ## everything, including the full demo
 	WANDB_MODE=offline $(PY) -m pytest
+
+benchmark: $(STAMP)  ## speed and memory vs reference loops (~25 min on 2 cores; BENCHMARKS.md)
+	$(PY) scripts/benchmark.py $(BENCH_ARGS)
 
 clean:  ## remove logs, caches and outputs (keeps .venv)
 	rm -rf logs .cache outputs multirun .pytest_cache

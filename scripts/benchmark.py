@@ -53,6 +53,7 @@ def main():
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for decoding")
+    parser.add_argument("--repeats", type=int, default=3, help="greedy: timed runs of each side")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args()
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]

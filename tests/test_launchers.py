@@ -33,3 +33,15 @@ def test_launcher_configs_compose(launcher, target, settings):
         cfg = compose("finetune", overrides=[f"launcher={launcher}"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith(target)
     assert {k: cfg.hydra.launcher[k] for k in settings} == settings
+
+
+def test_a_two_task_submitit_job_trains_data_parallel(tmp_path):
+    """tasks_per_node=2: the job's two processes join one gloo group (what 2 GPUs per SLURM task do)."""
+    sweep = tmp_path / "sweep"
+    subprocess.run([sys.executable, str(ROOT / "src" / "finetune.py"), "-m", "launcher=submitit_local",
+                    "hydra.launcher.tasks_per_node=2", *TINY, "model=tiny_vit", "lr=1e-3",
+                    f"paths.log_dir={tmp_path}/logs", f"paths.cache_dir={tmp_path}/cache", f"hydra.sweep.dir={sweep}"],
+                   env=ENV, check=True, capture_output=True)
+    assert 0 <= read_json(sweep / "0" / "run.json")["metrics"]["val"] <= 100
+    logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
+    assert "rank 1 of 2" in logs

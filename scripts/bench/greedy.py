@@ -7,10 +7,11 @@ project  GreedySoup through the soup job's scorer: uint8 store (built inside the
 naive    the official style: running soup in memory, each candidate loaded from disk and averaged,
          BN statistics and held-out accuracy through a PIL-decoding DataLoader, every image, every time.
 Both rank by the same individual held-out accuracies (measured beforehand, as the paper's pipeline
-does) and must choose the same ingredients."""
+does) and must choose the same ingredients. Each is timed `--repeats` times, alternately; medians."""
 from __future__ import annotations
 
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -129,22 +130,24 @@ def bench_greedy(args) -> list[dict]:
                 for p in paths]
     pool = [Ingredient(p.stem, p, {"metrics": {"val": acc}}) for p, acc in zip(paths, held_out)]
 
-    start = time.perf_counter()
-    scorer = scorer_over(tmp / "timed")
-    result = GreedySoup()(pool, scorer)
-    project_s = time.perf_counter() - start
-
     model = build_classifier(model_cfg, 10, load_pretrained=False)
     loaders = {n: DataLoader(FileImages(p, y, transform), batch_size=args.batch_size, num_workers=args.workers)
                for n, (p, y) in files.items()}
-    start = time.perf_counter()
-    chosen, best, naive_forwarded = naive_greedy(paths, held_out, model, loaders.__getitem__)
-    naive_s = time.perf_counter() - start
+    timings = {"project": [], "naive": []}
+    for repeat in range(args.repeats):  # alternated, so drifts in the machine's speed hit both alike
+        start = time.perf_counter()
+        chosen, best, naive_forwarded = naive_greedy(paths, held_out, model, loaders.__getitem__)
+        timings["naive"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        scorer = scorer_over(tmp / f"timed-{repeat}")  # cold: the store is built inside the timed run
+        result = GreedySoup()(pool, scorer)
+        timings["project"].append(time.perf_counter() - start)
+    project_s, naive_s = statistics.median(timings["project"]), statistics.median(timings["naive"])
 
     project_chosen = [paths.index(i.weights) for i in result.ingredients]
     row = {"k": len(paths), "held_out_images": len(files["val"][0]), "bn_images": len(files["bn"][0]),
            "individual_held_out": [round(a, 2) for a in held_out], "project_s": project_s, "naive_s": naive_s,
-           "speedup": naive_s / project_s, "project_chosen": project_chosen, "naive_chosen": chosen,
+           "speedup": naive_s / project_s, "timings_s": timings, "project_chosen": project_chosen, "naive_chosen": chosen,
            "same_choices": sorted(project_chosen) == sorted(chosen),
            "project_held_out": result.record["held_out"], "naive_held_out": best,
            "project_held_out_images_forwarded": scorer.evaluator.images_forwarded,

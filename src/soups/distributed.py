@@ -1,4 +1,5 @@
-"""Data-parallel fine-tuning under torchrun: `torchrun --nproc_per_node=N src/finetune.py ...`.
+"""Data-parallel fine-tuning under torchrun (`torchrun --nproc_per_node=N src/finetune.py ...`) or as a
+multi-task submitit job (`launcher=slurm hydra.launcher.tasks_per_node=N`).
 
 Each process trains on its slice of every global batch (the batches a single process would draw, in the
 same order), DDP averages the gradients, so N processes take the steps one process would (up to the
@@ -38,8 +39,22 @@ class Group:
 SINGLE = Group()
 
 
+def _env_from_submitit() -> None:
+    """A job with several tasks under submitit (launcher=slurm or submitit_local, tasks_per_node > 1):
+    torch's env:// variables (rank, world size, master address) from the job's environment."""
+    if "WORLD_SIZE" in os.environ or "SUBMITIT_EXECUTOR" not in os.environ:
+        return
+    from submitit import JobEnvironment
+    from submitit.helpers import TorchDistributedEnvironment
+
+    if JobEnvironment().num_tasks > 1:
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 def join(device: torch.device) -> tuple[Group, torch.device]:
-    """The process group torchrun set up in the environment (or a single process), and this rank's device."""
+    """The process group torchrun (or a multi-task submitit job) set up in the environment, or a single
+    process; and this rank's device."""
+    _env_from_submitit()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return SINGLE, device
