@@ -2,7 +2,6 @@
 import subprocess
 import sys
 
-import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT
