@@ -87,6 +87,35 @@ def naive_greedy(paths, held_out, model, loader_of):
     return chosen, best, forwarded
 
 
+PHASES = {  # (file, function) of the project's greedy soup -> phase
+    ("store.py", "_build"): "decode into the store (once)",
+    ("evaluate.py", "recalibrate_bn"): "BN statistics of candidates",
+    ("evaluate.py", "accuracy"): "held-out passes",
+    ("io.py", "load_weights"): "loading weights",
+    ("averaging.py", "peek_with"): "averaging",
+    ("averaging.py", "add"): "averaging",
+    ("eval_cache.py", "state_digest"): "hashing weights (cache keys)",
+}
+
+
+def where_the_time_goes(run) -> dict:
+    """One more project run under cProfile: seconds per phase (cumulative time of its entry function)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.runcall(run)
+    total = time.perf_counter() - start
+    phases = {"total": total}
+    for (file, line, function), row in pstats.Stats(profiler).stats.items():
+        phase = PHASES.get((Path(file).name, function))
+        if phase:
+            phases[phase] = phases.get(phase, 0.0) + row[3]  # cumulative seconds
+    phases["other"] = total - sum(v for k, v in phases.items() if k != "total")
+    return {k: round(v, 2) for k, v in phases.items()}
+
+
 def bench_greedy(args) -> list[dict]:
     from omegaconf import OmegaConf
     from open_clip import image_transform
@@ -144,6 +173,12 @@ def bench_greedy(args) -> list[dict]:
         timings["project"].append(time.perf_counter() - start)
     project_s, naive_s = statistics.median(timings["project"]), statistics.median(timings["naive"])
 
+    def profiled():
+        scorer = scorer_over(tmp / "profiled")
+        scorer.held_out_set().array, scorer.bn_sample.array  # the stores first: no phase contains another
+        GreedySoup()(pool, scorer)
+
+    profile = where_the_time_goes(profiled)
     project_chosen = [paths.index(i.weights) for i in result.ingredients]
     row = {"k": len(paths), "held_out_images": len(files["val"][0]), "bn_images": len(files["bn"][0]),
            "individual_held_out": [round(a, 2) for a in held_out], "project_s": project_s, "naive_s": naive_s,
@@ -151,6 +186,6 @@ def bench_greedy(args) -> list[dict]:
            "same_choices": sorted(project_chosen) == sorted(chosen),
            "project_held_out": result.record["held_out"], "naive_held_out": best,
            "project_held_out_images_forwarded": scorer.evaluator.images_forwarded,
-           "naive_held_out_images_forwarded": naive_forwarded}
+           "naive_held_out_images_forwarded": naive_forwarded, "project_profile_s": profile}
     print(json.dumps(row), flush=True)
     return [row]
