@@ -15,7 +15,9 @@ WEIGHTS_NAME = "model.safetensors"
 RUN_INFO_NAME = "run.json"
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Calls `write(temporary path)` beside `path`, then renames it over `path`: readers see the old
+    file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -30,16 +32,16 @@ def _atomic_write(path: Path, write) -> None:
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
                             metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def write_json(obj, path: str | Path) -> None:
     text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
 def write_text(text: str, path: str | Path) -> None:
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
 def read_json(path: str | Path) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from soups.io import _atomic_write
+from soups.io import atomic_write
 
 log = logging.getLogger(__name__)
 STATE_NAME = "train_state.pt"
@@ -47,7 +47,7 @@ def save_train_state(folder: Path, *, model, optimizer, scheduler, generator: to
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "rng": _rng_states(), "generator": generator.get_state(), "epoch": epoch, "step": step,
              "history": history, "pending": pending}
-    _atomic_write(Path(folder) / STATE_NAME, lambda tmp: torch.save(state, tmp))
+    atomic_write(Path(folder) / STATE_NAME, lambda tmp: torch.save(state, tmp))
 
 
 def load_train_state(folder: Path, *, model, optimizer, scheduler, generator: torch.Generator) -> dict | None:
