@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,12 +64,17 @@ def main():
         parser.error(f"unknown benchmark(s) {unknown}; expected some of {', '.join(BENCHMARKS)}")
     report = {"command": " ".join(["python", *sys.argv]), "machine": machine(), "date": time.strftime("%Y-%m-%d")}
     print(json.dumps(report), flush=True)
-    for name in wanted:
-        start = time.perf_counter()
-        report[name] = run(name, args)
-        print(f"# {name}: {time.perf_counter() - start:.0f} s", flush=True)
-        if args.out:
-            args.out.write_text(json.dumps(report, indent=2) + "\n")
+    scratch = Path(tempfile.mkdtemp(prefix="soups-benchmark-"))
+    tempfile.tempdir = str(scratch)  # every benchmark's files (JPEGs, ingredients: GBs) go here and are removed
+    try:
+        for name in wanted:
+            start = time.perf_counter()
+            report[name] = run(name, args)
+            print(f"# {name}: {time.perf_counter() - start:.0f} s", flush=True)
+            if args.out:
+                args.out.write_text(json.dumps(report, indent=2) + "\n")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

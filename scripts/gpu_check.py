@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -179,10 +180,15 @@ def main():
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device: this script is for a GPU machine (--device cpu runs a small smoke version)")
     emit({"command": " ".join(["python", *sys.argv]), "machine": machine(), "date": time.strftime("%Y-%m-%d")}, args.out)
-    for name in args.only.split(","):
-        start = time.perf_counter()
-        row = CHECKS[name.strip()](args, device)
-        emit({**row, "wall_s": time.perf_counter() - start}, args.out)
+    scratch = Path(tempfile.mkdtemp(prefix="soups-benchmark-"))
+    tempfile.tempdir = str(scratch)  # every benchmark's files (JPEGs, ingredients: GBs) go here and are removed
+    try:
+        for name in args.only.split(","):
+            start = time.perf_counter()
+            row = CHECKS[name.strip()](args, device)
+            emit({**row, "wall_s": time.perf_counter() - start}, args.out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
