@@ -23,7 +23,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__fil
 
 import torch  # noqa: E402
 
-from bench.common import CONF, machine, vit_b32, write_jpegs  # noqa: E402
+from bench.common import machine, vit_b32, write_jpegs  # noqa: E402
 
 
 def emit(row: dict, out: Path | None) -> None:
@@ -87,27 +87,10 @@ def check_eval(args, device) -> dict:
 
 
 def check_train(args, device) -> dict:
-    from omegaconf import OmegaConf
+    from bench.training import compare
 
-    from bench.training import project_steps_per_s, reference_profile
-    from soups.data import build_data
-    from soups.models import build_classifier
-
-    model_cfg = OmegaConf.load(CONF / "model" / "vit_b32.yaml")
-    data = build_data(OmegaConf.load(CONF / "data" / "mnist.yaml"), OmegaConf.load(CONF / "shifts" / "mnist.yaml"),
-                      model_cfg)
-    train = data.train_set(None, 1.0)
-
-    def fresh_model():
-        torch.manual_seed(0)
-        return build_classifier(model_cfg, 10, load_pretrained=False)
-
-    reference = reference_profile(fresh_model(), train, args.train_batch_size, args.train_steps, device, args.workers)
-    ours = project_steps_per_s(fresh_model(), train, model_cfg, args.train_batch_size, args.train_steps,
-                               "bf16", device, args.workers)
-    return {"check": "train", "model": "ViT-B/32", "batch_size": args.train_batch_size, "steps": args.train_steps,
-            "reference_fp32_steps_per_s": reference["steps_per_s"], "project_bf16_steps_per_s": ours,
-            "speedup": ours / reference["steps_per_s"], "reference_time_share": reference["share"]}
+    return {"check": "train", "model": "ViT-B/32",
+            **compare("vit_b32", args.train_batch_size, args.train_steps, "bf16", device, args.workers)}
 
 
 def check_learned(args, device) -> dict:

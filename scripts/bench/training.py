@@ -78,29 +78,37 @@ MODELS = {  # name: (model config, batch size, counted steps)
 }
 
 
-def bench_training(args) -> list[dict]:
+def compare(config: str, batch_size: int, steps: int, precision: str, device=torch.device("cpu"),
+            workers: int = 0) -> dict:
+    """The fp32 reference loop and `finetune` in `precision` on the same model config (random init),
+    the same MNIST training digits and the same steps."""
     from omegaconf import OmegaConf
 
     from soups.data import build_data
     from soups.models import build_classifier
 
+    model_cfg = OmegaConf.load(CONF / "model" / f"{config}.yaml")
+    data = build_data(OmegaConf.load(CONF / "data" / "mnist.yaml"), OmegaConf.load(CONF / "shifts" / "mnist.yaml"),
+                      model_cfg)
+    train = data.train_set(None, 1.0)
+
+    def fresh_model():
+        torch.manual_seed(0)
+        return build_classifier(model_cfg, 10, load_pretrained=False)
+
+    reference = reference_profile(fresh_model().to(memory_format=torch.contiguous_format), train, batch_size, steps,
+                                  device, workers)
+    ours = project_steps_per_s(fresh_model(), train, model_cfg, batch_size, steps, precision, device, workers)
+    return {"batch_size": batch_size, "steps": steps, "precision": precision,
+            "channels_last": bool(model_cfg.get("channels_last")), "reference_fp32_steps_per_s": reference["steps_per_s"],
+            "project_steps_per_s": ours, "speedup": ours / reference["steps_per_s"],
+            "reference_time_share": reference["share"]}
+
+
+def bench_training(args) -> list[dict]:
     results = []
     for label, (config, batch_size, steps) in MODELS.items():
-        model_cfg = OmegaConf.load(CONF / "model" / f"{config}.yaml")
-        data = build_data(OmegaConf.load(CONF / "data" / "mnist.yaml"), OmegaConf.load(CONF / "shifts" / "mnist.yaml"),
-                          model_cfg)
-        train = data.train_set(None, 1.0)
-
-        def fresh_model():
-            torch.manual_seed(0)
-            return build_classifier(model_cfg, 10, load_pretrained=False)
-
-        reference = reference_profile(fresh_model().to(memory_format=torch.contiguous_format), train, batch_size, steps)
-        ours = project_steps_per_s(fresh_model(), train, model_cfg, batch_size, steps, "fp32")  # channels_last per config
-        row = {"model": label, "batch_size": batch_size, "steps": steps, "precision": "fp32",
-               "channels_last": bool(model_cfg.get("channels_last")), "reference_steps_per_s": reference["steps_per_s"],
-               "project_steps_per_s": ours, "speedup": ours / reference["steps_per_s"],
-               "reference_time_share": reference["share"]}
+        row = {"model": label, **compare(config, batch_size, steps, "fp32")}  # channels_last per config
         results.append(row)
         print(json.dumps(row), flush=True)
     return results
