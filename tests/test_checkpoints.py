@@ -3,7 +3,6 @@ ViT-B-32-quickgelu wrapper, converted and loaded into the project's model."""
 import importlib.util
 import io
 import json
-from pathlib import Path
 
 import pytest
 import torch

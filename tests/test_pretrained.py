@@ -1,5 +1,4 @@
 """The embedded default's weights are real ImageNet weights, and they really land in the tower."""
-import numpy as np
 import open_clip
 import pytest
 import timm

@@ -40,6 +40,22 @@ def test_shuffled_batches_cover_the_set_once(tree, tmp_path):  # noqa: F811
     assert sorted(map(tuple, shuffled.flatten(1)[:, :5].tolist())) == sorted(map(tuple, plain.flatten(1)[:, :5].tolist()))
 
 
+def test_a_shard_of_rows_is_that_part_of_the_set_in_every_kind_of_set(tree, tmp_path):  # noqa: F811
+    from soups.data import EvalSet, ImageArray
+
+    root, counts = tree
+    files = max(file_sets(root, counts).values(), key=len)
+    assert len(files) >= 7
+    in_memory = EvalSet(ImageArray("m", torch.randint(0, 255, (9, 12, 12), dtype=torch.uint8),
+                                   torch.arange(9)), 8, (0.5,) * 3, (0.25,) * 3)
+    for images in (files, StoredEvalSet(files, tmp_path), in_memory):
+        whole_x, whole_y = (torch.cat(parts) for parts in zip(*images.batches(4)))
+        x, y = (torch.cat(parts) for parts in zip(*images.batches(2, rows=range(3, 7))))
+        assert torch.equal(x, whole_x[3:7]) and torch.equal(y, whole_y[3:7])
+        with pytest.raises(ValueError, match="contiguous range within"):
+            next(images.batches(2, rows=range(0, len(images) + 1)))
+
+
 def test_interrupted_or_damaged_builds_are_rebuilt(tree, tmp_path, monkeypatch):  # noqa: F811
     root, counts = tree
     files = file_sets(root, counts)["imagenet_a"]

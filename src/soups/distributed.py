@@ -3,8 +3,9 @@ multi-task submitit job (`launcher=slurm hydra.launcher.tasks_per_node=N`).
 
 Each process trains on its slice of every global batch (the batches a single process would draw, in the
 same order), DDP averages the gradients, so N processes take the steps one process would (up to the
-order of floating-point sums). NCCL on GPUs, gloo on CPU. Only rank 0 logs and writes; after training
-the group is closed and rank 0 evaluates alone. BatchNorm layers are synchronized on GPUs
+order of floating-point sums). NCCL on GPUs, gloo on CPU. Only rank 0 logs and writes. Evaluation is
+sharded: each rank forwards a contiguous part of every set, counts are summed and logits gathered
+across ranks (`shard_rows`, `sum_over_ranks`, `gather_shards`). BatchNorm layers are synchronized on GPUs
 (SyncBatchNorm); on CPU torch has no SyncBatchNorm, so BN statistics are per process there.
 """
 from __future__ import annotations
@@ -91,13 +92,72 @@ def mean_over_ranks(group: Group, value: torch.Tensor) -> torch.Tensor:
     return value / group.world_size
 
 
+def sum_over_ranks(group: Group, count: int) -> int:
+    if not group.active:
+        return count
+    total = torch.tensor([count], dtype=torch.int64, device=_comm_device())
+    dist.all_reduce(total)
+    return int(total.item())
+
+
+def shard_rows(n: int, group: Group) -> range:
+    """This rank's contiguous part of 0..n-1 (sizes differ by at most one; all of it in one process)."""
+    return range(n * group.rank // group.world_size, n * (group.rank + 1) // group.world_size)
+
+
+def gather_shards(group: Group, part: torch.Tensor, n: int) -> torch.Tensor:
+    """Every rank's `part` (its `shard_rows(n)` rows), concatenated in rank order, on every rank (CPU)."""
+    if not group.active:
+        return part
+    sizes = [len(shard_rows(n, Group(r, group.world_size))) for r in range(group.world_size)]
+    if len(part) != sizes[group.rank]:
+        raise ValueError(f"rank {group.rank} holds {len(part)} rows, its shard of {n} has {sizes[group.rank]}")
+    padded = part.new_zeros((max(sizes), *part.shape[1:]), device=_comm_device())
+    padded[:len(part)] = part.to(padded.device)
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:size].cpu() for p, size in zip(parts, sizes)])
+
+
+def _comm_device() -> torch.device:
+    """NCCL exchanges tensors on the rank's GPU; gloo on the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def wrap(model: nn.Module, group: Group, device: torch.device) -> nn.Module:
-    """What the training loop calls: the model itself, or DDP around it (same parameters)."""
+    """What the training loop calls: the model itself, or DDP around it (same parameters). On GPUs its
+    BatchNorm layers are SyncBatchNorm until `unwrap`."""
     if not group.active:
         return model
     if device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        sync_batchnorm(model)
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+_PLAIN = "_plain_batchnorm_types"  # where sync_batchnorm records each layer's original class
+
+
+def sync_batchnorm(model: nn.Module) -> None:
+    """Every BatchNorm layer of `model` (not the model itself) becomes a SyncBatchNorm, in place."""
+    types = {name: type(m) for name, m in model.named_modules()
+             if name and isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    for name, module in model.named_children():
+        setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(module))
+    model.__dict__[_PLAIN] = types
+
+
+def unwrap(model: nn.Module) -> None:
+    """After training, undoes `sync_batchnorm`: each layer its original class again, holding the same
+    tensors, so BN recalibration and evaluation run per rank while the group is still up (a SyncBatchNorm
+    in train mode would pool the ranks' statistics)."""
+    for name, kind in model.__dict__.pop(_PLAIN, {}).items():
+        parent_name, _, child = name.rpartition(".")
+        parent, synced = model.get_submodule(parent_name), model.get_submodule(name)
+        plain = kind(synced.num_features, synced.eps, synced.momentum, synced.affine, synced.track_running_stats)
+        for tensor_name, tensor in [*synced.named_parameters(recurse=False), *synced.named_buffers(recurse=False)]:
+            setattr(plain, tensor_name, tensor)
+        plain.train(synced.training)
+        setattr(parent, child, plain)
 
 
 class RankSlices(Sampler):

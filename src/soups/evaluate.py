@@ -7,6 +7,7 @@ from torch.optim.swa_utils import update_bn
 from tqdm.auto import tqdm
 
 from soups.data import EvalSet
+from soups.distributed import SINGLE, Group, gather_shards, shard_rows, sum_over_ranks
 from soups.runtime import autocast
 
 HELD_OUT = "val"
@@ -14,15 +15,22 @@ TEST = "test"
 
 
 class Evaluator:
+    """Under torchrun (`group`), each rank forwards its shard of every set; counts are summed and
+    logits gathered over the ranks, so every rank gets the single-process result."""
+
     def __init__(self, sets: dict[str, EvalSet], batch_size: int, precision: str, device: torch.device,
-                 progress: bool = True, compile: bool = False):
+                 progress: bool = True, compile: bool = False, group: Group = SINGLE):
         if HELD_OUT not in sets or TEST not in sets:
             raise ValueError(f"evaluation needs '{HELD_OUT}' and '{TEST}' sets, got {list(sets)}")
+        small = {n: len(s) for n, s in sets.items() if len(s) < group.world_size}
+        if small:
+            raise ValueError(f"sets {small} have fewer images than the {group.world_size} ranks sharing them")
         self.sets = sets
         self.batch_size = batch_size
         self.precision = precision
         self.device = device
         self.progress = progress
+        self.group = group
         self.compile = compile  # torch.compile the forward: pays a compilation up front (see BENCHMARKS.md)
         self._compiled: tuple[nn.Module, nn.Module] | None = None  # (model, its compiled forward)
         self.images_forwarded = 0
@@ -42,13 +50,15 @@ class Evaluator:
 
     @torch.no_grad()  # not inference_mode: bf16 autocast under it was slower on CPU
     def forward(self, model: nn.Module, name: str):
-        """Yields (logits, labels) batch by batch; counts the images forwarded."""
+        """Yields (logits, labels) batch by batch of this rank's shard; counts the images forwarded."""
         model.eval()
         run = self.runner(model)
         data = self.sets[name]
-        batches = data.batches(self.batch_size, device=self.device)
+        rows = shard_rows(len(data), self.group)
+        batches = data.batches(self.batch_size, device=self.device, rows=rows if self.group.active else None)
         if self.progress:
-            batches = tqdm(batches, total=-(-len(data) // self.batch_size), desc=f"eval {name}", leave=False, disable=None)
+            batches = tqdm(batches, total=-(-len(rows) // self.batch_size), desc=f"eval {name}", leave=False,
+                           disable=None if self.group.is_main else True)
         for images, labels in batches:
             with autocast(self.precision, self.device):
                 logits = run(images).float().cpu()
@@ -56,7 +66,8 @@ class Evaluator:
             yield logits, labels
 
     def logits(self, model: nn.Module, name: str) -> torch.Tensor:
-        return torch.cat([logits for logits, _ in self.forward(model, name)])
+        part = [logits for logits, _ in self.forward(model, name)]
+        return gather_shards(self.group, torch.cat(part), len(self.sets[name]))
 
     def correct(self, name: str, logits: torch.Tensor, labels: torch.Tensor) -> int:
         project = getattr(self.sets[name], "project_logits", None)  # ImageNet-R/A subsets, ObjectNet's max
@@ -68,10 +79,17 @@ class Evaluator:
 
     def accuracy(self, model: nn.Module, name: str, acceptable=None) -> float | None:
         """Top-1 %. With `acceptable(score) -> bool`: None as soon as even all-correct remaining images
-        could not make the score acceptable (exact: the same decision as the full pass, fewer images)."""
+        could not make the score acceptable (exact: the same decision as the full pass, fewer images).
+        Sharded over ranks, every rank counts its part in full and the counts are summed."""
+        n = len(self.sets[name])
+        if self.group.active:
+            correct = sum_over_ranks(self.group, sum(self.correct(name, logits, labels)
+                                                     for logits, labels in self.forward(model, name)))
+            score = 100.0 * correct / n
+            return None if acceptable is not None and not acceptable(score) else score
         if acceptable is None:
             return self.accuracy_of_logits(name, self.logits(model, name))
-        n, correct, seen = len(self.sets[name]), 0, 0
+        correct, seen = 0, 0
         for logits, labels in self.forward(model, name):
             correct, seen = correct + self.correct(name, logits, labels), seen + len(labels)
             if not acceptable(best_reachable(correct, seen, n)):

@@ -93,16 +93,17 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
                   config=resolved, group=cfg.logger.get("group") or sweep) as tracker:
         history = finetune(model, data.train_set(cfg.randaug, cfg.crop_scale), cfg, cfg.data.num_classes, device,
                            on_log=lambda r: tracker.log(r, step=r["step"]), state_dir=run_dir, group=ranks)
-        leave(ranks)  # the weights are the same on every rank: rank 0 evaluates and writes alone
-        if not ranks.is_main:
-            return None
         if has_batchnorm(model):
             # Running statistics lag the weights after a short fine-tune; recompute them on the same fixed
-            # sample a soup uses, so individuals and soups are measured alike.
+            # sample a soup uses, so individuals and soups are measured alike (every rank alike).
             recalibrate_bn(model, data.bn_set(), cfg.eval_batch_size, device)
+        # the weights are the same on every rank: each evaluates its shard, rank 0 writes alone
         evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device,
-                              compile=bool(cfg.get("compile")))
+                              compile=bool(cfg.get("compile")), group=ranks)
         logits = evaluator.all_logits(model)
+        leave(ranks)
+        if not ranks.is_main:
+            return None
         metrics = evaluator.metrics_of(logits)
         atomic_save_safetensors(model.state_dict(), run_dir / WEIGHTS_NAME, metadata={"kind": "finetune"})
         digest = sha256_file(run_dir / WEIGHTS_NAME)

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from soups.distributed import SINGLE, Group, RankSlices, mean_over_ranks, wrap
+from soups.distributed import SINGLE, Group, RankSlices, mean_over_ranks, unwrap, wrap
 from soups.resume import load_train_state, save_train_state
 from soups.runtime import autocast
 
@@ -131,4 +131,5 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
                              epoch=epoch + 1, step=step, history=history,
                              pending=[float(v) for v in pending])
     bar.close()
+    unwrap(model)
     return history

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import ImageNetInfo
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from soups.data.images import checked_rows
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 WNIDS: list[str] = ImageNetInfo("imagenet-1k").label_names()  # the 1000 classes in index order
@@ -95,10 +97,14 @@ class FileEvalSet:
         """class folder/file name: the same image wherever the dataset root lives."""
         return ["/".join(Path(p).parts[-2:]) for p in self.paths]
 
-    def batches(self, batch_size: int, shuffle_seed: int | None = None, device=None):
-        """Decoded and normalized by DataLoader workers on every pass (see store.py for decode-once)."""
+    def batches(self, batch_size: int, shuffle_seed: int | None = None, device=None, rows: range | None = None):
+        """Decoded and normalized by DataLoader workers on every pass (see store.py for decode-once); all
+        images or the contiguous `rows`."""
         shuffled = shuffle_seed is not None
-        loader = DataLoader(FileImages(self.paths, self.labels, self.transform, self.crop_border),
+        images = FileImages(self.paths, self.labels, self.transform, self.crop_border)
+        if rows is not None:
+            images = Subset(images, list(checked_rows(len(self), rows)))
+        loader = DataLoader(images,
                             batch_size=batch_size, shuffle=shuffled, num_workers=self.num_workers,
                             generator=torch.Generator().manual_seed(shuffle_seed) if shuffled else None,
                             pin_memory=torch.device(device or "cpu").type == "cuda")

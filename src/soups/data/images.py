@@ -35,10 +35,20 @@ class ImageArray:
         return len(self.labels)
 
 
-def batch_indices(n: int, batch_size: int, shuffle_seed: int | None = None):
-    """Index tensors of consecutive batches over 0..n-1: in order, or a seeded permutation."""
-    order = torch.arange(n) if shuffle_seed is None else \
-        torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
+def checked_rows(n: int, rows: range | None) -> range:
+    """All of 0..n-1, or `rows` (e.g. one rank's shard), which must be a contiguous part of it."""
+    rows = range(n) if rows is None else rows
+    if rows.step != 1 or not 0 <= rows.start <= rows.stop <= n:
+        raise ValueError(f"rows must be a contiguous range within 0..{n}, got {rows}")
+    return rows
+
+
+def batch_indices(n: int, batch_size: int, shuffle_seed: int | None = None, rows: range | None = None):
+    """Index tensors of consecutive batches over 0..n-1 (or its contiguous `rows`): in order, or a
+    seeded permutation."""
+    rows = checked_rows(n, rows)
+    order = torch.arange(rows.start, rows.stop) if shuffle_seed is None else \
+        rows.start + torch.randperm(len(rows), generator=torch.Generator().manual_seed(shuffle_seed))
     yield from order.split(batch_size)
 
 
@@ -99,10 +109,10 @@ class EvalSet:
                                                                  self.std.to(batch_u8.device)))
         return ((batch_u8.float() - mean) / std).contiguous(memory_format=torch.channels_last)
 
-    def batches(self, batch_size: int, limit: int | None = None, shuffle_seed: int | None = None, device=None):
-        """Yields (normalized images on `device`, labels): in a fixed order, or shuffled by `shuffle_seed`."""
-        n = len(self) if limit is None else min(limit, len(self))
-        yield from serve_batches(batch_indices(n, batch_size, shuffle_seed),
+    def batches(self, batch_size: int, shuffle_seed: int | None = None, device=None, rows: range | None = None):
+        """Yields (normalized images on `device`, labels): in a fixed order, or shuffled by `shuffle_seed`;
+        all images or the contiguous `rows`."""
+        yield from serve_batches(batch_indices(len(self), batch_size, shuffle_seed, rows),
                                  lambda take: (self.images[take], self.labels[take]), self.normalize, device)
 
 

@@ -124,8 +124,9 @@ class StoredEvalSet:
                                                                  self.std.to(batch_u8.device)))
         return batch_u8.float().div(255).sub(mean).div(std)
 
-    def batches(self, batch_size: int, shuffle_seed: int | None = None, device=None):
-        """Yields (normalized images on `device`, labels); uint8 is moved, then normalized there."""
+    def batches(self, batch_size: int, shuffle_seed: int | None = None, device=None, rows: range | None = None):
+        """Yields (normalized images on `device`, labels) of all images or the contiguous `rows`; uint8 is
+        moved, then normalized there."""
         array = self.array
 
         def fetch(take):
@@ -137,4 +138,4 @@ class StoredEvalSet:
                     return torch.from_numpy(array[first:last + 1]), self.labels[rows]
             return torch.from_numpy(array[rows.numpy()]), self.labels[rows]
 
-        yield from serve_batches(batch_indices(len(self), batch_size, shuffle_seed), fetch, self.normalize, device)
+        yield from serve_batches(batch_indices(len(self), batch_size, shuffle_seed, rows), fetch, self.normalize, device)
