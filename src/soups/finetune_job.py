@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from soups import search
+from soups.config import FinetuneSettings, check
 from soups.data import build_data
 from soups.distributed import join, leave, share
 from soups.eval_cache import EvaluationCache, evaluation_key, hash_ids
@@ -17,9 +18,9 @@ from soups.init import load_init, shared_init
 from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, atomic_save_safetensors, read_json, sha256_file, write_json
 from soups.models import build_classifier, has_batchnorm
 from soups.resume import clear_train_state
-from soups.runtime import check_precision, resolve_device, setup
+from soups.runtime import resolve_device, setup
 from soups.tracking import tracking
-from soups.train import check_hparams, finetune
+from soups.train import finetune
 
 log = logging.getLogger(__name__)
 HPARAMS = ("lr", "wd", "epochs", "batch_size", "warmup_steps", "grad_clip", "label_smoothing", "mixup",
@@ -63,6 +64,8 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     """A run dir holding run.json is finished: its record is returned and nothing runs (a relaunched
     sweep skips its finished jobs). One holding a training state goes on from it. Under torchrun every
     rank calls this; rank 0 returns the record, the others None."""
+    apply_trial(cfg)
+    check(cfg, FinetuneSettings)
     ranks, device = join(resolve_device(cfg.device))
     own_dir, run_dir = Path(run_dir), share(ranks, Path(run_dir))  # each torchrun process composed its own
     if not ranks.is_main:
@@ -71,9 +74,6 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
         log.info("run %s finished before (run.json): skipped", run_dir)
         leave(ranks)
         return read_json(run_dir / RUN_INFO_NAME) if ranks.is_main else None
-    apply_trial(cfg)
-    check_hparams(cfg)
-    check_precision(cfg.precision)
     if ranks.active and cfg.mixup > 0 and (cfg.batch_size // ranks.world_size) % 2:
         raise ValueError(f"mixup needs an even batch per process: batch_size={cfg.batch_size} over "
                          f"{ranks.world_size} processes")

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from soups import plots
+from soups.config import SoupSettings, check
 from soups.data import build_data
 from soups.eval_cache import EvaluationCache, evaluation_key
 from soups.evaluate import Evaluator, format_metrics
@@ -19,7 +20,7 @@ from soups.models import build_classifier, has_batchnorm
 from soups.pool import Ingredient, load_pool
 from soups.release import load_release_pool
 from soups.report import reference_comparison, write_report
-from soups.runtime import check_precision, resolve_device, setup
+from soups.runtime import resolve_device, setup
 from soups.scorer import WeightsScorer
 from soups.tracking import tracking
 
@@ -76,7 +77,7 @@ def _open_pool(cfg, device):
 
 def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     out_dir = Path(out_dir)
-    check_precision(cfg.precision)
+    check(cfg, SoupSettings)
     recipes = build_recipes(cfg.method)
     setup(cfg.seed, cfg.get("threads"))
     device = resolve_device(cfg.device)

@@ -17,33 +17,6 @@ from soups.resume import load_train_state, save_train_state
 from soups.runtime import autocast
 
 
-def check_hparams(cfg) -> None:
-    """Refuse hyperparameters that would fail (or silently do nothing) deep in the loop."""
-    problems = []
-    if not cfg.lr > 0:
-        problems.append(f"lr={cfg.lr} must be > 0")
-    if cfg.wd < 0:
-        problems.append(f"wd={cfg.wd} must be >= 0")
-    if int(cfg.epochs) < 1 or int(cfg.epochs) != cfg.epochs:
-        problems.append(f"epochs={cfg.epochs} must be a positive integer")
-    if not 0 <= cfg.label_smoothing < 1:
-        problems.append(f"label_smoothing={cfg.label_smoothing} must be in [0, 1)")
-    if cfg.mixup < 0:
-        problems.append(f"mixup={cfg.mixup} must be >= 0 (0 = off)")
-    if cfg.mixup > 0 and isinstance(cfg.batch_size, int) and cfg.batch_size % 2:
-        problems.append(f"mixup needs an even batch_size, got {cfg.batch_size}")
-    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-        problems.append(f"batch_size={cfg.batch_size} must be a positive integer")
-    if not isinstance(cfg.warmup_steps, int) or cfg.warmup_steps < 0:
-        problems.append(f"warmup_steps={cfg.warmup_steps} must be an integer >= 0")
-    if cfg.grad_clip < 0:
-        problems.append(f"grad_clip={cfg.grad_clip} must be >= 0 (0 = off)")
-    if not 0 < cfg.crop_scale <= 1:
-        problems.append(f"crop_scale={cfg.crop_scale} must be in (0, 1]")
-    if problems:
-        raise ValueError("bad fine-tuning hyperparameters: " + "; ".join(problems))
-
-
 def make_optimizer(model: nn.Module, lr: float, wd: float, device: torch.device) -> torch.optim.AdamW:
     """AdamW; no weight decay on biases and norm parameters (1-d tensors)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]

@@ -1,0 +1,100 @@
+"""Schemas of the entry points' own settings: each field's type (an OmegaConf structured config) and
+its allowed values, checked before any work. Every problem is named in one ValueError, with the field,
+the value given and what was expected.
+
+Config groups (model, data, method, ...) are checked by Hydra itself: `method=median` fails at
+composition with the options that exist; `lr=1e-3` on a misspelled key (`lrr=...`) fails as well.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+import torch
+from omegaconf import OmegaConf, open_dict
+from omegaconf.errors import ValidationError
+
+from soups.runtime import PRECISIONS
+
+
+def rule(check, expected: str, default=None):
+    """A field's constraint on its (type-converted) value, and how to say what was expected."""
+    return field(default=default, metadata={"check": check, "expected": expected})
+
+
+def _device(name) -> bool:
+    if name == "auto":
+        return True
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+def positive(x) -> bool:
+    return math.isfinite(x) and x > 0
+
+
+def non_negative(x) -> bool:
+    return math.isfinite(x) and x >= 0
+
+
+@dataclass
+class CommonSettings:
+    device: str = rule(_device, "auto, cpu, cuda, cuda:<index> or another torch device", "auto")
+    threads: Optional[int] = rule(lambda x: x is None or x >= 1, "null or an integer >= 1")
+    eval_batch_size: int = rule(lambda x: x >= 1, "an integer >= 1", 256)
+    precision: str = rule(lambda x: x in PRECISIONS, f"one of {list(PRECISIONS)}", "fp32")
+    compile: bool = rule(lambda x: True, "true or false", False)
+    cache_logits: bool = rule(lambda x: True, "true or false", True)
+    seed: int = rule(lambda x: x >= 0, "an integer >= 0", 0)
+
+
+@dataclass
+class FinetuneSettings(CommonSettings):
+    num_workers: int = rule(lambda x: x >= 0, "an integer >= 0", 0)
+    lr: float = rule(positive, "a finite number > 0", 1e-3)
+    wd: float = rule(non_negative, "a finite number >= 0", 0.0)
+    epochs: int = rule(lambda x: x >= 1, "an integer >= 1", 1)
+    batch_size: int = rule(lambda x: x >= 1, "an integer >= 1", 1)
+    warmup_steps: int = rule(lambda x: x >= 0, "an integer >= 0", 0)
+    grad_clip: float = rule(non_negative, "a finite number >= 0 (0 = off)", 0.0)
+    label_smoothing: float = rule(lambda x: 0 <= x < 1, "a number in [0, 1)", 0.0)
+    mixup: float = rule(non_negative, "a finite number >= 0 (0 = off)", 0.0)
+    randaug: Optional[str] = rule(lambda x: x is None or x.startswith("rand-"),
+                                  "null or a timm RandAugment string such as rand-m9-n2")
+    crop_scale: float = rule(lambda x: 0 < x <= 1, "a number in (0, 1]", 1.0)
+    trial: Optional[int] = rule(lambda x: x is None or x >= 0, "null or an integer >= 0")
+    search_seed: int = rule(lambda x: x >= 0, "an integer >= 0", 0)
+    search_draws: Optional[int] = rule(lambda x: x is None or x >= 1, "null or an integer >= 1")
+
+
+@dataclass
+class SoupSettings(CommonSettings):
+    bn_recalibration: Any = rule(lambda x: x in ("auto", True, False), "auto, true or false", "auto")
+
+
+def check(cfg, schema: type) -> None:
+    """Raise one ValueError naming every field of `schema` that `cfg` sets to a wrong type or value;
+    otherwise store the converted values in `cfg` (a quoted "3e-5" becomes the float 3e-5)."""
+    typed = OmegaConf.structured(schema)
+    problems = []
+    for spec in fields(schema):
+        value = cfg.get(spec.name, spec.default)
+        try:
+            typed[spec.name] = value  # type-checked and converted (e.g. "3" -> 3 for an int)
+            ok = spec.metadata["check"](typed[spec.name])
+        except (ValidationError, TypeError, AttributeError):
+            ok = False
+        if not ok:
+            problems.append(f"{spec.name}={value!r} (expected {spec.metadata['expected']})")
+    if not problems and schema is FinetuneSettings and cfg.get("mixup", 0) > 0 and cfg.batch_size % 2:
+        problems.append(f"mixup needs an even batch_size, got batch_size={cfg.batch_size}")
+    if problems:
+        raise ValueError("bad config: " + "; ".join(problems))
+    with open_dict(cfg):
+        for spec in fields(schema):
+            if spec.name in cfg:
+                cfg[spec.name] = typed[spec.name]

@@ -1,0 +1,83 @@
+"""Every bad setting is refused before any work, with a message naming it: schemas fuzzed with hypothesis."""
+import math
+import subprocess
+import sys
+from dataclasses import fields
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import ROOT, TINY, compose_cfg
+from soups.config import FinetuneSettings, SoupSettings, check
+from test_resume import ENV
+
+ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
+                      st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6),
+                      st.sampled_from(["1e-3", "3", "auto", "cpu", "cuda:0", "rand-m9-n2", "fp32", "bf16", "yes"]))
+
+# What an accepted value must be, stated apart from the schema: (type, condition)
+ACCEPTED = {
+    "lr": (float, lambda v: math.isfinite(v) and v > 0), "wd": (float, lambda v: math.isfinite(v) and v >= 0),
+    "epochs": (int, lambda v: v >= 1), "batch_size": (int, lambda v: v >= 1),
+    "warmup_steps": (int, lambda v: v >= 0), "grad_clip": (float, lambda v: math.isfinite(v) and v >= 0),
+    "label_smoothing": (float, lambda v: 0 <= v < 1), "mixup": (float, lambda v: math.isfinite(v) and v >= 0),
+    "crop_scale": (float, lambda v: 0 < v <= 1), "eval_batch_size": (int, lambda v: v >= 1),
+    "num_workers": (int, lambda v: v >= 0), "seed": (int, lambda v: v >= 0),
+    "precision": (str, lambda v: v in ("fp32", "bf16", "fp16")), "compile": (bool, lambda v: True),
+    "threads": ((int, type(None)), lambda v: v is None or v >= 1),
+    "randaug": ((str, type(None)), lambda v: v is None or v.startswith("rand-")),
+    "bn_recalibration": ((str, bool), lambda v: v in ("auto", True, False)),
+}
+
+
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("config")
+    return {FinetuneSettings: compose_cfg("finetune", tmp, TINY), SoupSettings: compose_cfg("soup", tmp, [])}
+
+
+@pytest.mark.parametrize("schema", [FinetuneSettings, SoupSettings])
+def test_the_shipped_defaults_pass(configs, schema):
+    check(configs[schema].copy(), schema)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_value_of_any_setting_is_accepted_correctly_or_refused_by_name(configs, data):
+    schema = data.draw(st.sampled_from([FinetuneSettings, SoupSettings]))
+    name = data.draw(st.sampled_from([f.name for f in fields(schema)]))
+    value = data.draw(ANY_VALUE)
+    cfg = configs[schema].copy()
+    cfg[name] = value
+    try:
+        check(cfg, schema)
+    except ValueError as err:
+        assert f"{name}=" in str(err) and "expected" in str(err)
+        return
+    if name in ACCEPTED:
+        kind, condition = ACCEPTED[name]
+        accepted = cfg[name]
+        assert isinstance(accepted, kind) and not (kind in (int, float) and isinstance(accepted, bool)), accepted
+        assert condition(accepted), f"{name}={value!r} was accepted as {accepted!r}"
+
+
+def test_all_problems_are_named_at_once_and_values_are_converted(configs):
+    cfg = configs[FinetuneSettings].copy()
+    cfg.lr, cfg.epochs, cfg.label_smoothing = -1, 0, float("nan")
+    with pytest.raises(ValueError, match=r"lr=-1 .*epochs=0 .*label_smoothing=nan"):
+        check(cfg, FinetuneSettings)
+    cfg = configs[FinetuneSettings].copy()
+    cfg.lr, cfg.compile = "3e-5", "false"  # quoted on the command line
+    check(cfg, FinetuneSettings)
+    assert cfg.lr == 3e-5 and cfg.compile is False
+
+
+def test_the_command_line_refuses_bad_values_before_any_work(tmp_path):
+    command = [sys.executable, str(ROOT / "src" / "finetune.py"), *TINY, f"paths.log_dir={tmp_path}/logs",
+               f"paths.cache_dir={tmp_path}/cache", "lr=-1", "device=gpu"]
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 1
+    assert "bad config: device='gpu' (expected auto, cpu, cuda" in done.stderr
+    assert "lr=-1 (expected a finite number > 0)" in done.stderr
+    assert not (tmp_path / "cache").exists()  # nothing built
