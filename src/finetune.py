@@ -6,10 +6,12 @@
     torchrun --nproc_per_node=4 src/finetune.py hydra.run.dir=logs/my_run   # one run, data-parallel
 """
 import os
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 
 os.environ.setdefault("SOUPS_ROOT", str(Path(__file__).resolve().parents[1]))
 # Jobs a launcher starts elsewhere (submitit processes, SLURM nodes, Ray workers) import `soups` too
@@ -22,6 +24,10 @@ def main(cfg) -> float:
     from soups.finetune_job import run_finetune
 
     info = run_finetune(cfg, HydraConfig.get().runtime.output_dir)
+    if info and info.get("status") == "failed":
+        if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep goes on with its other jobs
+            sys.exit(f"run failed: {info['failure']}")
+        return None
     return info["metrics"]["val"] if info else None  # None: a torchrun rank other than 0
 
 

@@ -81,6 +81,22 @@ def test_truncated_checkpoint_is_a_clear_error(official_file, tmp_path):
         convert_official_file(bad, tmp_path / "out")
 
 
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))  # unpickling would create the file
+
+
+def test_a_checkpoint_holding_code_is_refused_and_the_code_never_runs(tmp_path):
+    marker, bad = tmp_path / "pwned", tmp_path / "model_9.pt"
+    torch.save({"visual.proj": RunsCode(marker)}, bad)
+    with pytest.raises(ValueError, match="model_9.pt"):
+        convert_official_file(bad, tmp_path / "out")
+    assert not marker.exists()
+
+
 def load_download_script():
     spec = importlib.util.spec_from_file_location("download_checkpoints", "scripts/download_checkpoints.py")
     module = importlib.util.module_from_spec(spec)

@@ -36,21 +36,6 @@ def test_no_sweep_yet(soup_cfg, tmp_path):
         run_soup(soup_cfg(), tmp_path / "out")
 
 
-def test_missing_checkpoint(tiny_sweep, soup_cfg, tmp_path):
-    pool = copy_sweep(tiny_sweep[1], tmp_path / "pool")
-    (pool / "1" / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="missing checkpoint"):
-        run_soup(soup_cfg(f"pool.dir={pool}"), tmp_path / "out")
-
-
-def test_truncated_checkpoint(tiny_sweep, soup_cfg, tmp_path):
-    pool = copy_sweep(tiny_sweep[1], tmp_path / "pool")
-    weights = pool / "2" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-1000])
-    with pytest.raises(ValueError, match="truncated"):
-        run_soup(soup_cfg(f"pool.dir={pool}"), tmp_path / "out")
-
-
 def test_mixed_architectures(tiny_sweep, soup_cfg, tmp_path):
     pool = copy_sweep(tiny_sweep[1], tmp_path / "pool")
     info_path = pool / "1" / "run.json"

@@ -30,6 +30,17 @@ def test_run_is_closed_when_the_job_fails(tmp_path, monkeypatch):
     assert wandb.run is None
 
 
+def test_an_unreachable_server_means_offline_logging_said_in_the_log(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    online = OmegaConf.merge(WANDB, {"mode": "online", "init_timeout": 3})
+    with tracking(online, tmp_path, name="t", job_type="test", config={}, group=None) as tracker:
+        tracker.log({"loss": 1.0}, step=1)
+    assert "W&B unreachable" in caplog.text and "logging offline instead" in caplog.text
+    assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+
+
 class RecordingTracker:
     """Collects what the soup job hands to the tracker (the W&B calls themselves are tested above)."""
 

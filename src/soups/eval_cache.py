@@ -1,16 +1,31 @@
 """Evaluation done once. For each model (weights sha256) under one evaluation config:
 metrics in `<digest>.json`, and logits per set in `<digest>/<set>.safetensors` whose rows are keyed by
-sample id (a hash of the image's id), so a set in another order or a subset of it is still served."""
+sample id (a hash of the image's id), so a set in another order or a subset of it is still served.
+Every entry is written atomically; one found unreadable (damaged by hand or by the disk) is measured again."""
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
 from soups.io import atomic_save_safetensors, load_weights, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+def _readable(path: Path, read):
+    """read(path), or None when the entry is absent or damaged (then it is computed again)."""
+    if not path.is_file():
+        return None
+    try:
+        return read(path)
+    except (ValueError, KeyError, TypeError) as err:
+        log.warning("evaluation cache entry %s is damaged (%s): measuring again", path, err)
+        return None
 
 
 def evaluation_key(run_cfg, precision: str, batch_size: int, compiled: bool = False) -> str:
@@ -47,15 +62,13 @@ class EvaluationCache:
         self.dir = Path(cache_dir) / "eval" / key
 
     def get(self, digest: str) -> dict | None:
-        path = self.dir / f"{digest}.json"
-        return read_json(path)["metrics"] if path.is_file() else None
+        return _readable(self.dir / f"{digest}.json", lambda p: dict(read_json(p)["metrics"]))
 
     def put(self, digest: str, metrics: dict) -> None:
         write_json({"sha256": digest, "metrics": metrics}, self.dir / f"{digest}.json")
 
     def get_record(self, key: dict) -> dict | None:
-        path = self._record_path(key)
-        return read_json(path)["record"] if path.is_file() else None
+        return _readable(self._record_path(key), lambda p: dict(read_json(p)["record"]))
 
     def put_record(self, key: dict, record: dict) -> None:
         write_json({"key": key, "record": record}, self._record_path(key))
@@ -66,10 +79,9 @@ class EvaluationCache:
 
     def get_logits(self, digest: str, set_name: str, ids: torch.Tensor) -> torch.Tensor | None:
         """Logits for the samples `ids` (hash_ids), in that order; None unless every one is cached."""
-        path = self.dir / digest / f"{set_name}.safetensors"
-        if not path.is_file():
+        stored = _readable(self.dir / digest / f"{set_name}.safetensors", _load_logits)
+        if stored is None:
             return None
-        stored = load_weights(path)
         if torch.equal(stored["ids"], ids):
             return stored["logits"]
         row = {int(i): r for r, i in enumerate(stored["ids"].tolist())}
@@ -85,3 +97,10 @@ class EvaluationCache:
         if len(ids) != len(logits):
             raise ValueError(f"{set_name}: {len(ids)} sample ids for {len(logits)} rows of logits")
         atomic_save_safetensors({"ids": ids, "logits": logits.float()}, self.dir / digest / f"{set_name}.safetensors")
+
+
+def _load_logits(path: Path) -> dict[str, torch.Tensor]:
+    stored = load_weights(path)
+    if stored["ids"].ndim != 1 or stored["logits"].ndim != 2 or len(stored["ids"]) != len(stored["logits"]):
+        raise ValueError(f"ids {tuple(stored['ids'].shape)} do not index logits {tuple(stored['logits'].shape)}")
+    return stored

@@ -18,9 +18,9 @@ from soups.init import load_init, shared_init
 from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, atomic_save_safetensors, read_json, sha256_file, write_json
 from soups.models import build_classifier, has_batchnorm
 from soups.resume import clear_train_state
-from soups.runtime import resolve_device, setup
+from soups.runtime import environment, resolve_device, setup
 from soups.tracking import tracking
-from soups.train import finetune
+from soups.train import NonFiniteLoss, finetune
 
 log = logging.getLogger(__name__)
 HPARAMS = ("lr", "wd", "epochs", "batch_size", "warmup_steps", "grad_clip", "label_smoothing", "mixup",
@@ -91,8 +91,22 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     logger = cfg.logger if ranks.is_main else OmegaConf.create({"kind": "none"})
     with tracking(logger, run_dir, name=f"{run_dir.parent.name}/{run_dir.name}", job_type="finetune",
                   config=resolved, group=cfg.logger.get("group") or sweep) as tracker:
-        history = finetune(model, data.train_set(cfg.randaug, cfg.crop_scale), cfg, cfg.data.num_classes, device,
-                           on_log=lambda r: tracker.log(r, step=r["step"]), state_dir=run_dir, group=ranks)
+        record = {"kind": "finetune", "hparams": hparams,
+                  "init": {"dir": str(init_dir), "sha256": init_info["sha256"], "metrics": init_info["metrics"]},
+                  "config": resolved, "environment": environment()}
+        try:
+            history = finetune(model, data.train_set(cfg.randaug, cfg.crop_scale), cfg, cfg.data.num_classes,
+                               device, on_log=lambda r: tracker.log(r, step=r["step"]), state_dir=run_dir, group=ranks)
+        except NonFiniteLoss as err:  # recorded as failed: no weights, kept out of every pool
+            leave(ranks)
+            if not ranks.is_main:
+                return None
+            info = {**record, "status": "failed", "failure": str(err), "seconds": round(time.time() - start, 1)}
+            write_json(info, run_dir / RUN_INFO_NAME)
+            clear_train_state(run_dir)
+            tracker.summary({"status": "failed", "failure": str(err)})
+            log.error("run %s failed: %s", run_dir, err)
+            return info
         if has_batchnorm(model):
             # Running statistics lag the weights after a short fine-tune; recompute them on the same fixed
             # sample a soup uses, so individuals and soups are measured alike (every rank alike).
@@ -111,10 +125,8 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
         if cfg.cache_logits:  # a soup job's ensembles read these instead of evaluating the model again
             ids = {name: hash_ids(eval_set.sample_ids) for name, eval_set in evaluator.sets.items()}
             EvaluationCache(cfg.paths.cache_dir, key).put_all_logits(digest, logits, ids)
-        info = {"kind": "finetune", "hparams": hparams, "metrics": metrics, "evaluation_key": key,
-                "weights": WEIGHTS_NAME, "sha256": digest,
-                "init": {"dir": str(init_dir), "sha256": init_info["sha256"], "metrics": init_info["metrics"]},
-                "seconds": round(time.time() - start, 1), "history": history, "config": resolved}
+        info = {**record, "status": "finished", "metrics": metrics, "evaluation_key": key, "weights": WEIGHTS_NAME,
+                "sha256": digest, "seconds": round(time.time() - start, 1), "history": history}
         write_json(info, run_dir / RUN_INFO_NAME)
         clear_train_state(run_dir)  # finished: run.json and the weights are the record
         tracker.summary({f"final/{k}": v for k, v in metrics.items()})

@@ -9,6 +9,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from soups.data import EvalSet
+from soups.io import atomic_write
 from soups.runtime import autocast
 
 log = logging.getLogger(__name__)
@@ -27,15 +28,21 @@ def extract_features(model, data: EvalSet, batch_size: int, precision: str, devi
 def cached_features(model, data, batch_size: int, precision: str, device, cache_file: Path) -> np.ndarray:
     """Frozen features of `data`, extracted once and kept in `cache_file` (.npy, written atomically)."""
     if cache_file.is_file():
-        feats = np.load(cache_file, allow_pickle=False)
-        if len(feats) == len(data):
+        try:
+            feats = np.load(cache_file, allow_pickle=False)
+        except (ValueError, OSError) as err:  # truncated or damaged: extracted again
+            log.warning("feature cache %s unreadable (%s): extracting again", cache_file, err)
+            feats = None
+        if feats is not None and len(feats) == len(data):
             log.info("features from cache: %s", cache_file)
             return feats
     feats = extract_features(model, data, batch_size, precision, device)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_name(f".{cache_file.name}.tmp.npy")
-    np.save(tmp, feats)
-    tmp.replace(cache_file)
+
+    def save(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, feats)
+
+    atomic_write(cache_file, save)
     return feats
 
 

@@ -2,15 +2,20 @@
 
 Sources: the most recent finetune sweep (default), `pool.dir` (a sweep folder or a folder of run
 dirs), `pool.glob`, `pool.runs` (a list), or `pool.release` (the paper's released checkpoints, see
-soups/release.py). Every check runs before any evaluation.
+soups/release.py). Every check runs before any evaluation; runs that did not finish are skipped and
+named (`load_pool`).
 """
 from __future__ import annotations
 
 import glob as globlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, read_json, read_weights_header, sha256_file
+from soups.resume import STATE_NAME
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,9 +51,14 @@ def latest_sweep(log_dir: str | Path) -> Path:
 
 
 def _run_dirs(folder: Path) -> list[Path]:
-    if (folder / RUN_INFO_NAME).is_file():
+    """The run dirs in `folder`: finished ones (run.json) and unfinished ones, which the pool names as skipped."""
+    if _is_run_dir(folder):
         return [folder]
-    return sorted((p.parent for p in folder.glob(f"*/{RUN_INFO_NAME}")), key=_natural)
+    return sorted((p for p in folder.iterdir() if p.is_dir() and _is_run_dir(p)), key=_natural)
+
+
+def _is_run_dir(path: Path) -> bool:
+    return any((path / name).exists() for name in (RUN_INFO_NAME, WEIGHTS_NAME, STATE_NAME, ".hydra"))
 
 
 def _natural(path: Path):
@@ -73,22 +83,50 @@ def resolve_run_dirs(pool_cfg, log_dir) -> list[Path]:
     return dirs
 
 
-def load_pool(pool_cfg, log_dir, verify_sha256: bool = True) -> list[Ingredient]:
-    """Ingredients after checking that each is complete and that all share keys, shapes and init."""
-    ingredients = []
+def load_pool(pool_cfg, log_dir, verify_sha256: bool = True) -> tuple[list[Ingredient], dict[str, str]]:
+    """(ingredients, {run dir: why it was skipped}). A run enters the pool only if it finished: run.json
+    says so, its weights are readable and match their sha256. All ingredients must share keys, shapes,
+    dtypes, architecture and init."""
+    ingredients, skipped = [], {}
     for run_dir in resolve_run_dirs(pool_cfg, log_dir):
-        info = read_json(run_dir / RUN_INFO_NAME)
-        ingredient = Ingredient.from_run_dir(run_dir, info)
-        header = read_weights_header(ingredient.weights)
-        if verify_sha256 and info.get("sha256") and sha256_file(ingredient.weights) != info["sha256"]:
-            raise ValueError(f"{ingredient.weights} does not match the sha256 in its run.json: "
-                             f"truncated or modified after the run finished")
-        ingredient.header = header
-        ingredients.append(ingredient)
+        try:
+            ingredients.append(_finished_run(run_dir, verify_sha256))
+        except Unusable as why:
+            skipped[str(run_dir)] = str(why)
+            log.warning("pool: skipped %s: %s", run_dir, why)
+    if not ingredients:
+        reasons = "".join(f"\n  {d}: {why}" for d, why in skipped.items())
+        raise ValueError(f"the pool is empty: no finished runs among {len(skipped)} run dirs:{reasons}")
     first = ingredients[0]
     for other in ingredients[1:]:
         _check_compatible(first, other)
-    return ingredients
+    return ingredients, skipped
+
+
+class Unusable(Exception):
+    """Why a run dir cannot be an ingredient."""
+
+
+def _finished_run(run_dir: Path, verify_sha256: bool) -> Ingredient:
+    if not run_dir.is_dir():
+        raise Unusable("no such directory")
+    if not (run_dir / RUN_INFO_NAME).is_file():
+        raise Unusable(f"unfinished: no {RUN_INFO_NAME} (still running, or killed: relaunching its sweep resumes it)")
+    try:
+        info = read_json(run_dir / RUN_INFO_NAME)
+    except ValueError as err:
+        raise Unusable(str(err)) from err
+    if info.get("status", "finished") != "finished":
+        raise Unusable(f"{info.get('status')}: {info.get('failure', 'no reason recorded')}")
+    ingredient = Ingredient.from_run_dir(run_dir, info)
+    try:
+        ingredient.header = read_weights_header(ingredient.weights)
+    except (FileNotFoundError, ValueError) as err:
+        raise Unusable(str(err)) from err
+    if verify_sha256 and info.get("sha256") and sha256_file(ingredient.weights) != info["sha256"]:
+        raise Unusable(f"{ingredient.weights.name} does not match the sha256 in its {RUN_INFO_NAME}: "
+                       f"truncated or modified after the run finished")
+    return ingredient
 
 
 def _check_compatible(a: Ingredient, b: Ingredient) -> None:

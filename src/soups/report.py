@@ -142,12 +142,27 @@ def reference_table(rows: list[dict], reference) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(rows: list[dict], out_dir: Path, title: str, reference=None) -> str:
+def provenance(skipped: dict[str, str], environment: dict | None) -> str:
+    """The report's last lines: runs left out of the pool and why; what computed the numbers."""
+    text = ""
+    if skipped:
+        text += "\nSkipped runs (not finished or not intact):\n" + "".join(f"- {d}: {why}\n" for d, why in skipped.items())
+    if environment:
+        git = environment.get("git") or {}
+        commit = (git.get("commit") or "not a git checkout")[:12] + (" with uncommitted changes"
+                                                                      if git.get("uncommitted_changes") else "")
+        text += (f"\nComputed with torch {environment['torch']}, open_clip {environment.get('open_clip_torch')}, "
+                 f"timm {environment.get('timm')} on {environment.get('device')}; code {commit}.\n")
+    return text
+
+
+def write_report(rows: list[dict], out_dir: Path, title: str, reference=None, skipped: dict[str, str] | None = None,
+                 environment: dict | None = None) -> str:
     table = markdown_table(rows)
     if reference:
         table += "\n" + reference_table(rows, reference)
     write_text(f"# {title}\n\nTop-1 accuracy (%). held-out = the validation split used to rank and select "
-               f"ingredients.\n\n{table}", out_dir / "report.md")
+               f"ingredients.\n\n{table}{provenance(skipped or {}, environment)}", out_dir / "report.md")
     write_text(csv_text(rows), out_dir / "report.csv")
     write_json(rows, out_dir / "results.json")
     figure(rows, out_dir / "figure.png", title)

@@ -1,8 +1,13 @@
-"""Device, precision, threads and seeds: set in one place."""
+"""Device, precision, threads and seeds: set in one place; and what a result was computed with."""
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 import random
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,3 +40,34 @@ def setup(seed: int, threads: int | None) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def git_commit(root: str | Path | None = None) -> dict:
+    """The code's commit and whether the checkout had uncommitted changes (None outside a git checkout)."""
+    root = Path(root or os.environ.get("SOUPS_ROOT") or Path(__file__).resolve().parents[2])
+
+    def git(*args) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    changes = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "uncommitted_changes": bool(changes) if commit else None}
+
+
+def environment() -> dict:
+    """Versions of what computed a result, recorded with it (run.json, soup reports)."""
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            **{name: _version(name) for name in ("torchvision", "open_clip_torch", "timm", "hydra-core", "numpy")},
+            "cuda": torch.version.cuda, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else
+            platform.processor() or platform.machine(), "git": git_commit()}

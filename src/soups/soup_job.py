@@ -20,7 +20,7 @@ from soups.models import build_classifier, has_batchnorm
 from soups.pool import Ingredient, load_pool
 from soups.release import load_release_pool
 from soups.report import reference_comparison, write_report
-from soups.runtime import resolve_device, setup
+from soups.runtime import environment, resolve_device, setup
 from soups.scorer import WeightsScorer
 from soups.tracking import tracking
 
@@ -33,11 +33,30 @@ def build_recipes(method_cfg) -> dict:
         raise ValueError("no method selected; e.g. method=greedy or method=[uniform,greedy]")
     recipes = {}
     for name, node in method_cfg.items():
+        _check_targets(f"method.{name}", node)
         try:
             recipes[name] = instantiate(node)
         except InstantiationException as err:
             raise ValueError(f"method.{name}: {err.__cause__ or err}") from err
     return recipes
+
+
+RECIPES_PACKAGE = "soups.recipes."
+
+
+def _check_targets(where: str, node) -> None:
+    """A config names recipe classes, never arbitrary callables: `_target_` must lie in soups.recipes
+    (where a new recipe goes), so no config can make instantiation run other code."""
+    if OmegaConf.is_dict(node):
+        target = node.get("_target_")
+        if target is not None and not str(target).startswith(RECIPES_PACKAGE):
+            raise ValueError(f"{where}._target_={target!r}: a method must be a class in {RECIPES_PACKAGE.rstrip('.')} "
+                             f"(add new recipes to src/soups/recipes/)")
+        for key, child in node.items():
+            _check_targets(f"{where}.{key}", child)
+    elif OmegaConf.is_list(node):
+        for i, child in enumerate(node):
+            _check_targets(f"{where}[{i}]", child)
 
 
 def _wants_recalibration(setting, model) -> bool:
@@ -60,7 +79,8 @@ def baseline_rows(ingredients: list[Ingredient], init_metrics: dict) -> list[dic
 
 
 def _open_pool(cfg, device):
-    """(ingredients, run config with model/data/shifts, template model, init record, pool name)."""
+    """(ingredients, run config with model/data/shifts, template model, init record, pool name,
+    {run dir: why it was skipped})."""
     if cfg.pool.get("release"):
         missing = [k for k in ("model", "data", "shifts") if not cfg.get(k)]
         if missing:
@@ -68,11 +88,11 @@ def _open_pool(cfg, device):
         run_cfg = OmegaConf.create({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "shifts")})
         model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)
         ingredients, init = load_release_pool(cfg.pool.release, model.state_dict(), cfg.paths.cache_dir)
-        return ingredients, run_cfg, model, init, Path(cfg.pool.release.dir).name
-    ingredients = load_pool(cfg.pool, cfg.paths.log_dir, cfg.pool.verify_sha256)
+        return ingredients, run_cfg, model, init, Path(cfg.pool.release.dir).name, {}
+    ingredients, skipped = load_pool(cfg.pool, cfg.paths.log_dir, cfg.pool.verify_sha256)
     run_cfg = OmegaConf.create(ingredients[0].info["config"])
     model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)
-    return ingredients, run_cfg, model, None, ingredients[0].run_dir.parent.name
+    return ingredients, run_cfg, model, None, ingredients[0].run_dir.parent.name, skipped
 
 
 def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
@@ -81,8 +101,8 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     recipes = build_recipes(cfg.method)
     setup(cfg.seed, cfg.get("threads"))
     device = resolve_device(cfg.device)
-    ingredients, run_cfg, model, init, pool_name = _open_pool(cfg, device)
-    log.info("pool %s: %d ingredients", pool_name, len(ingredients))
+    ingredients, run_cfg, model, init, pool_name, skipped = _open_pool(cfg, device)
+    log.info("pool %s: %d ingredients%s", pool_name, len(ingredients), f", {len(skipped)} skipped" if skipped else "")
     data = build_data(run_cfg.data, run_cfg.shifts, run_cfg.model, cfg.paths.cache_dir)
     evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device, compile=bool(cfg.get("compile")))
     bn_sample = data.bn_set() if _wants_recalibration(cfg.bn_recalibration, model) else None
@@ -106,6 +126,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
         template = {"init": {"name": init.name, "sha256": sha256_file(init.weights), "metrics": init.info["metrics"]},
                     "config": OmegaConf.to_container(run_cfg)}
 
+    template["environment"] = environment()
     rows = baseline_rows(ingredients, template["init"]["metrics"])
     with tracking(cfg.logger, out_dir, name=f"soup/{out_dir.name}", job_type="soup",
                   config=OmegaConf.to_container(cfg, resolve=True), group=pool_name) as tracker:
@@ -133,7 +154,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
             log.info("%s (%d ingredients, %.1fs): %s", row["row"], len(result.ingredients), seconds,
                      format_metrics(metrics))
         title = f"soups of {pool_name} ({len(ingredients)} ingredients)"
-        table = write_report(rows, out_dir, title, cfg.get("reference"))
+        table = write_report(rows, out_dir, title, cfg.get("reference"), skipped, template["environment"])
         cols = ["row", "kind", "ingredients", *rows[0]["metrics"].keys()]
         tracker.table("soups/table", cols, [[r["row"], r["kind"], str(r["ingredients"]),
                                              *[r["metrics"].get(c) for c in cols[3:]]] for r in rows])
@@ -168,7 +189,8 @@ def _save_soup(soup_dir: Path, name: str, result, metrics: dict, template_info: 
                seconds: float) -> None:
     record = {"kind": "soup" if result.state is not None else "ensemble", "method": name,
               "ingredients": [str(i.source) for i in result.ingredients], "metrics": metrics,
-              "bn_recalibrated": recalibrated and result.state is not None, "seconds": seconds, **result.record}
+              "bn_recalibrated": recalibrated and result.state is not None, "seconds": seconds, **result.record,
+              "environment": template_info["environment"]}
     if result.state is None:  # an ensemble has no weights of its own
         write_json(record, soup_dir / "soup.json")
         return
@@ -179,4 +201,5 @@ def _save_soup(soup_dir: Path, name: str, result, metrics: dict, template_info: 
     # run.json in the same schema as a fine-tune's, so a soup loads (and soups) like any run
     write_json({"kind": "soup", "method": name, "metrics": metrics, "weights": WEIGHTS_NAME,
                 "sha256": sha256_file(soup_dir / WEIGHTS_NAME), "init": template_info["init"],
-                "config": template_info["config"]}, soup_dir / RUN_INFO_NAME)
+                "config": template_info["config"], "environment": template_info["environment"]},
+               soup_dir / RUN_INFO_NAME)

@@ -1,4 +1,5 @@
-"""Weights & Biases logging: online when WANDB_API_KEY is set, else offline; never a prompt.
+"""Weights & Biases logging: online when WANDB_API_KEY is set, else offline; never a prompt. A server
+that cannot be reached within `logger.init_timeout` seconds means offline logging, said in the log.
 
 `tracking(...)` always closes its run, also when the job fails: Hydra multirun jobs share a process.
 """
@@ -63,11 +64,24 @@ def tracking(logger_cfg, run_dir: str | Path, name: str, job_type: str, config: 
 
     mode = wandb_mode(logger_cfg)
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    run = wandb.init(project=logger_cfg.project, entity=logger_cfg.get("entity"), dir=str(run_dir),
-                     id=run_id(run_dir), resume="allow",  # a resumed job continues its run, not a second one
-                     name=name, job_type=job_type, group=group, config=config, mode=mode,
-                     tags=list(logger_cfg.get("tags") or []), reinit="finish_previous",
-                     settings=wandb.Settings(silent=bool(logger_cfg.get("silent", True))))
+
+    def start(mode: str):
+        return wandb.init(project=logger_cfg.project, entity=logger_cfg.get("entity"), dir=str(run_dir),
+                          id=run_id(run_dir), resume="allow",  # a resumed job continues its run, not a second one
+                          name=name, job_type=job_type, group=group, config=config, mode=mode,
+                          tags=list(logger_cfg.get("tags") or []), reinit="finish_previous",
+                          settings=wandb.Settings(silent=bool(logger_cfg.get("silent", True)),
+                                                  init_timeout=float(logger_cfg.get("init_timeout") or 90)))
+
+    try:
+        run = start(mode)
+    except wandb.errors.Error as err:  # server unreachable, key refused, ...: the job goes on, offline
+        if mode != "online":
+            raise
+        log.warning("W&B unreachable (%s): logging offline instead", str(err).splitlines()[0])
+        wandb.teardown()  # the failed attempt still holds the run id in W&B's service process
+        mode = "offline"
+        run = start(mode)
     where = run.url if mode == "online" else f"{run.dir}  (upload later: wandb sync {Path(run.dir).parent})"
     log.info("W&B %s run: %s", mode, where)
     try:

@@ -17,6 +17,18 @@ from soups.resume import load_train_state, save_train_state
 from soups.runtime import autocast
 
 
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite: the run has failed (its weights are garbage)."""
+
+
+def finite_mean_loss(pending: list[torch.Tensor], group: Group, step: int) -> float:
+    """The mean of the losses since the last log (over all ranks: every rank stops alike)."""
+    loss = mean_over_ranks(group, torch.stack(pending).mean()).item()
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(f"non-finite training loss ({loss}) by step {step}; lower lr or check the data")
+    return loss
+
+
 def make_optimizer(model: nn.Module, lr: float, wd: float, device: torch.device) -> torch.optim.AdamW:
     """AdamW; no weight decay on biases and norm parameters (1-d tensors)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
@@ -91,7 +103,7 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
             step += 1
             pending.append(loss.detach())
             if step % log_every == 0 or step == total:  # one host sync per log_every steps
-                train_loss = mean_over_ranks(group, torch.stack(pending).mean()).item()
+                train_loss = finite_mean_loss(pending, group, step)
                 record = {"step": step, "epoch": epoch, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0]}
                 pending = []
                 history.append(record)
@@ -99,6 +111,8 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
                 if on_log:
                     on_log(record)
             bar.update(1)
+        if pending:  # never save a state that has gone non-finite since the last log
+            finite_mean_loss(pending, group, step)
         if state_dir and group.is_main:
             save_train_state(state_dir, model=model, optimizer=optimizer, scheduler=scheduler, generator=generator,
                              epoch=epoch + 1, step=step, history=history,

@@ -1,0 +1,226 @@
+"""Faults injected on purpose: damaged or unfinished runs stay out of pools (named, with the reason), a
+NaN run is marked failed, a save interrupted by a full disk or a kill leaves the previous file intact,
+damaged caches are measured again, and nothing is unpickled."""
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import ROOT
+from soups.eval_cache import EvaluationCache, hash_ids
+from soups.io import atomic_save_safetensors, read_json, sha256_file, write_json
+from soups.resume import load_train_state
+from soups.soup_job import run_soup
+from test_resume import ENV, finetune_command
+
+TINY_RUN = ["epochs=1", "logger=none"]
+
+
+def damaged_pool(sweep, pool):
+    """Runs 0 and 2 intact; 1 bit-flipped, 3 truncated, 4 unfinished, 5 failed, 6 without weights."""
+    shutil.copytree(sweep, pool, ignore=shutil.ignore_patterns("wandb"))
+    weights = pool / "1" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF  # one flipped byte inside a tensor: the file still parses
+    weights.write_bytes(bytes(data))
+    for copy in ("3", "4", "5", "6"):
+        shutil.copytree(pool / "0", pool / copy)
+    truncated = pool / "3" / "model.safetensors"
+    truncated.write_bytes(truncated.read_bytes()[:-1000])
+    (pool / "4" / "run.json").unlink()
+    failed = read_json(pool / "5" / "run.json") | {"status": "failed", "failure": "non-finite training loss"}
+    write_json(failed, pool / "5" / "run.json")
+    (pool / "6" / "model.safetensors").unlink()
+    return pool
+
+
+def test_a_pool_takes_only_finished_intact_runs_and_names_what_it_skipped(tiny_sweep, soup_cfg, tmp_path):
+    pool = damaged_pool(tiny_sweep[1], tmp_path / "pool")
+    rows = run_soup(soup_cfg(f"pool.dir={pool}", "method=uniform"), tmp_path / "out")
+    assert [r["row"] for r in rows if r["kind"] == "individual"] == ["pool/0", "pool/2"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    expected = {"1": "does not match the sha256", "3": "truncated or damaged", "4": "unfinished: no run.json",
+                "5": "failed: non-finite training loss", "6": "missing checkpoint"}
+    for run, why in expected.items():
+        assert f"- {pool / run}: " in report and why in report.split(f"- {pool / run}: ")[1].splitlines()[0], run
+    assert f"Computed with torch {torch.__version__}" in report
+
+
+def test_a_pool_with_nothing_finished_says_why_for_each_run(tiny_sweep, soup_cfg, tmp_path):
+    pool = damaged_pool(tiny_sweep[1], tmp_path / "pool")
+    for intact in ("0", "2"):
+        shutil.rmtree(pool / intact)
+    with pytest.raises(ValueError, match=r"pool is empty: no finished runs among 5 run dirs:\n.*/1: .*sha256"):
+        run_soup(soup_cfg(f"pool.dir={pool}", "method=uniform"), tmp_path / "out")
+
+
+def test_a_nan_run_is_marked_failed_stops_early_and_stays_out_of_pools(tmp_path):
+    run = tmp_path / "sweep" / "0"
+    command = finetune_command(tmp_path, *TINY_RUN, "lr=1e30", f"hydra.run.dir={run}")  # diverges for real
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 1 and "run failed: non-finite training loss (nan)" in done.stderr
+    info = read_json(run / "run.json")
+    assert info["status"] == "failed" and "non-finite" in info["failure"] and "metrics" not in info
+    assert sorted(p.name for p in run.iterdir()) == [".hydra", "finetune.log", "run.json"]  # no weights, no state
+    from soups.pool import load_pool
+    from omegaconf import OmegaConf
+
+    with pytest.raises(ValueError, match="failed: non-finite training loss"):
+        load_pool(OmegaConf.create({"dir": str(run.parent), "glob": None, "runs": None}), tmp_path)
+
+
+def test_a_full_disk_during_a_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "model.safetensors"
+    atomic_save_safetensors({"w": torch.ones(4)}, path)
+    before = sha256_file(path)
+
+    def disk_full(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("soups.io.save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_save_safetensors({"w": torch.zeros(4)}, path)
+    assert sha256_file(path) == before and os.listdir(tmp_path) == ["model.safetensors"]  # no temp left
+
+
+KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+from soups.io import atomic_write
+def write(tmp):
+    Path(tmp).write_bytes(b"the new checkpoint, half written")
+    Path(sys.argv[2]).touch()  # tell the test we are mid-write
+    time.sleep(600)
+atomic_write(Path(sys.argv[1]), write)
+"""
+
+
+def test_a_kill_during_a_save_leaves_the_previous_file_intact(tmp_path):
+    path, midway = tmp_path / "run.json", tmp_path / "midway"
+    write_json({"metrics": {"val": 1.0}}, path)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path), str(midway)],
+                            env={**ENV, "PYTHONPATH": str(ROOT / "src")})
+    deadline = time.time() + 60
+    while not midway.exists() and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert midway.exists() and read_json(path) == {"metrics": {"val": 1.0}}
+
+
+def test_damaged_cache_entries_are_measured_again(tmp_path):
+    cache, ids = EvaluationCache(tmp_path, "key"), hash_ids(["a", "b", "c"])
+    cache.put("digest", {"val": 50.0})
+    cache.put_logits("digest", "val", ids, torch.randn(3, 5))
+    (cache.dir / "digest.json").write_text('{"sha256": "digest", "metr')  # cut short
+    logits = cache.dir / "digest" / "val.safetensors"
+    logits.write_bytes(logits.read_bytes()[:40])
+    assert cache.get("digest") is None and cache.get_logits("digest", "val", ids) is None
+    mismatched = cache.dir / "digest" / "test.safetensors"
+    save_file({"ids": ids, "logits": torch.randn(2, 5)}, str(mismatched))  # rows do not match the ids
+    assert cache.get_logits("digest", "test", ids) is None
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ.get('PWNED_MARKER', '/tmp/pwned')}",))
+
+
+def test_a_training_state_holding_code_is_refused_not_run(tmp_path, monkeypatch, caplog):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("PWNED_MARKER", str(marker))
+    with open(tmp_path / "train_state.pt", "wb") as f:
+        torch.save({"model": RunsCode()}, f)  # a pickle that would run a command when unpickled
+    model = torch.nn.Linear(1, 1)
+    state = load_train_state(tmp_path, model=model, optimizer=None, scheduler=None, generator=torch.Generator())
+    assert state is None and "unreadable" in caplog.text and "starting from the beginning" in caplog.text
+    assert not marker.exists()
+
+
+def test_a_config_cannot_name_code_to_run(soup_cfg, tmp_path):
+    with pytest.raises(ValueError, match=r"method.greedy._target_='os.system': a method must be a class in soups.recipes"):
+        run_soup(soup_cfg("method=greedy", "method.greedy._target_=os.system"), tmp_path / "out")
+    with pytest.raises(ValueError, match=r"method.greedy.comparator._target_='subprocess.call'"):
+        run_soup(soup_cfg("method=greedy", "method.greedy.comparator={_target_:subprocess.call}"), tmp_path / "out")
+
+
+def test_ingredients_that_differ_in_keys_shapes_or_dtypes_are_refused(tiny_sweep, soup_cfg, tmp_path):
+    def matrix(w):
+        return next(k for k, v in w.items() if v.ndim == 2)
+
+    for change, message in [(lambda w: w.pop(matrix(w)), "different tensors"),
+                            (lambda w: w.update({matrix(w): w[matrix(w)].half()}), "differ in shape/dtype"),
+                            (lambda w: w.update({matrix(w): w[matrix(w)][:1]}), "differ in shape/dtype")]:
+        pool = tmp_path / "pool"
+        shutil.rmtree(pool, ignore_errors=True)
+        shutil.copytree(tiny_sweep[1], pool, ignore=shutil.ignore_patterns("wandb"))
+        weights = load_file(str(pool / "1" / "model.safetensors"))
+        change(weights)
+        atomic_save_safetensors(weights, pool / "1" / "model.safetensors")
+        info = read_json(pool / "1" / "run.json")
+        write_json(info | {"sha256": sha256_file(pool / "1" / "model.safetensors")}, pool / "1" / "run.json")
+        with pytest.raises(ValueError, match=message):
+            run_soup(soup_cfg(f"pool.dir={pool}", "method=uniform"), tmp_path / "out")
+
+
+@pytest.fixture
+def write_protected(tmp_path):
+    """A folder nobody may write into: chmod for a normal user; immutable (chattr +i) for root."""
+    folder = tmp_path / "protected"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("root without chattr on this file system: cannot write-protect a folder")
+    yield folder
+    subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_unwritable_folders_are_refused_before_any_work(tmp_path, write_protected):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    command = finetune_command(tmp_path, *TINY_RUN)
+    command = [c for c in command if not c.startswith(("paths.log_dir=", "paths.cache_dir="))]
+    done = subprocess.run([*command, f"paths.log_dir={write_protected}/logs", f"paths.cache_dir={a_file}/cache"],
+                          env=ENV, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"hydra.run.dir={write_protected}/logs/finetune/runs/" in done.stderr and "is not writable" in done.stderr
+    assert f"paths.cache_dir={a_file}/cache: {a_file} is a file, not a folder" in done.stderr
+    assert list(write_protected.iterdir()) == []
+
+
+def test_same_config_and_seed_give_the_same_weights_and_record_what_computed_them(finetune_cfg, tmp_path):
+    from soups.finetune_job import run_finetune
+    from soups.runtime import git_commit
+
+    first = run_finetune(finetune_cfg("randaug=rand-m5-n1", "mixup=0.2"), tmp_path / "a")
+    second = run_finetune(finetune_cfg("randaug=rand-m5-n1", "mixup=0.2"), tmp_path / "b")
+    assert first["sha256"] == second["sha256"] and first["history"] == second["history"]
+    env = first["environment"]
+    assert env["torch"] == torch.__version__ and env["timm"] and env["open_clip_torch"]
+    assert env["git"] == git_commit() and (env["git"]["commit"] is None or len(env["git"]["commit"]) == 40)
+
+
+def test_every_guarantee_in_the_readme_names_a_test_that_exists():
+    import ast
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Guarantees")[1].split("\n## ")[0]
+    named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", section)
+    assert len(named) >= 20
+    for file, test in named:
+        tree = ast.parse((ROOT / "tests" / file).read_text())
+        assert test in {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}, f"{file}::{test}"
