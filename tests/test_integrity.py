@@ -130,6 +130,23 @@ def test_damaged_cache_entries_are_measured_again(tmp_path):
     assert cache.get_logits("digest", "test", ids) is None
 
 
+def test_a_damaged_feature_cache_is_extracted_again(tmp_path):
+    from soups.data import EvalSet, ImageArray
+    from soups.heads import cached_features
+
+    class Features(torch.nn.Module):
+        def features(self, x):
+            return x.mean(dim=(2, 3))
+
+    data = EvalSet(ImageArray("d", torch.randint(0, 255, (6, 8, 8), dtype=torch.uint8), torch.arange(6)), 8,
+                   (0.5,) * 3, (0.25,) * 3)
+    cache = tmp_path / "features.npy"
+    fresh = cached_features(Features(), data, 4, "fp32", torch.device("cpu"), cache)
+    cache.write_bytes(cache.read_bytes()[:100])  # cut short
+    again = cached_features(Features(), data, 4, "fp32", torch.device("cpu"), cache)
+    assert (again == fresh).all() and os.listdir(tmp_path) == ["features.npy"]
+
+
 class RunsCode:
     def __reduce__(self):
         return (os.system, (f"touch {os.environ.get('PWNED_MARKER', '/tmp/pwned')}",))
