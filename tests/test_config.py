@@ -26,6 +26,7 @@ ACCEPTED = {
     "num_workers": (int, lambda v: v >= 0), "seed": (int, lambda v: v >= 0),
     "precision": (str, lambda v: v in ("fp32", "bf16", "fp16")), "compile": (bool, lambda v: True),
     "threads": ((int, type(None)), lambda v: v is None or v >= 1),
+    "state_every_steps": ((int, type(None)), lambda v: v is None or v >= 1),
     "randaug": ((str, type(None)), lambda v: v is None or v.startswith("rand-")),
     "bn_recalibration": ((str, bool), lambda v: v in ("auto", True, False)),
 }

@@ -1,4 +1,5 @@
-"""Runs that resume: a fine-tune killed with SIGKILL goes on from its last epoch and ends with the
+"""Runs that resume: a fine-tune killed with SIGKILL goes on from its last saved state (an epoch end, or
+mid-epoch with `state_every_steps`) and ends with the
 weights of an uninterrupted run; a relaunched sweep skips finished jobs; the W&B run is one run."""
 import os
 import signal
@@ -7,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -24,8 +26,10 @@ def finetune_command(tmp_path: Path, *overrides: str) -> list[str]:
             f"paths.cache_dir={tmp_path}/cache", *overrides]
 
 
-def test_a_killed_fine_tune_resumes_and_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
-    overrides = ["epochs=4", "logger=wandb", "randaug=rand-m5-n1", "mixup=0.2"]  # RNG-heavy on purpose
+@pytest.mark.parametrize("saves", [["epochs=4"], ["epochs=2", "state_every_steps=4"]],
+                         ids=["at_an_epoch_end", "mid_epoch"])
+def test_a_killed_fine_tune_resumes_and_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, saves):
+    overrides = [*saves, "logger=wandb", "randaug=rand-m5-n1", "mixup=0.2"]  # RNG-heavy on purpose
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(finetune_command(tmp_path, *overrides, f"hydra.run.dir={whole}"), env=ENV, check=True,
                    capture_output=True)
@@ -34,9 +38,14 @@ def test_a_killed_fine_tune_resumes_and_ends_with_the_weights_of_an_uninterrupte
     deadline = time.time() + 300
     while not (killed / STATE_NAME).is_file() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)  # after the first epoch's state, during the second epoch
+    proc.send_signal(signal.SIGKILL)  # right after the first state was saved
     proc.wait()
     assert (killed / STATE_NAME).is_file() and not (killed / "run.json").exists()
+    state = torch.load(killed / STATE_NAME, weights_only=True)
+    if "state_every_steps=4" in saves:  # 12 batches an epoch: killed within the first epoch
+        assert state["epoch"] == 0 and 0 < state["batches_done"] < 12
+    else:
+        assert state["epoch"] >= 1 and state["batches_done"] == 0
     done = subprocess.run(finetune_command(tmp_path, *overrides, f"hydra.run.dir={killed}"), env=ENV, check=True,
                           capture_output=True, text=True)
     assert "resuming from" in done.stderr + done.stdout

@@ -68,6 +68,7 @@ class FinetuneSettings(CommonSettings):
     crop_scale: float = rule(lambda x: 0 < x <= 1, "a number in (0, 1]", 1.0)
     trial: Optional[int] = rule(lambda x: x is None or x >= 0, "null or an integer >= 0")
     search_seed: int = rule(lambda x: x >= 0, "an integer >= 0", 0)
+    state_every_steps: Optional[int] = rule(lambda x: x is None or x >= 1, "null or an integer >= 1")
     search_draws: Optional[int] = rule(lambda x: x is None or x >= 1, "null or an integer >= 1")
 
 

@@ -162,13 +162,15 @@ def unwrap(model: nn.Module) -> None:
 
 class RankSlices(Sampler):
     """Batches for one rank: each global batch of the single-process order (a permutation drawn from
-    `generator`, as DataLoader(shuffle=True, generator=...) draws it), cut into `world_size` slices."""
+    `generator`, as DataLoader(shuffle=True, drop_last=True, generator=...) draws it), cut into
+    `world_size` slices. In one process: exactly that DataLoader's batches, with resumable position."""
 
     def __init__(self, n: int, batch_size: int, group: Group, generator: torch.Generator):
         if batch_size % group.world_size:
             raise ValueError(f"batch_size={batch_size} must split evenly over {group.world_size} processes")
         self.n, self.batch_size, self.group, self.generator = n, batch_size, group, generator
         self.per_rank = batch_size // group.world_size
+        self.skip = 0  # batches of the next epoch already done (a run resumed mid-epoch); reset after it
 
     def __len__(self):
         return self.n // self.batch_size
@@ -176,7 +178,8 @@ class RankSlices(Sampler):
     def __iter__(self):
         order = torch.randperm(self.n, generator=self.generator)
         start = self.group.rank * self.per_rank
-        for b in range(len(self)):
+        first, self.skip = self.skip, 0
+        for b in range(first, len(self)):
             yield order[b * self.batch_size + start: b * self.batch_size + start + self.per_rank].tolist()
         # RandomSampler then draws its (empty) `num_samples % n` tail, advancing the generator once more;
         # drawn here too, so the next epoch's order is one process's next order as well (tested)

@@ -1,10 +1,14 @@
-"""A fine-tune's training state at an epoch boundary, so a killed run goes on where it stopped and ends
-with the weights an uninterrupted run would have (on CPU; tested by SIGKILL).
+"""A fine-tune's training state, so a killed run goes on where it stopped and ends with the weights an
+uninterrupted run would have (on CPU; tested by SIGKILL at an epoch boundary and mid-epoch).
 
-Saved after every epoch, atomically: model, optimizer, scheduler, the global RNGs (python, numpy,
-torch, CUDA), the DataLoader's generator (next epoch's order and worker seeds follow from it), the
-step counter and the logged history. Read back with `torch.load(weights_only=True)`: tensors and plain
-values only, nothing is unpickled.
+Saved after every epoch and, with `state_every_steps`, every that many steps, atomically: model,
+optimizer, scheduler, the global RNGs (python, numpy, torch, CUDA), the DataLoader generator's state at
+the start of the epoch in progress (the epoch's order and worker seeds follow from it) with the number
+of its batches already done, the step counter and the logged history. Read back with
+`torch.load(weights_only=True)`: tensors and plain values only, nothing is unpickled.
+
+Mid-epoch resume is bit-exact with `num_workers=0`; with workers the resumed epoch has the same batches
+in the same order, but the random augmentations of its remaining batches come from fresh worker seeds.
 """
 from __future__ import annotations
 
@@ -41,17 +45,19 @@ def _set_rng_states(states: dict) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
 
 
-def save_train_state(folder: Path, *, model, optimizer, scheduler, generator: torch.Generator, epoch: int,
-                     step: int, history: list[dict], pending: list[float]) -> None:
-    """After `epoch` epochs (and `step` steps): everything the next epoch depends on."""
+def save_train_state(folder: Path, *, model, optimizer, scheduler, epoch_generator_state: torch.Tensor,
+                     epoch: int, batches_done: int, step: int, history: list[dict], pending: list[float]) -> None:
+    """In epoch `epoch` (0-based) after `batches_done` of its batches, `step` steps in all: everything the
+    rest of the run depends on. `epoch_generator_state`: the loader generator's state when the epoch began."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng": _rng_states(), "generator": generator.get_state(), "epoch": epoch, "step": step,
-             "history": history, "pending": pending}
+             "rng": _rng_states(), "generator": epoch_generator_state, "epoch": epoch,
+             "batches_done": batches_done, "step": step, "history": history, "pending": pending}
     atomic_write(Path(folder) / STATE_NAME, lambda tmp: torch.save(state, tmp))
 
 
 def load_train_state(folder: Path, *, model, optimizer, scheduler, generator: torch.Generator) -> dict | None:
-    """Restores a saved state into these objects; returns {epoch, step, history, pending}, or None."""
+    """Restores a saved state into these objects (the generator as the saved epoch began); returns
+    {epoch, batches_done, step, history, pending}, or None."""
     path = Path(folder) / STATE_NAME
     if not path.is_file():
         return None
@@ -65,8 +71,10 @@ def load_train_state(folder: Path, *, model, optimizer, scheduler, generator: to
     scheduler.load_state_dict(state["scheduler"])
     generator.set_state(state["generator"])
     _set_rng_states(state["rng"])
-    log.info("resuming from %s: %d epochs, %d steps done", path, state["epoch"], state["step"])
-    return {k: state[k] for k in ("epoch", "step", "history", "pending")}
+    state.setdefault("batches_done", 0)  # states saved at epoch ends only
+    log.info("resuming from %s: epoch %d after %d of its batches, %d steps done", path, state["epoch"],
+             state["batches_done"], state["step"])
+    return {k: state[k] for k in ("epoch", "batches_done", "step", "history", "pending")}
 
 
 def clear_train_state(folder: Path) -> None:

@@ -52,17 +52,15 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
              on_log: Callable[[dict], None] | None = None, log_every: int = 10,
              state_dir: Path | None = None, group: Group = SINGLE) -> list[dict]:
     """Trains `model` in place (BN in train mode); returns the logged loss/lr curve. With `state_dir`,
-    the training state is saved there after every epoch and a run finding one there goes on from it.
+    the training state is saved there after every epoch (and every `state_every_steps` steps, if set) and a
+    run finding one there goes on from it.
     Under torchrun (`group`), each process takes its slice of every batch (soups.distributed)."""
     # Workers are not persistent: each epoch's order and worker seeds then follow from the generator's
     # state at its start, which is what a resumed run restores.
     generator = torch.Generator().manual_seed(cfg.seed)
-    common = {"num_workers": cfg.num_workers, "pin_memory": device.type == "cuda", "generator": generator}
-    if group.active:
-        slices = RankSlices(len(dataset), cfg.batch_size, group, generator)
-        loader = DataLoader(dataset, batch_sampler=slices, **common)
-    else:
-        loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, **common)
+    batches = RankSlices(len(dataset), cfg.batch_size, group, generator)  # one process: shuffle + drop_last
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.num_workers,
+                        pin_memory=device.type == "cuda", generator=generator)
     if len(loader) == 0:
         raise ValueError(f"batch_size={cfg.batch_size} exceeds the {len(dataset)} training images")
     mixup = (Mixup(mixup_alpha=cfg.mixup, label_smoothing=cfg.label_smoothing, num_classes=num_classes)
@@ -81,9 +79,21 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
     if resumed:
         start_epoch, step, history = resumed["epoch"], resumed["step"], resumed["history"]
         pending = [torch.tensor(v, device=device) for v in resumed["pending"]]
+        batches.skip = resumed["batches_done"]
+    every = int(cfg.get("state_every_steps") or 0)
+
+    def save_state(epoch: int, batches_done: int, epoch_start: torch.Tensor) -> None:
+        if pending:  # never save a state that has gone non-finite since the last log
+            finite_mean_loss(pending, group, step)
+        if state_dir and group.is_main:
+            save_train_state(state_dir, model=model, optimizer=optimizer, scheduler=scheduler,
+                             epoch_generator_state=epoch_start, epoch=epoch, batches_done=batches_done, step=step,
+                             history=history, pending=[float(v) for v in pending])
+
     model.train()
     bar = tqdm(total=total, initial=step, desc="fine-tune", leave=False, disable=None)
     for epoch in range(start_epoch, int(cfg.epochs)):
+        epoch_start, done = generator.get_state(), batches.skip  # the state this epoch's order comes from
         for images, labels in loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if channels_last:
@@ -111,12 +121,10 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
                 if on_log:
                     on_log(record)
             bar.update(1)
-        if pending:  # never save a state that has gone non-finite since the last log
-            finite_mean_loss(pending, group, step)
-        if state_dir and group.is_main:
-            save_train_state(state_dir, model=model, optimizer=optimizer, scheduler=scheduler, generator=generator,
-                             epoch=epoch + 1, step=step, history=history,
-                             pending=[float(v) for v in pending])
+            done += 1
+            if every and step % every == 0 and done < len(batches):  # mid-epoch; the epoch's end saves below
+                save_state(epoch, done, epoch_start)
+        save_state(epoch + 1, 0, generator.get_state())
     bar.close()
     unwrap(model)
     return history
