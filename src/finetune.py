@@ -26,7 +26,8 @@ def main(cfg) -> float:
     info = run_finetune(cfg, HydraConfig.get().runtime.output_dir)
     if info and info.get("status") == "failed":
         if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep goes on with its other jobs
-            sys.exit(f"run failed: {info['failure']}")
+            sys.exit(f"run failed: {info['failure']} (recorded in {HydraConfig.get().runtime.output_dir}/run.json; "
+                     f"delete that run dir to run it again)")
         return None
     return info["metrics"]["val"] if info else None  # None: a torchrun rank other than 0
 

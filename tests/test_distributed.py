@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from conftest import ROOT, compose_cfg
-from soups.data import build_data
+from soups.data import EvalSet, ImageArray, build_data
 from soups.distributed import Group, gather_shards, shard_rows, sum_over_ranks, sync_batchnorm, unwrap
 from soups.eval_cache import EvaluationCache, hash_ids
 from soups.evaluate import Evaluator
@@ -63,22 +63,43 @@ def _shard_worker(rank: int, world_size: int, port: int, n: int, results):
         group = Group(rank, world_size)
         rows = shard_rows(n, group)
         part = torch.arange(n, dtype=torch.float32).repeat(3, 1).T[rows.start:rows.stop]  # row i = [i, i, i]
-        results[rank] = (gather_shards(group, part, n), sum_over_ranks(group, len(rows) + rank))
+        sets, model = tiny_evaluation(n)
+        sharded = Evaluator(sets, 2, "fp32", torch.device("cpu"), progress=False, group=group)
+        results[rank] = (gather_shards(group, part, n), sum_over_ranks(group, len(rows) + rank),
+                         sharded.evaluate(model), sharded.logits(model, "test"))
     finally:
         dist.destroy_process_group()
 
 
+def tiny_evaluation(n: int):
+    """Sets of n random images and a seeded linear classifier."""
+    images = ImageArray("x", torch.randint(0, 255, (n, 6, 6), dtype=torch.uint8,
+                                           generator=torch.Generator().manual_seed(0)), torch.arange(n) % 3)
+    sets = {name: EvalSet(images, 4, (0.5,) * 3, (0.25,) * 3) for name in ("val", "test", "shift")}
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 3))
+    torch.manual_seed(0)
+    model[1].reset_parameters()
+    return sets, model
+
+
 @pytest.mark.parametrize("n", [7, 2])
-def test_shards_cover_every_row_once_and_gather_in_order(n):
+def test_shards_cover_every_row_once_and_evaluate_to_the_single_process_result(n):
     world_size = 2
     assert [list(shard_rows(7, Group(r, 3))) for r in range(3)] == [[0, 1], [2, 3], [4, 5, 6]]
+    sets, model = tiny_evaluation(n)
+    single = Evaluator(sets, 2, "fp32", torch.device("cpu"), progress=False)
     with mp.Manager() as manager:
         results = manager.dict()
         mp.spawn(_shard_worker, args=(world_size, 29500 + n, n, results), nprocs=world_size)
         for rank in range(world_size):
-            gathered, total = results[rank]
-            assert torch.equal(gathered, torch.arange(n, dtype=torch.float32).repeat(3, 1).T)
+            gathered, total, metrics, logits = results[rank]
             assert total == n + sum(range(world_size))  # counts summed over the ranks
+            assert metrics == single.evaluate(model)  # every rank: the single-process accuracies
+            if rank == 0:  # rows gathered in order on rank 0, nothing elsewhere
+                assert torch.equal(gathered, torch.arange(n, dtype=torch.float32).repeat(3, 1).T)
+                assert torch.allclose(logits, single.logits(model, "test"), atol=1e-6)
+            else:
+                assert gathered is None and logits is None
 
 
 def test_evaluation_needs_an_image_per_rank():
@@ -87,15 +108,20 @@ def test_evaluation_needs_an_image_per_rank():
         Evaluator(tiny, 8, "fp32", torch.device("cpu"), group=Group(0, 2))
 
 
-def test_synchronized_batchnorm_is_undone_after_training_holding_the_same_tensors():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.Flatten(), nn.BatchNorm1d(4 * 36)))
-    tensors = {k: v.data_ptr() for k, v in model.state_dict().items()}
-    x = torch.randn(5, 3, 8, 8)
-    model.eval()
+def test_synchronized_batchnorm_is_undone_after_training_with_the_same_layers_and_tensors(tmp_path):
+    cfg = compose_cfg("finetune", tmp_path, ["model=tiny_efficientnet"])
+    model = build_classifier(cfg.model, 10, load_pretrained=False).eval()  # timm BatchNormAct2d layers
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    assert any(type(m).__name__ == "BatchNormAct2d" for m in layers.values())
+    x = torch.randn(2, 3, cfg.model.image_size, cfg.model.image_size)
     before = model(x)
     sync_batchnorm(model)
-    assert isinstance(model[1], nn.SyncBatchNorm) and isinstance(model[2][1], nn.SyncBatchNorm)
+    synced = {name: m for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    assert synced.keys() == layers.keys() and all(isinstance(m, nn.SyncBatchNorm) for m in synced.values())
+    assert all(synced[k].weight is layers[k].weight and synced[k].running_var is layers[k].running_var
+               for k in layers)  # trained in place: the original layers see every update
+    synced_act = [m.act for m in synced.values() if hasattr(m, "act")]
+    assert synced_act and all(not isinstance(a, nn.ReLU) for a in synced_act)  # activations kept
     unwrap(model)
-    assert type(model[1]) is nn.BatchNorm2d and type(model[2][1]) is nn.BatchNorm1d
-    assert {k: v.data_ptr() for k, v in model.state_dict().items()} == tensors
+    assert {name: m for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)} == layers
     assert not model.training and torch.equal(model(x), before)

@@ -125,6 +125,9 @@ def test_damaged_cache_entries_are_measured_again(tmp_path):
     logits = cache.dir / "digest" / "val.safetensors"
     logits.write_bytes(logits.read_bytes()[:40])
     assert cache.get("digest") is None and cache.get_logits("digest", "val", ids) is None
+    (cache.dir / "digest.json").write_text("")
+    logits.write_bytes(b"")
+    assert cache.get("digest") is None and cache.get_logits("digest", "val", ids) is None
     mismatched = cache.dir / "digest" / "test.safetensors"
     save_file({"ids": ids, "logits": torch.randn(2, 5)}, str(mismatched))  # rows do not match the ids
     assert cache.get_logits("digest", "test", ids) is None
@@ -142,9 +145,10 @@ def test_a_damaged_feature_cache_is_extracted_again(tmp_path):
                    (0.5,) * 3, (0.25,) * 3)
     cache = tmp_path / "features.npy"
     fresh = cached_features(Features(), data, 4, "fp32", torch.device("cpu"), cache)
-    cache.write_bytes(cache.read_bytes()[:100])  # cut short
-    again = cached_features(Features(), data, 4, "fp32", torch.device("cpu"), cache)
-    assert (again == fresh).all() and os.listdir(tmp_path) == ["features.npy"]
+    for damaged in (cache.read_bytes()[:100], b""):  # cut short; empty
+        cache.write_bytes(damaged)
+        again = cached_features(Features(), data, 4, "fp32", torch.device("cpu"), cache)
+        assert (again == fresh).all() and os.listdir(tmp_path) == ["features.npy"]
 
 
 class RunsCode:
@@ -166,6 +170,9 @@ def test_a_training_state_holding_code_is_refused_not_run(tmp_path, monkeypatch,
 def test_a_config_cannot_name_code_to_run(soup_cfg, tmp_path):
     with pytest.raises(ValueError, match=r"method.greedy._target_='os.system': a method must be a class in soups.recipes"):
         run_soup(soup_cfg("method=greedy", "method.greedy._target_=os.system"), tmp_path / "out")
+    with pytest.raises(ValueError, match=r"_target_='soups.recipes.greedy.logging.os.system': a method must"):
+        run_soup(soup_cfg("method=greedy", "method.greedy._target_=soups.recipes.greedy.logging.os.system"),
+                 tmp_path / "out")
     with pytest.raises(ValueError, match=r"method.greedy.comparator._target_='subprocess.call'"):
         run_soup(soup_cfg("method=greedy", "method.greedy.comparator={_target_:subprocess.call}"), tmp_path / "out")
 

@@ -1,4 +1,4 @@
-"""Schemas of the entry points' own settings: each field's type (an OmegaConf structured config) and
+"""Schemas of the entry points' own top-level settings: each field's type (an OmegaConf structured config) and
 its allowed values, checked before any work. Every problem is named in one ValueError, with the field,
 the value given and what was expected.
 
@@ -74,7 +74,7 @@ class FinetuneSettings(CommonSettings):
 
 @dataclass
 class SoupSettings(CommonSettings):
-    bn_recalibration: Any = rule(lambda x: x in ("auto", True, False), "auto, true or false", "auto")
+    bn_recalibration: Any = rule(lambda x: x == "auto" or isinstance(x, bool), "auto, true or false", "auto")
 
 
 def check(cfg, schema: type) -> None:
@@ -91,8 +91,8 @@ def check(cfg, schema: type) -> None:
             ok = False
         if not ok:
             problems.append(f"{spec.name}={value!r} (expected {spec.metadata['expected']})")
-    if not problems and schema is FinetuneSettings and cfg.get("mixup", 0) > 0 and cfg.batch_size % 2:
-        problems.append(f"mixup needs an even batch_size, got batch_size={cfg.batch_size}")
+    if not problems and schema is FinetuneSettings and typed.mixup > 0 and typed.batch_size % 2:
+        problems.append(f"mixup needs an even batch_size, got batch_size={typed.batch_size}")
     if problems:
         raise ValueError("bad config: " + "; ".join(problems))
     with open_dict(cfg):

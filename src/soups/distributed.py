@@ -4,8 +4,8 @@ multi-task submitit job (`launcher=slurm hydra.launcher.tasks_per_node=N`).
 Each process trains on its slice of every global batch (the batches a single process would draw, in the
 same order), DDP averages the gradients, so N processes take the steps one process would (up to the
 order of floating-point sums). NCCL on GPUs, gloo on CPU. Only rank 0 logs and writes. Evaluation is
-sharded: each rank forwards a contiguous part of every set, counts are summed and logits gathered
-across ranks (`shard_rows`, `sum_over_ranks`, `gather_shards`). BatchNorm layers are synchronized on GPUs
+sharded: each rank forwards a contiguous part of every set; counts are summed over the ranks and logits
+gathered on rank 0 (`shard_rows`, `sum_over_ranks`, `gather_shards`). BatchNorm layers are synchronized on GPUs
 (SyncBatchNorm); on CPU torch has no SyncBatchNorm, so BN statistics are per process there.
 """
 from __future__ import annotations
@@ -105,18 +105,17 @@ def shard_rows(n: int, group: Group) -> range:
     return range(n * group.rank // group.world_size, n * (group.rank + 1) // group.world_size)
 
 
-def gather_shards(group: Group, part: torch.Tensor, n: int) -> torch.Tensor:
-    """Every rank's `part` (its `shard_rows(n)` rows), concatenated in rank order, on every rank (CPU)."""
+def gather_shards(group: Group, part: torch.Tensor, n: int) -> torch.Tensor | None:
+    """Every rank's `part` (its `shard_rows(n)` rows, CPU) concatenated in rank order: on rank 0; None
+    on the others (only rank 0 writes)."""
     if not group.active:
         return part
     sizes = [len(shard_rows(n, Group(r, group.world_size))) for r in range(group.world_size)]
-    if len(part) != sizes[group.rank]:
-        raise ValueError(f"rank {group.rank} holds {len(part)} rows, its shard of {n} has {sizes[group.rank]}")
     padded = part.new_zeros((max(sizes), *part.shape[1:]), device=_comm_device())
     padded[:len(part)] = part.to(padded.device)
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[:size].cpu() for p, size in zip(parts, sizes)])
+    parts = [torch.empty_like(padded) for _ in sizes] if group.is_main else None
+    dist.gather(padded, parts, dst=0)
+    return torch.cat([p[:size].cpu() for p, size in zip(parts, sizes)]) if group.is_main else None
 
 
 def _comm_device() -> torch.device:
@@ -134,30 +133,29 @@ def wrap(model: nn.Module, group: Group, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-_PLAIN = "_plain_batchnorm_types"  # where sync_batchnorm records each layer's original class
+_ORIGINALS = "_batchnorm_before_sync"  # where sync_batchnorm keeps the layers it replaced
 
 
 def sync_batchnorm(model: nn.Module) -> None:
-    """Every BatchNorm layer of `model` (not the model itself) becomes a SyncBatchNorm, in place."""
-    types = {name: type(m) for name, m in model.named_modules()
-             if name and isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    """Every BatchNorm layer of `model` (not the model itself) becomes its synchronized twin, in place,
+    holding the same tensors; timm's BatchNormAct2d keeps its activation (timm's converter)."""
+    from timm.layers import convert_sync_batchnorm
+
+    originals = {name: m for name, m in model.named_modules()
+                 if name and isinstance(m, nn.modules.batchnorm._BatchNorm)}
     for name, module in model.named_children():
-        setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(module))
-    model.__dict__[_PLAIN] = types
+        setattr(model, name, convert_sync_batchnorm(module))
+    model.__dict__[_ORIGINALS] = originals
 
 
 def unwrap(model: nn.Module) -> None:
-    """After training, undoes `sync_batchnorm`: each layer its original class again, holding the same
-    tensors, so BN recalibration and evaluation run per rank while the group is still up (a SyncBatchNorm
-    in train mode would pool the ranks' statistics)."""
-    for name, kind in model.__dict__.pop(_PLAIN, {}).items():
+    """After training, undoes `sync_batchnorm`: the original layers again (their tensors were trained in
+    place), so BN recalibration and evaluation run per rank while the group is still up (a synchronized
+    layer in train mode would pool the ranks' statistics)."""
+    for name, original in model.__dict__.pop(_ORIGINALS, {}).items():
         parent_name, _, child = name.rpartition(".")
-        parent, synced = model.get_submodule(parent_name), model.get_submodule(name)
-        plain = kind(synced.num_features, synced.eps, synced.momentum, synced.affine, synced.track_running_stats)
-        for tensor_name, tensor in [*synced.named_parameters(recurse=False), *synced.named_buffers(recurse=False)]:
-            setattr(plain, tensor_name, tensor)
-        plain.train(synced.training)
-        setattr(parent, child, plain)
+        original.train(model.get_submodule(name).training)
+        setattr(model.get_submodule(parent_name), child, original)
 
 
 class RankSlices(Sampler):

@@ -15,8 +15,9 @@ TEST = "test"
 
 
 class Evaluator:
-    """Under torchrun (`group`), each rank forwards its shard of every set; counts are summed and
-    logits gathered over the ranks, so every rank gets the single-process result."""
+    """Under torchrun (`group`), each rank forwards its shard of every set: `accuracy` sums the counts
+    over the ranks (every rank gets the single-process number), `logits` gathers them on rank 0 (None on
+    the others)."""
 
     def __init__(self, sets: dict[str, EvalSet], batch_size: int, precision: str, device: torch.device,
                  progress: bool = True, compile: bool = False, group: Group = SINGLE):
@@ -65,7 +66,7 @@ class Evaluator:
             self.images_forwarded += len(labels)
             yield logits, labels
 
-    def logits(self, model: nn.Module, name: str) -> torch.Tensor:
+    def logits(self, model: nn.Module, name: str) -> torch.Tensor | None:
         part = [logits for logits, _ in self.forward(model, name)]
         return gather_shards(self.group, torch.cat(part), len(self.sets[name]))
 

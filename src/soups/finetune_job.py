@@ -71,7 +71,12 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     if not ranks.is_main:
         _discard_own_dir(own_dir, run_dir)
     if (run_dir / RUN_INFO_NAME).is_file():
-        log.info("run %s finished before (run.json): skipped", run_dir)
+        done = read_json(run_dir / RUN_INFO_NAME)
+        if done.get("status") == "failed":
+            log.warning("run %s failed before (%s): not run again; delete the run dir to retry",
+                        run_dir, done.get("failure"))
+        else:
+            log.info("run %s finished before (run.json): skipped", run_dir)
         leave(ranks)
         return read_json(run_dir / RUN_INFO_NAME) if ranks.is_main else None
     if ranks.active and cfg.mixup > 0 and (cfg.batch_size // ranks.world_size) % 2:
@@ -81,6 +86,9 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     start = time.time()
     init_dir = shared_init(cfg, device)
     data = build_data(cfg.data, cfg.shifts, cfg.model, cfg.paths.cache_dir)
+    # built before training so its checks (e.g. a set smaller than the ranks sharing it) come first
+    evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device,
+                          compile=bool(cfg.get("compile")), group=ranks)
     model = build_classifier(cfg.model, cfg.data.num_classes, load_pretrained=False).to(device)
     init_info = load_init(init_dir, model)
     hparams = {k: cfg[k] for k in HPARAMS}
@@ -111,9 +119,7 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
             # Running statistics lag the weights after a short fine-tune; recompute them on the same fixed
             # sample a soup uses, so individuals and soups are measured alike (every rank alike).
             recalibrate_bn(model, data.bn_set(), cfg.eval_batch_size, device)
-        # the weights are the same on every rank: each evaluates its shard, rank 0 writes alone
-        evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device,
-                              compile=bool(cfg.get("compile")), group=ranks)
+        # the weights are the same on every rank: each evaluates its shard, rank 0 gathers and writes
         logits = evaluator.all_logits(model)
         leave(ranks)
         if not ranks.is_main:

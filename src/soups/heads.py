@@ -30,7 +30,7 @@ def cached_features(model, data, batch_size: int, precision: str, device, cache_
     if cache_file.is_file():
         try:
             feats = np.load(cache_file, allow_pickle=False)
-        except (ValueError, OSError) as err:  # truncated or damaged: extracted again
+        except (ValueError, OSError, EOFError) as err:  # empty, truncated or damaged: extracted again
             log.warning("feature cache %s unreadable (%s): extracting again", cache_file, err)
             feats = None
         if feats is not None and len(feats) == len(data):

@@ -7,8 +7,9 @@ the start of the epoch in progress (the epoch's order and worker seeds follow fr
 of its batches already done, the step counter and the logged history. Read back with
 `torch.load(weights_only=True)`: tensors and plain values only, nothing is unpickled.
 
-Mid-epoch resume is bit-exact with `num_workers=0`; with workers the resumed epoch has the same batches
-in the same order, but the random augmentations of its remaining batches come from fresh worker seeds.
+Mid-epoch resume is bit-exact with `num_workers=0`. With workers, the resumed epoch has the same batches
+in the same order, but the workers' random streams differ: they were not advanced by the skipped
+batches, and batches go to other workers, so the random augmentations of the remaining batches differ.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from soups import plots
@@ -45,11 +45,12 @@ RECIPES_PACKAGE = "soups.recipes."
 
 
 def _check_targets(where: str, node) -> None:
-    """A config names recipe classes, never arbitrary callables: `_target_` must lie in soups.recipes
-    (where a new recipe goes), so no config can make instantiation run other code."""
+    """A method config names recipe classes, never arbitrary callables: every `_target_` must be a class
+    defined in soups.recipes (where a new recipe goes), so a method config cannot make instantiation run
+    other code. Only modules of that package are imported to check it."""
     if OmegaConf.is_dict(node):
         target = node.get("_target_")
-        if target is not None and not str(target).startswith(RECIPES_PACKAGE):
+        if target is not None and not _is_recipe_class(str(target)):
             raise ValueError(f"{where}._target_={target!r}: a method must be a class in {RECIPES_PACKAGE.rstrip('.')} "
                              f"(add new recipes to src/soups/recipes/)")
         for key, child in node.items():
@@ -57,6 +58,16 @@ def _check_targets(where: str, node) -> None:
     elif OmegaConf.is_list(node):
         for i, child in enumerate(node):
             _check_targets(f"{where}[{i}]", child)
+
+
+def _is_recipe_class(path: str) -> bool:
+    if not path.startswith(RECIPES_PACKAGE):
+        return False
+    try:
+        found = get_object(path)  # e.g. soups.recipes.greedy.logging.os.system reaches os.system: refused below
+    except Exception:  # noqa: BLE001 - not found: not a recipe
+        return False
+    return isinstance(found, type) and found.__module__.startswith(RECIPES_PACKAGE)
 
 
 def _wants_recalibration(setting, model) -> bool:

@@ -71,7 +71,7 @@ def tracking(logger_cfg, run_dir: str | Path, name: str, job_type: str, config: 
                           name=name, job_type=job_type, group=group, config=config, mode=mode,
                           tags=list(logger_cfg.get("tags") or []), reinit="finish_previous",
                           settings=wandb.Settings(silent=bool(logger_cfg.get("silent", True)),
-                                                  init_timeout=float(logger_cfg.get("init_timeout") or 90)))
+                                                  init_timeout=float(logger_cfg.get("init_timeout", 90))))
 
     try:
         run = start(mode)

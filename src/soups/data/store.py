@@ -83,7 +83,7 @@ class StoredEvalSet:
             return None
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as err:  # truncated or damaged: rebuilt
+        except (ValueError, OSError, EOFError) as err:  # empty, truncated or damaged: rebuilt
             log.warning("%s: eval-set store %s unreadable (%s); rebuilding", self.name, path, err)
             return None
         if array.dtype != np.uint8 or array.ndim != 4 or len(array) != len(self):
