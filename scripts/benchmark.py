@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -71,8 +72,10 @@ def main():
             start = time.perf_counter()
             report[name] = run(name, args)
             print(f"# {name}: {time.perf_counter() - start:.0f} s", flush=True)
-            if args.out:
-                args.out.write_text(json.dumps(report, indent=2) + "\n")
+            if args.out:  # rewritten after each benchmark, atomically: a kill keeps the last complete file
+                partial = args.out.with_name(f".{args.out.name}.tmp")
+                partial.write_text(json.dumps(report, indent=2) + "\n")
+                os.replace(partial, args.out)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
