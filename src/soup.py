@@ -4,6 +4,7 @@
     python src/soup.py method=greedy pool.dir=logs/finetune/multiruns/<sweep>
 """
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -17,9 +18,13 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolv
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="soup")
 def main(cfg) -> None:
+    from soups.config import ConfigError
     from soups.soup_job import run_soup
 
-    run_soup(cfg, HydraConfig.get().runtime.output_dir)
+    try:
+        run_soup(cfg, HydraConfig.get().runtime.output_dir)
+    except ConfigError as err:  # said plainly, before any work: no traceback to read through
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

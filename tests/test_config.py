@@ -89,10 +89,15 @@ def test_all_problems_are_named_at_once_and_values_are_converted(configs):
 
 
 def test_the_command_line_refuses_bad_values_before_any_work(tmp_path):
+    soup = subprocess.run([sys.executable, str(ROOT / "src" / "soup.py"), f"paths.log_dir={tmp_path}/logs",
+                           "logger=none", "bn_recalibration=sometimes"], env=ENV, capture_output=True, text=True,
+                          cwd=ROOT)
+    assert soup.returncode == 1 and "Traceback" not in soup.stderr
+    assert "error: bad config: bn_recalibration='sometimes' (expected auto, true or false)" in soup.stderr
     command = [sys.executable, str(ROOT / "src" / "finetune.py"), *TINY, f"paths.log_dir={tmp_path}/logs",
                f"paths.cache_dir={tmp_path}/cache", "lr=-1", "device=gpu"]
     done = subprocess.run(command, env=ENV, capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 1
-    assert "bad config: device='gpu' (expected auto, cpu, cuda" in done.stderr
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "error: bad config: device='gpu' (expected auto, cpu, cuda" in done.stderr
     assert "lr=-1 (expected a finite number > 0)" in done.stderr
     assert not (tmp_path / "cache").exists()  # nothing built

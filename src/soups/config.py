@@ -18,6 +18,10 @@ from omegaconf.errors import ValidationError
 from soups.runtime import PRECISIONS
 
 
+class ConfigError(ValueError):
+    """A setting of the wrong type or out of range; the entry points print it without a traceback."""
+
+
 def rule(check, expected: str, default=None):
     """A field's constraint on its (type-converted) value, and how to say what was expected."""
     return field(default=default, metadata={"check": check, "expected": expected})
@@ -78,7 +82,7 @@ class SoupSettings(CommonSettings):
 
 
 def check(cfg, schema: type) -> None:
-    """Raise one ValueError naming every field of `schema` that `cfg` sets to a wrong type or value;
+    """Raise one ConfigError naming every field of `schema` that `cfg` sets to a wrong type or value;
     otherwise store the converted values in `cfg` (a quoted "3e-5" becomes the float 3e-5)."""
     typed = OmegaConf.structured(schema)
     problems = []
@@ -94,7 +98,7 @@ def check(cfg, schema: type) -> None:
     if not problems and schema is FinetuneSettings and typed.mixup > 0 and typed.batch_size % 2:
         problems.append(f"mixup needs an even batch_size, got batch_size={typed.batch_size}")
     if problems:
-        raise ValueError("bad config: " + "; ".join(problems))
+        raise ConfigError("bad config: " + "; ".join(problems))
     with open_dict(cfg):
         for spec in fields(schema):
             if spec.name in cfg:
