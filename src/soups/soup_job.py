@@ -71,11 +71,8 @@ def _is_recipe_class(path: str) -> bool:
 
 
 def _wants_recalibration(setting, model) -> bool:
-    if setting == "auto":
-        return has_batchnorm(model)
-    if isinstance(setting, bool):
-        return setting
-    raise ValueError(f"bn_recalibration={setting!r}; expected auto, true or false")
+    """`setting`: auto, true or false (checked with the other settings by soups.config)."""
+    return has_batchnorm(model) if setting == "auto" else bool(setting)
 
 
 def baseline_rows(ingredients: list[Ingredient], init_metrics: dict) -> list[dict]:
