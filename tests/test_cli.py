@@ -47,3 +47,26 @@ def test_second_sweep_gets_its_own_folder_and_becomes_the_latest(tmp_path):
     assert len(sweeps) == 2
     proc = run(["src/soup.py", "method=uniform", "logger=none"], tmp_path)
     assert sweeps[1].name in proc.stdout and sweeps[0].name not in proc.stdout
+
+
+def test_vit_demo_sweep_and_soups_on_tiny_data(tmp_path):
+    """`experiment=demo_vit sweep=demo` as `make demo` runs it, on 4 digits per class: the real DINOv2
+    ViT-S/14 at 56 px from its linear-probe init, two random-search draws, then uniform + greedy soups."""
+    tiny = ["data.train_per_class=4", "data.val_per_class=4", "data.test_per_class=4", "shifts.max_images=8",
+            "batch_size=8", "head.Cs=[1.0]", "logger=none"]
+    run(["src/finetune.py", "experiment=demo_vit", "sweep=demo", "search_draws=2", *tiny], tmp_path)
+    sweep = next((tmp_path / "logs" / "finetune" / "multiruns").iterdir())
+    infos = [json.loads((sweep / str(i) / "run.json").read_text()) for i in range(2)]
+    for info in infos:
+        assert info["config"]["model"]["name"] == "vit_s14_dinov2" and info["config"]["model"]["image_size"] == 56
+        assert 8e-6 <= info["hparams"]["lr"] <= 4e-5 and info["hparams"]["epochs"] == 1
+        assert info["environment"]["cpu_capability"]
+    assert infos[0]["init"]["sha256"] == infos[1]["init"]["sha256"]
+
+    run(["src/soup.py", "logger=none"], tmp_path)
+    results = next((tmp_path / "logs" / "soup" / "runs").glob("*/results.json"))
+    rows = {r["row"]: r for r in json.loads(results.read_text())}
+    best = next(r for r in rows.values() if r["kind"] == "best_individual")
+    assert rows["greedy soup"]["metrics"]["val"] >= best["metrics"]["val"]
+    assert rows["uniform soup"]["ingredients"] == 2
+    assert json.loads((results.parent / "uniform" / "soup.json").read_text())["bn_recalibrated"] is False  # LayerNorm

@@ -239,6 +239,8 @@ def test_same_config_and_seed_give_the_same_weights_and_record_what_computed_the
     env = first["environment"]
     assert env["torch"] == torch.__version__ and env["timm"] and env["open_clip_torch"]
     assert env["git"] == git_commit() and (env["git"]["commit"] is None or len(env["git"]["commit"]) == 40)
+    # the machine, since weights differ between CPUs: its name and torch's kernel level (e.g. AVX2, AVX512)
+    assert env["cpu"] and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and env["threads"] >= 1
 
 
 def test_every_guarantee_in_the_readme_names_a_test_that_exists():

@@ -47,11 +47,10 @@ def create_clip(model_cfg, cache_dir: str | Path | None = None, load_pretrained:
     pretrained = model_cfg.get("pretrained") if load_pretrained else None
     tower_file = None
     if load_pretrained and model_cfg.get("image_tower_weights"):
-        tower_file = resolve_image_tower_weights(model_cfg.image_tower_weights, cache_dir)
+        tower_file = resolve_image_tower_weights(model_cfg.image_tower_weights, cache_dir, int(model_cfg.image_size))
     try:
         with _quiet_root_logger():  # open_clip logs routine steps (and "initialized randomly") on the root logger
-            clip = open_clip.create_model(name, pretrained=pretrained, force_image_size=model_cfg.image_size,
-                                          pretrained_image_path=str(tower_file) if tower_file else None)
+            clip = open_clip.create_model(name, pretrained=pretrained, force_image_size=model_cfg.image_size)
     except RuntimeError as err:
         if pretrained and not Path(str(pretrained)).is_file():
             raise RuntimeError(
@@ -60,9 +59,19 @@ def create_clip(model_cfg, cache_dir: str | Path | None = None, load_pretrained:
                 f"pretrained={pretrained!r}) caches them under ~/.cache/huggingface), copy the checkpoint "
                 f"here and pass model.pretrained=/path/to/checkpoint") from err
         raise
+    _check_input_size(clip.visual, int(model_cfg.image_size))
     if tower_file is not None:
-        assert_tower_loaded(clip.visual, tower_file)
+        # loaded here, after open_clip sized the tower (a ViT's position grid depends on the image size)
+        load_tower(clip.visual, tower_file)
     return clip
+
+
+def _check_input_size(visual: nn.Module, image_size: int) -> None:
+    """A timm ViT tower must really run at the configured size (open_clip resizes it after creation)."""
+    patch_embed = getattr(getattr(visual, "trunk", None), "patch_embed", None)
+    size = getattr(patch_embed, "img_size", None)
+    if size is not None and tuple(size) != (image_size, image_size):
+        raise RuntimeError(f"the image tower runs at {tuple(size)} px, but model.image_size={image_size}")
 
 
 def classifier_from_clip(clip: nn.Module, model_cfg, num_classes: int) -> ImageClassifier:
@@ -91,18 +100,20 @@ def _quiet_root_logger():
         root.setLevel(level)
 
 
-def assert_tower_loaded(visual: nn.Module, weights_file: Path) -> None:
-    """open_clip loads `pretrained_image_path` non-strictly and only logs failures: check every tensor."""
+def load_tower(visual: nn.Module, weights_file: Path) -> None:
+    """Every tensor of the tower from `weights_file` (safetensors, `trunk.*` keys), strictly: a missing,
+    extra or misshaped tensor is a RuntimeError naming examples, never a silently random layer."""
     from safetensors.torch import load_file
 
     expected = load_file(str(weights_file))
     actual = visual.state_dict()
     missing = [k for k in actual if k not in expected]
-    wrong = [k for k, v in expected.items() if k not in actual or not torch.equal(actual[k], v)]
+    wrong = [k for k, v in expected.items() if k not in actual or actual[k].shape != v.shape]
     if missing or wrong:
         raise RuntimeError(f"pretrained image tower weights from {weights_file} did not load: "
                            f"{len(missing)} tower tensors missing from the file (e.g. {missing[:3]}), "
-                           f"{len(wrong)} file tensors absent or different in the tower (e.g. {wrong[:3]})")
+                           f"{len(wrong)} file tensors absent or of another shape in the tower (e.g. {wrong[:3]})")
+    visual.load_state_dict(expected, strict=True)
     log.info("image tower: all %d tensors loaded from %s", len(expected), weights_file)
 
 

