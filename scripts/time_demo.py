@@ -1,6 +1,7 @@
 """Time the demo's stages (sweep, soups) on this machine and print a Markdown row for BENCHMARKS.md.
 
-    .venv/bin/python scripts/time_demo.py [extra overrides for both commands, e.g. paths.log_dir=/tmp/x]
+    .venv/bin/python scripts/time_demo.py [--experiment demo_efficientnet] [extra overrides for both commands,
+                                          e.g. paths.log_dir=/tmp/x]
 
 The shared init is rebuilt (its cache is cleared first) so the time is that of a first run.
 """
@@ -26,9 +27,13 @@ def timed(args: list[str]) -> float:
 
 def main() -> None:
     extra = sys.argv[1:]
+    demo = []  # the demo's experiment is a fine-tuning config; the soup job reads the runs' own
+    if "--experiment" in extra:
+        at = extra.index("--experiment")
+        demo, extra = [f"experiment={extra[at + 1]}"], extra[:at] + extra[at + 2:]
     cache = next((Path(a.split("=", 1)[1]) for a in extra if a.startswith("paths.cache_dir=")), ROOT / ".cache")
     shutil.rmtree(cache / "init", ignore_errors=True)
-    sweep = timed(["src/finetune.py", "sweep=demo", *extra])
+    sweep = timed(["src/finetune.py", "sweep=demo", *demo, *extra])
     soup = timed(["src/soup.py", *extra])
     machine = f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     print("\n| machine | sweep (init + 8 fine-tunes) | soups (uniform + greedy) | total |")

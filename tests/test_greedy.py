@@ -198,3 +198,37 @@ def test_an_early_rejection_is_journaled_and_replayed_without_a_forward_pass(tmp
     assert rerun.evaluator.images_forwarded == 0
     assert rerun.held_out(state, acceptable=lambda s: s >= 50.0) == 50.0  # a lower bar: evaluated for real
     assert rerun.evaluator.images_forwarded == 100
+
+
+@pytest.mark.parametrize("ties, expected", [
+    ("pool", ["e", "a", "b", "c", "d"]),
+    ("official", ["e", "a", "d", "c", "b"]),  # the released code: ascending sort, then reversed
+])
+def test_tie_order_of_the_held_out_ranking(ties, expected):
+    from soups.recipes.greedy import by_held_out
+
+    pool = [ingredient("a", 60.0), ingredient("b", 50.0), ingredient("c", 50.0), ingredient("d", 50.0),
+            ingredient("e", 70.0)]
+    assert [i.name for i in by_held_out(pool, ties)] == expected
+    pair = [ingredient("a", 50.0), ingredient("b", 50.0)]
+    assert [i.name for i in by_held_out(pair, ties)] == (["a", "b"] if ties == "pool" else ["b", "a"])
+
+
+def test_the_official_tie_order_decides_which_of_two_equals_starts_the_soup():
+    pool = [ingredient("first", 90.0), ingredient("second", 90.0)]
+    scorer = ScalarScorer({"first": 1.0, "second": 2.0}, lambda x: 0.0)
+    result = GreedySoup(ties="official")(pool, scorer)
+    assert names(result) == ["second"] and result.record["ties"] == "official"
+    with pytest.raises(ValueError, match="ties"):
+        GreedySoup(ties="sorted")
+
+
+def test_the_paper_experiment_uses_the_released_codes_greedy_rule(soup_cfg):
+    from hydra.utils import instantiate
+
+    cfg = soup_cfg("experiment=paper_vit_b32", "method=[greedy,greedy_ensemble]")
+    for name in ("greedy", "greedy_ensemble"):
+        recipe = instantiate(cfg.method[name])
+        assert (recipe.comparator, recipe.ties) == (">", "official")
+    default = instantiate(soup_cfg("method=greedy").method.greedy)
+    assert (default.comparator, default.ties) == (">=", "pool")

@@ -1,5 +1,6 @@
 """The real entry functions end to end on a tiny model: sweep -> pool -> soups -> report."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,3 +168,29 @@ def test_ensemble_metrics_are_those_of_the_mean_logits(tiny_sweep, soup_cfg, tmp
     greedy = json.loads((tmp_path / "soup" / "greedy_ensemble" / "soup.json").read_text())
     assert greedy["kind"] == "ensemble" and greedy["metrics"]["val"] >= max(
         r["metrics"]["val"] for r in rows if r["kind"] == "individual")
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.5, 1.0])
+def test_a_wise_ft_row_and_its_saved_weights_are_the_curve_point_it_chose(tiny_sweep, soup_cfg, tmp_path, alpha):
+    """A BN model between (or beyond) init and fine-tune gets recomputed statistics on the curve, in the
+    table row and in the saved weights alike; alpha = 1 is the fine-tune itself, recalibrated nowhere."""
+    _, sweep = tiny_sweep
+    out = tmp_path / "soup"
+    rows = run_soup(soup_cfg(f"pool.dir={sweep}", "method=wise_ft", f"method.wise_ft.alphas=[{alpha}]"), out)
+    record = json.loads((out / "wise_ft" / "soup.json").read_text())
+    point = {k: v for k, v in record["curve"][0].items() if k != "alpha"}
+    assert rows[-1]["metrics"] == point == record["metrics"]
+    assert record["bn_recalibrated"] is (alpha != 1.0)
+    saved = load_weights(out / "wise_ft" / "model.safetensors")
+    base = load_weights(Path(record["ingredients"][0]) / "model.safetensors")
+    stat = next(k for k in saved if k.endswith("running_mean"))
+    assert torch.equal(saved[stat], base[stat]) is (alpha == 1.0)
+
+
+def test_a_one_ingredient_greedy_soup_is_that_model_and_says_nothing_was_recalibrated(tiny_sweep, soup_cfg, tmp_path):
+    _, sweep = tiny_sweep
+    out = tmp_path / "soup"
+    rows = run_soup(soup_cfg(f"pool.runs=[{sweep / '0'}]", "method=greedy"), out)
+    record = json.loads((out / "greedy" / "soup.json").read_text())
+    assert record["bn_recalibrated"] is False and len(record["ingredients"]) == 1
+    assert rows[-1]["metrics"] == rows[1]["metrics"]  # the individual, as measured

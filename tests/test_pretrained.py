@@ -47,3 +47,19 @@ def test_tower_weights_that_do_not_fit_are_an_error_not_a_silent_random_init(tmp
 def test_unknown_tower_weights_name_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a known name"):
         resolve_image_tower_weights("efficientnet_b7_imaginary", tmp_path)
+
+
+def test_the_head_and_its_argmax_stay_fp32_under_bf16_autocast():
+    """Logits 30.13 and 30.17 (class 1) both round to 30.125 in bf16, where argmax would pick class 0."""
+    from soups.models import ImageClassifier
+    from soups.runtime import autocast
+
+    model = ImageClassifier(torch.nn.Identity(), feature_dim=2, num_classes=2, normalize_features=False)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.tensor([[30.13, 0.0], [30.17, 0.0]]))
+        model.head.bias.zero_()
+    x = torch.tensor([[1.0, 0.0]])
+    assert torch.tensor([30.13, 30.17]).bfloat16().unique().numel() == 1  # the tie bf16 would make
+    with autocast("bf16", torch.device("cpu")):
+        logits = model(x)
+    assert logits.dtype == torch.float32 and logits.argmax(-1).item() == 1

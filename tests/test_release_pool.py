@@ -104,3 +104,7 @@ def test_finetune_experiment_starts_from_the_released_init(tmp_path):
     official = torch.load(tmp_path / "release" / "model_0.pt", weights_only=True)
     assert torch.equal(init["head.weight"], official["classification_head.weight"])
     assert info["hparams"]["warmup_steps"] == 2 and info["config"]["model"]["name"] == "tiny_vit"
+
+
+def test_the_paper_experiment_evaluates_in_fp32_like_the_official_code(soup_cfg):
+    assert soup_cfg("experiment=paper_vit_b32").precision == "fp32"

@@ -31,11 +31,18 @@ class ImageClassifier(nn.Module):
         self.normalize_features = normalize_features
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) normalized images -> (N, D) float32 features (L2-normalized if configured)."""
         feats = self.visual(images)
-        return F.normalize(feats, dim=-1) if self.normalize_features else feats
+        with torch.autocast(feats.device.type, enabled=False):  # fp32 from here on, under mixed precision too
+            feats = feats.float()
+            return F.normalize(feats, dim=-1) if self.normalize_features else feats
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images))
+        """(N, 3, H, W) -> (N, classes) float32 logits. The head runs in fp32 under autocast as well: bf16
+        rounds close logits into ties (30.13 and 30.17 both become 30.125) and changes the argmax."""
+        feats = self.features(images)
+        with torch.autocast(feats.device.type, enabled=False):
+            return self.head(feats)
 
 
 def create_clip(model_cfg, cache_dir: str | Path | None = None, load_pretrained: bool = True) -> nn.Module:

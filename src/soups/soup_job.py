@@ -145,7 +145,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
                 metrics = scorer.ensemble_evaluate(result.ingredients)
                 kind, cost = "ensemble", len(result.ingredients)
             else:
-                metrics = scorer.evaluate(result.state, averaged=len(result.ingredients) > 1, hold=True)
+                metrics = scorer.evaluate(result.state, averaged=result.is_average, hold=True)
                 # save what was evaluated: the average with its recomputed BN statistics (if any)
                 result.state = {k: v.detach().cpu().clone() for k, v in scorer.model.state_dict().items()}
                 kind, cost = "soup", 1
@@ -197,7 +197,8 @@ def _save_soup(soup_dir: Path, name: str, result, metrics: dict, template_info: 
                seconds: float) -> None:
     record = {"kind": "soup" if result.state is not None else "ensemble", "method": name,
               "ingredients": [str(i.source) for i in result.ingredients], "metrics": metrics,
-              "bn_recalibrated": recalibrated and result.state is not None, "seconds": seconds, **result.record,
+              "bn_recalibrated": recalibrated and result.state is not None and result.is_average,
+              "seconds": seconds, **result.record,
               "environment": template_info["environment"]}
     if result.state is None:  # an ensemble has no weights of its own
         write_json(record, soup_dir / "soup.json")

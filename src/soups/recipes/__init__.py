@@ -17,6 +17,13 @@ class RecipeResult:
     state: StateDict | None  # None for an ensemble: its members' logits are averaged instead
     ingredients: list[Ingredient]
     record: dict = field(default_factory=dict)  # recipe-specific: trace, parameters, ...
+    # whether `state` is a new point in weight space (an average, interpolation or extrapolation: BN
+    # statistics must be recomputed) rather than one model's weights exactly; None: more than one ingredient
+    averaged: bool | None = None
+
+    @property
+    def is_average(self) -> bool:
+        return len(self.ingredients) > 1 if self.averaged is None else bool(self.averaged)
 
 
 class SoupContext(Protocol):

@@ -24,7 +24,7 @@ class GreedyEnsemble(GreedyRecipe):
     def __call__(self, ingredients, ctx) -> RecipeResult:
         members = []
         chosen, best, trace = greedy_selection(
-            by_held_out(ingredients), lambda candidate, _: ctx.ensemble_held_out([*members, candidate]), members.append,
+            by_held_out(ingredients, self.ties), lambda candidate, _: ctx.ensemble_held_out([*members, candidate]), members.append,
             self.comparator, "greedy ensemble")
-        return RecipeResult(None, chosen, {"comparator": self.comparator, "held_out": best, "trace": trace,
+        return RecipeResult(None, chosen, {"comparator": self.comparator, "ties": self.ties, "held_out": best, "trace": trace,
                                            "inference_cost": len(chosen)})

@@ -1,7 +1,9 @@
 """Greedy soup (the paper's Recipe 1): rank ingredients by held-out accuracy, start from the best,
 add each next one if the held-out accuracy of the running average does not drop.
 
-comparator ">=" is the paper's text; ">" is the released code's. Ties in ranking keep pool order.
+comparator ">=" is the paper's text; ">" is the released code's. Ties in the held-out ranking keep pool
+order (ties="pool") or follow the released code (ties="official": its ranking sorts ascending and then
+reverses, so equal accuracies are visited in reverse pool order; mlfoundations/model-soups main.py).
 `greedy_selection` is shared with the greedy ensemble, which adds models to a logit average instead.
 
 order="random" is the paper's ablation: `orders` greedy soups, each over a seeded random permutation
@@ -22,19 +24,27 @@ from soups.recipes import RecipeResult
 
 log = logging.getLogger(__name__)
 COMPARATORS = {">=": operator.ge, ">": operator.gt}
+TIE_ORDERS = ("pool", "official")
 
 
 @dataclass
 class GreedyRecipe:
-    """Base of the greedy recipes: the acceptance comparator, validated at construction."""
+    """Base of the greedy recipes: the acceptance comparator and the tie order, validated at construction."""
     comparator: str = ">="
+    ties: str = "pool"
 
     def __post_init__(self):
         if self.comparator not in COMPARATORS:
             raise ValueError(f"greedy comparator {self.comparator!r}; expected one of {list(COMPARATORS)}")
+        if self.ties not in TIE_ORDERS:
+            raise ValueError(f"greedy ties {self.ties!r}; expected one of {list(TIE_ORDERS)}")
 
 
-def by_held_out(ingredients):
+def by_held_out(ingredients, ties: str = "pool") -> list:
+    """Ingredients by held-out accuracy, best first. Equal accuracies: pool order (ties="pool"), or the
+    released code's order (ties="official": sorted ascending, then reversed, so reverse pool order)."""
+    if ties == "official":
+        return list(reversed(sorted(ingredients, key=lambda i: i.held_out)))
     return sorted(ingredients, key=lambda i: i.held_out, reverse=True)  # stable: ties keep pool order
 
 
@@ -79,8 +89,9 @@ class GreedySoup(GreedyRecipe):
 
     def __call__(self, ingredients, ctx) -> RecipeResult:
         if self.order == "held_out":
-            state, chosen, best, trace = self.soup(by_held_out(ingredients), ctx)
-            return RecipeResult(state, chosen, {"comparator": self.comparator, "held_out": best, "trace": trace})
+            state, chosen, best, trace = self.soup(by_held_out(ingredients, self.ties), ctx)
+            return RecipeResult(state, chosen, {"comparator": self.comparator, "ties": self.ties, "held_out": best,
+                                                "trace": trace})
         runs = []
         for k in range(int(self.orders)):
             permutation = random.Random(int(self.seed) * 1_000_003 + k).sample(list(ingredients), len(ingredients))

@@ -50,4 +50,5 @@ class ModelStock:
             ratios[key] = t
         merged.update(fixed)
         mean_t = sum(ratios.values()) / len(ratios)
-        return RecipeResult(merged, list(ingredients), {"mean_ratio": mean_t, "ratios": ratios})
+        return RecipeResult(merged, list(ingredients), {"mean_ratio": mean_t, "ratios": ratios},
+                            averaged=True)  # mixed with the init, whatever k

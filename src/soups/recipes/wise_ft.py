@@ -35,7 +35,14 @@ class WiseFT:
             if base is None:
                 raise ValueError(f"wise_ft base {self.base!r} is not in the pool ({[i.name for i in ingredients][:5]} ...)")
         init, tuned = ctx.load_init(), ctx.load(base)
-        curve = [{"alpha": a, **ctx.evaluate(interpolate(init, tuned, a), averaged=0 < a < 1)} for a in self.alphas]
+        curve = [{"alpha": a, **ctx.evaluate(interpolate(init, tuned, a), averaged=is_new_point(a))} for a in self.alphas]
         chosen = max(curve, key=lambda point: point["val"])  # first of equals: the smallest alpha
         return RecipeResult(interpolate(init, tuned, chosen["alpha"]), [base],
-                            {"base": base.name, "alpha": chosen["alpha"], "curve": curve})
+                            {"base": base.name, "alpha": chosen["alpha"], "curve": curve},
+                            averaged=is_new_point(chosen["alpha"]))
+
+
+def is_new_point(alpha: float) -> bool:
+    """alpha 0 is the init and 1 the fine-tune, each with its own BN statistics; every other alpha
+    (between them or beyond) is new weights whose BN statistics must be recomputed."""
+    return alpha not in (0.0, 1.0)
