@@ -254,3 +254,52 @@ def test_every_guarantee_in_the_readme_names_a_test_that_exists():
     for file, test in named:
         tree = ast.parse((ROOT / "tests" / file).read_text())
         assert test in {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}, f"{file}::{test}"
+
+
+def test_a_run_whose_last_update_diverges_is_failed_not_finished(finetune_cfg, tmp_path):
+    """One step (200 images, batch 200) at lr 1e30: the loss before it was finite, the weights after are not."""
+    from soups.finetune_job import run_finetune
+
+    info = run_finetune(finetune_cfg("batch_size=200", "lr=1e30", "warmup_steps=0"), tmp_path / "run")
+    assert info["status"] == "failed" and "weights hold NaN or inf after training" in info["failure"]
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_non_finite_weights_enter_no_pool_from_any_source(tiny_sweep, tmp_path):
+    from omegaconf import OmegaConf
+
+    from soups.checkpoints import convert_official_state_dict
+    from soups.pool import load_pool
+
+    _, sweep = tiny_sweep
+    pool = tmp_path / "pool"
+    for i in ("0", "1"):
+        shutil.copytree(sweep / i, pool / i)
+    weights = load_file(str(pool / "1" / "model.safetensors"))
+    key = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[key][0] = float("inf")
+    save_file(weights, str(pool / "1" / "model.safetensors"))  # with its sha256 recorded: only the values tell
+    info = read_json(pool / "1" / "run.json")
+    write_json({**info, "sha256": sha256_file(pool / "1" / "model.safetensors")}, pool / "1" / "run.json")
+    ingredients, skipped = load_pool(OmegaConf.create({"dir": str(pool), "glob": None, "runs": None}), tmp_path)
+    assert [i.run_dir for i in ingredients] == [pool / "0"] and "hold NaN or inf" in skipped[str(pool / "1")]
+    with pytest.raises(ValueError, match="NaN or inf in 1 tensors"):  # release and imported checkpoints
+        convert_official_state_dict({"model.visual.proj": torch.tensor([float("nan")]),
+                                     "classification_head.weight": torch.ones(2, 1), "classification_head.bias": torch.ones(2)})
+
+
+@pytest.mark.parametrize("field, value", [("image_size", 48), ("mean", [0.4, 0.4, 0.4]), ("normalize_features", True)])
+def test_a_pool_mixing_preprocessing_is_refused_with_the_difference_named(tiny_sweep, tmp_path, field, value):
+    from omegaconf import OmegaConf
+
+    from soups.pool import load_pool
+
+    _, sweep = tiny_sweep
+    pool = tmp_path / "pool"
+    for i in ("0", "1"):
+        shutil.copytree(sweep / i, pool / i)
+    info = read_json(pool / "1" / "run.json")
+    info["config"]["model"][field] = value
+    write_json(info, pool / "1" / "run.json")
+    with pytest.raises(ValueError, match=f"different preprocessing \\(model.{field}: "):
+        load_pool(OmegaConf.create({"dir": str(pool), "glob": None, "runs": None}), tmp_path)

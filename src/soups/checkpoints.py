@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from soups.io import atomic_save_safetensors, sha256_file
+from soups.io import atomic_save_safetensors, nonfinite_tensors, sha256_file
 
 HEAD_KEYS = {"classification_head.weight": "head.weight", "classification_head.bias": "head.bias"}
 TOWER_PREFIX = "model.visual."
@@ -38,6 +38,9 @@ def convert_official_state_dict(official: dict[str, torch.Tensor],
         if missing or extra or shapes:
             raise ValueError(f"checkpoint does not fit the configured model (another architecture?): "
                              f"missing {missing[:3]}, unexpected {extra[:3]}, shape mismatches {shapes[:3]}")
+    bad = nonfinite_tensors(converted)
+    if bad:  # one NaN ingredient turns every average it enters into NaN
+        raise ValueError(f"checkpoint holds NaN or inf in {len(bad)} tensors (e.g. {bad[:3]}); it cannot be souped")
     return converted
 
 

@@ -15,7 +15,8 @@ from soups.distributed import join, leave, share
 from soups.eval_cache import EvaluationCache, evaluation_key, hash_ids
 from soups.evaluate import Evaluator, format_metrics, recalibrate_bn
 from soups.init import load_init, shared_init
-from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, atomic_save_safetensors, read_json, sha256_file, write_json
+from soups.io import (RUN_INFO_NAME, WEIGHTS_NAME, atomic_save_safetensors, nonfinite_tensors, read_json,
+                       sha256_file, write_json)
 from soups.models import build_classifier, has_batchnorm
 from soups.resume import clear_train_state
 from soups.runtime import environment, resolve_device, setup
@@ -58,6 +59,16 @@ def _discard_own_dir(own: Path, main: Path) -> None:
     if own.resolve() != main.resolve() and own.is_dir() and \
             all(p.name == ".hydra" or p.suffix == ".log" for p in own.iterdir()):
         shutil.rmtree(own, ignore_errors=True)
+
+
+def _record_failure(record: dict, err: Exception, run_dir: Path, tracker, start: float) -> dict:
+    """run.json with status failed and why; no weights, no training state: kept out of every pool."""
+    info = {**record, "status": "failed", "failure": str(err), "seconds": round(time.time() - start, 1)}
+    write_json(info, run_dir / RUN_INFO_NAME)
+    clear_train_state(run_dir)
+    tracker.summary({"status": "failed", "failure": str(err)})
+    log.error("run %s failed: %s", run_dir, err)
+    return info
 
 
 def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
@@ -107,18 +118,17 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
                                device, on_log=lambda r: tracker.log(r, step=r["step"]), state_dir=run_dir, group=ranks)
         except NonFiniteLoss as err:  # recorded as failed: no weights, kept out of every pool
             leave(ranks)
-            if not ranks.is_main:
-                return None
-            info = {**record, "status": "failed", "failure": str(err), "seconds": round(time.time() - start, 1)}
-            write_json(info, run_dir / RUN_INFO_NAME)
-            clear_train_state(run_dir)
-            tracker.summary({"status": "failed", "failure": str(err)})
-            log.error("run %s failed: %s", run_dir, err)
-            return info
+            return _record_failure(record, err, run_dir, tracker, start) if ranks.is_main else None
         if has_batchnorm(model):
             # Running statistics lag the weights after a short fine-tune; recompute them on the same fixed
             # sample a soup uses, so individuals and soups are measured alike (every rank alike).
             recalibrate_bn(model, data.bn_set(), cfg.eval_batch_size, device)
+        bad = nonfinite_tensors(model.state_dict())  # the loss check sees no update after the last loss
+        if bad:
+            leave(ranks)
+            err = NonFiniteLoss(f"the weights hold NaN or inf after training ({len(bad)} tensors, e.g. {bad[:3]}); "
+                                f"lower lr or check the data")
+            return _record_failure(record, err, run_dir, tracker, start) if ranks.is_main else None
         # the weights are the same on every rank: each evaluates its shard, rank 0 gathers and writes
         logits = evaluator.all_logits(model)
         leave(ranks)

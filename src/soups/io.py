@@ -74,6 +74,17 @@ def read_weights_header(path: str | Path) -> dict[str, tuple[tuple[int, ...], st
         raise ValueError(f"{path} is not a readable safetensors checkpoint ({err}); truncated or damaged?") from err
 
 
+def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold NaN or inf."""
+    return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def nonfinite_in_file(path: str | Path) -> list[str]:
+    """nonfinite_tensors of a safetensors file, one tensor in memory at a time."""
+    with safe_open(str(path), framework="pt") as f:
+        return [k for k in f.keys() if nonfinite_tensors({k: f.get_tensor(k)})]
+
+
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():

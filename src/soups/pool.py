@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, read_json, read_weights_header, sha256_file
+from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, nonfinite_in_file, read_json, read_weights_header, sha256_file
 from soups.resume import STATE_NAME
 
 log = logging.getLogger(__name__)
@@ -126,13 +126,27 @@ def _finished_run(run_dir: Path, verify_sha256: bool) -> Ingredient:
     if verify_sha256 and info.get("sha256") and sha256_file(ingredient.weights) != info["sha256"]:
         raise Unusable(f"{ingredient.weights.name} does not match the sha256 in its {RUN_INFO_NAME}: "
                        f"truncated or modified after the run finished")
+    bad = nonfinite_in_file(ingredient.weights)
+    if bad:  # one NaN ingredient turns every average it enters into NaN
+        raise Unusable(f"{len(bad)} tensors of {ingredient.weights.name} hold NaN or inf (e.g. {bad[:3]})")
     return ingredient
 
 
+# What changes what a model computes or sees: members must agree on it (channels_last does not matter,
+# the pretrained weights are covered by the shared init's sha256)
+PREPROCESSING = ("open_clip_name", "image_size", "mean", "std", "normalize_features")
+
+
 def _check_compatible(a: Ingredient, b: Ingredient) -> None:
-    model_a, model_b = a.info["config"]["model"]["open_clip_name"], b.info["config"]["model"]["open_clip_name"]
-    if model_a != model_b:
-        raise ValueError(f"mixed architectures in the pool: {a.name} is {model_a}, {b.name} is {model_b}")
+    model_a, model_b = a.info["config"]["model"], b.info["config"]["model"]
+    if model_a["open_clip_name"] != model_b["open_clip_name"]:
+        raise ValueError(f"mixed architectures in the pool: {a.name} is {model_a['open_clip_name']}, "
+                         f"{b.name} is {model_b['open_clip_name']}")
+    differ = {k: (model_a.get(k), model_b.get(k)) for k in PREPROCESSING if model_a.get(k) != model_b.get(k)}
+    if differ:
+        named = ", ".join(f"model.{k}: {x!r} vs {y!r}" for k, (x, y) in differ.items())
+        raise ValueError(f"{a.name} and {b.name} were fine-tuned with different preprocessing ({named}); a soup "
+                         f"is evaluated under one setting, so its members must share it")
     if a.header.keys() != b.header.keys():
         diff = sorted(set(a.header) ^ set(b.header))
         raise ValueError(f"{a.name} and {b.name} have different tensors, e.g. {diff[:3]}")
