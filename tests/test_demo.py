@@ -1,4 +1,8 @@
-"""The full demo as `make demo` runs it (about 8-10 minutes on 2 CPU cores): slow."""
+"""Both demos as `make demo` runs them (8-10 minutes each on 2 CPU cores): slow.
+
+Asserted is what holds over draws and machines (scripts/demo_study.py; README "The demos"), not one
+run's digits: training differs between CPU kinds, so which fine-tune wins and how many ingredients
+greedy keeps vary from run to run."""
 import json
 import os
 import subprocess
@@ -11,10 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_demo_soups_work(tmp_path):
+@pytest.mark.parametrize("demo", ["demo_vit", "demo_efficientnet"])
+def test_demo_soups_work(tmp_path, demo):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     paths = [f"paths.log_dir={tmp_path}/logs", f"paths.cache_dir={tmp_path}/cache"]
-    for cmd in (["src/finetune.py", "sweep=demo"], ["src/soup.py"]):
+    for cmd in (["src/finetune.py", "sweep=demo", f"experiment={demo}"], ["src/soup.py"]):
         subprocess.run([sys.executable, *cmd, *paths], cwd=ROOT, env=env, check=True, timeout=1800)
     results = next((tmp_path / "logs" / "soup" / "runs").glob("*/results.json"))
     rows = {r["row"]: r for r in json.loads(results.read_text())}
@@ -22,7 +27,7 @@ def test_demo_soups_work(tmp_path):
     best = next(r for r in rows.values() if r["kind"] == "best_individual")
     assert len(individuals) == 8
     greedy, uniform = rows["greedy soup"], rows["uniform soup"]
-    assert greedy["metrics"]["val"] >= best["metrics"]["val"]
-    assert greedy["ingredients"] >= 2
-    mean_val = sum(r["metrics"]["val"] for r in individuals) / len(individuals)
-    assert uniform["metrics"]["val"] >= mean_val  # no collapse: at least the average model
+    assert greedy["metrics"]["val"] >= best["metrics"]["val"]  # by construction
+    mean = {c: sum(r["metrics"][c] for r in individuals) / len(individuals) for c in ("val", "avg_shifts")}
+    assert uniform["metrics"]["val"] >= mean["val"]  # no collapse: at least the average model
+    assert uniform["metrics"]["avg_shifts"] >= mean["avg_shifts"]

@@ -194,3 +194,23 @@ def test_a_one_ingredient_greedy_soup_is_that_model_and_says_nothing_was_recalib
     record = json.loads((out / "greedy" / "soup.json").read_text())
     assert record["bn_recalibrated"] is False and len(record["ingredients"]) == 1
     assert rows[-1]["metrics"] == rows[1]["metrics"]  # the individual, as measured
+
+
+def test_fp16_training_scales_the_loss_and_keeps_the_scale_in_the_training_state(finetune_cfg, tmp_path):
+    """Without loss scaling most small fp16 gradients underflow to exactly 0; the GradScaler's state is
+    part of the resumable training state."""
+    from omegaconf import OmegaConf
+
+    from soups.data import build_data
+    from soups.models import build_classifier
+    from soups.train import finetune
+
+    cfg = finetune_cfg("precision=fp16", "model=tiny_vit")
+    model = build_classifier(cfg.model, cfg.data.num_classes)
+    data = build_data(cfg.data, cfg.shifts, cfg.model)
+    OmegaConf.set_struct(cfg, False)
+    history = finetune(model, data.train_set(None, 1.0), cfg, cfg.data.num_classes, torch.device("cpu"),
+                       state_dir=tmp_path)
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in history)
+    state = torch.load(tmp_path / "train_state.pt", weights_only=True)
+    assert state["scaler"]["scale"] > 1.0  # the loss was scaled up (initial scale 2**16)

@@ -47,16 +47,20 @@ def _set_rng_states(states: dict) -> None:
 
 
 def save_train_state(folder: Path, *, model, optimizer, scheduler, epoch_generator_state: torch.Tensor,
-                     epoch: int, batches_done: int, step: int, history: list[dict], pending: list[float]) -> None:
+                     epoch: int, batches_done: int, step: int, history: list[dict], pending: list[float],
+                     scaler=None) -> None:
     """In epoch `epoch` (0-based) after `batches_done` of its batches, `step` steps in all: everything the
-    rest of the run depends on. `epoch_generator_state`: the loader generator's state when the epoch began."""
+    rest of the run depends on. `epoch_generator_state`: the loader generator's state when the epoch began;
+    `scaler`: fp16's torch.amp.GradScaler (its loss scale and growth tracker)."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "rng": _rng_states(), "generator": epoch_generator_state, "epoch": epoch,
-             "batches_done": batches_done, "step": step, "history": history, "pending": pending}
+             "batches_done": batches_done, "step": step, "history": history, "pending": pending,
+             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {}}
     atomic_write(Path(folder) / STATE_NAME, lambda tmp: torch.save(state, tmp))
 
 
-def load_train_state(folder: Path, *, model, optimizer, scheduler, generator: torch.Generator) -> dict | None:
+def load_train_state(folder: Path, *, model, optimizer, scheduler, generator: torch.Generator,
+                     scaler=None) -> dict | None:
     """Restores a saved state into these objects (the generator as the saved epoch began); returns
     {epoch, batches_done, step, history, pending}, or None."""
     path = Path(folder) / STATE_NAME
@@ -71,6 +75,8 @@ def load_train_state(folder: Path, *, model, optimizer, scheduler, generator: to
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     generator.set_state(state["generator"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     _set_rng_states(state["rng"])
     state.setdefault("batches_done", 0)  # states saved at epoch ends only
     log.info("resuming from %s: epoch %d after %d of its batches, %d steps done", path, state["epoch"],

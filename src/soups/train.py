@@ -74,8 +74,10 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
     if cfg.get("compile"):
         forward = torch.compile(forward)
     history, step, pending, start_epoch = [], 0, [], 0
+    # fp16 needs loss scaling (small gradients underflow to 0 in fp16); bf16 has fp32's range and needs none
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     resumed = state_dir and load_train_state(state_dir, model=model, optimizer=optimizer, scheduler=scheduler,
-                                             generator=generator)
+                                             generator=generator, scaler=scaler)
     if resumed:
         start_epoch, step, history = resumed["epoch"], resumed["step"], resumed["history"]
         pending = [torch.tensor(v, device=device) for v in resumed["pending"]]
@@ -88,7 +90,7 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
         if state_dir and group.is_main:
             save_train_state(state_dir, model=model, optimizer=optimizer, scheduler=scheduler,
                              epoch_generator_state=epoch_start, epoch=epoch, batches_done=batches_done, step=step,
-                             history=history, pending=[float(v) for v in pending])
+                             history=history, pending=[float(v) for v in pending], scaler=scaler)
 
     model.train()
     bar = tqdm(total=total, initial=step, desc="fine-tune", leave=False, disable=None)
@@ -105,10 +107,12 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
                 logits = forward(images)
             loss = loss_fn(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()  # a no-op scale unless fp16
             if cfg.grad_clip:
+                scaler.unscale_(optimizer)  # clip the true gradients
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)  # skipped (and the scale lowered) when fp16 gradients overflowed
+            scaler.update()
             scheduler.step()
             step += 1
             pending.append(loss.detach())
