@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 
 from soups.data.imagenet import WNIDS
+from soups.data.imagenet_shifts import official_subset
 
 # PyTorch class indices of ObjectNet's example classes in the fake mappings
 ANALOG_CLOCK, DIGITAL_CLOCK, BANANA = 409, 530, 954
@@ -28,9 +29,8 @@ def make_tree(root: Path, train_per_class: int = 2) -> dict:
         _image(root / "imagenetv2-matched-frequency-format-val" / folder / "a.jpeg", n := n + 1)
     for wnid in (WNIDS[0], WNIDS[500]):
         _image(root / "sketch" / wnid / "sketch_1.JPEG", n := n + 1)
-    for name, wnids in (("imagenet-r", ("n01443537", "n01484850", "n01494475")),  # R classes 1, 2, 4
-                        ("imagenet-a", ("n01498041", "n01531178"))):
-        for wnid in wnids:
+    for name, subset in (("imagenet-r", "imagenet_r"), ("imagenet-a", "imagenet_a")):
+        for wnid in official_subset(subset):  # every one of the official 200 classes (R: 1, 2, 4, ...)
             _image(root / name / wnid / "img_0.jpg", n := n + 1)
     objectnet = root / "objectnet-1.0"
     for folder in ("alarm_clock", "banana", "bench"):  # bench has no ImageNet counterpart: dropped
@@ -48,4 +48,4 @@ def make_tree(root: Path, train_per_class: int = 2) -> dict:
         "\n".join(names.get(999 - i, f"class {999 - i}") for i in range(1000)) + "\n")
     (maps / "pytorch_to_imagenet_2012_id.json").write_text(json.dumps({str(i): 999 - i for i in range(1000)}))
     return {"train": 1000 * train_per_class, "val": 1000, "imagenet_v2": 4, "imagenet_sketch": 2,
-            "imagenet_r": 3, "imagenet_a": 2, "objectnet": 4}
+            "imagenet_r": 200, "imagenet_a": 200, "objectnet": 4}

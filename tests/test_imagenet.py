@@ -1,4 +1,6 @@
 """ImageNet and the five shifts on fake trees in the exact layouts: labels, masks, projections, errors."""
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -6,8 +8,8 @@ from omegaconf import OmegaConf
 
 from fake_imagenet import ANALOG_CLOCK, BANANA, DIGITAL_CLOCK, make_tree
 from soups.data import build_data
-from soups.data.imagenet import WNID_INDEX, DatasetLayoutError, held_out_mask, scan_class_folders
-from soups.data.imagenet_shifts import imagenet_r, imagenet_v2, objectnet
+from soups.data.imagenet import WNID_INDEX, WNIDS, DatasetLayoutError, held_out_mask, scan_class_folders
+from soups.data.imagenet_shifts import imagenet_a, imagenet_r, imagenet_v2, objectnet
 
 IDENTITY = lambda img: torch.zeros(1)  # noqa: E731 - transforms are not under test here
 
@@ -75,13 +77,29 @@ def test_v2_labels_come_from_folder_names(tree):
 
 def test_imagenet_r_masks_logits_to_its_classes(tree):
     root, _ = tree
-    r = imagenet_r(root / "imagenet-r", IDENTITY, 3, 0)
+    r = imagenet_r(root / "imagenet-r", IDENTITY, 200, 0)
     logits = torch.zeros(1, 1000)
     logits[0, 0] = 9.0  # class 0 is not in the subset: must not win
-    logits[0, 4] = 5.0  # ImageNet class 4 = third R folder
+    logits[0, 4] = 5.0  # ImageNet class 4 = third R class
     projected = r.project_logits(logits)
-    assert projected.shape == (1, 3) and projected.argmax().item() == 2
-    assert r.labels.tolist() == [0, 1, 2]
+    assert projected.shape == (1, 200) and projected.argmax().item() == 2
+    assert r.labels.tolist() == list(range(200))
+
+
+@pytest.mark.parametrize("name, build", [("imagenet-r", imagenet_r), ("imagenet-a", imagenet_a)])
+def test_r_and_a_classes_are_the_official_200_not_whatever_folders_exist(tree, tmp_path, name, build):
+    """With a folder missing and the count check off, the task must not silently become 199-way."""
+    root, _ = tree
+    copy = tmp_path / name
+    shutil.copytree(root / name, copy)
+    shutil.rmtree(sorted(copy.iterdir())[5])
+    with pytest.raises(DatasetLayoutError, match="missing 1 "):
+        build(copy, IDENTITY, None, 0)
+    extra = tmp_path / f"{name}-extra"  # (folder scans are cached by path: a new folder)
+    shutil.copytree(root / name, extra)
+    shutil.copytree(root / "sketch" / WNIDS[0], extra / WNIDS[0])  # a class not in the list
+    with pytest.raises(DatasetLayoutError, match="missing 0 .*not in the list 1 "):
+        build(extra, IDENTITY, None, 0)
 
 
 def test_objectnet_projects_by_max_over_mapped_classes(tree):
@@ -104,7 +122,7 @@ def test_missing_root_wrong_count_and_wrong_layout_say_what_was_expected(tree, t
         build_data(data, shifts, model)
     data, shifts, model = imagenet_cfgs(root, counts)
     shifts.expected.imagenet_a = 7500
-    with pytest.raises(DatasetLayoutError, match="imagenet_a: found 2 images, expected 7500"):
+    with pytest.raises(DatasetLayoutError, match="imagenet_a: found 200 images, expected 7500"):
         build_data(data, shifts, model)
     with pytest.raises(DatasetLayoutError, match="named 0..999"):
         imagenet_v2(root / "sketch", IDENTITY, None, 0)
@@ -119,7 +137,7 @@ def test_verifier_reports_found_missing_and_counts(tree, tmp_path, capsys):
     root, counts = tree
     assert verify.main(["--root", str(root)]) == 1  # fake tree: counts differ from the real releases
     out = capsys.readouterr().out
-    assert "imagenet_a       mismatch          2" in out and "found 2 images, expected 7500" in out
+    assert "imagenet_a       mismatch        200" in out and "found 200 images, expected 7500" in out
     assert verify.main(["--root", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert out.count("missing") >= 7

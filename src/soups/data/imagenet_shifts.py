@@ -46,6 +46,14 @@ def imagenet_a(root: Path, transform, expected: int | None, num_workers: int) ->
     return _wnid_folders("imagenet_a", root, transform, expected, num_workers, subset=True)
 
 
+def official_subset(name: str) -> list[str]:
+    """The 200 WordNet ids of ImageNet-R or -A, as timm ships them (timm/data/_info/<set>_synsets.txt)."""
+    from importlib import resources
+
+    text = resources.files("timm.data").joinpath("_info", f"{name}_synsets.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def _wnid_folders(name, root, transform, expected, num_workers, subset: bool) -> FileEvalSet:
     folder = require_dir(name, root, TREES[name])
     samples = scan_class_folders(str(folder))
@@ -58,10 +66,17 @@ def _wnid_folders(name, root, transform, expected, num_workers, subset: bool) ->
     if not subset:
         return FileEvalSet(name, [p for p, _ in samples], torch.tensor([WNID_INDEX[f] for _, f in samples]),
                            transform, num_workers)
-    # R and A cover 200 classes: labels index the sorted subset, logits are masked to it
-    position = {f: i for i, f in enumerate(folders)}
+    # R and A cover 200 classes: labels index the official list, logits are masked to it. The list is
+    # pinned, not read off the folders: a missing folder would silently make the task 199-way
+    official = official_subset(name)
+    missing, extra = sorted(set(official) - set(folders)), sorted(set(folders) - set(official))
+    if missing or extra:
+        raise layout_error(name, f"the class folders must be the official {len(official)} classes: missing "
+                           f"{len(missing)} (e.g. {missing[:3]}), not in the list {len(extra)} (e.g. {extra[:3]})",
+                           TREES[name])
+    position = {f: i for i, f in enumerate(official)}
     return FileEvalSet(name, [p for p, _ in samples], torch.tensor([position[f] for _, f in samples]),
-                       transform, num_workers, project_logits=ClassSubset([WNID_INDEX[f] for f in folders]))
+                       transform, num_workers, project_logits=ClassSubset([WNID_INDEX[f] for f in official]))
 
 
 def objectnet(root: Path, transform, expected: int | None, num_workers: int, crop_border: int = 0) -> FileEvalSet:
