@@ -10,8 +10,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-# Small but real: tiny random-init BN tower, 20 MNIST images per class, one short epoch.
-TINY = ["model=tiny_efficientnet", "data.train_per_class=20", "data.val_per_class=10",
+# Small but real: tiny random-init BN tower, 20 MNIST images per class, one short epoch; the plain
+# finetune.yaml values (no demo experiment).
+TINY = ["~experiment", "model=tiny_efficientnet", "data.train_per_class=20", "data.val_per_class=10",
         "data.test_per_class=10", "data.bn_recalibration_images=64", "shifts.max_images=40",
         "epochs=1", "batch_size=16", "warmup_steps=2", "logger=none", "eval_batch_size=128",
         "head.Cs=[1.0]", "head.max_iter=200"]

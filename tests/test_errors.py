@@ -70,3 +70,12 @@ def test_missing_initialization_fails_before_any_evaluation(tiny_sweep, soup_cfg
     with pytest.raises(FileNotFoundError, match="interpolate with the pool's shared initialization"):
         run_soup(soup_cfg(f"pool.dir={pool}", "method=[uniform,wise_ft]"), tmp_path / "out")
     assert not (tmp_path / "cache" / "eval").exists()
+
+
+def test_a_trial_without_a_search_space_is_refused_not_run_with_defaults(finetune_cfg, tmp_path):
+    from soups.config import ConfigError
+    from soups.finetune_job import run_finetune
+
+    with pytest.raises(ConfigError, match="search_space, which is empty"):
+        run_finetune(finetune_cfg("trial=1"), tmp_path / "run")
+    assert not (tmp_path / "run" / "run.json").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from soups import search
-from soups.config import FinetuneSettings, check
+from soups.config import ConfigError, FinetuneSettings, check
 from soups.data import build_data
 from soups.distributed import join, leave, share
 from soups.eval_cache import EvaluationCache, evaluation_key, hash_ids
@@ -32,7 +32,10 @@ def apply_trial(cfg: DictConfig) -> None:
     """With `trial=i`, draw the searched hyperparameters (random search) into the config itself."""
     if cfg.get("trial") is None:
         return
-    space = OmegaConf.to_container(cfg.search_space, resolve=True) or {}
+    space = OmegaConf.to_container(cfg.search_space, resolve=True) if cfg.get("search_space") else {}
+    if not space:
+        raise ConfigError(f"trial={cfg.trial} draws from search_space, which is empty: choose a demo "
+                          f"(experiment=demo_vit or demo_efficientnet) or sweep=paper_random, or set search_space")
     unknown = [k for k in space if k not in HPARAMS]
     if unknown:
         raise ValueError(f"search_space fields {unknown} are not hyperparameters; searchable: {list(HPARAMS)}")
@@ -48,7 +51,7 @@ def list_draws(cfg: DictConfig, sweep_dir: Path) -> None:
     """The whole sweep's draws in its folder (every job writes the same file, atomically)."""
     if cfg.get("trial") is None or not cfg.get("search_draws"):
         return
-    space = OmegaConf.to_container(cfg.search_space, resolve=True) or {}
+    space = OmegaConf.to_container(cfg.search_space, resolve=True) if cfg.get("search_space") else {}
     write_json({"search_seed": cfg.search_seed, "search_space": space,
                 "draws": search.draws(space, cfg.search_seed, range(int(cfg.search_draws)))},
                sweep_dir / "search_draws.json")
