@@ -97,7 +97,8 @@ def markdown(demo: str, draws: list[dict], summary: dict) -> str:
         cells = [f"{e['mean']:+.2f} ± {e['std']:.2f} [{e['min']:+.2f}, {e['max']:+.2f}] ({e['positive']}/{entry['draws']})"
                  for e in (entry[c] for c, _ in COLUMNS)]
         ingredients = entry["ingredients"]
-        count = "1" if name == "mean individual" else f"{min(ingredients)}-{max(ingredients)}"
+        low, high = (1, 1) if name == "mean individual" else (min(ingredients), max(ingredients))
+        count = str(low) if low == high else f"{low}-{high}"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {count} |")
     greedy = summary.get("greedy soup")
     if greedy:
