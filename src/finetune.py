@@ -21,13 +21,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolv
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="finetune")
 def main(cfg) -> float:
-    from soups.config import ConfigError
+    from soups.errors import said_plainly
     from soups.finetune_job import run_finetune
 
-    try:
+    with said_plainly():  # an input the user can fix: `error: ...`, exit 1, no traceback to read through
         info = run_finetune(cfg, HydraConfig.get().runtime.output_dir)
-    except ConfigError as err:  # said plainly, before any work: no traceback to read through
-        sys.exit(f"error: {err}")
     if info and info.get("status") == "failed":
         if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep goes on with its other jobs
             sys.exit(f"run failed: {info['failure']} (recorded in {HydraConfig.get().runtime.output_dir}/run.json; "

@@ -4,7 +4,6 @@
     python src/soup.py method=greedy pool.dir=logs/finetune/multiruns/<sweep>
 """
 import os
-import sys
 from pathlib import Path
 
 import hydra
@@ -18,13 +17,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolv
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="soup")
 def main(cfg) -> None:
-    from soups.config import ConfigError
+    from soups.errors import said_plainly
     from soups.soup_job import run_soup
 
-    try:
+    with said_plainly():  # an input the user can fix: `error: ...`, exit 1, no traceback to read through
         run_soup(cfg, HydraConfig.get().runtime.output_dir)
-    except ConfigError as err:  # said plainly, before any work: no traceback to read through
-        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ from PIL import Image
 
 from soups.data.imagenet import WNIDS
 from soups.data.imagenet_shifts import official_subset
+from soups.data.objectnet import pinned_classes
 
 # PyTorch class indices of ObjectNet's example classes in the fake mappings
 ANALOG_CLOCK, DIGITAL_CLOCK, BANANA = 409, 530, 954
+IMAGENET_NAMES = {ANALOG_CLOCK: "analog clock", DIGITAL_CLOCK: "digital clock", BANANA: "banana"}
 
 
 def _image(path: Path, seed: int, ext_format: str = "JPEG") -> None:
@@ -33,19 +35,22 @@ def make_tree(root: Path, train_per_class: int = 2) -> dict:
         for wnid in official_subset(subset):  # every one of the official 200 classes (R: 1, 2, 4, ...)
             _image(root / name / wnid / "img_0.jpg", n := n + 1)
     objectnet = root / "objectnet-1.0"
-    for folder in ("alarm_clock", "banana", "bench"):  # bench has no ImageNet counterpart: dropped
+    for folder in ("alarm_clock", "banana", "squeegee"):  # squeegee has no ImageNet counterpart: dropped
         for i in range(2):
             _image(objectnet / "images" / folder / f"{i}.png", n := n + 1, "PNG")
-    maps = objectnet / "mappings"
-    maps.mkdir(parents=True)
-    (maps / "folder_to_objectnet_label.json").write_text(json.dumps(
-        {"alarm_clock": "Alarm clock", "banana": "Banana", "bench": "Bench"}))
-    (maps / "objectnet_to_imagenet_1k.json").write_text(json.dumps(
-        {"Alarm clock": "analog clock; digital clock", "Banana": "banana"}))
-    # ILSVRC-2012 ids differ from PyTorch indices: here id = 999 - index
-    names = {ANALOG_CLOCK: "analog clock", DIGITAL_CLOCK: "digital clock", BANANA: "banana"}
-    (maps / "imagenet_to_label_2012_v2").write_text(
-        "\n".join(names.get(999 - i, f"class {999 - i}") for i in range(1000)) + "\n")
-    (maps / "pytorch_to_imagenet_2012_id.json").write_text(json.dumps({str(i): 999 - i for i in range(1000)}))
+    write_objectnet_mappings(objectnet / "mappings", pinned_classes())
     return {"train": 1000 * train_per_class, "val": 1000, "imagenet_v2": 4, "imagenet_sketch": 2,
             "imagenet_r": 200, "imagenet_a": 200, "objectnet": 4}
+
+
+def write_objectnet_mappings(maps: Path, groups: dict[str, list[int]], lines: list[str] | None = None) -> None:
+    """ObjectNet's four mapping files in their exact formats, giving `groups` ({folder: PyTorch indices}) plus
+    one unmapped folder. ILSVRC-2012 ids differ from PyTorch indices here: id = 999 - index."""
+    maps.mkdir(parents=True, exist_ok=True)
+    names = [IMAGENET_NAMES.get(999 - i, f"class {999 - i}") for i in range(1000)]
+    labels = {folder: folder.replace("_", " ").capitalize() for folder in [*groups, "squeegee"]}
+    (maps / "folder_to_objectnet_label.json").write_text(json.dumps(labels, indent=2))
+    (maps / "objectnet_to_imagenet_1k.json").write_text(json.dumps(
+        {labels[f]: "; ".join(names[999 - i] for i in ids) for f, ids in groups.items()}, indent=2))
+    (maps / "imagenet_to_label_2012_v2").write_text("\n".join(names if lines is None else lines) + "\n")
+    (maps / "pytorch_to_imagenet_2012_id.json").write_text(json.dumps({str(i): 999 - i for i in range(1000)}))

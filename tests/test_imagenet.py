@@ -1,15 +1,19 @@
 """ImageNet and the five shifts on fake trees in the exact layouts: labels, masks, projections, errors."""
+import json
+import re
 import shutil
 
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
-from fake_imagenet import ANALOG_CLOCK, BANANA, DIGITAL_CLOCK, make_tree
+from fake_imagenet import ANALOG_CLOCK, BANANA, DIGITAL_CLOCK, IMAGENET_NAMES, make_tree, write_objectnet_mappings
 from soups.data import build_data
 from soups.data.imagenet import WNID_INDEX, WNIDS, DatasetLayoutError, held_out_mask, scan_class_folders
-from soups.data.imagenet_shifts import imagenet_a, imagenet_r, imagenet_v2, objectnet
+from soups.data.imagenet_shifts import imagenet_a, imagenet_r, imagenet_v2
+from soups.data.objectnet import mapping_digest, objectnet, parse_mappings, pinned_classes
 
 IDENTITY = lambda img: torch.zeros(1)  # noqa: E731 - transforms are not under test here
 
@@ -75,6 +79,39 @@ def test_v2_labels_come_from_folder_names(tree):
         ("0", 0), ("10", 10), ("2", 2), ("999", 999)]
 
 
+def _v2_tree_of_every_image_mode(root):
+    """One file per PIL mode an ImageNetV2 file could hold; odd sizes so that the resize interpolates."""
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, size=(29, 41, 3), dtype=np.uint8))
+    alpha = Image.fromarray(rng.integers(0, 256, size=(29, 41), dtype=np.uint8))
+    files = {"rgb.jpeg": rgb, "gray.jpeg": rgb.convert("L"), "cmyk.jpeg": rgb.convert("CMYK"),
+             "palette.png": rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16),
+             "rgba.png": Image.merge("RGBA", (*rgb.split(), alpha))}
+    for i, (name, img) in enumerate(files.items()):
+        (root / str(i)).mkdir(parents=True)
+        img.save(root / str(i) / name)
+    return files
+
+
+def test_v2_converts_to_rgb_after_the_crop_like_the_official_loader(tmp_path):
+    from open_clip import image_transform
+
+    from soups.data.store import StoredEvalSet
+
+    root = tmp_path / "v2"
+    files = _v2_tree_of_every_image_mode(root)
+    transform = image_transform(24, is_train=False, mean=(0.5,) * 3, std=(0.25,) * 3)
+    v2 = imagenet_v2(root, transform, len(files), 0)
+    official = torch.stack([transform(Image.open(p)) for p in v2.paths])  # imagenetv2_pytorch: no convert
+    ours = torch.cat([x for x, _ in v2.batches(8)])
+    assert torch.equal(ours, official)
+    assert torch.equal(torch.cat([x for x, _ in StoredEvalSet(v2, tmp_path / "cache").batches(8)]), official)
+    rgb_first = torch.stack([transform(Image.open(p).convert("RGB")) for p in v2.paths])
+    modes = [Image.open(p).mode for p in v2.paths]
+    differs = {m for m, a, b in zip(modes, rgb_first, official) if not torch.equal(a, b)}
+    assert {"P", "RGBA"} <= differs and not differs & {"RGB", "L"}  # the order matters, and only for these
+
+
 def test_imagenet_r_masks_logits_to_its_classes(tree):
     root, _ = tree
     r = imagenet_r(root / "imagenet-r", IDENTITY, 200, 0)
@@ -105,14 +142,64 @@ def test_r_and_a_classes_are_the_official_200_not_whatever_folders_exist(tree, t
 def test_objectnet_projects_by_max_over_mapped_classes(tree):
     root, _ = tree
     on = objectnet(root / "objectnet-1.0", IDENTITY, 4, 0)
-    assert len(on) == 4 and sorted(set(on.labels.tolist())) == [0, 1]  # bench dropped; alarm_clock=0, banana=1
+    alarm_clock, banana = 0, 2  # labels index the 113 sorted folders: alarm_clock, backpack, banana, ...
+    assert len(on) == 4 and on.labels.tolist() == [alarm_clock] * 2 + [banana] * 2  # squeegee dropped
     logits = torch.zeros(2, 1000)
     logits[0, DIGITAL_CLOCK] = 3.0   # either clock counts for "Alarm clock"
     logits[0, BANANA] = 2.0
     logits[1, ANALOG_CLOCK] = 1.0
     logits[1, BANANA] = 4.0
     projected = on.project_logits(logits)
-    assert projected.tolist() == [[3.0, 2.0], [1.0, 4.0]]
+    assert projected.shape == (2, 113)
+    assert projected[:, [alarm_clock, banana]].tolist() == [[3.0, 2.0], [1.0, 4.0]]
+
+
+def test_objectnet_classes_are_pinned():
+    groups = pinned_classes()
+    assert len(groups) == 113 and sum(map(len, groups.values())) == 125
+    assert len({i for ids in groups.values() for i in ids}) == 125  # no ImageNet class serves two
+    assert mapping_digest(groups) == "94c146488afcb7f7c3153ef87b42c6d586e4b490bb7c5a5239d90c68129bc05f"
+    assert groups["alarm_clock"] == [ANALOG_CLOCK, DIGITAL_CLOCK] and groups["banana"] == [BANANA]
+
+
+def _names():
+    return [IMAGENET_NAMES.get(999 - i, f"class {999 - i}") for i in range(1000)]
+
+
+def _with_blank_line():  # the official parser fails on it; a loose one renumbers every later class
+    names = _names()
+    return names[:100] + [""] + names[100:-1]
+
+
+def _duplicate_of_a_used_name():
+    names = _names()
+    names[0] = names[999 - BANANA]
+    return names
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(lines=_with_blank_line()), "blank at line [101]"),
+    (dict(lines=_names() + ["class extra"]), "found 1001 lines"),
+    (dict(lines=_duplicate_of_a_used_name()), "not exactly one line of imagenet_to_label_2012_v2 holds ['banana']"),
+    (dict(groups={f: ids for f, ids in pinned_classes().items() if f != "banana"}), "1 folders differ, e.g. ['banana']"),
+    (dict(groups={**pinned_classes(), "banana": [BANANA, 0]}), "113 classes over 126 ImageNet indices"),
+])
+def test_objectnet_mappings_are_parsed_strictly_and_checked_against_the_pin(tmp_path, change, message):
+    root = tmp_path / "objectnet-1.0"
+    (root / "images" / "banana").mkdir(parents=True)
+    write_objectnet_mappings(root / "mappings", change.get("groups", pinned_classes()), change.get("lines"))
+    with pytest.raises(DatasetLayoutError, match=re.escape(message)):
+        objectnet(root, IDENTITY, None, 0)
+
+
+def test_objectnet_label_without_a_folder_is_an_error(tmp_path):
+    maps = tmp_path / "mappings"
+    write_objectnet_mappings(maps, pinned_classes())
+    labels = json.loads((maps / "folder_to_objectnet_label.json").read_text())
+    del labels["banana"]
+    (maps / "folder_to_objectnet_label.json").write_text(json.dumps(labels))
+    with pytest.raises(DatasetLayoutError, match="'Banana' is no folder's label"):
+        parse_mappings(maps)
 
 
 def test_missing_root_wrong_count_and_wrong_layout_say_what_was_expected(tree, tmp_path):

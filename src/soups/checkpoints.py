@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from soups.errors import BadInput, MissingInput
 from soups.io import atomic_save_safetensors, nonfinite_tensors, sha256_file
 
 HEAD_KEYS = {"classification_head.weight": "head.weight", "classification_head.bias": "head.bias"}
@@ -25,8 +26,8 @@ def convert_official_state_dict(official: dict[str, torch.Tensor],
     shape must match, so a checkpoint of another architecture is refused with the difference."""
     missing_head = [k for k in HEAD_KEYS if k not in official]
     if missing_head or not any(k.startswith(TOWER_PREFIX) for k in official):
-        raise ValueError(f"not an official model-soups checkpoint: expected '{TOWER_PREFIX}*' and "
-                         f"{sorted(HEAD_KEYS)} keys, found e.g. {sorted(official)[:4]}")
+        raise BadInput(f"not an official model-soups checkpoint: expected '{TOWER_PREFIX}*' and "
+                       f"{sorted(HEAD_KEYS)} keys, found e.g. {sorted(official)[:4]}")
     converted = {"visual." + k[len(TOWER_PREFIX):]: v for k, v in official.items() if k.startswith(TOWER_PREFIX)}
     converted.update({new: official[old] for old, new in HEAD_KEYS.items()})
     converted = {k: v.float() if v.is_floating_point() else v for k, v in converted.items()}
@@ -36,11 +37,11 @@ def convert_official_state_dict(official: dict[str, torch.Tensor],
         shapes = [f"{k}: {tuple(converted[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
                   if k in converted and converted[k].shape != v.shape]
         if missing or extra or shapes:
-            raise ValueError(f"checkpoint does not fit the configured model (another architecture?): "
-                             f"missing {missing[:3]}, unexpected {extra[:3]}, shape mismatches {shapes[:3]}")
+            raise BadInput(f"checkpoint does not fit the configured model (another architecture?): "
+                           f"missing {missing[:3]}, unexpected {extra[:3]}, shape mismatches {shapes[:3]}")
     bad = nonfinite_tensors(converted)
     if bad:  # one NaN ingredient turns every average it enters into NaN
-        raise ValueError(f"checkpoint holds NaN or inf in {len(bad)} tensors (e.g. {bad[:3]}); it cannot be souped")
+        raise BadInput(f"checkpoint holds NaN or inf in {len(bad)} tensors (e.g. {bad[:3]}); it cannot be souped")
     return converted
 
 
@@ -49,7 +50,7 @@ def convert_official_file(path: str | Path, out_dir: str | Path, expected: dict[
     """`out_dir/<name>.safetensors`, converted once (reused while the source's sha256 is unchanged)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"missing checkpoint {path}; fetch the release with scripts/download_checkpoints.py")
+        raise MissingInput(f"missing checkpoint {path}; fetch the release with scripts/download_checkpoints.py")
     source_sha = source_sha256 or sha256_file(path)
     out = Path(out_dir) / f"{path.stem}-{source_sha[:16]}.safetensors"
     if out.is_file():
@@ -57,10 +58,10 @@ def convert_official_file(path: str | Path, out_dir: str | Path, expected: dict[
     try:
         official = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, pickle with code, ...: never executed, reported
-        raise ValueError(f"{path} could not be read as a plain state dict ({err}); truncated or not a "
-                         f"model-soups checkpoint?") from err
+        raise BadInput(f"{path} could not be read as a plain state dict ({err}); truncated or not a "
+                       f"model-soups checkpoint?") from err
     if not isinstance(official, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(official).__name__}")
+        raise BadInput(f"{path}: expected a state dict, got {type(official).__name__}")
     converted = convert_official_state_dict(official, expected)
     atomic_save_safetensors(converted, out, metadata={"kind": "official", "source": path.name,
                                                       "source_sha256": source_sha})

@@ -15,10 +15,11 @@ import torch
 from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import ValidationError
 
+from soups.errors import BadInput
 from soups.runtime import PRECISIONS
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput):
     """A setting of the wrong type or out of range; the entry points print it without a traceback."""
 
 

@@ -19,6 +19,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
 
+from soups.errors import BadInput
+
 log = logging.getLogger(__name__)
 
 
@@ -165,7 +167,7 @@ class RankSlices(Sampler):
 
     def __init__(self, n: int, batch_size: int, group: Group, generator: torch.Generator):
         if batch_size % group.world_size:
-            raise ValueError(f"batch_size={batch_size} must split evenly over {group.world_size} processes")
+            raise BadInput(f"batch_size={batch_size} must split evenly over {group.world_size} processes")
         self.n, self.batch_size, self.group, self.generator = n, batch_size, group, generator
         self.per_rank = batch_size // group.world_size
         self.skip = 0  # batches of the next epoch already done (a run resumed mid-epoch); reset after it

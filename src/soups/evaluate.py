@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 
 from soups.data import EvalSet
 from soups.distributed import SINGLE, Group, gather_shards, shard_rows, sum_over_ranks
+from soups.errors import BadInput
 from soups.runtime import autocast
 
 HELD_OUT = "val"
@@ -22,10 +23,10 @@ class Evaluator:
     def __init__(self, sets: dict[str, EvalSet], batch_size: int, precision: str, device: torch.device,
                  progress: bool = True, compile: bool = False, group: Group = SINGLE):
         if HELD_OUT not in sets or TEST not in sets:
-            raise ValueError(f"evaluation needs '{HELD_OUT}' and '{TEST}' sets, got {list(sets)}")
+            raise BadInput(f"evaluation needs '{HELD_OUT}' and '{TEST}' sets, got {list(sets)}")
         small = {n: len(s) for n, s in sets.items() if len(s) < group.world_size}
         if small:
-            raise ValueError(f"sets {small} have fewer images than the {group.world_size} ranks sharing them")
+            raise BadInput(f"sets {small} have fewer images than the {group.world_size} ranks sharing them")
         self.sets = sets
         self.batch_size = batch_size
         self.precision = precision

@@ -12,6 +12,7 @@ from soups import search
 from soups.config import ConfigError, FinetuneSettings, check
 from soups.data import build_data
 from soups.distributed import join, leave, share
+from soups.errors import BadInput
 from soups.eval_cache import EvaluationCache, evaluation_key, hash_ids
 from soups.evaluate import Evaluator, format_metrics, recalibrate_bn
 from soups.init import load_init, shared_init
@@ -38,7 +39,7 @@ def apply_trial(cfg: DictConfig) -> None:
                           f"(experiment=demo_vit or demo_efficientnet) or sweep=paper_random, or set search_space")
     unknown = [k for k in space if k not in HPARAMS]
     if unknown:
-        raise ValueError(f"search_space fields {unknown} are not hyperparameters; searchable: {list(HPARAMS)}")
+        raise BadInput(f"search_space fields {unknown} are not hyperparameters; searchable: {list(HPARAMS)}")
     drawn = search.sample(space, cfg.search_seed, int(cfg.trial))
     with open_dict(cfg):
         for name, value in drawn.items():
@@ -94,8 +95,8 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
         leave(ranks)
         return read_json(run_dir / RUN_INFO_NAME) if ranks.is_main else None
     if ranks.active and cfg.mixup > 0 and (cfg.batch_size // ranks.world_size) % 2:
-        raise ValueError(f"mixup needs an even batch per process: batch_size={cfg.batch_size} over "
-                         f"{ranks.world_size} processes")
+        raise BadInput(f"mixup needs an even batch per process: batch_size={cfg.batch_size} over "
+                       f"{ranks.world_size} processes")
     setup(cfg.seed, cfg.get("threads"))
     start = time.time()
     init_dir = shared_init(cfg, device)

@@ -9,6 +9,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from soups.data import EvalSet
+from soups.errors import BadInput
 from soups.io import atomic_write
 from soups.runtime import autocast
 
@@ -90,6 +91,6 @@ def zero_shot_prompts(head_cfg) -> tuple[list[str], list]:
     templates = {"openai": open_clip.OPENAI_IMAGENET_TEMPLATES,
                  "simple": open_clip.SIMPLE_IMAGENET_TEMPLATES}.get(head_cfg.templates, None)
     if classnames is None or templates is None:
-        raise ValueError(f"head.classnames={head_cfg.classnames!r} / head.templates={head_cfg.templates!r}; "
-                         f"available: classnames imagenet, templates openai | simple")
+        raise BadInput(f"head.classnames={head_cfg.classnames!r} / head.templates={head_cfg.templates!r}; "
+                       f"available: classnames imagenet, templates openai | simple")
     return list(classnames), list(templates)

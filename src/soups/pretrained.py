@@ -15,6 +15,7 @@ from pathlib import Path
 import timm
 import torch
 
+from soups.errors import MissingInput
 from soups.io import atomic_save_safetensors, read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,8 @@ def resolve_image_tower_weights(spec: str, cache_dir: str | Path | None, image_s
     if spec not in KNOWN_TOWER_WEIGHTS:
         path = Path(spec).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"image_tower_weights={spec!r} is neither a known name "
-                                    f"({sorted(KNOWN_TOWER_WEIGHTS)}) nor an existing file")
+            raise MissingInput(f"image_tower_weights={spec!r} is neither a known name "
+                               f"({sorted(KNOWN_TOWER_WEIGHTS)}) nor an existing file")
         return path
     if cache_dir is None:
         raise ValueError("a cache_dir is needed to convert packaged tower weights")

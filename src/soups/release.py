@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from soups.checkpoints import convert_official_file
+from soups.errors import BadInput, MissingInput
 from soups.io import sha256_file
 from soups.pool import Ingredient
 
@@ -16,11 +17,11 @@ def load_release_pool(release_cfg, template_state: dict, cache_dir: str | Path) 
     names = [f"model_{i}" for i in range(int(release_cfg.models))]
     hint = f"fetch them with: python scripts/download_checkpoints.py --out {folder}"
     if release_cfg.init not in names:
-        raise ValueError(f"pool.release.init={release_cfg.init!r} is not one of model_0..model_{len(names) - 1}")
+        raise BadInput(f"pool.release.init={release_cfg.init!r} is not one of model_0..model_{len(names) - 1}")
     missing = [n for n in names if not (folder / f"{n}.pt").is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} released checkpoints missing from {folder} "
-                                f"(e.g. {missing[:3]}); {hint}")
+        raise MissingInput(f"{len(missing)} released checkpoints missing from {folder} "
+                           f"(e.g. {missing[:3]}); {hint}")
     record_path = folder / "sha256.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     hparams_path = folder / "hparam_info.json"
@@ -30,7 +31,7 @@ def load_release_pool(release_cfg, template_state: dict, cache_dir: str | Path) 
         path = folder / f"{name}.pt"
         digest = sha256_file(path)
         if name + ".pt" in record and record[name + ".pt"] != digest:
-            raise ValueError(f"{path} does not match the sha256 recorded at download: truncated or modified; {hint}")
+            raise BadInput(f"{path} does not match the sha256 recorded at download: truncated or modified; {hint}")
         sources[name] = (path, digest)
     ingredients = []
     for name, (path, digest) in sources.items():

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from soups.errors import BadInput
+
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -23,7 +25,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}; expected one of {list(PRECISIONS)}")
+        raise BadInput(f"precision={precision!r}; expected one of {list(PRECISIONS)}")
 
 
 def autocast(precision: str, device: torch.device):

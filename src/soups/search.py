@@ -17,6 +17,8 @@ import hashlib
 import math
 import random
 
+from soups.errors import BadInput
+
 KINDS = ("choice", "uniform", "log_uniform", "int_uniform", "zero_or_uniform", "randaug")
 ARITY = {"uniform": 2, "log_uniform": 2, "int_uniform": 2, "zero_or_uniform": 3, "randaug": 5}
 
@@ -29,22 +31,22 @@ def _rng(seed: int, trial: int, name: str) -> random.Random:
 def validate_space(space: dict) -> None:
     for name, spec in space.items():
         if not isinstance(spec, (list, tuple)) or not spec or spec[0] not in KINDS:
-            raise ValueError(f"search_space.{name}={spec!r}: expected [kind, ...] with kind in {KINDS}")
+            raise BadInput(f"search_space.{name}={spec!r}: expected [kind, ...] with kind in {KINDS}")
         kind, args = spec[0], list(spec[1:])
         if kind == "choice":
             if not args:
-                raise ValueError(f"search_space.{name}: choice needs at least one value")
+                raise BadInput(f"search_space.{name}: choice needs at least one value")
             continue
         if len(args) != ARITY[kind] or not all(isinstance(a, (int, float)) for a in args):
-            raise ValueError(f"search_space.{name}: {kind} needs {ARITY[kind]} numbers, got {args}")
+            raise BadInput(f"search_space.{name}: {kind} needs {ARITY[kind]} numbers, got {args}")
         if kind in ("zero_or_uniform", "randaug") and not 0 <= args[0] <= 1:
-            raise ValueError(f"search_space.{name}: {kind}'s first number is a probability, got {args[0]}")
+            raise BadInput(f"search_space.{name}: {kind}'s first number is a probability, got {args[0]}")
         bounds = args[1:] if kind in ("zero_or_uniform", "randaug") else args
         for low, high in zip(bounds[::2], bounds[1::2]):
             if not low <= high:
-                raise ValueError(f"search_space.{name}: {kind} needs low <= high, got {args}")
+                raise BadInput(f"search_space.{name}: {kind} needs low <= high, got {args}")
         if kind == "log_uniform" and args[0] <= 0:
-            raise ValueError(f"search_space.{name}: log_uniform needs low > 0, got {args[0]}")
+            raise BadInput(f"search_space.{name}: log_uniform needs low > 0, got {args[0]}")
 
 
 def sample(space: dict, seed: int, trial: int) -> dict:

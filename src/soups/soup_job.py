@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from soups import plots
 from soups.config import SoupSettings, check
 from soups.data import build_data
+from soups.errors import BadInput, MissingInput
 from soups.eval_cache import EvaluationCache, evaluation_key
 from soups.evaluate import Evaluator, format_metrics
 from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, atomic_save_safetensors, sha256_file, write_json
@@ -30,14 +31,14 @@ log = logging.getLogger(__name__)
 def build_recipes(method_cfg) -> dict:
     """Instantiated (hence validated) before any work."""
     if not method_cfg:
-        raise ValueError("no method selected; e.g. method=greedy or method=[uniform,greedy]")
+        raise BadInput("no method selected; e.g. method=greedy or method=[uniform,greedy]")
     recipes = {}
     for name, node in method_cfg.items():
         _check_targets(f"method.{name}", node)
         try:
             recipes[name] = instantiate(node)
         except InstantiationException as err:
-            raise ValueError(f"method.{name}: {err.__cause__ or err}") from err
+            raise BadInput(f"method.{name}: {err.__cause__ or err}") from err
     return recipes
 
 
@@ -51,8 +52,8 @@ def _check_targets(where: str, node) -> None:
     if OmegaConf.is_dict(node):
         target = node.get("_target_")
         if target is not None and not _is_recipe_class(str(target)):
-            raise ValueError(f"{where}._target_={target!r}: a method must be a class in {RECIPES_PACKAGE.rstrip('.')} "
-                             f"(add new recipes to src/soups/recipes/)")
+            raise BadInput(f"{where}._target_={target!r}: a method must be a class in {RECIPES_PACKAGE.rstrip('.')} "
+                           f"(add new recipes to src/soups/recipes/)")
         for key, child in node.items():
             _check_targets(f"{where}.{key}", child)
     elif OmegaConf.is_list(node):
@@ -92,7 +93,7 @@ def _open_pool(cfg, device):
     if cfg.pool.get("release"):
         missing = [k for k in ("model", "data", "shifts") if not cfg.get(k)]
         if missing:
-            raise ValueError(f"pool.release needs {missing} in the soup config; use experiment=paper_vit_b32")
+            raise BadInput(f"pool.release needs {missing} in the soup config; use experiment=paper_vit_b32")
         run_cfg = OmegaConf.create({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "shifts")})
         model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)
         ingredients, init = load_release_pool(cfg.pool.release, model.state_dict(), cfg.paths.cache_dir)
@@ -117,9 +118,9 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     init_weights = init.weights if init is not None else Path(ingredients[0].info["init"]["dir"]) / WEIGHTS_NAME
     needs_init = [name for name, recipe in recipes.items() if getattr(recipe, "needs_init", False)]
     if needs_init and not Path(init_weights).is_file():
-        raise FileNotFoundError(f"{needs_init} interpolate with the pool's shared initialization, but its weights "
-                                f"{init_weights} (named in the ingredients' run.json) are missing; the init lives "
-                                f"in paths.cache_dir: was it cleaned? Choose other methods, or fine-tune the pool again")
+        raise MissingInput(f"{needs_init} interpolate with the pool's shared initialization, but its weights "
+                           f"{init_weights} (named in the ingredients' run.json) are missing; the init lives "
+                           f"in paths.cache_dir: was it cleaned? Choose other methods, or fine-tune the pool again")
     key = evaluation_key(run_cfg, cfg.precision, cfg.eval_batch_size, bool(cfg.get("compile")))
     scorer = WeightsScorer(model, evaluator, bn_sample, cfg.eval_batch_size, device, init_weights,
                            EvaluationCache(cfg.paths.cache_dir, key), key, cfg.cache_logits)

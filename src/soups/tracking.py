@@ -11,6 +11,8 @@ import logging
 import os
 from pathlib import Path
 
+from soups.errors import BadInput
+
 log = logging.getLogger(__name__)
 
 
@@ -59,7 +61,7 @@ def tracking(logger_cfg, run_dir: str | Path, name: str, job_type: str, config: 
         yield NullTracker()
         return
     if logger_cfg.kind != "wandb":
-        raise ValueError(f"logger.kind={logger_cfg.kind!r}; expected wandb or none")
+        raise BadInput(f"logger.kind={logger_cfg.kind!r}; expected wandb or none")
     import wandb
 
     mode = wandb_mode(logger_cfg)

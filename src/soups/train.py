@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from soups.distributed import SINGLE, Group, RankSlices, mean_over_ranks, unwrap, wrap
+from soups.errors import BadInput
 from soups.resume import load_train_state, save_train_state
 from soups.runtime import autocast
 
@@ -62,7 +63,7 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.num_workers,
                         pin_memory=device.type == "cuda", generator=generator)
     if len(loader) == 0:
-        raise ValueError(f"batch_size={cfg.batch_size} exceeds the {len(dataset)} training images")
+        raise BadInput(f"batch_size={cfg.batch_size} exceeds the {len(dataset)} training images")
     mixup = (Mixup(mixup_alpha=cfg.mixup, label_smoothing=cfg.label_smoothing, num_classes=num_classes)
              if cfg.mixup > 0 else None)
     loss_fn = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)

@@ -13,6 +13,7 @@ from timm.data import create_transform
 from soups.data.digits import SHIFTS as MNIST_SHIFTS
 from soups.data.digits import make_shift, mnist_splits, subsample
 from soups.data.images import EvalSet, ImageArray, TransformedImages
+from soups.errors import BadInput
 
 __all__ = ["build_data", "MnistData", "EvalSet", "ImageArray", "train_transform"]
 
@@ -36,7 +37,7 @@ def build_data(data_cfg, shifts_cfg, model_cfg, cache_dir=None):
         from soups.data.imagenet_data import ImageNetData
 
         return ImageNetData(data_cfg, shifts_cfg, model_cfg, cache_dir)
-    raise ValueError(f"unknown data.name={data_cfg.name!r}; available: mnist, imagenet")
+    raise BadInput(f"unknown data.name={data_cfg.name!r}; available: mnist, imagenet")
 
 
 def train_transform(model_cfg, randaug: str | None, crop_scale: float, hflip: float = 0.0,
@@ -54,7 +55,7 @@ class MnistData:
     def __init__(self, data_cfg, shifts_cfg, model_cfg):
         unknown = [n for n in shifts_cfg.names if n not in MNIST_SHIFTS]
         if unknown:
-            raise ValueError(f"unknown shifts {unknown}; MNIST shifts are {list(MNIST_SHIFTS)}")
+            raise BadInput(f"unknown shifts {unknown}; MNIST shifts are {list(MNIST_SHIFTS)}")
         self.cfg, self.model_cfg = data_cfg, model_cfg
         splits = mnist_splits(data_cfg.train_per_class, data_cfg.val_per_class, data_cfg.test_per_class,
                               data_cfg.split_seed)

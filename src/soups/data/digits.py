@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
 from soups.data.images import ImageArray
+from soups.errors import BadInput
 
 SHIFTS = ("digits", "rotate", "invert", "blur", "shrink")
 
@@ -24,7 +25,7 @@ def mnist_splits(train_per_class: int, val_per_class: int, test_per_class: int, 
     sizes = {"train": train_per_class, "val": val_per_class, "test": test_per_class}
     available = int(np.bincount(labels).min())
     if sum(sizes.values()) > available:
-        raise ValueError(f"train+val+test per class = {sum(sizes.values())} but MNIST here has {available} per class")
+        raise BadInput(f"train+val+test per class = {sum(sizes.values())} but MNIST here has {available} per class")
     rng = np.random.default_rng(seed)
     picked = {name: [] for name in sizes}
     for cls in range(10):
@@ -73,7 +74,7 @@ def make_shift(name: str, test: ImageArray, seed: int) -> ImageArray:
         canvas[:, :, 6:21, 6:21] = small
         x = canvas.round().clamp(0, 255).to(torch.uint8)
     else:
-        raise ValueError(f"unknown MNIST shift {name!r}; expected one of {SHIFTS}")
+        raise BadInput(f"unknown MNIST shift {name!r}; expected one of {SHIFTS}")
     return ImageArray(name, x.squeeze(1).contiguous(), test.labels.clone(), test.ids.clone())
 
 

@@ -17,6 +17,7 @@ from timm.data import ImageNetInfo
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from soups.data.images import checked_rows
+from soups.errors import BadInput, MissingInput
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 WNIDS: list[str] = ImageNetInfo("imagenet-1k").label_names()  # the 1000 classes in index order
@@ -32,8 +33,8 @@ SOURCES = {
 }
 
 
-class DatasetLayoutError(FileNotFoundError):
-    pass
+class DatasetLayoutError(MissingInput):
+    """A dataset root that is missing, incomplete or laid out otherwise than expected."""
 
 
 def layout_error(name: str, problem: str, expected_tree: str) -> DatasetLayoutError:
@@ -63,15 +64,21 @@ def require_dir(name: str, path: Path, tree: str) -> Path:
 
 
 class FileImages(Dataset):
-    def __init__(self, paths: list[str], labels: torch.Tensor, transform, crop_border: int = 0):
+    """Image files through `transform`. `rgb_first`: convert to RGB on load, as torchvision's ImageFolder
+    does (the official code's ImageNet, Sketch, R, A, ObjectNet); False leaves it to the transform, after the
+    crop, as the official ImageNetV2 loader does (it differs for CMYK, palette and RGBA files)."""
+
+    def __init__(self, paths: list[str], labels: torch.Tensor, transform, crop_border: int = 0,
+                 rgb_first: bool = True):
         self.paths, self.labels, self.transform, self.crop_border = paths, labels, transform, crop_border
+        self.rgb_first = rgb_first
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
         with Image.open(self.paths[i]) as img:
-            img = img.convert("RGB")
+            img = img.convert("RGB") if self.rgb_first else img.copy()
         if self.crop_border:
             b = self.crop_border
             img = img.crop((b, b, img.width - b, img.height - b))
@@ -88,6 +95,7 @@ class FileEvalSet:
     num_workers: int = 0
     crop_border: int = 0
     project_logits: object = None
+    rgb_first: bool = True  # see FileImages
 
     def __len__(self):
         return len(self.paths)
@@ -101,7 +109,7 @@ class FileEvalSet:
         """Decoded and normalized by DataLoader workers on every pass (see store.py for decode-once); all
         images or the contiguous `rows`."""
         shuffled = shuffle_seed is not None
-        images = FileImages(self.paths, self.labels, self.transform, self.crop_border)
+        images = FileImages(self.paths, self.labels, self.transform, self.crop_border, self.rgb_first)
         if rows is not None:
             images = Subset(images, list(checked_rows(len(self), rows)))
         loader = DataLoader(images,
@@ -127,7 +135,7 @@ class MaxOverGroups:
 
     def __init__(self, groups: list[list[int]]):
         if any(not g for g in groups):
-            raise ValueError("every target class needs at least one ImageNet class")
+            raise BadInput("every target class needs at least one ImageNet class")
         width = max(len(g) for g in groups)
         self.index = torch.tensor([g + [g[0]] * (width - len(g)) for g in groups])  # pad by repeating
 
@@ -161,19 +169,19 @@ def held_out_mask(labels: torch.Tensor, idxs_file: str | None, per_class: int, s
     n = len(labels)
     if idxs_file:
         if not Path(idxs_file).is_file():
-            raise FileNotFoundError(f"held-out split file {idxs_file} not found: fetch it with "
-                                    f"scripts/download_checkpoints.py, or set data.held_out.idxs_file=null for "
-                                    f"a seeded split of the same size")
+            raise MissingInput(f"held-out split file {idxs_file} not found: fetch it with "
+                               f"scripts/download_checkpoints.py, or set data.held_out.idxs_file=null for "
+                               f"a seeded split of the same size")
         mask = np.load(idxs_file, allow_pickle=False)
         if mask.shape != (n,) or not np.isin(mask, (0, 1)).all():
-            raise ValueError(f"{idxs_file}: expected a 0/1 mask over the {n} ImageNet train images "
-                             f"(ImageFolder order), got {mask.dtype} {mask.shape}")
+            raise BadInput(f"{idxs_file}: expected a 0/1 mask over the {n} ImageNet train images "
+                           f"(ImageFolder order), got {mask.dtype} {mask.shape}")
         held = mask.astype(bool)
         if paths is not None and held.sum() > 1000:
             first = np.flatnonzero(held)[1000]
             if not paths[first].endswith("n01675722_4108.JPEG"):  # the official repo's sanity check
-                raise ValueError(f"held-out image 1000 is {paths[first]}, expected n01675722_4108.JPEG: "
-                                 f"the train folder does not match the official split's ordering")
+                raise BadInput(f"held-out image 1000 is {paths[first]}, expected n01675722_4108.JPEG: "
+                               f"the train folder does not match the official split's ordering")
         return held
     rng = np.random.default_rng(seed)
     held = np.zeros(n, dtype=bool)
@@ -181,6 +189,6 @@ def held_out_mask(labels: torch.Tensor, idxs_file: str | None, per_class: int, s
     for cls in np.unique(labels_np):
         idx = np.flatnonzero(labels_np == cls)
         if len(idx) <= per_class:
-            raise ValueError(f"class {cls} has {len(idx)} training images, cannot hold out {per_class}")
+            raise BadInput(f"class {cls} has {len(idx)} training images, cannot hold out {per_class}")
         held[rng.choice(idx, size=per_class, replace=False)] = True
     return held

@@ -12,6 +12,7 @@ from soups.data import per_class_subset, train_transform
 from soups.data.imagenet import FileEvalSet, FileImages, held_out_mask, imagenet_split
 from soups.data.imagenet_shifts import BUILDERS
 from soups.data.store import StoredEvalSet
+from soups.errors import BadInput
 
 
 class ImageNetData:
@@ -33,7 +34,7 @@ class ImageNetData:
         self.shifts = {}
         for name in shifts_cfg.names:
             if name not in BUILDERS:
-                raise ValueError(f"unknown ImageNet shift {name!r}; expected some of {list(BUILDERS)}")
+                raise BadInput(f"unknown ImageNet shift {name!r}; expected some of {list(BUILDERS)}")
             folders = [shifts_cfg.folders[name], *shifts_cfg.get("alt_folders", {}).get(name, [])]
             folder = next((f for f in folders if (root / f).is_dir()), folders[0])
             extra = {"crop_border": shifts_cfg.objectnet_crop_border} if name == "objectnet" else {}

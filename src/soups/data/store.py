@@ -61,6 +61,8 @@ class StoredEvalSet:
         key = {"name": self.name, "version": VERSION, "crop_border": source.crop_border,
                "transform": repr(self.pil_transform),
                "ids": hashlib.sha256("\n".join(self.sample_ids).encode()).hexdigest()}
+        if not source.rgb_first:  # (only then: stores built before this key existed stay valid)
+            key["rgb"] = "after the crop"
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         self.dir = Path(cache_dir) / "evalsets" / f"{self.name}-{digest}"
         self.key = key
@@ -98,7 +100,8 @@ class StoredEvalSet:
                 return opened
             (self.dir / "meta.json").unlink(missing_ok=True)
             src = self.source
-            images = FileImages(src.paths, src.labels, T.Compose([self.pil_transform, _to_uint8]), src.crop_border)
+            images = FileImages(src.paths, src.labels, T.Compose([self.pil_transform, _to_uint8]), src.crop_border,
+                                src.rgb_first)
             loader = DataLoader(images, batch_size=self.build_batch_size, num_workers=src.num_workers)
             log.info("%s: decoding %d images once into %s", self.name, len(self), self.dir)
             tmp = self.dir / f".images.npy.{os.getpid()}.tmp"

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from soups.averaging import RunningAverage
+from soups.errors import BadInput
 from soups.recipes import RecipeResult
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,9 @@ class GreedyRecipe:
 
     def __post_init__(self):
         if self.comparator not in COMPARATORS:
-            raise ValueError(f"greedy comparator {self.comparator!r}; expected one of {list(COMPARATORS)}")
+            raise BadInput(f"greedy comparator {self.comparator!r}; expected one of {list(COMPARATORS)}")
         if self.ties not in TIE_ORDERS:
-            raise ValueError(f"greedy ties {self.ties!r}; expected one of {list(TIE_ORDERS)}")
+            raise BadInput(f"greedy ties {self.ties!r}; expected one of {list(TIE_ORDERS)}")
 
 
 def by_held_out(ingredients, ties: str = "pool") -> list:
@@ -83,9 +84,9 @@ class GreedySoup(GreedyRecipe):
     def __post_init__(self):
         super().__post_init__()
         if self.order not in ("held_out", "random"):
-            raise ValueError(f"greedy order {self.order!r}; expected held_out or random")
+            raise BadInput(f"greedy order {self.order!r}; expected held_out or random")
         if self.order == "random" and int(self.orders) < 1:
-            raise ValueError(f"greedy orders={self.orders}; expected at least 1 random order")
+            raise BadInput(f"greedy orders={self.orders}; expected at least 1 random order")
 
     def __call__(self, ingredients, ctx) -> RecipeResult:
         if self.order == "held_out":

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from soups.errors import BadInput
 from soups.recipes import RecipeResult
 from soups.runtime import autocast
 
@@ -89,10 +90,10 @@ class LearnedSoup:
 
     def __post_init__(self):
         if self.ingredient_dtype not in DTYPES:
-            raise ValueError(f"{self.name}: ingredient_dtype={self.ingredient_dtype!r}; expected {list(DTYPES)}")
+            raise BadInput(f"{self.name}: ingredient_dtype={self.ingredient_dtype!r}; expected {list(DTYPES)}")
         if self.lr <= 0 or self.epochs < 0 or self.batch_size < 1:
-            raise ValueError(f"{self.name}: need lr > 0, epochs >= 0 and batch_size >= 1 "
-                             f"(got lr={self.lr}, epochs={self.epochs}, batch_size={self.batch_size})")
+            raise BadInput(f"{self.name}: need lr > 0, epochs >= 0 and batch_size >= 1 "
+                           f"(got lr={self.lr}, epochs={self.epochs}, batch_size={self.batch_size})")
 
     def __call__(self, ingredients, ctx) -> RecipeResult:
         names = [n for n, _ in ctx.model.named_parameters()]
@@ -185,7 +186,7 @@ class LearnedSoup:
             state = ctx.load(ingredient)
             missing = [n for n in names if n not in state]
             if missing:
-                raise ValueError(f"{ingredient.name} lacks parameters {missing[:3]} of the model")
+                raise BadInput(f"{ingredient.name} lacks parameters {missing[:3]} of the model")
             for n in names:
                 if n not in stacks:
                     stacks[n] = torch.empty((len(ingredients), *state[n].shape), dtype=dtype, device=device)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from soups.errors import BadInput
 from soups.recipes import RecipeResult
 
 
@@ -26,7 +27,7 @@ class ModelStock:
     def __call__(self, ingredients, ctx) -> RecipeResult:
         k = len(ingredients)
         if k < 2:
-            raise ValueError(f"model_stock needs at least 2 ingredients, got {k}")
+            raise BadInput(f"model_stock needs at least 2 ingredients, got {k}")
         init = ctx.load_init()
         sums, units, fixed = {}, {}, {}
         for ingredient in ingredients:

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from dataclasses import dataclass, field
 
+from soups.errors import BadInput
 from soups.recipes import RecipeResult
 
 
@@ -25,7 +26,7 @@ class WiseFT:
     def __post_init__(self):
         self.alphas = [float(a) for a in self.alphas]
         if not self.alphas or any(a < 0 for a in self.alphas):
-            raise ValueError(f"wise_ft alphas must be a non-empty list of numbers >= 0, got {self.alphas}")
+            raise BadInput(f"wise_ft alphas must be a non-empty list of numbers >= 0, got {self.alphas}")
 
     def __call__(self, ingredients, ctx) -> RecipeResult:
         if self.base == "best":
@@ -33,7 +34,7 @@ class WiseFT:
         else:
             base = next((i for i in ingredients if i.name == self.base), None)
             if base is None:
-                raise ValueError(f"wise_ft base {self.base!r} is not in the pool ({[i.name for i in ingredients][:5]} ...)")
+                raise BadInput(f"wise_ft base {self.base!r} is not in the pool ({[i.name for i in ingredients][:5]} ...)")
         init, tuned = ctx.load_init(), ctx.load(base)
         curve = [{"alpha": a, **ctx.evaluate(interpolate(init, tuned, a), averaged=is_new_point(a))} for a in self.alphas]
         chosen = max(curve, key=lambda point: point["val"])  # first of equals: the smallest alpha

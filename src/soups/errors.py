@@ -1,0 +1,38 @@
+"""Errors a user can fix: a setting, a path, a dataset's layout, a pool's contents, a damaged file.
+
+The entry points end on one of these with `error: <message>` and exit status 1, no traceback
+(`SOUPS_FULL_ERROR=1` shows it). Every other exception is a bug and keeps its traceback.
+Each class also derives from the builtin it refines, so `except ValueError` still catches a BadInput.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+
+
+class UserError(Exception):
+    """Input the user can fix; the message says what was expected."""
+
+
+class BadInput(UserError, ValueError):
+    """A value, file or pool that exists but is wrong (a setting out of range, mixed architectures, a damaged file)."""
+
+
+class MissingInput(UserError, FileNotFoundError):
+    """Something the command needs is not where it was told to look (a dataset root, a pool, an init)."""
+
+
+class Unavailable(UserError, RuntimeError):
+    """Something the command needs cannot be obtained here (weights to download on a machine without internet)."""
+
+
+@contextmanager
+def said_plainly():
+    """Turn a UserError raised inside into `error: <message>` on stderr and exit status 1."""
+    try:
+        yield
+    except UserError as err:
+        if os.environ.get("SOUPS_FULL_ERROR") == "1":
+            raise
+        sys.exit(f"error: {err}")
