@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import sys
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -34,19 +35,46 @@ def sha256(path: Path) -> str:
 
 
 def fetch(url: str, dest: Path, opener=urllib.request.urlopen) -> Path:
-    """Download `url` to `dest` through `dest.part`, resuming a partial file; atomic rename at the end."""
+    """Download `url` to `dest` through `dest.part`, resuming a partial file; atomic rename at the end.
+
+    A part already as long as the file (killed between the last write and the rename) is renamed: the
+    server answers its Range request with 416 and the file's size, which the part must equal. A download
+    that ends short of the announced size raises and keeps the part, for the next run to resume."""
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    with opener(request) as response:
+    try:
+        response = opener(request)
+    except urllib.error.HTTPError as err:
+        if err.code != 416 or not have:
+            raise
+        total = _total_size(err.headers.get("Content-Range", ""))
+        if total != have:  # the part is longer than the file (or the size is unknown): start over
+            part.unlink()
+            return fetch(url, dest, opener)
+        os.replace(part, dest)
+        return dest
+    with response:
         status = getattr(response, "status", 200)
         if have and status != 206:  # server ignored the range: start over
             have = 0
+        headers = getattr(response, "headers", None) or {}
+        total = _total_size(headers.get("Content-Range", "")) if status == 206 else \
+            int(headers.get("Content-Length") or -1)
         with open(part, "ab" if have else "wb") as f:
             while block := response.read(CHUNK):
                 f.write(block)
+    size = part.stat().st_size
+    if total >= 0 and size != total:
+        raise OSError(f"{dest.name}: {size} of {total} bytes received; the part is kept for the next run")
     os.replace(part, dest)
     return dest
+
+
+def _total_size(content_range: str) -> int:
+    """The full size in `Content-Range: bytes 0-99/1234` or `bytes */1234`; -1 if absent or unknown."""
+    total = content_range.rpartition("/")[2].strip()
+    return int(total) if total.isdigit() else -1
 
 
 def parse_models(spec: str) -> list[int]:

@@ -3,6 +3,7 @@ ViT-B-32-quickgelu wrapper, converted and loaded into the project's model."""
 import importlib.util
 import io
 import json
+import urllib.error
 
 import pytest
 import torch
@@ -114,9 +115,16 @@ class FakeServer:
         data = self.files[request.full_url]
         self.requests.append((request.full_url, request.headers.get("Range")))
         start = int(request.headers["Range"][6:-1]) if "Range" in request.headers else 0
-        response = io.BytesIO(data[start:])
+        if start >= len(data):  # RFC 9110: 416, with the full size
+            raise urllib.error.HTTPError(request.full_url, 416, "Range Not Satisfiable",
+                                         {"Content-Range": f"bytes */{len(data)}"}, None)
+        response = io.BytesIO(data[start:self.cut] if self.cut else data[start:])
         response.status = 206 if start else 200
+        response.headers = ({"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"} if start
+                            else {"Content-Length": str(len(data))})
         return response
+
+    cut = None  # serve the bytes only up to here (a connection that ends early)
 
 
 def test_download_resumes_records_sha256_and_skips_complete_files(tmp_path):
@@ -138,3 +146,35 @@ def test_download_resumes_records_sha256_and_skips_complete_files(tmp_path):
     script.main(["--out", str(out), "--models", "0-1", "--no-metadata"], opener=server)
     assert [url for url, _ in server.requests] == [script.RELEASE.format(i=0)]
     assert (out / "model_0.pt").read_bytes() == files[script.RELEASE.format(i=0)]
+
+
+def test_a_complete_part_is_renamed_not_refetched_forever(tmp_path):
+    """Killed between the last write and the rename: the rerun's Range request gets 416 and the file's size."""
+    script = load_download_script()
+    url = script.RELEASE.format(i=3)
+    data = bytes(range(256)) * 9
+    server = FakeServer({url: data})
+    out = tmp_path / "ckpts"
+    out.mkdir()
+    (out / "model_3.pt.part").write_bytes(data)
+    assert script.main(["--out", str(out), "--models", "3", "--no-metadata"], opener=server) == 0
+    assert (out / "model_3.pt").read_bytes() == data and not (out / "model_3.pt.part").exists()
+    assert server.requests == [(url, f"bytes={len(data)}-")]
+    assert json.loads((out / "sha256.json").read_text())["model_3.pt"] == script.sha256(out / "model_3.pt")
+
+
+def test_a_part_longer_than_the_file_starts_over_and_a_short_download_fails_keeping_the_part(tmp_path):
+    script = load_download_script()
+    url = script.RELEASE.format(i=4)
+    data = bytes(range(256)) * 9
+    server = FakeServer({url: data})
+    out = tmp_path / "ckpts"
+    out.mkdir()
+    (out / "model_4.pt.part").write_bytes(data + b"junk")
+    server.cut = 1000  # the connection ends after 1000 bytes, without an error
+    assert script.main(["--out", str(out), "--models", "4", "--no-metadata"], opener=server) == 1
+    assert not (out / "model_4.pt").exists() and (out / "model_4.pt.part").read_bytes() == data[:1000]
+    server.cut = None
+    assert script.main(["--out", str(out), "--models", "4", "--no-metadata"], opener=server) == 0
+    assert (out / "model_4.pt").read_bytes() == data
+    assert server.requests[-1] == (url, "bytes=1000-")
