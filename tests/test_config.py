@@ -30,6 +30,8 @@ ACCEPTED = {
     "randaug": ((str, type(None)), lambda v: v is None or v.startswith("rand-")),
     "bn_recalibration": ((str, bool), lambda v: v in ("auto", True, False)),
 }
+# soup.py: null batch size = the pool's own
+SOUP_ACCEPTED = {**ACCEPTED, "eval_batch_size": ((int, type(None)), lambda v: v is None or v >= 1)}
 
 
 def valid_as_given(kind, condition, value) -> bool:
@@ -59,16 +61,17 @@ def test_any_value_of_any_setting_is_accepted_correctly_or_refused_by_name(confi
     schema = data.draw(st.sampled_from([FinetuneSettings, SoupSettings]))
     name = data.draw(st.sampled_from([f.name for f in fields(schema)]))
     value = data.draw(ANY_VALUE)
+    rules = SOUP_ACCEPTED if schema is SoupSettings else ACCEPTED
     cfg = configs[schema].copy()
     cfg[name] = value
     try:
         check(cfg, schema)
     except ValueError as err:
         assert f"{name}=" in str(err) and "expected" in str(err)
-        assert not (name in ACCEPTED and valid_as_given(*ACCEPTED[name], value)), f"{name}={value!r} refused"
+        assert not (name in rules and valid_as_given(*rules[name], value)), f"{name}={value!r} refused"
         return
-    if name in ACCEPTED:
-        kind, condition = ACCEPTED[name]
+    if name in rules:
+        kind, condition = rules[name]
         accepted = cfg[name]
         assert isinstance(accepted, kind) and not (kind in (int, float) and isinstance(accepted, bool)), accepted
         assert condition(accepted), f"{name}={value!r} was accepted as {accepted!r}"

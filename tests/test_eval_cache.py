@@ -55,3 +55,12 @@ def test_a_second_soup_run_evaluates_nothing_again(tiny_sweep, soup_cfg, tmp_pat
     second = run_soup(cfg, tmp_path / "second")
     assert calls == []
     assert [r["metrics"] for r in second] == [r["metrics"] for r in first]
+
+
+def test_by_default_a_soup_measures_at_its_pools_batch_size_and_reuses_the_runs_metrics(tiny_sweep, soup_cfg,
+                                                                                         tmp_path, monkeypatch):
+    _, sweep = tiny_sweep  # fine-tuned with eval_batch_size=128 (TINY)
+    calls = count_forward_passes(monkeypatch)
+    cfg = soup_cfg(f"pool.dir={sweep}", "method=uniform", "eval_batch_size=null")
+    run_soup(cfg, tmp_path / "soup")
+    assert cfg.eval_batch_size == 128 and calls.count("test") == 1  # the soup only: individuals from run.json

@@ -79,6 +79,8 @@ class FinetuneSettings(CommonSettings):
 
 @dataclass
 class SoupSettings(CommonSettings):
+    # null: the pool's own (its runs' eval_batch_size), so the soup measures like they did and reuses their logits
+    eval_batch_size: Optional[int] = rule(lambda x: x is None or x >= 1, "null or an integer >= 1")
     bn_recalibration: Any = rule(lambda x: x == "auto" or isinstance(x, bool), "auto, true or false", "auto")
 
 

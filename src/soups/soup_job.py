@@ -112,6 +112,8 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     device = resolve_device(cfg.device)
     ingredients, run_cfg, model, init, pool_name, skipped = _open_pool(cfg, device)
     log.info("pool %s: %d ingredients%s", pool_name, len(ingredients), f", {len(skipped)} skipped" if skipped else "")
+    if cfg.eval_batch_size is None:  # batch size is part of the evaluation key (kernels differ by shape)
+        cfg.eval_batch_size = int(run_cfg.get("eval_batch_size") or 256)
     data = build_data(run_cfg.data, run_cfg.shifts, run_cfg.model, cfg.paths.cache_dir)
     evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device, compile=bool(cfg.get("compile")))
     bn_sample = data.bn_set() if _wants_recalibration(cfg.bn_recalibration, model) else None
