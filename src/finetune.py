@@ -23,6 +23,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolv
 def main(cfg) -> float:
     from soups.errors import said_plainly
     from soups.finetune_job import run_finetune
+    from soups.names import HELD_OUT
 
     with said_plainly():  # an input the user can fix: `error: ...`, exit 1, no traceback to read through
         info = run_finetune(cfg, HydraConfig.get().runtime.output_dir)
@@ -31,7 +32,7 @@ def main(cfg) -> float:
             sys.exit(f"run failed: {info['failure']} (recorded in {HydraConfig.get().runtime.output_dir}/run.json; "
                      f"delete that run dir to run it again)")
         return None
-    return info["metrics"]["val"] if info else None  # None: a torchrun rank other than 0
+    return info["metrics"][HELD_OUT] if info else None  # None: a torchrun rank other than 0
 
 
 if __name__ == "__main__":

@@ -56,3 +56,23 @@ def test_shape_mismatch_and_weight_count_are_refused():
         average([state([1.0], [1.0])] * 3, weights=[1.0])
     with pytest.raises(ValueError, match="sum to zero"):
         average([state([1.0], [1.0])] * 2, weights=[1.0, -1.0])
+
+
+def test_interpolation_is_exact_at_its_ends_and_per_tensor_when_asked():
+    from soups.averaging import interpolate
+
+    start, end = state([1.0, 2.0], [0.5], 3), state([3.1, -7.3], [1.25], 9)
+    assert all(torch.equal(interpolate(start, end, 1.0)[k], end[k]) for k in end)
+    assert all(torch.equal(interpolate(start, end, 0.0)[k], start[k]) for k in ("w", "b"))
+    half = interpolate(start, end, 0.5)
+    expected = (0.5 * start["w"].double() + 0.5 * end["w"].double()).float()
+    assert torch.equal(half["w"], expected) and half["bn.num_batches_tracked"].item() == 9  # buffers: the end's
+    per_tensor = interpolate(start, end, lambda key: {"w": 0.0, "b": 1.0}[key])
+    assert torch.equal(per_tensor["w"], start["w"]) and torch.equal(per_tensor["b"], end["b"])
+
+
+def test_weighted_sum_takes_weights_as_given_or_per_tensor():
+    from soups.averaging import weighted_sum
+
+    out = weighted_sum([(state([1.0], [2.0]), 2.0), (state([10.0], [20.0]), lambda key: {"w": -1.0, "b": 0.5}[key])])
+    assert out["w"].item() == -8.0 and out["b"].item() == 14.0

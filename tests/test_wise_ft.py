@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from soups.pool import Ingredient
-from soups.recipes.wise_ft import WiseFT, interpolate
+from soups.averaging import interpolate
+from soups.recipes.wise_ft import WiseFT
 
 
 class Curve:

@@ -1,32 +1,39 @@
-"""Weight averaging: floating-point tensors accumulated in float64 (as timm's avg_checkpoints),
-integer buffers (e.g. BN's num_batches_tracked) taken from the first ingredient, never averaged.
-Memory is one accumulator plus one ingredient, whatever the number of ingredients."""
+"""Weight arithmetic, in one place: weighted sums of state dicts (every soup), their mean, and the
+interpolation between two models (WiSE-FT, Model Stock, the landscape).
+
+Floating-point tensors are accumulated in float64 (as timm's avg_checkpoints) and cast back to their
+dtype; integer buffers (e.g. BN's num_batches_tracked) are taken from the first state, never mixed.
+Streamed: memory is one accumulator plus one state dict, whatever the number of states.
+"""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
 StateDict = dict[str, torch.Tensor]
+Weight = float | Callable[[str], float]  # one weight for every tensor, or one per tensor name
 
 
-class RunningAverage:
+class WeightedSum:
+    """sum_i w_i * theta_i over state dicts added one at a time."""
+
     def __init__(self):
         self.sums: StateDict | None = None
         self.fixed: StateDict = {}
         self.dtypes: dict[str, torch.dtype] = {}
-        self.total_weight = 0.0
 
-    def add(self, state: StateDict, weight: float = 1.0) -> None:
+    def add(self, state: StateDict, weight: Weight = 1.0) -> None:
+        """Raises ValueError if `state` has other keys or shapes than the first state added."""
+        w = weight if callable(weight) else (lambda _key, w=float(weight): w)
         if self.sums is None:
-            self.sums = {k: v.double() * weight for k, v in state.items() if v.is_floating_point()}
+            self.sums = {k: v.double() * float(w(k)) for k, v in state.items() if v.is_floating_point()}
             self.fixed = {k: v.clone() for k, v in state.items() if not v.is_floating_point()}
             self.dtypes = {k: v.dtype for k, v in state.items()}
-        else:
-            self._check(state)
-            for k, acc in self.sums.items():
-                acc.add_(state[k].double(), alpha=weight)
-        self.total_weight += weight
+            return
+        self._check(state)
+        for k, acc in self.sums.items():
+            acc.add_(state[k].double(), alpha=float(w(k)))
 
     def _check(self, state: StateDict) -> None:
         if state.keys() != self.dtypes.keys():
@@ -36,6 +43,25 @@ class RunningAverage:
         if bad:
             raise ValueError(f"cannot average tensors of different shapes: {bad[:3]}")
 
+    def result(self, divide_by: float = 1.0) -> StateDict:
+        """The sum (divided by `divide_by`) in each tensor's own dtype."""
+        if self.sums is None:
+            raise ValueError("nothing to average")
+        out = {k: (acc / divide_by).to(self.dtypes[k]) for k, acc in self.sums.items()}
+        return {**out, **{k: v.clone() for k, v in self.fixed.items()}}
+
+
+class RunningAverage(WeightedSum):
+    """The weighted mean, sum_i w_i theta_i / sum_i w_i, with a peek at a candidate (greedy soup)."""
+
+    def __init__(self):
+        super().__init__()
+        self.total_weight = 0.0
+
+    def add(self, state: StateDict, weight: float = 1.0) -> None:
+        super().add(state, weight)
+        self.total_weight += weight
+
     def peek_with(self, state: StateDict, weight: float = 1.0) -> StateDict:
         """The average if `state` were added, without adding it (greedy soup's candidate)."""
         self._check(state)
@@ -44,16 +70,14 @@ class RunningAverage:
         return {**out, **{k: v.clone() for k, v in self.fixed.items()}}
 
     def result(self) -> StateDict:
-        if self.sums is None:
-            raise ValueError("nothing to average")
-        if self.total_weight == 0:
+        if self.sums is not None and self.total_weight == 0:
             raise ValueError("the averaging weights sum to zero")
-        out = {k: (acc / self.total_weight).to(self.dtypes[k]) for k, acc in self.sums.items()}
-        return {**out, **{k: v.clone() for k, v in self.fixed.items()}}
+        return super().result(divide_by=self.total_weight)
 
 
 def average(states: Iterable[StateDict], weights: Iterable[float] | None = None) -> StateDict:
-    """Weighted mean (weights normalized to sum 1; uniform by default), streamed over `states`."""
+    """Weighted mean (weights normalized to sum 1; uniform by default), streamed over `states`.
+    The uniform soup: theta = (1/k) sum_i theta_i (paper, Section 3)."""
     running = RunningAverage()
     weights = list(weights) if weights is not None else None
     n = 0
@@ -64,3 +88,18 @@ def average(states: Iterable[StateDict], weights: Iterable[float] | None = None)
     if weights is not None and n != len(weights):
         raise ValueError(f"{len(weights)} weights for {n} state dicts")
     return running.result()
+
+
+def weighted_sum(terms: Iterable[tuple[StateDict, Weight]]) -> StateDict:
+    """sum_i w_i * theta_i, weights as given (not normalized); integer buffers from the first state."""
+    total = WeightedSum()
+    for state, weight in terms:
+        total.add(state, weight)
+    return total.result()
+
+
+def interpolate(start: StateDict, end: StateDict, alpha: Weight) -> StateDict:
+    """(1 - alpha) * start + alpha * end (WiSE-FT, Wortsman et al. 2022, Eq. 1); `alpha` per tensor name
+    if callable. alpha = 1 gives `end` and alpha = 0 `start` exactly; integer buffers come from `end`."""
+    a = alpha if callable(alpha) else (lambda _key, a=float(alpha): a)
+    return weighted_sum([(end, a), (start, lambda key: 1.0 - a(key))])

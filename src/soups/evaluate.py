@@ -9,10 +9,9 @@ from tqdm.auto import tqdm
 from soups.data import EvalSet
 from soups.distributed import SINGLE, Group, gather_shards, shard_rows, sum_over_ranks
 from soups.errors import BadInput
+from soups.names import HELD_OUT, TEST, AVG_SHIFTS
 from soups.runtime import autocast
 
-HELD_OUT = "val"
-TEST = "test"
 
 
 class Evaluator:
@@ -114,7 +113,7 @@ class Evaluator:
     def with_average(self, metrics: dict[str, float]) -> dict[str, float]:
         shifts = [metrics[n] for n in self.shift_names if n in metrics]
         if shifts:
-            metrics["avg_shifts"] = sum(shifts) / len(shifts)
+            metrics[AVG_SHIFTS] = sum(shifts) / len(shifts)
         return metrics
 
 

@@ -16,9 +16,9 @@ from soups.errors import BadInput
 from soups.eval_cache import EvaluationCache, evaluation_key, hash_ids
 from soups.evaluate import Evaluator, format_metrics, recalibrate_bn
 from soups.init import load_init, shared_init
-from soups.io import (RUN_INFO_NAME, WEIGHTS_NAME, atomic_save_safetensors, nonfinite_tensors, read_json,
-                       sha256_file, write_json)
+from soups.io import atomic_save_safetensors, nonfinite_tensors, read_json, sha256_file, write_json
 from soups.models import build_classifier, has_batchnorm
+from soups.names import WEIGHTS_NAME, RUN_INFO_NAME
 from soups.resume import clear_train_state
 from soups.runtime import environment, resolve_device, setup
 from soups.tracking import tracking

@@ -17,11 +17,11 @@ from soups.data import build_data
 from soups.errors import BadInput
 from soups.evaluate import Evaluator, format_metrics, recalibrate_bn
 from soups.heads import cached_features, fit_linear_probe, zero_shot_head, zero_shot_prompts
-from soups.io import WEIGHTS_NAME, atomic_save_safetensors, load_weights, read_json, sha256_file, write_json
+from soups.io import atomic_save_safetensors, load_weights, read_json, sha256_file, write_json
 from soups.models import build_classifier, classifier_from_clip, create_clip, has_batchnorm
+from soups.names import WEIGHTS_NAME, INIT_INFO_NAME
 
 log = logging.getLogger(__name__)
-INIT_INFO_NAME = "init.json"
 
 
 def init_key(cfg) -> str:

@@ -13,8 +13,6 @@ from safetensors.torch import load_file, save_file
 
 from soups.errors import BadInput, MissingInput
 
-WEIGHTS_NAME = "model.safetensors"
-RUN_INFO_NAME = "run.json"
 
 
 def atomic_write(path: Path, write) -> None:

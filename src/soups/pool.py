@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from soups.errors import BadInput, MissingInput
-from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, nonfinite_in_file, read_json, read_weights_header, sha256_file
-from soups.resume import STATE_NAME
+from soups.io import nonfinite_in_file, read_json, read_weights_header, sha256_file
+from soups.names import HELD_OUT, WEIGHTS_NAME, RUN_INFO_NAME, STATE_NAME
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class Ingredient:
 
     @property
     def held_out(self) -> float:
-        return float(self.info["metrics"]["val"])
+        return float(self.info["metrics"][HELD_OUT])
 
 
 def latest_sweep(log_dir: str | Path) -> Path:

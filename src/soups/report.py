@@ -7,6 +7,7 @@ from pathlib import Path
 
 from soups import plots
 from soups.io import write_json, write_text
+from soups.names import HELD_OUT, TEST, AVG_SHIFTS, REPORT_NAME, FIGURE_NAME
 
 NAME_COLUMNS = ("row", "kind", "ingredients")
 
@@ -18,12 +19,12 @@ def metric_columns(rows: list[dict]) -> list[str]:
         for key in row["metrics"]:
             if key not in seen:
                 seen.append(key)
-    head = [k for k in ("val", "test") if k in seen]
-    tail = [k for k in ("avg_shifts",) if k in seen]
+    head = [k for k in (HELD_OUT, TEST) if k in seen]
+    tail = [k for k in (AVG_SHIFTS,) if k in seen]
     return head + [k for k in seen if k not in head and k not in tail] + tail
 
 
-HEADERS = {"val": "held-out", "avg_shifts": "avg shifts"}
+HEADERS = {HELD_OUT: "held-out", AVG_SHIFTS: "avg shifts"}
 
 
 def cell(row: dict, col: str) -> str:
@@ -62,7 +63,7 @@ def figure(rows: list[dict], path: Path, title: str) -> None:
 
     Axes frame the fine-tuned models and soups; the far-away initialization is noted, not plotted."""
     plt = plots.pyplot()
-    points = [r for r in rows if "avg_shifts" in r["metrics"]]
+    points = [r for r in rows if AVG_SHIFTS in r["metrics"]]
     style = {"individual": dict(marker="o", s=30, c="#9e9e9e", label="fine-tuned models"),
              "best_individual": dict(marker="o", s=70, c="#1f77b4", label="best individual (held-out)")}
     soup_colors = ["#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
@@ -71,7 +72,7 @@ def figure(rows: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(8.5, 5))
     labelled, soups = set(), 0
     for row in points:
-        x, y = row["metrics"]["test"], row["metrics"]["avg_shifts"]
+        x, y = row["metrics"][TEST], row["metrics"][AVG_SHIFTS]
         if row["kind"] == "init":
             continue
         if row["kind"] in ("soup", "ensemble"):
@@ -79,11 +80,11 @@ def figure(rows: list[dict], path: Path, title: str) -> None:
             ax.scatter(x, y, marker=soup_markers[soups % len(soup_markers)], c=color, s=150, zorder=3,
                        label=row["row"], edgecolors="black", linewidths=0.5)
             if row.get("std"):  # mean ± std over several draws (greedy over random orders)
-                ax.errorbar(x, y, xerr=row["std"].get("test"), yerr=row["std"].get("avg_shifts"), c=color,
+                ax.errorbar(x, y, xerr=row["std"].get(TEST), yerr=row["std"].get(AVG_SHIFTS), c=color,
                             capsize=3, zorder=2)
             if row.get("curve"):  # WiSE-FT: the interpolation path from the init to the fine-tuned model
                 curve = [p for p in row["curve"] if p["alpha"] > 0]
-                ax.plot([p["test"] for p in curve], [p["avg_shifts"] for p in curve], c=color, lw=1, ls="--",
+                ax.plot([p[TEST] for p in curve], [p[AVG_SHIFTS] for p in curve], c=color, lw=1, ls="--",
                         marker=".", zorder=2, label=f"{row['row']} curve (alpha {curve[0]['alpha']:g}..{curve[-1]['alpha']:g})")
             soups += 1
         else:
@@ -103,7 +104,7 @@ def figure(rows: list[dict], path: Path, title: str) -> None:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     # frame the models and soups; a WiSE-FT curve may run off toward the initialization
     framed = [r["metrics"] for r in points if r["kind"] != "init"]
-    for axis, key in ((ax.set_xlim, "test"), (ax.set_ylim, "avg_shifts")) if framed else ():
+    for axis, key in ((ax.set_xlim, TEST), (ax.set_ylim, AVG_SHIFTS)) if framed else ():
         lo, hi = min(m[key] for m in framed), max(m[key] for m in framed)
         pad = 0.15 * (hi - lo) + 0.5
         axis(lo - pad, hi + pad)
@@ -165,8 +166,8 @@ def write_report(rows: list[dict], out_dir: Path, title: str, reference=None, sk
     if reference:
         table += "\n" + reference_table(rows, reference)
     write_text(f"# {title}\n\nTop-1 accuracy (%). held-out = the validation split used to rank and select "
-               f"ingredients.\n\n{table}{provenance(skipped or {}, environment)}", out_dir / "report.md")
+               f"ingredients.\n\n{table}{provenance(skipped or {}, environment)}", out_dir / REPORT_NAME)
     write_text(csv_text(rows), out_dir / "report.csv")
     write_json(rows, out_dir / "results.json")
-    figure(rows, out_dir / "figure.png", title)
+    figure(rows, out_dir / FIGURE_NAME, title)
     return table

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from soups.io import atomic_write
+from soups.names import STATE_NAME
 
 log = logging.getLogger(__name__)
-STATE_NAME = "train_state.pt"
 
 
 def _rng_states() -> dict:

@@ -17,8 +17,9 @@ import torch
 from soups.averaging import StateDict
 from soups.data import EvalSet
 from soups.eval_cache import EvaluationCache, hash_ids, state_digest
-from soups.evaluate import HELD_OUT, Evaluator, best_reachable, format_metrics, recalibrate_bn
+from soups.evaluate import Evaluator, best_reachable, format_metrics, recalibrate_bn
 from soups.io import load_weights, sha256_file
+from soups.names import HELD_OUT
 from soups.pool import Ingredient
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,9 @@ from soups.data import build_data
 from soups.errors import BadInput, MissingInput
 from soups.eval_cache import EvaluationCache, evaluation_key
 from soups.evaluate import Evaluator, format_metrics
-from soups.io import RUN_INFO_NAME, WEIGHTS_NAME, atomic_save_safetensors, sha256_file, write_json
+from soups.io import atomic_save_safetensors, sha256_file, write_json
 from soups.models import build_classifier, has_batchnorm
+from soups.names import WEIGHTS_NAME, RUN_INFO_NAME, SOUP_INFO_NAME, FIGURE_NAME
 from soups.pool import Ingredient, load_pool
 from soups.release import load_release_pool
 from soups.report import reference_comparison, write_report
@@ -169,7 +170,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
         cols = ["row", "kind", "ingredients", *rows[0]["metrics"].keys()]
         tracker.table("soups/table", cols, [[r["row"], r["kind"], str(r["ingredients"]),
                                              *[r["metrics"].get(c) for c in cols[3:]]] for r in rows])
-        tracker.image("soups/figure", out_dir / "figure.png")
+        tracker.image("soups/figure", out_dir / FIGURE_NAME)
         if cfg.get("reference"):
             comparison = reference_comparison(rows, cfg.reference)
             tracker.table("soups/reference", list(comparison[0]), [list(c.values()) for c in comparison])
@@ -204,10 +205,10 @@ def _save_soup(soup_dir: Path, name: str, result, metrics: dict, template_info: 
               "seconds": seconds, **result.record,
               "environment": template_info["environment"]}
     if result.state is None:  # an ensemble has no weights of its own
-        write_json(record, soup_dir / "soup.json")
+        write_json(record, soup_dir / SOUP_INFO_NAME)
         return
     atomic_save_safetensors(result.state, soup_dir / WEIGHTS_NAME, metadata={"kind": "soup", "method": name})
-    write_json(record, soup_dir / "soup.json")
+    write_json(record, soup_dir / SOUP_INFO_NAME)
     if "coefficients" in record:
         plots.coefficients(record, soup_dir / "coefficients.png", f"{name} soup: mixing weights")
     # run.json in the same schema as a fine-tune's, so a soup loads (and soups) like any run

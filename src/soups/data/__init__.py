@@ -14,6 +14,7 @@ from soups.data.digits import SHIFTS as MNIST_SHIFTS
 from soups.data.digits import make_shift, mnist_splits, subsample
 from soups.data.images import EvalSet, ImageArray, TransformedImages
 from soups.errors import BadInput
+from soups.names import HELD_OUT, TEST
 
 __all__ = ["build_data", "MnistData", "EvalSet", "ImageArray", "train_transform"]
 
@@ -67,7 +68,7 @@ class MnistData:
         return EvalSet(images, self.model_cfg.image_size, self.model_cfg.mean, self.model_cfg.std)
 
     def eval_sets(self) -> dict[str, EvalSet]:
-        return {name: self._eval(a) for name, a in {"val": self.val, "test": self.test, **self.shifts}.items()}
+        return {name: self._eval(a) for name, a in {HELD_OUT: self.val, TEST: self.test, **self.shifts}.items()}
 
     def train_set(self, randaug: str | None, crop_scale: float) -> TransformedImages:
         # square crops, no flips: digits have a handedness

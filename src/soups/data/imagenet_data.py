@@ -13,6 +13,7 @@ from soups.data.imagenet import FileEvalSet, FileImages, held_out_mask, imagenet
 from soups.data.imagenet_shifts import BUILDERS
 from soups.data.store import StoredEvalSet
 from soups.errors import BadInput
+from soups.names import HELD_OUT, TEST
 
 
 class ImageNetData:
@@ -49,8 +50,8 @@ class ImageNetData:
         return StoredEvalSet(files, self.store_dir) if self.store_dir else files
 
     def eval_sets(self) -> dict:
-        sets = {"val": self._eval("val", self.held_paths, self.held_labels),
-                "test": self._eval("test", self.test_paths, self.test_labels), **self.shifts}
+        sets = {HELD_OUT: self._eval(HELD_OUT, self.held_paths, self.held_labels),
+                TEST: self._eval(TEST, self.test_paths, self.test_labels), **self.shifts}
         return {name: self._stored(files) for name, files in sets.items()}
 
     def train_set(self, randaug: str | None, crop_scale: float) -> FileImages:
@@ -62,7 +63,7 @@ class ImageNetData:
         take = (per_class_subset(self.train_labels, per_class, self.cfg.held_out.seed) if per_class
                 else torch.arange(len(self.train_paths)))
         train = self._eval("probe_train", [self.train_paths[i] for i in take], self.train_labels[take])
-        return train, self._eval("val", self.held_paths, self.held_labels)
+        return train, self._eval(HELD_OUT, self.held_paths, self.held_labels)
 
     def bn_set(self) -> FileEvalSet:
         rng = np.random.default_rng(self.cfg.held_out.seed)

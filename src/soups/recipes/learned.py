@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from soups.averaging import weighted_sum
 from soups.errors import BadInput
 from soups.recipes import RecipeResult
 from soups.runtime import autocast
@@ -202,16 +203,9 @@ class LearnedSoup:
         Buffers take each ingredient's mean weight (BN statistics are recomputed afterwards anyway)."""
         column = {n: i for i, n in enumerate(names)}
         per_model = weights.mean(1) if self.by_layer else weights
-        sums, dtypes, fixed = {}, {}, {}
-        for i, ingredient in enumerate(ingredients):
-            for n, v in ctx.load(ingredient).items():
-                if not v.is_floating_point():
-                    fixed.setdefault(n, v.clone())
-                    continue
-                if n in column:
-                    w = weights[i, column[n]] if self.by_layer else weights[i]
-                else:
-                    w = per_model[i]
-                dtypes[n] = v.dtype
-                sums[n] = sums[n] + w * v.double() if n in sums else w * v.double()
-        return {**{n: s.to(dtypes[n]) for n, s in sums.items()}, **fixed}
+
+        def weight_of(i):
+            if not self.by_layer:
+                return float(weights[i])
+            return lambda n: float(weights[i, column[n]] if n in column else per_model[i])
+        return weighted_sum((ctx.load(ingredient), weight_of(i)) for i, ingredient in enumerate(ingredients))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from soups.averaging import RunningAverage, interpolate
 from soups.errors import BadInput
 from soups.recipes import RecipeResult
 
@@ -29,27 +30,22 @@ class ModelStock:
         if k < 2:
             raise BadInput(f"model_stock needs at least 2 ingredients, got {k}")
         init = ctx.load_init()
-        sums, units, fixed = {}, {}, {}
+        mean, units = RunningAverage(), {}
         for ingredient in ingredients:
             state = ctx.load(ingredient)
+            mean.add(state)
             for key, value in state.items():
-                if not value.is_floating_point():
-                    fixed.setdefault(key, value.clone())
-                    continue
-                w = value.double()
-                d = w - init[key].double()
-                norm = d.norm()
-                unit = d / norm if norm > 0 else torch.zeros_like(d)
-                sums[key] = sums[key] + w if key in sums else w
-                units[key] = units[key] + unit if key in units else unit
-        merged, ratios = {}, {}
-        for key, total in sums.items():
-            cos = ((units[key].pow(2).sum() - k) / (k * (k - 1))).clamp(-1.0, 1.0).item()
+                if value.is_floating_point():
+                    d = value.double() - init[key].double()
+                    norm = d.norm()
+                    unit = d / norm if norm > 0 else torch.zeros_like(d)
+                    units[key] = units[key] + unit if key in units else unit
+        ratios = {}
+        for key, u in units.items():
+            cos = ((u.pow(2).sum() - k) / (k * (k - 1))).clamp(-1.0, 1.0).item()
             denominator = (k - 1) * cos + 1
-            t = k * cos / denominator if denominator > 1e-12 else 0.0
-            merged[key] = (t * total / k + (1 - t) * init[key].double()).to(init[key].dtype)
-            ratios[key] = t
-        merged.update(fixed)
+            ratios[key] = k * cos / denominator if denominator > 1e-12 else 0.0
+        merged = interpolate(init, mean.result(), lambda key: ratios[key])
         mean_t = sum(ratios.values()) / len(ratios)
         return RecipeResult(merged, list(ingredients), {"mean_ratio": mean_t, "ratios": ratios},
                             averaged=True)  # mixed with the init, whatever k

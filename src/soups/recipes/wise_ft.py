@@ -7,13 +7,10 @@ from typing import ClassVar
 
 from dataclasses import dataclass, field
 
+from soups.averaging import interpolate
 from soups.errors import BadInput
+from soups.names import HELD_OUT
 from soups.recipes import RecipeResult
-
-
-def interpolate(init: dict, tuned: dict, alpha: float) -> dict:
-    return {k: ((1 - alpha) * init[k].double() + alpha * v.double()).to(v.dtype) if v.is_floating_point()
-            else v.clone() for k, v in tuned.items()}
 
 
 @dataclass
@@ -37,7 +34,7 @@ class WiseFT:
                 raise BadInput(f"wise_ft base {self.base!r} is not in the pool ({[i.name for i in ingredients][:5]} ...)")
         init, tuned = ctx.load_init(), ctx.load(base)
         curve = [{"alpha": a, **ctx.evaluate(interpolate(init, tuned, a), averaged=is_new_point(a))} for a in self.alphas]
-        chosen = max(curve, key=lambda point: point["val"])  # first of equals: the smallest alpha
+        chosen = max(curve, key=lambda point: point[HELD_OUT])  # first of equals: the smallest alpha
         return RecipeResult(interpolate(init, tuned, chosen["alpha"]), [base],
                             {"base": base.name, "alpha": chosen["alpha"], "curve": curve},
                             averaged=is_new_point(chosen["alpha"]))
