@@ -1,7 +1,7 @@
 import torch
 from omegaconf import OmegaConf
 
-from soups.data import MnistData
+from soups.data.mnist import MnistData
 from soups.data.digits import mnist_splits, sklearn_digits
 
 DATA = OmegaConf.load("conf/data/mnist.yaml")

@@ -33,7 +33,7 @@ def test_greedy_ensemble_adds_members_that_do_not_hurt_the_held_out_accuracy():
     # b + a: the louder a decides both disagreements -> 75%, a tie with b alone: accepted under ">="
     pool = [ingredient("c", 0.0), ingredient("b", 75.0), ingredient("a", 75.0)]
     result = GreedyEnsemble()(pool, LogitScorer(logits))
-    assert result.state is None
+    assert result.weights is None
     assert [i.name for i in result.ingredients] == ["b", "a"]  # ties keep pool order; c rejected
     assert [t["accepted"] for t in result.record["trace"]] == [True, True, False]
     assert result.record["inference_cost"] == 2
@@ -43,7 +43,7 @@ def test_greedy_ensemble_adds_members_that_do_not_hurt_the_held_out_accuracy():
 def test_logit_ensemble_keeps_every_ingredient():
     pool = [ingredient("a", 1.0), ingredient("b", 2.0)]
     result = LogitEnsemble()(pool, None)
-    assert result.state is None and result.ingredients == pool and result.record["inference_cost"] == 2
+    assert result.weights is None and result.ingredients == pool and result.record["inference_cost"] == 2
 
 
 def test_greedy_ensemble_refuses_unknown_comparator():

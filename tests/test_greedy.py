@@ -38,7 +38,7 @@ def test_ranks_by_held_out_and_rejects_a_bad_ingredient():
     assert names(result) == ["a", "b", "c"]
     assert [t["run"].split("/")[-1] for t in result.record["trace"]] == ["a", "b", "c", "bad"]
     assert [t["accepted"] for t in result.record["trace"]] == [True, True, True, False]
-    assert result.state["x"].item() == pytest.approx(1.0)
+    assert result.weights["x"].item() == pytest.approx(1.0)
     assert scorer.calls == 3  # one evaluation per candidate after the first
 
 
@@ -74,7 +74,7 @@ def test_unknown_comparator_is_refused_at_construction():
 def test_uniform_soup_averages_every_ingredient():
     pool = [ingredient("a", 1.0), ingredient("b", 2.0), ingredient("c", 3.0)]
     result = UniformSoup()(pool, ScalarScorer({"a": 1.0, "b": 2.0, "c": 6.0}, lambda x: 0.0))
-    assert result.state["x"].item() == pytest.approx(3.0)
+    assert result.weights["x"].item() == pytest.approx(3.0)
     assert len(result.ingredients) == 3
 
 
@@ -105,7 +105,7 @@ def test_random_orders_are_seeded_permutations_reported_as_mean_and_std():
     saved = records[result.record["saved_order"]]
     assert saved["held_out"] == max(r["held_out"] for r in records)
     assert names(result) == saved["chosen"]
-    assert result.state["x"].item() == pytest.approx(sum(values[n] for n in saved["chosen"]) / len(saved["chosen"]))
+    assert result.weights["x"].item() == pytest.approx(sum(values[n] for n in saved["chosen"]) / len(saved["chosen"]))
     again = GreedySoup(order="random", orders=4, seed=3)(pool, scorer).record["orders"]
     assert [r["order"] for r in again] == [r["order"] for r in records]  # the same draw from the same seed
     other = GreedySoup(order="random", orders=4, seed=4)(pool, scorer).record["orders"]

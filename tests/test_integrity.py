@@ -168,8 +168,11 @@ def test_a_training_state_holding_code_is_refused_not_run(tmp_path, monkeypatch,
 
 
 def test_a_config_cannot_name_code_to_run(soup_cfg, tmp_path):
-    with pytest.raises(ValueError, match=r"method.greedy._target_='os.system': a method must be a class in soups.recipes"):
+    with pytest.raises(ValueError, match=r"method.greedy._target_='os.system': a method must be a Recipe class in "
+                                         r"soups.recipes"):
         run_soup(soup_cfg("method=greedy", "method.greedy._target_=os.system"), tmp_path / "out")
+    with pytest.raises(ValueError, match=r"_target_='soups.recipes.RecipeResult': a method must"):  # not a Recipe
+        run_soup(soup_cfg("method=greedy", "method.greedy._target_=soups.recipes.RecipeResult"), tmp_path / "out")
     with pytest.raises(ValueError, match=r"_target_='soups.recipes.greedy.logging.os.system': a method must"):
         run_soup(soup_cfg("method=greedy", "method.greedy._target_=soups.recipes.greedy.logging.os.system"),
                  tmp_path / "out")

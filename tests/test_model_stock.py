@@ -30,17 +30,17 @@ def test_two_models_match_the_hand_computation():
     result = ModelStock()(pool("a", "b"), Weights(init, states))
     cos = 1 / math.sqrt(2)
     t = 2 * cos / (cos + 1)
-    assert result.state["w"].tolist() == pytest.approx([t * 1.0, t * 0.5])
-    assert result.state["steps"].item() == 7  # integer buffers from the first ingredient
+    assert result.weights["w"].tolist() == pytest.approx([t * 1.0, t * 0.5])
+    assert result.weights["steps"].item() == 7  # integer buffers from the first ingredient
     assert result.record["ratios"]["w"] == pytest.approx(t)
 
 
 def test_orthogonal_displacements_fall_back_to_the_init_and_parallel_ones_to_the_mean():
     init = {"w": torch.tensor([1.0, 1.0])}
     orthogonal = {"a": {"w": torch.tensor([2.0, 1.0])}, "b": {"w": torch.tensor([1.0, 2.0])}}
-    assert ModelStock()(pool("a", "b"), Weights(init, orthogonal)).state["w"].tolist() == pytest.approx([1.0, 1.0])
+    assert ModelStock()(pool("a", "b"), Weights(init, orthogonal)).weights["w"].tolist() == pytest.approx([1.0, 1.0])
     parallel = {"a": {"w": torch.tensor([2.0, 2.0])}, "b": {"w": torch.tensor([3.0, 3.0])}}
-    assert ModelStock()(pool("a", "b"), Weights(init, parallel)).state["w"].tolist() == pytest.approx([2.5, 2.5])
+    assert ModelStock()(pool("a", "b"), Weights(init, parallel)).weights["w"].tolist() == pytest.approx([2.5, 2.5])
 
 
 def test_k_models_use_the_mean_pairwise_cosine():
@@ -53,7 +53,7 @@ def test_k_models_use_the_mean_pairwise_cosine():
               for i in range(4) for j in range(i + 1, 4)) / 6
     t = 4 * cos / (3 * cos + 1)
     mean = sum(states[n]["w"] for n in "abcd") / 4
-    assert torch.allclose(result.state["w"], t * mean + (1 - t) * init["w"])
+    assert torch.allclose(result.weights["w"], t * mean + (1 - t) * init["w"])
 
 
 def test_one_ingredient_is_refused():

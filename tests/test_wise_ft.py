@@ -44,7 +44,7 @@ def test_curve_over_alphas_and_choice_on_held_out():
     result = WiseFT()(pool(), ctx)  # base = best individual = "a"
     assert [p["alpha"] for p in result.record["curve"]] == pytest.approx([0.1 * i for i in range(11)])
     assert result.record["alpha"] == pytest.approx(0.7) and result.record["base"] == "a"
-    assert result.state["w"].item() == pytest.approx(0.7)
+    assert result.weights["w"].item() == pytest.approx(0.7)
     assert ctx.calls[0] is False and ctx.calls[-1] is False and all(ctx.calls[1:-1])  # endpoints are not averages
     assert WiseFT(alphas=[0.5, 1.0], base="b")(pool(), Curve()).record["alpha"] == 0.5
 

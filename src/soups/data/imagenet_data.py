@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from open_clip import image_transform
 
-from soups.data import per_class_subset, train_transform
+from soups.data.base import ImageData, per_class_subset, train_transform
 from soups.data.imagenet import FileEvalSet, FileImages, held_out_mask, imagenet_split
 from soups.data.imagenet_shifts import BUILDERS
 from soups.data.store import StoredEvalSet
@@ -16,7 +16,7 @@ from soups.errors import BadInput
 from soups.names import HELD_OUT, TEST
 
 
-class ImageNetData:
+class ImageNetData(ImageData):
     def __init__(self, data_cfg, shifts_cfg, model_cfg, cache_dir=None):
         self.cfg, self.model_cfg = data_cfg, model_cfg
         self.store_dir = cache_dir if data_cfg.get("store_eval_sets", True) else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from collections.abc import Callable
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 
@@ -14,16 +14,43 @@ from soups.pool import Ingredient
 
 @dataclass
 class RecipeResult:
-    state: StateDict | None  # None for an ensemble: its members' logits are averaged instead
-    ingredients: list[Ingredient]
-    record: dict = field(default_factory=dict)  # recipe-specific: trace, parameters, ...
-    # whether `state` is a new point in weight space (an average, interpolation or extrapolation: BN
+    """What every recipe returns. The soup job evaluates it; soups/records.py turns it into soup.json, the
+    saved weights, a report row and W&B entries, reading only these fields."""
+    weights: StateDict | None  # the soup's weights; None for an ensemble (its members' logits are averaged)
+    ingredients: list[Ingredient]  # what it used, in the order it added them
+    details: dict = field(default_factory=dict)  # its settings and findings, saved in soup.json as they are
+    # whether `weights` are a new point in weight space (an average, interpolation or extrapolation: BN
     # statistics must be recomputed) rather than one model's weights exactly; None: more than one ingredient
     averaged: bool | None = None
+    trace: list[dict] | None = None  # greedy: per candidate {run, individual_held_out, soup_held_out, accepted}
+    curve: list[dict] | None = None  # WiSE-FT: per alpha {alpha, <set>: accuracy %, ...}; drawn in the figure
+    orders: list[dict] | None = None  # several draws (random orders): per draw {order, chosen, held_out, metrics}
+    mean: dict | None = None  # over the draws, per set (%); the report shows mean +- std
+    std: dict | None = None
+    coefficients: dict | None = None  # learned soups: {ingredients, tensors, weights}; plotted
+
+    @property
+    def kind(self) -> str:
+        return "ensemble" if self.weights is None else "soup"
 
     @property
     def is_average(self) -> bool:
         return len(self.ingredients) > 1 if self.averaged is None else bool(self.averaged)
+
+    @property
+    def record(self) -> dict:
+        """soup.json's recipe fields: the details, then each optional field that is set."""
+        optional = {k: getattr(self, k) for k in ("trace", "curve", "orders", "mean", "std", "coefficients")}
+        return {**self.details, **{k: v for k, v in optional.items() if v is not None}}
+
+
+class Recipe:
+    """Base of every recipe: one class per file in this package, configured by conf/method/<key>.yaml
+    (`_target_` names the class); the config key is its name in the table, soup.json and W&B."""
+    needs_init: ClassVar[bool] = False  # True: it moves relative to the shared initialization, which must exist
+
+    def __call__(self, ingredients: list[Ingredient], ctx: "SoupContext") -> RecipeResult:
+        raise NotImplementedError
 
 
 class SoupContext(Protocol):
@@ -58,9 +85,3 @@ class SoupContext(Protocol):
         """What a recipe stored under `key` (settings + ingredient digests) in an earlier run, if anything."""
 
     def remember(self, key: dict, record: dict) -> None: ...
-
-
-class Recipe(Protocol):
-    name: str
-
-    def __call__(self, ingredients: list[Ingredient], ctx: SoupContext) -> RecipeResult: ...

@@ -5,26 +5,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from soups.recipes import RecipeResult
+from soups.recipes import Recipe, RecipeResult
 from soups.recipes.greedy import GreedyRecipe, by_held_out, greedy_selection
 
 
 @dataclass
-class LogitEnsemble:
-    name: str = "ensemble"
-
+class LogitEnsemble(Recipe):
     def __call__(self, ingredients, ctx) -> RecipeResult:
         return RecipeResult(None, list(ingredients), {"inference_cost": len(ingredients)})
 
 
 @dataclass
 class GreedyEnsemble(GreedyRecipe):
-    name: str = "greedy_ensemble"
-
     def __call__(self, ingredients, ctx) -> RecipeResult:
         members = []
         chosen, best, trace = greedy_selection(
             by_held_out(ingredients, self.ties), lambda candidate, _: ctx.ensemble_held_out([*members, candidate]), members.append,
             self.comparator, "greedy ensemble")
-        return RecipeResult(None, chosen, {"comparator": self.comparator, "ties": self.ties, "held_out": best, "trace": trace,
-                                           "inference_cost": len(chosen)})
+        return RecipeResult(None, chosen, {"comparator": self.comparator, "ties": self.ties, "held_out": best,
+                                           "inference_cost": len(chosen)}, trace=trace)

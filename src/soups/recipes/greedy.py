@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from soups.averaging import RunningAverage
 from soups.errors import BadInput
-from soups.recipes import RecipeResult
+from soups.recipes import Recipe, RecipeResult
 
 log = logging.getLogger(__name__)
 COMPARATORS = {">=": operator.ge, ">": operator.gt}
@@ -29,7 +29,7 @@ TIE_ORDERS = ("pool", "official")
 
 
 @dataclass
-class GreedyRecipe:
+class GreedyRecipe(Recipe):
     """Base of the greedy recipes: the acceptance comparator and the tie order, validated at construction."""
     comparator: str = ">="
     ties: str = "pool"
@@ -79,7 +79,6 @@ class GreedySoup(GreedyRecipe):
     orders: int = 5          # random permutations (order="random")
     seed: int = 0
     early_rejection: bool = True  # stop a candidate's evaluation once it cannot be accepted (same choices)
-    name: str = "greedy"
 
     def __post_init__(self):
         super().__post_init__()
@@ -91,8 +90,8 @@ class GreedySoup(GreedyRecipe):
     def __call__(self, ingredients, ctx) -> RecipeResult:
         if self.order == "held_out":
             state, chosen, best, trace = self.soup(by_held_out(ingredients, self.ties), ctx)
-            return RecipeResult(state, chosen, {"comparator": self.comparator, "ties": self.ties, "held_out": best,
-                                                "trace": trace})
+            return RecipeResult(state, chosen, {"comparator": self.comparator, "ties": self.ties, "held_out": best},
+                                trace=trace)
         runs = []
         for k in range(int(self.orders)):
             permutation = random.Random(int(self.seed) * 1_000_003 + k).sample(list(ingredients), len(ingredients))
@@ -105,10 +104,11 @@ class GreedySoup(GreedyRecipe):
         records = [r["record"] for r in runs]
         columns = list(records[0]["metrics"])
         spread = lambda f: {c: f([r["metrics"][c] for r in records]) for c in columns}  # noqa: E731
-        return RecipeResult(runs[saved]["state"], runs[saved]["chosen"], {
-            "comparator": self.comparator, "order": "random", "seed": self.seed, "saved_order": saved,
-            "held_out": records[saved]["held_out"], "trace": records[saved]["trace"], "orders": records,
-            "mean": spread(statistics.fmean), "std": spread(lambda v: statistics.pstdev(v) if len(v) > 1 else 0.0)})
+        details = {"comparator": self.comparator, "order": "random", "seed": self.seed, "saved_order": saved,
+                   "held_out": records[saved]["held_out"]}
+        return RecipeResult(runs[saved]["state"], runs[saved]["chosen"], details, trace=records[saved]["trace"],
+                            orders=records, mean=spread(statistics.fmean),
+                            std=spread(lambda v: statistics.pstdev(v) if len(v) > 1 else 0.0))
 
     def soup(self, ranked, ctx):
         running = RunningAverage()

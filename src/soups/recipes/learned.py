@@ -21,7 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from soups.averaging import weighted_sum
 from soups.errors import BadInput
-from soups.recipes import RecipeResult
+from soups.recipes import Recipe, RecipeResult
 from soups.runtime import autocast
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class _Mix(torch.autograd.Function):
 
 
 @dataclass
-class LearnedSoup:
+class LearnedSoup(Recipe):
     by_layer: bool = False
     lr: float = 0.05
     epochs: int = 5
@@ -87,29 +87,34 @@ class LearnedSoup:
     weight_decay: float = 0.0
     ingredient_dtype: str = "float32"  # or bfloat16: half the memory for the stacked ingredients
     seed: int = 0
-    name: str = "learned"
 
     def __post_init__(self):
         if self.ingredient_dtype not in DTYPES:
-            raise BadInput(f"{self.name}: ingredient_dtype={self.ingredient_dtype!r}; expected {list(DTYPES)}")
+            raise BadInput(f"ingredient_dtype={self.ingredient_dtype!r}; expected {list(DTYPES)}")
         if self.lr <= 0 or self.epochs < 0 or self.batch_size < 1:
-            raise BadInput(f"{self.name}: need lr > 0, epochs >= 0 and batch_size >= 1 "
+            raise BadInput(f"need lr > 0, epochs >= 0 and batch_size >= 1 "
                            f"(got lr={self.lr}, epochs={self.epochs}, batch_size={self.batch_size})")
+
+    @property
+    def label(self) -> str:
+        return "learned soup (by layer)" if self.by_layer else "learned soup"
 
     def __call__(self, ingredients, ctx) -> RecipeResult:
         names = [n for n, _ in ctx.model.named_parameters()]
         # the same settings on the same ingredients (by sha256) learn the same weights: learn once
-        settings = {k: v for k, v in vars(self).items() if k != "name"}
+        settings = dict(vars(self))
         key = {"recipe": "learned_soup", **settings, "ingredients": [ctx.digest(i) for i in ingredients]}
         record = ctx.recall(key)
         if record is None:
             record = self._learn(ingredients, ctx, names, journal_key={**key, "journal": True})
             ctx.remember(key, record)
         else:
-            log.info("%s: mixing weights learned before on this pool (cache)", self.name)
+            log.info("%s: mixing weights learned before on this pool (cache)", self.label)
         weights = torch.tensor(record["coefficients"]["weights"], dtype=torch.float64)
-        record["coefficients"]["ingredients"] = [i.name for i in ingredients]
-        return RecipeResult(self._merge(ingredients, ctx, names, weights), list(ingredients), record)
+        coefficients = {**record["coefficients"], "ingredients": [i.name for i in ingredients]}
+        details = {k: v for k, v in record.items() if k != "coefficients"}
+        return RecipeResult(self._merge(ingredients, ctx, names, weights), list(ingredients), details,
+                            coefficients=coefficients)
 
     def _learn(self, ingredients, ctx, names, journal_key: dict) -> dict:
         """Learns the mixing weights; after every epoch the journal (`journal_key`) holds what the next
@@ -148,7 +153,7 @@ class LearnedSoup:
                 log_temperature.fill_(journal["log_temperature"])
             optimizer.load_state_dict(_from_json(journal["optimizer"]))
             start, curve = journal["epoch"], [journal["uniform_loss"]]
-            log.info("%s: resuming from its journal after epoch %d", self.name, start)
+            log.info("%s: resuming from its journal after epoch %d", self.label, start)
         else:
             curve = [mean_loss()]
         for epoch in range(start, self.epochs):
@@ -162,7 +167,7 @@ class LearnedSoup:
                 loss.backward()
                 optimizer.step()
                 running, seen = running + loss.item() * len(labels), seen + len(labels)
-            log.info("%s epoch %d: train loss %.4f", self.name, epoch + 1, running / max(seen, 1))
+            log.info("%s epoch %d: train loss %.4f", self.label, epoch + 1, running / max(seen, 1))
             ctx.remember(journal_key, {"epoch": epoch + 1, "logits": logits.tolist(), "uniform_loss": curve[0],
                                        "log_temperature": log_temperature.item(),
                                        "optimizer": _to_json(optimizer.state_dict())})
@@ -175,7 +180,7 @@ class LearnedSoup:
                   "held_out_loss": {"uniform": curve[0], "learned": curve[-1]},
                   "coefficients": {"ingredients": [i.name for i in ingredients],
                                    "tensors": names if self.by_layer else None, "weights": weights.tolist()}}
-        log.info("%s: held-out loss %.4f (uniform) -> %.4f", self.name, curve[0], curve[-1])
+        log.info("%s: held-out loss %.4f (uniform) -> %.4f", self.label, curve[0], curve[-1])
         return record
 
     def _stack(self, ingredients, ctx, names, device):

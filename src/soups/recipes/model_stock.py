@@ -17,13 +17,12 @@ import torch
 
 from soups.averaging import RunningAverage, interpolate
 from soups.errors import BadInput
-from soups.recipes import RecipeResult
+from soups.recipes import Recipe, RecipeResult
 
 
 @dataclass
-class ModelStock:
+class ModelStock(Recipe):
     needs_init: ClassVar[bool] = True  # moves relative to the shared initialization
-    name: str = "model_stock"
 
     def __call__(self, ingredients, ctx) -> RecipeResult:
         k = len(ingredients)

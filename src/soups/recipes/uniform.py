@@ -4,12 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from soups.averaging import average
-from soups.recipes import RecipeResult
+from soups.recipes import Recipe, RecipeResult
 
 
 @dataclass
-class UniformSoup:
-    name: str = "uniform"
-
+class UniformSoup(Recipe):
     def __call__(self, ingredients, ctx) -> RecipeResult:
         return RecipeResult(average(ctx.load(i) for i in ingredients), list(ingredients))

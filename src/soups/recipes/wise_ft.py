@@ -10,15 +10,14 @@ from dataclasses import dataclass, field
 from soups.averaging import interpolate
 from soups.errors import BadInput
 from soups.names import HELD_OUT
-from soups.recipes import RecipeResult
+from soups.recipes import Recipe, RecipeResult
 
 
 @dataclass
-class WiseFT:
+class WiseFT(Recipe):
     needs_init: ClassVar[bool] = True  # moves relative to the shared initialization
     alphas: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
     base: str = "best"  # "best": the best individual by held-out accuracy; else an ingredient's name
-    name: str = "wise_ft"
 
     def __post_init__(self):
         self.alphas = [float(a) for a in self.alphas]
@@ -36,7 +35,7 @@ class WiseFT:
         curve = [{"alpha": a, **ctx.evaluate(interpolate(init, tuned, a), averaged=is_new_point(a))} for a in self.alphas]
         chosen = max(curve, key=lambda point: point[HELD_OUT])  # first of equals: the smallest alpha
         return RecipeResult(interpolate(init, tuned, chosen["alpha"]), [base],
-                            {"base": base.name, "alpha": chosen["alpha"], "curve": curve},
+                            {"base": base.name, "alpha": chosen["alpha"]}, curve=curve,
                             averaged=is_new_point(chosen["alpha"]))
 
 

@@ -1,0 +1,55 @@
+"""What a dataset provides (`ImageData`), and the helpers the dataset families share.
+
+A dataset family is one module in this package with one `ImageData` subclass, chosen by its config's
+`_target_` (conf/data/<name>.yaml); `build_data` constructs it as cls(data_cfg, shifts_cfg, model_cfg, cache_dir).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from timm.data import create_transform
+
+
+class ImageData(ABC):
+    """Evaluation sets are keyed by name: soups.names.HELD_OUT (ranks and selects, never trained on),
+    soups.names.TEST, then one per distribution shift. Each set has `.labels` (int64 [N]), `.sample_ids`
+    (N strings naming the images) and `.batches(batch_size, shuffle_seed=None, device=None)` yielding
+    (float images [B, 3, H, W] normalized for the model, labels [B]); a set covering fewer classes than the
+    model may have `.project_logits` ([B, C] -> [B, C']). Subclasses take (data_cfg, shifts_cfg, model_cfg,
+    cache_dir=None) and check their inputs up front (soups.errors: a missing root is a MissingInput)."""
+
+    @abstractmethod
+    def eval_sets(self) -> dict:
+        """{HELD_OUT: ..., TEST: ..., <shift>: ...}"""
+
+    @abstractmethod
+    def train_set(self, randaug: str | None, crop_scale: float) -> torch.utils.data.Dataset:
+        """The fine-tuning set: (image tensor [3, H, W], label) items through the training transform."""
+
+    @abstractmethod
+    def probe_sets(self, per_class: int | None = None) -> tuple:
+        """(train, held-out) evaluation-style sets for fitting the linear-probe head; `per_class` caps train."""
+
+    @abstractmethod
+    def bn_set(self):
+        """A fixed sample of training images (evaluation transform) for recomputing BatchNorm statistics."""
+
+
+def per_class_subset(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
+    """Sorted indices of at most `per_class` items of every class, drawn with `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    picks = []
+    for cls in labels.unique():
+        idx = (labels == cls).nonzero().flatten()
+        picks.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+    return torch.cat(picks).sort().values
+
+
+def train_transform(model_cfg, randaug: str | None, crop_scale: float, hflip: float = 0.0,
+                    interpolation: str = "bilinear", ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+    """timm's training transform: random-resized crop + RandAugment (no colour jitter, no erasing)."""
+    return create_transform(
+        input_size=model_cfg.image_size, is_training=True, scale=(crop_scale, 1.0), ratio=ratio,
+        hflip=hflip, vflip=0.0, color_jitter=0.0, auto_augment=randaug or None, interpolation=interpolation,
+        mean=tuple(model_cfg.mean), std=tuple(model_cfg.std), re_prob=0.0)
