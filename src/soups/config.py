@@ -29,12 +29,15 @@ def rule(check, expected: str, default=None):
 
 
 def _device(name) -> bool:
+    """A device name torch knows, and (for cuda) one this machine has."""
     if name == "auto":
         return True
     try:
-        torch.device(name)
+        device = torch.device(name)
     except (RuntimeError, ValueError):
         return False
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
     return True
 
 
@@ -48,7 +51,7 @@ def non_negative(x) -> bool:
 
 @dataclass
 class CommonSettings:
-    device: str = rule(_device, "auto, cpu, cuda, cuda:<index> or another torch device", "auto")
+    device: str = rule(_device, "auto, cpu, or a torch device this machine has (cuda, cuda:<index>, ...)", "auto")
     threads: Optional[int] = rule(lambda x: x is None or x >= 1, "null or an integer >= 1")
     eval_batch_size: int = rule(lambda x: x >= 1, "an integer >= 1", 256)
     precision: str = rule(lambda x: x in PRECISIONS, f"one of {list(PRECISIONS)}", "fp32")
@@ -84,6 +87,24 @@ class SoupSettings(CommonSettings):
     bn_recalibration: Any = rule(lambda x: x == "auto" or isinstance(x, bool), "auto, true or false", "auto")
 
 
+def model_problems(model_cfg) -> list[str]:
+    """What is wrong with the model group's input settings (they size every evaluation set)."""
+    problems = []
+    size = model_cfg.get("image_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        problems.append(f"model.image_size={size!r} (expected an integer >= 1, in px)")
+    for name, ok in (("mean", lambda v: True), ("std", lambda v: v > 0)):
+        values = model_cfg.get(name)
+        try:
+            good = len(values) == 3 and all(math.isfinite(float(v)) and ok(float(v)) for v in values)
+        except (TypeError, ValueError):
+            good = False
+        if not good:
+            expected = "3 finite numbers" + (" > 0" if name == "std" else "")
+            problems.append(f"model.{name}={values!r} (expected {expected}, one per RGB channel)")
+    return problems
+
+
 def check(cfg, schema: type) -> None:
     """Raise one ConfigError naming every field of `schema` that `cfg` sets to a wrong type or value;
     otherwise store the converted values in `cfg` (a quoted "3e-5" becomes the float 3e-5)."""
@@ -100,6 +121,8 @@ def check(cfg, schema: type) -> None:
             problems.append(f"{spec.name}={value!r} (expected {spec.metadata['expected']})")
     if not problems and schema is FinetuneSettings and typed.mixup > 0 and typed.batch_size % 2:
         problems.append(f"mixup needs an even batch_size, got batch_size={typed.batch_size}")
+    if cfg.get("model") is not None:
+        problems += model_problems(cfg.model)
     if problems:
         raise ConfigError("bad config: " + "; ".join(problems))
     with open_dict(cfg):

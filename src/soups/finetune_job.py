@@ -79,6 +79,7 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     """A run dir holding run.json is finished: its record is returned and nothing runs (a relaunched
     sweep skips its finished jobs). One holding a training state goes on from it. Under torchrun every
     rank calls this; rank 0 returns the record, the others None."""
+    check(cfg, FinetuneSettings)  # the trial and search seed too, before anything is drawn with them
     apply_trial(cfg)
     check(cfg, FinetuneSettings)
     ranks, device = join(resolve_device(cfg.device))

@@ -105,7 +105,13 @@ def _checkpoint_init(cfg, device):
     path = Path(cfg.head.path).expanduser()
     if path.suffix != ".safetensors":
         path = convert_official_file(path, Path(cfg.paths.cache_dir) / "release", expected=model.state_dict())
-    model.load_state_dict(load_weights(path), strict=True)
+    state, expected = load_weights(path), model.state_dict()
+    wrong = sorted(set(state) ^ set(expected)) + [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    if wrong:
+        raise BadInput(f"head.path={path} does not fit model={cfg.model.name} with {cfg.data.num_classes} classes "
+                       f"({len(wrong)} tensors missing, extra or of another shape, e.g. {wrong[:3]}): weights of "
+                       f"another architecture or dataset?")
+    model.load_state_dict(state, strict=True)
     return model, {"path": str(cfg.head.path), "sha256": sha256_file(path)}
 
 

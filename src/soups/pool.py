@@ -71,13 +71,15 @@ def resolve_run_dirs(pool_cfg, log_dir) -> list[Path]:
     if len(chosen) > 1:
         raise BadInput(f"give one pool source, got {chosen}")
     if pool_cfg.get("runs"):
+        if isinstance(pool_cfg.runs, str):
+            raise BadInput(f"pool.runs={pool_cfg.runs!r}: expected a list of run dirs, e.g. pool.runs=[dir_a,dir_b]")
         dirs = [Path(p) for p in pool_cfg.runs]
     elif pool_cfg.get("glob"):
         dirs = [Path(p) for p in sorted(globlib.glob(pool_cfg.glob))]
     else:
         folder = Path(pool_cfg.dir) if pool_cfg.get("dir") else latest_sweep(log_dir)
         if not folder.is_dir():
-            raise MissingInput(f"pool.dir={folder} does not exist")
+            raise MissingInput(f"pool.dir={folder} " + ("is a file, not a folder" if folder.exists() else "does not exist"))
         dirs = _run_dirs(folder)
     if not dirs:
         where = f"pool.{chosen[0]}={pool_cfg.get(chosen[0])}" if chosen else str(folder)
@@ -109,6 +111,16 @@ class Unusable(Exception):
     """Why a run dir cannot be an ingredient."""
 
 
+# What the soup job reads from every ingredient's run.json (the run describes itself)
+REQUIRED = ("config.model.open_clip_name", "config.model.image_size", "config.data.num_classes", "init.sha256")
+
+
+def _lookup(info: dict, dotted: str):
+    for part in dotted.split("."):
+        info = info.get(part) if isinstance(info, dict) else None
+    return info
+
+
 def _finished_run(run_dir: Path, verify_sha256: bool) -> Ingredient:
     if not run_dir.is_dir():
         raise Unusable("no such directory")
@@ -118,8 +130,13 @@ def _finished_run(run_dir: Path, verify_sha256: bool) -> Ingredient:
         info = read_json(run_dir / RUN_INFO_NAME)
     except ValueError as err:
         raise Unusable(str(err)) from err
+    if not isinstance(info, dict):
+        raise Unusable(f"{RUN_INFO_NAME} holds a JSON {type(info).__name__}, not a run's record")
     if info.get("status", "finished") != "finished":
         raise Unusable(f"{info.get('status')}: {info.get('failure', 'no reason recorded')}")
+    missing = [k for k in REQUIRED if _lookup(info, k) is None]
+    if missing:
+        raise Unusable(f"{RUN_INFO_NAME} lacks {missing}: not a record this project wrote, or damaged")
     ingredient = Ingredient.from_run_dir(run_dir, info)
     try:
         ingredient.header = read_weights_header(ingredient.weights)

@@ -82,8 +82,8 @@ def figure(rows: list[dict], path: Path, title: str) -> None:
             if row.get("std"):  # mean ± std over several draws (greedy over random orders)
                 ax.errorbar(x, y, xerr=row["std"].get(TEST), yerr=row["std"].get(AVG_SHIFTS), c=color,
                             capsize=3, zorder=2)
-            if row.get("curve"):  # WiSE-FT: the interpolation path from the init to the fine-tuned model
-                curve = [p for p in row["curve"] if p["alpha"] > 0]
+            curve = [p for p in row.get("curve") or [] if p["alpha"] > 0]
+            if curve:  # WiSE-FT: the interpolation path from the init to the fine-tuned model
                 ax.plot([p[TEST] for p in curve], [p[AVG_SHIFTS] for p in curve], c=color, lw=1, ls="--",
                         marker=".", zorder=2, label=f"{row['row']} curve (alpha {curve[0]['alpha']:g}..{curve[-1]['alpha']:g})")
             soups += 1

@@ -23,6 +23,8 @@ def mnist_splits(train_per_class: int, val_per_class: int, test_per_class: int, 
     images, labels = mnist_data()
     images = images.reshape(-1, 28, 28).astype(np.uint8)
     sizes = {"train": train_per_class, "val": val_per_class, "test": test_per_class}
+    if min(sizes.values()) < 1:
+        raise BadInput(f"data.train_per_class, val_per_class and test_per_class must be >= 1, got {sizes}")
     available = int(np.bincount(labels).min())
     if sum(sizes.values()) > available:
         raise BadInput(f"train+val+test per class = {sum(sizes.values())} but MNIST here has {available} per class")

@@ -59,7 +59,8 @@ def check_count(name: str, found: int, expected: int | None, tree: str) -> None:
 
 def require_dir(name: str, path: Path, tree: str) -> Path:
     if not path.is_dir():
-        raise layout_error(name, f"missing folder {path}", tree)
+        raise layout_error(name, f"{path} is a file, expected a folder" if path.exists() else f"missing folder {path}",
+                           tree)
     return path
 
 

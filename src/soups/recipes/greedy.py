@@ -35,6 +35,7 @@ class GreedyRecipe(Recipe):
     ties: str = "pool"
 
     def __post_init__(self):
+        super().__post_init__()
         if self.comparator not in COMPARATORS:
             raise BadInput(f"greedy comparator {self.comparator!r}; expected one of {list(COMPARATORS)}")
         if self.ties not in TIE_ORDERS:

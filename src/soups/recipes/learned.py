@@ -89,6 +89,7 @@ class LearnedSoup(Recipe):
     seed: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         if self.ingredient_dtype not in DTYPES:
             raise BadInput(f"ingredient_dtype={self.ingredient_dtype!r}; expected {list(DTYPES)}")
         if self.lr <= 0 or self.epochs < 0 or self.batch_size < 1:

@@ -9,9 +9,8 @@ mean_{i<j} cos_ij = (|u|^2 - k) / (k (k - 1)). Memory is two accumulators, whate
 """
 from __future__ import annotations
 
-from typing import ClassVar
-
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 

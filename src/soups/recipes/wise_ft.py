@@ -3,9 +3,9 @@ theta_alpha = (1 - alpha) * theta_init + alpha * theta_ft, over an alpha grid. E
 is evaluated on every set (the paper shows soups beyond these curves); alpha is chosen on held-out."""
 from __future__ import annotations
 
-from typing import ClassVar
-
+import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from soups.averaging import interpolate
 from soups.errors import BadInput
@@ -20,9 +20,14 @@ class WiseFT(Recipe):
     base: str = "best"  # "best": the best individual by held-out accuracy; else an ingredient's name
 
     def __post_init__(self):
-        self.alphas = [float(a) for a in self.alphas]
-        if not self.alphas or any(a < 0 for a in self.alphas):
-            raise BadInput(f"wise_ft alphas must be a non-empty list of numbers >= 0, got {self.alphas}")
+        super().__post_init__()
+        given = self.alphas
+        try:
+            self.alphas = [float(a) for a in given]
+        except (TypeError, ValueError):
+            self.alphas = []
+        if not self.alphas or not all(math.isfinite(a) and a >= 0 for a in self.alphas):
+            raise BadInput(f"alphas={given!r}: expected a non-empty list of finite numbers >= 0, e.g. [0.5, 1.0]")
 
     def __call__(self, ingredients, ctx) -> RecipeResult:
         if self.base == "best":
