@@ -25,9 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "src"), str(Path(__file__).resolve().parent)]
-
-from bench.common import machine  # noqa: E402
+from bench.common import machine  # scripts/bench (this script's folder is on sys.path)
 
 BENCHMARKS = ("eval", "greedy", "memory", "learned", "training")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
+from soups.runtime import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-from soups.runtime import cpu_name  # noqa: E402
 
 
 def timed(args: list[str]) -> float:

@@ -13,11 +13,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from soups.data.imagenet import DatasetLayoutError, imagenet_split, scan_class_folders
+from soups.data.imagenet_shifts import BUILDERS
 
-from soups.data.imagenet import DatasetLayoutError, imagenet_split, scan_class_folders  # noqa: E402
-from soups.data.imagenet_shifts import BUILDERS  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def count_files(folder: Path) -> int:

@@ -9,10 +9,8 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
+# conf/paths resolves the logs and caches from here, whatever the working directory
 os.environ.setdefault("SOUPS_ROOT", str(Path(__file__).resolve().parents[1]))
-# Jobs a launcher starts elsewhere (submitit processes, SLURM nodes, Ray workers) import `soups` too
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parent),
-                                                       os.environ.get("PYTHONPATH")) if p)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="soup")
