@@ -37,7 +37,7 @@ def check_eval(args, device) -> dict:
     from open_clip import image_transform
     from torch.utils.data import DataLoader
 
-    from soups.data.imagenet import FileEvalSet, FileImages
+    from soups.data.folders import FileEvalSet, FileImages
     from soups.data.store import StoredEvalSet
     from soups.evaluate import Evaluator
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from soups.data.imagenet import DatasetLayoutError, imagenet_split, scan_class_folders
+from soups.data.folders import DatasetLayoutError, imagenet_split, scan_class_folders
 from soups.data.imagenet_shifts import BUILDERS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from soups.data.imagenet import WNIDS
+from soups.data.folders import WNIDS
 from soups.data.imagenet_shifts import official_subset
 from soups.data.objectnet import pinned_classes
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from soups.checkpoints import convert_official_file, convert_official_state_dict
-from soups.io import load_weights
+from soups.files import load_weights
 from soups.models import build_classifier, create_clip
 
 VIT_B32 = OmegaConf.load("conf/model/vit_b32.yaml")

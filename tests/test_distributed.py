@@ -16,7 +16,7 @@ from soups.data import EvalSet, ImageArray, build_data
 from soups.distributed import Group, gather_shards, shard_rows, sum_over_ranks, sync_batchnorm, unwrap
 from soups.eval_cache import EvaluationCache, hash_ids
 from soups.evaluate import Evaluator
-from soups.io import read_json
+from soups.files import read_json
 from soups.models import build_classifier
 from test_resume import ENV, finetune_command
 

@@ -12,7 +12,7 @@ from conftest import TINY, compose_cfg
 from soups.config import ConfigError
 from soups.errors import BadInput, MissingInput, UserError
 from soups.finetune_job import run_finetune
-from soups.io import write_json
+from soups.files import write_json
 from soups.soup_job import run_soup
 
 

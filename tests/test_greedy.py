@@ -176,7 +176,7 @@ def test_an_early_rejection_is_journaled_and_replayed_without_a_forward_pass(tmp
     from soups.data import EvalSet, ImageArray
     from soups.eval_cache import EvaluationCache
     from soups.evaluate import Evaluator
-    from soups.scorer import WeightsScorer
+    from soups.scorer import PoolScorer
 
     labels = torch.tensor([1] * 50 + [0] * 50)  # the model below always says 0: wrong on the first half
     images = ImageArray("val", torch.zeros(100, 4, 4, dtype=torch.uint8), labels)
@@ -186,7 +186,7 @@ def test_an_early_rejection_is_journaled_and_replayed_without_a_forward_pass(tmp
     def scorer():  # a fresh job (e.g. a rerun after a kill) on the same cache
         sets = {n: EvalSet(images, 4, [0.5] * 3, [0.5] * 3) for n in ("val", "test")}
         evaluator = Evaluator(sets, batch_size=10, precision="fp32", device=torch.device("cpu"), progress=False)
-        return WeightsScorer(always_zero, evaluator, None, 10, torch.device("cpu"), None,
+        return PoolScorer(always_zero, evaluator, None, 10, torch.device("cpu"), None,
                              EvaluationCache(tmp_path, "key"), "key")
 
     first = scorer()

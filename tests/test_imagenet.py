@@ -11,7 +11,7 @@ from PIL import Image
 
 from fake_imagenet import ANALOG_CLOCK, BANANA, DIGITAL_CLOCK, IMAGENET_NAMES, make_tree, write_objectnet_mappings
 from soups.data import build_data
-from soups.data.imagenet import WNID_INDEX, WNIDS, DatasetLayoutError, held_out_mask, scan_class_folders
+from soups.data.folders import WNID_INDEX, WNIDS, DatasetLayoutError, held_out_mask, scan_class_folders
 from soups.data.imagenet_shifts import imagenet_a, imagenet_r, imagenet_v2
 from soups.data.objectnet import mapping_digest, objectnet, parse_mappings, pinned_classes
 

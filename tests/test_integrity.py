@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import ROOT
 from soups.eval_cache import EvaluationCache, hash_ids
-from soups.io import atomic_save_safetensors, read_json, sha256_file, write_json
+from soups.files import atomic_save_safetensors, read_json, sha256_file, write_json
 from soups.resume import load_train_state
 from soups.soup_job import run_soup
 from test_resume import ENV, finetune_command
@@ -86,7 +86,7 @@ def test_a_full_disk_during_a_save_leaves_the_previous_file_intact(tmp_path, mon
             f.write(b"half a checkpoint")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("soups.io.save_file", disk_full)
+    monkeypatch.setattr("soups.files.save_file", disk_full)
     with pytest.raises(OSError, match="No space left"):
         atomic_save_safetensors({"w": torch.zeros(4)}, path)
     assert sha256_file(path) == before and os.listdir(tmp_path) == ["model.safetensors"]  # no temp left
@@ -95,7 +95,7 @@ def test_a_full_disk_during_a_save_leaves_the_previous_file_intact(tmp_path, mon
 KILLED_WRITER = """
 import sys, time
 from pathlib import Path
-from soups.io import atomic_write
+from soups.files import atomic_write
 def write(tmp):
     Path(tmp).write_bytes(b"the new checkpoint, half written")
     Path(sys.argv[2]).touch()  # tell the test we are mid-write

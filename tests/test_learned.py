@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from soups.data import build_data
-from soups.io import load_weights
+from soups.files import load_weights
 from soups.models import build_classifier
 from soups.recipes.learned import LOSS_ORDER_SEED, LearnedSoup, _Mix
 from soups.soup_job import run_soup
@@ -114,23 +114,23 @@ def test_a_second_run_reuses_the_learned_weights(tiny_sweep, soup_cfg, tmp_path,
 
 def test_an_interrupted_learned_soup_resumes_from_its_journal_with_the_same_weights(tiny_sweep, soup_cfg, tmp_path,
                                                                                     monkeypatch, caplog):
-    from soups.scorer import WeightsScorer
+    from soups.scorer import PoolScorer
 
     _, sweep = tiny_sweep
     settings = ("method=learned", "method.learned.epochs=3")
     whole = run_soup(soup_cfg(f"pool.dir={sweep}", *settings, f"paths.cache_dir={tmp_path}/a"), tmp_path / "whole")
-    original = WeightsScorer.remember
+    original = PoolScorer.remember
 
     def killed_after_two_epochs(self, key, record):
         original(self, key, record)
         if key.get("journal") and record["epoch"] == 2:
             raise KeyboardInterrupt  # as if the job were killed here
 
-    monkeypatch.setattr(WeightsScorer, "remember", killed_after_two_epochs)
+    monkeypatch.setattr(PoolScorer, "remember", killed_after_two_epochs)
     cfg = soup_cfg(f"pool.dir={sweep}", *settings, f"paths.cache_dir={tmp_path}/b")
     with pytest.raises(KeyboardInterrupt):
         run_soup(cfg, tmp_path / "killed")
-    monkeypatch.setattr(WeightsScorer, "remember", original)
+    monkeypatch.setattr(PoolScorer, "remember", original)
     with caplog.at_level("INFO"):
         resumed = run_soup(cfg, tmp_path / "resumed")
     assert "resuming from its journal after epoch 2" in caplog.text

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from soups.finetune_job import run_finetune
-from soups.io import load_weights
+from soups.files import load_weights
 from soups.soup_job import run_soup
 
 

@@ -90,7 +90,7 @@ def test_soup_of_three_official_vit_b32_checkpoints_through_soup_py(tmp_path):
 
 def test_finetune_experiment_starts_from_the_released_init(tmp_path):
     from soups.finetune_job import run_finetune
-    from soups.io import load_weights
+    from soups.files import load_weights
 
     counts = make_tree(tmp_path / "data")
     data_args = [a for a in overrides(tmp_path, counts) if a.startswith(("data.", "shifts.", "model="))]

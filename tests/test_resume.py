@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, TINY
-from soups.io import read_json
+from soups.files import read_json
 from soups.names import STATE_NAME
 from soups.tracking import run_id
 

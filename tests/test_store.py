@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from soups.data import build_data
-from soups.data.imagenet import FileImages
+from soups.data.folders import FileImages
 from soups.data.store import StoredEvalSet, split_transform
 from test_imagenet import imagenet_cfgs, tree  # noqa: F401  (the fake ImageNet fixture)
 

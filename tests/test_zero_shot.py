@@ -64,7 +64,7 @@ def test_zero_shot_init_finetune_and_soup_on_fake_imagenet(tmp_path, soup_cfg):
 @pytest.mark.filterwarnings("ignore:The number of unique classes")  # one image per class in the fake tree
 def test_linear_probe_init_on_imagenet_caches_its_features(tmp_path, monkeypatch):
     import soups.heads
-    from soups.init import shared_init
+    from soups.shared_init import shared_init
 
     counts = make_tree(tmp_path / "data")
     base = ["model=tiny_vit", "data=imagenet", "shifts=imagenet", "head=linear_probe", "head.train_per_class=1",

@@ -38,7 +38,7 @@ def digit_jpegs(folder: Path, images, labels, size: int = 384) -> list[str]:
 def fine_tunes(model_cfg, data, folder: Path) -> list[Path]:
     from omegaconf import OmegaConf
 
-    from soups.io import atomic_save_safetensors
+    from soups.files import atomic_save_safetensors
     from soups.models import build_classifier
     from soups.train import finetune
 
@@ -122,14 +122,14 @@ def bench_greedy(args) -> list[dict]:
     from torch.utils.data import DataLoader
 
     from soups.data import build_data
-    from soups.data.imagenet import FileEvalSet, FileImages
+    from soups.data.folders import FileEvalSet, FileImages
     from soups.data.store import StoredEvalSet
     from soups.eval_cache import EvaluationCache
     from soups.evaluate import Evaluator
     from soups.models import build_classifier
     from soups.pool import Ingredient
     from soups.recipes.greedy import GreedySoup
-    from soups.scorer import WeightsScorer
+    from soups.scorer import PoolScorer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-greedy-"))
     model_cfg = OmegaConf.load(CONF / "model" / "efficientnet_lite0.yaml")
@@ -151,7 +151,7 @@ def bench_greedy(args) -> list[dict]:
         model = build_classifier(model_cfg, 10, load_pretrained=False)
         evaluator = Evaluator({"val": sets["val"], "test": sets["val"]}, args.batch_size, "fp32",
                               torch.device("cpu"), progress=False)
-        return WeightsScorer(model, evaluator, sets["bn"], args.batch_size, torch.device("cpu"), None,
+        return PoolScorer(model, evaluator, sets["bn"], args.batch_size, torch.device("cpu"), None,
                              EvaluationCache(cache_dir, "bench"), "bench", cache_logits=False)
 
     ranking = scorer_over(tmp / "ranking")  # individual held-out accuracies (not timed, as in the paper)

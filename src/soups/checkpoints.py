@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from soups.errors import BadInput, MissingInput
-from soups.io import atomic_save_safetensors, nonfinite_tensors, sha256_file
+from soups.files import atomic_save_safetensors, nonfinite_tensors, sha256_file
 
 HEAD_KEYS = {"classification_head.weight": "head.weight", "classification_head.bias": "head.bias"}
 TOWER_PREFIX = "model.visual."

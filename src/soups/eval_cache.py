@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from soups.io import atomic_save_safetensors, load_weights, read_json, write_json
+from soups.files import atomic_save_safetensors, load_weights, read_json, write_json
 
 log = logging.getLogger(__name__)
 

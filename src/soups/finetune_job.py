@@ -15,8 +15,8 @@ from soups.distributed import join, leave, share
 from soups.errors import BadInput
 from soups.eval_cache import EvaluationCache, evaluation_key, hash_ids
 from soups.evaluate import Evaluator, format_metrics, recalibrate_bn
-from soups.init import load_init, shared_init
-from soups.io import atomic_save_safetensors, nonfinite_tensors, read_json, sha256_file, write_json
+from soups.shared_init import load_shared_init, shared_init
+from soups.files import atomic_save_safetensors, nonfinite_tensors, read_json, sha256_file, write_json
 from soups.models import build_classifier, has_batchnorm
 from soups.names import WEIGHTS_NAME, RUN_INFO_NAME
 from soups.resume import clear_train_state
@@ -75,10 +75,54 @@ def _record_failure(record: dict, err: Exception, run_dir: Path, tracker, start:
     return info
 
 
+def _finished_before(run_dir: Path) -> dict | None:
+    """The record of a run dir that holds run.json (finished or failed: neither runs again)."""
+    if not (run_dir / RUN_INFO_NAME).is_file():
+        return None
+    done = read_json(run_dir / RUN_INFO_NAME)
+    if done.get("status") == "failed":
+        log.warning("run %s failed before (%s): not run again; delete the run dir to retry", run_dir, done.get("failure"))
+    else:
+        log.info("run %s finished before (run.json): skipped", run_dir)
+    return done
+
+
+def _train(model, data, cfg, device, run_dir: Path, ranks, tracker) -> list[dict]:
+    """Fine-tune `model` in place; its loss history. Raises NonFiniteLoss if a loss or, after the last
+    update, a weight is NaN/inf."""
+    history = finetune(model, data.train_set(cfg.randaug, cfg.crop_scale), cfg, cfg.data.num_classes, device,
+                       on_log=lambda r: tracker.log(r, step=r["step"]), state_dir=run_dir, group=ranks)
+    if has_batchnorm(model):
+        # Running statistics lag the weights after a short fine-tune; recompute them on the same fixed
+        # sample a soup uses, so individuals and soups are measured alike (every rank alike).
+        recalibrate_bn(model, data.bn_set(), cfg.eval_batch_size, device)
+    bad = nonfinite_tensors(model.state_dict())  # the loss check sees no update after the last loss
+    if bad:
+        raise NonFiniteLoss(f"the weights hold NaN or inf after training ({len(bad)} tensors, e.g. {bad[:3]}); "
+                            f"lower lr or check the data")
+    return history
+
+
+def _save_run(model, evaluator, logits, cfg, run_dir: Path, record: dict) -> dict:
+    """Weights, cached logits and run.json (written last: its presence means finished)."""
+    metrics = evaluator.metrics_of(logits)
+    atomic_save_safetensors(model.state_dict(), run_dir / WEIGHTS_NAME, metadata={"kind": "finetune"})
+    digest = sha256_file(run_dir / WEIGHTS_NAME)
+    key = evaluation_key(cfg, cfg.precision, cfg.eval_batch_size, bool(cfg.get("compile")))
+    if cfg.cache_logits:  # a soup job's ensembles read these instead of evaluating the model again
+        ids = {name: hash_ids(eval_set.sample_ids) for name, eval_set in evaluator.sets.items()}
+        EvaluationCache(cfg.paths.cache_dir, key).put_all_logits(digest, logits, ids)
+    info = {**record, "status": "finished", "metrics": metrics, "evaluation_key": key, "weights": WEIGHTS_NAME,
+            "sha256": digest}
+    write_json(info, run_dir / RUN_INFO_NAME)
+    clear_train_state(run_dir)  # finished: run.json and the weights are the record
+    return info
+
+
 def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
-    """A run dir holding run.json is finished: its record is returned and nothing runs (a relaunched
-    sweep skips its finished jobs). One holding a training state goes on from it. Under torchrun every
-    rank calls this; rank 0 returns the record, the others None."""
+    """settings -> shared init -> data -> training -> evaluation -> run.json. A run dir holding run.json is
+    done: its record is returned and nothing runs (a relaunched sweep skips its finished jobs); one holding
+    a training state goes on from it. Under torchrun every rank calls this; rank 0 returns the record."""
     check(cfg, FinetuneSettings)  # the trial and search seed too, before anything is drawn with them
     apply_trial(cfg)
     check(cfg, FinetuneSettings)
@@ -86,15 +130,10 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     own_dir, run_dir = Path(run_dir), share(ranks, Path(run_dir))  # each torchrun process composed its own
     if not ranks.is_main:
         _discard_own_dir(own_dir, run_dir)
-    if (run_dir / RUN_INFO_NAME).is_file():
-        done = read_json(run_dir / RUN_INFO_NAME)
-        if done.get("status") == "failed":
-            log.warning("run %s failed before (%s): not run again; delete the run dir to retry",
-                        run_dir, done.get("failure"))
-        else:
-            log.info("run %s finished before (run.json): skipped", run_dir)
+    done = _finished_before(run_dir)
+    if done is not None:
         leave(ranks)
-        return read_json(run_dir / RUN_INFO_NAME) if ranks.is_main else None
+        return done if ranks.is_main else None
     if ranks.active and cfg.mixup > 0 and (cfg.batch_size // ranks.world_size) % 2:
         raise BadInput(f"mixup needs an even batch per process: batch_size={cfg.batch_size} over "
                        f"{ranks.world_size} processes")
@@ -106,8 +145,7 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device,
                           compile=bool(cfg.get("compile")), group=ranks)
     model = build_classifier(cfg.model, cfg.data.num_classes, load_pretrained=False).to(device)
-    init_info = load_init(init_dir, model)
-    hparams = {k: cfg[k] for k in HPARAMS}
+    init_info = load_shared_init(init_dir, model)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     sweep = run_dir.parent.name if run_dir.name.isdigit() else None  # multirun job folders are numbered
     if sweep and ranks.is_main:
@@ -115,41 +153,21 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     logger = cfg.logger if ranks.is_main else OmegaConf.create({"kind": "none"})
     with tracking(logger, run_dir, name=f"{run_dir.parent.name}/{run_dir.name}", job_type="finetune",
                   config=resolved, group=cfg.logger.get("group") or sweep) as tracker:
-        record = {"kind": "finetune", "hparams": hparams,
+        record = {"kind": "finetune", "hparams": {k: cfg[k] for k in HPARAMS},
                   "init": {"dir": str(init_dir), "sha256": init_info["sha256"], "metrics": init_info["metrics"]},
                   "config": resolved, "environment": environment()}
         try:
-            history = finetune(model, data.train_set(cfg.randaug, cfg.crop_scale), cfg, cfg.data.num_classes,
-                               device, on_log=lambda r: tracker.log(r, step=r["step"]), state_dir=run_dir, group=ranks)
+            history = _train(model, data, cfg, device, run_dir, ranks, tracker)
         except NonFiniteLoss as err:  # recorded as failed: no weights, kept out of every pool
             leave(ranks)
-            return _record_failure(record, err, run_dir, tracker, start) if ranks.is_main else None
-        if has_batchnorm(model):
-            # Running statistics lag the weights after a short fine-tune; recompute them on the same fixed
-            # sample a soup uses, so individuals and soups are measured alike (every rank alike).
-            recalibrate_bn(model, data.bn_set(), cfg.eval_batch_size, device)
-        bad = nonfinite_tensors(model.state_dict())  # the loss check sees no update after the last loss
-        if bad:
-            leave(ranks)
-            err = NonFiniteLoss(f"the weights hold NaN or inf after training ({len(bad)} tensors, e.g. {bad[:3]}); "
-                                f"lower lr or check the data")
             return _record_failure(record, err, run_dir, tracker, start) if ranks.is_main else None
         # the weights are the same on every rank: each evaluates its shard, rank 0 gathers and writes
         logits = evaluator.all_logits(model)
         leave(ranks)
         if not ranks.is_main:
             return None
-        metrics = evaluator.metrics_of(logits)
-        atomic_save_safetensors(model.state_dict(), run_dir / WEIGHTS_NAME, metadata={"kind": "finetune"})
-        digest = sha256_file(run_dir / WEIGHTS_NAME)
-        key = evaluation_key(cfg, cfg.precision, cfg.eval_batch_size, bool(cfg.get("compile")))
-        if cfg.cache_logits:  # a soup job's ensembles read these instead of evaluating the model again
-            ids = {name: hash_ids(eval_set.sample_ids) for name, eval_set in evaluator.sets.items()}
-            EvaluationCache(cfg.paths.cache_dir, key).put_all_logits(digest, logits, ids)
-        info = {**record, "status": "finished", "metrics": metrics, "evaluation_key": key, "weights": WEIGHTS_NAME,
-                "sha256": digest, "seconds": round(time.time() - start, 1), "history": history}
-        write_json(info, run_dir / RUN_INFO_NAME)
-        clear_train_state(run_dir)  # finished: run.json and the weights are the record
-        tracker.summary({f"final/{k}": v for k, v in metrics.items()})
-    log.info("run %s: %s", run_dir, format_metrics(metrics))
+        record |= {"seconds": round(time.time() - start, 1), "history": history}
+        info = _save_run(model, evaluator, logits, cfg, run_dir, record)
+        tracker.summary({f"final/{k}": v for k, v in info["metrics"].items()})
+    log.info("run %s: %s", run_dir, format_metrics(info["metrics"]))
     return info

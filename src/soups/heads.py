@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 
 from soups.data import EvalSet
 from soups.errors import BadInput
-from soups.io import atomic_write
+from soups.files import atomic_write
 from soups.runtime import autocast
 
 log = logging.getLogger(__name__)

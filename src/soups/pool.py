@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from soups.errors import BadInput, MissingInput
-from soups.io import nonfinite_in_file, read_json, read_weights_header, sha256_file
+from soups.files import nonfinite_in_file, read_json, read_weights_header, sha256_file
 from soups.names import HELD_OUT, WEIGHTS_NAME, RUN_INFO_NAME, STATE_NAME
 
 log = logging.getLogger(__name__)

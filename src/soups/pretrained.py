@@ -16,7 +16,7 @@ import timm
 import torch
 
 from soups.errors import MissingInput
-from soups.io import atomic_save_safetensors, read_json, sha256_file, write_json
+from soups.files import atomic_save_safetensors, read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 

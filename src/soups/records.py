@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from soups import plots
-from soups.io import atomic_save_safetensors, sha256_file, write_json
+from soups.files import atomic_save_safetensors, sha256_file, write_json
 from soups.names import RUN_INFO_NAME, SOUP_INFO_NAME, WEIGHTS_NAME
 from soups.pool import Ingredient
 from soups.recipes import RecipeResult
+from soups.report import reference_comparison
 
 
 def baseline_rows(ingredients: list[Ingredient], init_metrics: dict) -> list[dict]:
@@ -72,3 +73,14 @@ def save_soup(soup_dir: Path, name: str, result: RecipeResult, metrics: dict, te
                 "sha256": sha256_file(soup_dir / WEIGHTS_NAME), "init": template_info["init"],
                 "config": template_info["config"], "environment": template_info["environment"]},
                soup_dir / RUN_INFO_NAME)
+
+
+def log_report(tracker, rows: list[dict], figure: Path, reference: dict | None) -> None:
+    """W&B: the comparison table, the figure, and (for the paper's pool) the comparison with the paper."""
+    cols = ["row", "kind", "ingredients", *rows[0]["metrics"].keys()]
+    tracker.table("soups/table", cols, [[r["row"], r["kind"], str(r["ingredients"]),
+                                         *[r["metrics"].get(c) for c in cols[3:]]] for r in rows])
+    tracker.image("soups/figure", figure)
+    if reference:
+        comparison = reference_comparison(rows, reference)
+        tracker.table("soups/reference", list(comparison[0]), [list(c.values()) for c in comparison])

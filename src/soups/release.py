@@ -7,7 +7,7 @@ from pathlib import Path
 
 from soups.checkpoints import convert_official_file
 from soups.errors import BadInput, MissingInput
-from soups.io import sha256_file
+from soups.files import sha256_file
 from soups.pool import Ingredient
 
 

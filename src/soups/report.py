@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 from soups import plots
-from soups.io import write_json, write_text
+from soups.files import write_json, write_text
 from soups.names import HELD_OUT, TEST, AVG_SHIFTS, REPORT_NAME, FIGURE_NAME
 
 NAME_COLUMNS = ("row", "kind", "ingredients")

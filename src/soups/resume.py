@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from soups.io import atomic_write
+from soups.files import atomic_write
 from soups.names import STATE_NAME
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The soup job's evaluation context (recipes.SoupContext): loads weights into one reusable model,
+"""The soup job's evaluation context (recipes.Scorer): loads weights into one reusable model,
 recomputes BN statistics of averaged weights, and evaluates each thing once.
 
 Caches (soups.eval_cache), under one evaluation key:
@@ -18,7 +18,7 @@ from soups.averaging import StateDict
 from soups.data import EvalSet
 from soups.eval_cache import EvaluationCache, hash_ids, state_digest
 from soups.evaluate import Evaluator, best_reachable, format_metrics, recalibrate_bn
-from soups.io import load_weights, sha256_file
+from soups.files import load_weights, sha256_file
 from soups.names import HELD_OUT
 from soups.pool import Ingredient
 
@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 STOPPED = f"{HELD_OUT}_stopped_early"  # cache field: counts of a held-out pass that stopped early
 
 
-class WeightsScorer:
+class PoolScorer:
+    """The soup job's `Scorer` (soups.recipes): loads a pool's weights and scores them, caching every evaluation."""
+
     def __init__(self, model, evaluator: Evaluator, bn_sample: EvalSet | None, batch_size: int, device,
                  init_weights: Path, cache: EvaluationCache, evaluation_key: str, cache_logits: bool = True):
         self.model, self.evaluator, self.bn_sample = model, evaluator, bn_sample

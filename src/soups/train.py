@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -49,13 +50,65 @@ def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int) -> torch.
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+@dataclass
+class Update:
+    """One optimizer update from a batch: forward under autocast, loss in fp32, backward (scaled for fp16),
+    clip, step. Returns the (detached) loss."""
+    model: nn.Module
+    forward: Callable  # the model as the processes share it (DDP-wrapped, maybe compiled)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    cfg: object
+    device: torch.device
+    mixup: Mixup | None
+    loss_fn: Callable = field(init=False)
+
+    def __post_init__(self):
+        self.loss_fn = SoftTargetCrossEntropy() if self.mixup else nn.CrossEntropyLoss(
+            label_smoothing=self.cfg.label_smoothing)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        if self.cfg.model.get("channels_last"):
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = labels
+        if self.mixup:
+            images, targets = self.mixup(images, labels)
+        with autocast(self.cfg.precision, self.device):
+            logits = self.forward(images)
+        loss = self.loss_fn(logits.float(), targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()  # a no-op scale unless fp16
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)  # skipped (and the scale lowered) when fp16 gradients overflowed
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.detach()
+
+
+def _update(model, total: int, cfg, num_classes: int, device, group: Group) -> Update:
+    optimizer = make_optimizer(model, cfg.lr, cfg.wd, device)
+    scheduler = cosine_with_warmup(optimizer, min(cfg.warmup_steps, total), total)
+    forward = wrap(model, group, device)  # same parameters; saved weights keep plain names
+    if cfg.get("compile"):
+        forward = torch.compile(forward)
+    mixup = (Mixup(mixup_alpha=cfg.mixup, label_smoothing=cfg.label_smoothing, num_classes=num_classes)
+             if cfg.mixup > 0 else None)
+    # fp16 needs loss scaling (small gradients underflow to 0 in fp16); bf16 has fp32's range and needs none
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    return Update(model, forward, optimizer, scheduler, scaler, cfg, device, mixup)
+
+
 def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: torch.device,
              on_log: Callable[[dict], None] | None = None, log_every: int = 10,
              state_dir: Path | None = None, group: Group = SINGLE) -> list[dict]:
     """Trains `model` in place (BN in train mode); returns the logged loss/lr curve. With `state_dir`,
     the training state is saved there after every epoch (and every `state_every_steps` steps, if set) and a
-    run finding one there goes on from it.
-    Under torchrun (`group`), each process takes its slice of every batch (soups.distributed)."""
+    run finding one there goes on from it. Raises NonFiniteLoss on a NaN/inf loss, BadInput if one batch is
+    more than the training set. Under torchrun (`group`), each process takes its slice of every batch."""
     # Workers are not persistent: each epoch's order and worker seeds then follow from the generator's
     # state at its start, which is what a resumed run restores.
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -64,21 +117,11 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
                         pin_memory=device.type == "cuda", generator=generator)
     if len(loader) == 0:
         raise BadInput(f"batch_size={cfg.batch_size} exceeds the {len(dataset)} training images")
-    mixup = (Mixup(mixup_alpha=cfg.mixup, label_smoothing=cfg.label_smoothing, num_classes=num_classes)
-             if cfg.mixup > 0 else None)
-    loss_fn = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     total = int(cfg.epochs) * len(loader)
-    optimizer = make_optimizer(model, cfg.lr, cfg.wd, device)
-    scheduler = cosine_with_warmup(optimizer, min(cfg.warmup_steps, total), total)
-    channels_last = bool(cfg.model.get("channels_last"))
-    forward = wrap(model, group, device)  # same parameters; saved weights keep plain names
-    if cfg.get("compile"):
-        forward = torch.compile(forward)
+    update = _update(model, total, cfg, num_classes, device, group)
     history, step, pending, start_epoch = [], 0, [], 0
-    # fp16 needs loss scaling (small gradients underflow to 0 in fp16); bf16 has fp32's range and needs none
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    resumed = state_dir and load_train_state(state_dir, model=model, optimizer=optimizer, scheduler=scheduler,
-                                             generator=generator, scaler=scaler)
+    resumed = state_dir and load_train_state(state_dir, model=model, optimizer=update.optimizer,
+                                             scheduler=update.scheduler, generator=generator, scaler=update.scaler)
     if resumed:
         start_epoch, step, history = resumed["epoch"], resumed["step"], resumed["history"]
         pending = [torch.tensor(v, device=device) for v in resumed["pending"]]
@@ -89,44 +132,26 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
         if pending:  # never save a state that has gone non-finite since the last log
             finite_mean_loss(pending, group, step)
         if state_dir and group.is_main:
-            save_train_state(state_dir, model=model, optimizer=optimizer, scheduler=scheduler,
+            save_train_state(state_dir, model=model, optimizer=update.optimizer, scheduler=update.scheduler,
                              epoch_generator_state=epoch_start, epoch=epoch, batches_done=batches_done, step=step,
-                             history=history, pending=[float(v) for v in pending], scaler=scaler)
+                             history=history, pending=[float(v) for v in pending], scaler=update.scaler)
 
     model.train()
     bar = tqdm(total=total, initial=step, desc="fine-tune", leave=False, disable=None)
     for epoch in range(start_epoch, int(cfg.epochs)):
         epoch_start, done = generator.get_state(), batches.skip  # the state this epoch's order comes from
         for images, labels in loader:
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            targets = labels
-            if mixup:
-                images, targets = mixup(images, labels)
-            with autocast(cfg.precision, device):
-                logits = forward(images)
-            loss = loss_fn(logits.float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()  # a no-op scale unless fp16
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)  # clip the true gradients
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)  # skipped (and the scale lowered) when fp16 gradients overflowed
-            scaler.update()
-            scheduler.step()
-            step += 1
-            pending.append(loss.detach())
+            pending.append(update(images, labels))
+            step, done = step + 1, done + 1
             if step % log_every == 0 or step == total:  # one host sync per log_every steps
-                train_loss = finite_mean_loss(pending, group, step)
-                record = {"step": step, "epoch": epoch, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0]}
+                record = {"step": step, "epoch": epoch, "train_loss": finite_mean_loss(pending, group, step),
+                          "lr": update.scheduler.get_last_lr()[0]}
                 pending = []
                 history.append(record)
                 bar.set_postfix(loss=f"{record['train_loss']:.3f}")
                 if on_log:
                     on_log(record)
             bar.update(1)
-            done += 1
             if every and step % every == 0 and done < len(batches):  # mid-epoch; the epoch's end saves below
                 save_state(epoch, done, epoch_start)
         save_state(epoch + 1, 0, generator.get_state())

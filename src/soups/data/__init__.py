@@ -11,7 +11,7 @@ from soups.targets import class_in
 __all__ = ["build_data", "ImageData", "EvalSet", "ImageArray"]
 
 # runs recorded before data configs named their class (run.json without data._target_)
-BY_NAME = {"mnist": "soups.data.mnist.MnistData", "imagenet": "soups.data.imagenet_data.ImageNetData"}
+BY_NAME = {"mnist": "soups.data.mnist.MnistData", "imagenet": "soups.data.imagenet.ImageNetData"}
 
 
 def build_data(data_cfg, shifts_cfg, model_cfg, cache_dir=None) -> ImageData:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from soups.data.imagenet import (WNID_INDEX, ClassSubset, FileEvalSet, check_count, layout_error, require_dir,
+from soups.data.folders import (WNID_INDEX, ClassSubset, FileEvalSet, check_count, layout_error, require_dir,
                                  scan_class_folders)
 from soups.data.objectnet import objectnet
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from soups.data.imagenet import FileEvalSet, MaxOverGroups, check_count, layout_error, require_dir, scan_class_folders
+from soups.data.folders import FileEvalSet, MaxOverGroups, check_count, layout_error, require_dir, scan_class_folders
 
 TREE = ("  <root>/objectnet-1.0/images/<class folder>/*.png (313 folders)\n"
         "  <root>/objectnet-1.0/mappings/folder_to_objectnet_label.json\n"

@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 from soups.data.images import batch_indices, serve_batches
-from soups.data.imagenet import FileEvalSet, FileImages
-from soups.io import read_json, write_json
+from soups.data.folders import FileEvalSet, FileImages
+from soups.files import read_json, write_json
 
 log = logging.getLogger(__name__)
 VERSION = 1

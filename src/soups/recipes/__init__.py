@@ -1,4 +1,4 @@
-"""Souping recipes: each maps a pool of ingredients (+ a context that loads and scores weights) to one
+"""Souping recipes: each maps a pool of ingredients (+ the `Scorer`, which loads and scores weights) to one
 set of weights and a record of how it chose. One recipe per file; configs in conf/method/."""
 from __future__ import annotations
 
@@ -80,11 +80,12 @@ class Recipe:
                     raise BadInput(f"{spec.name}={value!r}: expected {kind.__name__}")
                 setattr(self, spec.name, converted)
 
-    def __call__(self, ingredients: list[Ingredient], ctx: "SoupContext") -> RecipeResult:
+    def __call__(self, ingredients: list[Ingredient], scorer: "Scorer") -> RecipeResult:
         raise NotImplementedError
 
 
-class SoupContext(Protocol):
+class Scorer(Protocol):
+    """What a recipe may ask of the soup job (soups.scorer.PoolScorer implements it; tests use small fakes)."""
     model: torch.nn.Module  # a model of the pool's architecture (recipes that run it themselves)
     device: torch.device
     precision: str

@@ -11,16 +11,16 @@ from soups.recipes.greedy import GreedyRecipe, by_held_out, greedy_selection
 
 @dataclass
 class LogitEnsemble(Recipe):
-    def __call__(self, ingredients, ctx) -> RecipeResult:
+    def __call__(self, ingredients, scorer) -> RecipeResult:
         return RecipeResult(None, list(ingredients), {"inference_cost": len(ingredients)})
 
 
 @dataclass
 class GreedyEnsemble(GreedyRecipe):
-    def __call__(self, ingredients, ctx) -> RecipeResult:
+    def __call__(self, ingredients, scorer) -> RecipeResult:
         members = []
         chosen, best, trace = greedy_selection(
-            by_held_out(ingredients, self.ties), lambda candidate, _: ctx.ensemble_held_out([*members, candidate]), members.append,
+            by_held_out(ingredients, self.ties), lambda candidate, _: scorer.ensemble_held_out([*members, candidate]), members.append,
             self.comparator, "greedy ensemble")
         return RecipeResult(None, chosen, {"comparator": self.comparator, "ties": self.ties, "held_out": best,
                                            "inference_cost": len(chosen)}, trace=trace)

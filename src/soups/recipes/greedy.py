@@ -88,16 +88,16 @@ class GreedySoup(GreedyRecipe):
         if self.order == "random" and int(self.orders) < 1:
             raise BadInput(f"greedy orders={self.orders}; expected at least 1 random order")
 
-    def __call__(self, ingredients, ctx) -> RecipeResult:
+    def __call__(self, ingredients, scorer) -> RecipeResult:
         if self.order == "held_out":
-            state, chosen, best, trace = self.soup(by_held_out(ingredients, self.ties), ctx)
+            state, chosen, best, trace = self.soup(by_held_out(ingredients, self.ties), scorer)
             return RecipeResult(state, chosen, {"comparator": self.comparator, "ties": self.ties, "held_out": best},
                                 trace=trace)
         runs = []
         for k in range(int(self.orders)):
             permutation = random.Random(int(self.seed) * 1_000_003 + k).sample(list(ingredients), len(ingredients))
-            state, chosen, best, trace = self.soup(permutation, ctx)
-            metrics = ctx.evaluate(state, averaged=len(chosen) > 1)
+            state, chosen, best, trace = self.soup(permutation, scorer)
+            metrics = scorer.evaluate(state, averaged=len(chosen) > 1)
             runs.append({"state": state, "chosen": chosen, "record": {
                 "order": [i.name for i in permutation], "chosen": [i.name for i in chosen], "held_out": best,
                 "metrics": metrics, "trace": trace}})
@@ -111,18 +111,18 @@ class GreedySoup(GreedyRecipe):
                             orders=records, mean=spread(statistics.fmean),
                             std=spread(lambda v: statistics.pstdev(v) if len(v) > 1 else 0.0))
 
-    def soup(self, ranked, ctx):
+    def soup(self, ranked, scorer):
         running = RunningAverage()
         loaded = {}  # only the current candidate: memory is one accumulator + one ingredient
 
         def score_with(candidate, acceptable):
             loaded.clear()
-            loaded[candidate.name] = ctx.load(candidate)
+            loaded[candidate.name] = scorer.load(candidate)
             state = running.peek_with(loaded[candidate.name])
-            return ctx.held_out(state, acceptable if self.early_rejection else None)
+            return scorer.held_out(state, acceptable if self.early_rejection else None)
 
         def on_accept(candidate):
-            running.add(loaded.pop(candidate.name, None) or ctx.load(candidate))
+            running.add(loaded.pop(candidate.name, None) or scorer.load(candidate))
 
         chosen, best, trace = greedy_selection(ranked, score_with, on_accept, self.comparator, "greedy soup")
         return running.result(), chosen, best, trace

@@ -100,39 +100,39 @@ class LearnedSoup(Recipe):
     def label(self) -> str:
         return "learned soup (by layer)" if self.by_layer else "learned soup"
 
-    def __call__(self, ingredients, ctx) -> RecipeResult:
-        names = [n for n, _ in ctx.model.named_parameters()]
+    def __call__(self, ingredients, scorer) -> RecipeResult:
+        names = [n for n, _ in scorer.model.named_parameters()]
         # the same settings on the same ingredients (by sha256) learn the same weights: learn once
         settings = dict(vars(self))
-        key = {"recipe": "learned_soup", **settings, "ingredients": [ctx.digest(i) for i in ingredients]}
-        record = ctx.recall(key)
+        key = {"recipe": "learned_soup", **settings, "ingredients": [scorer.digest(i) for i in ingredients]}
+        record = scorer.recall(key)
         if record is None:
-            record = self._learn(ingredients, ctx, names, journal_key={**key, "journal": True})
-            ctx.remember(key, record)
+            record = self._learn(ingredients, scorer, names, journal_key={**key, "journal": True})
+            scorer.remember(key, record)
         else:
             log.info("%s: mixing weights learned before on this pool (cache)", self.label)
         weights = torch.tensor(record["coefficients"]["weights"], dtype=torch.float64)
         coefficients = {**record["coefficients"], "ingredients": [i.name for i in ingredients]}
         details = {k: v for k, v in record.items() if k != "coefficients"}
-        return RecipeResult(self._merge(ingredients, ctx, names, weights), list(ingredients), details,
+        return RecipeResult(self._merge(ingredients, scorer, names, weights), list(ingredients), details,
                             coefficients=coefficients)
 
-    def _learn(self, ingredients, ctx, names, journal_key: dict) -> dict:
+    def _learn(self, ingredients, scorer, names, journal_key: dict) -> dict:
         """Learns the mixing weights; after every epoch the journal (`journal_key`) holds what the next
         epoch starts from, so an interrupted run goes on from its last epoch with the same result."""
-        model, device = ctx.model, ctx.device
-        stacks, buffers = self._stack(ingredients, ctx, names, device)
+        model, device = scorer.model, scorer.device
+        stacks, buffers = self._stack(ingredients, scorer, names, device)
         k = len(ingredients)
         logits = torch.zeros((k, len(names)) if self.by_layer else (k,), device=device, requires_grad=True)
         log_temperature = torch.zeros((), device=device, requires_grad=True)
         optimizer = torch.optim.AdamW([logits, log_temperature], lr=self.lr, weight_decay=self.weight_decay)
-        held_out = ctx.held_out_set()
+        held_out = scorer.held_out_set()
         project = getattr(held_out, "project_logits", None)
 
         def loss_of(images, labels):
             mix = logits.softmax(0)
             params = {n: _Mix.apply(mix[:, i] if self.by_layer else mix, stacks[n]) for i, n in enumerate(names)}
-            with autocast(ctx.precision, device):
+            with autocast(scorer.precision, device):
                 out = functional_call(model, {**params, **buffers}, (images,))
             out = out.float() * log_temperature.exp()
             return F.cross_entropy(project(out) if project else out, labels.to(device))
@@ -147,31 +147,13 @@ class LearnedSoup(Recipe):
         for module in model.modules():  # batch statistics while learning; dropout etc. stay off
             if isinstance(module, _BatchNorm):
                 module.train()
-        journal, start = ctx.recall(journal_key), 0
-        if journal:
-            with torch.no_grad():
-                logits.copy_(torch.tensor(journal["logits"]))
-                log_temperature.fill_(journal["log_temperature"])
-            optimizer.load_state_dict(_from_json(journal["optimizer"]))
-            start, curve = journal["epoch"], [journal["uniform_loss"]]
-            log.info("%s: resuming from its journal after epoch %d", self.label, start)
-        else:
-            curve = [mean_loss()]
+        start, uniform_loss = self._resume(scorer.recall(journal_key), logits, log_temperature, optimizer)
+        curve = [mean_loss() if uniform_loss is None else uniform_loss]
         for epoch in range(start, self.epochs):
-            running, seen = 0.0, 0
-            shuffled = held_out.batches(self.batch_size, shuffle_seed=self.seed * 1000 + epoch, device=device)
-            for images, labels in shuffled:
-                if len(labels) < 2 and buffers:  # batch statistics need two samples
-                    continue
-                loss = loss_of(images, labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                running, seen = running + loss.item() * len(labels), seen + len(labels)
-            log.info("%s epoch %d: train loss %.4f", self.label, epoch + 1, running / max(seen, 1))
-            ctx.remember(journal_key, {"epoch": epoch + 1, "logits": logits.tolist(), "uniform_loss": curve[0],
-                                       "log_temperature": log_temperature.item(),
-                                       "optimizer": _to_json(optimizer.state_dict())})
+            self._epoch(epoch, held_out, loss_of, optimizer, needs_pairs=bool(buffers), device=device)
+            scorer.remember(journal_key, {"epoch": epoch + 1, "logits": logits.tolist(), "uniform_loss": curve[0],
+                                          "log_temperature": log_temperature.item(),
+                                          "optimizer": _to_json(optimizer.state_dict())})
         curve.append(mean_loss())
         model.eval()
         stacks.clear()  # free the stacked ingredients before merging
@@ -184,13 +166,37 @@ class LearnedSoup(Recipe):
         log.info("%s: held-out loss %.4f (uniform) -> %.4f", self.label, curve[0], curve[-1])
         return record
 
-    def _stack(self, ingredients, ctx, names, device):
+    def _resume(self, journal: dict | None, logits, log_temperature, optimizer) -> tuple[int, float | None]:
+        """(first epoch to run, the uniform soup's held-out loss if known) from an earlier run's journal."""
+        if not journal:
+            return 0, None
+        with torch.no_grad():
+            logits.copy_(torch.tensor(journal["logits"]))
+            log_temperature.fill_(journal["log_temperature"])
+        optimizer.load_state_dict(_from_json(journal["optimizer"]))
+        log.info("%s: resuming from its journal after epoch %d", self.label, journal["epoch"])
+        return journal["epoch"], journal["uniform_loss"]
+
+    def _epoch(self, epoch: int, held_out, loss_of, optimizer, needs_pairs: bool, device) -> None:
+        """One pass over the held-out set in a seeded order, one AdamW step per batch."""
+        running, seen = 0.0, 0
+        for images, labels in held_out.batches(self.batch_size, shuffle_seed=self.seed * 1000 + epoch, device=device):
+            if len(labels) < 2 and needs_pairs:  # batch statistics need two samples
+                continue
+            loss = loss_of(images, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running, seen = running + loss.item() * len(labels), seen + len(labels)
+        log.info("%s epoch %d: train loss %.4f", self.label, epoch + 1, running / max(seen, 1))
+
+    def _stack(self, ingredients, scorer, names, device):
         """{param: [K, ...] tensor in ingredient_dtype}, filled one ingredient at a time; the uniform
         average of the buffers (unused by BatchNorm in batch-statistics mode)."""
         dtype = DTYPES[self.ingredient_dtype]
         stacks, buffers = {}, {}
         for i, ingredient in enumerate(ingredients):
-            state = ctx.load(ingredient)
+            state = scorer.load(ingredient)
             missing = [n for n in names if n not in state]
             if missing:
                 raise BadInput(f"{ingredient.name} lacks parameters {missing[:3]} of the model")
@@ -204,7 +210,7 @@ class LearnedSoup(Recipe):
                     buffers[n] = (buffers.get(n, 0) + v.double() / len(ingredients)) if v.is_floating_point() else v
         return stacks, {n: v.float() if v.is_floating_point() else v for n, v in buffers.items()}
 
-    def _merge(self, ingredients, ctx, names, weights):
+    def _merge(self, ingredients, scorer, names, weights):
         """The soup in full precision: float64 sums over the original (not the stacked) weights.
         Buffers take each ingredient's mean weight (BN statistics are recomputed afterwards anyway)."""
         column = {n: i for i, n in enumerate(names)}
@@ -214,4 +220,4 @@ class LearnedSoup(Recipe):
             if not self.by_layer:
                 return float(weights[i])
             return lambda n: float(weights[i, column[n]] if n in column else per_model[i])
-        return weighted_sum((ctx.load(ingredient), weight_of(i)) for i, ingredient in enumerate(ingredients))
+        return weighted_sum((scorer.load(ingredient), weight_of(i)) for i, ingredient in enumerate(ingredients))

@@ -23,14 +23,14 @@ from soups.recipes import Recipe, RecipeResult
 class ModelStock(Recipe):
     needs_init: ClassVar[bool] = True  # moves relative to the shared initialization
 
-    def __call__(self, ingredients, ctx) -> RecipeResult:
+    def __call__(self, ingredients, scorer) -> RecipeResult:
         k = len(ingredients)
         if k < 2:
             raise BadInput(f"model_stock needs at least 2 ingredients, got {k}")
-        init = ctx.load_init()
+        init = scorer.load_init()
         mean, units = RunningAverage(), {}
         for ingredient in ingredients:
-            state = ctx.load(ingredient)
+            state = scorer.load(ingredient)
             mean.add(state)
             for key, value in state.items():
                 if value.is_floating_point():

@@ -9,5 +9,5 @@ from soups.recipes import Recipe, RecipeResult
 
 @dataclass
 class UniformSoup(Recipe):
-    def __call__(self, ingredients, ctx) -> RecipeResult:
-        return RecipeResult(average(ctx.load(i) for i in ingredients), list(ingredients))
+    def __call__(self, ingredients, scorer) -> RecipeResult:
+        return RecipeResult(average(scorer.load(i) for i in ingredients), list(ingredients))

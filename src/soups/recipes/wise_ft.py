@@ -29,15 +29,15 @@ class WiseFT(Recipe):
         if not self.alphas or not all(math.isfinite(a) and a >= 0 for a in self.alphas):
             raise BadInput(f"alphas={given!r}: expected a non-empty list of finite numbers >= 0, e.g. [0.5, 1.0]")
 
-    def __call__(self, ingredients, ctx) -> RecipeResult:
+    def __call__(self, ingredients, scorer) -> RecipeResult:
         if self.base == "best":
             base = max(ingredients, key=lambda i: i.held_out)
         else:
             base = next((i for i in ingredients if i.name == self.base), None)
             if base is None:
                 raise BadInput(f"wise_ft base {self.base!r} is not in the pool ({[i.name for i in ingredients][:5]} ...)")
-        init, tuned = ctx.load_init(), ctx.load(base)
-        curve = [{"alpha": a, **ctx.evaluate(interpolate(init, tuned, a), averaged=is_new_point(a))} for a in self.alphas]
+        init, tuned = scorer.load_init(), scorer.load(base)
+        curve = [{"alpha": a, **scorer.evaluate(interpolate(init, tuned, a), averaged=is_new_point(a))} for a in self.alphas]
         chosen = max(curve, key=lambda point: point[HELD_OUT])  # first of equals: the smallest alpha
         return RecipeResult(interpolate(init, tuned, chosen["alpha"]), [base],
                             {"base": base.name, "alpha": chosen["alpha"]}, curve=curve,

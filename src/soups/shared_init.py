@@ -17,7 +17,7 @@ from soups.data import build_data
 from soups.errors import BadInput
 from soups.evaluate import Evaluator, format_metrics, recalibrate_bn
 from soups.heads import cached_features, fit_linear_probe, zero_shot_head, zero_shot_prompts
-from soups.io import atomic_save_safetensors, load_weights, read_json, sha256_file, write_json
+from soups.files import atomic_save_safetensors, load_weights, read_json, sha256_file, write_json
 from soups.models import build_classifier, classifier_from_clip, create_clip, has_batchnorm
 from soups.names import WEIGHTS_NAME, INIT_INFO_NAME
 
@@ -115,6 +115,6 @@ def _checkpoint_init(cfg, device):
     return model, {"path": str(cfg.head.path), "sha256": sha256_file(path)}
 
 
-def load_init(init_dir: Path, model) -> dict:
+def load_shared_init(init_dir: Path, model) -> dict:
     model.load_state_dict(load_weights(Path(init_dir) / WEIGHTS_NAME))
     return read_json(Path(init_dir) / INIT_INFO_NAME)
