@@ -120,3 +120,8 @@ def test_an_init_checkpoint_of_another_architecture_is_named_not_loaded(tiny_swe
 def test_wise_ft_on_alpha_zero_alone_completes(tiny_sweep, soup_cfg, tmp_path):
     rows = run_soup(soup_cfg(f"pool.dir={tiny_sweep[1]}", "method=wise_ft", "method.wise_ft.alphas=[0]"), tmp_path / "out")
     assert rows[-1]["metrics"]["test"] == rows[0]["metrics"]["test"]  # alpha 0 is the initialization
+
+
+def test_a_fine_tuning_experiment_given_to_soup_py_is_refused_not_ignored(soup_cfg, tmp_path):
+    with pytest.raises(BadInput, match=re.escape("fine-tuning settings ['lr', 'epochs', 'search_space']")):
+        run_soup(soup_cfg("experiment=demo_vit"), tmp_path / "out")

@@ -37,6 +37,7 @@ def _wants_recalibration(setting, model) -> bool:
 
 @dataclass
 class OpenPool:
+    """A pool opened and checked: its ingredients, how they were made, and where their init is."""
     ingredients: list[Ingredient]
     run_cfg: DictConfig  # model, data, shifts: how the ingredients were fine-tuned and are evaluated
     model: torch.nn.Module  # a model of their architecture, to load weights into
@@ -117,6 +118,11 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     before the first evaluation. Returns the report's rows."""
     out_dir = Path(out_dir)
     check(cfg, SoupSettings)
+    training = [k for k in ("lr", "epochs", "search_space") if k in cfg]
+    if training:  # a fine-tuning experiment composed into the soup config would be silently ignored
+        raise BadInput(f"the soup config has fine-tuning settings {training} (a fine-tuning experiment such as "
+                       f"experiment=demo_vit?): those are for src/finetune.py; src/soup.py soups the pool such a "
+                       f"sweep made (the latest, or pool.dir=...)")
     recipes = build_recipes(cfg.method)
     setup(cfg.seed, cfg.get("threads"))
     device = resolve_device(cfg.device)
