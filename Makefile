@@ -19,7 +19,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .               # the soups package, editable: src/soups
 	touch $(STAMP)
 
-venv: $(STAMP)  ## create .venv and install requirements.txt (skipped when up to date)
+venv: $(STAMP)  ## create .venv: requirements.txt, then this package (pip install -e .); skipped when up to date
 
 demo: $(STAMP)  ## the demo: 8-run fine-tuning sweep, uniform + greedy soups, table and figure (DEMO=demo_efficientnet: the other demo)
 	$(PY) src/finetune.py sweep=demo $(if $(DEMO),experiment=$(DEMO))
