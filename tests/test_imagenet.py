@@ -168,7 +168,12 @@ def _names():
 
 def _with_blank_line():  # the official parser fails on it; a loose one renumbers every later class
     names = _names()
-    return names[:100] + [""] + names[100:-1]
+    return names[:100] + [""] + names[100:]
+
+
+def _blank_instead_of_a_name():
+    names = _names()
+    return names[:100] + [""] + names[101:]
 
 
 def _duplicate_of_a_used_name():
@@ -178,7 +183,8 @@ def _duplicate_of_a_used_name():
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(lines=_with_blank_line()), "blank at line [101]"),
+    (dict(lines=_with_blank_line()), "found 1001 lines, blank at line [101]"),
+    (dict(lines=_blank_instead_of_a_name()), "found 1000 lines, blank at line [101]"),
     (dict(lines=_names() + ["class extra"]), "found 1001 lines"),
     (dict(lines=_duplicate_of_a_used_name()), "not exactly one line of imagenet_to_label_2012_v2 holds ['banana']"),
     (dict(groups={f: ids for f, ids in pinned_classes().items() if f != "banana"}), "1 folders differ, e.g. ['banana']"),
