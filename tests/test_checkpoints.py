@@ -148,15 +148,19 @@ def test_download_resumes_records_sha256_and_skips_complete_files(tmp_path):
     assert (out / "model_0.pt").read_bytes() == files[script.RELEASE.format(i=0)]
 
 
-def test_a_complete_part_is_renamed_not_refetched_forever(tmp_path):
-    """Killed between the last write and the rename: the rerun's Range request gets 416 and the file's size."""
+def one_release_file(tmp_path, i: int, part):
+    """(script, url, bytes, server, out folder) for model_<i>, whose `.part` already holds part(bytes)."""
     script = load_download_script()
-    url = script.RELEASE.format(i=3)
-    data = bytes(range(256)) * 9
-    server = FakeServer({url: data})
+    url, data = script.RELEASE.format(i=i), bytes(range(256)) * 9
     out = tmp_path / "ckpts"
     out.mkdir()
-    (out / "model_3.pt.part").write_bytes(data)
+    (out / f"model_{i}.pt.part").write_bytes(part(data))
+    return script, url, data, FakeServer({url: data}), out
+
+
+def test_a_complete_part_is_renamed_not_refetched_forever(tmp_path):
+    """Killed between the last write and the rename: the rerun's Range request gets 416 and the file's size."""
+    script, url, data, server, out = one_release_file(tmp_path, 3, part=lambda data: data)
     assert script.main(["--out", str(out), "--models", "3", "--no-metadata"], opener=server) == 0
     assert (out / "model_3.pt").read_bytes() == data and not (out / "model_3.pt.part").exists()
     assert server.requests == [(url, f"bytes={len(data)}-")]
@@ -164,13 +168,7 @@ def test_a_complete_part_is_renamed_not_refetched_forever(tmp_path):
 
 
 def test_a_part_longer_than_the_file_starts_over_and_a_short_download_fails_keeping_the_part(tmp_path):
-    script = load_download_script()
-    url = script.RELEASE.format(i=4)
-    data = bytes(range(256)) * 9
-    server = FakeServer({url: data})
-    out = tmp_path / "ckpts"
-    out.mkdir()
-    (out / "model_4.pt.part").write_bytes(data + b"junk")
+    script, url, data, server, out = one_release_file(tmp_path, 4, part=lambda data: data + b"junk")
     server.cut = 1000  # the connection ends after 1000 bytes, without an error
     assert script.main(["--out", str(out), "--models", "4", "--no-metadata"], opener=server) == 1
     assert not (out / "model_4.pt").exists() and (out / "model_4.pt.part").read_bytes() == data[:1000]

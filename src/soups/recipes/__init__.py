@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
@@ -63,7 +64,7 @@ class RecipeResult:
         return {**self.details, **{k: v for k, v in optional.items() if v is not None}}
 
 
-class Recipe:
+class Recipe(ABC):
     """Base of every recipe: one dataclass per file in this package, configured by conf/method/<key>.yaml
     (`_target_` names the class); the config key is its name in the table, soup.json and W&B. Its int,
     float, bool and str settings are converted and checked on construction (BadInput names a bad one);
@@ -80,8 +81,9 @@ class Recipe:
                     raise BadInput(f"{spec.name}={value!r}: expected {kind.__name__}")
                 setattr(self, spec.name, converted)
 
+    @abstractmethod
     def __call__(self, ingredients: list[Ingredient], scorer: "Scorer") -> RecipeResult:
-        raise NotImplementedError
+        """The soup (or ensemble) this recipe makes of `ingredients`, scoring candidates with `scorer`."""
 
 
 class Scorer(Protocol):
