@@ -103,6 +103,10 @@ def test_a_gpu_this_machine_lacks_is_a_bad_setting(soup_cfg, finetune_cfg, tmp_p
     (["model.std=[0.5,0,0.5]"], ConfigError, "model.std=[0.5, 0, 0.5] (expected 3 finite numbers > 0"),
     (["trial=abc"], ConfigError, "trial='abc'"),
     (["data.train_per_class=-5"], BadInput, "must be >= 1"),
+    (["head.Cs=[]"], BadInput, "head: Cs=[]: expected a non-empty list of positive numbers"),
+    (["head.max_iter=ten"], BadInput, "head: max_iter='ten': expected int"),
+    (["logger=wandb", "logger.mode=loud"], BadInput, "logger: mode='loud': expected one of online, offline"),
+    (["logger=wandb", "logger.init_timeout=soon"], BadInput, "logger: init_timeout='soon': expected float"),
 ])
 def test_bad_model_trial_and_data_settings_are_user_errors(finetune_cfg, tmp_path, overrides, error, message):
     with pytest.raises(error, match=re.escape(message)):

@@ -64,3 +64,26 @@ def test_by_default_a_soup_measures_at_its_pools_batch_size_and_reuses_the_runs_
     cfg = soup_cfg(f"pool.dir={sweep}", "method=uniform", "eval_batch_size=null")
     run_soup(cfg, tmp_path / "soup")
     assert cfg.eval_batch_size == 128 and calls.count("test") == 1  # the soup only: individuals from run.json
+
+
+def test_a_soup_whose_held_out_accuracy_is_known_is_only_run_on_the_other_sets(tiny_sweep, soup_cfg, tmp_path,
+                                                                                monkeypatch):
+    """A greedy soup's held-out accuracy was measured while choosing it: its final evaluation skips that set,
+    and the metrics equal a full evaluation's."""
+    from soups.averaging import average
+    from soups.recipes.build import build_recipes
+    from soups.soup_job import make_scorer, open_pool
+
+    _, sweep = tiny_sweep
+    cfg = soup_cfg(f"pool.dir={sweep}", "method=uniform")
+    device = torch.device("cpu")
+    pool = open_pool(cfg, device)
+    scorer = make_scorer(cfg, pool, build_recipes(cfg.method), device)
+    state = average(scorer.load(i) for i in pool.ingredients)
+    passes, forward = [], Evaluator.forward
+    monkeypatch.setattr(Evaluator, "forward", lambda self, model, name: passes.append(name) or forward(self, model, name))
+    held_out = scorer.held_out(state)
+    metrics = scorer.evaluate(state, averaged=True)
+    assert passes.count("val") == 1 and passes.count("test") == 1 and metrics["val"] == held_out
+    full = scorer.evaluator.evaluate(scorer.materialize(state, averaged=True))
+    assert metrics == full

@@ -1,7 +1,8 @@
 """Each extension point is one file + one YAML, added here from the test itself and run as a user would:
 a recipe (src/soups/recipes/<name>.py + conf/method/<name>.yaml) through soup.py; a dataset
 (src/soups/data/<name>.py + conf/data/<name>.yaml) and a model (src/soups/model_configs/<name>.json +
-conf/model/<name>.yaml) through a finetune.py sweep and soup.py."""
+conf/model/<name>.yaml) through a finetune.py sweep and soup.py; a head (src/soups/heads/<name>.py) and a
+logger (src/soups/tracking/<name>.py), each + its YAML, through finetune.py."""
 import json
 import os
 import subprocess
@@ -131,3 +132,71 @@ def test_a_new_model_is_one_json_and_one_yaml(tmp_path):
         run = next((tmp_path / "logs" / "finetune" / "multiruns").iterdir()) / "0" / "run.json"
         assert json.loads(run.read_text())["config"]["model"]["open_clip_name"] == f"{name}-clip"
     assert len(result["uniform"]["ingredients"]) == 1
+
+
+HEAD = '''"""The shared init as the pretrained tower with a zero head (every class scores 0 at the start)."""
+from dataclasses import dataclass
+
+from soups.heads import Head
+from soups.models import build_classifier
+
+
+@dataclass
+class ZeroHead(Head):
+    bias: float = 0.0
+
+    def __call__(self, cfg, data, device):
+        model = build_classifier(cfg.model, cfg.data.num_classes, cache_dir=cfg.paths.cache_dir).to(device)
+        model.head.weight.data.zero_()
+        model.head.bias.data.fill_(self.bias)
+        return model, {"zeroed": True}
+'''
+
+LOGGER = '''"""Metrics as JSON lines in the run folder."""
+import contextlib
+import json
+from dataclasses import dataclass
+
+from soups.tracking import Logger, Tracker
+
+
+class Lines(Tracker):
+    def __init__(self, out):
+        self.out = out
+
+    def log(self, metrics, step=None):
+        self.out.write(json.dumps({"step": step, **metrics}) + "\\n")
+
+    def summary(self, metrics):
+        self.log({"summary": metrics})
+
+
+@dataclass
+class JsonLines(Logger):
+    file: str = "metrics.jsonl"
+
+    @contextlib.contextmanager
+    def open(self, run_dir, name, job_type, config, group):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / self.file, "a") as out:
+            yield Lines(out)
+'''
+
+
+def test_a_new_head_and_a_new_logger_are_one_file_and_one_yaml_each(tmp_path):
+    head, logger = f"zero_head_{uuid.uuid4().hex[:8]}", f"json_lines_{uuid.uuid4().hex[:8]}"
+    tiny = [a for a in TINY if not a.startswith(("head.", "logger="))]
+    with added({ROOT / "src" / "soups" / "heads" / f"{head}.py": HEAD,
+                ROOT / "conf" / "head" / f"{head}.yaml": f"_target_: soups.heads.{head}.ZeroHead\nbias: 0.5\n",
+                ROOT / "src" / "soups" / "tracking" / f"{logger}.py": LOGGER,
+                ROOT / "conf" / "logger" / f"{logger}.yaml": f"_target_: soups.tracking.{logger}.JsonLines\n"}):
+        proc = subprocess.run([sys.executable, "src/finetune.py", *tiny, f"head={head}", f"logger={logger}",
+                               f"paths.log_dir={tmp_path}/logs", f"paths.cache_dir={tmp_path}/cache",
+                               f"hydra.run.dir={tmp_path}/run"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                              timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    init_dir = json.loads((tmp_path / "run" / "run.json").read_text())["init"]["dir"]
+    init = json.loads((Path(init_dir) / "init.json").read_text())
+    assert init["head"]["zeroed"] is True and init["head"]["bias"] == 0.5
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "train_loss" in lines[0] and "final/test" in lines[-1]["summary"]

@@ -1,6 +1,7 @@
 """Faults injected on purpose: damaged or unfinished runs stay out of pools (named, with the reason), a
 NaN run is marked failed, a save interrupted by a full disk or a kill leaves the previous file intact,
 damaged caches are measured again, and nothing is unpickled."""
+import builtins
 import errno
 import os
 import shutil
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -135,7 +137,7 @@ def test_damaged_cache_entries_are_measured_again(tmp_path):
 
 def test_a_damaged_feature_cache_is_extracted_again(tmp_path):
     from soups.data import EvalSet, ImageArray
-    from soups.heads import cached_features
+    from soups.heads.linear_probe import cached_features
 
     class Features(torch.nn.Module):
         def features(self, x):
@@ -168,16 +170,29 @@ def test_a_training_state_holding_code_is_refused_not_run(tmp_path, monkeypatch,
 
 
 def test_a_config_cannot_name_code_to_run(soup_cfg, tmp_path):
-    with pytest.raises(ValueError, match=r"method.greedy._target_='os.system': a method must be a Recipe class in "
-                                         r"soups.recipes"):
+    with pytest.raises(ValueError, match=r"method.greedy._target_='os.system': expected a Recipe class in soups.recipes"):
         run_soup(soup_cfg("method=greedy", "method.greedy._target_=os.system"), tmp_path / "out")
-    with pytest.raises(ValueError, match=r"_target_='soups.recipes.RecipeResult': a method must"):  # not a Recipe
+    with pytest.raises(ValueError, match=r"_target_='soups.recipes.RecipeResult': expected a Recipe"):  # not a Recipe
         run_soup(soup_cfg("method=greedy", "method.greedy._target_=soups.recipes.RecipeResult"), tmp_path / "out")
-    with pytest.raises(ValueError, match=r"_target_='soups.recipes.greedy.logging.os.system': a method must"):
+    with pytest.raises(ValueError, match=r"_target_='soups.recipes.greedy.logging.os.system': expected a Recipe"):
         run_soup(soup_cfg("method=greedy", "method.greedy._target_=soups.recipes.greedy.logging.os.system"),
                  tmp_path / "out")
     with pytest.raises(ValueError, match=r"method.greedy.comparator._target_='subprocess.call'"):
         run_soup(soup_cfg("method=greedy", "method.greedy.comparator={_target_:subprocess.call}"), tmp_path / "out")
+    with pytest.raises(ValueError, match=r"logger._target_='os.system': expected a Logger class in soups.tracking"):
+        run_soup(soup_cfg("logger._target_=os.system"), tmp_path / "out")
+
+
+def test_a_fine_tuning_config_cannot_name_code_to_run(finetune_cfg, tmp_path):
+    from soups.finetune_job import run_finetune
+
+    with pytest.raises(ValueError, match=r"head._target_='os.system': expected a Head class in soups.heads"):
+        run_finetune(finetune_cfg("head._target_=os.system"), tmp_path / "run")
+    with pytest.raises(ValueError, match=r"head._target_='soups.heads.linear_probe.np.load': expected a Head"):
+        run_finetune(finetune_cfg("head._target_=soups.heads.linear_probe.np.load"), tmp_path / "run")
+    with pytest.raises(ValueError, match=r"logger._target_='soups.tracking.Tracker': expected a Logger"):
+        run_finetune(finetune_cfg("logger._target_=soups.tracking.Tracker"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before any work
 
 
 def test_ingredients_that_differ_in_keys_shapes_or_dtypes_are_refused(tiny_sweep, soup_cfg, tmp_path):
@@ -289,6 +304,23 @@ def test_non_finite_weights_enter_no_pool_from_any_source(tiny_sweep, tmp_path):
     with pytest.raises(ValueError, match="NaN or inf in 1 tensors"):  # release and imported checkpoints
         convert_official_state_dict({"model.visual.proj": torch.tensor([float("nan")]),
                                      "classification_head.weight": torch.ones(2, 1), "classification_head.bias": torch.ones(2)})
+
+
+def test_opening_a_pool_reads_each_weights_file_once(tiny_sweep, tmp_path, monkeypatch):
+    """The sha256 check and the NaN/inf scan share one read (a pool on a network disk is read once)."""
+    from omegaconf import OmegaConf
+
+    from soups.pool import load_pool
+
+    _, sweep = tiny_sweep
+    reads, read_bytes, opened, real_open = [], Path.read_bytes, [], builtins.open
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self.name) or read_bytes(self))
+    monkeypatch.setattr(builtins, "open", lambda file, *a, **k: opened.append(str(file)) or real_open(file, *a, **k))
+    ingredients, _ = load_pool(OmegaConf.create({"dir": str(sweep), "glob": None, "runs": None}), tmp_path)
+    assert len(ingredients) >= 2 and reads == ["model.safetensors"] * len(ingredients)
+    assert not [f for f in opened if f.endswith(".safetensors")]  # no second pass through Python's open
+    for ingredient in ingredients:  # and the digest is the file's, as recorded
+        assert sha256_file(ingredient.weights) == ingredient.info["sha256"]
 
 
 @pytest.mark.parametrize("field, value", [("image_size", 48), ("mean", [0.4, 0.4, 0.4]), ("normalize_features", True)])

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from conftest import ROOT, TINY
 from soups.files import read_json
 from soups.names import STATE_NAME
-from soups.tracking import run_id
+from soups.tracking.wandb_logger import run_id
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 

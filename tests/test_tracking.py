@@ -2,7 +2,8 @@ import pytest
 import wandb
 from omegaconf import OmegaConf
 
-from soups.tracking import tracking, wandb_mode
+from soups.tracking import build_logger, tracking
+from soups.tracking.wandb_logger import WandbLogger
 
 WANDB = OmegaConf.load("conf/logger/wandb.yaml")
 
@@ -10,22 +11,23 @@ WANDB = OmegaConf.load("conf/logger/wandb.yaml")
 def test_offline_without_a_key_and_online_with_one(monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    assert wandb_mode(WANDB) == "offline"
+    assert WandbLogger().resolved_mode() == "offline"
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    assert wandb_mode(WANDB) == "online"
-    assert wandb_mode(OmegaConf.merge(WANDB, {"mode": "disabled"})) == "disabled"
+    assert WandbLogger().resolved_mode() == "online"
+    assert WandbLogger(mode="disabled").resolved_mode() == "disabled"
 
 
 def test_run_is_closed_when_the_job_fails(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     with pytest.raises(RuntimeError, match="boom"):
-        with tracking(WANDB, tmp_path, name="t", job_type="test", config={"a": 1}, group=None) as tracker:
+        with tracking(build_logger(WANDB), tmp_path, name="t", job_type="test", config={"a": 1},
+                      group=None) as tracker:
             tracker.log({"loss": 1.0}, step=1)
             raise RuntimeError("boom")
     assert wandb.run is None
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
     # the next job in the same process starts cleanly
-    with tracking(WANDB, tmp_path, name="t2", job_type="test", config={}, group=None) as tracker:
+    with tracking(build_logger(WANDB), tmp_path, name="t2", job_type="test", config={}, group=None) as tracker:
         tracker.summary({"final/val": 1.0})
     assert wandb.run is None
 
@@ -35,7 +37,7 @@ def test_an_unreachable_server_means_offline_logging_said_in_the_log(tmp_path, m
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.delenv("WANDB_MODE", raising=False)
     online = OmegaConf.merge(WANDB, {"mode": "online", "init_timeout": 3})
-    with tracking(online, tmp_path, name="t", job_type="test", config={}, group=None) as tracker:
+    with tracking(build_logger(online), tmp_path, name="t", job_type="test", config={}, group=None) as tracker:
         tracker.log({"loss": 1.0}, step=1)
     assert "W&B unreachable" in caplog.text and "logging offline instead" in caplog.text
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from conftest import compose_cfg
 from fake_imagenet import make_tree
 from soups.finetune_job import run_finetune
-from soups.heads import zero_shot_head
+from soups.heads.zero_shot import zero_shot_head
 from soups.models import create_clip
 from soups.soup_job import run_soup
 
@@ -52,7 +52,7 @@ def test_zero_shot_init_finetune_and_soup_on_fake_imagenet(tmp_path, soup_cfg):
     for i, lr in enumerate(["1e-4", "3e-4"]):
         info = run_finetune(compose_cfg("finetune", tmp_path, [*overrides, f"lr={lr}"]), sweep / str(i))
     init = json.loads(open(f"{info['init']['dir']}/init.json").read())
-    assert init["head"]["kind"] == "zero_shot" and init["head"]["num_templates"] == len(
+    assert init["head"]["_target_"] == "soups.heads.zero_shot.ZeroShot" and init["head"]["num_templates"] == len(
         open_clip.SIMPLE_IMAGENET_TEMPLATES)
     assert set(info["metrics"]) == {"val", "test", "imagenet_v2", "imagenet_r", "imagenet_sketch", "objectnet",
                                     "imagenet_a", "avg_shifts"}
@@ -63,7 +63,7 @@ def test_zero_shot_init_finetune_and_soup_on_fake_imagenet(tmp_path, soup_cfg):
 
 @pytest.mark.filterwarnings("ignore:The number of unique classes")  # one image per class in the fake tree
 def test_linear_probe_init_on_imagenet_caches_its_features(tmp_path, monkeypatch):
-    import soups.heads
+    import soups.heads.linear_probe
     from soups.shared_init import shared_init
 
     counts = make_tree(tmp_path / "data")
@@ -74,10 +74,10 @@ def test_linear_probe_init_on_imagenet_caches_its_features(tmp_path, monkeypatch
                                                            "objectnet", "imagenet_a")], "eval_batch_size=256"]
     init = shared_init(compose_cfg("finetune", tmp_path, [*base, "head.Cs=[1.0]"]), torch.device("cpu"))
     info = json.loads((init / "init.json").read_text())
-    assert info["head"]["kind"] == "linear_probe" and 0 <= info["metrics"]["val"] <= 100
+    assert info["head"]["_target_"] == "soups.heads.linear_probe.LinearProbe" and 0 <= info["metrics"]["val"] <= 100
     assert len(list((tmp_path / "cache" / "features").glob("*.npy"))) == 2
     calls = []
-    monkeypatch.setattr(soups.heads, "extract_features", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(soups.heads.linear_probe, "extract_features", lambda *a, **k: calls.append(1))
     shared_init(compose_cfg("finetune", tmp_path, [*base, "head.Cs=[0.1]"]), torch.device("cpu"))  # a new init
     assert calls == []  # the frozen features came from the cache
 

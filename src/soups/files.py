@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as safetensors_load, load_file, save_file
 
 from soups.errors import BadInput, MissingInput
 
@@ -79,10 +79,17 @@ def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
     return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
-def nonfinite_in_file(path: str | Path) -> list[str]:
-    """nonfinite_tensors of a safetensors file, one tensor in memory at a time."""
-    with safe_open(str(path), framework="pt") as f:
-        return [k for k in f.keys() if nonfinite_tensors({k: f.get_tensor(k)})]
+def digest_and_nonfinite(path: str | Path) -> tuple[str, list[str]]:
+    """(sha256 of the file, nonfinite_tensors of its weights) from one read of a safetensors file (a pool on a
+    network disk is read once, not twice). Peak memory: about twice the file. Raises BadInput if unreadable."""
+    data = Path(path).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        state = safetensors_load(data)
+    except (SafetensorError, OSError) as err:
+        raise BadInput(f"{path} is not a readable safetensors checkpoint ({err}); truncated or damaged?") from err
+    del data
+    return digest, nonfinite_tensors(state)
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:

@@ -17,11 +17,12 @@ from soups.eval_cache import EvaluationCache, evaluation_key, hash_ids
 from soups.evaluate import Evaluator, format_metrics, recalibrate_bn
 from soups.shared_init import load_shared_init, shared_init
 from soups.files import atomic_save_safetensors, nonfinite_tensors, read_json, sha256_file, write_json
+from soups.heads import build_head
 from soups.models import build_classifier, has_batchnorm
 from soups.names import WEIGHTS_NAME, RUN_INFO_NAME
 from soups.resume import clear_train_state
 from soups.runtime import environment, resolve_device, setup
-from soups.tracking import tracking
+from soups.tracking import build_logger, tracking
 from soups.train import NonFiniteLoss, finetune
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     check(cfg, FinetuneSettings)  # the trial and search seed too, before anything is drawn with them
     apply_trial(cfg)
     check(cfg, FinetuneSettings)
+    logger, _ = build_logger(cfg.logger), build_head(cfg.head)  # their settings checked before any work
     ranks, device = join(resolve_device(cfg.device))
     own_dir, run_dir = Path(run_dir), share(ranks, Path(run_dir))  # each torchrun process composed its own
     if not ranks.is_main:
@@ -150,7 +152,7 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     sweep = run_dir.parent.name if run_dir.name.isdigit() else None  # multirun job folders are numbered
     if sweep and ranks.is_main:
         list_draws(cfg, run_dir.parent)
-    logger = cfg.logger if ranks.is_main else OmegaConf.create({"kind": "none"})
+    logger = logger if ranks.is_main else None  # one run per fine-tune, from rank 0
     with tracking(logger, run_dir, name=f"{run_dir.parent.name}/{run_dir.name}", job_type="finetune",
                   config=resolved, group=cfg.logger.get("group") or sweep) as tracker:
         record = {"kind": "finetune", "hparams": {k: cfg[k] for k in HPARAMS},

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from soups.errors import BadInput, MissingInput
-from soups.files import nonfinite_in_file, read_json, read_weights_header, sha256_file
+from soups.files import digest_and_nonfinite, read_json, read_weights_header
 from soups.names import HELD_OUT, WEIGHTS_NAME, RUN_INFO_NAME, STATE_NAME
 
 log = logging.getLogger(__name__)
@@ -142,10 +142,15 @@ def _finished_run(run_dir: Path, verify_sha256: bool) -> Ingredient:
         ingredient.header = read_weights_header(ingredient.weights)
     except (FileNotFoundError, ValueError) as err:
         raise Unusable(str(err)) from err
-    if verify_sha256 and info.get("sha256") and sha256_file(ingredient.weights) != info["sha256"]:
+    try:
+        digest, bad = digest_and_nonfinite(ingredient.weights)  # one read of the file for both checks
+    except ValueError as err:
+        raise Unusable(str(err)) from err
+    if verify_sha256 and info.get("sha256") and digest != info["sha256"]:
         raise Unusable(f"{ingredient.weights.name} does not match the sha256 in its {RUN_INFO_NAME}: "
                        f"truncated or modified after the run finished")
-    bad = nonfinite_in_file(ingredient.weights)
+    if not info.get("sha256"):  # no recorded digest: this one keys the evaluation cache (scorer.digest)
+        info["source_sha256"] = digest
     if bad:  # one NaN ingredient turns every average it enters into NaN
         raise Unusable(f"{len(bad)} tensors of {ingredient.weights.name} hold NaN or inf (e.g. {bad[:3]})")
     return ingredient

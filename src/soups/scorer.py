@@ -90,11 +90,12 @@ class PoolScorer:
         cached = self.cache.get(key) or {}
         if hold:
             self.materialize(state, averaged, key)
-        if set(self.evaluator.sets) <= set(cached):
-            return self.evaluator.with_average({n: cached[n] for n in self.evaluator.sets})
-        metrics = self.evaluator.evaluate(self.materialize(state, averaged, key))
-        self.cache.put(key, metrics)
-        return metrics
+        missing = [n for n in self.evaluator.sets if n not in cached]
+        if missing:  # only those: e.g. a greedy soup's held-out accuracy is known from choosing it
+            found = self.evaluator.evaluate(self.materialize(state, averaged, key), missing)
+            cached = {**cached, **{n: found[n] for n in missing}}
+            self.cache.put(key, cached)
+        return self.evaluator.with_average({n: cached[n] for n in self.evaluator.sets})
 
     # ---- recipes that learn something (learned soups): their result, by what it depends on ----------
     def recall(self, key: dict) -> dict | None:

@@ -25,7 +25,7 @@ from soups.release import load_release_pool
 from soups.report import write_report
 from soups.runtime import environment, resolve_device, setup
 from soups.scorer import PoolScorer
-from soups.tracking import tracking
+from soups.tracking import build_logger, tracking
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
         raise BadInput(f"the soup config has fine-tuning settings {training} (a fine-tuning experiment such as "
                        f"experiment=demo_vit?): those are for src/finetune.py; src/soup.py soups the pool such a "
                        f"sweep made (the latest, or pool.dir=...)")
-    recipes = build_recipes(cfg.method)
+    recipes, logger = build_recipes(cfg.method), build_logger(cfg.logger)
     setup(cfg.seed, cfg.get("threads"))
     device = resolve_device(cfg.device)
     pool = open_pool(cfg, device)
@@ -136,7 +136,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
         scorer.individual_metrics(ingredient)
     template = pool.template()
     rows = baseline_rows(pool.ingredients, template["init"]["metrics"])
-    with tracking(cfg.logger, out_dir, name=f"soup/{out_dir.name}", job_type="soup",
+    with tracking(logger, out_dir, name=f"soup/{out_dir.name}", job_type="soup",
                   config=OmegaConf.to_container(cfg, resolve=True), group=pool.name) as tracker:
         rows += [run_recipe(name, recipe, pool, scorer, out_dir, template, tracker) for name, recipe in recipes.items()]
         title = f"soups of {pool.name} ({len(pool.ingredients)} ingredients)"

@@ -1,6 +1,6 @@
 """Datasets by config: `build_data(data_cfg, shifts_cfg, model_cfg, cache_dir)` constructs the `ImageData`
 class that `data._target_` names (soups/data/base.py declares what it provides; one module per family:
-mnist.py, imagenet_data.py). Add a dataset: one module here + conf/data/<name>.yaml (README "Layout")."""
+mnist.py, imagenet.py). Add a dataset: one module here + conf/data/<name>.yaml (README "Layout")."""
 from __future__ import annotations
 
 from soups.data.base import ImageData

@@ -2,8 +2,6 @@
 set of weights and a record of how it chose. One recipe per file; configs in conf/method/."""
 from __future__ import annotations
 
-import dataclasses
-import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,24 +10,8 @@ from typing import ClassVar, Protocol
 import torch
 
 from soups.averaging import StateDict
-from soups.errors import BadInput
 from soups.pool import Ingredient
-
-
-def _number(kind):
-    def convert(value):
-        if isinstance(value, bool):
-            return None
-        try:
-            out = kind(value)
-        except (TypeError, ValueError):
-            return None
-        return out if kind is float or out == float(value) else None  # 2.5 is no int
-    return convert
-
-
-SCALARS = {int: _number(int), float: _number(float), bool: lambda v: v if isinstance(v, bool) else None,
-           str: lambda v: v if isinstance(v, str) else None}
+from soups.targets import Settings
 
 
 @dataclass
@@ -64,22 +46,11 @@ class RecipeResult:
         return {**self.details, **{k: v for k, v in optional.items() if v is not None}}
 
 
-class Recipe(ABC):
+class Recipe(Settings, ABC):
     """Base of every recipe: one dataclass per file in this package, configured by conf/method/<key>.yaml
     (`_target_` names the class); the config key is its name in the table, soup.json and W&B. Its int,
-    float, bool and str settings are converted and checked on construction (BadInput names a bad one);
-    a subclass with its own __post_init__ calls super().__post_init__() first."""
+    float, bool and str settings are converted and checked on construction (soups.targets.Settings)."""
     needs_init: ClassVar[bool] = False  # True: it moves relative to the shared initialization, which must exist
-
-    def __post_init__(self):
-        hints = typing.get_type_hints(type(self))
-        for spec in dataclasses.fields(self):
-            kind, value = hints.get(spec.name), getattr(self, spec.name)
-            if kind in SCALARS:
-                converted = SCALARS[kind](value)
-                if converted is None:
-                    raise BadInput(f"{spec.name}={value!r}: expected {kind.__name__}")
-                setattr(self, spec.name, converted)
 
     @abstractmethod
     def __call__(self, ingredients: list[Ingredient], scorer: "Scorer") -> RecipeResult:

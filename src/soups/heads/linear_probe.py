@@ -1,0 +1,114 @@
+"""The shared initialization as a linear probe: logistic regression on the pretrained tower's frozen features
+(cached under cache_dir/features), C chosen on the held-out set; BN towers first re-estimate their
+statistics on the training images. The paper's released CLIP pool starts from such an LP init (model_0)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from sklearn.linear_model import LogisticRegression
+
+from soups.data import EvalSet
+from soups.errors import BadInput
+from soups.evaluate import recalibrate_bn
+from soups.files import atomic_write
+from soups.heads import Head
+from soups.models import build_classifier, has_batchnorm
+from soups.runtime import autocast
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LinearProbe(Head):
+    Cs: list = field(default_factory=lambda: [0.01, 0.1, 1.0])  # inverse regularization strengths tried
+    max_iter: int = 2000
+    adapt_bn: bool = True  # re-estimate BN statistics on the training images first (BN towers only)
+    train_per_class: int | None = None  # cap on the probe's training images per class; None = all
+
+    def __post_init__(self):
+        super().__post_init__()
+        Cs = self.Cs if isinstance(self.Cs, list) else [self.Cs]
+        if not Cs or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0 for c in Cs):
+            raise BadInput(f"Cs={self.Cs!r}: expected a non-empty list of positive numbers, e.g. [0.01, 0.1, 1.0]")
+        self.Cs = [float(c) for c in Cs]
+        if self.max_iter < 1 or (self.train_per_class is not None and self.train_per_class < 1):
+            raise BadInput(f"max_iter={self.max_iter}, train_per_class={self.train_per_class}: expected >= 1")
+
+    def __call__(self, cfg, data, device):
+        model = build_classifier(cfg.model, cfg.data.num_classes, cache_dir=cfg.paths.cache_dir).to(device)
+        train, val = data.probe_sets(self.train_per_class)
+        if self.adapt_bn and has_batchnorm(model):
+            # Features on ImageNet BN statistics probe well but fine-tune badly once BN runs in train mode.
+            recalibrate_bn(model, train, cfg.eval_batch_size, device)
+        parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data")}
+        parts |= {"adapt_bn": self.adapt_bn, "per_class": self.train_per_class, "precision": cfg.precision}
+        key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+        features_dir = Path(cfg.paths.cache_dir) / "features"
+        batch, precision = cfg.eval_batch_size, cfg.precision
+        fx = cached_features(model, train, batch, precision, device, features_dir / f"{key}-train.npy")
+        vx = cached_features(model, val, batch, precision, device, features_dir / f"{key}-val.npy")
+        weight, bias, probe = fit_linear_probe(fx, train.labels.numpy(), vx, val.labels.numpy(),
+                                               self.Cs, self.max_iter)
+        model.head.weight.data.copy_(weight)
+        model.head.bias.data.copy_(bias)
+        return model, probe
+
+
+@torch.no_grad()
+def extract_features(model, data: EvalSet, batch_size: int, precision: str, device) -> np.ndarray:
+    model.eval()
+    feats = []
+    for images, _ in data.batches(batch_size, device=device):
+        with autocast(precision, device):
+            feats.append(model.features(images).float().cpu())
+    return torch.cat(feats).numpy().astype(np.float64)
+
+
+def cached_features(model, data, batch_size: int, precision: str, device, cache_file: Path) -> np.ndarray:
+    """Frozen features of `data`, extracted once and kept in `cache_file` (.npy, written atomically)."""
+    if cache_file.is_file():
+        try:
+            feats = np.load(cache_file, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:  # empty, truncated or damaged: extracted again
+            log.warning("feature cache %s unreadable (%s): extracting again", cache_file, err)
+            feats = None
+        if feats is not None and len(feats) == len(data):
+            log.info("features from cache: %s", cache_file)
+            return feats
+    feats = extract_features(model, data, batch_size, precision, device)
+
+    def save(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, feats)
+
+    atomic_write(cache_file, save)
+    return feats
+
+
+def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
+                     Cs: list[float], max_iter: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Multinomial logistic regression on standardized features; C picked on the held-out set.
+
+    The standardization is folded into the returned weight and bias, so the head acts on raw features.
+    """
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    zt, zv = (train_x - mean) / std, (val_x - mean) / std
+    best = None
+    for C in Cs:
+        clf = LogisticRegression(C=C, max_iter=max_iter).fit(zt, train_y)
+        acc = 100.0 * clf.score(zv, val_y)
+        log.info("linear probe C=%g: held-out %.2f%%", C, acc)
+        if best is None or acc > best[0]:
+            best = (acc, C, clf)
+    acc, C, clf = best
+    weight = clf.coef_ / std
+    bias = clf.intercept_ - (clf.coef_ * mean / std).sum(1)
+    info = {"C": C, "val_accuracy": acc, "Cs": list(Cs)}
+    return torch.tensor(weight, dtype=torch.float32), torch.tensor(bias, dtype=torch.float32), info
