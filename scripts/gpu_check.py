@@ -95,7 +95,7 @@ def check_train(args, device) -> dict:
 
 def check_learned(args, device) -> dict:
     from soups.data.images import EvalSet, ImageArray
-    from soups.pool import Ingredient
+    from soups.ingredient import Ingredient
     from soups.recipes.learned import LearnedSoup
 
     model, size, mean, std = vit_b32()

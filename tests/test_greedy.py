@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from soups.pool import Ingredient
+from soups.ingredient import Ingredient
 from soups.recipes.greedy import GreedySoup
 from soups.recipes.uniform import UniformSoup
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from soups.pool import Ingredient
+from soups.ingredient import Ingredient
 from soups.averaging import interpolate
 from soups.recipes.wise_ft import WiseFT
 

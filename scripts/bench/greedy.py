@@ -127,7 +127,7 @@ def bench_greedy(args) -> list[dict]:
     from soups.eval_cache import EvaluationCache
     from soups.evaluate import Evaluator
     from soups.models import build_classifier
-    from soups.pool import Ingredient
+    from soups.ingredient import Ingredient
     from soups.recipes.greedy import GreedySoup
     from soups.scorer import PoolScorer
 

@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from soups.data.images import EvalSet, ImageArray
 from soups.files import load_weights
-from soups.pool import Ingredient
+from soups.ingredient import Ingredient
 from soups.recipes.learned import LearnedSoup
 from bench.common import vit_b32
 paths, approach, steps, batch = {paths!r}, {approach!r}, {steps}, {batch}

@@ -1,45 +1,29 @@
-"""A pool of ingredients: fine-tuned weights that share one architecture and one initialization.
+"""A pool of ingredients: fine-tuned weights that share one architecture and one initialization, opened
+and checked before any evaluation (`open_pool`).
 
 Sources: the most recent finetune sweep (default), `pool.dir` (a sweep folder or a folder of run
 dirs), `pool.glob`, `pool.runs` (a list), or `pool.release` (the paper's released checkpoints, see
-soups/release.py). Every check runs before any evaluation; runs that did not finish are skipped and
-named (`load_pool`).
+soups/release.py). Runs that did not finish are skipped and named (`load_pool`).
 """
 from __future__ import annotations
 
 import glob as globlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from omegaconf import DictConfig, OmegaConf
+
 from soups.errors import BadInput, MissingInput
-from soups.files import digest_and_nonfinite, read_json, read_weights_header
-from soups.names import HELD_OUT, WEIGHTS_NAME, RUN_INFO_NAME, STATE_NAME
+from soups.files import digest_and_nonfinite, read_json, read_weights_header, sha256_file
+from soups.ingredient import Ingredient
+from soups.models import build_classifier
+from soups.names import RUN_INFO_NAME, STATE_NAME, WEIGHTS_NAME
+from soups.release import load_release_pool
+from soups.runtime import environment
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Ingredient:
-    """One set of fine-tuned weights. `info` holds at least `metrics` once evaluated (a run's run.json)."""
-    name: str
-    weights: Path
-    info: dict = field(repr=False)
-    run_dir: Path | None = None
-    header: dict = field(default_factory=dict, repr=False)  # {key: (shape, dtype)} of the weights
-
-    @classmethod
-    def from_run_dir(cls, run_dir: Path, info: dict) -> "Ingredient":
-        return cls(f"{run_dir.parent.name}/{run_dir.name}", run_dir / WEIGHTS_NAME, info, run_dir)
-
-    @property
-    def source(self) -> Path:
-        """Where the user's copy lives: the run dir, or the original file a checkpoint was converted from."""
-        return self.run_dir or Path(self.info.get("source", self.weights))
-
-    @property
-    def held_out(self) -> float:
-        return float(self.info["metrics"][HELD_OUT])
 
 
 def latest_sweep(log_dir: str | Path) -> Path:
@@ -181,3 +165,44 @@ def _check_compatible(a: Ingredient, b: Ingredient) -> None:
     if init_a != init_b:
         raise BadInput(f"{a.name} and {b.name} were fine-tuned from different initializations; "
                        f"soups average fine-tunes of one shared init")
+
+
+@dataclass
+class OpenPool:
+    """A pool opened and checked: its ingredients, how they were made, and where their init is."""
+    ingredients: list[Ingredient]
+    run_cfg: DictConfig  # model, data, shifts: how the ingredients were fine-tuned and are evaluated
+    model: torch.nn.Module  # a model of their architecture, to load weights into
+    name: str
+    skipped: dict[str, str]  # run dir -> why it is not an ingredient
+    init_weights: Path | None  # the shared initialization's weights file, where the records name it
+    release_init: Ingredient | None = None  # the released pool's init (model_0), measured with the ingredients
+
+    def template(self) -> dict:
+        """What every soup's run.json repeats: the init (with its metrics: call after they are measured),
+        the config, the environment."""
+        if self.release_init is None:
+            first = self.ingredients[0].info
+            return {"init": first["init"], "config": first["config"], "environment": environment()}
+        init = self.release_init
+        return {"init": {"name": init.name, "sha256": sha256_file(init.weights), "metrics": init.info["metrics"]},
+                "config": OmegaConf.to_container(self.run_cfg), "environment": environment()}
+
+
+def open_pool(cfg, device) -> OpenPool:
+    """The ingredients (a sweep's runs or the released checkpoints), checked before any evaluation."""
+    if cfg.pool.get("release"):
+        missing = [k for k in ("model", "data", "shifts") if not cfg.get(k)]
+        if missing:
+            raise BadInput(f"pool.release needs {missing} in the soup config; use experiment=paper_vit_b32")
+        run_cfg = OmegaConf.create({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "shifts")})
+        model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)
+        ingredients, init = load_release_pool(cfg.pool.release, model.state_dict(), cfg.paths.cache_dir)
+        return OpenPool(ingredients, run_cfg, model, Path(cfg.pool.release.dir).name, {}, Path(init.weights), init)
+    ingredients, skipped = load_pool(cfg.pool, cfg.paths.log_dir, cfg.pool.verify_sha256)
+    first = ingredients[0].info
+    run_cfg = OmegaConf.create(first["config"])
+    model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)
+    init_dir = first["init"].get("dir")
+    return OpenPool(ingredients, run_cfg, model, ingredients[0].run_dir.parent.name, skipped,
+                    Path(init_dir) / WEIGHTS_NAME if init_dir else None)

@@ -8,7 +8,7 @@ from pathlib import Path
 from soups import plots
 from soups.files import atomic_save_safetensors, sha256_file, write_json
 from soups.names import RUN_INFO_NAME, SOUP_INFO_NAME, WEIGHTS_NAME
-from soups.pool import Ingredient
+from soups.ingredient import Ingredient
 from soups.recipes import RecipeResult
 from soups.report import reference_comparison
 

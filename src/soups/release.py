@@ -8,7 +8,7 @@ from pathlib import Path
 from soups.checkpoints import convert_official_file
 from soups.errors import BadInput, MissingInput
 from soups.files import sha256_file
-from soups.pool import Ingredient
+from soups.ingredient import Ingredient
 
 
 def load_release_pool(release_cfg, template_state: dict, cache_dir: str | Path) -> tuple[list[Ingredient], Ingredient]:

@@ -20,7 +20,7 @@ from soups.eval_cache import EvaluationCache, hash_ids, state_digest
 from soups.evaluate import Evaluator, best_reachable, format_metrics, recalibrate_bn
 from soups.files import load_weights, sha256_file
 from soups.names import HELD_OUT
-from soups.pool import Ingredient
+from soups.ingredient import Ingredient
 
 log = logging.getLogger(__name__)
 STOPPED = f"{HELD_OUT}_stopped_early"  # cache field: counts of a held-out pass that stopped early

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -15,15 +12,13 @@ from soups.data import build_data
 from soups.errors import BadInput, MissingInput
 from soups.eval_cache import EvaluationCache, evaluation_key
 from soups.evaluate import Evaluator, format_metrics
-from soups.files import sha256_file
-from soups.models import build_classifier, has_batchnorm
-from soups.names import FIGURE_NAME, WEIGHTS_NAME
-from soups.pool import Ingredient, load_pool
+from soups.models import has_batchnorm
+from soups.names import FIGURE_NAME
+from soups.pool import OpenPool, open_pool
 from soups.recipes.build import build_recipes
 from soups.records import baseline_rows, log_recipe, log_report, recipe_row, save_soup
-from soups.release import load_release_pool
 from soups.report import write_report
-from soups.runtime import environment, resolve_device, setup
+from soups.runtime import resolve_device, setup
 from soups.scorer import PoolScorer
 from soups.tracking import build_logger, tracking
 
@@ -33,47 +28,6 @@ log = logging.getLogger(__name__)
 def _wants_recalibration(setting, model) -> bool:
     """`setting`: auto, true or false (checked with the other settings by soups.config)."""
     return has_batchnorm(model) if setting == "auto" else bool(setting)
-
-
-@dataclass
-class OpenPool:
-    """A pool opened and checked: its ingredients, how they were made, and where their init is."""
-    ingredients: list[Ingredient]
-    run_cfg: DictConfig  # model, data, shifts: how the ingredients were fine-tuned and are evaluated
-    model: torch.nn.Module  # a model of their architecture, to load weights into
-    name: str
-    skipped: dict[str, str]  # run dir -> why it is not an ingredient
-    init_weights: Path | None  # the shared initialization's weights file, where the records name it
-    release_init: Ingredient | None = None  # the released pool's init (model_0), measured with the ingredients
-
-    def template(self) -> dict:
-        """What every soup's run.json repeats: the init (with its metrics: call after they are measured),
-        the config, the environment."""
-        if self.release_init is None:
-            first = self.ingredients[0].info
-            return {"init": first["init"], "config": first["config"], "environment": environment()}
-        init = self.release_init
-        return {"init": {"name": init.name, "sha256": sha256_file(init.weights), "metrics": init.info["metrics"]},
-                "config": OmegaConf.to_container(self.run_cfg), "environment": environment()}
-
-
-def open_pool(cfg, device) -> OpenPool:
-    """The ingredients (a sweep's runs or the released checkpoints), checked before any evaluation."""
-    if cfg.pool.get("release"):
-        missing = [k for k in ("model", "data", "shifts") if not cfg.get(k)]
-        if missing:
-            raise BadInput(f"pool.release needs {missing} in the soup config; use experiment=paper_vit_b32")
-        run_cfg = OmegaConf.create({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "shifts")})
-        model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)
-        ingredients, init = load_release_pool(cfg.pool.release, model.state_dict(), cfg.paths.cache_dir)
-        return OpenPool(ingredients, run_cfg, model, Path(cfg.pool.release.dir).name, {}, Path(init.weights), init)
-    ingredients, skipped = load_pool(cfg.pool, cfg.paths.log_dir, cfg.pool.verify_sha256)
-    first = ingredients[0].info
-    run_cfg = OmegaConf.create(first["config"])
-    model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)
-    init_dir = first["init"].get("dir")
-    return OpenPool(ingredients, run_cfg, model, ingredients[0].run_dir.parent.name, skipped,
-                    Path(init_dir) / WEIGHTS_NAME if init_dir else None)
 
 
 def make_scorer(cfg, pool: OpenPool, recipes: dict, device) -> PoolScorer:

@@ -10,7 +10,7 @@ from typing import ClassVar, Protocol
 import torch
 
 from soups.averaging import StateDict
-from soups.pool import Ingredient
+from soups.ingredient import Ingredient
 from soups.targets import Settings
 
 

@@ -1,0 +1,73 @@
+"""Calibration and significance on constructed predictions, with exact expected values."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import bootstrap
+
+from soups.stats import ece, interval_text, mcnemar_p, nll, paired_bootstrap
+
+
+def two_class(confidence: float, n: int, n_correct: int):
+    """n images predicted as class 0 with probability `confidence`; the first n_correct are class 0."""
+    logits = torch.tensor([[math.log(confidence), math.log(1 - confidence)]] * n, dtype=torch.float64)
+    labels = torch.tensor([0] * n_correct + [1] * (n - n_correct))
+    return logits, labels
+
+
+def test_ece_is_zero_when_confidence_matches_accuracy_and_the_gap_otherwise():
+    assert ece(*two_class(0.8, 10, 8)) == pytest.approx(0.0, abs=1e-9)
+    assert ece(*two_class(0.9, 10, 5)) == pytest.approx(40.0)
+    a, b = two_class(0.9, 10, 9), two_class(0.6, 10, 3)  # bins (0.867, 0.933]: gap 0; (0.533, 0.6]: gap 0.3
+    mixed = torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])
+    assert ece(*mixed) == pytest.approx(0.5 * 0.0 + 0.5 * 30.0)
+
+
+def test_ece_averages_within_a_bin_before_taking_the_gap():
+    a, b = two_class(0.70, 10, 10), two_class(0.72, 10, 4)  # one bin (0.667, 0.733]: acc 0.7, conf 0.71
+    assert ece(torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])) == pytest.approx(1.0)
+
+
+def test_nll_is_the_mean_negative_log_probability_of_the_label():
+    logits, labels = two_class(0.8, 4, 3)
+    assert nll(logits, labels) == pytest.approx(-(3 * math.log(0.8) + math.log(0.2)) / 4)
+
+
+def test_the_bootstrap_interval_covers_a_known_paired_difference_and_shrinks_with_n():
+    def pair(n):  # A right everywhere, B wrong on every 10th image: exactly +10 points
+        a = np.ones(n, dtype=bool)
+        b = np.arange(n) % 10 != 0
+        return paired_bootstrap([a], [b], resamples=2000, seed=0)
+
+    small, large = pair(200), pair(5000)
+    for diff, low, high in (small, large):
+        assert diff == pytest.approx(10.0) and low < 10.0 < high
+    assert (large[2] - large[1]) < (small[2] - small[1]) / 3  # ~sqrt(25) = 5x narrower
+    a, b = np.ones(200, dtype=bool), np.arange(200) % 10 != 0  # and it agrees with scipy's percentile bootstrap
+    ref = bootstrap(((a.astype(float) - b),), np.mean, n_resamples=2000, method="percentile", random_state=1)
+    assert 100 * ref.confidence_interval.low == pytest.approx(small[1], abs=1.0)
+    assert 100 * ref.confidence_interval.high == pytest.approx(small[2], abs=1.0)
+
+
+def test_the_bootstrap_is_seeded_and_averages_strata_unweighted():
+    rng = np.random.default_rng(3)
+    a = [rng.random(300) < 0.8, rng.random(50) < 0.5]
+    b = [rng.random(300) < 0.7, rng.random(50) < 0.5]
+    first, again = paired_bootstrap(a, b, seed=7), paired_bootstrap(a, b, seed=7)
+    assert first == again
+    expected = 100 * ((a[0].mean() - b[0].mean()) + (a[1].mean() - b[1].mean())) / 2
+    assert first[0] == pytest.approx(expected)
+    assert paired_bootstrap([np.ones(40, bool)], [np.zeros(40, bool)]) == (100.0, 100.0, 100.0)
+
+
+def test_mcnemar_on_a_constructed_table():
+    a = np.array([1] * 8 + [0] * 2 + [1] * 5 + [0] * 5, dtype=bool)  # 8 only A, 2 only B, 5 both, 5 neither
+    b = np.array([0] * 8 + [1] * 2 + [1] * 5 + [0] * 5, dtype=bool)
+    assert mcnemar_p([a], [b]) == pytest.approx(2 * (45 + 10 + 1) / 1024)  # 2 P(X >= 8), X ~ Bin(10, 1/2)
+    assert mcnemar_p([a[:10]], [a[:10]]) == 1.0
+    assert mcnemar_p([a[:10], a[10:]], [b[:10], b[10:]]) == mcnemar_p([a], [b])  # strata pooled
+
+
+def test_interval_text():
+    assert interval_text(0.85, 0.3, 1.4) == "+0.85 [+0.30, +1.40]"
