@@ -59,11 +59,12 @@ def test_a_second_soup_run_evaluates_nothing_again(tiny_sweep, soup_cfg, tmp_pat
 
 def test_by_default_a_soup_measures_at_its_pools_batch_size_and_reuses_the_runs_metrics(tiny_sweep, soup_cfg,
                                                                                          tmp_path, monkeypatch):
-    _, sweep = tiny_sweep  # fine-tuned with eval_batch_size=128 (TINY)
+    tmp, sweep = tiny_sweep  # fine-tuned with eval_batch_size=128 (TINY), logits in tmp/cache
     calls = count_forward_passes(monkeypatch)
-    cfg = soup_cfg(f"pool.dir={sweep}", "method=uniform", "eval_batch_size=null")
+    cfg = soup_cfg(f"pool.dir={sweep}", "method=uniform", "eval_batch_size=null", f"paths.cache_dir={tmp}/cache")
     run_soup(cfg, tmp_path / "soup")
-    assert cfg.eval_batch_size == 128 and calls.count("test") == 1  # the soup only: individuals from run.json
+    # the soup only: individuals' metrics from run.json, the best one's logits (its row's intervals) from the cache
+    assert cfg.eval_batch_size == 128 and calls.count("test") == 1
 
 
 def test_a_soup_whose_held_out_accuracy_is_known_is_only_run_on_the_other_sets(tiny_sweep, soup_cfg, tmp_path,

@@ -1,4 +1,5 @@
 """Calibration and significance on constructed predictions, with exact expected values."""
+import json
 import math
 
 import numpy as np
@@ -71,3 +72,35 @@ def test_mcnemar_on_a_constructed_table():
 
 def test_interval_text():
     assert interval_text(0.85, 0.3, 1.4) == "+0.85 [+0.30, +1.40]"
+
+
+def test_every_soup_row_carries_calibration_and_an_interval_consistent_with_its_accuracy(tiny_sweep, soup_cfg,
+                                                                                         tmp_path):
+    from soups.soup_job import run_soup
+
+    _, sweep = tiny_sweep
+    rows = run_soup(soup_cfg(f"pool.dir={sweep}", "method=[uniform,greedy,ensemble]", "statistics.resamples=200"),
+                    tmp_path / "soup")
+    best = next(r for r in rows if r["kind"] == "best_individual")
+    sets = set(best["metrics"])  # val, test, the shifts, avg_shifts
+    assert set(best["calibration"]) == sets and "vs_best" not in best
+    for row in [r for r in rows if r["kind"] in ("soup", "ensemble")]:
+        assert set(row["calibration"]) == sets and set(row["vs_best"]) == sets
+        for name, v in row["vs_best"].items():  # the point estimate is the table's own difference
+            assert v["diff"] == pytest.approx(row["metrics"][name] - best["metrics"][name], abs=1e-9)
+            assert v["low"] <= v["diff"] <= v["high"] and 0 <= v["p"] <= 1
+        assert all(c["nll"] > 0 and 0 <= c["ece"] <= 100 for c in row["calibration"].values())
+    report = (tmp_path / "soup" / "report.md").read_text()
+    assert "paired bootstrap 95% interval" in report and "| uniform soup |" in report
+    saved = json.loads((tmp_path / "soup" / "uniform" / "soup.json").read_text())
+    assert saved["vs_best"]["test"] == next(r for r in rows if r["row"] == "uniform soup")["vs_best"]["test"]
+
+
+def test_bad_statistics_settings_are_named(soup_cfg, tmp_path):
+    from soups.errors import BadInput
+    from soups.soup_job import run_soup
+
+    with pytest.raises(BadInput, match="resamples=10"):
+        run_soup(soup_cfg("statistics.resamples=10"), tmp_path / "soup")
+    with pytest.raises(BadInput, match="statistics.bins: unknown"):
+        run_soup(soup_cfg("+statistics.bins=10"), tmp_path / "soup")

@@ -36,6 +36,7 @@ class Evaluator:
         self._compiled: tuple[nn.Module, nn.Module] | None = None  # (model, its compiled forward)
         self.images_forwarded = 0
         self.stopped_at: dict | None = None  # counts at the last early stop of `accuracy`
+        self.completed_logits: torch.Tensor | None = None  # logits of the last `accuracy` pass that completed
 
     def runner(self, model: nn.Module) -> nn.Module:
         """What runs the forward pass: the model, or its compiled twin (same parameters, loaded in place)."""
@@ -70,9 +71,18 @@ class Evaluator:
         part = [logits for logits, _ in self.forward(model, name)]
         return gather_shards(self.group, torch.cat(part), len(self.sets[name]))
 
+    def projected(self, name: str, logits: torch.Tensor) -> torch.Tensor:
+        """[N, C] logits -> [N, C_set] over the set's own classes (ImageNet-R/A: their 200-class subsets,
+        ObjectNet: the max over each class's ImageNet classes); the labels index these."""
+        project = getattr(self.sets[name], "project_logits", None)
+        return project(logits) if project else logits
+
     def correct(self, name: str, logits: torch.Tensor, labels: torch.Tensor) -> int:
-        project = getattr(self.sets[name], "project_logits", None)  # ImageNet-R/A subsets, ObjectNet's max
-        return int(((project(logits) if project else logits).argmax(-1) == labels).sum())
+        return int((self.projected(name, logits).argmax(-1) == labels).sum())
+
+    def outcomes(self, logits: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{set: (projected logits [N, C_set], labels [N])}: what calibration and per-image correctness read."""
+        return {n: (self.projected(n, v), self.sets[n].labels) for n, v in logits.items()}
 
     def accuracy_of_logits(self, name: str, logits: torch.Tensor) -> float:
         data = self.sets[name]
@@ -82,20 +92,23 @@ class Evaluator:
         """Top-1 %. With `acceptable(score) -> bool`: None as soon as even all-correct remaining images
         could not make the score acceptable (exact: the same decision as the full pass, fewer images).
         Sharded over ranks, every rank counts its part in full and the counts are summed."""
-        n = len(self.sets[name])
+        n, self.completed_logits = len(self.sets[name]), None
         if self.group.active:
             correct = sum_over_ranks(self.group, sum(self.correct(name, logits, labels)
                                                      for logits, labels in self.forward(model, name)))
             score = 100.0 * correct / n
             return None if acceptable is not None and not acceptable(score) else score
         if acceptable is None:
-            return self.accuracy_of_logits(name, self.logits(model, name))
-        correct, seen = 0, 0
+            self.completed_logits = self.logits(model, name)
+            return self.accuracy_of_logits(name, self.completed_logits)
+        correct, seen, parts = 0, 0, []
         for logits, labels in self.forward(model, name):
             correct, seen = correct + self.correct(name, logits, labels), seen + len(labels)
+            parts.append(logits)
             if not acceptable(best_reachable(correct, seen, n)):
                 self.stopped_at = {"correct": correct, "seen": seen, "n": n}  # what the decision rested on
                 return None
+        self.completed_logits = torch.cat(parts)  # a full pass: its logits are worth keeping (soups.scorer)
         return 100.0 * correct / n
 
     def evaluate(self, model: nn.Module, names: list[str] | None = None) -> dict[str, float]:

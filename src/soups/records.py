@@ -39,9 +39,12 @@ def recipe_row(name: str, result: RecipeResult, metrics: dict) -> dict:
 TRACE_COLUMNS = ["run", "individual_held_out", "soup_held_out", "accepted"]
 
 
-def log_recipe(tracker, name: str, metrics: dict, result: RecipeResult, soup_dir: Path) -> None:
-    """W&B: the recipe's metrics, its greedy trace / WiSE-FT curve / random orders as tables, its plot."""
+def log_recipe(tracker, name: str, metrics: dict, result: RecipeResult, soup_dir: Path, quality: dict) -> None:
+    """W&B: the recipe's metrics, calibration and difference to the best individual (`quality`: see
+    PoolScorer.qualify), its greedy trace / WiSE-FT curve / random orders as tables, its plot."""
     tracker.log({f"{name}/{k}": v for k, v in metrics.items()})
+    for group, per_set in quality.items():  # e.g. greedy/calibration/test/ece, greedy/vs_best/test/low
+        tracker.log({f"{name}/{group}/{s}/{k}": v for s, values in per_set.items() for k, v in values.items()})
     if result.trace:
         tracker.table(f"{name}/trace", TRACE_COLUMNS, [[t[c] for c in TRACE_COLUMNS] for t in result.trace])
     if result.curve:
@@ -56,11 +59,13 @@ def log_recipe(tracker, name: str, metrics: dict, result: RecipeResult, soup_dir
 
 
 def save_soup(soup_dir: Path, name: str, result: RecipeResult, metrics: dict, template_info: dict,
-              recalibrated: bool, seconds: float) -> None:
+              recalibrated: bool, seconds: float, quality: dict) -> None:
     """soup.json (+ the weights and a run.json for a soup; an ensemble has no weights of its own).
-    `recalibrated`: whether the job recomputes BN statistics of averaged weights."""
+    `recalibrated`: whether the job recomputes BN statistics of averaged weights; `quality`: its
+    calibration and difference to the best individual (PoolScorer.qualify)."""
     record = {"kind": result.kind, "method": name, "ingredients": [str(i.source) for i in result.ingredients],
-              "metrics": metrics, "bn_recalibrated": recalibrated and result.kind == "soup" and result.is_average,
+              "metrics": metrics, **quality,
+              "bn_recalibrated": recalibrated and result.kind == "soup" and result.is_average,
               "seconds": seconds, **result.record, "environment": template_info["environment"]}
     if result.weights is None:
         write_json(record, soup_dir / SOUP_INFO_NAME)

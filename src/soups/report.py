@@ -8,6 +8,7 @@ from pathlib import Path
 from soups import plots
 from soups.files import write_json, write_text
 from soups.names import HELD_OUT, TEST, AVG_SHIFTS, REPORT_NAME, FIGURE_NAME
+from soups.stats import interval_text
 
 NAME_COLUMNS = ("row", "kind", "ingredients")
 
@@ -42,6 +43,26 @@ def markdown_table(rows: list[dict]) -> str:
         name = f"**{row['row']}**" if row["kind"] in ("best_individual", "soup", "ensemble") else row["row"]
         cells = [cell(row, c) for c in cols]
         lines.append("| " + " | ".join([name, *cells, str(row.get("ingredients", "")), f"{row.get('cost', 1)}×"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def quality_table(rows: list[dict], caption: str) -> str:
+    """Calibration of the best individual and every soup and ensemble, and each one's difference to the best
+    individual on test and avg shifts (rows carry `calibration` / `vs_best`, see PoolScorer.qualify)."""
+    rows = [r for r in rows if r.get("calibration")]
+    if not rows:
+        return ""
+    cols = [c for c in (TEST, AVG_SHIFTS) if c in rows[0]["calibration"]]
+    header = ["", *[f"{HEADERS.get(c, c)} {k}" for c in cols for k in ("NLL", "ECE")],
+              *[f"{HEADERS.get(c, c)} vs best [CI], p" for c in cols]]
+    lines = [caption + ".", "", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for row in rows:
+        cal = [f"{row['calibration'][c][k]:.3f}" if k == "nll" else f"{row['calibration'][c][k]:.2f}"
+               for c in cols for k in ("nll", "ece")]
+        versus = row.get("vs_best") or {}
+        diffs = [f"{interval_text(v['diff'], v['low'], v['high'])}, p={v['p']:.2g}" if (v := versus.get(c)) else "–"
+                 for c in cols]
+        lines.append("| " + " | ".join([row["row"], *cal, *diffs]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -161,8 +182,13 @@ def provenance(skipped: dict[str, str], environment: dict | None) -> str:
 
 
 def write_report(rows: list[dict], out_dir: Path, title: str, reference=None, skipped: dict[str, str] | None = None,
-                 environment: dict | None = None) -> str:
+                 environment: dict | None = None, caption: str = "") -> str:
+    """report.md (the table, calibration and intervals under `caption`, the paper's numbers if `reference`),
+    report.csv, results.json and the figure. Returns the markdown tables."""
     table = markdown_table(rows)
+    quality = quality_table(rows, caption)
+    if quality:
+        table += "\n" + quality
     if reference:
         table += "\n" + reference_table(rows, reference)
     write_text(f"# {title}\n\nTop-1 accuracy (%). held-out = the validation split used to rank and select "

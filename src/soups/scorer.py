@@ -20,6 +20,7 @@ from soups.eval_cache import EvaluationCache, hash_ids, state_digest
 from soups.evaluate import Evaluator, best_reachable, format_metrics, recalibrate_bn
 from soups.files import load_weights, sha256_file
 from soups.names import HELD_OUT
+from soups.stats import Statistics
 from soups.ingredient import Ingredient
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class PoolScorer:
         self.cache, self.key, self.cache_logits = cache, evaluation_key, cache_logits
         self.ids = {name: hash_ids(s.sample_ids) for name, s in evaluator.sets.items()}
         self._held_out_logits: dict[str, torch.Tensor] = {}  # greedy ensembles revisit members
+        self._recent: dict[tuple[str, str], torch.Tensor] = {}  # (weights key, set) -> logits, one model's
         self._loaded: str | None = None  # the weights key `self.model` holds
 
     @property
@@ -79,6 +81,7 @@ class PoolScorer:
             if score is None:  # stopped early: rejected, accuracy unknown
                 self.cache.put(key, {**cached, STOPPED: self.evaluator.stopped_at})
                 return None
+            self._keep_logits(key, HELD_OUT, self.evaluator.completed_logits)  # the soup's, if chosen
             cached[HELD_OUT] = score
             self.cache.put(key, cached)
         return cached[HELD_OUT]
@@ -92,10 +95,32 @@ class PoolScorer:
             self.materialize(state, averaged, key)
         missing = [n for n in self.evaluator.sets if n not in cached]
         if missing:  # only those: e.g. a greedy soup's held-out accuracy is known from choosing it
-            found = self.evaluator.evaluate(self.materialize(state, averaged, key), missing)
-            cached = {**cached, **{n: found[n] for n in missing}}
+            logits = self._logits(state, averaged, key, missing)
+            cached = {**cached, **{n: self.evaluator.accuracy_of_logits(n, logits[n]) for n in missing}}
             self.cache.put(key, cached)
         return self.evaluator.with_average({n: cached[n] for n in self.evaluator.sets})
+
+    def soup_logits(self, state: StateDict, averaged: bool) -> dict[str, torch.Tensor]:
+        """{set: logits [N, C]} of these weights: from the cache (or the last evaluation), else forwarded."""
+        return self._logits(state, averaged, self._weights_key(state, averaged), list(self.evaluator.sets))
+
+    def _logits(self, state: StateDict, averaged: bool, key: str, names: list[str]) -> dict[str, torch.Tensor]:
+        got = {n: self._recent.get((key, n)) for n in names}
+        got = {n: v if v is not None else self.cache.get_logits(key, n, self.ids[n]) for n, v in got.items()}
+        for name in [n for n, v in got.items() if v is None]:
+            got[name] = self.evaluator.logits(self.materialize(state, averaged, key), name)
+            self._keep_logits(key, name, got[name])
+        return got
+
+    def _keep_logits(self, key: str, name: str, logits: torch.Tensor | None) -> None:
+        """In memory for the recipe being evaluated (its report row reads them), and in the cache."""
+        if logits is None:
+            return
+        if not any(k == key for k, _ in self._recent):
+            self._recent = {}  # one set of weights at a time: memory stays one model's logits
+        self._recent[(key, name)] = logits
+        if self.cache_logits:
+            self.cache.put_logits(key, name, self.ids[name], logits)
 
     # ---- recipes that learn something (learned soups): their result, by what it depends on ----------
     def recall(self, key: dict) -> dict | None:
@@ -147,10 +172,24 @@ class PoolScorer:
         mean = torch.stack([self._held_out_logits[m.name] for m in members]).mean(0)
         return self.evaluator.accuracy_of_logits(HELD_OUT, mean)
 
-    def ensemble_evaluate(self, members: list[Ingredient]) -> dict[str, float]:
-        """Streamed over members: one running sum of logits per set."""
+    def ensemble_logits(self, members: list[Ingredient]) -> dict[str, torch.Tensor]:
+        """{set: the mean of the members' logits [N, C]}, streamed over members (one running sum per set)."""
         sums: dict[str, torch.Tensor] = {}
         for member in members:
             for name, logits in self.individual_logits(member).items():
                 sums[name] = sums[name] + logits if name in sums else logits.clone()
-        return self.evaluator.metrics_of({n: s / len(members) for n, s in sums.items()})
+        return {n: s / len(members) for n, s in sums.items()}
+
+    def ensemble_evaluate(self, members: list[Ingredient]) -> dict[str, float]:
+        return self.evaluator.metrics_of(self.ensemble_logits(members))
+
+    # ---- what a report row says beyond accuracy -------------------------------------------------------
+    def qualify(self, logits: dict[str, torch.Tensor], reference: dict[str, torch.Tensor] | None,
+                statistics: Statistics) -> dict:
+        """{"calibration": {set: {nll, ece}}, "vs_best": {set | avg_shifts: {diff, low, high, p}}} of these
+        predictions ({set: logits [N, C]}); "vs_best" only given the reference's (the best individual's)."""
+        outcomes = self.evaluator.outcomes(logits)
+        out = {"calibration": statistics.calibration(outcomes, self.evaluator.shift_names)}
+        if reference is not None:
+            out["vs_best"] = statistics.versus(outcomes, self.evaluator.outcomes(reference), self.evaluator.shift_names)
+        return out

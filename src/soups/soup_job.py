@@ -20,6 +20,7 @@ from soups.records import baseline_rows, log_recipe, log_report, recipe_row, sav
 from soups.report import write_report
 from soups.runtime import resolve_device, setup
 from soups.scorer import PoolScorer
+from soups.stats import build_statistics
 from soups.tracking import build_logger, tracking
 
 log = logging.getLogger(__name__)
@@ -49,20 +50,24 @@ def make_scorer(cfg, pool: OpenPool, recipes: dict, device) -> PoolScorer:
 
 
 def run_recipe(name: str, recipe, pool: OpenPool, scorer: PoolScorer, out_dir: Path, template: dict,
-               tracker) -> dict:
-    """One recipe: choose, evaluate, save its folder, log it; its report row."""
+               tracker, qualify) -> dict:
+    """One recipe: choose, evaluate, qualify (calibration, difference to the best individual), save its
+    folder, log it; its report row. `qualify`: {set: logits} -> what PoolScorer.qualify returns."""
     start = time.time()
     result = recipe(pool.ingredients, scorer)
     if result.kind == "ensemble":  # k forward passes per image
-        metrics = scorer.ensemble_evaluate(result.ingredients)
+        logits = scorer.ensemble_logits(result.ingredients)
+        metrics = scorer.evaluator.metrics_of(logits)
     else:
         metrics = scorer.evaluate(result.weights, averaged=result.is_average, hold=True)
+        logits = scorer.soup_logits(result.weights, averaged=result.is_average)
         # save what was evaluated: the average with its recomputed BN statistics (if any)
         result.weights = {k: v.detach().cpu().clone() for k, v in scorer.model.state_dict().items()}
+    quality = {} if result.std is not None else qualify(logits)  # several draws: their spread says more
     seconds = round(time.time() - start, 1)
-    save_soup(out_dir / name, name, result, metrics, template, scorer.bn_sample is not None, seconds)
-    log_recipe(tracker, name, metrics, result, out_dir / name)
-    row = recipe_row(name, result, metrics)
+    save_soup(out_dir / name, name, result, metrics, template, scorer.bn_sample is not None, seconds, quality)
+    log_recipe(tracker, name, metrics, result, out_dir / name, quality)
+    row = recipe_row(name, result, metrics) | quality
     log.info("%s (%d ingredients, %.1fs): %s", row["row"], len(result.ingredients), seconds, format_metrics(metrics))
     return row
 
@@ -78,6 +83,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
                        f"experiment=demo_vit?): those are for src/finetune.py; src/soup.py soups the pool such a "
                        f"sweep made (the latest, or pool.dir=...)")
     recipes, logger = build_recipes(cfg.method), build_logger(cfg.logger)
+    statistics = build_statistics(cfg.get("statistics"))
     setup(cfg.seed, cfg.get("threads"))
     device = resolve_device(cfg.device)
     pool = open_pool(cfg, device)
@@ -90,11 +96,21 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
         scorer.individual_metrics(ingredient)
     template = pool.template()
     rows = baseline_rows(pool.ingredients, template["init"]["metrics"])
+    best = max(pool.ingredients, key=lambda i: i.held_out)
+    best_logits = scorer.individual_logits(best)  # every soup and ensemble is compared with it, image by image
+    best_row = next(r for r in rows if r["kind"] == "best_individual")
+    best_row |= scorer.qualify(best_logits, None, statistics)  # its calibration
+
+    def qualify(logits):
+        return scorer.qualify(logits, best_logits, statistics)
+
     with tracking(logger, out_dir, name=f"soup/{out_dir.name}", job_type="soup",
                   config=OmegaConf.to_container(cfg, resolve=True), group=pool.name) as tracker:
-        rows += [run_recipe(name, recipe, pool, scorer, out_dir, template, tracker) for name, recipe in recipes.items()]
+        rows += [run_recipe(name, recipe, pool, scorer, out_dir, template, tracker, qualify)
+                 for name, recipe in recipes.items()]
         title = f"soups of {pool.name} ({len(pool.ingredients)} ingredients)"
-        table = write_report(rows, out_dir, title, cfg.get("reference"), pool.skipped, template["environment"])
+        table = write_report(rows, out_dir, title, cfg.get("reference"), pool.skipped, template["environment"],
+                             statistics.caption())
         log_report(tracker, rows, out_dir / FIGURE_NAME, cfg.get("reference"))
     print(f"\n{title}\n\n{table}\nwritten to {out_dir}")
     return rows

@@ -3,9 +3,16 @@ model, and a model's accuracy difference to another on the same images (paired b
 exact McNemar test). Inputs are torch tensors or numpy arrays; outputs are plain floats."""
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from scipy.stats import binomtest
+
+from soups.errors import BadInput
+from soups.names import AVG_SHIFTS
+from soups.targets import Settings
 
 ECE_BINS = 15  # equal-width confidence bins, as commonly reported (Guo et al., 2017)
 
@@ -23,7 +30,6 @@ def ece(logits: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> flo
     confidence, predicted = probs.max(dim=-1)
     correct = (predicted == labels).double()
     which = torch.clamp(torch.ceil(confidence * bins).long() - 1, 0, bins - 1)  # bin (k/bins, (k+1)/bins]
-    total = torch.zeros(bins, dtype=torch.float64).index_add_(0, which, torch.ones_like(confidence))
     gap = (torch.zeros(bins, dtype=torch.float64).index_add_(0, which, correct)
            - torch.zeros(bins, dtype=torch.float64).index_add_(0, which, confidence))
     return float(100.0 * gap.abs().sum() / len(labels))
@@ -68,3 +74,56 @@ def mcnemar_p(a_correct: list, b_correct: list) -> float:
 def interval_text(diff: float, low: float, high: float) -> str:
     """e.g. '+0.85 [+0.30, +1.40]' (percentage points)."""
     return f"{diff:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+@dataclass
+class Statistics(Settings):
+    """soup.yaml `statistics`: how each soup's and ensemble's report row is qualified."""
+    ece_bins: int = ECE_BINS
+    resamples: int = 1000  # paired bootstrap resamplings of the images
+    level: float = 0.95    # the interval's coverage
+    seed: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.ece_bins < 1 or self.resamples < 100 or not 0 < self.level < 1:
+            raise BadInput(f"statistics: ece_bins={self.ece_bins} (>= 1), resamples={self.resamples} (>= 100), "
+                           f"level={self.level} (between 0 and 1) expected")
+
+    def calibration(self, outcomes: dict, shifts: list[str]) -> dict[str, dict[str, float]]:
+        """{set: {"nll": nats, "ece": %}} from {set: (logits [N, C], labels [N])} (Evaluator.outcomes), and
+        avg_shifts: the unweighted mean over the `shifts` sets."""
+        out = {n: {"nll": nll(logits, labels), "ece": ece(logits, labels, self.ece_bins)}
+               for n, (logits, labels) in outcomes.items()}
+        if shifts:
+            out[AVG_SHIFTS] = {k: float(np.mean([out[s][k] for s in shifts])) for k in ("nll", "ece")}
+        return out
+
+    def caption(self) -> str:
+        return (f"NLL in nats per image; ECE in % ({self.ece_bins} equal-width confidence bins); differences to the "
+                f"best individual in percentage points with a paired bootstrap {100 * self.level:g}% interval over "
+                f"images ({self.resamples:,} resamples, seed {self.seed}) and an exact McNemar p-value (avg shifts: "
+                f"each shift resampled within itself; McNemar over the shifts' images pooled)")
+
+    def versus(self, outcomes: dict, reference: dict, shifts: list[str]) -> dict[str, dict[str, float]]:
+        """{set or avg_shifts: {"diff", "low", "high" (percentage points), "p" (McNemar)}}: these predictions'
+        accuracy minus the reference's (the best individual's) on the same images."""
+        right = {n: (logits.argmax(-1) == labels).numpy() for n, (logits, labels) in outcomes.items()}
+        ref = {n: (logits.argmax(-1) == labels).numpy() for n, (logits, labels) in reference.items()}
+        groups = {n: [n] for n in right} | ({AVG_SHIFTS: shifts} if shifts else {})
+        out = {}
+        for name, members in groups.items():
+            diff, low, high = paired_bootstrap([right[m] for m in members], [ref[m] for m in members],
+                                               self.resamples, self.seed, self.level)
+            out[name] = {"diff": diff, "low": low, "high": high,
+                         "p": mcnemar_p([right[m] for m in members], [ref[m] for m in members])}
+        return out
+
+
+def build_statistics(node) -> Statistics:
+    """soup.yaml's `statistics` (None: the defaults). Raises BadInput for an unknown or bad setting."""
+    values = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    unknown = sorted(set(values) - {f.name for f in fields(Statistics)})
+    if unknown:
+        raise BadInput(f"statistics.{unknown[0]}: unknown; expected {[f.name for f in fields(Statistics)]}")
+    return Statistics(**values)
