@@ -7,6 +7,8 @@ Streamed: memory is one accumulator plus one state dict, whatever the number of 
 """
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -103,3 +105,70 @@ def interpolate(start: StateDict, end: StateDict, alpha: Weight) -> StateDict:
     if callable. alpha = 1 gives `end` and alpha = 0 `start` exactly; integer buffers come from `end`."""
     a = alpha if callable(alpha) else (lambda _key, a=float(alpha): a)
     return weighted_sum([(end, a), (start, lambda key: 1.0 - a(key))])
+
+
+BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # buffers, not learned weights
+
+
+def is_weight(key: str, tensor: torch.Tensor) -> bool:
+    """Whether a state-dict entry counts as a weight for geometry (angles, planes): floating point and not a
+    BatchNorm running statistic."""
+    return tensor.is_floating_point() and not key.endswith(BN_STATISTICS)
+
+
+def displacement_gram(paths: list, init_path) -> tuple[torch.Tensor, int]:
+    """(G [K, K] float64, number of scalars): G_ij = <theta_i - theta_0, theta_j - theta_0> over every weight
+    (`is_weight`) of K safetensors files and the init's, read one tensor name at a time across all files
+    (memory: K copies of the largest tensor, not K models). Angles between fine-tunes' displacements from
+    their shared init (the paper's Figure 3) follow from it."""
+    from safetensors import safe_open
+
+    gram, count = torch.zeros(len(paths), len(paths), dtype=torch.float64), 0
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(safe_open(str(p), framework="pt")) for p in paths]
+        init = stack.enter_context(safe_open(str(init_path), framework="pt"))
+        for key in init.keys():
+            base = init.get_tensor(key)
+            if not is_weight(key, base):
+                continue
+            d = torch.stack([h.get_tensor(key).double().reshape(-1) for h in handles]) - base.double().reshape(1, -1)
+            gram += d @ d.T
+            count += base.numel()
+    return gram, count
+
+
+def angles_degrees(gram: torch.Tensor) -> torch.Tensor:
+    """[K, K] angles (degrees) between the vectors whose Gram matrix is `gram`."""
+    norms = gram.diagonal().sqrt()
+    cos = (gram / torch.outer(norms, norms)).clamp(-1.0, 1.0)
+    return torch.rad2deg(torch.arccos(cos))
+
+
+class Plane:
+    """The plane through three models: the init theta_0 and fine-tunes theta_1, theta_2 (the paper's Figure 2).
+    Orthonormal basis over the weights (`is_weight`): u = d_1/|d_1|, v = the part of d_2 orthogonal to u,
+    normalized (d_i = theta_i - theta_0; Gram-Schmidt, as in Garipov et al., 2018). `point(x, y)` is
+    theta_0 + x u + y v (other entries, e.g. BN statistics, from theta_0). Float64 inside."""
+
+    def __init__(self, init: StateDict, first: StateDict, second: StateDict):
+        self.init = init
+        keys = [k for k, v in init.items() if is_weight(k, v)]
+        d1 = {k: first[k].double() - init[k].double() for k in keys}
+        d2 = {k: second[k].double() - init[k].double() for k in keys}
+        norm1 = math.sqrt(sum(float((t * t).sum()) for t in d1.values()))
+        if norm1 == 0:
+            raise ValueError("the first model equals the init: no plane")
+        self.u = {k: t / norm1 for k, t in d1.items()}
+        along = sum(float((d2[k] * self.u[k]).sum()) for k in keys)
+        w = {k: d2[k] - along * self.u[k] for k in keys}
+        norm_w = math.sqrt(sum(float((t * t).sum()) for t in w.values()))
+        if norm_w <= 1e-6 * math.sqrt(sum(float((t * t).sum()) for t in d2.values())):
+            raise ValueError("the two models lie on one line through the init (to float precision): no plane")
+        self.v = {k: t / norm_w for k, t in w.items()}
+        self.coordinates = {"init": (0.0, 0.0), "first": (norm1, 0.0), "second": (along, norm_w)}
+
+    def point(self, x: float, y: float) -> StateDict:
+        out = {k: v.clone() for k, v in self.init.items()}
+        for k in self.u:
+            out[k] = (self.init[k].double() + x * self.u[k] + y * self.v[k]).to(self.init[k].dtype)
+        return out

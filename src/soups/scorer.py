@@ -31,8 +31,10 @@ class PoolScorer:
     """The soup job's `Scorer` (soups.recipes): loads a pool's weights and scores them, caching every evaluation."""
 
     def __init__(self, model, evaluator: Evaluator, bn_sample: EvalSet | None, batch_size: int, device,
-                 init_weights: Path, cache: EvaluationCache, evaluation_key: str, cache_logits: bool = True):
+                 init_weights: Path, cache: EvaluationCache, evaluation_key: str, cache_logits: bool = True,
+                 data=None):
         self.model, self.evaluator, self.bn_sample = model, evaluator, bn_sample
+        self.data = data  # the pool's soups.data.ImageData (analyses read its training images)
         self.batch_size, self.device, self.init_weights = batch_size, device, init_weights
         self.cache, self.key, self.cache_logits = cache, evaluation_key, cache_logits
         self.ids = {name: hash_ids(s.sample_ids) for name, s in evaluator.sets.items()}

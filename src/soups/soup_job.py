@@ -46,7 +46,7 @@ def make_scorer(cfg, pool: OpenPool, recipes: dict, device) -> PoolScorer:
     bn_sample = data.bn_set() if _wants_recalibration(cfg.bn_recalibration, pool.model) else None
     key = evaluation_key(run_cfg, cfg.precision, cfg.eval_batch_size, bool(cfg.get("compile")))
     return PoolScorer(pool.model, evaluator, bn_sample, cfg.eval_batch_size, device, pool.init_weights,
-                      EvaluationCache(cfg.paths.cache_dir, key), key, cfg.cache_logits)
+                      EvaluationCache(cfg.paths.cache_dir, key), key, cfg.cache_logits, data)
 
 
 def run_recipe(name: str, recipe, pool: OpenPool, scorer: PoolScorer, out_dir: Path, template: dict,

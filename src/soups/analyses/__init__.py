@@ -1,0 +1,33 @@
+"""Analyses of a pool (`python src/analyze.py analysis=<name>`): one class per file in this package, chosen
+by conf/analysis/<name>.yaml (`_target_`), reading the same pool and evaluation cache as the soup job.
+Each returns a JSON-able record (written as <name>.json) and draws it (<name>.png)."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+from soups.targets import Settings, build
+
+
+class Analysis(Settings, ABC):
+    """Base of every analysis: a dataclass whose fields are the analysis config's settings."""
+    needs_init: ClassVar[bool] = False  # True: it measures relative to the shared initialization
+
+    @abstractmethod
+    def __call__(self, pool, scorer) -> dict:
+        """The record of this analysis of `pool` (soups.pool.OpenPool), measured with `scorer`
+        (soups.scorer.PoolScorer: cached evaluations, logits, weights)."""
+
+    @abstractmethod
+    def draw(self, record: dict, path: Path, title: str) -> None:
+        """The record's figure, written to `path` (PNG)."""
+
+    def summary(self, record: dict) -> str:
+        """A few lines for the terminal and the run's log."""
+        return ""
+
+
+def build_analysis(node) -> Analysis:
+    """The Analysis that `analysis._target_` names; BadInput for any other target or a bad setting."""
+    return build(node, "analysis", "soups.analyses", Analysis)

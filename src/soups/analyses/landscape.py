@@ -1,0 +1,133 @@
+"""The error landscape on the plane through the shared init and two fine-tunes (the paper's Figure 2): on
+a grid of points of that plane, the loss on a fixed training sample and the held-out and test error, each
+on a fixed seeded sample of the set (BN statistics recomputed per point for BN models). The paper's point:
+the best point is often between the fine-tunes, not at one of them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from soups import plots
+from soups.analyses import Analysis
+from soups.averaging import Plane
+from soups.errors import BadInput
+from soups.names import HELD_OUT, TEST
+from soups.runtime import autocast
+
+SURFACES = (("train_loss", "train loss (nats)"), ("held_out_error", "held-out error (%)"), ("test_error", "test error (%)"))
+
+
+@dataclass
+class Landscape(Analysis):
+    needs_init: ClassVar[bool] = True
+    models: list | None = None  # two ingredient names (e.g. [<sweep>/3, <sweep>/5]); None: the two best by held-out
+    grid: int = 7               # points per axis
+    margin: float = 0.3         # beyond the three models, as a fraction of their span on each axis
+    max_images: int = 300       # per set: the training sample, held-out and test (seeded samples)
+    seed: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.grid < 2 or self.margin < 0 or self.max_images < 1 or (self.models is not None and len(self.models) != 2):
+            raise BadInput(f"grid={self.grid} (>= 2), margin={self.margin} (>= 0), max_images={self.max_images} "
+                           f"(>= 1), models={self.models} (two names or null) expected")
+
+    def __call__(self, pool, scorer) -> dict:
+        first, second = self._pick(pool.ingredients)
+        settings = {"analysis": "landscape", "models": [scorer.digest(first), scorer.digest(second)],
+                    "grid": self.grid, "margin": self.margin, "max_images": self.max_images, "seed": self.seed}
+        known = scorer.recall(settings)  # a rerun reads the grid instead of measuring it again
+        if known is not None:
+            return known
+        plane = Plane(scorer.load_init(), scorer.load(first), scorer.load(second))
+        points = plane.coordinates | {"midpoint": tuple(np.add(plane.coordinates["first"],
+                                                               plane.coordinates["second"]) / 2)}
+        xs, ys = (axis_values([p[i] for p in plane.coordinates.values()], self.grid, self.margin) for i in (0, 1))
+        per_class = -(-self.max_images // int(pool.run_cfg.data.num_classes))  # enough for the sample
+        train = scorer.data.probe_sets(per_class)[0]
+        sets = {"train_loss": train, "held_out_error": scorer.evaluator.sets[HELD_OUT],
+                "test_error": scorer.evaluator.sets[TEST]}
+        surfaces = {name: np.zeros((len(ys), len(xs))) for name in sets}
+        for (i, y), (j, x) in ((iy, jx) for iy in enumerate(ys) for jx in enumerate(xs)):
+            model = scorer.materialize(plane.point(x, y), averaged=True)
+            for name, data in sets.items():
+                loss, error = measure(model, data, self.max_images, self.seed, scorer)
+                surfaces[name][i, j] = loss if name == "train_loss" else error
+        record = {"models": [first.name, second.name], "points": {k: list(v) for k, v in points.items()},
+                  "xs": xs, "ys": ys, **{k: v.tolist() for k, v in surfaces.items()},
+                  "samples": {k: min(self.max_images, len(v)) for k, v in sets.items()},
+                  "bn_recalibrated": scorer.bn_sample is not None}
+        scorer.remember(settings, record)
+        return record
+
+    def _pick(self, ingredients):
+        if self.models is None:
+            ranked = sorted(ingredients, key=lambda i: i.held_out, reverse=True)
+            if len(ranked) < 2:
+                raise BadInput("the landscape needs two fine-tunes; the pool has one")
+            return ranked[0], ranked[1]
+        by_name = {i.name: i for i in ingredients} | {i.name.split("/")[-1]: i for i in ingredients}
+        missing = [m for m in self.models if str(m) not in by_name]
+        if missing:
+            raise BadInput(f"analysis.models: {missing} not in the pool; its ingredients: {sorted(by_name)[:8]}")
+        return by_name[str(self.models[0])], by_name[str(self.models[1])]
+
+    def summary(self, record: dict) -> str:
+        error = np.array(record["held_out_error"])
+        i, j = np.unravel_index(np.argmin(error), error.shape)
+        corners = record["points"]
+        return (f"plane through the init, {record['models'][0]} and {record['models'][1]}; lowest held-out error "
+                f"{error[i, j]:.2f}% at ({record['xs'][j]:.2f}, {record['ys'][i]:.2f}); models at "
+                + ", ".join(f"{k} ({v[0]:.2f}, {v[1]:.2f})" for k, v in corners.items()))
+
+    def draw(self, record: dict, path: Path, title: str) -> None:
+        plt = plots.pyplot()
+        fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+        marks = {"init": ("k", "o"), "first": ("#1f77b4", "o"), "second": ("#d62728", "o"), "midpoint": ("#2ca02c", "*")}
+        labels = {"init": "init", "first": record["models"][0].split("/")[-1],
+                  "second": record["models"][1].split("/")[-1], "midpoint": "midpoint (2-soup)"}
+        for ax, (key, label) in zip(axes, SURFACES):
+            z = np.array(record[key])
+            filled = ax.contourf(record["xs"], record["ys"], z, levels=12, cmap="viridis_r")
+            ax.contour(record["xs"], record["ys"], z, levels=12, colors="white", linewidths=0.4)
+            fig.colorbar(filled, ax=ax, shrink=0.85)
+            for name, (x, y) in record["points"].items():
+                color, marker = marks[name]
+                ax.scatter([x], [y], c=color, marker=marker, s=140 if marker == "*" else 50, edgecolors="white",
+                           zorder=3, label=labels[name])
+            ax.set(title=f"{label}, {record['samples'][key]} images", xlabel="u (weight-space distance)",
+                   ylabel="v (weight-space distance)")
+            ax.set_aspect("equal", adjustable="box")
+        axes[0].legend(fontsize=7, loc="best")
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        plots.save(fig, path)
+
+
+def axis_values(coordinates: list[float], points: int, margin: float) -> list[float]:
+    """`points` evenly spaced values covering `coordinates` plus `margin` x their span on each side."""
+    lo, hi = min(coordinates), max(coordinates)
+    pad = margin * (hi - lo)
+    return np.linspace(lo - pad, hi + pad, points).tolist()
+
+
+@torch.no_grad()
+def measure(model, data, max_images: int, seed: int, scorer) -> tuple[float, float]:
+    """(mean cross-entropy in nats, error %) on the first `max_images` of a `seed`-shuffled pass over `data`."""
+    model.eval()
+    loss, wrong, seen = 0.0, 0, 0
+    for images, labels in data.batches(scorer.batch_size, shuffle_seed=seed, device=scorer.device):
+        take = min(len(labels), max_images - seen)
+        with autocast(scorer.precision, scorer.device):
+            logits = model(images[:take]).float().cpu()
+        labels = labels[:take].cpu()
+        loss += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        wrong += int((logits.argmax(-1) != labels).sum())
+        seen += take
+        if seen >= max_images:
+            break
+    return loss / seen, 100.0 * wrong / seen

@@ -1,0 +1,119 @@
+"""Analyses of a pool: exact geometry on constructed weights, and each analysis end to end on the tiny sweep
+(its numbers consistent with the soup job's, a second run served by the evaluation cache)."""
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import compose_cfg
+from soups.averaging import angles_degrees, displacement_gram
+
+
+def test_angles_between_displacements_from_the_init_count_weights_only(tmp_path):
+    init = {"w": torch.zeros(3), "bn.running_mean": torch.zeros(3), "bn.num_batches_tracked": torch.tensor(0)}
+    models = {"a": torch.tensor([1.0, 0, 0]), "b": torch.tensor([0, 2.0, 0]), "c": torch.tensor([3.0, 0, 0]),
+              "d": torch.tensor([1.0, 1.0, 0])}
+    save_file(init, str(tmp_path / "init.safetensors"))
+    for name, w in models.items():  # BN statistics that would change every angle if they were counted
+        save_file({"w": w, "bn.running_mean": torch.full((3,), 5.0), "bn.num_batches_tracked": torch.tensor(7)},
+                  str(tmp_path / f"{name}.safetensors"))
+    gram, count = displacement_gram([tmp_path / f"{n}.safetensors" for n in models], tmp_path / "init.safetensors")
+    assert count == 3 and gram[0, 0] == 1.0 and gram[1, 1] == 4.0 and gram[0, 2] == 3.0
+    angles = angles_degrees(gram)
+    assert angles[0, 1] == pytest.approx(90.0)  # orthogonal
+    assert angles[0, 2] == pytest.approx(0.0, abs=1e-6)  # parallel
+    assert angles[0, 3] == pytest.approx(45.0) and angles[1, 3] == pytest.approx(45.0)
+
+
+def analyze(sweep, tmp, out, *overrides):
+    from soups.analyze_job import run_analysis
+
+    cfg = compose_cfg("analyze", tmp, ["logger=none", f"pool.dir={sweep}", *overrides])
+    return run_analysis(cfg, out)
+
+
+def test_pairs_on_a_sweep_gains_are_midpoints_and_ensembles_minus_the_endpoints_mean(tiny_sweep, tmp_path):
+    tmp, sweep = tiny_sweep
+    record = analyze(sweep, tmp, tmp_path / "pairs", "analysis=pairs")
+    assert len(record["ingredients"]) == 3 and len(record["pairs"]) == 3
+    alone = record["individual"]
+    for p in record["pairs"]:
+        for col in ("val", "test", "avg_shifts"):
+            mean = (alone[p["a"]][col] + alone[p["b"]][col]) / 2
+            assert p["soup_gain"][col] == pytest.approx(p["midpoint"][col] - mean)
+            assert p["ensemble_gain"][col] == pytest.approx(p["ensemble"][col] - mean)
+        assert 0 < p["angle"] < 180 and p["differs_most"] in ("lr", "seed")
+    assert record["best"] == record["ingredients"][0] and len(record["with_best"]) == 2
+    assert json.loads((tmp_path / "pairs" / "pairs.json").read_text())["pairs"] == record["pairs"]
+    assert (tmp_path / "pairs" / "pairs.png").stat().st_size > 10_000
+    assert record["images_forwarded"] > 0
+    again = analyze(sweep, tmp, tmp_path / "again", "analysis=pairs")
+    assert again["images_forwarded"] == 0 and again["pairs"] == record["pairs"]  # all from the cache
+
+
+def test_the_midpoint_is_the_uniform_soup_of_two(tiny_sweep, soup_cfg, tmp_path):
+    """The pair's midpoint accuracy is exactly what the soup job reports for a uniform soup of those two."""
+    from soups.soup_job import run_soup
+
+    tmp, sweep = tiny_sweep
+    record = analyze(sweep, tmp, tmp_path / "pairs", "analysis=pairs")
+    pair = record["pairs"][0]
+    runs = [str(sweep / name.split("/")[-1]) for name in (pair["a"], pair["b"])]
+    rows = run_soup(soup_cfg(f"pool.runs=[{','.join(runs)}]", "method=uniform", f"paths.cache_dir={tmp}/cache"),
+                    tmp_path / "soup")
+    assert rows[-1]["metrics"] == pair["midpoint"]
+    assert math.isfinite(pair["angle"])
+
+
+def test_ingredients_curve_random_subsets_and_the_greedy_soups_prefixes(tiny_sweep, soup_cfg, tmp_path):
+    from soups.soup_job import run_soup
+
+    tmp, sweep = tiny_sweep
+    record = analyze(sweep, tmp, tmp_path / "ingredients", "analysis=ingredients", "analysis.draws=2")
+    assert [p["k"] for p in record["random"]] == [1, 2, 3]
+    assert [len(p["draws"]) for p in record["random"]] == [2, 2, 1]  # C(3, 3) = 1 subset of size 3
+    for point in record["random"]:
+        assert all(len(set(d["members"])) == point["k"] for d in point["draws"])
+        values = [d["metrics"]["test"] for d in point["draws"]]
+        assert point["mean"]["test"] == pytest.approx(sum(values) / len(values))
+    rows = {r["row"]: r for r in run_soup(soup_cfg(f"pool.dir={sweep}", "method=[uniform,greedy]",
+                                                   f"paths.cache_dir={tmp}/cache"), tmp_path / "soup")}
+    assert record["random"][-1]["draws"][0]["metrics"] == rows["uniform soup"]["metrics"]  # k = K: the uniform soup
+    assert record["greedy"][-1]["metrics"] == rows["greedy soup"]["metrics"]  # the last prefix: the greedy soup
+    assert len(record["greedy"]) == rows["greedy soup"]["ingredients"]
+    assert (tmp_path / "ingredients" / "ingredients.png").stat().st_size > 10_000
+
+
+def test_the_plane_is_orthonormal_and_passes_through_the_three_models():
+    from soups.averaging import Plane
+
+    gen = torch.Generator().manual_seed(0)
+    init = {"w": torch.randn(4, 3, generator=gen), "b": torch.randn(3, generator=gen), "n": torch.tensor(5)}
+    first = {k: (v + torch.randn(v.shape, generator=gen) if v.is_floating_point() else v) for k, v in init.items()}
+    second = {k: (v + torch.randn(v.shape, generator=gen) if v.is_floating_point() else v) for k, v in init.items()}
+    plane = Plane(init, first, second)
+    dot = lambda a, b: sum(float((a[k] * b[k]).sum()) for k in a)  # noqa: E731
+    assert dot(plane.u, plane.u) == pytest.approx(1.0) and dot(plane.v, plane.v) == pytest.approx(1.0)
+    assert dot(plane.u, plane.v) == pytest.approx(0.0, abs=1e-12)
+    for name, model in (("init", init), ("first", first), ("second", second)):
+        point = plane.point(*plane.coordinates[name])
+        assert all(torch.allclose(point[k].double(), model[k].double(), atol=1e-6) for k in ("w", "b"))
+        assert point["n"] == 5  # integer buffers from the init
+    with pytest.raises(ValueError, match="one line"):
+        Plane(init, first, {k: (2 * first[k] - init[k] if v.is_floating_point() else v) for k, v in init.items()})
+
+
+def test_landscape_on_a_sweep_marks_the_models_and_reads_its_grid_back(tiny_sweep, tmp_path):
+    tmp, sweep = tiny_sweep
+    args = ("analysis=landscape", "analysis.grid=3", "analysis.max_images=20")
+    record = analyze(sweep, tmp, tmp_path / "landscape", *args)
+    assert len(record["xs"]) == 3 and len(record["held_out_error"]) == 3 and len(record["held_out_error"][0]) == 3
+    assert record["points"]["init"] == [0.0, 0.0] and record["points"]["first"][1] == 0.0
+    assert record["samples"] == {"train_loss": 20, "held_out_error": 20, "test_error": 20}
+    assert all(0 <= e <= 100 for row in record["test_error"] for e in row)
+    assert record["bn_recalibrated"] is True  # the tiny tower has BatchNorm
+    again = analyze(sweep, tmp, tmp_path / "again", *args)
+    assert again["images_forwarded"] == 0 and again["test_error"] == record["test_error"]
+    assert (tmp_path / "landscape" / "landscape.png").stat().st_size > 10_000
