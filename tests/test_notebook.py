@@ -22,11 +22,16 @@ def soup_run(tiny_sweep, tmp_path_factory) -> Path:
     return out
 
 
-def test_notebook_cells_run_on_a_soup_run(soup_run, monkeypatch, capsys):
+def test_notebook_cells_run_on_a_soup_run(soup_run, tiny_sweep, tmp_path, monkeypatch, capsys):
     import matplotlib
 
+    from soups.analyze_job import run_analysis
+
     matplotlib.use("Agg")
+    tmp, sweep = tiny_sweep
+    run_analysis(compose_cfg("analyze", tmp, ["logger=none", f"pool.dir={sweep}"]), tmp_path / "analyses" / "run")
     monkeypatch.setenv("SOUPS_RESULTS", str(soup_run))
+    monkeypatch.setenv("SOUPS_ANALYSES", str(tmp_path / "analyses"))
     scope = {}
     for cell in json.loads(NOTEBOOK.read_text())["cells"]:
         if cell["cell_type"] == "code":
@@ -34,6 +39,8 @@ def test_notebook_cells_run_on_a_soup_run(soup_run, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "| **greedy soup** |" in printed and "accepted" in printed
     assert "mean ± std" in printed and "<- saved" in printed and "was not run" not in printed
+    assert "uniform soup             test ECE" in printed and "] p=" in printed  # calibration, intervals
+    assert "pairs: 3 pairs, Spearman" in printed and "landscape: not run yet" in printed
 
 
 @pytest.mark.slow

@@ -58,10 +58,28 @@ def test_released_pool_soups_and_compares_with_the_paper(tmp_path, monkeypatch):
     assert greedy["ingredients"][0].endswith(".pt")
 
     calls = []
-    original = Evaluator.evaluate
-    monkeypatch.setattr(Evaluator, "evaluate", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    original = Evaluator.forward
+    monkeypatch.setattr(Evaluator, "forward", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     run_soup(compose_cfg("soup", tmp_path, [*overrides(tmp_path, counts), "method=uniform"]), tmp_path / "out2")
     assert calls == []  # the three individuals and the uniform soup came from the cache
+
+
+def test_every_analysis_runs_on_the_released_pool(tmp_path):
+    from soups.analyze_job import run_analysis
+
+    counts = make_tree(tmp_path / "data", train_per_class=1 + 1)
+    base = [*overrides(tmp_path, counts)]
+    write_release(tmp_path / "release", compose_cfg("analyze", tmp_path, base).model, 3, head_dim=64)
+    pairs = run_analysis(compose_cfg("analyze", tmp_path, [*base, "analysis=pairs"]), tmp_path / "pairs")
+    angles = {(p["a"], p["b"]): p["angle"] for p in pairs["pairs"]}
+    assert len(angles) == 3 and sum(a is None for a in angles.values()) == 2  # model_0 is the init: no displacement
+    curve = run_analysis(compose_cfg("analyze", tmp_path, [*base, "analysis=ingredients", "analysis.draws=1"]),
+                         tmp_path / "ingredients")
+    assert [p["k"] for p in curve["random"]] == [1, 2, 3] and curve["greedy_rule"]["comparator"] == ">"
+    plane = run_analysis(compose_cfg("analyze", tmp_path, [*base, "analysis=landscape", "analysis.grid=2",
+                                                           "analysis.max_images=8", "analysis.models=[model_1,model_2]"]),
+                         tmp_path / "landscape")
+    assert plane["models"] == ["model_1", "model_2"] and len(plane["test_error"]) == 2
 
 
 def test_release_files_are_checked_before_any_work(tmp_path):

@@ -3,6 +3,7 @@ size; mean ± std over them) and the greedy soup's running curve (its soup after
 on held-out, test and avg shifts. The paper's question: does adding more fine-tunes keep helping?"""
 from __future__ import annotations
 
+import logging
 import math
 import random
 import statistics
@@ -17,6 +18,7 @@ from soups.names import AVG_SHIFTS, HELD_OUT, TEST
 from soups.recipes.greedy import COMPARATORS, TIE_ORDERS, GreedySoup
 
 COLUMNS = (HELD_OUT, TEST, AVG_SHIFTS)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,6 +49,8 @@ class Ingredients(Analysis):
                 members = [ingredients[i] for i in subset]
                 draws.append({"members": [m.name for m in members], "metrics": soup_metrics(members, scorer)})
             random_curve.append({"k": k, "draws": draws, **spread(draws)})
+            log.info("k=%d: %d uniform soups, test %.2f ± %.2f", k, len(draws), random_curve[-1]["mean"][TEST],
+                     random_curve[-1]["std"][TEST])
         chosen = GreedySoup(comparator=self.comparator, ties=self.ties)(ingredients, scorer).ingredients
         greedy_curve = [{"k": t, "added": chosen[t - 1].name, "metrics": soup_metrics(chosen[:t], scorer)}
                         for t in range(1, len(chosen) + 1)]

@@ -4,6 +4,7 @@ on a fixed seeded sample of the set (BN statistics recomputed per point for BN m
 the best point is often between the fine-tunes, not at one of them."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -18,6 +19,7 @@ from soups.errors import BadInput
 from soups.names import HELD_OUT, TEST
 from soups.runtime import autocast
 
+log = logging.getLogger(__name__)
 SURFACES = (("train_loss", "train loss (nats)"), ("held_out_error", "held-out error (%)"), ("test_error", "test error (%)"))
 
 
@@ -57,6 +59,8 @@ class Landscape(Analysis):
             for name, data in sets.items():
                 loss, error = measure(model, data, self.max_images, self.seed, scorer)
                 surfaces[name][i, j] = loss if name == "train_loss" else error
+            log.info("point (%.2f, %.2f): train loss %.3f, held-out error %.2f%%", x, y, surfaces["train_loss"][i, j],
+                     surfaces["held_out_error"][i, j])
         record = {"models": [first.name, second.name], "points": {k: list(v) for k, v in points.items()},
                   "xs": xs, "ys": ys, **{k: v.tolist() for k, v in surfaces.items()},
                   "samples": {k: min(self.max_images, len(v)) for k, v in sets.items()},

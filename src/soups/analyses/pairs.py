@@ -5,6 +5,7 @@ of every pair's midpoint next to the best model's, which says why a greedy soup 
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from soups.errors import BadInput
 from soups.names import AVG_SHIFTS, HELD_OUT, TEST
 
 COLUMNS = (HELD_OUT, TEST, AVG_SHIFTS)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,24 +42,29 @@ class Pairs(Analysis):
             midpoint = scorer.evaluate(average([scorer.load(first), scorer.load(second)]), averaged=True)
             ensemble = scorer.evaluator.metrics_of(scorer.ensemble_logits([first, second]))
             mean = {s: (alone[first.name][s] + alone[second.name][s]) / 2 for s in midpoint}
-            pairs.append({"a": first.name, "b": second.name, "angle": float(angles[a, b]),
+            moved = bool(gram[a, a] > 0 and gram[b, b] > 0)  # the released pool holds its init (model_0) itself
+            pairs.append({"a": first.name, "b": second.name, "angle": float(angles[a, b]) if moved else None,
                           "midpoint": midpoint, "ensemble": ensemble,
                           "soup_gain": {s: midpoint[s] - mean[s] for s in midpoint},
                           "ensemble_gain": {s: ensemble[s] - mean[s] for s in ensemble},
                           "differs_most": differs_most(first, second, chosen)})
+            log.info("pair %d/%d %s + %s: angle %s deg, soup gain test %+.2f, ensemble gain test %+.2f", len(pairs),
+                     len(chosen) * (len(chosen) - 1) // 2, first.name, second.name, pairs[-1]["angle"],
+                     pairs[-1]["soup_gain"][TEST], pairs[-1]["ensemble_gain"][TEST])
         best = chosen[0]
         return {"ingredients": [i.name for i in chosen], "individual": alone, "best": best.name,
                 "weights": f"{count:,} scalars: every floating-point tensor (image tower and head), BN running "
                            f"statistics excluded", "norms": gram.diagonal().sqrt().tolist(),
-                "angles": angles.tolist(), "pairs": pairs, "correlations": correlations(pairs),
+                "angles": [[None if math.isnan(x) else x for x in row] for row in angles.tolist()], "pairs": pairs, "correlations": correlations(pairs),
                 "with_best": [{"other": p["b"], "midpoint_held_out": p["midpoint"][HELD_OUT],
                                "over_best": p["midpoint"][HELD_OUT] - alone[best.name][HELD_OUT]}
                               for p in pairs if p["a"] == best.name]}
 
     def summary(self, record: dict) -> str:
         c, with_best = record["correlations"], record["with_best"]
+        angles = [p["angle"] for p in record["pairs"] if p["angle"] is not None]
         lines = [f"{len(record['pairs'])} pairs of {len(record['ingredients'])} ingredients; angles "
-                 f"{min(p['angle'] for p in record['pairs']):.1f}–{max(p['angle'] for p in record['pairs']):.1f} deg"]
+                 + (f"{min(angles):.1f}–{max(angles):.1f} deg" if angles else "undefined (no displacement)")]
         for col in COLUMNS:
             rho = c.get(f"angle_vs_soup_gain/{col}")
             lines.append(f"  {col}: mean soup gain {np.mean([p['soup_gain'][col] for p in record['pairs']]):+.2f}, "
@@ -76,7 +83,7 @@ class Pairs(Analysis):
         colors = dict(zip(kinds, plt.get_cmap("tab10").colors))
         for ax, col in ((axes[0, 0], TEST), (axes[0, 1], AVG_SHIFTS)):
             for kind in kinds:
-                pts = [p for p in pairs if p["differs_most"] == kind]
+                pts = [p for p in pairs if p["differs_most"] == kind and p["angle"] is not None]
                 ax.scatter([p["angle"] for p in pts], [p["soup_gain"][col] for p in pts], c=[colors[kind]],
                            label=f"differ most in {kind}", s=30)
             rho = record["correlations"].get(f"angle_vs_soup_gain/{col}")
@@ -126,11 +133,11 @@ def midpoint_heatmap(ax, record: dict) -> None:
 def correlations(pairs: list[dict]) -> dict[str, float | None]:
     """Spearman rank correlations over pairs (None where undefined: fewer than 3 pairs or a constant input)."""
     out = {}
+    moved = [p for p in pairs if p["angle"] is not None]
     for col in COLUMNS:
-        angle = [p["angle"] for p in pairs]
         soup = [p["soup_gain"][col] for p in pairs]
         ensemble = [p["ensemble_gain"][col] for p in pairs]
-        out[f"angle_vs_soup_gain/{col}"] = _spearman(angle, soup)
+        out[f"angle_vs_soup_gain/{col}"] = _spearman([p["angle"] for p in moved], [p["soup_gain"][col] for p in moved])
         out[f"ensemble_gain_vs_soup_gain/{col}"] = _spearman(ensemble, soup)
     return out
 
