@@ -113,7 +113,7 @@ def test_landscape_on_a_sweep_marks_the_models_and_reads_its_grid_back(tiny_swee
     assert record["points"]["init"] == [0.0, 0.0] and record["points"]["first"][1] == 0.0
     assert record["samples"] == {"train_loss": 20, "held_out_error": 20, "test_error": 20}
     assert all(0 <= e <= 100 for row in record["test_error"] for e in row)
-    assert record["bn_recalibrated"] is True  # the tiny tower has BatchNorm
+    assert record["bn_recalibrated"] is True and record["images_forwarded"] == 9 * 3 * 20  # BN tower; 9 points
     again = analyze(sweep, tmp, tmp_path / "again", *args)
     assert again["images_forwarded"] == 0 and again["test_error"] == record["test_error"]
     assert (tmp_path / "landscape" / "landscape.png").stat().st_size > 10_000

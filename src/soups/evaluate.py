@@ -67,6 +67,24 @@ class Evaluator:
             self.images_forwarded += len(labels)
             yield logits, labels
 
+    @torch.no_grad()
+    def sample_logits(self, model: nn.Module, data, max_images: int, shuffle_seed: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [n, C], labels [n]) of the first `max_images` (n = at most that) of a `shuffle_seed`-shuffled
+        pass over `data`, any set with `.batches` (e.g. training images); counted in `images_forwarded`."""
+        model.eval()
+        run, parts, labels_seen, seen = self.runner(model), [], [], 0
+        for images, labels in data.batches(self.batch_size, shuffle_seed=shuffle_seed, device=self.device):
+            take = min(len(labels), max_images - seen)
+            with autocast(self.precision, self.device):
+                parts.append(run(images[:take]).float().cpu())
+            labels_seen.append(labels[:take].cpu())
+            seen += take
+            self.images_forwarded += take
+            if seen >= max_images:
+                break
+        return torch.cat(parts), torch.cat(labels_seen)
+
     def logits(self, model: nn.Module, name: str) -> torch.Tensor | None:
         part = [logits for logits, _ in self.forward(model, name)]
         return gather_shards(self.group, torch.cat(part), len(self.sets[name]))

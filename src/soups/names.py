@@ -5,6 +5,7 @@ init folder holds. Change one here and it changes everywhere."""
 HELD_OUT = "val"          # the held-out split (ImageNet2p in the paper): ranks and selects, never trained on
 TEST = "test"             # ImageNet val in the paper: reported, never used to choose
 AVG_SHIFTS = "avg_shifts"  # the unweighted mean over the distribution shifts
+DISPLAY_NAMES = {HELD_OUT: "held-out", AVG_SHIFTS: "avg shifts"}  # in tables and figures; other keys as they are
 
 # Files in a folder
 WEIGHTS_NAME = "model.safetensors"   # a run's, a soup's or an init's weights

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from soups import plots
 from soups.files import write_json, write_text
-from soups.names import HELD_OUT, TEST, AVG_SHIFTS, REPORT_NAME, FIGURE_NAME
+from soups.names import DISPLAY_NAMES, HELD_OUT, TEST, AVG_SHIFTS, REPORT_NAME, FIGURE_NAME
 from soups.stats import interval_text
 
 NAME_COLUMNS = ("row", "kind", "ingredients")
@@ -25,7 +25,7 @@ def metric_columns(rows: list[dict]) -> list[str]:
     return head + [k for k in seen if k not in head and k not in tail] + tail
 
 
-HEADERS = {HELD_OUT: "held-out", AVG_SHIFTS: "avg shifts"}
+HEADERS = DISPLAY_NAMES
 
 
 def cell(row: dict, col: str) -> str:

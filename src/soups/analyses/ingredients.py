@@ -14,7 +14,7 @@ from soups import plots
 from soups.analyses import Analysis
 from soups.averaging import average
 from soups.errors import BadInput
-from soups.names import AVG_SHIFTS, HELD_OUT, TEST
+from soups.names import AVG_SHIFTS, DISPLAY_NAMES, HELD_OUT, TEST
 from soups.recipes.greedy import COMPARATORS, TIE_ORDERS, GreedySoup
 
 COLUMNS = (HELD_OUT, TEST, AVG_SHIFTS)
@@ -80,7 +80,8 @@ class Ingredients(Analysis):
             greedy = record["greedy"]
             ax.plot([p["k"] for p in greedy], [p["metrics"][col] for p in greedy], c="#2ca02c", marker="*",
                     markersize=10, label="greedy soup after each accepted ingredient")
-            ax.set(xlabel="ingredients in the soup (k)", ylabel=f"{col} accuracy (%)", title=col)
+            shown = DISPLAY_NAMES.get(col, col)
+            ax.set(xlabel="ingredients in the soup (k)", ylabel=f"{shown} accuracy (%)", title=shown)
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)
         fig.suptitle(title, fontsize=10)

@@ -17,7 +17,6 @@ from soups.analyses import Analysis
 from soups.averaging import Plane
 from soups.errors import BadInput
 from soups.names import HELD_OUT, TEST
-from soups.runtime import autocast
 
 log = logging.getLogger(__name__)
 SURFACES = (("train_loss", "train loss (nats)"), ("held_out_error", "held-out error (%)"), ("test_error", "test error (%)"))
@@ -96,9 +95,11 @@ class Landscape(Analysis):
                   "second": record["models"][1].split("/")[-1], "midpoint": "midpoint (2-soup)"}
         for ax, (key, label) in zip(axes, SURFACES):
             z = np.array(record[key])
-            filled = ax.contourf(record["xs"], record["ys"], z, levels=12, cmap="viridis_r")
-            ax.contour(record["xs"], record["ys"], z, levels=12, colors="white", linewidths=0.4)
-            fig.colorbar(filled, ax=ax, shrink=0.85)
+            # levels over the lower 70% of values: the basin's shape, not the far corner's cliff, fills the range
+            levels = np.linspace(z.min(), max(np.quantile(z, 0.7), z.min() + 1e-6), 13)
+            filled = ax.contourf(record["xs"], record["ys"], z, levels=levels, cmap="viridis_r", extend="max")
+            ax.contour(record["xs"], record["ys"], z, levels=levels, colors="white", linewidths=0.4)
+            fig.colorbar(filled, ax=ax, shrink=0.85, format="%.3g")
             for name, (x, y) in record["points"].items():
                 color, marker = marks[name]
                 ax.scatter([x], [y], c=color, marker=marker, s=140 if marker == "*" else 50, edgecolors="white",
@@ -119,19 +120,8 @@ def axis_values(coordinates: list[float], points: int, margin: float) -> list[fl
     return np.linspace(lo - pad, hi + pad, points).tolist()
 
 
-@torch.no_grad()
 def measure(model, data, max_images: int, seed: int, scorer) -> tuple[float, float]:
     """(mean cross-entropy in nats, error %) on the first `max_images` of a `seed`-shuffled pass over `data`."""
-    model.eval()
-    loss, wrong, seen = 0.0, 0, 0
-    for images, labels in data.batches(scorer.batch_size, shuffle_seed=seed, device=scorer.device):
-        take = min(len(labels), max_images - seen)
-        with autocast(scorer.precision, scorer.device):
-            logits = model(images[:take]).float().cpu()
-        labels = labels[:take].cpu()
-        loss += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
-        wrong += int((logits.argmax(-1) != labels).sum())
-        seen += take
-        if seen >= max_images:
-            break
-    return loss / seen, 100.0 * wrong / seen
+    logits, labels = scorer.evaluator.sample_logits(model, data, max_images, seed)
+    loss = float(torch.nn.functional.cross_entropy(logits, labels))
+    return loss, 100.0 * float((logits.argmax(-1) != labels).double().mean())

@@ -18,7 +18,7 @@ from soups import plots
 from soups.analyses import Analysis
 from soups.averaging import angles_degrees, average, displacement_gram
 from soups.errors import BadInput
-from soups.names import AVG_SHIFTS, HELD_OUT, TEST
+from soups.names import AVG_SHIFTS, DISPLAY_NAMES, HELD_OUT, TEST
 
 COLUMNS = (HELD_OUT, TEST, AVG_SHIFTS)
 log = logging.getLogger(__name__)
@@ -89,8 +89,8 @@ class Pairs(Analysis):
             rho = record["correlations"].get(f"angle_vs_soup_gain/{col}")
             ax.axhline(0, c="gray", lw=0.8)
             ax.set(xlabel="angle between displacements from the init (degrees)",
-                   ylabel=f"soup gain, {col} (points)",
-                   title=f"{col}: Spearman rho {'n/a' if rho is None else f'{rho:+.2f}'}")
+                   ylabel=f"soup gain, {DISPLAY_NAMES.get(col, col)} (points)",
+                   title=f"{DISPLAY_NAMES.get(col, col)}: Spearman rho {'n/a' if rho is None else f'{rho:+.2f}'}")
             ax.legend(fontsize=7)
         ax = axes[1, 0]
         x, y = [p["ensemble_gain"][TEST] for p in pairs], [p["soup_gain"][TEST] for p in pairs]
