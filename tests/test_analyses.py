@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from conftest import compose_cfg
 from soups.averaging import angles_degrees, displacement_gram
@@ -117,3 +117,45 @@ def test_landscape_on_a_sweep_marks_the_models_and_reads_its_grid_back(tiny_swee
     again = analyze(sweep, tmp, tmp_path / "again", *args)
     assert again["images_forwarded"] == 0 and again["test_error"] == record["test_error"]
     assert (tmp_path / "landscape" / "landscape.png").stat().st_size > 10_000
+
+
+def test_soup_and_ensemble_gain_of_a_constructed_pair(tmp_path):
+    """Two models each right on half of four images, wrong on the other half with a small margin: their logit
+    mean is right on all four (ensemble gain +50 points); the midpoint's accuracy is what the scorer says
+    (here 75%, soup gain +25). The angle of their displacements is 90 degrees by construction."""
+    from types import SimpleNamespace
+
+    from soups.analyses.pairs import Pairs
+    from soups.evaluate import Evaluator
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "init.safetensors"))
+    save_file({"w": torch.tensor([1.0, 0.0])}, str(tmp_path / "a.safetensors"))
+    save_file({"w": torch.tensor([0.0, 1.0])}, str(tmp_path / "b.safetensors"))
+    labels = torch.tensor([0, 0, 1, 1])
+    logits = {"a": torch.tensor([[2.0, 0.0], [0.0, 0.5], [0.0, 2.0], [0.5, 0.0]]),  # right on images 0 and 2
+              "b": torch.tensor([[0.0, 0.5], [2.0, 0.0], [0.5, 0.0], [0.0, 2.0]])}  # right on images 1 and 3
+    class Images(SimpleNamespace):
+        def __len__(self):
+            return len(self.labels)
+
+    sets = {name: Images(labels=labels) for name in ("val", "test")}
+    evaluator = Evaluator.__new__(Evaluator)
+    evaluator.sets = sets
+
+    def ingredient(name):
+        return SimpleNamespace(name=name, weights=tmp_path / f"{name}.safetensors", held_out=50.0 if name == "a" else 49.0,
+                               info={"hparams": {"lr": 1e-5 if name == "a" else 1e-4}})
+
+    pool = SimpleNamespace(ingredients=[ingredient("a"), ingredient("b")])
+    scorer = SimpleNamespace(
+        init_weights=tmp_path / "init.safetensors", evaluator=evaluator,
+        individual_metrics=lambda i: evaluator.metrics_of({n: logits[i.name] for n in sets}),
+        load=lambda i: load_file(str(i.weights)),
+        evaluate=lambda state, averaged: {"val": 75.0, "test": 75.0},  # the midpoint, as measured
+        ensemble_logits=lambda members: {n: sum(logits[m.name] for m in members) / len(members) for n in sets})
+    record = Pairs()(pool, scorer)
+    (pair,) = record["pairs"]
+    assert pair["angle"] == pytest.approx(90.0) and pair["differs_most"] == "lr"
+    assert record["individual"]["a"]["test"] == 50.0 and pair["ensemble"]["test"] == 100.0
+    assert pair["ensemble_gain"]["test"] == 50.0 and pair["soup_gain"]["test"] == 25.0
+    assert record["with_best"] == [{"other": "b", "midpoint_held_out": 75.0, "over_best": 25.0}]

@@ -73,7 +73,7 @@ def test_a_soup_whose_held_out_accuracy_is_known_is_only_run_on_the_other_sets(t
     and the metrics equal a full evaluation's."""
     from soups.averaging import average
     from soups.recipes.build import build_recipes
-    from soups.pool import open_pool
+    from soups.pools import open_pool
     from soups.soup_job import make_scorer
 
     _, sweep = tiny_sweep

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT
+from conftest import ROOT, compose_cfg
 from soups.eval_cache import EvaluationCache, hash_ids
 from soups.files import atomic_save_safetensors, read_json, sha256_file, write_json
 from soups.resume import load_train_state
@@ -71,7 +71,7 @@ def test_a_nan_run_is_marked_failed_stops_early_and_stays_out_of_pools(tmp_path)
     info = read_json(run / "run.json")
     assert info["status"] == "failed" and "non-finite" in info["failure"] and "metrics" not in info
     assert sorted(p.name for p in run.iterdir()) == [".hydra", "finetune.log", "run.json"]  # no weights, no state
-    from soups.pool import load_pool
+    from soups.pools.run_dirs import load_pool
     from omegaconf import OmegaConf
 
     with pytest.raises(ValueError, match="failed: non-finite training loss"):
@@ -181,6 +181,12 @@ def test_a_config_cannot_name_code_to_run(soup_cfg, tmp_path):
         run_soup(soup_cfg("method=greedy", "method.greedy.comparator={_target_:subprocess.call}"), tmp_path / "out")
     with pytest.raises(ValueError, match=r"logger._target_='os.system': expected a Logger class in soups.tracking"):
         run_soup(soup_cfg("logger._target_=os.system"), tmp_path / "out")
+    with pytest.raises(ValueError, match=r"pool._target_='soups.pools.run_dirs.globlib.glob': expected a Pool"):
+        run_soup(soup_cfg("pool._target_=soups.pools.run_dirs.globlib.glob"), tmp_path / "out")
+    from soups.analyze_job import run_analysis
+
+    with pytest.raises(ValueError, match=r"analysis._target_='os.system': expected an? Analysis class in soups.analyses"):
+        run_analysis(compose_cfg("analyze", tmp_path, ["logger=none", "analysis._target_=os.system"]), tmp_path / "a")
 
 
 def test_a_fine_tuning_config_cannot_name_code_to_run(finetune_cfg, tmp_path):
@@ -287,7 +293,7 @@ def test_non_finite_weights_enter_no_pool_from_any_source(tiny_sweep, tmp_path):
     from omegaconf import OmegaConf
 
     from soups.checkpoints import convert_official_state_dict
-    from soups.pool import load_pool
+    from soups.pools.run_dirs import load_pool
 
     _, sweep = tiny_sweep
     pool = tmp_path / "pool"
@@ -310,7 +316,7 @@ def test_opening_a_pool_reads_each_weights_file_once(tiny_sweep, tmp_path, monke
     """The sha256 check and the NaN/inf scan share one read (a pool on a network disk is read once)."""
     from omegaconf import OmegaConf
 
-    from soups.pool import load_pool
+    from soups.pools.run_dirs import load_pool
 
     _, sweep = tiny_sweep
     reads, read_bytes, opened, real_open = [], Path.read_bytes, [], builtins.open
@@ -327,7 +333,7 @@ def test_opening_a_pool_reads_each_weights_file_once(tiny_sweep, tmp_path, monke
 def test_a_pool_mixing_preprocessing_is_refused_with_the_difference_named(tiny_sweep, tmp_path, field, value):
     from omegaconf import OmegaConf
 
-    from soups.pool import load_pool
+    from soups.pools.run_dirs import load_pool
 
     _, sweep = tiny_sweep
     pool = tmp_path / "pool"

@@ -1,7 +1,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from soups.pool import latest_sweep, resolve_run_dirs
+from soups.pools.run_dirs import latest_sweep, resolve_run_dirs
 
 
 def make_runs(root, sweep, n):

@@ -41,7 +41,7 @@ def overrides(tmp_path, counts, model="tiny_vit"):
             f"data.root={tmp_path}/data", "data.num_workers=0", "data.held_out.per_class=1", "data.held_out.idxs_file=null",
             f"data.expected_train_images={counts['train']}", f"data.expected_val_images={counts['val']}",
             *[f"shifts.expected.{k}={counts[k]}" for k in SHIFTS],
-            f"pool.release.dir={tmp_path}/release", "pool.release.models=3"]
+            f"pool.dir={tmp_path}/release", "pool.models=3"]
 
 
 def test_released_pool_soups_and_compares_with_the_paper(tmp_path, monkeypatch):

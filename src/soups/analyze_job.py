@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from soups.analyses import build_analysis
 from soups.config import SoupSettings, check
 from soups.files import write_json
-from soups.pool import open_pool
+from soups.pools import open_pool
 from soups.runtime import resolve_device, setup
 from soups.soup_job import make_scorer
 from soups.tracking import build_logger, tracking

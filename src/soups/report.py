@@ -47,22 +47,27 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def quality_table(rows: list[dict], caption: str) -> str:
-    """Calibration of the best individual and every soup and ensemble, and each one's difference to the best
-    individual on test and avg shifts (rows carry `calibration` / `vs_best`, see PoolScorer.qualify)."""
+    """Two tables under `caption`: the calibration of the best individual and of every soup and ensemble
+    (test and avg shifts), and each one's difference to the best individual on every set with its interval
+    and p-value (rows carry `calibration` / `vs_best`, see PoolScorer.qualify)."""
     rows = [r for r in rows if r.get("calibration")]
     if not rows:
         return ""
     cols = [c for c in (TEST, AVG_SHIFTS) if c in rows[0]["calibration"]]
-    header = ["", *[f"{HEADERS.get(c, c)} {k}" for c in cols for k in ("NLL", "ECE")],
-              *[f"{HEADERS.get(c, c)} vs best [CI], p" for c in cols]]
+    header = ["", *[f"{HEADERS.get(c, c)} {k}" for c in cols for k in ("NLL", "ECE")]]
     lines = [caption + ".", "", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for row in rows:
-        cal = [f"{row['calibration'][c][k]:.3f}" if k == "nll" else f"{row['calibration'][c][k]:.2f}"
-               for c in cols for k in ("nll", "ece")]
-        versus = row.get("vs_best") or {}
-        diffs = [f"{interval_text(v['diff'], v['low'], v['high'])}, p={v['p']:.2g}" if (v := versus.get(c)) else "–"
-                 for c in cols]
-        lines.append("| " + " | ".join([row["row"], *cal, *diffs]) + " |")
+        lines.append("| " + " | ".join([row["row"], *[f"{row['calibration'][c]['nll']:.3f} | "
+                                                      f"{row['calibration'][c]['ece']:.2f}" for c in cols]]) + " |")
+    compared = [r for r in rows if r.get("vs_best")]
+    if compared:
+        sets = [c for c in metric_columns(compared) if c in compared[0]["vs_best"]]
+        lines += ["", "| vs best individual | " + " | ".join(HEADERS.get(c, c) for c in sets) + " |",
+                  "|---|" + "---:|" * len(sets)]
+        for row in compared:
+            cells = [f"{interval_text(v['diff'], v['low'], v['high'])} p={v['p']:.2g}"
+                     for v in (row["vs_best"][c] for c in sets)]
+            lines.append("| " + " | ".join([row["row"], *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 

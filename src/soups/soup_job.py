@@ -14,7 +14,7 @@ from soups.eval_cache import EvaluationCache, evaluation_key
 from soups.evaluate import Evaluator, format_metrics
 from soups.models import has_batchnorm
 from soups.names import FIGURE_NAME
-from soups.pool import OpenPool, open_pool
+from soups.pools import OpenPool, open_pool
 from soups.recipes.build import build_recipes
 from soups.records import baseline_rows, log_recipe, log_report, recipe_row, save_soup
 from soups.report import write_report

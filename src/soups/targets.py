@@ -34,7 +34,7 @@ def build(node, where: str, package: str, base: type):
     `package`. Raises BadInput naming `where` (e.g. "head") for a refused target or a bad setting."""
     check_targets(where, node, package, base)
     if not OmegaConf.is_dict(node) or node.get("_target_") is None:
-        raise BadInput(f"{where}: expected a config with _target_ (a {base.__name__} class in {package})")
+        raise BadInput(f"{where}: expected a config with _target_ (naming a {base.__name__} class in {package})")
     try:
         return instantiate(node, _convert_="all")
     except InstantiationException as err:
@@ -48,7 +48,8 @@ def check_targets(where: str, node, package: str, base: type) -> None:
         target = node.get("_target_")
         if target is not None and class_in(target, package, base) is None:
             folder = "src/" + package.replace(".", "/")
-            raise BadInput(f"{where}._target_={target!r}: expected a {base.__name__} class in {package} "
+            article = "an" if base.__name__[0] in "AEIOU" else "a"
+            raise BadInput(f"{where}._target_={target!r}: expected {article} {base.__name__} class in {package} "
                            f"(add new ones to {folder}/)")
         for key, child in node.items():
             check_targets(f"{where}.{key}", child, package, base)

@@ -16,7 +16,7 @@ class Analysis(Settings, ABC):
 
     @abstractmethod
     def __call__(self, pool, scorer) -> dict:
-        """The record of this analysis of `pool` (soups.pool.OpenPool), measured with `scorer`
+        """The record of this analysis of `pool` (soups.pools.OpenPool), measured with `scorer`
         (soups.scorer.PoolScorer: cached evaluations, logits, weights)."""
 
     @abstractmethod

@@ -134,7 +134,7 @@ def correlations(pairs: list[dict]) -> dict[str, float | None]:
     """Spearman rank correlations over pairs (None where undefined: fewer than 3 pairs or a constant input)."""
     out = {}
     moved = [p for p in pairs if p["angle"] is not None]
-    for col in COLUMNS:
+    for col in [c for c in COLUMNS if c in pairs[0]["soup_gain"]]:
         soup = [p["soup_gain"][col] for p in pairs]
         ensemble = [p["ensemble_gain"][col] for p in pairs]
         out[f"angle_vs_soup_gain/{col}"] = _spearman([p["angle"] for p in moved], [p["soup_gain"][col] for p in moved])

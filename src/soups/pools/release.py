@@ -1,14 +1,19 @@
-"""`pool.release`: the paper's 72 released ViT-B/32 checkpoints (model_0 = the linear-probe init, 71
+"""`pool=paper_vit_b32`: the paper's 72 released ViT-B/32 checkpoints (model_0 = the linear-probe init, 71
 fine-tunes of it), fetched by scripts/download_checkpoints.py and converted once to safetensors."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from soups.checkpoints import convert_official_file
 from soups.errors import BadInput, MissingInput
 from soups.files import sha256_file
 from soups.ingredient import Ingredient
+from soups.models import build_classifier
+from soups.pools import OpenPool, Pool
 
 
 def load_release_pool(release_cfg, template_state: dict, cache_dir: str | Path) -> tuple[list[Ingredient], Ingredient]:
@@ -17,7 +22,7 @@ def load_release_pool(release_cfg, template_state: dict, cache_dir: str | Path) 
     names = [f"model_{i}" for i in range(int(release_cfg.models))]
     hint = f"fetch them with: python scripts/download_checkpoints.py --out {folder}"
     if release_cfg.init not in names:
-        raise BadInput(f"pool.release.init={release_cfg.init!r} is not one of model_0..model_{len(names) - 1}")
+        raise BadInput(f"pool.init={release_cfg.init!r} is not one of model_0..model_{len(names) - 1}")
     missing = [n for n in names if not (folder / f"{n}.pt").is_file()]
     if missing:
         raise MissingInput(f"{len(missing)} released checkpoints missing from {folder} "
@@ -40,3 +45,19 @@ def load_release_pool(release_cfg, template_state: dict, cache_dir: str | Path) 
         ingredients.append(Ingredient(name, converted, {"hparams": hparams.get(name, {}), "source": str(path),
                                                         "source_sha256": digest}))
     return ingredients, ingredients[names.index(release_cfg.init)]
+
+
+@dataclass
+class Release(Pool):
+    dir: str            # the folder scripts/download_checkpoints.py filled
+    models: int = 72    # model_0 .. model_{models-1}
+    init: str = "model_0"  # the shared init among them (the linear probe)
+
+    def open(self, cfg, device) -> OpenPool:
+        missing = [k for k in ("model", "data", "shifts") if not cfg.get(k)]
+        if missing:
+            raise BadInput(f"the released pool needs {missing} in the config; use experiment=paper_vit_b32")
+        run_cfg = OmegaConf.create({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "shifts")})
+        model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)
+        ingredients, init = load_release_pool(self, model.state_dict(), cfg.paths.cache_dir)
+        return OpenPool(ingredients, run_cfg, model, Path(self.dir).name, {}, Path(init.weights), init)

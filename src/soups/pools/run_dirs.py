@@ -1,10 +1,7 @@
-"""A pool of ingredients: fine-tuned weights that share one architecture and one initialization, opened
-and checked before any evaluation (`open_pool`).
-
-Sources: the most recent finetune sweep (default), `pool.dir` (a sweep folder or a folder of run
-dirs), `pool.glob`, `pool.runs` (a list), or `pool.release` (the paper's released checkpoints, see
-soups/release.py). Runs that did not finish are skipped and named (`load_pool`).
-"""
+"""`pool=latest` (the default): ingredients from this project's run dirs. Sources: the most recent
+finetune sweep, `pool.dir` (a sweep folder or a folder of run dirs), `pool.glob`, or `pool.runs` (a
+list). Runs that did not finish are skipped and named (`load_pool`); every check runs before any
+evaluation."""
 from __future__ import annotations
 
 import glob as globlib
@@ -12,16 +9,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from soups.errors import BadInput, MissingInput
-from soups.files import digest_and_nonfinite, read_json, read_weights_header, sha256_file
+from soups.files import digest_and_nonfinite, read_json, read_weights_header
 from soups.ingredient import Ingredient
 from soups.models import build_classifier
 from soups.names import RUN_INFO_NAME, STATE_NAME, WEIGHTS_NAME
-from soups.release import load_release_pool
-from soups.runtime import environment
+from soups.pools import OpenPool, Pool
 
 log = logging.getLogger(__name__)
 
@@ -51,22 +46,22 @@ def _natural(path: Path):
 
 
 def resolve_run_dirs(pool_cfg, log_dir) -> list[Path]:
-    chosen = [k for k in ("dir", "glob", "runs") if pool_cfg.get(k)]
+    chosen = [k for k in ("dir", "glob", "runs") if getattr(pool_cfg, k, None)]
     if len(chosen) > 1:
         raise BadInput(f"give one pool source, got {chosen}")
-    if pool_cfg.get("runs"):
+    if getattr(pool_cfg, "runs", None):
         if isinstance(pool_cfg.runs, str):
             raise BadInput(f"pool.runs={pool_cfg.runs!r}: expected a list of run dirs, e.g. pool.runs=[dir_a,dir_b]")
         dirs = [Path(p) for p in pool_cfg.runs]
-    elif pool_cfg.get("glob"):
+    elif getattr(pool_cfg, "glob", None):
         dirs = [Path(p) for p in sorted(globlib.glob(pool_cfg.glob))]
     else:
-        folder = Path(pool_cfg.dir) if pool_cfg.get("dir") else latest_sweep(log_dir)
+        folder = Path(pool_cfg.dir) if getattr(pool_cfg, "dir", None) else latest_sweep(log_dir)
         if not folder.is_dir():
             raise MissingInput(f"pool.dir={folder} " + ("is a file, not a folder" if folder.exists() else "does not exist"))
         dirs = _run_dirs(folder)
     if not dirs:
-        where = f"pool.{chosen[0]}={pool_cfg.get(chosen[0])}" if chosen else str(folder)
+        where = f"pool.{chosen[0]}={getattr(pool_cfg, chosen[0])}" if chosen else str(folder)
         raise BadInput(f"the pool is empty: no run dirs (folders holding {RUN_INFO_NAME} or {WEIGHTS_NAME}) in {where}")
     return dirs
 
@@ -168,41 +163,17 @@ def _check_compatible(a: Ingredient, b: Ingredient) -> None:
 
 
 @dataclass
-class OpenPool:
-    """A pool opened and checked: its ingredients, how they were made, and where their init is."""
-    ingredients: list[Ingredient]
-    run_cfg: DictConfig  # model, data, shifts: how the ingredients were fine-tuned and are evaluated
-    model: torch.nn.Module  # a model of their architecture, to load weights into
-    name: str
-    skipped: dict[str, str]  # run dir -> why it is not an ingredient
-    init_weights: Path | None  # the shared initialization's weights file, where the records name it
-    release_init: Ingredient | None = None  # the released pool's init (model_0), measured with the ingredients
+class RunDirs(Pool):
+    dir: str | None = None   # a sweep folder or a folder of run dirs
+    glob: str | None = None  # e.g. 'logs/finetune/multiruns/*/[0-3]'
+    runs: list | None = None  # run dirs
+    verify_sha256: bool = True
 
-    def template(self) -> dict:
-        """What every soup's run.json repeats: the init (with its metrics: call after they are measured),
-        the config, the environment."""
-        if self.release_init is None:
-            first = self.ingredients[0].info
-            return {"init": first["init"], "config": first["config"], "environment": environment()}
-        init = self.release_init
-        return {"init": {"name": init.name, "sha256": sha256_file(init.weights), "metrics": init.info["metrics"]},
-                "config": OmegaConf.to_container(self.run_cfg), "environment": environment()}
-
-
-def open_pool(cfg, device) -> OpenPool:
-    """The ingredients (a sweep's runs or the released checkpoints), checked before any evaluation."""
-    if cfg.pool.get("release"):
-        missing = [k for k in ("model", "data", "shifts") if not cfg.get(k)]
-        if missing:
-            raise BadInput(f"pool.release needs {missing} in the soup config; use experiment=paper_vit_b32")
-        run_cfg = OmegaConf.create({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "shifts")})
+    def open(self, cfg, device) -> OpenPool:
+        ingredients, skipped = load_pool(self, cfg.paths.log_dir, self.verify_sha256)
+        first = ingredients[0].info
+        run_cfg = OmegaConf.create(first["config"])
         model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)
-        ingredients, init = load_release_pool(cfg.pool.release, model.state_dict(), cfg.paths.cache_dir)
-        return OpenPool(ingredients, run_cfg, model, Path(cfg.pool.release.dir).name, {}, Path(init.weights), init)
-    ingredients, skipped = load_pool(cfg.pool, cfg.paths.log_dir, cfg.pool.verify_sha256)
-    first = ingredients[0].info
-    run_cfg = OmegaConf.create(first["config"])
-    model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)
-    init_dir = first["init"].get("dir")
-    return OpenPool(ingredients, run_cfg, model, ingredients[0].run_dir.parent.name, skipped,
-                    Path(init_dir) / WEIGHTS_NAME if init_dir else None)
+        init_dir = first["init"].get("dir")
+        return OpenPool(ingredients, run_cfg, model, ingredients[0].run_dir.parent.name, skipped,
+                        Path(init_dir) / WEIGHTS_NAME if init_dir else None)

@@ -1,0 +1,53 @@
+"""A pool of ingredients: fine-tuned weights that share one architecture and one initialization, opened
+and checked before any evaluation. Where they come from is the `pool` config (`_target_`): run dirs of
+this project (run_dirs.py, `pool=latest`) or the paper's released checkpoints (release.py,
+`pool=paper_vit_b32`). Add a source: one file here with a `Pool` subclass + one YAML."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from soups.files import sha256_file
+from soups.ingredient import Ingredient
+from soups.runtime import environment
+from soups.targets import Settings, build
+
+
+@dataclass
+class OpenPool:
+    """A pool opened and checked: its ingredients, how they were made, and where their init is."""
+    ingredients: list[Ingredient]
+    run_cfg: DictConfig  # model, data, shifts: how the ingredients were fine-tuned and are evaluated
+    model: torch.nn.Module  # a model of their architecture, to load weights into
+    name: str
+    skipped: dict[str, str]  # run dir -> why it is not an ingredient
+    init_weights: Path | None  # the shared initialization's weights file, where the records name it
+    release_init: Ingredient | None = None  # the released pool's init (model_0), measured with the ingredients
+
+    def template(self) -> dict:
+        """What every soup's run.json repeats: the init (with its metrics: call after they are measured),
+        the config, the environment."""
+        if self.release_init is None:
+            first = self.ingredients[0].info
+            return {"init": first["init"], "config": first["config"], "environment": environment()}
+        init = self.release_init
+        return {"init": {"name": init.name, "sha256": sha256_file(init.weights), "metrics": init.info["metrics"]},
+                "config": OmegaConf.to_container(self.run_cfg), "environment": environment()}
+
+
+class Pool(Settings, ABC):
+    """Base of every pool source: a dataclass whose fields are the pool config's settings."""
+
+    @abstractmethod
+    def open(self, cfg, device: torch.device) -> OpenPool:
+        """The ingredients checked (weights readable, finite, one architecture and init), a model of their
+        architecture on `device`, and how they were made; `cfg` is the soup or analysis config."""
+
+
+def open_pool(cfg, device) -> OpenPool:
+    """The pool the `pool` config names (BadInput for another target or a bad setting), opened."""
+    return build(cfg.pool, "pool", "soups.pools", Pool).open(cfg, device)
