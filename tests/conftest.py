@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,11 @@ def tiny_sweep(tmp_path_factory):
     for i, lr in enumerate(["1e-3", "3e-3", "1e-2"]):
         run_finetune(compose_cfg("finetune", tmp, [*TINY, f"lr={lr}", f"seed={i}"]), sweep / str(i))
     return tmp, sweep
+
+
+def own_cache(sweep_tmp: Path, tmp_path: Path) -> Path:
+    """A base folder for compose_cfg whose cache is a copy of the tiny sweep's (its runs' logits): a test
+    that writes soups or analyses there leaves the shared cache as the fine-tunes left it, so no other
+    test's forward-pass count depends on the order tests run in."""
+    shutil.copytree(sweep_tmp / "cache", tmp_path / "cache", dirs_exist_ok=True)
+    return tmp_path

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import compose_cfg
+from conftest import compose_cfg, own_cache
 from soups.averaging import angles_degrees, displacement_gram
 
 
@@ -36,6 +36,7 @@ def analyze(sweep, tmp, out, *overrides):
 
 def test_pairs_on_a_sweep_gains_are_midpoints_and_ensembles_minus_the_endpoints_mean(tiny_sweep, tmp_path):
     tmp, sweep = tiny_sweep
+    tmp = own_cache(tmp, tmp_path)
     record = analyze(sweep, tmp, tmp_path / "pairs", "analysis=pairs")
     assert len(record["ingredients"]) == 3 and len(record["pairs"]) == 3
     alone = record["individual"]
@@ -58,6 +59,7 @@ def test_the_midpoint_is_the_uniform_soup_of_two(tiny_sweep, soup_cfg, tmp_path)
     from soups.soup_job import run_soup
 
     tmp, sweep = tiny_sweep
+    tmp = own_cache(tmp, tmp_path)
     record = analyze(sweep, tmp, tmp_path / "pairs", "analysis=pairs")
     pair = record["pairs"][0]
     runs = [str(sweep / name.split("/")[-1]) for name in (pair["a"], pair["b"])]
@@ -71,6 +73,7 @@ def test_ingredients_curve_random_subsets_and_the_greedy_soups_prefixes(tiny_swe
     from soups.soup_job import run_soup
 
     tmp, sweep = tiny_sweep
+    tmp = own_cache(tmp, tmp_path)
     record = analyze(sweep, tmp, tmp_path / "ingredients", "analysis=ingredients", "analysis.draws=2")
     assert [p["k"] for p in record["random"]] == [1, 2, 3]
     assert [len(p["draws"]) for p in record["random"]] == [2, 2, 1]  # C(3, 3) = 1 subset of size 3
@@ -107,6 +110,7 @@ def test_the_plane_is_orthonormal_and_passes_through_the_three_models():
 
 def test_landscape_on_a_sweep_marks_the_models_and_reads_its_grid_back(tiny_sweep, tmp_path):
     tmp, sweep = tiny_sweep
+    tmp = own_cache(tmp, tmp_path)
     args = ("analysis=landscape", "analysis.grid=3", "analysis.max_images=20")
     record = analyze(sweep, tmp, tmp_path / "landscape", *args)
     assert len(record["xs"]) == 3 and len(record["held_out_error"]) == 3 and len(record["held_out_error"][0]) == 3

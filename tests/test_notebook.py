@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, compose_cfg
+from conftest import ROOT, compose_cfg, own_cache
 from soups.soup_job import run_soup
 
 NOTEBOOK = ROOT / "notebooks" / "soup_results.ipynb"
@@ -17,8 +17,9 @@ METHODS = ["method=[uniform,greedy,greedy_random,learned,learned_bylayer,wise_ft
 @pytest.fixture(scope="module")
 def soup_run(tiny_sweep, tmp_path_factory) -> Path:
     tmp, sweep = tiny_sweep
-    out = tmp_path_factory.mktemp("notebook") / "soup"
-    run_soup(compose_cfg("soup", tmp, ["logger=none", "eval_batch_size=128", f"pool.dir={sweep}", *METHODS]), out)
+    base = own_cache(tmp, tmp_path_factory.mktemp("notebook"))
+    out = base / "soup"
+    run_soup(compose_cfg("soup", base, ["logger=none", "eval_batch_size=128", f"pool.dir={sweep}", *METHODS]), out)
     return out
 
 
@@ -29,7 +30,7 @@ def test_notebook_cells_run_on_a_soup_run(soup_run, tiny_sweep, tmp_path, monkey
 
     matplotlib.use("Agg")
     tmp, sweep = tiny_sweep
-    run_analysis(compose_cfg("analyze", tmp, ["logger=none", f"pool.dir={sweep}"]), tmp_path / "analyses" / "run")
+    run_analysis(compose_cfg("analyze", own_cache(tmp, tmp_path), ["logger=none", f"pool.dir={sweep}"]), tmp_path / "analyses" / "run")
     monkeypatch.setenv("SOUPS_RESULTS", str(soup_run))
     monkeypatch.setenv("SOUPS_ANALYSES", str(tmp_path / "analyses"))
     scope = {}

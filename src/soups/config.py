@@ -90,11 +90,14 @@ class SoupSettings(CommonSettings):
 def model_problems(model_cfg) -> list[str]:
     """What is wrong with the model group's input settings (they size every evaluation set)."""
     problems = []
+    from_timm = bool(model_cfg.get("timm_name"))  # model=timm: null means timm's data config for the model
     size = model_cfg.get("image_size")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    if (size is not None or not from_timm) and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         problems.append(f"model.image_size={size!r} (expected an integer >= 1, in px)")
     for name, ok in (("mean", lambda v: True), ("std", lambda v: v > 0)):
         values = model_cfg.get(name)
+        if values is None and from_timm:
+            continue
         try:
             good = len(values) == 3 and all(math.isfinite(float(v)) and ok(float(v)) for v in values)
         except (TypeError, ValueError):

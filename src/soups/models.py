@@ -91,10 +91,52 @@ def classifier_from_clip(clip: nn.Module, model_cfg, num_classes: int) -> ImageC
 
 
 def build_classifier(model_cfg, num_classes: int, cache_dir: str | Path | None = None,
-                     load_pretrained: bool = True) -> ImageClassifier:
+                     load_pretrained: bool = True) -> nn.Module:
     """Image tower (pretrained unless `load_pretrained=False`: architecture only, to load a run's or a
-    soup's weights into) + a linear head; the text tower is dropped."""
+    soup's weights into) + a linear head; the text tower is dropped. `model.timm_name` set (model=timm):
+    a plain timm classifier instead, with its own head and timm's own state-dict keys."""
+    if model_cfg.get("timm_name"):
+        if load_pretrained:
+            raise BadInput(f"model={model_cfg.get('name')} (a plain timm classifier) is for souping checkpoints "
+                           f"(src/soup.py pool=files); fine-tuning here starts from an open_clip model")
+        return timm_classifier(model_cfg, num_classes)
     return classifier_from_clip(create_clip(model_cfg, cache_dir, load_pretrained), model_cfg, num_classes)
+
+
+def timm_classifier(model_cfg, num_classes: int) -> nn.Module:
+    """`timm.create_model(model.timm_name, num_classes=..., **model.timm_kwargs)`, weights to be loaded.
+    Raises BadInput for a name timm does not know."""
+    import timm
+
+    if not timm.is_model(model_cfg.timm_name):
+        raise BadInput(f"model.timm_name={model_cfg.timm_name!r} is not a timm model (timm.list_models())")
+    return timm.create_model(model_cfg.timm_name, pretrained=False, num_classes=num_classes,
+                             **dict(model_cfg.get("timm_kwargs") or {}))
+
+
+def resolve_timm_preprocessing(model_cfg, model: nn.Module) -> dict:
+    """timm's own data config for the model (input size, mean, std, interpolation, crop_pct) where
+    `model_cfg` leaves them null, as a dict of model settings."""
+    from timm.data import resolve_model_data_config
+
+    timm_cfg = resolve_model_data_config(model)
+    found = {"image_size": int(timm_cfg["input_size"][-1]), "mean": list(timm_cfg["mean"]),
+             "std": list(timm_cfg["std"]), "interpolation": timm_cfg["interpolation"],
+             "crop_pct": float(timm_cfg["crop_pct"])}
+    return {k: (model_cfg.get(k) if model_cfg.get(k) is not None else v) for k, v in found.items()}
+
+
+def eval_transform(model_cfg):
+    """PIL image -> (3, H, W) tensor as the model's own library evaluates: timm's transform (resize by
+    crop_pct, center crop) for model=timm, open_clip's (resize, center crop) otherwise."""
+    if model_cfg.get("timm_name"):
+        from timm.data import create_transform
+
+        return create_transform(input_size=int(model_cfg.image_size), interpolation=model_cfg.interpolation,
+                                crop_pct=float(model_cfg.crop_pct), mean=tuple(model_cfg.mean),
+                                std=tuple(model_cfg.std), is_training=False)
+    return open_clip.image_transform(model_cfg.image_size, is_train=False, mean=tuple(model_cfg.mean),
+                                     std=tuple(model_cfg.std))
 
 
 @contextlib.contextmanager

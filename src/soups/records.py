@@ -13,9 +13,11 @@ from soups.recipes import RecipeResult
 from soups.report import reference_comparison
 
 
-def baseline_rows(ingredients: list[Ingredient], init_metrics: dict) -> list[dict]:
-    """Initialization, every individual, and the best individual by held-out accuracy."""
-    rows = [{"row": "initialization", "kind": "init", "ingredients": "", "metrics": init_metrics}]
+def baseline_rows(ingredients: list[Ingredient], init_metrics: dict | None) -> list[dict]:
+    """Initialization (unless the pool names none: None), every individual, and the best individual by
+    held-out accuracy."""
+    rows = [] if init_metrics is None else [{"row": "initialization", "kind": "init", "ingredients": "",
+                                             "metrics": init_metrics}]
     rows += [{"row": i.name, "kind": "individual", "ingredients": 1, "metrics": i.info["metrics"],
               "hparams": i.info.get("hparams", {})} for i in ingredients]
     best = max(ingredients, key=lambda i: i.held_out)

@@ -37,6 +37,9 @@ def make_scorer(cfg, pool: OpenPool, recipes: dict, device) -> PoolScorer:
         cfg.eval_batch_size = int(pool.run_cfg.get("eval_batch_size") or 256)
     needs_init = [name for name, recipe in recipes.items() if recipe.needs_init]
     if needs_init and not (pool.init_weights and pool.init_weights.is_file()):
+        if pool.init_weights is None:
+            raise BadInput(f"{needs_init} interpolate with the pool's shared initialization, which this pool does "
+                           f"not name: give it (pool=files: pool.init=FILE) or choose other methods")
         raise MissingInput(f"{needs_init} interpolate with the pool's shared initialization, but its weights "
                            f"{pool.init_weights} (named in the ingredients' run.json) are missing; the init lives "
                            f"in paths.cache_dir: was it cleaned? Choose other methods, or fine-tune the pool again")
@@ -92,7 +95,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     scorer = make_scorer(cfg, pool, recipes, device)
     # released checkpoints carry no metrics, and a run measured under other evaluation settings
     # (precision, batch size, ...) is not comparable with the soups: each is evaluated once, cached
-    for ingredient in pool.ingredients:
+    for ingredient in pool.ingredients + ([pool.release_init] if pool.release_init else []):
         scorer.individual_metrics(ingredient)
     template = pool.template()
     rows = baseline_rows(pool.ingredients, template["init"]["metrics"])

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from open_clip import image_transform
 
 from soups.data.base import ImageData, per_class_subset, train_transform
 from soups.data.folders import FileEvalSet, FileImages, held_out_mask, imagenet_split
 from soups.data.imagenet_shifts import BUILDERS
 from soups.data.store import StoredEvalSet
 from soups.errors import BadInput
+from soups.models import eval_transform
 from soups.names import HELD_OUT, TEST
 
 
@@ -21,8 +21,7 @@ class ImageNetData(ImageData):
         self.cfg, self.model_cfg = data_cfg, model_cfg
         self.store_dir = cache_dir if data_cfg.get("store_eval_sets", True) else None
         root = Path(data_cfg.root).expanduser()
-        self.eval_transform = image_transform(model_cfg.image_size, is_train=False, mean=tuple(model_cfg.mean),
-                                              std=tuple(model_cfg.std))
+        self.eval_transform = eval_transform(model_cfg)
         paths, labels = imagenet_split(root, data_cfg.train_dir, data_cfg.expected_train_images)
         held = held_out_mask(labels, data_cfg.held_out.idxs_file, data_cfg.held_out.per_class,
                              data_cfg.held_out.seed, paths)

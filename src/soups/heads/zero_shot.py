@@ -45,11 +45,19 @@ def zero_shot_head(clip, tokenizer, classnames: list[str], templates: list, logi
 
 
 def zero_shot_prompts(head_cfg) -> tuple[list[str], list]:
-    """Class names and prompt templates the head names (open_clip ships ImageNet's). Raises BadInput."""
-    classnames = {"imagenet": open_clip.IMAGENET_CLASSNAMES}.get(head_cfg.classnames, None)
-    templates = {"openai": open_clip.OPENAI_IMAGENET_TEMPLATES,
-                 "simple": open_clip.SIMPLE_IMAGENET_TEMPLATES}.get(head_cfg.templates, None)
+    """Class names and prompt templates the head names (open_clip ships ImageNet's), or given as lists
+    (templates: strings with one `{}`). Raises BadInput."""
+    classnames, templates = head_cfg.classnames, head_cfg.templates
+    if isinstance(classnames, str):
+        classnames = {"imagenet": open_clip.IMAGENET_CLASSNAMES}.get(classnames, None)
+    if isinstance(templates, str):
+        templates = {"openai": open_clip.OPENAI_IMAGENET_TEMPLATES,
+                     "simple": open_clip.SIMPLE_IMAGENET_TEMPLATES}.get(templates, None)
+    elif templates is not None:
+        templates = [t.format if isinstance(t, str) and "{}" in t else None for t in templates]
+        templates = None if None in templates or not templates else templates
     if classnames is None or templates is None:
         raise BadInput(f"head.classnames={head_cfg.classnames!r} / head.templates={head_cfg.templates!r}; "
-                       f"available: classnames imagenet, templates openai | simple")
+                       f"available: classnames imagenet or a list, templates openai | simple or a list of "
+                       f"strings with {{}}")
     return list(classnames), list(templates)

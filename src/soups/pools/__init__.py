@@ -1,7 +1,7 @@
 """A pool of ingredients: fine-tuned weights that share one architecture and one initialization, opened
 and checked before any evaluation. Where they come from is the `pool` config (`_target_`): run dirs of
-this project (run_dirs.py, `pool=latest`) or the paper's released checkpoints (release.py,
-`pool=paper_vit_b32`). Add a source: one file here with a `Pool` subclass + one YAML."""
+this project (run_dirs.py, `pool=latest`), the paper's released checkpoints (release.py,
+`pool=paper_vit_b32`) or other tools' checkpoint files (files.py, `pool=files`). Add a source: one file here with a `Pool` subclass + one YAML."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -26,17 +26,18 @@ class OpenPool:
     name: str
     skipped: dict[str, str]  # run dir -> why it is not an ingredient
     init_weights: Path | None  # the shared initialization's weights file, where the records name it
-    release_init: Ingredient | None = None  # the released pool's init (model_0), measured with the ingredients
+    release_init: Ingredient | None = None  # an init given as a file (released model_0, pool.init): evaluated like one
 
     def template(self) -> dict:
-        """What every soup's run.json repeats: the init (with its metrics: call after they are measured),
-        the config, the environment."""
-        if self.release_init is None:
+        """What every soup's run.json repeats: the init (with its metrics: call after they are measured;
+        None where the pool names no init), the config, the environment."""
+        init = self.release_init
+        if init is None and "init" in self.ingredients[0].info:  # run dirs: their run.json records it
             first = self.ingredients[0].info
             return {"init": first["init"], "config": first["config"], "environment": environment()}
-        init = self.release_init
-        return {"init": {"name": init.name, "sha256": sha256_file(init.weights), "metrics": init.info["metrics"]},
-                "config": OmegaConf.to_container(self.run_cfg), "environment": environment()}
+        described = {"name": None, "metrics": None} if init is None else \
+            {"name": init.name, "sha256": sha256_file(init.weights), "metrics": init.info["metrics"]}
+        return {"init": described, "config": OmegaConf.to_container(self.run_cfg), "environment": environment()}
 
 
 class Pool(Settings, ABC):

@@ -1,0 +1,136 @@
+"""A soup folder in the format its ecosystem loads, with the one line that loads it (also in EXPORT.md):
+
+    python scripts/export_soup.py logs/soup/runs/<run>/greedy --to open_clip [--clip FILE]
+    python scripts/export_soup.py logs/soup/runs/<run>/greedy --to timm
+    python scripts/export_soup.py logs/soup/runs/<run>/greedy --to safetensors
+
+- open_clip: `open_clip.pt`, a whole CLIP state dict whose image tower is the soup's, loadable by
+  `open_clip.create_model_and_transforms(name, pretrained="open_clip.pt")` (`import soups.models` first
+  for this project's registered models; a timm tower run at another size than timm's default is created
+  with force_image_size and then loaded, since open_clip sizes it after loading `pretrained`); the text tower comes from
+  `--clip` (a whole-CLIP checkpoint: one of the ingredients, or open_clip's pretrained file), else from the
+  model's pretrained weights (model.pretrained). The soup's classification head is not part of a CLIP:
+  `head.safetensors` holds it (logits = normalize(encode_image(x)) @ weight.T + bias, with normalize only
+  where the soup's model.normalize_features is true).
+- timm (pools of plain timm classifiers, model=timm): `timm.safetensors` for
+  `timm.create_model(name, checkpoint_path="timm.safetensors", num_classes=N)`.
+- safetensors: `model.safetensors` as it is, plus its config (export.json) for any loader.
+Writes are atomic; files from other tools are read with weights_only=True (soups/foreign.py).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def export(soup_dir: Path, to: str, clip_file: Path | None = None) -> dict:
+    """Write the export into soup_dir; returns {file: ..., load: the one-liner}. Raises BadInput."""
+    from soups.errors import BadInput
+    from soups.files import atomic_save_safetensors, load_weights, read_json, write_json
+    from soups.names import RUN_INFO_NAME, WEIGHTS_NAME
+
+    info_file = soup_dir / RUN_INFO_NAME
+    if not info_file.is_file() or not (soup_dir / WEIGHTS_NAME).is_file():
+        raise BadInput(f"{soup_dir} is not a soup folder (no {RUN_INFO_NAME} and {WEIGHTS_NAME}); an ensemble "
+                       f"has no weights to export")
+    info = read_json(info_file)
+    model_cfg = OmegaConf.create(info["config"]["model"])
+    classes = int(info["config"]["data"]["num_classes"])
+    weights = load_weights(soup_dir / WEIGHTS_NAME)
+    if to == "timm":
+        if not model_cfg.get("timm_name"):
+            raise BadInput(f"--to timm exports plain timm classifiers (model=timm); this soup is an open_clip "
+                           f"model ({model_cfg.open_clip_name}): use --to open_clip or safetensors")
+        out = soup_dir / "timm.safetensors"
+        atomic_save_safetensors(weights, out, metadata={"format": "timm", "model": model_cfg.timm_name})
+        kwargs = "".join(f", {k}={v!r}" for k, v in (model_cfg.get("timm_kwargs") or {}).items())
+        load = (f"timm.create_model({model_cfg.timm_name!r}, checkpoint_path={str(out)!r}, "
+                f"num_classes={classes}{kwargs})")
+    elif to == "open_clip":
+        out = soup_dir / "open_clip.pt"
+        state = _whole_clip(model_cfg, weights, clip_file, info)
+        _atomic_torch_save(state, out)
+        head = soup_dir / "head.safetensors"
+        atomic_save_safetensors({"weight": weights["head.weight"], "bias": weights["head.bias"]}, head)
+        norm = "F.normalize(model.encode_image(x), dim=-1)" if model_cfg.normalize_features else "model.encode_image(x)"
+        name, size = model_cfg.open_clip_name, int(model_cfg.image_size)
+        if _timm_tower_resized(name, size):  # open_clip sizes a timm tower after loading `pretrained`: load after
+            create = (f"model = open_clip.create_model({name!r}, force_image_size={size}); "
+                      f"model.load_state_dict(torch.load({str(out)!r}, weights_only=True))")
+        else:
+            create = f"model, _, preprocess = open_clip.create_model_and_transforms({name!r}, pretrained={str(out)!r})"
+        load = f"{create}; h = safetensors.torch.load_file({str(head)!r}); logits = {norm} @ h['weight'].T + h['bias']"
+    elif to == "safetensors":
+        out = soup_dir / WEIGHTS_NAME
+        load = f"safetensors.torch.load_file({str(out)!r})  # keys as in {soup_dir / 'export.json'}"
+    else:
+        raise BadInput(f"--to {to}: expected open_clip, timm or safetensors")
+    record = {"format": to, "file": str(out), "load": load, "model": OmegaConf.to_container(model_cfg),
+              "num_classes": classes, "metrics": info.get("metrics")}
+    write_json(record, soup_dir / "export.json")
+    (soup_dir / "EXPORT.md").write_text(f"# {soup_dir.name}: exported as {to}\n\n```python\n{load}\n```\n")
+    return record
+
+
+def _whole_clip(model_cfg, weights: dict, clip_file: Path | None, info: dict) -> dict:
+    """A whole CLIP's state dict: the text side from `clip_file` or the pretrained model, the soup's tower."""
+    from soups.errors import BadInput
+    from soups.foreign import read_checkpoint
+    from soups.models import create_clip
+
+    if clip_file is not None:
+        clip, _ = read_checkpoint(clip_file, "auto")
+    elif model_cfg.get("pretrained") or model_cfg.get("image_tower_weights"):
+        clip = create_clip(model_cfg).state_dict()
+    else:
+        raise BadInput("the soup's model names no pretrained weights to take the text tower from: give --clip FILE "
+                       "(a whole-CLIP checkpoint, e.g. one of the ingredients)")
+    template = create_clip(model_cfg, load_pretrained=False).state_dict()
+    missing = sorted(k for k in template if k not in clip and not k.startswith("visual."))
+    if missing:
+        raise BadInput(f"--clip {clip_file} is not a whole {model_cfg.open_clip_name} CLIP: it lacks e.g. {missing[:3]}")
+    return {k: (weights[k] if k.startswith("visual.") else clip[k]).contiguous() for k in template}
+
+
+def _timm_tower_resized(name: str, image_size: int) -> bool:
+    """Whether the image tower is a timm model run at another size than its timm default."""
+    import open_clip
+
+    import soups.models  # noqa: F401 - registers this project's model configs
+
+    vision = open_clip.get_model_config(name)["vision_cfg"]
+    if not vision.get("timm_model_name"):
+        return False
+    import timm
+
+    default = timm.create_model(vision["timm_model_name"], pretrained=False).pretrained_cfg.get("input_size")
+    return default is None or int(default[-1]) != image_size
+
+
+def _atomic_torch_save(state: dict, out: Path) -> None:
+    import torch
+
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("soup_dir", type=Path, help="a soup folder (logs/soup/runs/<run>/<method>)")
+    parser.add_argument("--to", required=True, choices=["open_clip", "timm", "safetensors"])
+    parser.add_argument("--clip", type=Path, help="open_clip: a whole-CLIP checkpoint whose text tower to keep")
+    args = parser.parse_args(argv)
+    from soups.errors import said_plainly
+
+    with said_plainly():
+        record = export(args.soup_dir, args.to, args.clip)
+        print(f"wrote {record['file']}\nload it with:\n  {record['load']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

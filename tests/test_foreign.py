@@ -1,0 +1,229 @@
+"""pool=files: checkpoints saved the way open_clip_train and timm's train.py save them, souped through
+`python src/soup.py`, exported back and loaded by open_clip / timm to the same logits; files that need
+code to unpickle are refused without running it."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import ROOT
+from soups.errors import BadInput
+from soups.foreign import read_checkpoint, strip_prefixes
+
+DIGITS = "[zero,one,two,three,four,five,six,seven,eight,nine]"
+MNIST = ["data=mnist", "shifts=mnist", "data.train_per_class=2", "data.val_per_class=10", "data.test_per_class=10",
+         "shifts.max_images=20", "logger=none", "eval_batch_size=64"]
+
+
+def soup(tmp_path, *overrides, check=True):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, "src/soup.py", f"paths.log_dir={tmp_path}/logs",
+                           f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/soup", *MNIST, *overrides],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def export(soup_dir: Path, to: str, clip: Path | None = None) -> dict:
+    """`python scripts/export_soup.py SOUP_DIR --to ...`: its export.json."""
+    extra = ["--clip", str(clip)] if clip else []
+    proc = subprocess.run([sys.executable, "scripts/export_soup.py", str(soup_dir), "--to", to, *extra],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "load it with:" in proc.stdout
+    return json.loads((soup_dir / "export.json").read_text())
+
+
+def perturbed(state: dict, scale: float, seed: int) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    return {k: v + scale * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v.clone()
+            for k, v in state.items()}
+
+
+def write_open_clip_train(folder: Path, n: int = 3) -> dict:
+    """n fine-tunes of one tiny CLIP as open_clip_train saves them (epoch_N.pt; DDP `module.` keys) and one
+    bare state dict; returns the init's state dict."""
+    from soups.models import create_clip
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(0)
+    clip = create_clip(OmegaConf.load(ROOT / "conf/model/tiny_clip.yaml"), load_pretrained=False)
+    init = clip.state_dict()
+    for i in range(n):
+        state = perturbed(init, 0.02, seed=i + 1)
+        run = folder / f"run{i}" / "checkpoints"
+        run.mkdir(parents=True)
+        if i == n - 1:  # a bare state dict, as open_clip's own saving of a model
+            torch.save(state, run / "epoch_2.pt")
+            continue
+        clip.load_state_dict(state)
+        optimizer = torch.optim.AdamW(clip.parameters(), lr=1e-5)
+        torch.save({"epoch": 2, "name": f"run{i}", "state_dict": {f"module.{k}": v for k, v in state.items()},
+                    "optimizer": optimizer.state_dict()}, run / "epoch_2.pt")
+    return init
+
+
+def test_open_clip_train_checkpoints_soup_and_export_back_to_open_clip(tmp_path):
+    import open_clip
+    from safetensors.torch import load_file
+
+    import soups.models  # noqa: F401 - registers the tiny model config with open_clip
+    write_open_clip_train(tmp_path / "ckpts")
+    soup(tmp_path, "pool=files", f"pool.glob={tmp_path}/ckpts/*/checkpoints/epoch_2.pt", "model=tiny_clip",
+         f"pool.classnames={DIGITS}", "pool.templates=simple", "method=[uniform,greedy]")
+    rows = json.loads((tmp_path / "soup" / "results.json").read_text())
+    assert [r["row"] for r in rows][:3] == ["run0/epoch_2.pt", "run1/epoch_2.pt", "run2/epoch_2.pt"]
+    uniform = tmp_path / "soup" / "uniform"
+    record = json.loads(next((tmp_path / "cache" / "foreign").glob("epoch_2-*.json")).read_text())
+    assert record["format"] == "open_clip" and record["head"] == "zero-shot (own text tower)"
+
+    exported = export(uniform, "open_clip", tmp_path / "ckpts" / "run0" / "checkpoints" / "epoch_2.pt")
+    model, _, _ = open_clip.create_model_and_transforms("tiny-native-clip", pretrained=exported["file"])
+    assert "create_model_and_transforms('tiny-native-clip'" in exported["load"]
+    head = load_file(str(uniform / "head.safetensors"))
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        theirs = F.normalize(model.eval().encode_image(images), dim=-1) @ head["weight"].T + head["bias"]
+        ours = classifier_with(uniform)(images)
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)
+
+
+def classifier_with(soup_dir: Path):
+    from omegaconf import OmegaConf
+
+    from soups.files import load_weights
+    from soups.models import build_classifier
+
+    info = json.loads((soup_dir / "run.json").read_text())
+    model = build_classifier(OmegaConf.create(info["config"]["model"]), info["config"]["data"]["num_classes"],
+                             load_pretrained=False)
+    model.load_state_dict(load_weights(soup_dir / "model.safetensors"))
+    return model.eval()
+
+
+def write_timm_train(folder: Path, n: int = 3) -> dict:
+    """n fine-tunes of timm's test_vit as timm's train.py saves them (state_dict, state_dict_ema, args...)."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", num_classes=10, img_size=32)
+    init = model.state_dict()
+    for i in range(n):
+        args = argparse.Namespace(model="test_vit", lr=1e-4 * (i + 1), weight_decay=0.05, epochs=3, smoothing=0.1,
+                                  data_dir="/data/mnist", workers=4, model_ema=True)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+        out = folder / f"run{i}"
+        out.mkdir(parents=True)
+        torch.save({"epoch": 2, "arch": "test_vit", "state_dict": perturbed(init, 0.02, seed=10 + i),
+                    "state_dict_ema": perturbed(init, 0.02, seed=20 + i), "optimizer": optimizer.state_dict(),
+                    "version": 2, "args": args, "metric": 0.5}, out / "model_best.pth.tar")
+    return init
+
+
+def test_timm_train_checkpoints_ema_soup_and_export_back_to_timm(tmp_path):
+    import timm
+
+    write_timm_train(tmp_path / "train")
+    soup(tmp_path, "pool=files", f"pool.glob={tmp_path}/train/*/model_best.pth.tar", "pool.ema=true", "model=timm",
+         "model.timm_name=test_vit", "model.timm_kwargs={img_size:32}", "model.image_size=32", "method=uniform")
+    rows = json.loads((tmp_path / "soup" / "results.json").read_text())
+    run0 = next(r for r in rows if r["row"] == "run0/model_best.pth.tar")
+    assert run0["hparams"] == {"model": "test_vit", "lr": 1e-4, "weight_decay": 0.05, "epochs": 3, "smoothing": 0.1,
+                               "model_ema": True}  # training settings, not timm's plumbing (data_dir, workers)
+    # the EMA weights were souped: the uniform soup is their mean
+    from soups.files import load_weights
+    emas = [torch.load(p, weights_only=False)["state_dict_ema"] for p in sorted((tmp_path / "train").glob("*/*.tar"))]
+    uniform = tmp_path / "soup" / "uniform"
+    soup_state = load_weights(uniform / "model.safetensors")
+    torch.testing.assert_close(soup_state["head.weight"], sum(e["head.weight"].double() for e in emas).float() / 3)
+
+    exported = export(uniform, "timm")
+    model = timm.create_model("test_vit", checkpoint_path=exported["file"], num_classes=10, img_size=32).eval()
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), classifier_with(uniform)(images), rtol=0, atol=0)
+
+
+class Payload:
+    """Unpickling this runs `touch <marker>`: what a malicious or code-carrying checkpoint does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_needs_code_is_refused_and_its_code_never_runs(tmp_path):
+    marker = tmp_path / "code_ran"
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "extra": Payload(marker)}, folder / "wise_ft.pt")
+    proc = soup(tmp_path, "pool=files", f"pool.glob={folder}/*.pt", "model=tiny_vit", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "needs code to unpickle" in proc.stderr and "convert_checkpoint.py --allow-pickle" in proc.stderr
+    assert not marker.exists()
+    refused = subprocess.run([sys.executable, "scripts/convert_checkpoint.py", str(folder / "wise_ft.pt")],
+                             cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 1 and "--allow-pickle" in refused.stderr and not marker.exists()
+
+
+def test_a_trusted_whole_module_converts_to_safetensors_and_soups_like_its_state_dict(tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", num_classes=10, img_size=32)
+    torch.save(model, tmp_path / "whole.pt")  # a pickled module (its class is importable here)
+    done = subprocess.run([sys.executable, "scripts/convert_checkpoint.py", "--allow-pickle", str(tmp_path / "whole.pt")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    state, record = read_checkpoint(tmp_path / "whole.safetensors")
+    assert record["format"] == "safetensors" and state.keys() == model.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_prefixes_formats_and_bad_files_are_named(tmp_path):
+    state = {"_orig_mod.module.visual.w": torch.ones(2), "_orig_mod.module.head.weight": torch.ones(1)}
+    stripped, prefixes = strip_prefixes(state)
+    assert sorted(stripped) == ["head.weight", "visual.w"] and prefixes == ["_orig_mod.", "module."]
+    torch.save({"state_dict": {"a": torch.ones(1)}, "args": argparse.Namespace(lr=0.1)}, tmp_path / "timm.pth.tar")
+    with pytest.raises(BadInput, match="no state_dict_ema"):
+        read_checkpoint(tmp_path / "timm.pth.tar", ema=True)
+    with pytest.raises(BadInput, match="is a timm checkpoint, not pool.format=open_clip"):
+        read_checkpoint(tmp_path / "timm.pth.tar", "open_clip")
+    assert read_checkpoint(tmp_path / "timm.pth.tar")[1]["hparams"] == {"lr": 0.1}
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    with pytest.raises(BadInput, match="not a readable checkpoint"):
+        read_checkpoint(tmp_path / "notes.txt")
+    torch.save([torch.ones(1)], tmp_path / "list.pt")
+    with pytest.raises(BadInput, match="expected a state dict"):
+        read_checkpoint(tmp_path / "list.pt")
+
+
+def test_mixed_architectures_non_finite_and_missing_files_are_refused_before_work(tmp_path):
+    import timm
+
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    good = timm.create_model("test_vit", num_classes=10, img_size=32).state_dict()
+    torch.save(good, folder / "a.pt")
+    other = timm.create_model("test_vit", num_classes=5, img_size=32).state_dict()
+    torch.save(other, folder / "b.pt")
+    timm_args = ["pool=files", "model=timm", "model.timm_name=test_vit", "model.timm_kwargs={img_size:32}",
+                 "model.image_size=32", "method=uniform"]
+    proc = soup(tmp_path, *timm_args, f"pool.glob={folder}/*.pt", check=False)
+    assert proc.returncode == 1 and "b.pt does not fit model=timm with 10 classes" in proc.stderr
+    bad = dict(good)
+    bad["head.bias"] = torch.full_like(good["head.bias"], float("nan"))
+    torch.save(bad, folder / "b.pt")
+    proc = soup(tmp_path, *timm_args, f"pool.glob={folder}/*.pt", check=False)
+    assert proc.returncode == 1 and "NaN or inf" in proc.stderr
+    proc = soup(tmp_path, *timm_args, f"pool.glob={folder}/none*.pt", check=False)
+    assert proc.returncode == 1 and "matches no files" in proc.stderr
