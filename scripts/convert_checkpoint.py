@@ -24,7 +24,10 @@ def convert(path: Path, out: Path) -> int:
     from soups.errors import BadInput
     from soups.files import atomic_save_safetensors
 
-    obj = torch.load(path, map_location="cpu", weights_only=False)  # the user allowed it: --allow-pickle
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)  # the user allowed it: --allow-pickle
+    except Exception as err:  # not a torch file, truncated, or its code failed
+        raise BadInput(f"{path} could not be loaded ({type(err).__name__}: {err})") from err
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), (dict, torch.nn.Module)):

@@ -50,6 +50,9 @@ def export(soup_dir: Path, to: str, clip_file: Path | None = None) -> dict:
         load = (f"timm.create_model({model_cfg.timm_name!r}, checkpoint_path={str(out)!r}, "
                 f"num_classes={classes}{kwargs})")
     elif to == "open_clip":
+        if model_cfg.get("timm_name"):
+            raise BadInput(f"--to open_clip exports open_clip models; this soup is a plain timm classifier "
+                           f"({model_cfg.timm_name}): use --to timm or safetensors")
         out = soup_dir / "open_clip.pt"
         state = _whole_clip(model_cfg, weights, clip_file, info)
         _atomic_torch_save(state, out)
@@ -88,10 +91,18 @@ def _whole_clip(model_cfg, weights: dict, clip_file: Path | None, info: dict) ->
     else:
         raise BadInput("the soup's model names no pretrained weights to take the text tower from: give --clip FILE "
                        "(a whole-CLIP checkpoint, e.g. one of the ingredients)")
+    from soups.files import nonfinite_tensors
+
     template = create_clip(model_cfg, load_pretrained=False).state_dict()
-    missing = sorted(k for k in template if k not in clip and not k.startswith("visual."))
-    if missing:
-        raise BadInput(f"--clip {clip_file} is not a whole {model_cfg.open_clip_name} CLIP: it lacks e.g. {missing[:3]}")
+    text = [k for k in template if not k.startswith("visual.")]
+    missing = [k for k in text if k not in clip]
+    shapes = [k for k in text if k in clip and clip[k].shape != template[k].shape]
+    if missing or shapes:
+        raise BadInput(f"--clip {clip_file} is not a whole {model_cfg.open_clip_name} CLIP: it lacks {missing[:3]}, "
+                       f"other shapes at {shapes[:3]}")
+    bad = nonfinite_tensors({k: clip[k] for k in text})
+    if bad:
+        raise BadInput(f"--clip {clip_file} holds NaN or inf in {bad[:3]}")
     return {k: (weights[k] if k.startswith("visual.") else clip[k]).contiguous() for k in template}
 
 

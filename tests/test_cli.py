@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +42,7 @@ def test_multirun_sweep_then_greedy_soup_of_that_sweep(tmp_path):
     assert list((soup_dirs[0] / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
+@pytest.mark.slow  # two real sweeps (~50 s); make test-slow runs it
 def test_second_sweep_gets_its_own_folder_and_becomes_the_latest(tmp_path):
     for lr in ("1e-3", "2e-3"):
         run(["src/finetune.py", "-m", f"lr={lr}", *TINY_ARGS, "logger=none"], tmp_path)

@@ -227,3 +227,34 @@ def test_mixed_architectures_non_finite_and_missing_files_are_refused_before_wor
     assert proc.returncode == 1 and "NaN or inf" in proc.stderr
     proc = soup(tmp_path, *timm_args, f"pool.glob={folder}/none*.pt", check=False)
     assert proc.returncode == 1 and "matches no files" in proc.stderr
+
+
+def test_the_init_file_is_the_first_row_and_lets_wise_ft_run_and_a_mixed_pool_is_refused(tmp_path):
+    """pool.init names the shared init: evaluated as the table's first row and the end WiSE-FT starts from;
+    a pool of timm and safetensors files together is refused by name."""
+    import timm
+    from safetensors.torch import save_file
+
+    init = write_timm_train(tmp_path / "train", n=2)
+    torch.save(init, tmp_path / "init.pt")
+    timm_args = ["pool=files", "model=timm", "model.timm_name=test_vit", "model.timm_kwargs={img_size:32}",
+                 "model.image_size=32"]
+    soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/*/model_best.pth.tar", f"pool.init={tmp_path}/init.pt",
+         "method=wise_ft", "method.wise_ft.alphas=[0.0,1.0]")
+    rows = json.loads((tmp_path / "soup" / "results.json").read_text())
+    assert rows[0]["row"] == "initialization"
+    curve = next(r for r in rows if r["kind"] == "soup")["curve"]
+    assert {k: v for k, v in curve[0].items() if k != "alpha"} == rows[0]["metrics"]  # alpha 0: the init itself
+    proc = soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/*", "method=uniform", check=False)
+    assert proc.returncode == 1 and "matches folders" in proc.stderr
+    save_file(timm.create_model("test_vit", num_classes=10, img_size=32).state_dict(),
+              tmp_path / "train" / "run0" / "x.safetensors")
+    proc = soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/*/*", "method=uniform", check=False)
+    assert proc.returncode == 1 and "mixed checkpoint formats" in proc.stderr
+    (tmp_path / "train" / "run0" / "x.safetensors").unlink()
+    (tmp_path / "train" / "copy").mkdir()
+    (tmp_path / "train" / "copy" / "model_best.pth.tar").write_bytes((tmp_path / "train/run0/model_best.pth.tar").read_bytes())
+    proc = soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/*/*.tar", "method=uniform", check=False)
+    assert proc.returncode == 1 and "are the same checkpoint" in proc.stderr  # it would weigh double
+    proc = soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/run*/*.tar", "method=wise_ft", check=False)
+    assert proc.returncode == 1 and "pool.init=FILE" in proc.stderr

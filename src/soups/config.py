@@ -89,6 +89,8 @@ class SoupSettings(CommonSettings):
 
 def model_problems(model_cfg) -> list[str]:
     """What is wrong with the model group's input settings (they size every evaluation set)."""
+    if OmegaConf.is_dict(model_cfg) and OmegaConf.is_missing(model_cfg, "timm_name"):
+        return ["model.timm_name is required for model=timm (a timm.create_model name, e.g. vit_base_patch16_224)"]
     problems = []
     from_timm = bool(model_cfg.get("timm_name"))  # model=timm: null means timm's data config for the model
     size = model_cfg.get("image_size")

@@ -92,7 +92,10 @@ def read_checkpoint(path: str | Path, fmt: str = "auto", ema: bool = False) -> t
     record: dict = {"source": str(path)}
     if is_safetensors(path):
         from safetensors.torch import load_file
-        detected, obj = "safetensors", load_file(str(path))
+        try:
+            detected, obj = "safetensors", load_file(str(path))
+        except Exception as err:  # truncated or damaged
+            raise BadInput(f"{path} is not a readable safetensors file ({err}); truncated or damaged?") from err
     else:
         obj = _load_torch(path)
         detected = detect(obj, path)
@@ -103,6 +106,8 @@ def read_checkpoint(path: str | Path, fmt: str = "auto", ema: bool = False) -> t
     if ema and key not in obj:
         raise BadInput(f"{path}: pool.ema=true but the checkpoint has no state_dict_ema (keys {sorted(obj)[:6]})")
     if key in obj:
+        if not isinstance(obj[key], dict):
+            raise BadInput(f"{path}: its {key} is {type(obj[key]).__name__}, not a state dict")
         record["state_dict"] = key
         if isinstance(obj.get("args"), argparse.Namespace):
             args = vars(obj["args"])

@@ -35,6 +35,9 @@ def build(node, where: str, package: str, base: type):
     check_targets(where, node, package, base)
     if not OmegaConf.is_dict(node) or node.get("_target_") is None:
         raise BadInput(f"{where}: expected a config with _target_ (naming a {base.__name__} class in {package})")
+    missing = [k for k in node if OmegaConf.is_missing(node, k)]
+    if missing:  # `???` in the YAML: a setting the user must give
+        raise BadInput(f"{where}: give {', '.join(f'{where}.{k}' for k in missing)} (required, no default)")
     try:
         return instantiate(node, _convert_="all")
     except InstantiationException as err:
@@ -51,8 +54,9 @@ def check_targets(where: str, node, package: str, base: type) -> None:
             article = "an" if base.__name__[0] in "AEIOU" else "a"
             raise BadInput(f"{where}._target_={target!r}: expected {article} {base.__name__} class in {package} "
                            f"(add new ones to {folder}/)")
-        for key, child in node.items():
-            check_targets(f"{where}.{key}", child, package, base)
+        for key in node:  # a `???` value is no target (build names it as missing)
+            if not OmegaConf.is_missing(node, key):
+                check_targets(f"{where}.{key}", node[key], package, base)
     elif OmegaConf.is_list(node):
         for i, child in enumerate(node):
             check_targets(f"{where}[{i}]", child, package, base)

@@ -57,25 +57,48 @@ class Files(Pool):
         if self.format not in FORMATS or self.text_tower not in TEXT_TOWERS:
             raise BadInput(f"pool.format={self.format!r} (expected {'|'.join(FORMATS)}), pool.text_tower="
                            f"{self.text_tower!r} (expected {'|'.join(TEXT_TOWERS)})")
-        paths = [Path(p) for p in sorted(globlib.glob(str(Path(self.glob).expanduser())))]
+        paths = [Path(p) for p in sorted(globlib.glob(str(Path(self.glob).expanduser()), recursive=True))]
         if not paths:
             raise BadInput(f"pool.glob={self.glob!r} matches no files")
+        folders = [str(p) for p in paths if not p.is_file()]
+        if folders:
+            raise BadInput(f"pool.glob={self.glob!r} matches folders ({folders[:3]}): name the checkpoint files, "
+                           f"e.g. 'output/train/*/model_best.pth.tar'")
+        for setting, value in (("init", self.init), ("head_file", self.head_file)):
+            if value and not Path(value).expanduser().is_file():
+                raise BadInput(f"pool.{setting}={value}: no such file")
         run_cfg = OmegaConf.create({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "shifts")})
         model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False)
         if run_cfg.model.get("timm_name"):  # preprocessing from timm's data config where the model config leaves it
             run_cfg.model = OmegaConf.merge(run_cfg.model, resolve_timm_preprocessing(run_cfg.model, model))
         converter = _Converter(self, run_cfg, model, Path(cfg.paths.cache_dir) / "foreign")
-        init_path = Path(self.init).expanduser() if self.init else None
-        ingredients = [converter(p) for p in paths if p != init_path]
+        init_path = Path(self.init).expanduser().resolve() if self.init else None
+        ingredients = [converter(p) for p in paths if p.resolve() != init_path]  # the init is not an ingredient
+        if not ingredients:
+            raise BadInput(f"pool.glob={self.glob!r} matches only the init ({self.init})")
         formats = {i.info["format"] for i in ingredients}
         if len(formats) > 1:
             raise BadInput(f"mixed checkpoint formats in pool.glob: {sorted(formats)}; soup one kind at a time")
+        _refuse_duplicates(ingredients)
         init = converter(init_path) if init_path else None
         for ingredient, name in zip(ingredients, display_names([i.source for i in ingredients])):
             ingredient.name = name
-        log.info("pool=files: %d checkpoints (%s)", len(ingredients), converter.summary())
-        return OpenPool(ingredients, run_cfg, model.to(device), Path(self.glob).parent.name or "files", {},
-                        init.weights if init else None, init)
+        log.info("pool=files: %d ingredients (%s)%s", len(ingredients), converter.summary(ingredients),
+                 f", init {init_path}" if init else "")
+        folder = Path(os.path.commonpath([p.absolute() for p in paths]))
+        return OpenPool(ingredients, run_cfg, model.to(device), (folder if folder.is_dir() else folder.parent).name,
+                        {}, init.weights if init else None, init)
+
+
+def _refuse_duplicates(ingredients: list[Ingredient]) -> None:
+    """The same file twice (a copy, a link) would weigh double in every average: refused, both named."""
+    seen: dict[str, Path] = {}
+    for ingredient in ingredients:
+        digest = ingredient.info["source_sha256"]
+        if digest in seen:
+            raise BadInput(f"{seen[digest]} and {ingredient.source} are the same checkpoint (equal sha256): it would "
+                           f"count twice in every soup; narrow pool.glob")
+        seen[digest] = ingredient.source
 
 
 def display_names(paths: list[Path]) -> list[str]:
@@ -97,18 +120,19 @@ class _Converter:
         self.pool, self.run_cfg, self.out_dir = pool, run_cfg, out_dir
         self.expected = {k: v.shape for k, v in model.state_dict().items()}
         self.open_clip = isinstance(model, ImageClassifier)
-        self.seen: dict[str, int] = {}
         self._text_clip = None
 
-    def summary(self) -> str:
-        return ", ".join(f"{n}: {k}" for k, n in sorted(self.seen.items()))
+    @staticmethod
+    def summary(ingredients: list[Ingredient]) -> str:
+        formats = [i.info["format"] for i in ingredients]
+        return ", ".join(f"{formats.count(f)} {f}" for f in sorted(set(formats)))
 
     def settings(self) -> str:
         pool = self.pool
         key = {"model": OmegaConf.to_container(self.run_cfg.model), "classes": int(self.run_cfg.data.num_classes),
                "ema": pool.ema, "text_tower": pool.text_tower, "classnames": pool.classnames,
                "templates": pool.templates, "logit_scale": pool.logit_scale,
-               "head_file": sha256_file(pool.head_file) if pool.head_file else None}
+               "head_file": sha256_file(Path(pool.head_file).expanduser()) if pool.head_file and self.open_clip else None}
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def __call__(self, path: Path) -> Ingredient:
@@ -117,6 +141,8 @@ class _Converter:
         record_file = out.with_suffix(".json")
         if out.is_file() and record_file.is_file():
             record = json.loads(record_file.read_text())
+            if self.pool.format not in ("auto", record["format"]):  # as a first conversion would refuse it
+                raise BadInput(f"{path} is a {record['format']} checkpoint, not pool.format={self.pool.format}")
         else:
             state, record = read_checkpoint(path, self.pool.format, self.pool.ema)
             if self.pool.format == "auto":
@@ -128,7 +154,6 @@ class _Converter:
                 raise BadInput(f"{path}: {len(bad)} tensors hold NaN or inf (e.g. {bad[:3]}); it cannot be souped")
             atomic_save_safetensors(state, out, metadata={"kind": "foreign", "source": path.name, "source_sha256": digest})
             record_file.write_text(json.dumps(record, indent=1))
-        self.seen[record["format"]] = self.seen.get(record["format"], 0) + 1
         info = {**record, "source": str(path), "source_sha256": digest, "sha256": sha256_file(out),
                 "hparams": record.get("hparams", {})}
         return Ingredient(path.name, out, info)
@@ -155,8 +180,7 @@ class _Converter:
         ingredient's own text tower or of the pretrained model's."""
         tower = {k: v for k, v in clip_state.items() if k.startswith("visual.")}
         if self.pool.head_file:
-            head = load_weights(Path(self.pool.head_file).expanduser())
-            return tower | {f"head.{k.split('.')[-1]}": v for k, v in head.items()}, f"head_file {self.pool.head_file}"
+            return tower | self.given_head(), f"head_file {self.pool.head_file}"
         from soups.heads.zero_shot import zero_shot_head, zero_shot_prompts
 
         if self.pool.text_tower == "own":
@@ -179,3 +203,14 @@ class _Converter:
         weight, bias = zero_shot_head(clip, open_clip.get_tokenizer(self.run_cfg.model.open_clip_name), classnames,
                                       templates, self.pool.logit_scale, torch.device("cpu"))
         return tower | {"head.weight": weight, "head.bias": bias}, f"zero-shot ({self.pool.text_tower} text tower)"
+
+    def given_head(self) -> dict:
+        """`head_file`'s weight and bias (keys `weight`, `bias` or `head.weight`, `head.bias`), shape-checked."""
+        path = Path(self.pool.head_file).expanduser()
+        head = {k.removeprefix("head."): v.float() for k, v in load_weights(path).items()}
+        expected = {k.removeprefix("head."): s for k, s in self.expected.items() if k.startswith("head.")}
+        shapes = {k: tuple(v.shape) for k, v in head.items()}
+        if shapes != {k: tuple(s) for k, s in expected.items()}:
+            raise BadInput(f"pool.head_file={path} holds {shapes}; expected exactly weight and bias of shapes "
+                           f"{ {k: tuple(s) for k, s in expected.items()} } (classes x features, classes)")
+        return {f"head.{k}": v for k, v in head.items()}
