@@ -124,9 +124,9 @@ def _timm_tower_resized(name: str, image_size: int) -> bool:
 def _atomic_torch_save(state: dict, out: Path) -> None:
     import torch
 
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(out)
+    from soups.files import atomic_write
+
+    atomic_write(out, lambda tmp: torch.save(state, tmp))
 
 
 def main(argv=None) -> int:

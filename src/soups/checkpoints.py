@@ -32,17 +32,25 @@ def convert_official_state_dict(official: dict[str, torch.Tensor],
     converted.update({new: official[old] for old, new in HEAD_KEYS.items()})
     converted = {k: v.float() if v.is_floating_point() else v for k, v in converted.items()}
     if expected is not None:
-        missing = sorted(set(expected) - set(converted))
-        extra = sorted(set(converted) - set(expected))
-        shapes = [f"{k}: {tuple(converted[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                  if k in converted and converted[k].shape != v.shape]
-        if missing or extra or shapes:
-            raise BadInput(f"checkpoint does not fit the configured model (another architecture?): "
-                           f"missing {missing[:3]}, unexpected {extra[:3]}, shape mismatches {shapes[:3]}")
+        wrong = misfit(converted, {k: v.shape for k, v in expected.items()})
+        if wrong:
+            raise BadInput(f"checkpoint does not fit the configured model (another architecture?): {wrong}")
     bad = nonfinite_tensors(converted)
     if bad:  # one NaN ingredient turns every average it enters into NaN
         raise BadInput(f"checkpoint holds NaN or inf in {len(bad)} tensors (e.g. {bad[:3]}); it cannot be souped")
     return converted
+
+
+def misfit(state: dict[str, torch.Tensor], expected: dict[str, torch.Size]) -> str:
+    """How `state` differs from the model's tensors `expected` ({key: shape}): '' if it fits exactly, else
+    examples of the missing, unexpected and misshaped keys."""
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(s)}" for k, s in expected.items()
+              if k in state and state[k].shape != s]
+    if not (missing or extra or shapes):
+        return ""
+    return f"missing {missing[:3]}, unexpected {extra[:3]}, shape mismatches {shapes[:3]}"
 
 
 def convert_official_file(path: str | Path, out_dir: str | Path, expected: dict[str, torch.Tensor] | None = None,

@@ -26,7 +26,8 @@ import torch
 from omegaconf import OmegaConf
 
 from soups.errors import BadInput
-from soups.files import atomic_save_safetensors, load_weights, nonfinite_tensors, sha256_file
+from soups.checkpoints import misfit
+from soups.files import atomic_save_safetensors, load_weights, nonfinite_tensors, sha256_file, write_json
 from soups.foreign import FORMATS, read_checkpoint
 from soups.ingredient import Ingredient
 from soups.models import ImageClassifier, build_classifier, create_clip, resolve_timm_preprocessing
@@ -121,6 +122,7 @@ class _Converter:
         self.expected = {k: v.shape for k, v in model.state_dict().items()}
         self.open_clip = isinstance(model, ImageClassifier)
         self._text_clip = None
+        self.key = self.settings()  # the same for every file of the pool
 
     @staticmethod
     def summary(ingredients: list[Ingredient]) -> str:
@@ -137,10 +139,12 @@ class _Converter:
 
     def __call__(self, path: Path) -> Ingredient:
         digest = sha256_file(path)
-        out = self.out_dir / f"{path.stem.split('.')[0]}-{digest[:16]}-{self.settings()}.safetensors"
+        out = self.out_dir / f"{path.stem.split('.')[0]}-{digest[:16]}-{self.key}.safetensors"
         record_file = out.with_suffix(".json")
         if out.is_file() and record_file.is_file():
             record = json.loads(record_file.read_text())
+            if not record.get("sha256"):  # the converted file's digest keys the evaluation cache
+                record["sha256"] = sha256_file(out)
             if self.pool.format not in ("auto", record["format"]):  # as a first conversion would refuse it
                 raise BadInput(f"{path} is a {record['format']} checkpoint, not pool.format={self.pool.format}")
         else:
@@ -153,9 +157,9 @@ class _Converter:
             if bad:  # one NaN ingredient turns every average it enters into NaN
                 raise BadInput(f"{path}: {len(bad)} tensors hold NaN or inf (e.g. {bad[:3]}); it cannot be souped")
             atomic_save_safetensors(state, out, metadata={"kind": "foreign", "source": path.name, "source_sha256": digest})
-            record_file.write_text(json.dumps(record, indent=1))
-        info = {**record, "source": str(path), "source_sha256": digest, "sha256": sha256_file(out),
-                "hparams": record.get("hparams", {})}
+            record["sha256"] = sha256_file(out)  # keys the evaluation cache; measured once, at conversion
+            write_json(record, record_file)
+        info = {**record, "source": str(path), "source_sha256": digest, "hparams": record.get("hparams", {})}
         return Ingredient(path.name, out, info)
 
     def to_model(self, state: dict, path: Path) -> tuple[dict, str]:
@@ -165,14 +169,10 @@ class _Converter:
             state, head = self.with_head(state, path)
         else:
             head = "checkpoint"
-        missing = sorted(set(self.expected) - set(state))
-        extra = sorted(set(state) - set(self.expected))
-        shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(s)}" for k, s in self.expected.items()
-                  if k in state and state[k].shape != s]
-        if missing or extra or shapes:
+        wrong = misfit(state, self.expected)
+        if wrong:
             raise BadInput(f"{path} does not fit model={self.run_cfg.model.get('name')} with "
-                           f"{self.run_cfg.data.num_classes} classes (another architecture or dataset?): "
-                           f"missing {missing[:3]}, unexpected {extra[:3]}, shapes {shapes[:3]}")
+                           f"{self.run_cfg.data.num_classes} classes (another architecture or dataset?): {wrong}")
         return state, head
 
     def with_head(self, clip_state: dict, path: Path) -> tuple[dict, str]:
