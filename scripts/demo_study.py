@@ -4,7 +4,7 @@
     .venv/bin/python scripts/demo_study.py --demos vit --seeds 0 1 2 3 4 5 6 7
     .venv/bin/python scripts/demo_study.py --summary-only                   # tables from finished draws
 
-Each draw is exactly `make demo` with another `search_seed` (8 other hyperparameter draws, the same
+Each draw is exactly `make demo` (or `make text-demo`: --demos text) with another `search_seed` (8 other hyperparameter draws, the same
 shared init): `src/finetune.py experiment=demo_<name> sweep=demo search_seed=S` then `src/soup.py` on
 that sweep, W&B off. Per recipe it reports the mean ± std (over draws) of the difference to the best
 individual (by held-out) on held-out, test and avg shifts, and how often greedy kept more than one
@@ -23,9 +23,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMOS = {"vit": "demo_vit", "efficientnet": "demo_efficientnet"}
+DEMOS = {"vit": "demo_vit", "efficientnet": "demo_efficientnet", "text": "text_demo"}
+SOUP_OVERRIDES = {"text": ["method=[uniform,greedy,ensemble]"]}  # as `make text-demo`
 COLUMNS = (("val", "held-out"), ("test", "test"), ("avg_shifts", "avg shifts"))
-RECIPES = ("uniform soup", "greedy soup")
+RECIPES = ("uniform soup", "greedy soup", "ensemble")
 
 
 def run_draw(demo: str, seed: int, out: Path, extra: list[str]) -> dict:
@@ -40,7 +41,7 @@ def run_draw(demo: str, seed: int, out: Path, extra: list[str]) -> dict:
                     f"hydra.sweep.dir={folder / 'sweep'}", "logger=none", *extra], cwd=ROOT, env=env, check=True)
     sweep_s = time.time() - start
     subprocess.run([sys.executable, "src/soup.py", f"pool.dir={folder / 'sweep'}", f"hydra.run.dir={folder / 'soup'}",
-                    "logger=none", *extra], cwd=ROOT, env=env, check=True)
+                    "logger=none", *SOUP_OVERRIDES.get(demo, []), *extra], cwd=ROOT, env=env, check=True)
     rows = json.loads((folder / "soup" / "results.json").read_text())
     machine = json.loads((folder / "sweep" / "0" / "run.json").read_text()).get("environment", {})
     draw = {"demo": demo, "seed": seed, "rows": rows, "machine": machine,

@@ -65,7 +65,9 @@ def without(key):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (without("config"), "lacks ['config.model.open_clip_name', 'config.model.image_size', 'config.data.num_classes']"),
+    (without("config"), "lacks ['config.model', 'config.data.num_classes']"),
+    (lambda name, info: {**info, "config": {**info["config"], "model": {"name": "x", "image_size": 32}}},
+     "lacks ['config.model.open_clip_name (or timm_name, text_encoder)']"),
     (without("init"), "lacks ['init.sha256']"),
     (lambda name, info: [1, 2], "holds a JSON list"),
 ])

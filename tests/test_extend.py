@@ -78,13 +78,13 @@ def test_a_new_recipe_is_one_file_and_one_yaml(tiny_sweep, tmp_path):
 DATASET = '''"""scikit-learn's 8x8 digits as a dataset family of its own; the shift: the held-out digits mirrored."""
 import torch
 
-from soups.data.base import ImageData, train_transform
+from soups.data.base import TaskData, train_transform
 from soups.data.digits import sklearn_digits
 from soups.data.images import EvalSet, ImageArray, TransformedImages
 from soups.names import HELD_OUT, TEST
 
 
-class SmallDigits(ImageData):
+class SmallDigits(TaskData):
     def __init__(self, data_cfg, shifts_cfg, model_cfg, cache_dir=None):
         digits, self.model_cfg = sklearn_digits(), model_cfg
         part = lambda name, lo, hi: ImageArray(name, digits.images[lo:hi], digits.labels[lo:hi], digits.ids[lo:hi])

@@ -91,6 +91,10 @@ def model_problems(model_cfg) -> list[str]:
     """What is wrong with the model group's input settings (they size every evaluation set)."""
     if OmegaConf.is_dict(model_cfg) and OmegaConf.is_missing(model_cfg, "timm_name"):
         return ["model.timm_name is required for model=timm (a timm.create_model name, e.g. vit_base_patch16_224)"]
+    if model_cfg.get("text_encoder"):
+        length = model_cfg.get("max_length")
+        good = isinstance(length, int) and not isinstance(length, bool) and length >= 2
+        return [] if good else [f"model.max_length={length!r} (expected an integer >= 2, in tokens)"]
     problems = []
     from_timm = bool(model_cfg.get("timm_name"))  # model=timm: null means timm's data config for the model
     size = model_cfg.get("image_size")
@@ -126,6 +130,9 @@ def check(cfg, schema: type) -> None:
             problems.append(f"{spec.name}={value!r} (expected {spec.metadata['expected']})")
     if not problems and schema is FinetuneSettings and typed.mixup > 0 and typed.batch_size % 2:
         problems.append(f"mixup needs an even batch_size, got batch_size={typed.batch_size}")
+    text = cfg.get("model") is not None and cfg.model.get("text_encoder")
+    if not problems and schema is FinetuneSettings and text and typed.mixup > 0:
+        problems.append(f"mixup={typed.mixup} (expected 0 for a text model: mixup blends images)")
     if cfg.get("model") is not None:
         problems += model_problems(cfg.model)
     if problems:

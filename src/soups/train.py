@@ -114,7 +114,8 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
     generator = torch.Generator().manual_seed(cfg.seed)
     batches = RankSlices(len(dataset), cfg.batch_size, group, generator)  # one process: shuffle + drop_last
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.num_workers,
-                        pin_memory=device.type == "cuda", generator=generator)
+                        pin_memory=device.type == "cuda", generator=generator,
+                        collate_fn=getattr(dataset, "collate", None))  # text: dynamic padding per batch
     if len(loader) == 0:
         raise BadInput(f"batch_size={cfg.batch_size} exceeds the {len(dataset)} training images")
     total = int(cfg.epochs) * len(loader)

@@ -1,25 +1,25 @@
-"""Datasets by config: `build_data(data_cfg, shifts_cfg, model_cfg, cache_dir)` constructs the `ImageData`
+"""Datasets by config: `build_data(data_cfg, shifts_cfg, model_cfg, cache_dir)` constructs the `TaskData`
 class that `data._target_` names (soups/data/base.py declares what it provides; one module per family:
 mnist.py, imagenet.py). Add a dataset: one module here + conf/data/<name>.yaml (README "Layout")."""
 from __future__ import annotations
 
-from soups.data.base import ImageData
+from soups.data.base import TaskData
 from soups.data.images import EvalSet, ImageArray
 from soups.errors import BadInput
 from soups.targets import class_in
 
-__all__ = ["build_data", "ImageData", "EvalSet", "ImageArray"]
+__all__ = ["build_data", "TaskData", "EvalSet", "ImageArray"]
 
 # runs recorded before data configs named their class (run.json without data._target_)
 BY_NAME = {"mnist": "soups.data.mnist.MnistData", "imagenet": "soups.data.imagenet.ImageNetData"}
 
 
-def build_data(data_cfg, shifts_cfg, model_cfg, cache_dir=None) -> ImageData:
+def build_data(data_cfg, shifts_cfg, model_cfg, cache_dir=None) -> TaskData:
     """`cache_dir`: where file-based evaluation sets are stored decoded (soups.data.store); None: decode on
-    every pass. Raises BadInput if `data._target_` is not an ImageData class of this package."""
+    every pass. Raises BadInput if `data._target_` is not an TaskData class of this package."""
     target = data_cfg.get("_target_") or BY_NAME.get(data_cfg.get("name"))
-    cls = class_in(target, "soups.data", ImageData) if target else None
+    cls = class_in(target, "soups.data", TaskData) if target else None
     if cls is None:
-        raise BadInput(f"data._target_={target!r}: expected an ImageData class in soups.data "
+        raise BadInput(f"data._target_={target!r}: expected an TaskData class in soups.data "
                        f"(e.g. soups.data.mnist.MnistData; add new datasets to src/soups/data/)")
     return cls(data_cfg, shifts_cfg, model_cfg, cache_dir)

@@ -1,6 +1,6 @@
-"""What a dataset provides (`ImageData`), and the helpers the dataset families share.
+"""What a dataset provides (`TaskData`), and the helpers the dataset families share.
 
-A dataset family is one module in this package with one `ImageData` subclass, chosen by its config's
+A dataset family is one module in this package with one `TaskData` subclass, chosen by its config's
 `_target_` (conf/data/<name>.yaml); `build_data` constructs it as cls(data_cfg, shifts_cfg, model_cfg, cache_dir).
 """
 from __future__ import annotations
@@ -11,11 +11,12 @@ import torch
 from timm.data import create_transform
 
 
-class ImageData(ABC):
+class TaskData(ABC):
     """Evaluation sets are keyed by name: soups.names.HELD_OUT (ranks and selects, never trained on),
     soups.names.TEST, then one per distribution shift. Each set has `.labels` (int64 [N]), `.sample_ids`
-    (N strings naming the images) and `.batches(batch_size, shuffle_seed=None, device=None)` yielding
-    (float images [B, 3, H, W] normalized for the model, labels [B]); a set covering fewer classes than the
+    (N strings naming the images or sentences) and `.batches(batch_size, shuffle_seed=None, device=None)` yielding
+    (model inputs, labels [B]): float images [B, 3, H, W] normalized for the model, or a padded
+    soups.text_models.TokenBatch for text (soups/data/text.py); a set covering fewer classes than the
     model may have `.project_logits` ([B, C] -> [B, C']). Subclasses take (data_cfg, shifts_cfg, model_cfg,
     cache_dir=None) and check their inputs up front (soups.errors: a missing root is a MissingInput)."""
 
@@ -25,7 +26,8 @@ class ImageData(ABC):
 
     @abstractmethod
     def train_set(self, randaug: str | None, crop_scale: float) -> torch.utils.data.Dataset:
-        """The fine-tuning set: (image tensor [3, H, W], label) items through the training transform."""
+        """The fine-tuning set: (image tensor [3, H, W], label) items through the training transform, or
+        (token ids, label) items with a `collate` method that pads a batch (text)."""
 
     @abstractmethod
     def probe_sets(self, per_class: int | None = None) -> tuple:
@@ -33,7 +35,8 @@ class ImageData(ABC):
 
     @abstractmethod
     def bn_set(self):
-        """A fixed sample of training images (evaluation transform) for recomputing BatchNorm statistics."""
+        """A fixed sample of training images (evaluation transform) for recomputing BatchNorm statistics;
+        None where no model of the family has BatchNorm (text)."""
 
 
 def per_class_subset(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:

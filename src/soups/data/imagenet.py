@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from soups.data.base import ImageData, per_class_subset, train_transform
+from soups.data.base import TaskData, per_class_subset, train_transform
 from soups.data.folders import FileEvalSet, FileImages, held_out_mask, imagenet_split
 from soups.data.imagenet_shifts import BUILDERS
 from soups.data.store import StoredEvalSet
@@ -16,7 +16,7 @@ from soups.models import eval_transform
 from soups.names import HELD_OUT, TEST
 
 
-class ImageNetData(ImageData):
+class ImageNetData(TaskData):
     def __init__(self, data_cfg, shifts_cfg, model_cfg, cache_dir=None):
         self.cfg, self.model_cfg = data_cfg, model_cfg
         self.store_dir = cache_dir if data_cfg.get("store_eval_sets", True) else None

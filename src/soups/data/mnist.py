@@ -2,7 +2,7 @@
 seed, resized once to the model's input size; shifts made from the test split (soups/data/digits.py)."""
 from __future__ import annotations
 
-from soups.data.base import ImageData, per_class_subset, train_transform
+from soups.data.base import TaskData, per_class_subset, train_transform
 from soups.data.digits import SHIFTS as MNIST_SHIFTS
 from soups.data.digits import make_shift, mnist_splits, subsample
 from soups.data.images import EvalSet, ImageArray, TransformedImages
@@ -10,7 +10,7 @@ from soups.errors import BadInput
 from soups.names import HELD_OUT, TEST
 
 
-class MnistData(ImageData):
+class MnistData(TaskData):
     """The embedded default: in-memory digits, resized once to the model's input size."""
 
     def __init__(self, data_cfg, shifts_cfg, model_cfg, cache_dir=None):  # in memory: no store

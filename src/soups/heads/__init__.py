@@ -1,12 +1,13 @@
 """How the shared initialization every fine-tune starts from is made: one class per file in this package,
 chosen by `conf/head/<key>.yaml` (`_target_`): linear_probe (logistic regression on frozen features),
-zero_shot (CLIP's text tower), checkpoint (given weights, e.g. the paper's LP init model_0.pt)."""
+zero_shot (CLIP's text tower), zero (a zero head), checkpoint (given weights, e.g. the paper's LP init model_0.pt)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
 import torch
 
+from soups.errors import BadInput
 from soups.targets import Settings, build
 
 
@@ -17,8 +18,20 @@ class Head(Settings, ABC):
     @abstractmethod
     def __call__(self, cfg, data, device: torch.device) -> tuple[torch.nn.Module, dict]:
         """The initialized classifier (soups.models.ImageClassifier on `device`) for the fine-tuning config
-        `cfg` (model, data, paths, precision, eval_batch_size) and `data` (soups.data.ImageData), and what
+        `cfg` (model, data, paths, precision, eval_batch_size) and `data` (soups.data.TaskData), and what
         init.json records of how it was made (e.g. the probe's chosen C)."""
+
+
+@torch.no_grad()
+def set_head(model: torch.nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """Copy `weight` [C, D] and `bias` [C] into `model.head`, which must have exactly those shapes (copy_
+    would otherwise broadcast, e.g. one row into every class, without a word). Raises BadInput."""
+    head = model.head
+    if tuple(weight.shape) != tuple(head.weight.shape) or tuple(bias.shape) != tuple(head.bias.shape):
+        raise BadInput(f"the head made has weight {tuple(weight.shape)} and bias {tuple(bias.shape)}, but the model's "
+                       f"head is {tuple(head.weight.shape)} / {tuple(head.bias.shape)} ([classes, features])")
+    head.weight.copy_(weight)
+    head.bias.copy_(bias)
 
 
 def build_head(head_cfg) -> Head:

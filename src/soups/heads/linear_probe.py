@@ -18,7 +18,7 @@ from soups.data import EvalSet
 from soups.errors import BadInput
 from soups.evaluate import recalibrate_bn
 from soups.files import atomic_write
-from soups.heads import Head
+from soups.heads import Head, set_head
 from soups.models import build_classifier, has_batchnorm
 from soups.runtime import autocast
 
@@ -56,8 +56,10 @@ class LinearProbe(Head):
         vx = cached_features(model, val, batch, precision, device, features_dir / f"{key}-val.npy")
         weight, bias, probe = fit_linear_probe(fx, train.labels.numpy(), vx, val.labels.numpy(),
                                                self.Cs, self.max_iter)
-        model.head.weight.data.copy_(weight)
-        model.head.bias.data.copy_(bias)
+        if len(np.unique(train.labels.numpy())) != cfg.data.num_classes:
+            raise BadInput(f"the probe's training set holds {len(np.unique(train.labels.numpy()))} of the "
+                           f"{cfg.data.num_classes} classes: raise head.train_per_class or the training set")
+        set_head(model, weight, bias)
         return model, probe
 
 
@@ -94,10 +96,10 @@ def cached_features(model, data, batch_size: int, precision: str, device, cache_
 
 def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
                      Cs: list[float], max_iter: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Multinomial logistic regression on standardized features; C picked on the held-out set.
-
-    The standardization is folded into the returned weight and bias, so the head acts on raw features.
-    """
+    """Logistic regression on standardized features; C picked on the held-out set. Returns (weight [K, D],
+    bias [K], info) for the K classes in `train_y`, with the standardization folded in, so the head acts on
+    raw features. Two classes: scikit-learn fits one row w (P(class 1) = sigmoid(w.x + b)); the head gets
+    the rows -w/2 and +w/2, whose softmax is exactly that sigmoid."""
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     zt, zv = (train_x - mean) / std, (val_x - mean) / std
     best = None
@@ -108,7 +110,10 @@ def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray
         if best is None or acc > best[0]:
             best = (acc, C, clf)
     acc, C, clf = best
-    weight = clf.coef_ / std
-    bias = clf.intercept_ - (clf.coef_ * mean / std).sum(1)
+    coef, intercept = clf.coef_, clf.intercept_
+    if len(clf.classes_) == 2:  # one logit difference -> two logits
+        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+    weight = coef / std
+    bias = intercept - (coef * mean / std).sum(1)
     info = {"C": C, "val_accuracy": acc, "Cs": list(Cs)}
     return torch.tensor(weight, dtype=torch.float32), torch.tensor(bias, dtype=torch.float32), info

@@ -9,7 +9,7 @@ import open_clip
 import torch
 
 from soups.errors import BadInput
-from soups.heads import Head
+from soups.heads import Head, set_head
 from soups.models import classifier_from_clip, create_clip
 
 
@@ -27,8 +27,7 @@ class ZeroShot(Head):
         weight, bias = zero_shot_head(clip, open_clip.get_tokenizer(cfg.model.open_clip_name), classnames,
                                       templates, self.logit_scale, device)
         model = classifier_from_clip(clip, cfg.model, cfg.data.num_classes).to(device)
-        model.head.weight.data.copy_(weight)
-        model.head.bias.data.copy_(bias)
+        set_head(model, weight, bias)
         return model, {"classnames": self.classnames, "templates": self.templates, "num_templates": len(templates)}
 
 

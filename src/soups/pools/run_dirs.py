@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from soups.errors import BadInput, MissingInput
 from soups.files import digest_and_nonfinite, read_json, read_weights_header
 from soups.ingredient import Ingredient
-from soups.models import build_classifier
+from soups.models import architecture, build_classifier
 from soups.names import RUN_INFO_NAME, STATE_NAME, WEIGHTS_NAME
 from soups.pools import OpenPool, Pool
 
@@ -91,7 +91,7 @@ class Unusable(Exception):
 
 
 # What the soup job reads from every ingredient's run.json (the run describes itself)
-REQUIRED = ("config.model.open_clip_name", "config.model.image_size", "config.data.num_classes", "init.sha256")
+REQUIRED = ("config.model", "config.data.num_classes", "init.sha256")
 
 
 def _lookup(info: dict, dotted: str):
@@ -114,6 +114,8 @@ def _finished_run(run_dir: Path, verify_sha256: bool) -> Ingredient:
     if info.get("status", "finished") != "finished":
         raise Unusable(f"{info.get('status')}: {info.get('failure', 'no reason recorded')}")
     missing = [k for k in REQUIRED if _lookup(info, k) is None]
+    if not missing and architecture(info["config"]["model"]) == "unknown":
+        missing = ["config.model.open_clip_name (or timm_name, text_encoder)"]
     if missing:
         raise Unusable(f"{RUN_INFO_NAME} lacks {missing}: not a record this project wrote, or damaged")
     ingredient = Ingredient.from_run_dir(run_dir, info)
@@ -137,14 +139,14 @@ def _finished_run(run_dir: Path, verify_sha256: bool) -> Ingredient:
 
 # What changes what a model computes or sees: members must agree on it (channels_last does not matter,
 # the pretrained weights are covered by the shared init's sha256)
-PREPROCESSING = ("open_clip_name", "image_size", "mean", "std", "normalize_features")
+PREPROCESSING = ("image_size", "mean", "std", "normalize_features", "pooling", "max_length", "encoder_config")
 
 
 def _check_compatible(a: Ingredient, b: Ingredient) -> None:
     model_a, model_b = a.info["config"]["model"], b.info["config"]["model"]
-    if model_a["open_clip_name"] != model_b["open_clip_name"]:
-        raise BadInput(f"mixed architectures in the pool: {a.name} is {model_a['open_clip_name']}, "
-                       f"{b.name} is {model_b['open_clip_name']}")
+    if architecture(model_a) != architecture(model_b):
+        raise BadInput(f"mixed architectures in the pool: {a.name} is {architecture(model_a)}, "
+                       f"{b.name} is {architecture(model_b)}")
     differ = {k: (model_a.get(k), model_b.get(k)) for k in PREPROCESSING if model_a.get(k) != model_b.get(k)}
     if differ:
         named = ", ".join(f"model.{k}: {x!r} vs {y!r}" for k, (x, y) in differ.items())
