@@ -177,8 +177,8 @@ def run(args, tmp_path, *overrides):
 
 def test_text_finetune_sweep_then_soups_end_to_end(tmp_path):
     """`python src/finetune.py -m ... experiment=text_demo` (a tiny random BERT, fake sentence files), then
-    `python src/soup.py`: the uniform soup is the mean of the fine-tunes, the report has every shift, the
-    run logs to W&B (offline)."""
+    `python src/soup.py` and `python src/analyze.py analysis=pairs`: the uniform soup is the mean of the
+    fine-tunes, the report has every shift, the runs log to W&B (offline)."""
     from safetensors.torch import load_file
 
     data = fake_sentences(tmp_path / "hutto")
@@ -193,6 +193,8 @@ def test_text_finetune_sweep_then_soups_end_to_end(tmp_path):
     report = (tmp_path / "soup" / "report.md").read_text()
     for column in ("held-out", "test", "amazon", "tweets", "nyt", "avg shifts"):
         assert column in report
+    run(["src/analyze.py", "analysis=pairs", "logger=none", f"hydra.run.dir={tmp_path}/pairs"], tmp_path)
+    assert (tmp_path / "pairs" / "pairs.json").is_file()
     soup = load_file(str(tmp_path / "soup" / "uniform" / WEIGHTS_NAME))
     members = [load_file(str(r / WEIGHTS_NAME)) for r in runs]
     assert any(k.startswith("encoder.") for k in soup) and "head.weight" in soup
