@@ -26,6 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMOS = {"vit": "demo_vit", "efficientnet": "demo_efficientnet", "text": "text_demo"}
 SOUP_OVERRIDES = {"text": ["method=[uniform,greedy,ensemble]"]}  # as `make text-demo`
 COLUMNS = (("val", "held-out"), ("test", "test"), ("avg_shifts", "avg shifts"))
+PER_SHIFT = {"text": (("amazon", "amazon"), ("tweets", "tweets"), ("nyt", "nyt"))}  # shown one by one too
+
+
+def columns(demo: str) -> tuple:
+    return COLUMNS[:2] + PER_SHIFT.get(demo, ()) + COLUMNS[2:]
 RECIPES = ("uniform soup", "greedy soup", "ensemble")
 
 
@@ -52,30 +57,30 @@ def run_draw(demo: str, seed: int, out: Path, extra: list[str]) -> dict:
     return draw
 
 
-def gains(draw: dict) -> dict[str, dict]:
+def gains(draw: dict, cols=COLUMNS) -> dict[str, dict]:
     """Per recipe: its metrics minus the best individual's, and its ingredient count."""
     rows = {r["row"]: r for r in draw["rows"]}
     best = next(r for r in draw["rows"] if r["kind"] == "best_individual")
     individuals = [r for r in draw["rows"] if r["kind"] == "individual"]
     out = {"mean individual": {"diff": {c: statistics.fmean(r["metrics"][c] for r in individuals) - best["metrics"][c]
-                                        for c, _ in COLUMNS}, "ingredients": 1}}
+                                        for c, _ in cols}, "ingredients": 1}}
     for name in RECIPES:
         if name in rows:
-            out[name] = {"diff": {c: rows[name]["metrics"][c] - best["metrics"][c] for c, _ in COLUMNS},
+            out[name] = {"diff": {c: rows[name]["metrics"][c] - best["metrics"][c] for c, _ in cols},
                          "ingredients": int(rows[name]["ingredients"])}
     return out
 
 
-def summarize(draws: list[dict]) -> dict:
+def summarize(draws: list[dict], cols=COLUMNS) -> dict:
     """Mean, std, min, max of each recipe's difference to the best individual, over draws."""
-    per = [gains(d) for d in draws]
+    per = [gains(d, cols) for d in draws]
     summary = {}
     for name in ("mean individual", *RECIPES):
         got = [g[name] for g in per if name in g]
         if not got:
             continue
         entry = {"draws": len(got)}
-        for col, _ in COLUMNS:
+        for col, _ in cols:
             xs = [g["diff"][col] for g in got]
             entry[col] = {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
                           "min": min(xs), "max": max(xs), "positive": sum(x > 0 for x in xs),
@@ -85,7 +90,7 @@ def summarize(draws: list[dict]) -> dict:
     return summary
 
 
-def markdown(demo: str, draws: list[dict], summary: dict) -> str:
+def markdown(demo: str, draws: list[dict], summary: dict, cols=COLUMNS) -> str:
     seeds = ", ".join(str(d["seed"]) for d in draws)
     env = draws[0].get("machine", {})
     minutes = [(d["seconds"]["sweep"] + d["seconds"]["soups"]) / 60 for d in draws]
@@ -93,10 +98,10 @@ def markdown(demo: str, draws: list[dict], summary: dict) -> str:
              f"Difference to the best individual (by held-out), percentage points, mean ± std [min, max] over "
              f"draws; in parentheses: draws where it is > 0. Machine: {env.get('cpu', env.get('device', '?'))} "
              f"({env.get('cpu_capability', '?')}); {min(minutes):.1f}-{max(minutes):.1f} min per draw.", "",
-             "| | " + " | ".join(h for _, h in COLUMNS) + " | #ingredients |", "|---|" + "---:|" * (len(COLUMNS) + 1)]
+             "| | " + " | ".join(h for _, h in cols) + " | #ingredients |", "|---|" + "---:|" * (len(cols) + 1)]
     for name, entry in summary.items():
         cells = [f"{e['mean']:+.2f} ± {e['std']:.2f} [{e['min']:+.2f}, {e['max']:+.2f}] ({e['positive']}/{entry['draws']})"
-                 for e in (entry[c] for c, _ in COLUMNS)]
+                 for e in (entry[c] for c, _ in cols)]
         ingredients = entry["ingredients"]
         low, high = (1, 1) if name == "mean individual" else (min(ingredients), max(ingredients))
         count = str(low) if low == high else f"{low}-{high}"
@@ -131,9 +136,9 @@ def main(argv=None) -> int:
         if not draws:
             print(f"{demo}: no finished draws under {args.out / demo}", file=sys.stderr)
             continue
-        summary = summarize(draws)
+        summary = summarize(draws, columns(demo))
         (args.out / demo / "summary.json").write_text(json.dumps(summary, indent=1))
-        report.append(markdown(demo, draws, summary))
+        report.append(markdown(demo, draws, summary, columns(demo)))
     text = "\n".join(report)
     (args.out / "study.md").write_text(text)
     print(text)

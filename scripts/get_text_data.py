@@ -57,22 +57,30 @@ def inner_archive(sdist: Path) -> bytes:
 def unpack(archive: bytes, dest: Path) -> Path:
     """The KEEP files of the inner archive into dest/hutto_ICWSM_2014, written to a temporary folder
     first and moved into place in one rename."""
-    out = dest / FOLDER
-    dest.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{FOLDER}-", dir=dest))
+    out, old = dest / FOLDER, dest / f".{FOLDER}-old"
     try:
-        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as inner:
-            wanted = {f"{FOLDER}/{name}": name for name in KEEP}
-            found = {m.name: m for m in inner.getmembers() if m.isfile() and m.name in wanted}
-            missing = [name for path, name in wanted.items() if path not in found]
-            if missing:
-                sys.exit(f"error: the archive lacks {missing}")
-            for path, member in found.items():
-                (tmp / wanted[path]).write_bytes(inner.extractfile(member).read())
+        dest.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{FOLDER}-", dir=dest))
+    except OSError as err:
+        sys.exit(f"error: cannot write into --dest {dest} ({err})")
+    try:
+        try:
+            with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as inner:
+                wanted = {f"{FOLDER}/{name}": name for name in KEEP}
+                found = {m.name: m for m in inner.getmembers() if m.isfile() and m.name in wanted}
+                missing = [name for path, name in wanted.items() if path not in found]
+                if missing:
+                    sys.exit(f"error: the archive lacks {missing}")
+                for path, member in found.items():
+                    (tmp / wanted[path]).write_bytes(inner.extractfile(member).read())
+        except (tarfile.TarError, OSError, EOFError) as err:
+            sys.exit(f"error: {INNER} in the sdist is damaged, or {dest} cannot be written ({err})")
         tmp.chmod(0o755)  # mkdtemp makes it private
-        if out.exists():
-            shutil.rmtree(out)
+        if out.exists():  # the old copy moves aside first and goes only once the new one is in place
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
         os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -91,7 +99,8 @@ def main(argv=None) -> None:
         return
     if args.sdist is not None:
         if not args.sdist.is_file():
-            sys.exit(f"error: --sdist {args.sdist} does not exist")
+            what = "is a folder" if args.sdist.is_dir() else "does not exist"
+            sys.exit(f"error: --sdist {args.sdist} {what}: expected the file vaderSentiment-3.3.2.tar.gz")
         archive = inner_archive(args.sdist)
     else:
         with tempfile.TemporaryDirectory() as tmp:

@@ -4,6 +4,7 @@ random BERT (model=tiny_bert) over fake sentence files in the exact layout."""
 import hashlib
 import io
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -211,9 +212,65 @@ def test_text_settings_that_cannot_apply_are_refused_before_work(tmp_path):
     with pytest.raises(ConfigError, match="mixup=0.2 .expected 0 for a text model"):
         check(cfg, FinetuneSettings)
     cfg = compose_cfg("finetune", tmp_path, ["experiment=text_demo", "model=tiny_bert", "randaug=rand-m9-n2",
-                                             "data.test_size=10", "data.val_size=10", "logger=none", *data])
-    with pytest.raises(BadInput, match="image augmentations, not for text"):
-        run_finetune(cfg, tmp_path / "run")
+                                             "crop_scale=0.5", *data])
+    with pytest.raises(ConfigError, match="randaug='rand-m9-n2' .expected null .*crop_scale=0.5 .expected 1.0"):
+        check(cfg, FinetuneSettings)
     cfg = compose_cfg("finetune", tmp_path, ["experiment=text_demo", "model=tiny_vit", "logger=none", *data])
-    with pytest.raises(BadInput, match="data=sentiment is text: choose a text model"):
+    with pytest.raises(BadInput, match="data=sentiment holds texts, but model=tiny_vit classifies images"):
         run_finetune(cfg, tmp_path / "run2")
+    cfg = compose_cfg("finetune", tmp_path, ["~experiment", "model=tiny_bert", "logger=none"])
+    with pytest.raises(BadInput, match="data=mnist holds images, but model=tiny_bert classifies texts"):
+        run_finetune(cfg, tmp_path / "run3")
+    for bad in ("data.val_size=0", "data.train_size=-3", "shifts.max_images=0", "data.min_abs_rating=5"):
+        cfg = compose_cfg("finetune", tmp_path, ["experiment=text_demo", "model=tiny_bert", "logger=none", *data, bad])
+        with pytest.raises(BadInput, match=re.escape(bad.split("=")[0]) + ".*expected"):
+            run_finetune(cfg, tmp_path / "run4")
+    movie = tmp_path / "hutto" / FILES["movie"]
+    movie.write_bytes(movie.read_bytes() + b"\xff\xfe")
+    with pytest.raises(BadInput, match="a different or damaged file"):
+        run_finetune(compose_cfg("finetune", tmp_path, ["experiment=text_demo", "model=tiny_bert", "logger=none",
+                                                        *data]), tmp_path / "run5")
+
+
+def test_a_damaged_or_partial_encoder_folder_is_refused_never_loaded_partly_random(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from soups.text_models import encoder_dir
+
+    source = encoder_dir(MINILM.text_encoder)
+    folder = tmp_path / "enc"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((source / "config.json").read_bytes())
+    with pytest.raises(BadInput, match="has no tokenizer files"):
+        tokenizer_for(OmegaConf.merge(MINILM, {"text_encoder": str(folder)}))
+    state = load_file(str(source / "model.safetensors"))
+    save_file({k: v for k, v in state.items() if ".layer.5." not in k}, str(folder / "model.safetensors"))
+    with pytest.raises(BadInput, match=r"does not hold the whole encoder: 16 tensors missing"):
+        text_classifier(OmegaConf.merge(MINILM, {"text_encoder": str(folder)}), 2)
+    (folder / "model.safetensors").write_bytes((source / "model.safetensors").read_bytes()[:1000])
+    with pytest.raises(BadInput, match="could not load the text encoder from"):
+        text_classifier(OmegaConf.merge(MINILM, {"text_encoder": str(folder)}), 2)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(BadInput, match="could not load the text encoder from"):
+        text_classifier(OmegaConf.merge(TINY_BERT, {"text_encoder": str(folder)}), 2)
+    with pytest.raises(BadInput, match="model.max_length=1000: the encoder has 512 positions"):
+        text_classifier(OmegaConf.merge(MINILM, {"max_length": 1000}), 2)
+
+
+def test_the_init_measures_what_its_probe_measured_for_each_random_encoder(tmp_path):
+    """Probe features are cached by the tower's weights: a random encoder built with another seed (another
+    init) never gets a head fitted to the first one's features."""
+    import json
+
+    from soups.shared_init import shared_init
+
+    data = fake_sentences(tmp_path / "hutto")
+    for seed, C in ((0, 1.0), (5, 0.5)):
+        cfg = compose_cfg("finetune", tmp_path, ["experiment=text_demo", "model=tiny_bert", f"seed={seed}",
+                                                 f"head.Cs=[{C}]", "data.test_size=30", "data.val_size=40",
+                                                 "shifts.max_images=20", *data])
+        from soups.runtime import setup
+        setup(seed, None)
+        info = json.loads((shared_init(cfg, torch.device("cpu")) / "init.json").read_text())
+        assert info["metrics"]["val"] == pytest.approx(info["head"]["val_accuracy"], abs=100 / 40 + 1e-9)
+    assert len(list((tmp_path / "cache" / "features").glob("*-train.npy"))) == 2

@@ -131,8 +131,10 @@ def check(cfg, schema: type) -> None:
     if not problems and schema is FinetuneSettings and typed.mixup > 0 and typed.batch_size % 2:
         problems.append(f"mixup needs an even batch_size, got batch_size={typed.batch_size}")
     text = cfg.get("model") is not None and cfg.model.get("text_encoder")
-    if not problems and schema is FinetuneSettings and text and typed.mixup > 0:
-        problems.append(f"mixup={typed.mixup} (expected 0 for a text model: mixup blends images)")
+    if not problems and schema is FinetuneSettings and text:
+        image_only = {"mixup": typed.mixup > 0, "randaug": typed.randaug is not None, "crop_scale": typed.crop_scale < 1}
+        problems += [f"{k}={typed[k]!r} (expected {dict(mixup=0, randaug='null', crop_scale=1.0)[k]} for a text model: "
+                     f"an image augmentation)" for k, used in image_only.items() if used]
     if cfg.get("model") is not None:
         problems += model_problems(cfg.model)
     if problems:

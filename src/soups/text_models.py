@@ -101,12 +101,26 @@ def encoder_dir(spec: str) -> Path:
     return folder
 
 
-def tokenizer_for(model_cfg):
-    """The encoder's own tokenizer (transformers AutoTokenizer, the fast one) from its folder."""
-    from transformers import AutoTokenizer
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
 
-    with _quiet_transformers():
-        return AutoTokenizer.from_pretrained(str(encoder_dir(model_cfg.text_encoder)), use_fast=True)
+
+def tokenizer_for(model_cfg):
+    """The encoder's own tokenizer (transformers AutoTokenizer, the fast one) from its folder. Raises
+    BadInput for a folder without tokenizer files (transformers would make a 5-token one: every word
+    [UNK]) or a tokenizer with more tokens than the encoder has embeddings."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder = encoder_dir(model_cfg.text_encoder)
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise BadInput(f"{folder} has no tokenizer files (one of {list(TOKENIZER_FILES)}): the encoder's own "
+                       f"tokenizer is needed")
+    with _quiet_transformers(), _named_load_errors(folder):
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+        vocab = AutoConfig.from_pretrained(str(folder)).vocab_size
+    if len(tokenizer) > vocab:
+        raise BadInput(f"the tokenizer in {folder} has {len(tokenizer)} tokens, the encoder {vocab} embeddings")
+    return tokenizer
 
 
 def text_classifier(model_cfg, num_classes: int, load_pretrained: bool = True) -> TextClassifier:
@@ -121,21 +135,45 @@ def text_classifier(model_cfg, num_classes: int, load_pretrained: bool = True) -
         raise BadInput(f"model.pooling={pooling!r}: expected one of {list(POOLINGS)}")
     folder = encoder_dir(model_cfg.text_encoder)
     overrides = dict(model_cfg.get("encoder_config") or {})
-    with _quiet_transformers():
+    with _quiet_transformers(), _named_load_errors(folder):
         if load_pretrained and model_cfg.get("pretrained"):
             if overrides:
                 raise BadInput(f"model.encoder_config={overrides} changes the architecture of pretrained weights; "
                                f"use it with model.pretrained=false (a randomly initialized encoder, for tests)")
             if not (folder / "model.safetensors").is_file():
                 raise MissingInput(f"{folder} has no model.safetensors (only safetensors weights are read)")
-            encoder = AutoModel.from_pretrained(str(folder), use_safetensors=True, dtype=torch.float32)
-            log.info("text encoder: pretrained weights from %s", folder)
+            encoder, info = AutoModel.from_pretrained(str(folder), use_safetensors=True, dtype=torch.float32,
+                                                      output_loading_info=True)
+            # transformers fills absent tensors randomly (a warning we silence): absent means not pretrained
+            missing = [k for k in info["missing_keys"] if not k.startswith("pooler.")]  # the pooler is dropped
+            wrong = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", [])]
+            if missing or wrong:
+                raise BadInput(f"{folder}/model.safetensors does not hold the whole encoder: {len(missing)} tensors "
+                               f"missing (e.g. {missing[:3]}), {len(wrong)} of another shape (e.g. {wrong[:3]})")
+            log.info("text encoder: pretrained weights from %s (every tensor)", folder)
         else:
             config = AutoConfig.from_pretrained(str(folder), **overrides)
             encoder = AutoModel.from_config(config)
             if load_pretrained:
                 log.warning("text encoder %s: RANDOM weights (model.pretrained=false): for tests only", folder)
+    positions = getattr(encoder.config, "max_position_embeddings", None)
+    if positions and int(model_cfg.get("max_length") or 0) > positions:
+        raise BadInput(f"model.max_length={model_cfg.max_length}: the encoder has {positions} positions")
     return TextClassifier(encoder, num_classes, pooling, bool(model_cfg.get("normalize_features")))
+
+
+@contextlib.contextmanager
+def _named_load_errors(folder: Path):
+    """A damaged model folder (bad config.json, truncated safetensors, unreadable tokenizer) as a BadInput
+    naming it, not a traceback from inside transformers."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, SafetensorError) as err:
+        if isinstance(err, (BadInput, MissingInput)):
+            raise
+        raise BadInput(f"could not load the text encoder from {folder}: {err}") from err
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ from __future__ import annotations
 from soups.data.base import TaskData
 from soups.data.images import EvalSet, ImageArray
 from soups.errors import BadInput
+from soups.models import modality
 from soups.targets import class_in
 
 __all__ = ["build_data", "TaskData", "EvalSet", "ImageArray"]
@@ -22,4 +23,8 @@ def build_data(data_cfg, shifts_cfg, model_cfg, cache_dir=None) -> TaskData:
     if cls is None:
         raise BadInput(f"data._target_={target!r}: expected an TaskData class in soups.data "
                        f"(e.g. soups.data.mnist.MnistData; add new datasets to src/soups/data/)")
+    if cls.modality != modality(model_cfg):
+        example = "model=minilm_l6" if cls.modality == "text" else "model=vit_s14_dinov2"
+        raise BadInput(f"data={data_cfg.get('name')} holds {cls.modality}s, but model={model_cfg.get('name')} "
+                       f"classifies {modality(model_cfg)}s: choose a {cls.modality} model (e.g. {example})")
     return cls(data_cfg, shifts_cfg, model_cfg, cache_dir)

@@ -20,6 +20,8 @@ class TaskData(ABC):
     model may have `.project_logits` ([B, C] -> [B, C']). Subclasses take (data_cfg, shifts_cfg, model_cfg,
     cache_dir=None) and check their inputs up front (soups.errors: a missing root is a MissingInput)."""
 
+    modality = "image"  # or "text": which models it serves (soups.models.modality)
+
     @abstractmethod
     def eval_sets(self) -> dict:
         """{HELD_OUT: ..., TEST: ..., <shift>: ...}"""

@@ -25,7 +25,11 @@ def read_domain(path: Path, domain: str, min_abs_rating: float) -> Sentences:
     """`<id>\\t<mean rating>\\t<sentence>` lines -> labelled Sentences (ids "<domain>:<id>"); ratings with
     |rating| < min_abs_rating dropped. Raises BadInput for a line of another layout."""
     texts, labels, ids = [], [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise BadInput(f"{path}: not UTF-8 text ({err})") from err
+    for number, line in enumerate(lines, 1):
         parts = line.split("\t", 2)
         try:
             rating = float(parts[1])
@@ -44,21 +48,39 @@ def checked_file(root: Path, domain: str, spec) -> Path:
     if not path.is_file():
         raise MissingInput(f"{path} is missing: `make text-data` fetches the vaderSentiment 3.3.2 sdist and "
                            f"unpacks its hutto_ICWSM_2014 sentences into {root} (or set data.root)")
-    count = sum(1 for _ in path.open(encoding="utf-8"))
+    raw = path.read_bytes()
+    count = raw.count(b"\n") + (1 if raw and not raw.endswith(b"\n") else 0)  # lines, whatever the bytes
     digest = sha256_file(path)
     if count != spec.sentences or digest != spec.sha256:
         raise BadInput(f"{path}: {count} sentences, sha256 {digest[:12]}..., expected {spec.sentences} and "
-                       f"{spec.sha256[:12]}...: a different or damaged file; delete {root} and run `make text-data`")
+                       f"{spec.sha256[:12]}...: a different or damaged file; fetch it again "
+                       f"(python scripts/get_text_data.py --force --dest {root.parent})")
     return path
+
+
+def _sizes_problems(data_cfg, shifts_cfg) -> list[str]:
+    def count(value, allow_null: bool) -> bool:
+        return (value is None and allow_null) or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+
+    wrong = [f"data.{k}={data_cfg.get(k)!r}" for k, null in (("test_size", False), ("val_size", False),
+                                                            ("train_size", True)) if not count(data_cfg.get(k), null)]
+    if not count(shifts_cfg.get("max_images"), True):
+        wrong.append(f"shifts.max_images={shifts_cfg.get('max_images')!r}")
+    rating = data_cfg.get("min_abs_rating")
+    if not isinstance(rating, (int, float)) or isinstance(rating, bool) or not 0 <= rating <= 4:
+        wrong.append(f"data.min_abs_rating={rating!r} (expected a number in [0, 4])")
+    return wrong
 
 
 class SentimentData(TaskData):
     """In-domain splits and shifts as TextSets tokenized by the model's own tokenizer."""
 
+    modality = "text"
+
     def __init__(self, data_cfg, shifts_cfg, model_cfg, cache_dir=None):  # tokenized in memory: no store
-        if not model_cfg.get("text_encoder"):
-            raise BadInput(f"data={data_cfg.name} is text: choose a text model (model=minilm_l6), "
-                           f"not model={model_cfg.get('name')}")
+        wrong = _sizes_problems(data_cfg, shifts_cfg)
+        if wrong:
+            raise BadInput(f"{', '.join(wrong)}: expected integers >= 1 (sentences; null where it means all)")
         domains = dict(data_cfg.files)
         unknown = [n for n in [data_cfg.in_domain, *shifts_cfg.names] if n not in domains]
         if unknown or data_cfg.in_domain in shifts_cfg.names:
@@ -73,8 +95,9 @@ class SentimentData(TaskData):
         order = torch.randperm(len(task), generator=torch.Generator().manual_seed(int(data_cfg.split_seed)))
         n_test, n_val = int(data_cfg.test_size), int(data_cfg.val_size)
         if n_test + n_val >= len(task):
-            raise BadInput(f"data.test_size + data.val_size = {n_test + n_val} leaves no training sentences "
-                           f"of the {len(task)} in {data_cfg.in_domain}")
+            raise BadInput(f"data.test_size + data.val_size = {n_test + n_val} leaves no training sentences of the "
+                           f"{len(task)} in {data_cfg.in_domain} with |rating| >= data.min_abs_rating="
+                           f"{data_cfg.min_abs_rating}")
         train_rows = order[n_test + n_val:]
         if data_cfg.get("train_size"):
             train_rows = train_rows[:int(data_cfg.train_size)]

@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from soups.data import EvalSet
 from soups.errors import BadInput
 from soups.evaluate import recalibrate_bn
-from soups.files import atomic_write
+from soups.files import atomic_write, state_digest
 from soups.heads import Head, set_head
 from soups.models import build_classifier, has_batchnorm
 from soups.runtime import autocast
@@ -47,8 +47,14 @@ class LinearProbe(Head):
         if self.adapt_bn and has_batchnorm(model):
             # Features on ImageNet BN statistics probe well but fine-tune badly once BN runs in train mode.
             recalibrate_bn(model, train, cfg.eval_batch_size, device)
+        classes = len(np.unique(train.labels.numpy()))
+        if classes != cfg.data.num_classes:
+            raise BadInput(f"the probe's training set holds {classes} of the {cfg.data.num_classes} classes: "
+                           f"raise head.train_per_class or the training set")
         parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data")}
-        parts |= {"adapt_bn": self.adapt_bn, "per_class": self.train_per_class, "precision": cfg.precision}
+        parts |= {"adapt_bn": self.adapt_bn, "per_class": self.train_per_class, "precision": cfg.precision,
+                  # the weights themselves: a randomly initialized tower differs with the seed that built it
+                  "tower": state_digest({k: v for k, v in model.state_dict().items() if not k.startswith("head.")})}
         key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
         features_dir = Path(cfg.paths.cache_dir) / "features"
         batch, precision = cfg.eval_batch_size, cfg.precision
@@ -56,9 +62,6 @@ class LinearProbe(Head):
         vx = cached_features(model, val, batch, precision, device, features_dir / f"{key}-val.npy")
         weight, bias, probe = fit_linear_probe(fx, train.labels.numpy(), vx, val.labels.numpy(),
                                                self.Cs, self.max_iter)
-        if len(np.unique(train.labels.numpy())) != cfg.data.num_classes:
-            raise BadInput(f"the probe's training set holds {len(np.unique(train.labels.numpy()))} of the "
-                           f"{cfg.data.num_classes} classes: raise head.train_per_class or the training set")
         set_head(model, weight, bias)
         return model, probe
 
