@@ -72,14 +72,16 @@ def test_linear_probe_init_on_imagenet_caches_its_features(tmp_path, monkeypatch
             f"data.expected_train_images={counts['train']}", f"data.expected_val_images={counts['val']}",
             *[f"shifts.expected.{k}={counts[k]}" for k in ("imagenet_v2", "imagenet_r", "imagenet_sketch",
                                                            "objectnet", "imagenet_a")], "eval_batch_size=256"]
+    torch.manual_seed(0)  # the random tower's weights, as a job's seed makes them (they key the feature cache)
     init = shared_init(compose_cfg("finetune", tmp_path, [*base, "head.Cs=[1.0]"]), torch.device("cpu"))
     info = json.loads((init / "init.json").read_text())
     assert info["head"]["_target_"] == "soups.heads.linear_probe.LinearProbe" and 0 <= info["metrics"]["val"] <= 100
     assert len(list((tmp_path / "cache" / "features").glob("*.npy"))) == 2
     calls = []
     monkeypatch.setattr(soups.heads.linear_probe, "extract_features", lambda *a, **k: calls.append(1))
+    torch.manual_seed(0)
     shared_init(compose_cfg("finetune", tmp_path, [*base, "head.Cs=[0.1]"]), torch.device("cpu"))  # a new init
-    assert calls == []  # the frozen features came from the cache
+    assert calls == []  # the same tower's frozen features came from the cache
 
 
 def test_pretrained_may_be_a_local_file(tmp_path):
