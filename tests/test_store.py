@@ -71,6 +71,29 @@ def test_interrupted_or_damaged_builds_are_rebuilt(tree, tmp_path, monkeypatch):
     assert len(decodes) == len(files)  # decoded again, once
 
 
+def test_the_store_takes_its_disk_space_before_writing_and_a_full_disk_is_a_plain_error(tree, tmp_path, monkeypatch):  # noqa: F811
+    import errno
+    import os
+
+    from soups.errors import Unavailable
+
+    root, counts = tree
+    stored = StoredEvalSet(file_sets(root, counts)["objectnet"], tmp_path)
+    reserved, allocate = [], os.posix_fallocate
+    monkeypatch.setattr(os, "posix_fallocate", lambda fd, off, n: reserved.append((off, n)) or allocate(fd, off, n))
+    stored.array
+    assert reserved == [(0, (stored.dir / "images.npy").stat().st_size)]  # the whole file, before any row
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    fresh = StoredEvalSet(file_sets(root, counts)["objectnet"], tmp_path / "small_disk")
+    with pytest.raises(Unavailable, match=r"objectnet: the eval-set store needs .* GB .* free"):
+        fresh.array
+    assert [p.name for p in fresh.dir.iterdir()] == [".lock"]  # no temp file, no meta.json left behind
+
+
 def test_a_different_transform_gets_its_own_store(tree, tmp_path):  # noqa: F811
     from open_clip import image_transform
 

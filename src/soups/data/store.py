@@ -10,10 +10,12 @@ interrupted build is never read; concurrent builders wait on a file lock.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from torchvision import transforms as T
 
 from soups.data.images import batch_indices, serve_batches
 from soups.data.folders import FileEvalSet, FileImages
+from soups.errors import Unavailable
 from soups.files import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,25 @@ def split_transform(transform) -> tuple[T.Compose, tuple, tuple]:
 
 def _to_uint8(img) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def reserve(path: Path, name: str) -> None:
+    """Allocate the whole (sparse) file now. A memory map written past the free disk space kills the
+    process with SIGBUS; allocating first turns a full disk into one plain error before any write.
+
+    Raises Unavailable when the disk (or quota) has too little room; file systems without fallocate keep
+    the sparse file."""
+    size = path.stat().st_size
+    try:
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, size)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return  # e.g. EOPNOTSUPP: nothing to reserve with
+        free = shutil.disk_usage(path.parent).free
+        raise Unavailable(f"{name}: the eval-set store needs {size / 1e9:.2f} GB in {path.parent} and only "
+                          f"{free / 1e9:.2f} GB are free; free some space, point paths.cache_dir at a larger "
+                          f"disk, or set data.store_eval_sets=false") from err
 
 
 class StoredEvalSet:
@@ -110,6 +132,7 @@ class StoredEvalSet:
                 for batch, _ in loader:
                     if array is None:
                         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self), *batch.shape[1:]))
+                        reserve(tmp, self.name)
                     array[start:start + len(batch)] = batch.numpy()
                     start += len(batch)
                 array.flush()
