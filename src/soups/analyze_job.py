@@ -43,6 +43,6 @@ def run_analysis(cfg: DictConfig, out_dir: str | Path) -> dict:
                         | {f"{name}/{k}": v for k, v in (record.get("correlations") or {}).items() if v is not None})
         tracker.image(f"{name}/figure", out_dir / f"{name}.png")
     summary = analysis.summary(record)
-    print(f"\n{title}\n{summary}\n{record['images_forwarded']:,} images forwarded in {record['seconds']:.0f} s "
+    print(f"\n{title}\n{summary}\n{record['images_forwarded']:,} examples forwarded in {record['seconds']:.0f} s "
           f"(the rest from the evaluation cache)\nwritten to {out_dir}")
     return record

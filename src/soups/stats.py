@@ -18,7 +18,7 @@ ECE_BINS = 15  # equal-width confidence bins, as commonly reported (Guo et al., 
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean negative log-likelihood of the labels (nats per image). logits [N, C] float, labels [N] int."""
+    """Mean negative log-likelihood of the labels (nats per example: image or sentence). logits [N, C] float, labels [N] int."""
     return float(torch.nn.functional.cross_entropy(logits.double(), labels.long()))
 
 
@@ -100,7 +100,7 @@ class Statistics(Settings):
         return out
 
     def caption(self) -> str:
-        return (f"NLL in nats per image; ECE in % ({self.ece_bins} equal-width confidence bins); differences to the "
+        return (f"NLL in nats per example; ECE in % ({self.ece_bins} equal-width confidence bins); differences to the "
                 f"best individual in percentage points with a paired bootstrap {100 * self.level:g}% interval over "
                 f"images ({self.resamples:,} resamples, seed {self.seed}) and an exact McNemar p-value (avg shifts: "
                 f"each shift resampled within itself; McNemar over the shifts' images pooled)")
