@@ -102,8 +102,8 @@ class Statistics(Settings):
     def caption(self) -> str:
         return (f"NLL in nats per example; ECE in % ({self.ece_bins} equal-width confidence bins); differences to the "
                 f"best individual in percentage points with a paired bootstrap {100 * self.level:g}% interval over "
-                f"images ({self.resamples:,} resamples, seed {self.seed}) and an exact McNemar p-value (avg shifts: "
-                f"each shift resampled within itself; McNemar over the shifts' images pooled)")
+                f"examples ({self.resamples:,} resamples, seed {self.seed}) and an exact McNemar p-value (avg shifts: "
+                f"each shift resampled within itself; McNemar over the shifts' examples pooled)")
 
     def versus(self, outcomes: dict, reference: dict, shifts: list[str]) -> dict[str, dict[str, float]]:
         """{set or avg_shifts: {"diff", "low", "high" (percentage points), "p" (McNemar)}}: these predictions'
