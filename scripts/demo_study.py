@@ -27,11 +27,11 @@ DEMOS = {"vit": "demo_vit", "efficientnet": "demo_efficientnet", "text": "text_d
 SOUP_OVERRIDES = {"text": ["method=[uniform,greedy,ensemble]"]}  # as `make text-demo`
 COLUMNS = (("val", "held-out"), ("test", "test"), ("avg_shifts", "avg shifts"))
 PER_SHIFT = {"text": (("amazon", "amazon"), ("tweets", "tweets"), ("nyt", "nyt"))}  # shown one by one too
+RECIPES = ("uniform soup", "greedy soup", "ensemble")
 
 
 def columns(demo: str) -> tuple:
     return COLUMNS[:2] + PER_SHIFT.get(demo, ()) + COLUMNS[2:]
-RECIPES = ("uniform soup", "greedy soup", "ensemble")
 
 
 def run_draw(demo: str, seed: int, out: Path, extra: list[str]) -> dict:
@@ -136,9 +136,13 @@ def main(argv=None) -> int:
         if not draws:
             print(f"{demo}: no finished draws under {args.out / demo}", file=sys.stderr)
             continue
-        summary = summarize(draws, columns(demo))
+        cols = columns(demo)
+        summary = summarize(draws, cols)
         (args.out / demo / "summary.json").write_text(json.dumps(summary, indent=1))
-        report.append(markdown(demo, draws, summary, columns(demo)))
+        report.append(markdown(demo, draws, summary, cols))
+    if not report:
+        print(f"error: no finished draws of {', '.join(args.demos)} under {args.out}", file=sys.stderr)
+        return 1
     text = "\n".join(report)
     (args.out / "study.md").write_text(text)
     print(text)
