@@ -33,11 +33,13 @@ text-demo: text-data  ## the text demo: 8 MiniLM fine-tunes on movie-review sent
 	$(PY) src/finetune.py sweep=demo experiment=text_demo
 	$(PY) src/soup.py 'method=[uniform,greedy,ensemble]'
 
-test: $(STAMP)  ## fast tests (offline; W&B offline)
-	WANDB_MODE=offline $(PY) -m pytest -m "not slow"
+TEST_WORKERS ?= auto   # pytest-xdist workers: one per core; TEST_WORKERS=0 runs in this process
+
+test: $(STAMP)  ## fast tests (offline; W&B offline), one worker per core
+	WANDB_MODE=offline $(PY) -m pytest -m "not slow" -n $(TEST_WORKERS)
 
 test-slow:  $(STAMP)  ## everything, including the full demo
-	WANDB_MODE=offline $(PY) -m pytest
+	WANDB_MODE=offline $(PY) -m pytest -n $(TEST_WORKERS)
 
 benchmark: $(STAMP)  ## speed and memory vs reference loops (~25 min on 2 cores; BENCHMARKS.md)
 	$(PY) scripts/benchmark.py $(BENCH_ARGS)

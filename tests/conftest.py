@@ -10,6 +10,11 @@ os.environ.setdefault("SOUPS_ROOT", str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per worker (and per process a test starts)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 # Small but real: tiny random-init BN tower, 20 MNIST images per class, one short epoch; the plain
 # finetune.yaml values (no demo experiment).
