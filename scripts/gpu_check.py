@@ -39,7 +39,7 @@ def check_eval(args, device) -> dict:
 
     from soups.data.folders import FileEvalSet, FileImages
     from soups.data.store import StoredEvalSet
-    from soups.evaluate import Evaluator
+    from soups.evaluation.evaluator import Evaluator
 
     tmp = Path(tempfile.mkdtemp(prefix="gpu-eval-"))
     paths = write_jpegs(tmp / "images", args.images)
@@ -95,7 +95,7 @@ def check_train(args, device) -> dict:
 
 def check_learned(args, device) -> dict:
     from soups.data.images import EvalSet, ImageArray
-    from soups.ingredient import Ingredient
+    from soups.pools.ingredient import Ingredient
     from soups.recipes.learned import LearnedSoup
 
     model, size, mean, std = vit_b32()

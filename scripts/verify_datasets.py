@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     parser.add_argument("--root", type=Path, default=Path(os.environ.get("SOUPS_DATA", ROOT / "data")))
     args = parser.parse_args(argv)
     data = OmegaConf.load(ROOT / "conf/data/imagenet.yaml")
-    shifts = OmegaConf.load(ROOT / "conf/shifts/imagenet.yaml")
+    shifts = OmegaConf.load(ROOT / "conf/data/imagenet.yaml").shifts
     rows, ok = [], True
 
     def check(name, folder, run):
@@ -45,10 +45,10 @@ def main(argv=None) -> int:
           lambda: imagenet_split(args.root, data.train_dir, data.expected_train_images)[0])
     val_dir = next((d for d in data.val_dirs if (args.root / d).is_dir()), data.val_dirs[0])
     check("imagenet val", val_dir, lambda: imagenet_split(args.root, val_dir, data.expected_val_images)[0])
-    for name in shifts.names:
-        folders = [shifts.folders[name], *shifts.get("alt_folders", {}).get(name, [])]
+    for name in data.shifts.names:
+        folders = [data.shifts.folders[name], *shifts.get("alt_folders", {}).get(name, [])]
         folder = next((f for f in folders if (args.root / f).is_dir()), folders[0])
-        check(name, folder, lambda: BUILDERS[name](args.root / folder, None, shifts.expected[name], 0))
+        check(name, folder, lambda: BUILDERS[name](args.root / folder, None, data.shifts.expected[name], 0))
     print(f"data root: {args.root}\n")
     print(f"{'dataset':<16} {'status':<9} {'images':>9}  detail")
     for name, status, found, detail in rows:

@@ -15,7 +15,7 @@ os.environ.setdefault("SOUPS_ROOT", str(Path(__file__).resolve().parents[1]))
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")
 def main(cfg) -> None:
-    from soups.analyze_job import run_analysis
+    from soups.jobs.analyze import run_analysis
     from soups.errors import said_plainly
 
     with said_plainly():  # an input the user can fix: `error: ...`, exit 1, no traceback to read through

@@ -20,7 +20,7 @@ os.environ.setdefault("SOUPS_ROOT", str(Path(__file__).resolve().parents[1]))
 @hydra.main(version_base="1.3", config_path="../conf", config_name="finetune")
 def main(cfg) -> float:
     from soups.errors import said_plainly
-    from soups.finetune_job import run_finetune
+    from soups.jobs.finetune import run_finetune
     from soups.names import HELD_OUT
 
     with said_plainly():  # an input the user can fix: `error: ...`, exit 1, no traceback to read through

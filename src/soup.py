@@ -16,7 +16,7 @@ os.environ.setdefault("SOUPS_ROOT", str(Path(__file__).resolve().parents[1]))
 @hydra.main(version_base="1.3", config_path="../conf", config_name="soup")
 def main(cfg) -> None:
     from soups.errors import said_plainly
-    from soups.soup_job import run_soup
+    from soups.jobs.soup import run_soup
 
     with said_plainly():  # an input the user can fix: `error: ...`, exit 1, no traceback to read through
         run_soup(cfg, HydraConfig.get().runtime.output_dir)

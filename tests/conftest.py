@@ -19,7 +19,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per worker (and per proces
 # Small but real: tiny random-init BN tower, 20 MNIST images per class, one short epoch; the plain
 # finetune.yaml values (no demo experiment).
 TINY = ["~experiment", "model=tiny_efficientnet", "data.train_per_class=20", "data.val_per_class=10",
-        "data.test_per_class=10", "data.bn_recalibration_images=64", "shifts.max_images=40",
+        "data.test_per_class=10", "data.bn_recalibration_images=64", "data.shifts.max_images=40",
         "epochs=1", "batch_size=16", "warmup_steps=2", "logger=none", "eval_batch_size=128",
         "head.Cs=[1.0]", "head.max_iter=200"]
 
@@ -43,7 +43,7 @@ def soup_cfg(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_sweep(tmp_path_factory):
     """Three fine-tunes of the tiny model from one shared init, as a sweep folder: (tmp, sweep_dir)."""
-    from soups.finetune_job import run_finetune
+    from soups.jobs.finetune import run_finetune
 
     tmp = tmp_path_factory.mktemp("sweep")
     sweep = tmp / "logs" / "finetune" / "multiruns" / "2000-01-01_00-00-00_000000"

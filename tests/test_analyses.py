@@ -28,7 +28,7 @@ def test_angles_between_displacements_from_the_init_count_weights_only(tmp_path)
 
 
 def analyze(sweep, tmp, out, *overrides):
-    from soups.analyze_job import run_analysis
+    from soups.jobs.analyze import run_analysis
 
     cfg = compose_cfg("analyze", tmp, ["logger=none", f"pool.dir={sweep}", *overrides])
     return run_analysis(cfg, out)
@@ -56,7 +56,7 @@ def test_pairs_on_a_sweep_gains_are_midpoints_and_ensembles_minus_the_endpoints_
 
 def test_the_midpoint_is_the_uniform_soup_of_two(tiny_sweep, soup_cfg, tmp_path):
     """The pair's midpoint accuracy is exactly what the soup job reports for a uniform soup of those two."""
-    from soups.soup_job import run_soup
+    from soups.jobs.soup import run_soup
 
     tmp, sweep = tiny_sweep
     tmp = own_cache(tmp, tmp_path)
@@ -70,7 +70,7 @@ def test_the_midpoint_is_the_uniform_soup_of_two(tiny_sweep, soup_cfg, tmp_path)
 
 
 def test_ingredients_curve_random_subsets_and_the_greedy_soups_prefixes(tiny_sweep, soup_cfg, tmp_path):
-    from soups.soup_job import run_soup
+    from soups.jobs.soup import run_soup
 
     tmp, sweep = tiny_sweep
     tmp = own_cache(tmp, tmp_path)
@@ -130,7 +130,7 @@ def test_soup_and_ensemble_gain_of_a_constructed_pair(tmp_path):
     from types import SimpleNamespace
 
     from soups.analyses.pairs import Pairs
-    from soups.evaluate import Evaluator
+    from soups.evaluation.evaluator import Evaluator
 
     save_file({"w": torch.zeros(2)}, str(tmp_path / "init.safetensors"))
     save_file({"w": torch.tensor([1.0, 0.0])}, str(tmp_path / "a.safetensors"))
@@ -152,10 +152,10 @@ def test_soup_and_ensemble_gain_of_a_constructed_pair(tmp_path):
 
     pool = SimpleNamespace(ingredients=[ingredient("a"), ingredient("b")])
     scorer = SimpleNamespace(
-        init_weights=tmp_path / "init.safetensors", evaluator=evaluator,
+        init_weights=tmp_path / "init.safetensors", metrics_of=evaluator.metrics_of,
         individual_metrics=lambda i: evaluator.metrics_of({n: logits[i.name] for n in sets}),
         load=lambda i: load_file(str(i.weights)),
-        evaluate=lambda state, averaged: {"val": 75.0, "test": 75.0},  # the midpoint, as measured
+        evaluate=lambda state, new_point: {"val": 75.0, "test": 75.0},  # the midpoint, as measured
         ensemble_logits=lambda members: {n: sum(logits[m.name] for m in members) / len(members) for n in sets})
     record = Pairs()(pool, scorer)
     (pair,) = record["pairs"]

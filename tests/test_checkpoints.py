@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from soups.checkpoints import convert_official_file, convert_official_state_dict
-from soups.files import load_weights
-from soups.models import build_classifier, create_clip
+from soups.io.checkpoints import convert_official_file, convert_official_state_dict
+from soups.io.files import load_weights
+from soups.models.classifier import build_classifier, create_clip
 
 VIT_B32 = OmegaConf.load("conf/model/vit_b32.yaml")
 

@@ -55,7 +55,7 @@ def test_second_sweep_gets_its_own_folder_and_becomes_the_latest(tmp_path):
 def test_vit_demo_sweep_and_soups_on_tiny_data(tmp_path):
     """`experiment=demo_vit sweep=demo` as `make demo` runs it, on 4 digits per class: the real DINOv2
     ViT-S/14 at 56 px from its linear-probe init, two random-search draws, then uniform + greedy soups."""
-    tiny = ["data.train_per_class=4", "data.val_per_class=4", "data.test_per_class=4", "shifts.max_images=8",
+    tiny = ["data.train_per_class=4", "data.val_per_class=4", "data.test_per_class=4", "data.shifts.max_images=8",
             "batch_size=8", "head.Cs=[1.0]", "logger=none"]
     run(["src/finetune.py", "experiment=demo_vit", "sweep=demo", "search_draws=2", *tiny], tmp_path)
     sweep = next((tmp_path / "logs" / "finetune" / "multiruns").iterdir())

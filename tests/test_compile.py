@@ -6,8 +6,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from soups.data import EvalSet, ImageArray
-from soups.eval_cache import evaluation_key
-from soups.evaluate import Evaluator
+from soups.evaluation.cache import evaluation_key
+from soups.evaluation.evaluator import Evaluator
 
 
 def tiny_net(seed: int) -> nn.Module:  # no conv bias before BN: its gradient is rounding noise, which Adam amplifies
@@ -35,7 +35,7 @@ def test_compiled_evaluation_matches_eager_and_follows_weights_loaded_in_place()
 
 
 def test_compiled_evaluations_have_their_own_cache_key():
-    cfg = OmegaConf.create({"data": {"name": "mnist"}, "shifts": {"names": []}, "model": {"name": "m"}})
+    cfg = OmegaConf.create({"data": {"name": "mnist", "shifts": {"names": []}}, "model": {"name": "m"}})
     assert evaluation_key(cfg, "fp32", 256) != evaluation_key(cfg, "fp32", 256, compiled=True)
     assert evaluation_key(cfg, "fp32", 256) == evaluation_key(cfg, "fp32", 256, compiled=False)
 
@@ -44,7 +44,7 @@ def test_compiled_evaluations_have_their_own_cache_key():
 def test_compiled_training_steps_match_eager():
     from torch.utils.data import TensorDataset
 
-    from soups.train import finetune
+    from soups.training.loop import finetune
 
     gen = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(32, 3, 8, 8, generator=gen), torch.arange(32) % 5)

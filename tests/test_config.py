@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT, TINY, compose_cfg
-from soups.config import FinetuneSettings, SoupSettings, check
+from soups.settings import FinetuneSettings, SoupSettings, checked
 from test_resume import ENV
 
 ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
@@ -52,7 +52,7 @@ def configs(tmp_path_factory):
 
 @pytest.mark.parametrize("schema", [FinetuneSettings, SoupSettings])
 def test_the_shipped_defaults_pass(configs, schema):
-    check(configs[schema].copy(), schema)
+    checked(configs[schema].copy(), schema)
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)  # the same examples on every run
@@ -65,7 +65,7 @@ def test_any_value_of_any_setting_is_accepted_correctly_or_refused_by_name(confi
     cfg = configs[schema].copy()
     cfg[name] = value
     try:
-        check(cfg, schema)
+        cfg = checked(cfg, schema)
     except ValueError as err:
         assert f"{name}=" in str(err) and "expected" in str(err)
         assert not (name in rules and valid_as_given(*rules[name], value)), f"{name}={value!r} refused"
@@ -81,14 +81,15 @@ def test_all_problems_are_named_at_once_and_values_are_converted(configs):
     cfg = configs[FinetuneSettings].copy()
     cfg.lr, cfg.epochs, cfg.label_smoothing = -1, 0, float("nan")
     with pytest.raises(ValueError, match=r"lr=-1 .*epochs=0 .*label_smoothing=nan"):
-        check(cfg, FinetuneSettings)
+        checked(cfg, FinetuneSettings)
     cfg = configs[FinetuneSettings].copy()
     cfg.lr, cfg.compile = "3e-5", "false"  # quoted on the command line
-    check(cfg, FinetuneSettings)
-    assert cfg.lr == 3e-5 and cfg.compile is False
+    typed = checked(cfg, FinetuneSettings)
+    assert typed.lr == 3e-5 and typed.compile is False
+    assert cfg.lr == "3e-5" and cfg.compile == "false"  # the config given is never edited in place
     cfg.mixup, cfg.batch_size = "0.2", "3"  # rules across fields see the converted values
     with pytest.raises(ValueError, match="mixup needs an even batch_size, got batch_size=3"):
-        check(cfg, FinetuneSettings)
+        checked(cfg, FinetuneSettings)
 
 
 def test_the_command_line_refuses_bad_values_before_any_work(tmp_path):

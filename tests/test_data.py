@@ -6,7 +6,7 @@ from soups.data.digits import mnist_splits, sklearn_digits
 
 DATA = OmegaConf.load("conf/data/mnist.yaml")
 MODEL = OmegaConf.load("conf/model/efficientnet_lite0.yaml")
-SHIFTS = OmegaConf.load("conf/shifts/mnist.yaml")
+SHIFTS = DATA.shifts  # the dataset brings its shifts
 
 
 def test_splits_are_disjoint_stratified_and_deterministic():
@@ -28,7 +28,7 @@ def test_sklearn_digits_are_framed_like_mnist():
 
 
 def test_default_data_and_shifts_have_the_configured_sizes():
-    data = MnistData(DATA, SHIFTS, MODEL)
+    data = MnistData(DATA, MODEL)
     per_class = DATA.train_per_class, DATA.val_per_class, DATA.test_per_class
     assert (len(data.train), len(data.val), len(data.test)) == tuple(10 * n for n in per_class)
     assert list(data.shifts) == list(SHIFTS.names)
@@ -39,9 +39,27 @@ def test_default_data_and_shifts_have_the_configured_sizes():
 
 def test_eval_sets_resize_once_and_normalize_per_batch():
     model_cfg = OmegaConf.create({"image_size": 40, "mean": [0.5] * 3, "std": [0.5] * 3})
-    data = MnistData(DATA, SHIFTS, model_cfg)
+    data = MnistData(DATA, model_cfg)
     sets = data.eval_sets()
     assert sets["val"].images.shape == (len(data.val), 3, 40, 40)
     images, labels = next(sets["val"].batches(8))
     assert images.shape == (8, 3, 40, 40) and -1.0 <= images.min() and images.max() <= 1.0
     assert torch.equal(labels, data.val.labels[:8])
+
+
+def test_a_dataset_brings_its_own_shifts_and_one_without_them_is_refused(tmp_path):
+    """`data=X` alone is evaluated on X's shifts (once a separate `shifts` group silently kept MNIST's)."""
+    import pytest
+    from conftest import compose_cfg
+
+    from soups.data import build_data
+    from soups.errors import BadInput
+
+    expected = {"mnist": ["digits", "rotate", "invert", "blur"], "sentiment": ["amazon", "tweets", "nyt"],
+                "imagenet": ["imagenet_v2", "imagenet_r", "imagenet_sketch", "objectnet", "imagenet_a"]}
+    for name, shifts in expected.items():
+        cfg = compose_cfg("finetune", tmp_path, ["~experiment", f"data={name}"])
+        assert list(cfg.data.shifts.names) == shifts, name
+    no_shifts = OmegaConf.create({k: v for k, v in OmegaConf.to_container(DATA).items() if k != "shifts"})
+    with pytest.raises(BadInput, match="names no shifts"):
+        build_data(no_shifts, MODEL)

@@ -1,6 +1,6 @@
 """Both demos as `make demo` runs them (8-10 minutes each on 2 CPU cores): slow.
 
-Asserted is what holds over draws and machines (scripts/demo_study.py; README "The demos"), not one
+Asserted is what holds over draws and machines (scripts/demo_study.py; docs/demos.md), not one
 run's digits: training differs between CPU kinds, so which fine-tune wins and how many ingredients
 greedy keeps vary from run to run."""
 import json

@@ -14,10 +14,10 @@ from torch import nn
 from conftest import ROOT, compose_cfg
 from soups.data import EvalSet, ImageArray, build_data
 from soups.distributed import Group, gather_shards, shard_rows, sum_over_ranks, sync_batchnorm, unwrap
-from soups.eval_cache import EvaluationCache, hash_ids
-from soups.evaluate import Evaluator
-from soups.files import read_json
-from soups.models import build_classifier
+from soups.evaluation.cache import EvaluationCache, hash_ids
+from soups.evaluation.evaluator import Evaluator
+from soups.io.files import read_json
+from soups.models.classifier import build_classifier
 from test_resume import ENV, finetune_command
 
 # LayerNorm model (torch has no SyncBatchNorm on CPU), no random augmentation: the same steps exactly
@@ -44,7 +44,7 @@ def test_two_gloo_processes_end_with_the_weights_of_one_process(tmp_path):
     assert abs(one["metrics"]["val"] - two["metrics"]["val"]) <= 1.0
     # the 2 ranks evaluated halves of every set: one process evaluating the same weights agrees
     cfg = compose_cfg("finetune", tmp_path, finetune_command(tmp_path, *SETTINGS)[2:])  # the runs' overrides
-    data = build_data(cfg.data, cfg.shifts, cfg.model, None)
+    data = build_data(cfg.data, cfg.model, None)
     model = build_classifier(cfg.model, cfg.data.num_classes, load_pretrained=False)
     model.load_state_dict(b)
     evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, torch.device("cpu"), progress=False)

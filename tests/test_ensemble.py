@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from soups.ingredient import Ingredient
+from soups.pools.ingredient import Ingredient
 from soups.recipes.ensemble import GreedyEnsemble, LogitEnsemble
 
 LABELS = torch.tensor([0, 1, 2, 0])

@@ -9,11 +9,11 @@ import torch
 from hydra.errors import MissingConfigException
 
 from conftest import TINY, compose_cfg
-from soups.config import ConfigError
+from soups.settings import ConfigError
 from soups.errors import BadInput, MissingInput, UserError
-from soups.finetune_job import run_finetune
-from soups.files import write_json
-from soups.soup_job import run_soup
+from soups.jobs.finetune import run_finetune
+from soups.io.files import write_json
+from soups.jobs.soup import run_soup
 
 
 def test_unknown_method(soup_cfg):

@@ -1,9 +1,11 @@
 """Evaluation done once: logits keyed by sample id, metrics by weights digest, forward passes counted."""
+import json
 import torch
 
-from soups.eval_cache import EvaluationCache, hash_ids, state_digest
-from soups.evaluate import Evaluator
-from soups.soup_job import run_soup
+from soups.evaluation.cache import EvaluationCache, hash_ids
+from soups.io.files import state_digest
+from soups.evaluation.evaluator import Evaluator
+from soups.jobs.soup import run_soup
 
 
 def test_logits_are_served_by_sample_id_in_any_order_and_subset(tmp_path):
@@ -25,6 +27,8 @@ def test_state_digest_changes_with_any_value_name_or_dtype():
     assert state_digest({**state, "w": torch.ones(2, 2).add_(1e-7)}) != base
     assert state_digest({"v": state["w"], "n": state["n"]}) != base
     assert state_digest({**state, "w": torch.ones(2, 2, dtype=torch.float64)}) != base
+    assert state_digest({**state, "w": torch.ones(4)}) != base  # the same bytes in another shape are other weights
+    assert state_digest({**state, "e": torch.zeros(0)}) != base  # an empty tensor is named too
 
 
 def count_forward_passes(monkeypatch) -> list:
@@ -64,7 +68,9 @@ def test_by_default_a_soup_measures_at_its_pools_batch_size_and_reuses_the_runs_
     cfg = soup_cfg(f"pool.dir={sweep}", "method=uniform", "eval_batch_size=null", f"paths.cache_dir={tmp}/cache")
     run_soup(cfg, tmp_path / "soup")
     # the soup only: individuals' metrics from run.json, the best one's logits (its row's intervals) from the cache
-    assert cfg.eval_batch_size == 128 and calls.count("test") == 1
+    evaluation = json.loads((tmp_path / "soup" / "uniform" / "soup.json").read_text())["evaluation"]
+    assert evaluation["batch_size"] == 128 and calls.count("test") == 1
+    assert cfg.eval_batch_size is None  # the config given is not edited in place
 
 
 def test_a_soup_whose_held_out_accuracy_is_known_is_only_run_on_the_other_sets(tiny_sweep, soup_cfg, tmp_path,
@@ -72,20 +78,20 @@ def test_a_soup_whose_held_out_accuracy_is_known_is_only_run_on_the_other_sets(t
     """A greedy soup's held-out accuracy was measured while choosing it: its final evaluation skips that set,
     and the metrics equal a full evaluation's."""
     from soups.averaging import average
-    from soups.recipes.build import build_recipes
+    from soups.recipes import build_recipes
     from soups.pools import open_pool
-    from soups.soup_job import make_scorer
+    from soups.evaluation.scorer import EvalSettings, PoolScorer
 
     _, sweep = tiny_sweep
     cfg = soup_cfg(f"pool.dir={sweep}", "method=uniform")
     device = torch.device("cpu")
     pool = open_pool(cfg, device)
-    scorer = make_scorer(cfg, pool, build_recipes(cfg.method), device)
+    scorer = PoolScorer(pool, EvalSettings.of(cfg), device)
     state = average(scorer.load(i) for i in pool.ingredients)
     passes, forward = [], Evaluator.forward
     monkeypatch.setattr(Evaluator, "forward", lambda self, model, name: passes.append(name) or forward(self, model, name))
     held_out = scorer.held_out(state)
-    metrics = scorer.evaluate(state, averaged=True)
+    metrics = scorer.evaluate(state, new_point=True)
     assert passes.count("val") == 1 and passes.count("test") == 1 and metrics["val"] == held_out
-    full = scorer.evaluator.evaluate(scorer.materialize(state, averaged=True))
+    full = scorer.evaluator.evaluate(scorer.materialize(state, new_point=True))
     assert metrics == full

@@ -1,6 +1,6 @@
 """Each extension point is one file + one YAML, added here from the test itself and run as a user would:
 a recipe (src/soups/recipes/<name>.py + conf/method/<name>.yaml) through soup.py; a dataset
-(src/soups/data/<name>.py + conf/data/<name>.yaml) and a model (src/soups/model_configs/<name>.json +
+(src/soups/data/<name>.py + conf/data/<name>.yaml) and a model (src/soups/models/configs/<name>.json +
 conf/model/<name>.yaml) through a finetune.py sweep and soup.py; a head (src/soups/heads/<name>.py) and a
 logger (src/soups/tracking/<name>.py), each + its YAML, through finetune.py."""
 import json
@@ -44,35 +44,70 @@ def sweep_then_soup(overrides: list, tmp_path: Path, tiny=TINY) -> dict:
     soups = next((tmp_path / "logs" / "soup" / "runs").iterdir())
     return {"stdout": proc.stdout, "uniform": json.loads((soups / "uniform" / "soup.json").read_text())}
 
-RECIPE = '''"""Best-k soup: the average of the k best ingredients by held-out accuracy."""
+RECIPE = '''"""Best-k soup: the average of the k best ingredients by held-out accuracy, with its own table (the
+ranking it read) and figure (held-out accuracy per ingredient)."""
 from dataclasses import dataclass
 
+from soups import plots
 from soups.averaging import average
 from soups.recipes import Recipe, RecipeResult
+
+
+def draw_ranking(ranking, path, title):
+    plt = plots.pyplot()
+    fig, ax = plt.subplots()
+    ax.bar(range(len(ranking)), [r["held_out"] for r in ranking])
+    ax.set_title(title)
+    plots.save(fig, path)
 
 
 @dataclass
 class BestKSoup(Recipe):
     k: int = 2
 
-    def __call__(self, ingredients, ctx) -> RecipeResult:
-        best = sorted(ingredients, key=lambda i: i.held_out, reverse=True)[: self.k]
-        return RecipeResult(average(ctx.load(i) for i in best), best, {"k": self.k})
+    def __call__(self, ingredients, scorer) -> RecipeResult:
+        ranked = sorted(ingredients, key=lambda i: i.held_out, reverse=True)
+        ranking = [{"run": i.name, "held_out": i.held_out, "chosen": n < self.k} for n, i in enumerate(ranked)]
+        return RecipeResult(average(scorer.load(i) for i in ranked[: self.k]), ranked[: self.k], {"k": self.k},
+                            tables={"ranking": ranking},
+                            figures={"ranking": lambda path, title: draw_ranking(ranking, path, title)})
 '''
 
 
-def test_a_new_recipe_is_one_file_and_one_yaml(tiny_sweep, tmp_path):
+def test_a_new_recipe_with_its_own_table_and_figure_is_one_file_and_one_yaml(tiny_sweep, soup_cfg, tmp_path,
+                                                                              monkeypatch):
+    """The report, soup.json and the tracker (W&B) show a new recipe's own table and figure, and nothing else
+    is edited: run through soup.py as a user would, then in process to see what the tracker is handed."""
+    import contextlib
+    import importlib
+
+    from test_tracking import RecordingTracker
+
     _, sweep = tiny_sweep
     name = f"best_k_{uuid.uuid4().hex[:8]}"
     with added({ROOT / "src" / "soups" / "recipes" / f"{name}.py": RECIPE,
                 ROOT / "conf" / "method" / f"{name}.yaml": f"# @package method.{name}\n"
                                                             f"_target_: soups.recipes.{name}.BestKSoup\nk: 2\n"}):
         proc = command("soup", [f"method=[uniform,{name}]", f"pool.dir={sweep}"], tmp_path)
+        importlib.invalidate_caches()
+        from soups.jobs import soup as soup_job
+
+        recorder = RecordingTracker()
+        monkeypatch.setattr(soup_job, "tracking", lambda *a, **k: contextlib.nullcontext(recorder))
+        soup_job.run_soup(soup_cfg(f"pool.dir={sweep}", f"method={name}"), tmp_path / "in_process")
     assert f"| {name} soup |" in proc.stdout or f"| **{name} soup** |" in proc.stdout, proc.stdout[-2000:]
-    soup_dir = next((tmp_path / "logs" / "soup" / "runs").iterdir()) / name
-    record = json.loads((soup_dir / "soup.json").read_text())
+    out = next((tmp_path / "logs" / "soup" / "runs").iterdir())
+    record = json.loads((out / name / "soup.json").read_text())
     assert record["k"] == 2 and len(record["ingredients"]) == 2 and record["kind"] == "soup"
-    assert (soup_dir / "model.safetensors").is_file() and (soup_dir / "run.json").is_file()
+    assert [r["chosen"] for r in record["ranking"]] == [True, True, False]  # its table, in soup.json
+    assert (out / name / "model.safetensors").is_file() and (out / name / "run.json").is_file()
+    assert (out / name / "ranking.png").stat().st_size > 1000  # its figure
+    report = (out / "report.md").read_text()
+    assert f"## {name} soup" in report and "| run | held_out | chosen |" in report
+    assert f"]({name}/ranking.png)" in report
+    columns, rows = recorder.tables[f"{name}/ranking"]
+    assert columns == ["run", "held_out", "chosen"] and len(rows) == 3
+    assert recorder.images[f"{name}/ranking"].name == "ranking.png"
 
 
 DATASET = '''"""scikit-learn's 8x8 digits as a dataset family of its own; the shift: the held-out digits mirrored."""
@@ -85,8 +120,8 @@ from soups.names import HELD_OUT, TEST
 
 
 class SmallDigits(TaskData):
-    def __init__(self, data_cfg, shifts_cfg, model_cfg, cache_dir=None):
-        digits, self.model_cfg = sklearn_digits(), model_cfg
+    def __init__(self, data_cfg, model_cfg, cache_dir=None):
+        digits, self.model_cfg, self.shift_names = sklearn_digits(), model_cfg, list(data_cfg.shifts.names)
         part = lambda name, lo, hi: ImageArray(name, digits.images[lo:hi], digits.labels[lo:hi], digits.ids[lo:hi])
         self.train, self.held_out, self.test = part("train", 0, 400), part(HELD_OUT, 400, 600), part(TEST, 600, 800)
         self.mirrored = ImageArray("mirrored", self.test.images.flip(-1), self.test.labels, self.test.ids)
@@ -95,7 +130,8 @@ class SmallDigits(TaskData):
         return EvalSet(images, self.model_cfg.image_size, self.model_cfg.mean, self.model_cfg.std)
 
     def eval_sets(self):
-        return {HELD_OUT: self._eval(self.held_out), TEST: self._eval(self.test), "mirrored": self._eval(self.mirrored)}
+        shifts = {"mirrored": self._eval(self.mirrored)}
+        return {HELD_OUT: self._eval(self.held_out), TEST: self._eval(self.test), **{n: shifts[n] for n in self.shift_names}}
 
     def train_set(self, randaug, crop_scale):
         return TransformedImages(self.train, train_transform(self.model_cfg, randaug, crop_scale, ratio=(1.0, 1.0)))
@@ -108,11 +144,12 @@ class SmallDigits(TaskData):
 '''
 
 
-def test_a_new_dataset_is_one_file_and_one_yaml(tmp_path):
+def test_a_new_dataset_with_its_own_shifts_is_one_file_and_one_yaml(tmp_path):
+    """`data=<name>` alone brings the dataset's own shifts (its YAML's `shifts:`), never another dataset's."""
     name = f"small_digits_{uuid.uuid4().hex[:8]}"
     with added({ROOT / "src" / "soups" / "data" / f"{name}.py": DATASET,
                 ROOT / "conf" / "data" / f"{name}.yaml": f"_target_: soups.data.{name}.SmallDigits\nname: {name}\n"
-                                                          f"num_classes: 10\n"}):
+                                                          f"num_classes: 10\nshifts:\n  names: [mirrored]\n"}):
         result = sweep_then_soup([f"data={name}"], tmp_path, [a for a in TINY if not a.startswith("data.")])
     assert set(result["uniform"]["metrics"]) == {"val", "test", "mirrored", "avg_shifts"}
     assert "| uniform soup |" in result["stdout"] or "| **uniform soup** |" in result["stdout"]
@@ -126,7 +163,7 @@ def test_a_new_model_is_one_json_and_one_yaml(tmp_path):
     yaml = (f"name: {name}\nopen_clip_name: {name}-clip\npretrained: null\nimage_tower_weights: null\n"
             f"image_size: 32\nmean: [0.5, 0.5, 0.5]\nstd: [0.5, 0.5, 0.5]\nnormalize_features: false\n"
             f"channels_last: false\n")
-    with added({ROOT / "src" / "soups" / "model_configs" / f"{name}-clip.json": json.dumps(config),
+    with added({ROOT / "src" / "soups" / "models" / "configs" / f"{name}-clip.json": json.dumps(config),
                 ROOT / "conf" / "model" / f"{name}.yaml": yaml}):
         result = sweep_then_soup([f"model={name}"], tmp_path)
         run = next((tmp_path / "logs" / "finetune" / "multiruns").iterdir()) / "0" / "run.json"
@@ -138,7 +175,7 @@ HEAD = '''"""The shared init as the pretrained tower with a zero head (every cla
 from dataclasses import dataclass
 
 from soups.heads import Head
-from soups.models import build_classifier
+from soups.models.classifier import build_classifier
 
 
 @dataclass

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 
 from conftest import ROOT
 from soups.errors import BadInput
-from soups.foreign import read_checkpoint, strip_prefixes
+from soups.io.foreign import read_checkpoint, strip_prefixes
 
 DIGITS = "[zero,one,two,three,four,five,six,seven,eight,nine]"
-MNIST = ["data=mnist", "shifts=mnist", "data.train_per_class=2", "data.val_per_class=10", "data.test_per_class=10",
-         "shifts.max_images=20", "logger=none", "eval_batch_size=64"]
+MNIST = ["data=mnist", "data.train_per_class=2", "data.val_per_class=10", "data.test_per_class=10",
+         "data.shifts.max_images=20", "logger=none", "eval_batch_size=64"]
 
 
 def soup(tmp_path, *overrides, check=True):
@@ -50,7 +50,7 @@ def perturbed(state: dict, scale: float, seed: int) -> dict:
 def write_open_clip_train(folder: Path, n: int = 3) -> dict:
     """n fine-tunes of one tiny CLIP as open_clip_train saves them (epoch_N.pt; DDP `module.` keys) and one
     bare state dict; returns the init's state dict."""
-    from soups.models import create_clip
+    from soups.models.classifier import create_clip
     from omegaconf import OmegaConf
 
     torch.manual_seed(0)
@@ -74,7 +74,7 @@ def test_open_clip_train_checkpoints_soup_and_export_back_to_open_clip(tmp_path)
     import open_clip
     from safetensors.torch import load_file
 
-    import soups.models  # noqa: F401 - registers the tiny model config with open_clip
+    import soups.models.classifier  # noqa: F401 - registers the tiny model config with open_clip
     write_open_clip_train(tmp_path / "ckpts")
     soup(tmp_path, "pool=files", f"pool.glob={tmp_path}/ckpts/*/checkpoints/epoch_2.pt", "model=tiny_clip",
          f"pool.classnames={DIGITS}", "pool.templates=simple", "method=[uniform,greedy]")
@@ -98,8 +98,8 @@ def test_open_clip_train_checkpoints_soup_and_export_back_to_open_clip(tmp_path)
 def classifier_with(soup_dir: Path):
     from omegaconf import OmegaConf
 
-    from soups.files import load_weights
-    from soups.models import build_classifier
+    from soups.io.files import load_weights
+    from soups.models.classifier import build_classifier
 
     info = json.loads((soup_dir / "run.json").read_text())
     model = build_classifier(OmegaConf.create(info["config"]["model"]), info["config"]["data"]["num_classes"],
@@ -138,7 +138,7 @@ def test_timm_train_checkpoints_ema_soup_and_export_back_to_timm(tmp_path):
     assert run0["hparams"] == {"model": "test_vit", "lr": 1e-4, "weight_decay": 0.05, "epochs": 3, "smoothing": 0.1,
                                "model_ema": True}  # training settings, not timm's plumbing (data_dir, workers)
     # the EMA weights were souped: the uniform soup is their mean
-    from soups.files import load_weights
+    from soups.io.files import load_weights
     emas = [torch.load(p, weights_only=False)["state_dict_ema"] for p in sorted((tmp_path / "train").glob("*/*.tar"))]
     uniform = tmp_path / "soup" / "uniform"
     soup_state = load_weights(uniform / "model.safetensors")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from soups.ingredient import Ingredient
+from soups.pools.ingredient import Ingredient
 from soups.recipes.greedy import GreedySoup
 from soups.recipes.uniform import UniformSoup
 
@@ -79,7 +79,7 @@ def test_uniform_soup_averages_every_ingredient():
 
 
 class EvaluatingScorer(ScalarScorer):
-    def evaluate(self, state, averaged):
+    def evaluate(self, state, new_point):
         x = state["x"].item()
         return {"val": self.score(x), "test": 50.0 + x}
 
@@ -120,8 +120,8 @@ def test_greedy_refuses_unknown_order():
 def test_early_rejection_makes_the_same_choices_with_fewer_forward_passes(tiny_sweep, soup_cfg, tmp_path):
     import json
 
-    from soups.evaluate import Evaluator
-    from soups.soup_job import run_soup
+    from soups.evaluation.evaluator import Evaluator
+    from soups.jobs.soup import run_soup
 
     _, sweep = tiny_sweep
     forwarded = {}
@@ -152,7 +152,7 @@ def test_early_rejection_makes_the_same_choices_with_fewer_forward_passes(tiny_s
 
 def test_early_rejection_stops_exactly_when_the_bar_is_out_of_reach():
     from soups.data import EvalSet, ImageArray
-    from soups.evaluate import Evaluator
+    from soups.evaluation.evaluator import Evaluator
 
     labels = torch.tensor([1] * 50 + [0] * 50)  # the model below always says 0: wrong on the first half
     images = ImageArray("val", torch.zeros(100, 4, 4, dtype=torch.uint8), labels)
@@ -162,21 +162,24 @@ def test_early_rejection_stops_exactly_when_the_bar_is_out_of_reach():
     with torch.no_grad():
         always_zero[1].weight.zero_()
         always_zero[1].bias.copy_(torch.tensor([1.0, 0.0]))
-    assert evaluator.accuracy(always_zero, "val", acceptable=lambda s: s >= 50.0) == 50.0
+    full = evaluator.measure(always_zero, "val", acceptable=lambda s: s >= 50.0)
+    assert full.accuracy == 50.0 and full.logits.shape == (100, 2) and full.stopped_at is None
     assert evaluator.images_forwarded == 100
-    # bar 60: after 5 batches (50 wrong) at most 50% is reachable
-    assert evaluator.accuracy(always_zero, "val", acceptable=lambda s: s >= 60.0) is None
+    # bar 60: after 5 batches (50 wrong) at most 50% is reachable; the pass says where it stopped
+    stopped = evaluator.measure(always_zero, "val", acceptable=lambda s: s >= 60.0)
+    assert stopped.accuracy is None and stopped.logits is None and stopped.stopped_at == {"correct": 0, "seen": 50, "n": 100}
     assert evaluator.images_forwarded == 100 + 50
     # the released code's strict ">": 50% can never beat 50%, known after 5 batches too
-    assert evaluator.accuracy(always_zero, "val", acceptable=lambda s: s > 50.0) is None
+    assert evaluator.measure(always_zero, "val", acceptable=lambda s: s > 50.0).accuracy is None
     assert evaluator.images_forwarded == 150 + 50
 
 
 def test_an_early_rejection_is_journaled_and_replayed_without_a_forward_pass(tmp_path):
-    from soups.data import EvalSet, ImageArray
-    from soups.eval_cache import EvaluationCache
-    from soups.evaluate import Evaluator
-    from soups.scorer import PoolScorer
+    from omegaconf import OmegaConf
+
+    from soups.data import EvalSet, GivenSets, ImageArray
+    from soups.evaluation.scorer import EvalSettings, PoolScorer
+    from soups.pools import OpenPool
 
     labels = torch.tensor([1] * 50 + [0] * 50)  # the model below always says 0: wrong on the first half
     images = ImageArray("val", torch.zeros(100, 4, 4, dtype=torch.uint8), labels)
@@ -184,20 +187,21 @@ def test_an_early_rejection_is_journaled_and_replayed_without_a_forward_pass(tmp
     state = {"1.weight": torch.zeros(2, 48), "1.bias": torch.tensor([1.0, 0.0])}
 
     def scorer():  # a fresh job (e.g. a rerun after a kill) on the same cache
-        sets = {n: EvalSet(images, 4, [0.5] * 3, [0.5] * 3) for n in ("val", "test")}
-        evaluator = Evaluator(sets, batch_size=10, precision="fp32", device=torch.device("cpu"), progress=False)
-        return PoolScorer(always_zero, evaluator, None, 10, torch.device("cpu"), None,
-                             EvaluationCache(tmp_path, "key"), "key")
+        sets = GivenSets({n: EvalSet(images, 4, [0.5] * 3, [0.5] * 3) for n in ("val", "test")})
+        run_cfg = OmegaConf.create({"data": {"name": "given", "shifts": {"names": []}}, "model": {"name": "linear"}})
+        pool = OpenPool([], run_cfg, always_zero, "given", {}, None)
+        return PoolScorer(pool, EvalSettings(batch_size=10, cache_dir=str(tmp_path)), torch.device("cpu"), sets,
+                          progress=False)
 
     first = scorer()
     assert first.held_out(state, acceptable=lambda s: s >= 60.0) is None
-    assert first.evaluator.images_forwarded == 50
+    assert first.images_forwarded == 50
     rerun = scorer()
     assert rerun.held_out(state, acceptable=lambda s: s >= 60.0) is None  # replayed from the journal
     assert rerun.held_out(state, acceptable=lambda s: s > 55.0) is None   # a bar it still rules out
-    assert rerun.evaluator.images_forwarded == 0
+    assert rerun.images_forwarded == 0
     assert rerun.held_out(state, acceptable=lambda s: s >= 50.0) == 50.0  # a lower bar: evaluated for real
-    assert rerun.evaluator.images_forwarded == 100
+    assert rerun.images_forwarded == 100
 
 
 @pytest.mark.parametrize("ties, expected", [

@@ -28,10 +28,9 @@ def imagenet_cfgs(root, counts, **held_out):
     data = OmegaConf.merge(OmegaConf.load("conf/data/imagenet.yaml"), {
         "root": str(root), "expected_train_images": counts["train"], "expected_val_images": counts["val"],
         "num_workers": 0, "bn_recalibration_images": 8, "held_out": {"per_class": 1, **held_out}})
-    shifts = OmegaConf.merge(OmegaConf.load("conf/shifts/imagenet.yaml"),
-                             {"expected": {k: counts[k] for k in OmegaConf.load("conf/shifts/imagenet.yaml").expected}})
+    data.shifts.expected = {k: counts[k] for k in data.shifts.expected}
     model = OmegaConf.load("conf/model/tiny_vit.yaml")
-    return data, shifts, model
+    return data, model
 
 
 def test_imagenet_train_val_and_the_held_out_split(tree):
@@ -210,13 +209,13 @@ def test_objectnet_label_without_a_folder_is_an_error(tmp_path):
 
 def test_missing_root_wrong_count_and_wrong_layout_say_what_was_expected(tree, tmp_path):
     root, counts = tree
-    data, shifts, model = imagenet_cfgs(tmp_path / "nowhere", counts)
+    data, model = imagenet_cfgs(tmp_path / "nowhere", counts)
     with pytest.raises(DatasetLayoutError, match="(?s)missing folder.*expected layout.*get it from"):
-        build_data(data, shifts, model)
-    data, shifts, model = imagenet_cfgs(root, counts)
-    shifts.expected.imagenet_a = 7500
+        build_data(data, model)
+    data, model = imagenet_cfgs(root, counts)
+    data.shifts.expected.imagenet_a = 7500
     with pytest.raises(DatasetLayoutError, match="imagenet_a: found 200 images, expected 7500"):
-        build_data(data, shifts, model)
+        build_data(data, model)
     with pytest.raises(DatasetLayoutError, match="named 0..999"):
         imagenet_v2(root / "sketch", IDENTITY, None, 0)
 

@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import ROOT, compose_cfg
-from soups.eval_cache import EvaluationCache, hash_ids
-from soups.files import atomic_save_safetensors, read_json, sha256_file, write_json
-from soups.resume import load_train_state
-from soups.soup_job import run_soup
+from soups.evaluation.cache import EvaluationCache, hash_ids
+from soups.io.files import atomic_save_safetensors, read_json, sha256_file, write_json
+from soups.training.resume import load_train_state
+from soups.jobs.soup import run_soup
 from test_resume import ENV, finetune_command
 
 TINY_RUN = ["epochs=1", "logger=none"]
@@ -46,7 +46,10 @@ def damaged_pool(sweep, pool):
 def test_a_pool_takes_only_finished_intact_runs_and_names_what_it_skipped(tiny_sweep, soup_cfg, tmp_path):
     pool = damaged_pool(tiny_sweep[1], tmp_path / "pool")
     rows = run_soup(soup_cfg(f"pool.dir={pool}", "method=uniform"), tmp_path / "out")
-    assert [r["row"] for r in rows if r["kind"] == "individual"] == ["pool/0", "pool/2"]
+    # rows by the runs' short names; the full path in the record (and in every soup.json)
+    individuals = [r for r in rows if r["kind"] == "individual"]
+    assert [r["row"] for r in individuals] == ["fine-tune 0", "fine-tune 2"]
+    assert [r["source"] for r in individuals] == [str(pool / "0"), str(pool / "2")]
     report = (tmp_path / "out" / "report.md").read_text()
     expected = {"1": "does not match the sha256", "3": "truncated or damaged", "4": "unfinished: no run.json",
                 "5": "failed: non-finite training loss", "6": "missing checkpoint"}
@@ -88,7 +91,7 @@ def test_a_full_disk_during_a_save_leaves_the_previous_file_intact(tmp_path, mon
             f.write(b"half a checkpoint")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("soups.files.save_file", disk_full)
+    monkeypatch.setattr("soups.io.files.save_file", disk_full)
     with pytest.raises(OSError, match="No space left"):
         atomic_save_safetensors({"w": torch.zeros(4)}, path)
     assert sha256_file(path) == before and os.listdir(tmp_path) == ["model.safetensors"]  # no temp left
@@ -97,7 +100,7 @@ def test_a_full_disk_during_a_save_leaves_the_previous_file_intact(tmp_path, mon
 KILLED_WRITER = """
 import sys, time
 from pathlib import Path
-from soups.files import atomic_write
+from soups.io.files import atomic_write
 def write(tmp):
     Path(tmp).write_bytes(b"the new checkpoint, half written")
     Path(sys.argv[2]).touch()  # tell the test we are mid-write
@@ -183,14 +186,14 @@ def test_a_config_cannot_name_code_to_run(soup_cfg, tmp_path):
         run_soup(soup_cfg("logger._target_=os.system"), tmp_path / "out")
     with pytest.raises(ValueError, match=r"pool._target_='soups.pools.run_dirs.globlib.glob': expected a Pool"):
         run_soup(soup_cfg("pool._target_=soups.pools.run_dirs.globlib.glob"), tmp_path / "out")
-    from soups.analyze_job import run_analysis
+    from soups.jobs.analyze import run_analysis
 
     with pytest.raises(ValueError, match=r"analysis._target_='os.system': expected an? Analysis class in soups.analyses"):
         run_analysis(compose_cfg("analyze", tmp_path, ["logger=none", "analysis._target_=os.system"]), tmp_path / "a")
 
 
 def test_a_fine_tuning_config_cannot_name_code_to_run(finetune_cfg, tmp_path):
-    from soups.finetune_job import run_finetune
+    from soups.jobs.finetune import run_finetune
 
     with pytest.raises(ValueError, match=r"head._target_='os.system': expected a Head class in soups.heads"):
         run_finetune(finetune_cfg("head._target_=os.system"), tmp_path / "run")
@@ -254,7 +257,7 @@ def test_unwritable_folders_are_refused_before_any_work(tmp_path, write_protecte
 
 
 def test_same_config_and_seed_give_the_same_weights_and_record_what_computed_them(finetune_cfg, tmp_path):
-    from soups.finetune_job import run_finetune
+    from soups.jobs.finetune import run_finetune
     from soups.runtime import git_commit
 
     first = run_finetune(finetune_cfg("randaug=rand-m5-n1", "mixup=0.2"), tmp_path / "a")
@@ -267,12 +270,12 @@ def test_same_config_and_seed_give_the_same_weights_and_record_what_computed_the
     assert env["cpu"] and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and env["threads"] >= 1
 
 
-def test_every_guarantee_in_the_readme_names_a_test_that_exists():
+def test_every_guarantee_in_the_docs_names_a_test_that_exists():
     import ast
     import re
 
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Guarantees")[1].split("\n## ")[0]
+    page = (ROOT / "docs" / "guarantees.md").read_text()
+    section = page.split("# Guarantees", 1)[1]  # the page is the guarantees table under its title
     named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", section)
     assert len(named) >= 20
     for file, test in named:
@@ -280,9 +283,27 @@ def test_every_guarantee_in_the_readme_names_a_test_that_exists():
         assert test in {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}, f"{file}::{test}"
 
 
+def test_the_readme_is_a_front_door():
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    contents = re.search(r"^#+ .*Contents.*\n+((?:.*\]\(.*\n?)+)", readme, re.MULTILINE)
+    assert contents, "a heading with 'Contents' followed by links"
+    pages = sorted((ROOT / "docs").glob("*.md"))
+    assert pages, "the docs pages the README links to"
+    for page in [ROOT / "README.md", *pages]:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)  # no links inside code blocks
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            path = target.split("#")[0]
+            if not path or re.match(r"[a-z][a-z0-9+.-]*:", path):  # an anchor on the page itself, or a URL
+                continue
+            assert (page.parent / path).exists(), f"{page.relative_to(ROOT)}: {target}"
+
+
 def test_a_run_whose_last_update_diverges_is_failed_not_finished(finetune_cfg, tmp_path):
     """One step (200 images, batch 200) at lr 1e30: the loss before it was finite, the weights after are not."""
-    from soups.finetune_job import run_finetune
+    from soups.jobs.finetune import run_finetune
 
     info = run_finetune(finetune_cfg("batch_size=200", "lr=1e30", "warmup_steps=0"), tmp_path / "run")
     assert info["status"] == "failed" and "weights hold NaN or inf after training" in info["failure"]
@@ -292,7 +313,7 @@ def test_a_run_whose_last_update_diverges_is_failed_not_finished(finetune_cfg, t
 def test_non_finite_weights_enter_no_pool_from_any_source(tiny_sweep, tmp_path):
     from omegaconf import OmegaConf
 
-    from soups.checkpoints import convert_official_state_dict
+    from soups.io.checkpoints import convert_official_state_dict
     from soups.pools.run_dirs import load_pool
 
     _, sweep = tiny_sweep

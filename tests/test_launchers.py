@@ -7,7 +7,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import ROOT, TINY
-from soups.files import read_json
+from soups.io.files import read_json
 from test_resume import ENV
 
 

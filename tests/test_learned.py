@@ -7,10 +7,10 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from soups.data import build_data
-from soups.files import load_weights
-from soups.models import build_classifier
+from soups.io.files import load_weights
+from soups.models.classifier import build_classifier
 from soups.recipes.learned import LOSS_ORDER_SEED, LearnedSoup, _Mix
-from soups.soup_job import run_soup
+from soups.jobs.soup import run_soup
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -42,7 +42,7 @@ def held_out_loss_with_batch_statistics(weights_file, run_cfg, batch_size):
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.train()
-    held_out = build_data(run_cfg.data, run_cfg.shifts, run_cfg.model).eval_sets()["val"]
+    held_out = build_data(run_cfg.data, run_cfg.model).eval_sets()["val"]
     with torch.no_grad():
         total = sum(F.cross_entropy(model(x), y).item() * len(y) for x, y in held_out.batches(batch_size, shuffle_seed=LOSS_ORDER_SEED))
     return total / len(held_out)
@@ -114,7 +114,7 @@ def test_a_second_run_reuses_the_learned_weights(tiny_sweep, soup_cfg, tmp_path,
 
 def test_an_interrupted_learned_soup_resumes_from_its_journal_with_the_same_weights(tiny_sweep, soup_cfg, tmp_path,
                                                                                     monkeypatch, caplog):
-    from soups.scorer import PoolScorer
+    from soups.evaluation.scorer import PoolScorer
 
     _, sweep = tiny_sweep
     settings = ("method=learned", "method.learned.epochs=3")

@@ -1,5 +1,5 @@
 from soups.recipes import Recipe
-from soups.recipes.build import build_recipes
+from soups.recipes import build_recipes
 
 
 def test_method_all_selects_and_builds_every_recipe(soup_cfg):

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from soups.ingredient import Ingredient
+from soups.pools.ingredient import Ingredient
 from soups.recipes.model_stock import ModelStock
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, compose_cfg, own_cache
-from soups.soup_job import run_soup
+from soups.jobs.soup import run_soup
 
 NOTEBOOK = ROOT / "notebooks" / "soup_results.ipynb"
 METHODS = ["method=[uniform,greedy,greedy_random,learned,learned_bylayer,wise_ft,ensemble]",
@@ -26,7 +26,7 @@ def soup_run(tiny_sweep, tmp_path_factory) -> Path:
 def test_notebook_cells_run_on_a_soup_run(soup_run, tiny_sweep, tmp_path, monkeypatch, capsys):
     import matplotlib
 
-    from soups.analyze_job import run_analysis
+    from soups.jobs.analyze import run_analysis
 
     matplotlib.use("Agg")
     tmp, sweep = tiny_sweep

@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from soups.finetune_job import run_finetune
-from soups.files import load_weights
-from soups.soup_job import run_soup
+from soups.jobs.finetune import run_finetune
+from soups.io.files import load_weights
+from soups.jobs.soup import run_soup
 
 
 def test_finetune_run_dir_is_self_describing(tiny_sweep):
@@ -115,15 +115,15 @@ def test_checkpoint_round_trip_reproduces_the_recorded_accuracy(tiny_sweep):
     from omegaconf import OmegaConf
 
     from soups.data import build_data
-    from soups.evaluate import Evaluator
-    from soups.models import build_classifier
+    from soups.evaluation.evaluator import Evaluator
+    from soups.models.classifier import build_classifier
 
     _, sweep = tiny_sweep
     info = json.loads((sweep / "1" / "run.json").read_text())
     cfg = OmegaConf.create(info["config"])
     model = build_classifier(cfg.model, cfg.data.num_classes, load_pretrained=False)
     model.load_state_dict(load_weights(sweep / "1" / "model.safetensors"))
-    evaluator = Evaluator(build_data(cfg.data, cfg.shifts, cfg.model).eval_sets(), 128, "fp32",
+    evaluator = Evaluator(build_data(cfg.data, cfg.model).eval_sets(), 128, "fp32",
                           torch.device("cpu"))
     assert evaluator.evaluate(model) == info["metrics"]
 
@@ -147,8 +147,8 @@ def test_ensemble_metrics_are_those_of_the_mean_logits(tiny_sweep, soup_cfg, tmp
     from omegaconf import OmegaConf
 
     from soups.data import build_data
-    from soups.evaluate import Evaluator
-    from soups.models import build_classifier
+    from soups.evaluation.evaluator import Evaluator
+    from soups.models.classifier import build_classifier
 
     _, sweep = tiny_sweep
     rows = run_soup(soup_cfg(f"pool.dir={sweep}", "method=[ensemble,greedy_ensemble]"), tmp_path / "soup")
@@ -157,7 +157,7 @@ def test_ensemble_metrics_are_those_of_the_mean_logits(tiny_sweep, soup_cfg, tmp
     assert not (tmp_path / "soup" / "ensemble" / "model.safetensors").exists()
     assert "| **ensemble** |" in (tmp_path / "soup" / "report.md").read_text()
     cfg = OmegaConf.create(json.loads((sweep / "0" / "run.json").read_text())["config"])
-    evaluator = Evaluator(build_data(cfg.data, cfg.shifts, cfg.model).eval_sets(), 128, "fp32", torch.device("cpu"))
+    evaluator = Evaluator(build_data(cfg.data, cfg.model).eval_sets(), 128, "fp32", torch.device("cpu"))
     model = build_classifier(cfg.model, cfg.data.num_classes, load_pretrained=False)
     for name in ("val", "test", "rotate"):
         logits = []
@@ -202,12 +202,12 @@ def test_fp16_training_scales_the_loss_and_keeps_the_scale_in_the_training_state
     from omegaconf import OmegaConf
 
     from soups.data import build_data
-    from soups.models import build_classifier
-    from soups.train import finetune
+    from soups.models.classifier import build_classifier
+    from soups.training.loop import finetune
 
     cfg = finetune_cfg("precision=fp16", "model=tiny_vit")
     model = build_classifier(cfg.model, cfg.data.num_classes)
-    data = build_data(cfg.data, cfg.shifts, cfg.model)
+    data = build_data(cfg.data, cfg.model)
     OmegaConf.set_struct(cfg, False)
     history = finetune(model, data.train_set(None, 1.0), cfg, cfg.data.num_classes, torch.device("cpu"),
                        state_dir=tmp_path)

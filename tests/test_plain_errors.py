@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import TINY
 from soups.data.folders import WNIDS
-from soups.files import write_json
+from soups.io.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOW = pytest.mark.slow  # a subprocess each (~10 s): the same conversion as the fast ones

@@ -7,8 +7,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import save_file
 
-from soups.models import build_classifier
-from soups.pretrained import efficientnet_lite0_state_dict, resolve_image_tower_weights
+from soups.models.classifier import build_classifier
+from soups.models.pretrained import efficientnet_lite0_state_dict, resolve_image_tower_weights
 
 DEMO_MODEL = OmegaConf.load("conf/model/efficientnet_lite0.yaml")
 
@@ -51,7 +51,7 @@ def test_unknown_tower_weights_name_is_a_clear_error(tmp_path):
 
 def test_the_head_and_its_argmax_stay_fp32_under_bf16_autocast():
     """Logits 30.13 and 30.17 (class 1) both round to 30.125 in bf16, where argmax would pick class 0."""
-    from soups.models import ImageClassifier
+    from soups.models.classifier import ImageClassifier
     from soups.runtime import autocast
 
     model = ImageClassifier(torch.nn.Identity(), feature_dim=2, num_classes=2, normalize_features=False)

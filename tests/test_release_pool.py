@@ -11,9 +11,9 @@ import torch
 
 from conftest import ROOT, compose_cfg
 from fake_imagenet import make_tree
-from soups.evaluate import Evaluator
-from soups.models import create_clip
-from soups.soup_job import run_soup
+from soups.evaluation.evaluator import Evaluator
+from soups.models.classifier import create_clip
+from soups.jobs.soup import run_soup
 
 SHIFTS = ("imagenet_v2", "imagenet_r", "imagenet_sketch", "objectnet", "imagenet_a")
 
@@ -40,7 +40,7 @@ def overrides(tmp_path, counts, model="tiny_vit"):
     return ["experiment=paper_vit_b32", f"model={model}", "precision=fp32", "logger=none", "eval_batch_size=256",
             f"data.root={tmp_path}/data", "data.num_workers=0", "data.held_out.per_class=1", "data.held_out.idxs_file=null",
             f"data.expected_train_images={counts['train']}", f"data.expected_val_images={counts['val']}",
-            *[f"shifts.expected.{k}={counts[k]}" for k in SHIFTS],
+            *[f"data.shifts.expected.{k}={counts[k]}" for k in SHIFTS],
             f"pool.dir={tmp_path}/release", "pool.models=3"]
 
 
@@ -65,7 +65,7 @@ def test_released_pool_soups_and_compares_with_the_paper(tmp_path, monkeypatch):
 
 
 def test_every_analysis_runs_on_the_released_pool(tmp_path):
-    from soups.analyze_job import run_analysis
+    from soups.jobs.analyze import run_analysis
 
     counts = make_tree(tmp_path / "data", train_per_class=1 + 1)
     base = [*overrides(tmp_path, counts)]
@@ -107,8 +107,8 @@ def test_soup_of_three_official_vit_b32_checkpoints_through_soup_py(tmp_path):
 
 
 def test_finetune_experiment_starts_from_the_released_init(tmp_path):
-    from soups.finetune_job import run_finetune
-    from soups.files import load_weights
+    from soups.jobs.finetune import run_finetune
+    from soups.io.files import load_weights
 
     counts = make_tree(tmp_path / "data")
     data_args = [a for a in overrides(tmp_path, counts) if a.startswith(("data.", "shifts.", "model="))]

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, TINY
-from soups.files import read_json
+from soups.io.files import read_json
 from soups.names import STATE_NAME
 from soups.tracking.wandb_logger import run_id
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from soups.search import sample
+from soups.training.search import sample
 
 SPACE = {"lr": ["log_uniform", 1e-3, 3e-3], "wd": ["choice", 0.0, 0.1], "epochs": ["int_uniform", 2, 4],
          "label_smoothing": ["uniform", 0.0, 0.2]}
@@ -40,7 +40,7 @@ def test_paper_random_search_draws_the_papers_distributions_reproducibly():
     from conftest import compose_cfg
     from omegaconf import OmegaConf
 
-    from soups.search import draws
+    from soups.training.search import draws
 
     cfg = compose_cfg("finetune", Path("/tmp"), ["sweep=paper_random"])
     assert cfg.search_draws == 71

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.stats import bootstrap
 
-from soups.stats import ece, interval_text, mcnemar_p, nll, paired_bootstrap
+from soups.evaluation.stats import ece, interval_text, mcnemar_p, nll, paired_bootstrap
 
 
 def two_class(confidence: float, n: int, n_correct: int):
@@ -76,7 +76,7 @@ def test_interval_text():
 
 def test_every_soup_row_carries_calibration_and_an_interval_consistent_with_its_accuracy(tiny_sweep, soup_cfg,
                                                                                          tmp_path):
-    from soups.soup_job import run_soup
+    from soups.jobs.soup import run_soup
 
     _, sweep = tiny_sweep
     rows = run_soup(soup_cfg(f"pool.dir={sweep}", "method=[uniform,greedy,ensemble]", "statistics.resamples=200"),
@@ -98,7 +98,7 @@ def test_every_soup_row_carries_calibration_and_an_interval_consistent_with_its_
 
 def test_bad_statistics_settings_are_named(soup_cfg, tmp_path):
     from soups.errors import BadInput
-    from soups.soup_job import run_soup
+    from soups.jobs.soup import run_soup
 
     with pytest.raises(BadInput, match="resamples=10"):
         run_soup(soup_cfg("statistics.resamples=10"), tmp_path / "soup")

@@ -21,7 +21,7 @@ from soups.data.text import Sentences, TextSet
 from soups.errors import BadInput, MissingInput
 from soups.heads.linear_probe import fit_linear_probe
 from soups.names import WEIGHTS_NAME
-from soups.text_models import TokenBatch, text_classifier, tokenizer_for
+from soups.models.text import TokenBatch, text_classifier, tokenizer_for
 
 MINILM = OmegaConf.load(ROOT / "conf/model/minilm_l6.yaml")
 TINY_BERT = OmegaConf.load(ROOT / "conf/model/tiny_bert.yaml")
@@ -124,7 +124,7 @@ def test_text_sets_pad_each_batch_to_its_longest_sentence_and_keep_ids_with_labe
 def test_pretrained_minilm_loads_every_tensor_of_the_file_and_pooling_ignores_padding():
     from safetensors.torch import load_file
 
-    from soups.text_models import encoder_dir
+    from soups.models.text import encoder_dir
 
     model = text_classifier(MINILM, num_classes=2).eval()
     stored = load_file(str(encoder_dir(MINILM.text_encoder) / "model.safetensors"))
@@ -136,7 +136,7 @@ def test_pretrained_minilm_loads_every_tensor_of_the_file_and_pooling_ignores_pa
     tokenizer = tokenizer_for(MINILM)
     ids = tokenizer(["a fine film", "a fine film, if a little long and slow in its middle"])["input_ids"]
     alone = model.features(TokenBatch(torch.tensor([ids[0]]), torch.ones(1, len(ids[0]), dtype=torch.long)))
-    from soups.text_models import pad
+    from soups.models.text import pad
     padded = model.features(pad([torch.tensor(i) for i in ids], tokenizer.pad_token_id))
     torch.testing.assert_close(padded[0], alone[0], atol=1e-5, rtol=1e-5)
 
@@ -183,7 +183,7 @@ def test_text_finetune_sweep_then_soups_end_to_end(tmp_path):
     from safetensors.torch import load_file
 
     data = fake_sentences(tmp_path / "hutto")
-    small = ["model=tiny_bert", "data.test_size=30", "data.val_size=30", "shifts.max_images=25",
+    small = ["model=tiny_bert", "data.test_size=30", "data.val_size=30", "data.shifts.max_images=25",
              "eval_batch_size=16", "batch_size=8", "warmup_steps=2", "head.Cs=[1.0]"]
     run(["src/finetune.py", "-m", "experiment=text_demo", "sweep=demo", "search_draws=2", "logger=wandb",
          f"hydra.sweep.dir={tmp_path}/logs/finetune/multiruns/s", *small, *data], tmp_path)
@@ -204,24 +204,24 @@ def test_text_finetune_sweep_then_soups_end_to_end(tmp_path):
 
 
 def test_text_settings_that_cannot_apply_are_refused_before_work(tmp_path):
-    from soups.config import ConfigError, FinetuneSettings, check
-    from soups.finetune_job import run_finetune
+    from soups.settings import ConfigError, FinetuneSettings, checked
+    from soups.jobs.finetune import run_finetune
 
     data = fake_sentences(tmp_path / "hutto", n=40)
     cfg = compose_cfg("finetune", tmp_path, ["experiment=text_demo", "model=tiny_bert", "mixup=0.2", *data])
     with pytest.raises(ConfigError, match="mixup=0.2 .expected 0 for a text model"):
-        check(cfg, FinetuneSettings)
+        checked(cfg, FinetuneSettings)
     cfg = compose_cfg("finetune", tmp_path, ["experiment=text_demo", "model=tiny_bert", "randaug=rand-m9-n2",
                                              "crop_scale=0.5", *data])
     with pytest.raises(ConfigError, match="randaug='rand-m9-n2' .expected null .*crop_scale=0.5 .expected 1.0"):
-        check(cfg, FinetuneSettings)
+        checked(cfg, FinetuneSettings)
     cfg = compose_cfg("finetune", tmp_path, ["experiment=text_demo", "model=tiny_vit", "logger=none", *data])
     with pytest.raises(BadInput, match="data=sentiment holds texts, but model=tiny_vit classifies images"):
         run_finetune(cfg, tmp_path / "run2")
     cfg = compose_cfg("finetune", tmp_path, ["~experiment", "model=tiny_bert", "logger=none"])
     with pytest.raises(BadInput, match="data=mnist holds images, but model=tiny_bert classifies texts"):
         run_finetune(cfg, tmp_path / "run3")
-    for bad in ("data.val_size=0", "data.train_size=-3", "shifts.max_images=0", "data.min_abs_rating=5"):
+    for bad in ("data.val_size=0", "data.train_size=-3", "data.shifts.max_images=0", "data.min_abs_rating=5"):
         cfg = compose_cfg("finetune", tmp_path, ["experiment=text_demo", "model=tiny_bert", "logger=none", *data, bad])
         with pytest.raises(BadInput, match=re.escape(bad.split("=")[0]) + ".*expected"):
             run_finetune(cfg, tmp_path / "run4")
@@ -235,7 +235,7 @@ def test_text_settings_that_cannot_apply_are_refused_before_work(tmp_path):
 def test_a_damaged_or_partial_encoder_folder_is_refused_never_loaded_partly_random(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from soups.text_models import encoder_dir
+    from soups.models.text import encoder_dir
 
     source = encoder_dir(MINILM.text_encoder)
     folder = tmp_path / "enc"
@@ -262,13 +262,13 @@ def test_the_init_measures_what_its_probe_measured_for_each_random_encoder(tmp_p
     init) never gets a head fitted to the first one's features."""
     import json
 
-    from soups.shared_init import shared_init
+    from soups.heads.shared_init import shared_init
 
     data = fake_sentences(tmp_path / "hutto")
     for seed, C in ((0, 1.0), (5, 0.5)):
         cfg = compose_cfg("finetune", tmp_path, ["experiment=text_demo", "model=tiny_bert", f"seed={seed}",
                                                  f"head.Cs=[{C}]", "data.test_size=30", "data.val_size=40",
-                                                 "shifts.max_images=20", *data])
+                                                 "data.shifts.max_images=20", *data])
         from soups.runtime import setup
         setup(seed, None)
         info = json.loads((shared_init(cfg, torch.device("cpu")) / "init.json").read_text())

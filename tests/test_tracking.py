@@ -64,7 +64,7 @@ class RecordingTracker:
 def test_each_recipe_logs_metrics_trace_curve_and_plot(tiny_sweep, soup_cfg, tmp_path, monkeypatch):
     import contextlib
 
-    from soups import soup_job
+    from soups.jobs import soup as soup_job
 
     recorder = RecordingTracker()
     monkeypatch.setattr(soup_job, "tracking", lambda *a, **k: contextlib.nullcontext(recorder))

@@ -8,9 +8,9 @@ import timm
 import torch
 from omegaconf import OmegaConf
 
-from soups import onnx_vit
-from soups.models import build_classifier
-from soups.pretrained import resolve_image_tower_weights
+from soups.models import onnx_vit
+from soups.models.classifier import build_classifier
+from soups.models.pretrained import resolve_image_tower_weights
 
 VIT_MODEL = OmegaConf.load("conf/model/vit_s14_dinov2.yaml")
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from soups.ingredient import Ingredient
+from soups.pools.ingredient import Ingredient
 from soups.averaging import interpolate
 from soups.recipes.wise_ft import WiseFT
 
@@ -23,8 +23,8 @@ class Curve:
     def load(self, ingredient):
         return self.tuned[ingredient.name]
 
-    def evaluate(self, state, averaged):
-        self.calls.append(averaged)
+    def evaluate(self, state, new_point):
+        self.calls.append(new_point)
         score = 100 - 50 * abs(state["w"].item() - 0.7)
         return {"val": score, "test": score, "avg_shifts": score}
 

@@ -10,10 +10,10 @@ from omegaconf import OmegaConf
 
 from conftest import compose_cfg
 from fake_imagenet import make_tree
-from soups.finetune_job import run_finetune
-from soups.heads.zero_shot import zero_shot_head
-from soups.models import create_clip
-from soups.soup_job import run_soup
+from soups.jobs.finetune import run_finetune
+from soups.models.zero_shot import zero_shot_head
+from soups.models.classifier import create_clip
+from soups.jobs.soup import run_soup
 
 TINY_VIT = OmegaConf.load("conf/model/tiny_vit.yaml")
 
@@ -42,10 +42,10 @@ def test_missing_pretrained_weights_say_how_to_supply_them(monkeypatch):
 
 def test_zero_shot_init_finetune_and_soup_on_fake_imagenet(tmp_path, soup_cfg):
     counts = make_tree(tmp_path / "data")
-    overrides = ["model=tiny_vit", "data=imagenet", "shifts=imagenet", "head=zero_shot", "head.templates=simple",
+    overrides = ["model=tiny_vit", "data=imagenet", "head=zero_shot", "head.templates=simple",
                  f"data.root={tmp_path}/data", "data.num_workers=0", "data.held_out.per_class=1",
                  f"data.expected_train_images={counts['train']}", f"data.expected_val_images={counts['val']}",
-                 *[f"shifts.expected.{k}={counts[k]}" for k in ("imagenet_v2", "imagenet_r", "imagenet_sketch",
+                 *[f"data.shifts.expected.{k}={counts[k]}" for k in ("imagenet_v2", "imagenet_r", "imagenet_sketch",
                                                                 "objectnet", "imagenet_a")],
                  "batch_size=64", "epochs=1", "warmup_steps=2", "logger=none", "eval_batch_size=128"]
     sweep = tmp_path / "sweep"
@@ -64,13 +64,13 @@ def test_zero_shot_init_finetune_and_soup_on_fake_imagenet(tmp_path, soup_cfg):
 @pytest.mark.filterwarnings("ignore:The number of unique classes")  # one image per class in the fake tree
 def test_linear_probe_init_on_imagenet_caches_its_features(tmp_path, monkeypatch):
     import soups.heads.linear_probe
-    from soups.shared_init import shared_init
+    from soups.heads.shared_init import shared_init
 
     counts = make_tree(tmp_path / "data")
-    base = ["model=tiny_vit", "data=imagenet", "shifts=imagenet", "head=linear_probe", "head.train_per_class=1",
+    base = ["model=tiny_vit", "data=imagenet", "head=linear_probe", "head.train_per_class=1",
             "head.max_iter=50", f"data.root={tmp_path}/data", "data.num_workers=0", "data.held_out.per_class=1",
             f"data.expected_train_images={counts['train']}", f"data.expected_val_images={counts['val']}",
-            *[f"shifts.expected.{k}={counts[k]}" for k in ("imagenet_v2", "imagenet_r", "imagenet_sketch",
+            *[f"data.shifts.expected.{k}={counts[k]}" for k in ("imagenet_v2", "imagenet_r", "imagenet_sketch",
                                                            "objectnet", "imagenet_a")], "eval_batch_size=256"]
     torch.manual_seed(0)  # the random tower's weights, as a job's seed makes them (they key the feature cache)
     init = shared_init(compose_cfg("finetune", tmp_path, [*base, "head.Cs=[1.0]"]), torch.device("cpu"))

@@ -45,7 +45,7 @@ def write_jpegs(folder: Path, count: int, seed: int = 0) -> list[str]:
 def vit_b32():
     import open_clip
 
-    from soups.models import ImageClassifier
+    from soups.models.classifier import ImageClassifier
 
     clip = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None)
     return ImageClassifier(clip.visual, clip.visual.output_dim, 1000, normalize_features=True).eval(), 224, \
@@ -55,7 +55,7 @@ def vit_b32():
 def demo_model():
     from omegaconf import OmegaConf
 
-    from soups.models import build_classifier
+    from soups.models.classifier import build_classifier
 
     cfg = OmegaConf.load(CONF / "model" / "efficientnet_lite0.yaml")
     model = build_classifier(cfg, 10, load_pretrained=False).eval()

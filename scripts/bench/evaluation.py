@@ -19,7 +19,7 @@ def bench_eval(args) -> list[dict]:
 
     from soups.data.folders import FileEvalSet, FileImages
     from soups.data.store import StoredEvalSet
-    from soups.evaluate import Evaluator
+    from soups.evaluation.evaluator import Evaluator
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     paths = write_jpegs(tmp / "images", args.images)

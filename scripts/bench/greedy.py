@@ -38,9 +38,9 @@ def digit_jpegs(folder: Path, images, labels, size: int = 384) -> list[str]:
 def fine_tunes(model_cfg, data, folder: Path) -> list[Path]:
     from omegaconf import OmegaConf
 
-    from soups.files import atomic_save_safetensors
-    from soups.models import build_classifier
-    from soups.train import finetune
+    from soups.io.files import atomic_save_safetensors
+    from soups.models.classifier import build_classifier
+    from soups.training.loop import finetune
 
     torch.manual_seed(0)
     model = build_classifier(model_cfg, 10, cache_dir=folder / "cache")  # channels_last per config
@@ -89,12 +89,12 @@ def naive_greedy(paths, held_out, model, loader_of):
 
 PHASES = {  # (file, function) of the project's greedy soup -> phase
     ("store.py", "_build"): "decode into the store (once)",
-    ("evaluate.py", "recalibrate_bn"): "BN statistics of candidates",
-    ("evaluate.py", "accuracy"): "held-out passes",
-    ("io.py", "load_weights"): "loading weights",
+    ("evaluator.py", "recalibrate_bn"): "BN statistics of candidates",
+    ("evaluator.py", "measure"): "held-out passes",
+    ("files.py", "load_weights"): "loading weights",
     ("averaging.py", "peek_with"): "averaging",
     ("averaging.py", "add"): "averaging",
-    ("eval_cache.py", "state_digest"): "hashing weights (cache keys)",
+    ("files.py", "state_digest"): "hashing weights (cache keys)",
 }
 
 
@@ -121,19 +121,18 @@ def bench_greedy(args) -> list[dict]:
     from open_clip import image_transform
     from torch.utils.data import DataLoader
 
-    from soups.data import build_data
+    from soups.data import GivenSets, build_data
     from soups.data.folders import FileEvalSet, FileImages
     from soups.data.store import StoredEvalSet
-    from soups.eval_cache import EvaluationCache
-    from soups.evaluate import Evaluator
-    from soups.models import build_classifier
-    from soups.ingredient import Ingredient
+    from soups.evaluation.scorer import EvalSettings, PoolScorer
+    from soups.models.classifier import build_classifier
+    from soups.pools import OpenPool
+    from soups.pools.ingredient import Ingredient
     from soups.recipes.greedy import GreedySoup
-    from soups.scorer import PoolScorer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-greedy-"))
     model_cfg = OmegaConf.load(CONF / "model" / "efficientnet_lite0.yaml")
-    data = build_data(OmegaConf.load(CONF / "data" / "mnist.yaml"), OmegaConf.load(CONF / "shifts" / "mnist.yaml"),
+    data = build_data(OmegaConf.load(CONF / "data" / "mnist.yaml"),
                       model_cfg)
     per_class = torch.cat([(data.val.labels == c).nonzero().flatten()[:args.images // 10] for c in range(10)])
     files = {"val": (digit_jpegs(tmp / "val", data.val.images[per_class], data.val.labels[per_class]),
@@ -146,17 +145,19 @@ def bench_greedy(args) -> list[dict]:
     print(f"# {len(paths)} fine-tunes in {time.perf_counter() - start:.0f} s", flush=True)
 
     def scorer_over(cache_dir: Path):
+        """The soup job's scorer, built the one way it is built (a pool + evaluation settings), over the
+        benchmark's JPEG sets stored under `cache_dir`."""
         sets = {n: StoredEvalSet(FileEvalSet(n, p, y, transform, num_workers=args.workers), cache_dir)
                 for n, (p, y) in files.items()}
-        model = build_classifier(model_cfg, 10, load_pretrained=False)
-        evaluator = Evaluator({"val": sets["val"], "test": sets["val"]}, args.batch_size, "fp32",
-                              torch.device("cpu"), progress=False)
-        return PoolScorer(model, evaluator, sets["bn"], args.batch_size, torch.device("cpu"), None,
-                             EvaluationCache(cache_dir, "bench"), "bench", cache_logits=False)
+        run_cfg = OmegaConf.create({"data": {"name": "bench-jpegs", "shifts": {"names": []}}, "model": model_cfg})
+        pool = OpenPool([], run_cfg, build_classifier(model_cfg, 10, load_pretrained=False), "bench", {}, None)
+        settings = EvalSettings(batch_size=args.batch_size, cache_logits=False, bn_recalibration=True,
+                                cache_dir=str(cache_dir))
+        return PoolScorer(pool, settings, torch.device("cpu"), GivenSets({"val": sets["val"], "test": sets["val"]},
+                                                                         sets["bn"]), progress=False)
 
     ranking = scorer_over(tmp / "ranking")  # individual held-out accuracies (not timed, as in the paper)
-    held_out = [ranking.evaluator.accuracy(ranking.materialize(ranking.load(Ingredient(p.stem, p, {})), False), "val")
-                for p in paths]
+    held_out = [ranking.individual_metrics(Ingredient(p.stem, p, {}))["val"] for p in paths]
     pool = [Ingredient(p.stem, p, {"metrics": {"val": acc}}) for p, acc in zip(paths, held_out)]
 
     model = build_classifier(model_cfg, 10, load_pretrained=False)
@@ -185,7 +186,7 @@ def bench_greedy(args) -> list[dict]:
            "speedup": naive_s / project_s, "timings_s": timings, "project_chosen": project_chosen, "naive_chosen": chosen,
            "same_choices": sorted(project_chosen) == sorted(chosen),
            "project_held_out": result.record["held_out"], "naive_held_out": best,
-           "project_held_out_images_forwarded": scorer.evaluator.images_forwarded,
+           "project_held_out_images_forwarded": scorer.images_forwarded,
            "naive_held_out_images_forwarded": naive_forwarded, "project_profile_s": profile}
     print(json.dumps(row), flush=True)
     return [row]

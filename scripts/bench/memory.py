@@ -13,7 +13,7 @@ from bench.common import run_child, vit_b32
 MEMORY_CHILD = """
 import torch
 from soups.averaging import RunningAverage, average
-from soups.files import load_weights
+from soups.io.files import load_weights
 paths = {paths!r}
 base = peak_mb()
 if {recipe!r} == "uniform":
@@ -35,7 +35,7 @@ print(peak_mb(), base)
 
 def write_ingredients(k: int) -> list[str]:
     """K ViT-B/32 image towers + heads (random weights, each a seeded perturbation of one init)."""
-    from soups.files import atomic_save_safetensors
+    from soups.io.files import atomic_save_safetensors
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingredients-"))
     model, *_ = vit_b32()
@@ -71,8 +71,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 from soups.data.images import EvalSet, ImageArray
-from soups.files import load_weights
-from soups.ingredient import Ingredient
+from soups.io.files import load_weights
+from soups.pools.ingredient import Ingredient
 from soups.recipes.learned import LearnedSoup
 from bench.common import vit_b32
 paths, approach, steps, batch = {paths!r}, {approach!r}, {steps}, {batch}

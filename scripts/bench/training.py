@@ -26,7 +26,7 @@ def project_steps_per_s(model, dataset, model_cfg, batch_size: int, steps: int, 
                         device=torch.device("cpu"), workers: int = 0) -> float:
     from omegaconf import OmegaConf
 
-    from soups.train import finetune
+    from soups.training.loop import finetune
 
     dataset = exactly(dataset, batch_size, steps)
     cfg = OmegaConf.create({"batch_size": batch_size, "num_workers": workers, "seed": 0, "mixup": 0.0,
@@ -85,10 +85,10 @@ def compare(config: str, batch_size: int, steps: int, precision: str, device=tor
     from omegaconf import OmegaConf
 
     from soups.data import build_data
-    from soups.models import build_classifier
+    from soups.models.classifier import build_classifier
 
     model_cfg = OmegaConf.load(CONF / "model" / f"{config}.yaml")
-    data = build_data(OmegaConf.load(CONF / "data" / "mnist.yaml"), OmegaConf.load(CONF / "shifts" / "mnist.yaml"),
+    data = build_data(OmegaConf.load(CONF / "data" / "mnist.yaml"),
                       model_cfg)
     train = data.train_set(None, 1.0)
 

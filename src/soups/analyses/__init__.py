@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
-from soups.targets import Settings, build
+from soups.settings import Settings, build
 
 
 class Analysis(Settings, ABC):
@@ -17,7 +17,7 @@ class Analysis(Settings, ABC):
     @abstractmethod
     def __call__(self, pool, scorer) -> dict:
         """The record of this analysis of `pool` (soups.pools.OpenPool), measured with `scorer`
-        (soups.scorer.PoolScorer: cached evaluations, logits, weights)."""
+        (soups.evaluation.scorer.PoolScorer: cached evaluations, logits, weights)."""
 
     @abstractmethod
     def draw(self, record: dict, path: Path, title: str) -> None:

@@ -93,7 +93,7 @@ def soup_metrics(members: list, scorer) -> dict[str, float]:
     """Every set's accuracy of the uniform soup of `members` (one member: the model itself)."""
     if len(members) == 1:
         return scorer.individual_metrics(members[0])
-    return scorer.evaluate(average(scorer.load(m) for m in members), averaged=True)
+    return scorer.evaluate(average(scorer.load(m) for m in members), new_point=True)
 
 
 def distinct_subsets(n: int, k: int, draws: int, rng: random.Random) -> list[tuple[int, ...]]:

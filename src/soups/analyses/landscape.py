@@ -50,11 +50,11 @@ class Landscape(Analysis):
         xs, ys = (axis_values([p[i] for p in plane.coordinates.values()], self.grid, self.margin) for i in (0, 1))
         per_class = -(-self.max_images // int(pool.run_cfg.data.num_classes))  # enough for the sample
         train = scorer.data.probe_sets(per_class)[0]
-        sets = {"train_loss": train, "held_out_error": scorer.evaluator.sets[HELD_OUT],
-                "test_error": scorer.evaluator.sets[TEST]}
+        sets = {"train_loss": train, "held_out_error": scorer.sets[HELD_OUT],
+                "test_error": scorer.sets[TEST]}
         surfaces = {name: np.zeros((len(ys), len(xs))) for name in sets}
         for (i, y), (j, x) in ((iy, jx) for iy in enumerate(ys) for jx in enumerate(xs)):
-            model = scorer.materialize(plane.point(x, y), averaged=True)
+            model = scorer.materialize(plane.point(x, y), new_point=True)
             for name, data in sets.items():
                 loss, error = measure(model, data, self.max_images, self.seed, scorer)
                 surfaces[name][i, j] = loss if name == "train_loss" else error
@@ -122,6 +122,6 @@ def axis_values(coordinates: list[float], points: int, margin: float) -> list[fl
 
 def measure(model, data, max_images: int, seed: int, scorer) -> tuple[float, float]:
     """(mean cross-entropy in nats, error %) on the first `max_images` of a `seed`-shuffled pass over `data`."""
-    logits, labels = scorer.evaluator.sample_logits(model, data, max_images, seed)
+    logits, labels = scorer.sample_logits(model, data, max_images, seed)
     loss = float(torch.nn.functional.cross_entropy(logits, labels))
     return loss, 100.0 * float((logits.argmax(-1) != labels).double().mean())

@@ -39,8 +39,8 @@ class Pairs(Analysis):
         pairs = []
         for a, b in itertools.combinations(range(len(chosen)), 2):
             first, second = chosen[a], chosen[b]
-            midpoint = scorer.evaluate(average([scorer.load(first), scorer.load(second)]), averaged=True)
-            ensemble = scorer.evaluator.metrics_of(scorer.ensemble_logits([first, second]))
+            midpoint = scorer.evaluate(average([scorer.load(first), scorer.load(second)]), new_point=True)
+            ensemble = scorer.metrics_of(scorer.ensemble_logits([first, second]))
             mean = {s: (alone[first.name][s] + alone[second.name][s]) / 2 for s in midpoint}
             moved = bool(gram[a, a] > 0 and gram[b, b] > 0)  # the released pool holds its init (model_0) itself
             pairs.append({"a": first.name, "b": second.name, "angle": float(angles[a, b]) if moved else None,

@@ -1,7 +1,7 @@
 """What a dataset provides (`TaskData`), and the helpers the dataset families share.
 
 A dataset family is one module in this package with one `TaskData` subclass, chosen by its config's
-`_target_` (conf/data/<name>.yaml); `build_data` constructs it as cls(data_cfg, shifts_cfg, model_cfg, cache_dir).
+`_target_` (conf/data/<name>.yaml); `build_data` constructs it as cls(data_cfg, model_cfg, cache_dir); its shifts are `data_cfg.shifts`.
 """
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ class TaskData(ABC):
     soups.names.TEST, then one per distribution shift. Each set has `.labels` (int64 [N]), `.sample_ids`
     (N strings naming the images or sentences) and `.batches(batch_size, shuffle_seed=None, device=None)` yielding
     (model inputs, labels [B]): float images [B, 3, H, W] normalized for the model, or a padded
-    soups.text_models.TokenBatch for text (soups/data/text.py); a set covering fewer classes than the
-    model may have `.project_logits` ([B, C] -> [B, C']). Subclasses take (data_cfg, shifts_cfg, model_cfg,
+    soups.models.text.TokenBatch for text (soups/data/text.py); a set covering fewer classes than the
+    model may have `.project_logits` ([B, C] -> [B, C']). Subclasses take (data_cfg, model_cfg,
     cache_dir=None) and check their inputs up front (soups.errors: a missing root is a MissingInput)."""
 
-    modality = "image"  # or "text": which models it serves (soups.models.modality)
+    modality = "image"  # or "text": which models it serves (soups.models.classifier.modality)
 
     @abstractmethod
     def eval_sets(self) -> dict:
@@ -39,6 +39,26 @@ class TaskData(ABC):
     def bn_set(self):
         """A fixed sample of training images (evaluation transform) for recomputing BatchNorm statistics;
         None where no model of the family has BatchNorm (text)."""
+
+
+class GivenSets(TaskData):
+    """Evaluation sets given as they are, {name: set} with held-out and test first (benchmarks and tests bring
+    synthetic ones to soups.evaluation.scorer.PoolScorer); `bn_sample`: the set BN statistics are recomputed on."""
+
+    def __init__(self, sets: dict, bn_sample=None):
+        self.sets, self.bn_sample = sets, bn_sample
+
+    def eval_sets(self) -> dict:
+        return self.sets
+
+    def bn_set(self):
+        return self.bn_sample
+
+    def train_set(self, randaug, crop_scale):
+        raise TypeError("given evaluation sets have no training set")
+
+    def probe_sets(self, per_class=None):
+        raise TypeError("given evaluation sets have no probe sets")
 
 
 def per_class_subset(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:

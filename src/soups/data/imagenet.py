@@ -12,12 +12,13 @@ from soups.data.folders import FileEvalSet, FileImages, held_out_mask, imagenet_
 from soups.data.imagenet_shifts import BUILDERS
 from soups.data.store import StoredEvalSet
 from soups.errors import BadInput
-from soups.models import eval_transform
+from soups.models.classifier import eval_transform
 from soups.names import HELD_OUT, TEST
 
 
 class ImageNetData(TaskData):
-    def __init__(self, data_cfg, shifts_cfg, model_cfg, cache_dir=None):
+    def __init__(self, data_cfg, model_cfg, cache_dir=None):
+        shifts_cfg = data_cfg.shifts
         self.cfg, self.model_cfg = data_cfg, model_cfg
         self.store_dir = cache_dir if data_cfg.get("store_eval_sets", True) else None
         root = Path(data_cfg.root).expanduser()

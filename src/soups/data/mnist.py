@@ -13,7 +13,8 @@ from soups.names import HELD_OUT, TEST
 class MnistData(TaskData):
     """The embedded default: in-memory digits, resized once to the model's input size."""
 
-    def __init__(self, data_cfg, shifts_cfg, model_cfg, cache_dir=None):  # in memory: no store
+    def __init__(self, data_cfg, model_cfg, cache_dir=None):  # in memory: no store
+        shifts_cfg = data_cfg.shifts
         unknown = [n for n in shifts_cfg.names if n not in MNIST_SHIFTS]
         if unknown:
             raise BadInput(f"unknown shifts {unknown}; MNIST shifts are {list(MNIST_SHIFTS)}")

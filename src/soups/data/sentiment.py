@@ -3,7 +3,7 @@ files ship in the vaderSentiment 3.3.2 sdist, MIT, fetched by `make text-data`).
 rating in [-4, 4] is binarised by sign (positive = 1), dropping |rating| < `min_abs_rating`. The
 in-domain task is one domain (movie-review snippets: the Rotten Tomatoes sentences SST-2 was built from),
 split by a seeded permutation into test, held-out and training sentences; the other domains are the
-natural distribution shifts (conf/shifts/sentiment.yaml). Every file is checked by its sentence count
+natural distribution shifts (conf/data/sentiment.yaml (shifts)). Every file is checked by its sentence count
 and sha256 before use."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from soups.data.base import TaskData, per_class_subset
 from soups.data.text import Sentences, TextSet
 from soups.errors import BadInput, MissingInput
 from soups.names import HELD_OUT, TEST
-from soups.text_models import tokenizer_for
+from soups.models.text import tokenizer_for
 
 CLASSNAMES = ["negative", "positive"]
 
@@ -65,7 +65,7 @@ def _sizes_problems(data_cfg, shifts_cfg) -> list[str]:
     wrong = [f"data.{k}={data_cfg.get(k)!r}" for k, null in (("test_size", False), ("val_size", False),
                                                             ("train_size", True)) if not count(data_cfg.get(k), null)]
     if not count(shifts_cfg.get("max_images"), True):
-        wrong.append(f"shifts.max_images={shifts_cfg.get('max_images')!r}")
+        wrong.append(f"data.shifts.max_images={shifts_cfg.get('max_images')!r}")
     rating = data_cfg.get("min_abs_rating")
     if not isinstance(rating, (int, float)) or isinstance(rating, bool) or not 0 <= rating <= 4:
         wrong.append(f"data.min_abs_rating={rating!r} (expected a number in [0, 4])")
@@ -77,14 +77,15 @@ class SentimentData(TaskData):
 
     modality = "text"
 
-    def __init__(self, data_cfg, shifts_cfg, model_cfg, cache_dir=None):  # tokenized in memory: no store
+    def __init__(self, data_cfg, model_cfg, cache_dir=None):  # tokenized in memory: no store
+        shifts_cfg = data_cfg.shifts
         wrong = _sizes_problems(data_cfg, shifts_cfg)
         if wrong:
             raise BadInput(f"{', '.join(wrong)}: expected integers >= 1 (sentences; null where it means all)")
         domains = dict(data_cfg.files)
         unknown = [n for n in [data_cfg.in_domain, *shifts_cfg.names] if n not in domains]
         if unknown or data_cfg.in_domain in shifts_cfg.names:
-            raise BadInput(f"data.in_domain={data_cfg.in_domain!r}, shifts.names={list(shifts_cfg.names)}: "
+            raise BadInput(f"data.in_domain={data_cfg.in_domain!r}, data.shifts.names={list(shifts_cfg.names)}: "
                            f"expected distinct domains among {list(domains)}")
         root = Path(data_cfg.root)
         read = {n: read_domain(checked_file(root, n, domains[n]), n, float(data_cfg.min_abs_rating))

@@ -28,7 +28,7 @@ from torchvision import transforms as T
 from soups.data.images import batch_indices, serve_batches
 from soups.data.folders import FileEvalSet, FileImages
 from soups.errors import Unavailable
-from soups.files import read_json, write_json
+from soups.io.files import read_json, write_json
 
 log = logging.getLogger(__name__)
 VERSION = 1

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from soups.data.images import batch_indices
-from soups.text_models import TokenBatch, pad
+from soups.models.text import TokenBatch, pad
 
 
 @dataclass

@@ -8,16 +8,16 @@ from abc import ABC, abstractmethod
 import torch
 
 from soups.errors import BadInput
-from soups.targets import Settings, build
+from soups.settings import Settings, build
 
 
 class Head(Settings, ABC):
     """Base of every way to make the shared initialization: a dataclass whose fields are the head config's
-    settings (converted and checked as soups.targets.Settings says)."""
+    settings (converted and checked as soups.settings.Settings says)."""
 
     @abstractmethod
     def __call__(self, cfg, data, device: torch.device) -> tuple[torch.nn.Module, dict]:
-        """The initialized classifier (soups.models.ImageClassifier on `device`) for the fine-tuning config
+        """The initialized classifier (soups.models.classifier.ImageClassifier on `device`) for the fine-tuning config
         `cfg` (model, data, paths, precision, eval_batch_size) and `data` (soups.data.TaskData), and what
         init.json records of how it was made (e.g. the probe's chosen C)."""
 

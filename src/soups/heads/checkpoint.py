@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from soups.checkpoints import convert_official_file
+from soups.io.checkpoints import convert_official_file
 from soups.errors import BadInput
-from soups.files import load_weights, sha256_file
+from soups.io.files import load_weights, sha256_file
 from soups.heads import Head
-from soups.models import build_classifier
+from soups.models.classifier import build_classifier
 
 
 @dataclass

@@ -16,10 +16,10 @@ from sklearn.linear_model import LogisticRegression
 
 from soups.data import EvalSet
 from soups.errors import BadInput
-from soups.evaluate import recalibrate_bn
-from soups.files import atomic_write, state_digest
+from soups.evaluation.evaluator import recalibrate_bn
+from soups.io.files import atomic_write, state_digest
 from soups.heads import Head, set_head
-from soups.models import build_classifier, has_batchnorm
+from soups.models.classifier import build_classifier, has_batchnorm
 from soups.runtime import autocast
 
 log = logging.getLogger(__name__)

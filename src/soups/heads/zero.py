@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from soups.heads import Head, set_head
-from soups.models import build_classifier
+from soups.models.classifier import build_classifier
 
 
 @dataclass

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from soups.files import sha256_file
-from soups.ingredient import Ingredient
+from soups.io.files import sha256_file
+from soups.pools.ingredient import Ingredient
 from soups.runtime import environment
-from soups.targets import Settings, build
+from soups.settings import Settings, build
 
 
 @dataclass
@@ -50,5 +50,11 @@ class Pool(Settings, ABC):
 
 
 def open_pool(cfg, device) -> OpenPool:
-    """The pool the `pool` config names (BadInput for another target or a bad setting), opened."""
-    return build(cfg.pool, "pool", "soups.pools", Pool).open(cfg, device)
+    """The pool the `pool` config names (BadInput for another target or a bad setting), opened. Its
+    ingredients keep their short names (`fine-tune 6`) only where those are unique in the pool."""
+    pool = build(cfg.pool, "pool", "soups.pools", Pool).open(cfg, device)
+    labels = [i.label for i in pool.ingredients]
+    if len(set(labels)) < len(labels):  # e.g. run dirs of two sweeps: `fine-tune 0` twice
+        for ingredient in pool.ingredients:
+            ingredient.short_name = None
+    return pool

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from soups.checkpoints import convert_official_file
+from soups.io.checkpoints import convert_official_file
 from soups.errors import BadInput, MissingInput
-from soups.files import sha256_file
-from soups.ingredient import Ingredient
-from soups.models import build_classifier
+from soups.io.files import sha256_file
+from soups.pools.ingredient import Ingredient
+from soups.models.classifier import build_classifier
 from soups.pools import OpenPool, Pool
 
 
@@ -54,10 +54,10 @@ class Release(Pool):
     init: str = "model_0"  # the shared init among them (the linear probe)
 
     def open(self, cfg, device) -> OpenPool:
-        missing = [k for k in ("model", "data", "shifts") if not cfg.get(k)]
+        missing = [k for k in ("model", "data") if not cfg.get(k)]
         if missing:
             raise BadInput(f"the released pool needs {missing} in the config; use experiment=paper_vit_b32")
-        run_cfg = OmegaConf.create({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "shifts")})
+        run_cfg = OmegaConf.create({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data")})
         model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)
         ingredients, init = load_release_pool(self, model.state_dict(), cfg.paths.cache_dir)
         return OpenPool(ingredients, run_cfg, model, Path(self.dir).name, {}, Path(init.weights), init)

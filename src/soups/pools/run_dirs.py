@@ -12,9 +12,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from soups.errors import BadInput, MissingInput
-from soups.files import digest_and_nonfinite, read_json, read_weights_header
-from soups.ingredient import Ingredient
-from soups.models import architecture, build_classifier
+from soups.io.files import digest_and_nonfinite, read_json, read_weights_header
+from soups.pools.ingredient import Ingredient
+from soups.models.classifier import architecture, build_classifier
 from soups.names import RUN_INFO_NAME, STATE_NAME, WEIGHTS_NAME
 from soups.pools import OpenPool, Pool
 

@@ -5,51 +5,69 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, Protocol
 
 import torch
 
 from soups.averaging import StateDict
-from soups.ingredient import Ingredient
-from soups.targets import Settings
+from soups.pools.ingredient import Ingredient
+from soups.errors import BadInput
+from soups.settings import Settings, build
+
+
+Figure = Callable[[Path, str], None]  # draw(png path, title): a recipe's own figure
 
 
 @dataclass
 class RecipeResult:
-    """What every recipe returns. The soup job evaluates it; soups/records.py turns it into soup.json, the
-    saved weights, a report row and W&B entries, reading only these fields."""
-    weights: StateDict | None  # the soup's weights; None for an ensemble (its members' logits are averaged)
-    ingredients: list[Ingredient]  # what it used, in the order it added them
-    details: dict = field(default_factory=dict)  # its settings and findings, saved in soup.json as they are
-    # whether `weights` are a new point in weight space (an average, interpolation or extrapolation: BN
-    # statistics must be recomputed) rather than one model's weights exactly; None: more than one ingredient
-    averaged: bool | None = None
-    trace: list[dict] | None = None  # greedy: per candidate {run, individual_held_out, soup_held_out, accepted}
-    curve: list[dict] | None = None  # WiSE-FT: per alpha {alpha, <set>: accuracy %, ...}; drawn in the figure
-    orders: list[dict] | None = None  # several draws (random orders): per draw {order, chosen, held_out, metrics}
-    mean: dict | None = None  # over the draws, per set (%); the report shows mean +- std
+    """What every recipe returns, generic so that the report, soup.json and W&B render any recipe without
+    knowing its name (soups/reporting/records.py reads only these fields).
+
+    weights      the soup's weights; None for an ensemble (its members' logits are averaged; cost k passes)
+    ingredients  what it used, in the order it added them
+    details      its settings and findings: soup.json's fields, saved as they are
+    new_point    whether `weights` are a new point in weight space (an average, interpolation or extrapolation,
+                 whose BN statistics must be recomputed) rather than one model's weights exactly; None: so
+                 iff more than one ingredient
+    tables       its own tables, {name: rows}, each row a dict with the same keys (e.g. greedy's `trace`): in
+                 soup.json under `name`, in report.md under the recipe, and W&B table `<recipe>/<name>`
+    figures      its own figures, {name: draw(path, title)}: `<soup dir>/<name>.png`, linked from report.md,
+                 W&B image `<recipe>/<name>`
+    curve        evaluated points ({"alpha" or another label: value, <set>: accuracy %}) that the report's
+                 figure joins with a line from this recipe's marker (WiSE-FT's path); also a table
+    mean, std    set when the recipe made several draws ({set: %}): the report row shows mean ± std instead of
+                 the saved weights' own evaluation
+    """
+    weights: StateDict | None
+    ingredients: list[Ingredient]
+    details: dict = field(default_factory=dict)
+    new_point: bool | None = None
+    tables: dict[str, list[dict]] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)
+    curve: list[dict] | None = None
+    mean: dict | None = None
     std: dict | None = None
-    coefficients: dict | None = None  # learned soups: {ingredients, tensors, weights}; plotted
 
     @property
     def kind(self) -> str:
         return "ensemble" if self.weights is None else "soup"
 
     @property
-    def is_average(self) -> bool:
-        return len(self.ingredients) > 1 if self.averaged is None else bool(self.averaged)
+    def is_new_point(self) -> bool:
+        return len(self.ingredients) > 1 if self.new_point is None else bool(self.new_point)
 
     @property
     def record(self) -> dict:
-        """soup.json's recipe fields: the details, then each optional field that is set."""
-        optional = {k: getattr(self, k) for k in ("trace", "curve", "orders", "mean", "std", "coefficients")}
-        return {**self.details, **{k: v for k, v in optional.items() if v is not None}}
+        """soup.json's recipe fields: the details, then the tables, the curve and the draws' mean and std."""
+        optional = {"curve": self.curve, "mean": self.mean, "std": self.std}
+        return {**self.details, **self.tables, **{k: v for k, v in optional.items() if v is not None}}
 
 
 class Recipe(Settings, ABC):
     """Base of every recipe: one dataclass per file in this package, configured by conf/method/<key>.yaml
     (`_target_` names the class); the config key is its name in the table, soup.json and W&B. Its int,
-    float, bool and str settings are converted and checked on construction (soups.targets.Settings)."""
+    float, bool and str settings are converted and checked on construction (soups.settings.Settings)."""
     needs_init: ClassVar[bool] = False  # True: it moves relative to the shared initialization, which must exist
 
     @abstractmethod
@@ -58,7 +76,7 @@ class Recipe(Settings, ABC):
 
 
 class Scorer(Protocol):
-    """What a recipe may ask of the soup job (soups.scorer.PoolScorer implements it; tests use small fakes)."""
+    """What a recipe may ask of the soup job (soups.evaluation.scorer.PoolScorer implements it; tests use small fakes)."""
     model: torch.nn.Module  # a model of the pool's architecture (recipes that run it themselves)
     device: torch.device
     precision: str
@@ -77,8 +95,8 @@ class Scorer(Protocol):
         """Held-out accuracy (%) of averaged weights (BN statistics recomputed where the model has BN).
         With `acceptable`, None as soon as no remaining outcome could satisfy it (exact early rejection)."""
 
-    def evaluate(self, state: StateDict, averaged: bool) -> dict[str, float]:
-        """Accuracy on every set (+ avg_shifts); `averaged` weights get BN statistics recomputed."""
+    def evaluate(self, state: StateDict, new_point: bool) -> dict[str, float]:
+        """Accuracy on every set (+ avg_shifts); a `new_point` in weight space gets BN statistics recomputed."""
 
     def ensemble_held_out(self, members: list[Ingredient]) -> float:
         """Held-out accuracy (%) of the mean of the members' logits."""
@@ -90,3 +108,12 @@ class Scorer(Protocol):
         """What a recipe stored under `key` (settings + ingredient digests) in an earlier run, if anything."""
 
     def remember(self, key: dict, record: dict) -> None: ...
+
+
+def build_recipes(method_cfg) -> dict:
+    """{config key: Recipe} from the `method` config, instantiated (hence validated) before any work: every
+    `_target_` (at any depth) must be a Recipe class defined in this package, so a method config cannot make
+    instantiation run other code. Raises BadInput."""
+    if not method_cfg:
+        raise BadInput("no method selected; e.g. method=greedy or method=[uniform,greedy]")
+    return {name: build(node, f"method.{name}", "soups.recipes", Recipe) for name, node in method_cfg.items()}

@@ -23,4 +23,4 @@ class GreedyEnsemble(GreedyRecipe):
             by_held_out(ingredients, self.ties), lambda candidate, _: scorer.ensemble_held_out([*members, candidate]), members.append,
             self.comparator, "greedy ensemble")
         return RecipeResult(None, chosen, {"comparator": self.comparator, "ties": self.ties, "held_out": best,
-                                           "inference_cost": len(chosen)}, trace=trace)
+                                           "inference_cost": len(chosen)}, tables={"trace": trace})

@@ -92,12 +92,12 @@ class GreedySoup(GreedyRecipe):
         if self.order == "held_out":
             state, chosen, best, trace = self.soup(by_held_out(ingredients, self.ties), scorer)
             return RecipeResult(state, chosen, {"comparator": self.comparator, "ties": self.ties, "held_out": best},
-                                trace=trace)
+                                tables={"trace": trace})
         runs = []
         for k in range(int(self.orders)):
             permutation = random.Random(int(self.seed) * 1_000_003 + k).sample(list(ingredients), len(ingredients))
             state, chosen, best, trace = self.soup(permutation, scorer)
-            metrics = scorer.evaluate(state, averaged=len(chosen) > 1)
+            metrics = scorer.evaluate(state, new_point=len(chosen) > 1)
             runs.append({"state": state, "chosen": chosen, "record": {
                 "order": [i.name for i in permutation], "chosen": [i.name for i in chosen], "held_out": best,
                 "metrics": metrics, "trace": trace}})
@@ -107,8 +107,8 @@ class GreedySoup(GreedyRecipe):
         spread = lambda f: {c: f([r["metrics"][c] for r in records]) for c in columns}  # noqa: E731
         details = {"comparator": self.comparator, "order": "random", "seed": self.seed, "saved_order": saved,
                    "held_out": records[saved]["held_out"]}
-        return RecipeResult(runs[saved]["state"], runs[saved]["chosen"], details, trace=records[saved]["trace"],
-                            orders=records, mean=spread(statistics.fmean),
+        return RecipeResult(runs[saved]["state"], runs[saved]["chosen"], details,
+                            tables={"trace": records[saved]["trace"], "orders": records}, mean=spread(statistics.fmean),
                             std=spread(lambda v: statistics.pstdev(v) if len(v) > 1 else 0.0))
 
     def soup(self, ranked, scorer):

@@ -12,6 +12,8 @@ soup's statistics are recomputed like every other soup's.
 from __future__ import annotations
 
 import logging
+from functools import partial
+from pathlib import Path
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from soups import plots
 from soups.averaging import weighted_sum
 from soups.errors import BadInput
 from soups.recipes import Recipe, RecipeResult
@@ -112,10 +115,9 @@ class LearnedSoup(Recipe):
         else:
             log.info("%s: mixing weights learned before on this pool (cache)", self.label)
         weights = torch.tensor(record["coefficients"]["weights"], dtype=torch.float64)
-        coefficients = {**record["coefficients"], "ingredients": [i.name for i in ingredients]}
-        details = {k: v for k, v in record.items() if k != "coefficients"}
+        details = {**record, "coefficients": {**record["coefficients"], "ingredients": [i.name for i in ingredients]}}
         return RecipeResult(self._merge(ingredients, scorer, names, weights), list(ingredients), details,
-                            coefficients=coefficients)
+                            figures={"coefficients": partial(draw_coefficients, details)})
 
     def _learn(self, ingredients, scorer, names, journal_key: dict) -> dict:
         """Learns the mixing weights; after every epoch the journal (`journal_key`) holds what the next
@@ -221,3 +223,29 @@ class LearnedSoup(Recipe):
                 return float(weights[i])
             return lambda n: float(weights[i, column[n]] if n in column else per_model[i])
         return weighted_sum((scorer.load(ingredient), weight_of(i)) for i, ingredient in enumerate(ingredients))
+
+
+def draw_coefficients(record: dict, path: Path, title: str) -> None:
+    """The learned mixing weights (`record`: coefficients + temperature): bars (one weight per ingredient) or a
+    heatmap (ingredients x parameter tensors)."""
+    plt = plots.pyplot()
+    coef = record["coefficients"]
+    names = [n.split("/")[-1] for n in coef["ingredients"]]
+    weights = coef["weights"]
+    if coef.get("tensors"):
+        fig, ax = plt.subplots(figsize=(9, 1.2 + 0.35 * len(names)))
+        image = ax.imshow(weights, aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_xlabel(f"parameter tensor (0 = {coef['tensors'][0]}, {len(coef['tensors']) - 1} = {coef['tensors'][-1]})",
+                      fontsize=8)
+        fig.colorbar(image, ax=ax, label="mixing weight")
+    else:
+        fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(names) + 2), 3.5))
+        ax.bar(range(len(names)), weights, color="#2ca02c")
+        ax.axhline(1 / len(names), color="black", lw=0.8, ls="--", label="uniform")
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel("mixing weight")
+        ax.legend(fontsize=8)
+    ax.set_title(f"{title} (temperature {record['temperature']:.2f})", fontsize=10)
+    fig.tight_layout()
+    plots.save(fig, path)

@@ -46,4 +46,4 @@ class ModelStock(Recipe):
         merged = interpolate(init, mean.result(), lambda key: ratios[key])
         mean_t = sum(ratios.values()) / len(ratios)
         return RecipeResult(merged, list(ingredients), {"mean_ratio": mean_t, "ratios": ratios},
-                            averaged=True)  # mixed with the init, whatever k
+                            new_point=True)  # mixed with the init, whatever k

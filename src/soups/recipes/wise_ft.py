@@ -37,11 +37,11 @@ class WiseFT(Recipe):
             if base is None:
                 raise BadInput(f"wise_ft base {self.base!r} is not in the pool ({[i.name for i in ingredients][:5]} ...)")
         init, tuned = scorer.load_init(), scorer.load(base)
-        curve = [{"alpha": a, **scorer.evaluate(interpolate(init, tuned, a), averaged=is_new_point(a))} for a in self.alphas]
+        curve = [{"alpha": a, **scorer.evaluate(interpolate(init, tuned, a), new_point=is_new_point(a))} for a in self.alphas]
         chosen = max(curve, key=lambda point: point[HELD_OUT])  # first of equals: the smallest alpha
         return RecipeResult(interpolate(init, tuned, chosen["alpha"]), [base],
                             {"base": base.name, "alpha": chosen["alpha"]}, curve=curve,
-                            averaged=is_new_point(chosen["alpha"]))
+                            new_point=is_new_point(chosen["alpha"]))
 
 
 def is_new_point(alpha: float) -> bool:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from soups.targets import Settings, build
+from soups.settings import Settings, build
 
 
 class Tracker:

@@ -1,0 +1,91 @@
+"""One soup job: pool -> recipes -> evaluation -> soup dirs + report (table, figure, W&B)."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from soups.errors import BadInput
+from soups.evaluation.evaluator import format_metrics
+from soups.evaluation.scorer import EvalSettings, PoolScorer, require_init
+from soups.evaluation.stats import build_statistics
+from soups.names import FIGURE_NAME
+from soups.pools import OpenPool, open_pool
+from soups.recipes import build_recipes
+from soups.reporting.records import baseline_rows, log_recipe, log_report, recipe_row, save_soup
+from soups.reporting.report import write_report
+from soups.runtime import resolve_device, setup
+from soups.settings import SoupSettings, checked
+from soups.tracking import build_logger, tracking
+
+log = logging.getLogger(__name__)
+
+
+def run_recipe(name: str, recipe, pool: OpenPool, scorer: PoolScorer, out_dir: Path, template: dict,
+               tracker, qualify) -> dict:
+    """One recipe: choose, evaluate, qualify (calibration, difference to the best individual), save its
+    folder, log it; its report row. `qualify`: {set: logits} -> what PoolScorer.qualify returns."""
+    start = time.time()
+    result = recipe(pool.ingredients, scorer)
+    if result.kind == "ensemble":  # k forward passes per image
+        logits = scorer.ensemble_logits(result.ingredients)
+        metrics = scorer.metrics_of(logits)
+    else:
+        metrics = scorer.evaluate(result.weights, new_point=result.is_new_point, hold=True)
+        logits = scorer.soup_logits(result.weights, new_point=result.is_new_point)
+        # save what was evaluated: the average with its recomputed BN statistics (if any)
+        result.weights = {k: v.detach().cpu().clone() for k, v in scorer.model.state_dict().items()}
+    quality = {} if result.std is not None else qualify(logits)  # several draws: their spread says more
+    seconds = round(time.time() - start, 1)
+    save_soup(out_dir / name, name, result, metrics, template, scorer.bn_sample is not None, seconds, quality)
+    log_recipe(tracker, name, metrics, result, out_dir / name, quality)
+    row = recipe_row(name, result, metrics, out_dir / name) | quality
+    log.info("%s (%d ingredients, %.1fs): %s", row["row"], len(result.ingredients), seconds, format_metrics(metrics))
+    return row
+
+
+def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
+    """pool -> recipes -> evaluation -> soup folders + report (table, figure, W&B). Every input is checked
+    before the first evaluation. Returns the report's rows."""
+    out_dir = Path(out_dir)
+    cfg = checked(cfg, SoupSettings)
+    training = [k for k in ("lr", "epochs", "search_space") if k in cfg]
+    if training:  # a fine-tuning experiment composed into the soup config would be silently ignored
+        raise BadInput(f"the soup config has fine-tuning settings {training} (a fine-tuning experiment such as "
+                       f"experiment=demo_vit?): those are for src/finetune.py; src/soup.py soups the pool such a "
+                       f"sweep made (the latest, or pool.dir=...)")
+    recipes, logger = build_recipes(cfg.method), build_logger(cfg.logger)
+    statistics = build_statistics(cfg.get("statistics"))
+    setup(cfg.seed, cfg.get("threads"))
+    device = resolve_device(cfg.device)
+    pool = open_pool(cfg, device)
+    log.info("pool %s: %d ingredients%s", pool.name, len(pool.ingredients),
+             f", {len(pool.skipped)} skipped" if pool.skipped else "")
+    require_init(pool, [name for name, recipe in recipes.items() if recipe.needs_init])
+    scorer = PoolScorer(pool, EvalSettings.of(cfg), device)
+    # released checkpoints carry no metrics, and a run measured under other evaluation settings
+    # (precision, batch size, ...) is not comparable with the soups: each is evaluated once, cached
+    for ingredient in pool.ingredients + ([pool.release_init] if pool.release_init else []):
+        scorer.individual_metrics(ingredient)
+    template = pool.template() | {"evaluation": scorer.settings_record()}
+    rows = baseline_rows(pool.ingredients, template["init"]["metrics"])
+    best = max(pool.ingredients, key=lambda i: i.held_out)
+    best_logits = scorer.individual_logits(best)  # every soup and ensemble is compared with it, image by image
+    best_row = next(r for r in rows if r["kind"] == "best_individual")
+    best_row |= scorer.qualify(best_logits, None, statistics)  # its calibration
+
+    def qualify(logits):
+        return scorer.qualify(logits, best_logits, statistics)
+
+    with tracking(logger, out_dir, name=f"soup/{out_dir.name}", job_type="soup",
+                  config=OmegaConf.to_container(cfg, resolve=True), group=pool.name) as tracker:
+        rows += [run_recipe(name, recipe, pool, scorer, out_dir, template, tracker, qualify)
+                 for name, recipe in recipes.items()]
+        title = f"soups of {pool.name} ({len(pool.ingredients)} ingredients)"
+        table = write_report(rows, out_dir, title, cfg.get("reference"), pool.skipped, template["environment"],
+                             statistics.caption())
+        log_report(tracker, rows, out_dir / FIGURE_NAME, cfg.get("reference"))
+    print(f"\n{title}\n\n{table}\nwritten to {out_dir}")
+    return rows

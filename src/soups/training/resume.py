@@ -1,0 +1,88 @@
+"""A fine-tune's training state, so a killed run goes on where it stopped and ends with the weights an
+uninterrupted run would have (on CPU; tested by SIGKILL at an epoch boundary and mid-epoch).
+
+Saved after every epoch and, with `state_every_steps`, every that many steps, atomically: model,
+optimizer, scheduler, the global RNGs (python, numpy, torch, CUDA), the DataLoader generator's state at
+the start of the epoch in progress (the epoch's order and worker seeds follow from it) with the number
+of its batches already done, the step counter and the logged history. Read back with
+`torch.load(weights_only=True)`: tensors and plain values only, nothing is unpickled.
+
+Mid-epoch resume is bit-exact with `num_workers=0`. With workers, the resumed epoch has the same batches
+in the same order, but the workers' random streams differ: they were not advanced by the skipped
+batches, and batches go to other workers, so the random augmentations of the remaining batches differ.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from soups.io.files import atomic_write
+from soups.names import STATE_NAME
+
+log = logging.getLogger(__name__)
+
+
+def _rng_states() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, python_gauss = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                      "has_gauss": has_gauss, "gauss": gauss},
+            "python": {"version": version, "internal": list(internal), "gauss": python_gauss}}
+
+
+def _set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"]:
+        torch.cuda.set_rng_state_all(states["cuda"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = states["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+
+
+def save_train_state(folder: Path, *, model, optimizer, scheduler, epoch_generator_state: torch.Tensor,
+                     epoch: int, batches_done: int, step: int, history: list[dict], pending: list[float],
+                     scaler=None) -> None:
+    """In epoch `epoch` (0-based) after `batches_done` of its batches, `step` steps in all: everything the
+    rest of the run depends on. `epoch_generator_state`: the loader generator's state when the epoch began;
+    `scaler`: fp16's torch.amp.GradScaler (its loss scale and growth tracker)."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "rng": _rng_states(), "generator": epoch_generator_state, "epoch": epoch,
+             "batches_done": batches_done, "step": step, "history": history, "pending": pending,
+             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {}}
+    atomic_write(Path(folder) / STATE_NAME, lambda tmp: torch.save(state, tmp))
+
+
+def load_train_state(folder: Path, *, model, optimizer, scheduler, generator: torch.Generator,
+                     scaler=None) -> dict | None:
+    """Restores a saved state into these objects (the generator as the saved epoch began); returns
+    {epoch, batches_done, step, history, pending}, or None."""
+    path = Path(folder) / STATE_NAME
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable state means: start over, loudly
+        log.warning("training state %s unreadable (%s); starting from the beginning", path, err)
+        return None
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    _set_rng_states(state["rng"])
+    state.setdefault("batches_done", 0)  # states saved at epoch ends only
+    log.info("resuming from %s: epoch %d after %d of its batches, %d steps done", path, state["epoch"],
+             state["batches_done"], state["step"])
+    return {k: state[k] for k in ("epoch", "batches_done", "step", "history", "pending")}
+
+
+def clear_train_state(folder: Path) -> None:
+    (Path(folder) / STATE_NAME).unlink(missing_ok=True)
