@@ -40,7 +40,9 @@ def test_soup_run_writes_weights_records_table_and_figure(tiny_sweep, soup_cfg, 
     greedy = json.loads((out / "greedy" / "soup.json").read_text())
     best_val = max(r["metrics"]["val"] for r in rows if r["kind"] == "individual")
     assert greedy["trace"][0]["individual_held_out"] == best_val
-    assert len(greedy["trace"]) == 3 and greedy["ingredients"][0].endswith(greedy["trace"][0]["run"].split("/")[-1])
+    # the trace names runs as the report does (`fine-tune 2`); soup.json's ingredients are their full paths
+    assert len(greedy["trace"]) == 3 and greedy["trace"][0]["run"].startswith("fine-tune ")
+    assert greedy["ingredients"][0].endswith("/" + greedy["trace"][0]["run"].split(" ")[-1])
     # greedy is never worse than the best individual on the held-out set
     assert greedy["metrics"]["val"] >= best_val - 1e-9
     assert "| **greedy soup** |" in (out / "report.md").read_text()

@@ -59,7 +59,7 @@ def greedy_selection(ranked, score_with: Callable, on_accept: Callable, comparat
     accept = COMPARATORS[comparator]
     on_accept(ranked[0])
     chosen, best = [ranked[0]], ranked[0].held_out
-    trace = [{"run": ranked[0].name, "individual_held_out": best, "soup_held_out": best, "accepted": True}]
+    trace = [{"run": ranked[0].label, "individual_held_out": best, "soup_held_out": best, "accepted": True}]
     for candidate in ranked[1:]:
         score = score_with(candidate, lambda s, bar=best: accept(s, bar))
         accepted = score is not None and accept(score, best)
@@ -67,7 +67,7 @@ def greedy_selection(ranked, score_with: Callable, on_accept: Callable, comparat
             on_accept(candidate)
             chosen.append(candidate)
             best = score
-        trace.append({"run": candidate.name, "individual_held_out": candidate.held_out,
+        trace.append({"run": candidate.label, "individual_held_out": candidate.held_out,
                       "soup_held_out": score, "accepted": accepted})
         log.info("%s: %s held-out %.2f -> %s %s", what, candidate.name, candidate.held_out,
                  "(stopped early)" if score is None else f"{score:.2f}", "accepted" if accepted else "rejected")
@@ -99,7 +99,7 @@ class GreedySoup(GreedyRecipe):
             state, chosen, best, trace = self.soup(permutation, scorer)
             metrics = scorer.evaluate(state, new_point=len(chosen) > 1)
             runs.append({"state": state, "chosen": chosen, "record": {
-                "order": [i.name for i in permutation], "chosen": [i.name for i in chosen], "held_out": best,
+                "order": [i.label for i in permutation], "chosen": [i.label for i in chosen], "held_out": best,
                 "metrics": metrics, "trace": trace}})
         saved = max(range(len(runs)), key=lambda k: runs[k]["record"]["held_out"])
         records = [r["record"] for r in runs]
