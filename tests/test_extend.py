@@ -29,8 +29,8 @@ def added(files: dict):
             path.unlink(missing_ok=True)
 
 
-def command(script: str, args: list, tmp_path: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, f"src/{script}.py", *args, "logger=none", f"paths.log_dir={tmp_path}/logs",
+def command(script: str, args: list, tmp_path: Path, logger: str = "none") -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, f"src/{script}.py", *args, f"logger={logger}", f"paths.log_dir={tmp_path}/logs",
                            f"paths.cache_dir={tmp_path}/cache"], cwd=ROOT, env=ENV, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -76,8 +76,8 @@ class BestKSoup(Recipe):
 
 def test_a_new_recipe_with_its_own_table_and_figure_is_one_file_and_one_yaml(tiny_sweep, soup_cfg, tmp_path,
                                                                               monkeypatch):
-    """The report, soup.json and the tracker (W&B) show a new recipe's own table and figure, and nothing else
-    is edited: run through soup.py as a user would, then in process to see what the tracker is handed."""
+    """The report, soup.json and W&B (offline) show a new recipe's own table and figure, and nothing else is
+    edited: run through soup.py as a user would, then in process to see what the tracker is handed."""
     import contextlib
     import importlib
 
@@ -88,7 +88,7 @@ def test_a_new_recipe_with_its_own_table_and_figure_is_one_file_and_one_yaml(tin
     with added({ROOT / "src" / "soups" / "recipes" / f"{name}.py": RECIPE,
                 ROOT / "conf" / "method" / f"{name}.yaml": f"# @package method.{name}\n"
                                                             f"_target_: soups.recipes.{name}.BestKSoup\nk: 2\n"}):
-        proc = command("soup", [f"method=[uniform,{name}]", f"pool.dir={sweep}"], tmp_path)
+        proc = command("soup", [f"method=[uniform,{name}]", f"pool.dir={sweep}"], tmp_path, logger="wandb")
         importlib.invalidate_caches()
         from soups.jobs import soup as soup_job
 
@@ -105,6 +105,11 @@ def test_a_new_recipe_with_its_own_table_and_figure_is_one_file_and_one_yaml(tin
     report = (out / "report.md").read_text()
     assert f"## {name} soup" in report and "| run | held_out | chosen |" in report
     assert f"]({name}/ranking.png)" in report
+    # W&B (offline here): the table and the figure are media of the soup job's run
+    media = next((out / "wandb").glob("offline-run-*/files/media"))
+    table = json.loads(next(media.glob(f"table/{name}/ranking_*.table.json")).read_text())
+    assert table["columns"] == ["run", "held_out", "chosen"] and len(table["data"]) == 3
+    assert list(media.glob(f"images/{name}/ranking_*.png"))
     columns, rows = recorder.tables[f"{name}/ranking"]
     assert columns == ["run", "held_out", "chosen"] and len(rows) == 3
     assert recorder.images[f"{name}/ranking"].name == "ranking.png"

@@ -46,10 +46,10 @@ def recipe_row(name: str, result: RecipeResult, metrics: dict, soup_dir: Path) -
 
 
 def _cell(value):
-    """A W&B table cell: lists as space-separated text, anything else nested as JSON."""
-    if isinstance(value, list):
-        return " ".join(str(v) for v in value)
-    return json.dumps(value) if isinstance(value, dict) else value
+    """A W&B table cell: a list of plain values as comma-separated text, anything nested as JSON."""
+    if isinstance(value, list) and not any(isinstance(v, (dict, list)) for v in value):
+        return ", ".join(str(v) for v in value)
+    return json.dumps(value) if isinstance(value, (dict, list)) else value
 
 
 def flat_table(rows: list[dict]) -> tuple[list[str], list[list]]:

@@ -172,19 +172,21 @@ def reference_table(rows: list[dict], reference) -> str:
 def _text(value) -> str:
     if isinstance(value, float):
         return f"{value:.2f}"
-    if isinstance(value, list):
-        return " ".join(_text(v) for v in value) if len(value) <= 8 else f"{len(value)} items"
+    if isinstance(value, list):  # a nested table is summarized here; soup.json holds it whole
+        nested = any(isinstance(v, (dict, list)) for v in value)
+        return f"{len(value)} rows (soup.json)" if nested else ", ".join(_text(v) for v in value)
     if isinstance(value, dict):
         return ", ".join(f"{k} {_text(v)}" for k, v in value.items())
     return "" if value is None else str(value)
 
 
 def recipe_sections(rows: list[dict], out_dir: Path) -> str:
-    """Each recipe's own tables and figures (rows carry `tables` {name: [dict]} and `figures` {name: png path}),
-    under a heading per recipe; nothing here knows a recipe by name."""
+    """Each recipe's own tables, curve and figures (rows carry `tables` {name: [dict]}, `curve` [dict] and
+    `figures` {name: png path}), under a heading per recipe; nothing here knows a recipe by name."""
     parts = []
     for row in rows:
-        tables, figures = row.get("tables") or {}, row.get("figures") or {}
+        tables = {**(row.get("tables") or {}), **({"curve": row["curve"]} if row.get("curve") else {})}
+        figures = row.get("figures") or {}
         if not tables and not figures:
             continue
         parts.append(f"## {row['row']}\n")
