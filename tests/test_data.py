@@ -1,6 +1,7 @@
 import torch
 from omegaconf import OmegaConf
 
+from soups.data import build_data
 from soups.data.mnist import MnistData
 from soups.data.digits import mnist_splits, sklearn_digits
 
@@ -28,18 +29,19 @@ def test_sklearn_digits_are_framed_like_mnist():
 
 
 def test_default_data_and_shifts_have_the_configured_sizes():
-    data = MnistData(DATA, MODEL)
+    data = build_data(DATA, MODEL)
+    assert isinstance(data, MnistData)
     per_class = DATA.train_per_class, DATA.val_per_class, DATA.test_per_class
     assert (len(data.train), len(data.val), len(data.test)) == tuple(10 * n for n in per_class)
-    assert list(data.shifts) == list(SHIFTS.names)
-    assert all(len(s) == min(SHIFTS.max_images, len(s)) for s in data.shifts.values())
-    invert = data.shifts["invert"]
+    assert list(data.shift_sets) == list(SHIFTS.names)
+    assert all(len(s) == min(SHIFTS.max_images, len(s)) for s in data.shift_sets.values())
+    invert = data.shift_sets["invert"]
     assert invert.images.float().mean() > 128 > data.test.images.float().mean()
 
 
 def test_eval_sets_resize_once_and_normalize_per_batch():
     model_cfg = OmegaConf.create({"image_size": 40, "mean": [0.5] * 3, "std": [0.5] * 3})
-    data = MnistData(DATA, model_cfg)
+    data = MnistData(**{k: v for k, v in OmegaConf.to_container(DATA).items() if k != "_target_"}).load(model_cfg)
     sets = data.eval_sets()
     assert sets["val"].images.shape == (len(data.val), 3, 40, 40)
     images, labels = next(sets["val"].batches(8))
@@ -52,7 +54,6 @@ def test_a_dataset_brings_its_own_shifts_and_one_without_them_is_refused(tmp_pat
     import pytest
     from conftest import compose_cfg
 
-    from soups.data import build_data
     from soups.errors import BadInput
 
     expected = {"mnist": ["digits", "rotate", "invert", "blur"], "sentiment": ["amazon", "tweets", "nyt"],
@@ -63,3 +64,8 @@ def test_a_dataset_brings_its_own_shifts_and_one_without_them_is_refused(tmp_pat
     no_shifts = OmegaConf.create({k: v for k, v in OmegaConf.to_container(DATA).items() if k != "shifts"})
     with pytest.raises(BadInput, match="names no shifts"):
         build_data(no_shifts, MODEL)
+    # a dataset's settings are checked like every plug-in's, before any file is read: a misspelled key is refused
+    with pytest.raises(BadInput, match=r"data.trian_per_class is not a setting of MnistData \(its settings: name, "):
+        build_data(OmegaConf.merge(DATA, {"trian_per_class": 3}), MODEL)
+    with pytest.raises(BadInput, match="train_per_class='many': expected int"):
+        build_data(OmegaConf.merge(DATA, {"train_per_class": "many"}), MODEL)

@@ -115,8 +115,8 @@ def test_a_new_recipe_with_its_own_table_and_figure_is_one_file_and_one_yaml(tin
     assert recorder.images[f"{name}/ranking"].name == "ranking.png"
 
 
-DATASET = '''"""scikit-learn's 8x8 digits as a dataset family of its own; the shift: the held-out digits mirrored."""
-import torch
+DATASET = '''"""scikit-learn's 8x8 digits as a dataset family of its own; the shift: the test digits mirrored."""
+from dataclasses import dataclass
 
 from soups.data.base import TaskData, train_transform
 from soups.data.digits import sklearn_digits
@@ -124,19 +124,23 @@ from soups.data.images import EvalSet, ImageArray, TransformedImages
 from soups.names import HELD_OUT, TEST
 
 
+@dataclass
 class SmallDigits(TaskData):
-    def __init__(self, data_cfg, model_cfg, cache_dir=None):
-        digits, self.model_cfg, self.shift_names = sklearn_digits(), model_cfg, list(data_cfg.shifts.names)
+    train_images: int = 400  # a setting of its own (conf/data/<name>.yaml)
+
+    def load(self, model_cfg, cache_dir=None):
+        digits, self.model_cfg, n = sklearn_digits(), model_cfg, self.train_images
         part = lambda name, lo, hi: ImageArray(name, digits.images[lo:hi], digits.labels[lo:hi], digits.ids[lo:hi])
-        self.train, self.held_out, self.test = part("train", 0, 400), part(HELD_OUT, 400, 600), part(TEST, 600, 800)
+        self.train, self.held_out, self.test = part("train", 0, n), part(HELD_OUT, n, n + 200), part(TEST, n + 200, n + 400)
         self.mirrored = ImageArray("mirrored", self.test.images.flip(-1), self.test.labels, self.test.ids)
+        return self
 
     def _eval(self, images):
         return EvalSet(images, self.model_cfg.image_size, self.model_cfg.mean, self.model_cfg.std)
 
     def eval_sets(self):
         shifts = {"mirrored": self._eval(self.mirrored)}
-        return {HELD_OUT: self._eval(self.held_out), TEST: self._eval(self.test), **{n: shifts[n] for n in self.shift_names}}
+        return {HELD_OUT: self._eval(self.held_out), TEST: self._eval(self.test), **{n: shifts[n] for n in self.shifts["names"]}}
 
     def train_set(self, randaug, crop_scale):
         return TransformedImages(self.train, train_transform(self.model_cfg, randaug, crop_scale, ratio=(1.0, 1.0)))
@@ -154,7 +158,7 @@ def test_a_new_dataset_with_its_own_shifts_is_one_file_and_one_yaml(tmp_path):
     name = f"small_digits_{uuid.uuid4().hex[:8]}"
     with added({ROOT / "src" / "soups" / "data" / f"{name}.py": DATASET,
                 ROOT / "conf" / "data" / f"{name}.yaml": f"_target_: soups.data.{name}.SmallDigits\nname: {name}\n"
-                                                          f"num_classes: 10\nshifts:\n  names: [mirrored]\n"}):
+                                                          f"num_classes: 10\ntrain_images: 400\nshifts:\n  names: [mirrored]\n"}):
         result = sweep_then_soup([f"data={name}"], tmp_path, [a for a in TINY if not a.startswith("data.")])
     assert set(result["uniform"]["metrics"]) == {"val", "test", "mirrored", "avg_shifts"}
     assert "| uniform soup |" in result["stdout"] or "| **uniform soup** |" in result["stdout"]

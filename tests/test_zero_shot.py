@@ -42,7 +42,7 @@ def test_missing_pretrained_weights_say_how_to_supply_them(monkeypatch):
 
 def test_zero_shot_init_finetune_and_soup_on_fake_imagenet(tmp_path, soup_cfg):
     counts = make_tree(tmp_path / "data")
-    overrides = ["model=tiny_vit", "data=imagenet", "head=zero_shot", "head.templates=simple",
+    overrides = ["~experiment", "model=tiny_vit", "data=imagenet", "head=zero_shot", "head.templates=simple",
                  f"data.root={tmp_path}/data", "data.num_workers=0", "data.held_out.per_class=1",
                  f"data.expected_train_images={counts['train']}", f"data.expected_val_images={counts['val']}",
                  *[f"data.shifts.expected.{k}={counts[k]}" for k in ("imagenet_v2", "imagenet_r", "imagenet_sketch",
@@ -67,7 +67,7 @@ def test_linear_probe_init_on_imagenet_caches_its_features(tmp_path, monkeypatch
     from soups.heads.shared_init import shared_init
 
     counts = make_tree(tmp_path / "data")
-    base = ["model=tiny_vit", "data=imagenet", "head=linear_probe", "head.train_per_class=1",
+    base = ["~experiment", "model=tiny_vit", "data=imagenet", "head=linear_probe", "head.train_per_class=1",
             "head.max_iter=50", f"data.root={tmp_path}/data", "data.num_workers=0", "data.held_out.per_class=1",
             f"data.expected_train_images={counts['train']}", f"data.expected_val_images={counts['val']}",
             *[f"data.shifts.expected.{k}={counts[k]}" for k in ("imagenet_v2", "imagenet_r", "imagenet_sketch",

@@ -56,6 +56,15 @@ def build(node, where: str, package: str, base: type):
     missing = [k for k in node if OmegaConf.is_missing(node, k)]
     if missing:  # `???` in the YAML: a setting the user must give
         raise BadInput(f"{where}: give {', '.join(f'{where}.{k}' for k in missing)} (required, no default)")
+    cls = class_in(node._target_, package, base)
+    if dataclasses.is_dataclass(cls):  # a key the class does not have is a typo, or another option's setting
+        known = [f.name for f in dataclasses.fields(cls) if f.init]
+        unknown = [k for k in node if k != "_target_" and k not in known]
+        if unknown:
+            raise BadInput(f"{where}: {', '.join(f'{where}.{k}' for k in unknown)} "
+                           f"{'is not a setting' if len(unknown) == 1 else 'are not settings'} of "
+                           f"{cls.__name__} (its settings: {', '.join(known) or 'none'}); misspelled, or set by an "
+                           f"experiment written for another {where} (experiment=..., or ~experiment)")
     try:
         return instantiate(node, _convert_="all")
     except InstantiationException as err:

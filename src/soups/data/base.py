@@ -1,26 +1,48 @@
 """What a dataset provides (`TaskData`), and the helpers the dataset families share.
 
 A dataset family is one module in this package with one `TaskData` subclass, chosen by its config's
-`_target_` (conf/data/<name>.yaml); `build_data` constructs it as cls(data_cfg, model_cfg, cache_dir); its shifts are `data_cfg.shifts`.
+`_target_` (conf/data/<name>.yaml) and built the way every plug-in is (soups.settings.build): its fields are the
+config's settings, checked by type (a misspelled key is refused); then `load(model_cfg, cache_dir)` reads it.
+A dataset brings its own shifts: the `shifts` field ({names: [...], their settings}).
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from timm.data import create_transform
 
+from soups.errors import BadInput
+from soups.settings import Settings
 
-class TaskData(ABC):
+
+@dataclass
+class TaskData(Settings, ABC):
     """Evaluation sets are keyed by name: soups.names.HELD_OUT (ranks and selects, never trained on),
     soups.names.TEST, then one per distribution shift. Each set has `.labels` (int64 [N]), `.sample_ids`
     (N strings naming the images or sentences) and `.batches(batch_size, shuffle_seed=None, device=None)` yielding
     (model inputs, labels [B]): float images [B, 3, H, W] normalized for the model, or a padded
     soups.models.text.TokenBatch for text (soups/data/text.py); a set covering fewer classes than the
-    model may have `.project_logits` ([B, C] -> [B, C']). Subclasses take (data_cfg, model_cfg,
-    cache_dir=None) and check their inputs up front (soups.errors: a missing root is a MissingInput)."""
+    model may have `.project_logits` ([B, C] -> [B, C']). Subclasses are dataclasses of their settings; `load`
+    checks the files up front (soups.errors: a missing root is a MissingInput) and reads them."""
 
-    modality = "image"  # or "text": which models it serves (soups.models.classifier.modality)
+    modality: ClassVar[str] = "image"  # or "text": which models it serves (soups.models.classifier.modality)
+    name: str = "data"
+    num_classes: int = 0
+    shifts: dict | None = None  # the dataset's own: {names: [...], their settings}; required
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.shifts, dict) or not isinstance(self.shifts.get("names"), list):
+            raise BadInput(f"{self.name} names no shifts: give conf/data/{self.name}.yaml a `shifts:` node with "
+                           f"`names` (its shift sets; `shifts: {{names: []}}` for none), got {self.shifts!r}")
+
+    def load(self, model_cfg, cache_dir=None) -> "TaskData":
+        """Reads the data for `model_cfg` (input size, normalization, tokenizer); `cache_dir`: where file-based
+        evaluation sets are stored decoded (soups.data.store; None: decode every pass). Returns self."""
+        return self
 
     @abstractmethod
     def eval_sets(self) -> dict:
@@ -46,6 +68,7 @@ class GivenSets(TaskData):
     synthetic ones to soups.evaluation.scorer.PoolScorer); `bn_sample`: the set BN statistics are recomputed on."""
 
     def __init__(self, sets: dict, bn_sample=None):
+        super().__init__(name="given", shifts={"names": [n for n in sets][2:]})
         self.sets, self.bn_sample = sets, bn_sample
 
     def eval_sets(self) -> dict:

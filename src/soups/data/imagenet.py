@@ -2,6 +2,7 @@
 (`val`), ImageNet val (`test`) and the shifts. All layouts and counts are checked up front."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,34 +17,49 @@ from soups.models.classifier import eval_transform
 from soups.names import HELD_OUT, TEST
 
 
+@dataclass
 class ImageNetData(TaskData):
-    def __init__(self, data_cfg, model_cfg, cache_dir=None):
-        shifts_cfg = data_cfg.shifts
-        self.cfg, self.model_cfg = data_cfg, model_cfg
-        self.store_dir = cache_dir if data_cfg.get("store_eval_sets", True) else None
-        root = Path(data_cfg.root).expanduser()
+    root: str = "data"
+    train_dir: str = "train"
+    val_dirs: list = field(default_factory=lambda: ["val_in_folder", "val"])  # first that exists
+    expected_train_images: int = 1281167
+    expected_val_images: int = 50000
+    held_out: dict = field(default_factory=lambda: {"idxs_file": None, "per_class": 26, "seed": 0})
+    num_workers: int = 8
+    store_eval_sets: bool = True
+    bn_recalibration_images: int = 2048
+
+    def __post_init__(self):
+        super().__post_init__()
+        unknown = [n for n in self.shifts["names"] if n not in BUILDERS]
+        if unknown:
+            raise BadInput(f"unknown ImageNet shifts {unknown}; expected some of {list(BUILDERS)}")
+
+    def load(self, model_cfg, cache_dir=None) -> "ImageNetData":
+        shifts, held_out = self.shifts, self.held_out
+        self.model_cfg = model_cfg
+        self.store_dir = cache_dir if self.store_eval_sets else None
+        root = Path(self.root).expanduser()
         self.eval_transform = eval_transform(model_cfg)
-        paths, labels = imagenet_split(root, data_cfg.train_dir, data_cfg.expected_train_images)
-        held = held_out_mask(labels, data_cfg.held_out.idxs_file, data_cfg.held_out.per_class,
-                             data_cfg.held_out.seed, paths)
+        paths, labels = imagenet_split(root, self.train_dir, self.expected_train_images)
+        held = held_out_mask(labels, held_out.get("idxs_file"), held_out["per_class"], held_out["seed"], paths)
         self.train_paths = [p for p, h in zip(paths, held) if not h]
         self.train_labels = labels[~held]
         self.held_paths = [p for p, h in zip(paths, held) if h]
         self.held_labels = labels[held]
-        val_dir = next((d for d in data_cfg.val_dirs if (root / d).is_dir()), data_cfg.val_dirs[0])
-        self.test_paths, self.test_labels = imagenet_split(root, val_dir, data_cfg.expected_val_images)
-        self.shifts = {}
-        for name in shifts_cfg.names:
-            if name not in BUILDERS:
-                raise BadInput(f"unknown ImageNet shift {name!r}; expected some of {list(BUILDERS)}")
-            folders = [shifts_cfg.folders[name], *shifts_cfg.get("alt_folders", {}).get(name, [])]
+        val_dir = next((d for d in self.val_dirs if (root / d).is_dir()), self.val_dirs[0])
+        self.test_paths, self.test_labels = imagenet_split(root, val_dir, self.expected_val_images)
+        self.shift_sets = {}
+        for name in shifts["names"]:
+            folders = [shifts["folders"][name], *shifts.get("alt_folders", {}).get(name, [])]
             folder = next((f for f in folders if (root / f).is_dir()), folders[0])
-            extra = {"crop_border": shifts_cfg.objectnet_crop_border} if name == "objectnet" else {}
-            self.shifts[name] = BUILDERS[name](root / folder, self.eval_transform, shifts_cfg.expected[name],
-                                               data_cfg.num_workers, **extra)
+            extra = {"crop_border": shifts["objectnet_crop_border"]} if name == "objectnet" else {}
+            self.shift_sets[name] = BUILDERS[name](root / folder, self.eval_transform, shifts["expected"][name],
+                                                   self.num_workers, **extra)
+        return self
 
     def _eval(self, name, paths, labels) -> FileEvalSet:
-        return FileEvalSet(name, paths, labels, self.eval_transform, self.cfg.num_workers)
+        return FileEvalSet(name, paths, labels, self.eval_transform, self.num_workers)
 
     def _stored(self, files: FileEvalSet):
         """Decoded once into a uint8 store when there is a cache dir (soups.data.store)."""
@@ -51,7 +67,7 @@ class ImageNetData(TaskData):
 
     def eval_sets(self) -> dict:
         sets = {HELD_OUT: self._eval(HELD_OUT, self.held_paths, self.held_labels),
-                TEST: self._eval(TEST, self.test_paths, self.test_labels), **self.shifts}
+                TEST: self._eval(TEST, self.test_paths, self.test_labels), **self.shift_sets}
         return {name: self._stored(files) for name, files in sets.items()}
 
     def train_set(self, randaug: str | None, crop_scale: float) -> FileImages:
@@ -60,13 +76,13 @@ class ImageNetData(TaskData):
 
     def probe_sets(self, per_class: int | None = None) -> tuple[FileEvalSet, FileEvalSet]:
         """(fine-tuning split, capped at `per_class` images per class if given; the held-out split)."""
-        take = (per_class_subset(self.train_labels, per_class, self.cfg.held_out.seed) if per_class
+        take = (per_class_subset(self.train_labels, per_class, self.held_out["seed"]) if per_class
                 else torch.arange(len(self.train_paths)))
         train = self._eval("probe_train", [self.train_paths[i] for i in take], self.train_labels[take])
         return train, self._eval(HELD_OUT, self.held_paths, self.held_labels)
 
     def bn_set(self) -> FileEvalSet:
-        rng = np.random.default_rng(self.cfg.held_out.seed)
-        take = np.sort(rng.choice(len(self.train_paths), size=self.cfg.bn_recalibration_images, replace=False))
+        rng = np.random.default_rng(self.held_out["seed"])
+        take = np.sort(rng.choice(len(self.train_paths), size=self.bn_recalibration_images, replace=False))
         return self._stored(self._eval("bn", [self.train_paths[i] for i in take], self.train_labels[take]))
 

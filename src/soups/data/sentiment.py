@@ -8,7 +8,10 @@ and sha256 before use."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+from typing import ClassVar, Optional
 
 import torch
 
@@ -58,54 +61,61 @@ def checked_file(root: Path, domain: str, spec) -> Path:
     return path
 
 
-def _sizes_problems(data_cfg, shifts_cfg) -> list[str]:
-    def count(value, allow_null: bool) -> bool:
-        return (value is None and allow_null) or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
-
-    wrong = [f"data.{k}={data_cfg.get(k)!r}" for k, null in (("test_size", False), ("val_size", False),
-                                                            ("train_size", True)) if not count(data_cfg.get(k), null)]
-    if not count(shifts_cfg.get("max_images"), True):
-        wrong.append(f"data.shifts.max_images={shifts_cfg.get('max_images')!r}")
-    rating = data_cfg.get("min_abs_rating")
-    if not isinstance(rating, (int, float)) or isinstance(rating, bool) or not 0 <= rating <= 4:
-        wrong.append(f"data.min_abs_rating={rating!r} (expected a number in [0, 4])")
-    return wrong
+def _count(value, allow_null: bool) -> bool:
+    return (value is None and allow_null) or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
 
 
+@dataclass
 class SentimentData(TaskData):
-    """In-domain splits and shifts as TextSets tokenized by the model's own tokenizer."""
+    """In-domain splits and shifts as TextSets tokenized by the model's own tokenizer (in memory: no store)."""
 
-    modality = "text"
+    modality: ClassVar[str] = "text"
+    root: str = "data/hutto_ICWSM_2014"
+    in_domain: str = "movie"
+    min_abs_rating: float = 0.5
+    test_size: int = 2000
+    val_size: int = 1000
+    train_size: Optional[int] = None  # cap on the training sentences; None = all
+    split_seed: int = 0
+    files: dict = field(default_factory=dict)  # each domain's {file, sentences, sha256}
 
-    def __init__(self, data_cfg, model_cfg, cache_dir=None):  # tokenized in memory: no store
-        shifts_cfg = data_cfg.shifts
-        wrong = _sizes_problems(data_cfg, shifts_cfg)
+    def __post_init__(self):
+        super().__post_init__()
+        wrong = [f"data.{k}={getattr(self, k)!r}" for k, null in (("test_size", False), ("val_size", False),
+                                                                  ("train_size", True)) if not _count(getattr(self, k), null)]
+        if not _count(self.shifts.get("max_images"), True):
+            wrong.append(f"data.shifts.max_images={self.shifts.get('max_images')!r}")
         if wrong:
             raise BadInput(f"{', '.join(wrong)}: expected integers >= 1 (sentences; null where it means all)")
-        domains = dict(data_cfg.files)
-        unknown = [n for n in [data_cfg.in_domain, *shifts_cfg.names] if n not in domains]
-        if unknown or data_cfg.in_domain in shifts_cfg.names:
-            raise BadInput(f"data.in_domain={data_cfg.in_domain!r}, data.shifts.names={list(shifts_cfg.names)}: "
-                           f"expected distinct domains among {list(domains)}")
-        root = Path(data_cfg.root)
-        read = {n: read_domain(checked_file(root, n, domains[n]), n, float(data_cfg.min_abs_rating))
-                for n in [data_cfg.in_domain, *shifts_cfg.names]}
-        self.cfg, self.max_length = data_cfg, int(model_cfg.max_length)
+        if not 0 <= self.min_abs_rating <= 4:
+            raise BadInput(f"data.min_abs_rating={self.min_abs_rating!r} (expected a number in [0, 4])")
+        names = self.shifts["names"]
+        unknown = [n for n in [self.in_domain, *names] if n not in self.files]
+        if unknown or self.in_domain in names:
+            raise BadInput(f"data.in_domain={self.in_domain!r}, data.shifts.names={list(names)}: "
+                           f"expected distinct domains among {list(self.files)}")
+
+    def load(self, model_cfg, cache_dir=None) -> "SentimentData":
+        names, root = self.shifts["names"], Path(self.root)
+        read = {n: read_domain(checked_file(root, n, SimpleNamespace(**self.files[n])), n, float(self.min_abs_rating))
+                for n in [self.in_domain, *names]}
+        self.max_length = int(model_cfg.max_length)
         self.tokenizer = tokenizer_for(model_cfg)
-        task = read[data_cfg.in_domain]
-        order = torch.randperm(len(task), generator=torch.Generator().manual_seed(int(data_cfg.split_seed)))
-        n_test, n_val = int(data_cfg.test_size), int(data_cfg.val_size)
+        task = read[self.in_domain]
+        order = torch.randperm(len(task), generator=torch.Generator().manual_seed(int(self.split_seed)))
+        n_test, n_val = int(self.test_size), int(self.val_size)
         if n_test + n_val >= len(task):
             raise BadInput(f"data.test_size + data.val_size = {n_test + n_val} leaves no training sentences of the "
-                           f"{len(task)} in {data_cfg.in_domain} with |rating| >= data.min_abs_rating="
-                           f"{data_cfg.min_abs_rating}")
+                           f"{len(task)} in {self.in_domain} with |rating| >= data.min_abs_rating="
+                           f"{self.min_abs_rating}")
         train_rows = order[n_test + n_val:]
-        if data_cfg.get("train_size"):
-            train_rows = train_rows[:int(data_cfg.train_size)]
+        if self.train_size:
+            train_rows = train_rows[:int(self.train_size)]
         self.test, self.val = task.take(order[:n_test]), task.take(order[n_test:n_test + n_val])
         self.train = task.take(train_rows.sort().values)
-        self.shifts = {n: self._subsample(read[n], shifts_cfg.get("max_images"), int(shifts_cfg.seed))
-                       for n in shifts_cfg.names}
+        self.shift_sets = {n: self._subsample(read[n], self.shifts.get("max_images"), int(self.shifts.get("seed", 0)))
+                           for n in names}
+        return self
 
     @staticmethod
     def _subsample(sentences: Sentences, most: int | None, seed: int) -> Sentences:
@@ -118,7 +128,7 @@ class SentimentData(TaskData):
         return TextSet(sentences, self.tokenizer, self.max_length)
 
     def eval_sets(self) -> dict[str, TextSet]:
-        return {name: self._set(s) for name, s in {HELD_OUT: self.val, TEST: self.test, **self.shifts}.items()}
+        return {name: self._set(s) for name, s in {HELD_OUT: self.val, TEST: self.test, **self.shift_sets}.items()}
 
     def train_set(self, randaug: str | None, crop_scale: float) -> TextSet:
         if randaug or crop_scale < 1:
@@ -129,7 +139,7 @@ class SentimentData(TaskData):
     def probe_sets(self, per_class: int | None = None) -> tuple[TextSet, TextSet]:
         train = self.train
         if per_class:
-            train = train.take(per_class_subset(train.labels, per_class, int(self.cfg.split_seed)))
+            train = train.take(per_class_subset(train.labels, per_class, int(self.split_seed)))
         return self._set(train), self._set(self.val)
 
     def bn_set(self) -> None:
