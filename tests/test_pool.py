@@ -27,3 +27,32 @@ def test_sources_dir_glob_runs_and_latest(tmp_path):
         resolve_run_dirs(pool(dir=str(old), glob="x"), tmp_path)
     with pytest.raises(ValueError, match="pool is empty"):
         resolve_run_dirs(pool(glob=f"{tmp_path}/nothing*"), tmp_path)
+
+
+def test_runs_recorded_with_shifts_as_their_own_group_still_soup_with_their_metrics(tiny_sweep, soup_cfg, tmp_path,
+                                                                                  monkeypatch):
+    """Sweeps made before datasets carried their shifts (`config.shifts` beside `config.data` in run.json) open
+    as they are: the shifts move into data, the evaluation key is the same, so no individual is evaluated again."""
+    import json
+    import shutil
+
+    from conftest import own_cache
+
+    from soups.evaluation.evaluator import Evaluator
+    from soups.jobs.soup import run_soup
+
+    tmp, sweep = tiny_sweep
+    base = own_cache(tmp, tmp_path)  # the runs' logits, in a cache of this test's own
+    old = tmp_path / "old_sweep"
+    shutil.copytree(sweep, old)
+    for run in old.iterdir():
+        info = json.loads((run / "run.json").read_text())
+        config = info["config"]
+        config["shifts"] = config["data"].pop("shifts")
+        (run / "run.json").write_text(json.dumps(info))
+    passes, forward = [], Evaluator.forward
+    monkeypatch.setattr(Evaluator, "forward", lambda self, model, name: passes.append(name) or forward(self, model, name))
+    rows = run_soup(soup_cfg(f"pool.dir={old}", "method=uniform", f"paths.cache_dir={base}/cache"), tmp_path / "soup")
+    individuals = [r for r in rows if r["kind"] == "individual"]
+    assert len(individuals) == 3 and set(individuals[0]["metrics"]) >= {"digits", "avg_shifts"}
+    assert passes.count("test") == 1  # the soup's own: the runs' metrics and the best one's logits were reused

@@ -164,6 +164,15 @@ def _check_compatible(a: Ingredient, b: Ingredient) -> None:
                        f"soups average fine-tunes of one shared init")
 
 
+def run_config(config: dict) -> dict:
+    """A run's recorded config as this version reads it: runs recorded while shifts were a config group of their
+    own (`config.shifts` beside `config.data`) get them inside `data`, where a dataset carries them now. Their
+    evaluation key is unchanged (soups.evaluation.cache.config_parts), so their recorded metrics still count."""
+    if "shifts" in config and "shifts" not in (config.get("data") or {}):
+        config = {k: v for k, v in config.items() if k != "shifts"} | {"data": {**config["data"], "shifts": config["shifts"]}}
+    return config
+
+
 @dataclass
 class RunDirs(Pool):
     dir: str | None = None   # a sweep folder or a folder of run dirs
@@ -174,7 +183,7 @@ class RunDirs(Pool):
     def open(self, cfg, device) -> OpenPool:
         ingredients, skipped = load_pool(self, cfg.paths.log_dir, self.verify_sha256)
         first = ingredients[0].info
-        run_cfg = OmegaConf.create(first["config"])
+        run_cfg = OmegaConf.create(run_config(first["config"]))
         model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)
         init_dir = first["init"].get("dir")
         return OpenPool(ingredients, run_cfg, model, ingredients[0].run_dir.parent.name, skipped,
