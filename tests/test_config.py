@@ -5,6 +5,7 @@ import sys
 from dataclasses import fields
 
 import pytest
+from omegaconf import open_dict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -105,3 +106,12 @@ def test_the_command_line_refuses_bad_values_before_any_work(tmp_path):
     assert "error: bad config: device='gpu' (expected auto, cpu, or a torch device this machine has" in done.stderr
     assert "lr=-1 (expected a finite number > 0)" in done.stderr
     assert not (tmp_path / "cache").exists()  # nothing built
+
+
+def test_a_top_level_shifts_group_is_refused_not_recorded_and_ignored(configs):
+    """Shifts belong to the dataset (data.shifts); the old `shifts=` group would be recorded and silently unused."""
+    cfg = configs[FinetuneSettings].copy()
+    with open_dict(cfg):
+        cfg.shifts = {"names": ["rotate"]}
+    with pytest.raises(ValueError, match=r"shifts=.*data.shifts.names"):
+        checked(cfg, FinetuneSettings)

@@ -1,3 +1,5 @@
+import re
+
 import torch
 from omegaconf import OmegaConf
 
@@ -69,3 +71,15 @@ def test_a_dataset_brings_its_own_shifts_and_one_without_them_is_refused(tmp_pat
         build_data(OmegaConf.merge(DATA, {"trian_per_class": 3}), MODEL)
     with pytest.raises(BadInput, match="train_per_class='many': expected int"):
         build_data(OmegaConf.merge(DATA, {"train_per_class": "many"}), MODEL)
+
+
+def test_shift_settings_are_checked_like_every_setting():
+    import pytest
+
+    from soups.errors import BadInput
+
+    for bad, said in ((("max_images", "abc"), "data.shifts.max_images='abc'"), (("max_images", 0), "max_images=0"),
+                      (("seed", "abc"), "data.shifts.seed='abc'"), (("names", ["rotate", "rotate"]), "distinct names"),
+                      (("names", "rotate"), "`names`, a list")):
+        with pytest.raises(BadInput, match=re.escape(said)):
+            build_data(OmegaConf.merge(DATA, {"shifts": dict([bad])}), MODEL)

@@ -254,6 +254,9 @@ def checked(cfg: DictConfig, schema: type) -> DictConfig:
                      f"an image augmentation)" for k, used in image_only.items() if used]
     if cfg.get("model") is not None:
         problems += model_problems(cfg.model)
+    if "shifts" in cfg:  # the group that datasets replaced: it would be recorded, and silently not used
+        problems.append(f"shifts={OmegaConf.to_container(cfg.shifts) if OmegaConf.is_config(cfg.shifts) else cfg.shifts!r} "
+                        f"(expected none: a dataset brings its shifts, set them as data.shifts.names=[...])")
     if problems:
         raise ConfigError("bad config: " + "; ".join(problems))
     out = copy.deepcopy(cfg)

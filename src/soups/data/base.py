@@ -37,7 +37,17 @@ class TaskData(Settings, ABC):
         super().__post_init__()
         if not isinstance(self.shifts, dict) or not isinstance(self.shifts.get("names"), list):
             raise BadInput(f"{self.name} names no shifts: give conf/data/{self.name}.yaml a `shifts:` node with "
-                           f"`names` (its shift sets; `shifts: {{names: []}}` for none), got {self.shifts!r}")
+                           f"`names`, a list (its shift sets; `shifts: {{names: []}}` for none), got {self.shifts!r}")
+        names, most, seed = self.shifts["names"], self.shifts.get("max_images"), self.shifts.get("seed", 0)
+        wrong = []
+        if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+            wrong.append(f"data.shifts.names={names!r} (expected distinct names)")
+        if most is not None and (isinstance(most, bool) or not isinstance(most, int) or most < 1):
+            wrong.append(f"data.shifts.max_images={most!r} (expected an integer >= 1, or null for all)")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            wrong.append(f"data.shifts.seed={seed!r} (expected an integer >= 0)")
+        if wrong:
+            raise BadInput("; ".join(wrong))
 
     def load(self, model_cfg, cache_dir=None) -> "TaskData":
         """Reads the data for `model_cfg` (input size, normalization, tokenizer); `cache_dir`: where file-based

@@ -56,7 +56,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
         raise BadInput(f"the soup config has fine-tuning settings {training} (a fine-tuning experiment such as "
                        f"experiment=demo_vit?): those are for src/finetune.py; src/soup.py soups the pool such a "
                        f"sweep made (the latest, or pool.dir=...)")
-    recipes, logger = build_recipes(cfg.method), build_logger(cfg.logger)
+    recipes, logger = build_recipes(cfg.get("method")), build_logger(cfg.logger)
     statistics = build_statistics(cfg.get("statistics"))
     setup(cfg.seed, cfg.get("threads"))
     device = resolve_device(cfg.device)

@@ -1,7 +1,7 @@
 """A pool of ingredients: fine-tuned weights that share one architecture and one initialization, opened
 and checked before any evaluation. Where they come from is the `pool` config (`_target_`): run dirs of
 this project (run_dirs.py, `pool=latest`), the paper's released checkpoints (release.py,
-`pool=paper_vit_b32`) or other tools' checkpoint files (files.py, `pool=files`). Add a source: one file here with a `Pool` subclass + one YAML."""
+`pool=paper_vit_b32`) or other tools' checkpoint files (checkpoint_files.py, `pool=files`). Add a source: one file here with a `Pool` subclass + one YAML."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -51,10 +51,12 @@ class Pool(Settings, ABC):
 
 def open_pool(cfg, device) -> OpenPool:
     """The pool the `pool` config names (BadInput for another target or a bad setting), opened. Its
-    ingredients keep their short names (`fine-tune 6`) only where those are unique in the pool."""
+    ingredients keep their short names (`fine-tune 6`) only where those are unique in the pool and its run dirs
+    come from one folder (one sweep): runs of several sweeps are named `<sweep>/<job>`."""
     pool = build(cfg.pool, "pool", "soups.pools", Pool).open(cfg, device)
     labels = [i.label for i in pool.ingredients]
-    if len(set(labels)) < len(labels):  # e.g. run dirs of two sweeps: `fine-tune 0` twice
+    folders = {i.run_dir.resolve().parent for i in pool.ingredients if i.run_dir is not None}
+    if len(set(labels)) < len(labels) or len(folders) > 1:  # e.g. `fine-tune 0` of sweep A beside sweep B's
         for ingredient in pool.ingredients:
             ingredient.short_name = None
     return pool

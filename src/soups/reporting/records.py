@@ -79,11 +79,29 @@ def log_recipe(tracker, name: str, metrics: dict, result: RecipeResult, soup_dir
         tracker.image(f"{name}/{figure}", soup_dir / f"{figure}.png")
 
 
+RESERVED = ("kind", "method", "ingredients", "metrics", "calibration", "vs_best", "bn_recalibrated", "seconds",
+            "evaluation", "environment", "curve", "mean", "std")  # soup.json's own fields
+
+
+def check_outputs(name: str, result: RecipeResult) -> None:
+    """A recipe's details and tables may not overwrite soup.json's own fields; its figures are plain names (a
+    PNG in its folder); a table's rows share their keys. Raises ValueError (a recipe's bug), naming the recipe."""
+    clash = sorted(set(RESERVED) & (set(result.details) | set(result.tables)))
+    bad_figures = [f for f in result.figures if not f or Path(f).name != f or f.startswith(".")]
+    ragged = [t for t, rows in result.tables.items() if any(set(r) != set(rows[0]) for r in rows)]
+    if clash or bad_figures or ragged:
+        raise ValueError(f"recipe {name}: " + "; ".join(
+            ([f"details/tables named {clash} would overwrite soup.json's own fields"] if clash else []) +
+            ([f"figure names {bad_figures} are not plain file names"] if bad_figures else []) +
+            ([f"tables {ragged} have rows with different keys"] if ragged else [])))
+
+
 def save_soup(soup_dir: Path, name: str, result: RecipeResult, metrics: dict, template_info: dict,
               recalibrated: bool, seconds: float, quality: dict) -> None:
     """soup.json (+ the weights and a run.json for a soup; an ensemble has no weights of its own), and the
     recipe's figures. `recalibrated`: whether the job recomputes BN statistics of new points in weight space;
     `quality`: its calibration and difference to the best individual (PoolScorer.qualify)."""
+    check_outputs(name, result)
     record = {"kind": result.kind, "method": name, "ingredients": [str(i.source) for i in result.ingredients],
               "metrics": metrics, **quality,
               "bn_recalibrated": recalibrated and result.kind == "soup" and result.is_new_point,
