@@ -29,6 +29,7 @@ class TaskData(Settings, ABC):
     checks the files up front (soups.errors: a missing root is a MissingInput) and reads them."""
 
     modality: ClassVar[str] = "image"  # or "text": which models it serves (soups.models.classifier.modality)
+    known_shifts: ClassVar[tuple[str, ...] | None] = None  # the shifts a family can make; None: any (it checks)
     name: str = "data"
     num_classes: int = 0
     shifts: dict | None = None  # the dataset's own: {names: [...], their settings}; required
@@ -46,6 +47,9 @@ class TaskData(Settings, ABC):
             wrong.append(f"data.shifts.max_images={most!r} (expected an integer >= 1, or null for all)")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             wrong.append(f"data.shifts.seed={seed!r} (expected an integer >= 0)")
+        unknown = [n for n in names if self.known_shifts is not None and n not in self.known_shifts]
+        if unknown:
+            wrong.append(f"data.shifts.names: unknown shifts {unknown} (expected some of {list(self.known_shifts)})")
         if wrong:
             raise BadInput("; ".join(wrong))
 

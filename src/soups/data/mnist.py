@@ -3,12 +3,12 @@ seed, resized once to the model's input size; shifts made from the test split (s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from soups.data.base import TaskData, per_class_subset, train_transform
 from soups.data.digits import SHIFTS as MNIST_SHIFTS
 from soups.data.digits import make_shift, mnist_splits, subsample
 from soups.data.images import EvalSet, ImageArray, TransformedImages
-from soups.errors import BadInput
 from soups.names import HELD_OUT, TEST
 
 
@@ -19,13 +19,8 @@ class MnistData(TaskData):
     val_per_class: int = 200
     test_per_class: int = 200
     split_seed: int = 0
+    known_shifts: ClassVar[tuple[str, ...]] = tuple(MNIST_SHIFTS)
     bn_recalibration_images: int = 1000  # fixed training sample for recomputing BN statistics of averages
-
-    def __post_init__(self):
-        super().__post_init__()
-        unknown = [n for n in self.shifts["names"] if n not in MNIST_SHIFTS]
-        if unknown:
-            raise BadInput(f"unknown shifts {unknown}; MNIST shifts are {list(MNIST_SHIFTS)}")
 
     def load(self, model_cfg, cache_dir=None) -> "MnistData":
         self.model_cfg = model_cfg

@@ -29,14 +29,11 @@ def _readable(path: Path, read):
 
 
 def config_parts(cfg, names: tuple[str, ...]) -> dict:
-    """{name: resolved container} of `cfg`'s groups, with the dataset's shifts as their own part "shifts" (as they
-    were before datasets carried them), so keys made before and after that change agree."""
+    """{name: resolved container} of `cfg`'s groups (`names` holds "data"), with the dataset's shifts as their own
+    part "shifts" (as they were before datasets carried them), so keys made before and after that change agree."""
     parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in names if k != "shifts"}
-    if "shifts" in names:
-        data = dict(parts["data"]) if "data" in parts else OmegaConf.to_container(cfg.data, resolve=True)
-        parts["shifts"] = data.pop("shifts", None) if "shifts" not in cfg else OmegaConf.to_container(cfg.shifts, resolve=True)
-        if "data" in parts:
-            parts["data"] = data
+    parts["data"] = dict(parts["data"])
+    parts["shifts"] = parts["data"].pop("shifts", None)
     return parts
 
 
