@@ -30,6 +30,8 @@ class TaskData(Settings, ABC):
 
     modality: ClassVar[str] = "image"  # or "text": which models it serves (soups.models.classifier.modality)
     known_shifts: ClassVar[tuple[str, ...] | None] = None  # the shifts a family can make; None: any (it checks)
+    class_names: ClassVar[tuple[str, ...]] = ()  # class i's name, where the family knows it (checked against a
+                                                 # transformers checkpoint's id2label); (): unknown
     name: str = "data"
     num_classes: int = 0
     shifts: dict | None = None  # the dataset's own: {names: [...], their settings}; required

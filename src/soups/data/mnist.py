@@ -20,6 +20,7 @@ class MnistData(TaskData):
     test_per_class: int = 200
     split_seed: int = 0
     known_shifts: ClassVar[tuple[str, ...]] = tuple(MNIST_SHIFTS)
+    class_names: ClassVar[tuple[str, ...]] = tuple(str(d) for d in range(10))
     bn_recalibration_images: int = 1000  # fixed training sample for recomputing BN statistics of averages
 
     def load(self, model_cfg, cache_dir=None) -> "MnistData":

@@ -70,6 +70,7 @@ class SentimentData(TaskData):
     """In-domain splits and shifts as TextSets tokenized by the model's own tokenizer (in memory: no store)."""
 
     modality: ClassVar[str] = "text"
+    class_names: ClassVar[tuple[str, ...]] = ("negative", "positive")  # label 1: a positive mean rating
     root: str = "data/hutto_ICWSM_2014"
     in_domain: str = "movie"
     min_abs_rating: float = 0.5

