@@ -41,7 +41,8 @@ def run_recipe(name: str, recipe, pool: OpenPool, scorer: PoolScorer, out_dir: P
     seconds = round(time.time() - start, 1)
     save_soup(out_dir / name, name, result, metrics, template, scorer.bn_sample is not None, seconds, quality)
     if pool.export is not None and result.weights is not None:  # also in the ingredients' own format
-        log.info("%s: written as %s", name, pool.export(result.weights, out_dir / name))
+        written = pool.export(result.weights, out_dir / name)
+        log.info("%s: also written as %s", name, ", ".join(f"{p.name}/" for p in written))
     log_recipe(tracker, name, metrics, result, out_dir / name, quality)
     row = recipe_row(name, result, metrics, out_dir / name) | quality
     log.info("%s (%d ingredients, %.1fs): %s", row["row"], len(result.ingredients), seconds, format_metrics(metrics))

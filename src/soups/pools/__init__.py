@@ -29,8 +29,8 @@ class OpenPool:
     init_weights: Path | None  # the shared initialization's weights file, where the records name it
     release_init: Ingredient | None = None  # an init given as a file (released model_0, pool.init): evaluated like one
     # writes a soup's weights in the ingredients' own format into its folder (transformers: <soup>/hf/); returns
-    # what it wrote. None: the soup's weights.safetensors is the format.
-    export: Callable[[dict, Path], Path | list[Path]] | None = field(default=None, repr=False)
+    # the folders it wrote. None: the soup's own weights file is the format.
+    export: Callable[[dict, Path], list[Path]] | None = field(default=None, repr=False)
 
     def template(self) -> dict:
         """What every soup's run.json repeats: the init (with its metrics: call after they are measured;

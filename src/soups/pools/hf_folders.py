@@ -58,7 +58,7 @@ class HFFolders(Pool):
         data = build(data_node, "data", "soups.data", TaskData)
         first = configs[folders[0]]
         check_labels(first, data.num_classes, data.class_names, data.name)
-        tokenizer_dir = self.tokenizer_dir(list(configs), modality_of(first, folders[0]))
+        tokenizer_dir = find_tokenizer(list(configs), modality_of(first, folders[0]), self.tokenizer)
         model_cfg = model_cfg_for(folders[0], first, self.max_length, tokenizer_dir)
         run_cfg = OmegaConf.create({"model": model_cfg, "data": OmegaConf.to_container(data_node, resolve=True)})
         model = build_classifier(run_cfg.model, data.num_classes, load_pretrained=False)
@@ -71,8 +71,8 @@ class HFFolders(Pool):
         log.info("pool=hf: %d %s folders (%s)%s", len(ingredients), model_cfg["name"], model_cfg["hf_classifier"],
                  f", init {init_dir}" if init else "")
 
-        def export(weights: dict, soup_dir: Path) -> Path:
-            return save_pretrained_soup(model, weights, soup_dir / "hf", tokenizer_dir or folders[0])
+        def export(weights: dict, soup_dir: Path) -> list[Path]:
+            return [save_pretrained_soup(model, weights, soup_dir / "hf", tokenizer_dir or folders[0])]
 
         return OpenPool(ingredients, run_cfg, model.to(device), common.name, {}, init.weights if init else None,
                         init, export=export)
@@ -92,25 +92,26 @@ class HFFolders(Pool):
             raise BadInput(f"pool.glob={self.glob!r} matches only the init ({self.init})")
         return folders
 
-    def tokenizer_dir(self, folders: list[Path], kind: str) -> Path | None:
-        """Text: the folder whose tokenizer reads the sentences (pool.tokenizer, else the first folder that holds
-        one); every folder that holds one must hold the same files. Raises BadInput where none does."""
-        if kind != "text":
-            return None
-        if self.tokenizer:
-            given = Path(self.tokenizer).expanduser()
-            if not has_tokenizer(given):
-                raise BadInput(f"pool.tokenizer={self.tokenizer}: no tokenizer files there")
-            return given
-        holding = [f for f in folders if has_tokenizer(f)]
-        if not holding:
-            raise BadInput(f"none of the folders holds a tokenizer (tokenizer.json, vocab.txt, ...): give "
-                           f"pool.tokenizer=<folder> (the base model's), or save it with tokenizer.save_pretrained")
-        vocabularies = {f: vocabulary(f) for f in holding if (f / "tokenizer.json").is_file()}
-        if len(set(vocabularies.values())) > 1:
-            a, b = [f for f in vocabularies if vocabularies[f] != vocabularies[holding[0]]][:1] + [holding[0]]
-            raise BadInput(f"{a} and {b} hold different tokenizers (tokenizer.json): fine-tunes of one model share one")
-        return holding[0]
+
+def find_tokenizer(folders: list[Path], kind: str, given: str | None) -> Path | None:
+    """Text: the folder whose tokenizer reads the sentences (`given`: pool.tokenizer, else the first folder that
+    holds one); every folder that holds one must hold the same. None for images. Raises BadInput where none does."""
+    if kind != "text":
+        return None
+    if given:
+        path = Path(given).expanduser()
+        if not has_tokenizer(path):
+            raise BadInput(f"pool.tokenizer={given}: no tokenizer files there")
+        return path
+    holding = [f for f in folders if has_tokenizer(f)]
+    if not holding:
+        raise BadInput(f"none of the folders holds a tokenizer (tokenizer.json, vocab.txt, ...): give "
+                       f"pool.tokenizer=<folder> (the base model's), or save it with tokenizer.save_pretrained")
+    vocabularies = {f: vocabulary(f) for f in holding if (f / "tokenizer.json").is_file()}
+    if len(set(vocabularies.values())) > 1:
+        a, b = [f for f in vocabularies if vocabularies[f] != vocabularies[holding[0]]][:1] + [holding[0]]
+        raise BadInput(f"{a} and {b} hold different tokenizers (tokenizer.json): fine-tunes of one model share one")
+    return holding[0]
 
 
 def vocabulary(folder: Path) -> str:

@@ -1,0 +1,327 @@
+"""`pool=lora`: LoRA adapters (peft's `save_pretrained` folders) on one base classifier, souped exactly:
+
+    python src/soup.py pool=lora "pool.glob='adapters/*'" pool.base=base_classifier data=sentiment
+
+A LoRA fine-tune's weights are W0 + s·B·A on each adapted linear map (s = lora_alpha/r, or lora_alpha/√r with
+rsLoRA; r is each module's own rank, rank_pattern included) and the adapter's own tensors for the modules it
+trained in full (`modules_to_save`: the classification head). Each adapter is merged so, checked against
+peft's own `merge_and_unload` of that adapter, and then is an ingredient like any full fine-tune: a soup of
+merged adapters with weights summing to one is exactly W0 + Σ wᵢ·sᵢBᵢAᵢ (with the heads averaged as plain
+tensors), for every recipe. Variants whose update is not s·B·A (DoRA, LoRA biases, embedding adapters) are
+refused by name. A soup is written back as a merged model (`<soup>/hf/`) and as one LoRA adapter
+(`<soup>/adapter/`: rank Σ rᵢ, exact up to round-off; `pool.svd_rank`: also a smaller one, its error printed).
+
+Why not peft's own combination: `add_weighted_adapter(..., "linear")` makes cross terms BᵢAⱼ, "svd" truncates
+to the largest rank, and rsLoRA, DoRA and `modules_to_save` heads are not combined correctly in peft 0.21.2
+(only "cat" is exact; peft issue #643). `recipes/lora_factor_mean.py` is the mean-of-factors soup, to compare.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob as globlib
+import json
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from soups.data import TaskData
+from soups.errors import BadInput
+from soups.io.files import atomic_save_safetensors, sha256_file, write_json
+from soups.models.classifier import build_classifier
+from soups.models.hf import PREFIX, load_folder, model_cfg_for, modality_of, read_config, save_pretrained_soup, \
+    wrapped_state
+from soups.pools import OpenPool, Pool
+from soups.pools.checkpoint_files import display_names
+from soups.pools.hf_folders import check_labels, convert, find_tokenizer, trainer_hparams, weights_digest
+from soups.pools.ingredient import Ingredient
+from soups.settings import build
+
+log = logging.getLogger(__name__)
+ADAPTER_PREFIX = "base_model.model."
+# adapter_config.json settings whose adapters are not W0 + s·B·A (or not of this pool's kind): refused by name
+REFUSED = {"use_dora": "DoRA rescales each column by a learned magnitude",
+           "lora_bias": "LoRA biases add a trained bias to B",
+           "use_qalora": "QALoRA pools its inputs", "use_bdlora": "block-diagonal LoRA",
+           "layer_replication": "replicated layers", "target_parameters": "LoRA on parameters, not modules",
+           "trainable_token_indices": "trained token embeddings", "alpha_pattern": "per-module alphas"}
+
+
+@dataclass
+class Factors:
+    """One adapter read: {module path: (A [r, in], B [out, r], scale s)} and its fully trained tensors
+    ({HF key: tensor}, the head), with its config."""
+    lora: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
+    full: dict[str, torch.Tensor]
+    config: dict
+
+
+def read_adapter(folder: Path) -> Factors:
+    """An adapter folder (adapter_config.json + adapter_model.safetensors) read and checked to be a plain or
+    rsLoRA adapter. Raises BadInput naming the folder and what is refused."""
+    from safetensors.torch import load_file
+
+    config_path, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if not config_path.is_file():
+        raise BadInput(f"{folder}: no adapter_config.json (expected a peft adapter folder, as save_pretrained "
+                       f"of a PeftModel writes it)")
+    if not weights.is_file():
+        pickled = (folder / "adapter_model.bin").is_file()
+        raise BadInput(f"{folder}: no adapter_model.safetensors" + (" (adapter_model.bin is a pickle: never loaded "
+                       "here; save with safe_serialization=True)" if pickled else " (an adapter without weights)"))
+    config = json.loads(config_path.read_text())
+    if config.get("peft_type") != "LORA":
+        raise BadInput(f"{folder}: peft_type={config.get('peft_type')!r}; pool=lora soups LoRA adapters")
+    refused = [f"{k} ({why})" for k, why in REFUSED.items() if config.get(k)]
+    if config.get("bias", "none") != "none":
+        refused.append(f"bias={config['bias']!r} (trained biases of the base layers)")
+    if refused:
+        raise BadInput(f"{folder}: {', '.join(refused)}: its update is not W0 + s·B·A, so it is not merged here "
+                       f"(train plain LoRA or rsLoRA, or merge it with peft's merge_and_unload and use pool=hf)")
+    tensors = load_file(str(weights))
+    embedding = [k for k in tensors if "lora_embedding" in k or "lora_magnitude" in k]
+    if embedding:
+        raise BadInput(f"{folder}: {embedding[0]}: embedding adapters and DoRA magnitudes are not merged here")
+    alpha, rslora = float(config["lora_alpha"]), bool(config.get("use_rslora"))
+    lora, full = {}, {}
+    for key, value in tensors.items():
+        name = key.removeprefix(ADAPTER_PREFIX)
+        if ".lora_A." in name:
+            module = name.split(".lora_A.")[0]
+            b = tensors.get(key.replace(".lora_A.", ".lora_B."))
+            if b is None:
+                raise BadInput(f"{folder}: {key} has no lora_B")
+            r = value.shape[0]  # each module's own rank (rank_pattern)
+            scale = alpha / math.sqrt(r) if rslora else alpha / r
+            lora[module] = (value.float(), b.float(), scale)
+        elif ".lora_B." not in name:
+            full[name] = value.float()
+    return Factors(lora, full, config)
+
+
+def update(a: torch.Tensor, b: torch.Tensor, scale: float, fan_in_fan_out: bool = False) -> torch.Tensor:
+    """s·B·A [out, in] (its transpose for fan_in_fan_out layers, whose weight is stored [in, out])."""
+    delta = (b @ a) * scale
+    return delta.T if fan_in_fan_out else delta
+
+
+def merged(base: dict[str, torch.Tensor], factors: Factors, folder: Path) -> dict[str, torch.Tensor]:
+    """W0 + s·B·A per adapted module, the adapter's own tensors for the fully trained ones (HF keys).
+    Raises BadInput where a module or tensor does not fit the base (an adapter of another base)."""
+    out = dict(base)
+    fan = bool(factors.config.get("fan_in_fan_out"))
+    for module, (a, b, scale) in factors.lora.items():
+        key = f"{module}.weight"
+        if key not in base:
+            raise BadInput(f"{folder}: adapts {module}, which pool.base has not (an adapter of another base model?)")
+        delta = update(a, b, scale, fan)
+        if delta.shape != base[key].shape:
+            raise BadInput(f"{folder}: {module} is {tuple(delta.shape)} in the adapter, {tuple(base[key].shape)} "
+                           f"in pool.base (an adapter of another base model?)")
+        out[key] = base[key] + delta
+    for key, value in factors.full.items():
+        if key not in base or base[key].shape != value.shape:
+            raise BadInput(f"{folder}: {key} {tuple(value.shape)} does not fit pool.base "
+                           f"({tuple(base[key].shape) if key in base else 'absent'}): another base or label count?")
+        out[key] = value
+    return out
+
+
+def peft_merged(base_dir: Path, folder: Path, kind: str) -> dict[str, torch.Tensor]:
+    """peft's own merge of this one adapter into the base (PeftModel.from_pretrained + merge_and_unload)."""
+    from peft import PeftModel
+
+    with quiet_peft():
+        model = PeftModel.from_pretrained(load_folder(base_dir, kind), str(folder)).merge_and_unload()
+    return {k: v.detach().float() for k, v in model.state_dict().items()}
+
+
+def check_against_peft(ours: dict, theirs: dict, folder: Path) -> float:
+    """Largest |ours − peft's| relative to the tensor's scale; BadInput above fp32 round-off (1e-5)."""
+    worst, where = 0.0, None
+    for key, value in theirs.items():
+        err = float((ours[key] - value).abs().max()) / (1.0 + float(value.abs().max()))
+        if err > worst:
+            worst, where = err, key
+    if worst > 1e-5:
+        raise BadInput(f"{folder}: the merge W0 + s·B·A differs from peft's merge_and_unload at {where} (relative "
+                       f"{worst:.2e}): an adapter variant this pool does not know; refused rather than souped wrongly")
+    return worst
+
+
+@dataclass
+class LoraAdapters(Pool):
+    glob: str                     # the adapter folders, e.g. 'adapters/*' (sorted by name)
+    base: str                     # the base classifier folder (W0): the adapters' shared initialization
+    max_length: int = 128         # text: tokens per sentence
+    tokenizer: str | None = None  # text: a folder with the tokenizer, where the base holds none
+    svd_rank: int | None = None   # also export each soup as a rank-r adapter (truncated SVD; its error printed)
+
+    def open(self, cfg, device) -> OpenPool:
+        data_node = cfg.get("data")
+        if not data_node:
+            raise BadInput("pool=lora needs data=...: where to evaluate the adapters (e.g. data=sentiment)")
+        base_dir = Path(self.base).expanduser()
+        if not base_dir.is_dir():
+            raise BadInput(f"pool.base={self.base}: no such folder (the base classifier the adapters were trained on)")
+        if self.svd_rank is not None and self.svd_rank < 1:
+            raise BadInput(f"pool.svd_rank={self.svd_rank}: expected a rank >= 1, or null")
+        config = read_config(base_dir)
+        kind = modality_of(config, base_dir)
+        data = build(data_node, "data", "soups.data", TaskData)
+        check_labels(config, data.num_classes, data.class_names, data.name)
+        folders = self.folders()
+        tokenizer_dir = find_tokenizer([base_dir], kind, self.tokenizer)
+        model_cfg = model_cfg_for(base_dir, config, self.max_length, tokenizer_dir)
+        run_cfg = OmegaConf.create({"model": model_cfg, "data": OmegaConf.to_container(data_node, resolve=True)})
+        model = build_classifier(run_cfg.model, data.num_classes, load_pretrained=False)
+        cache = Path(cfg.paths.cache_dir)
+        init = convert(base_dir, cache / "hf")  # W0 (+ the base's head): the init of WiSE-FT, Model Stock, analyses
+        base_state = {k[len(PREFIX):]: v for k, v in _load(init.weights).items()}
+        factors = {f: read_adapter(f) for f in folders}  # every adapter read and checked before any merge
+        _check_bases(factors, base_dir)
+        ingredients = [self.convert(f, factors[f], base_dir, base_state, init, kind, cache / "lora") for f in folders]
+        for ingredient, name in zip(ingredients, display_names(folders)):
+            ingredient.name = name
+        ranks = sorted({i.info["rank"] for i in ingredients})
+        log.info("pool=lora: %d adapters (ranks %s) on %s", len(ingredients), ranks, base_dir)
+        common = Path(os.path.commonpath([f.absolute() for f in folders]))
+        exporter = AdapterExport(model, kind, base_dir, tokenizer_dir, base_state, factors, self.svd_rank)
+        return OpenPool(ingredients, run_cfg, model.to(device), common.name, {}, init.weights, init, export=exporter)
+
+    def folders(self) -> list[Path]:
+        paths = [Path(p) for p in sorted(globlib.glob(str(Path(self.glob).expanduser()), recursive=True))]
+        folders = [p for p in paths if p.is_dir()]
+        if not folders:
+            raise BadInput(f"pool.glob={self.glob!r} matches no folders (expected peft adapter folders)")
+        return folders
+
+    def convert(self, folder: Path, factors: Factors, base_dir: Path, base_state: dict, init: Ingredient,
+                kind: str, out_dir: Path) -> Ingredient:
+        """One adapter merged into the base (cached by the adapter's and the base's digests), checked against
+        peft's merge the first time."""
+        digest = sha256_file(folder / "adapter_model.safetensors")
+        config_digest = sha256_file(folder / "adapter_config.json")
+        out = out_dir / f"{folder.name}-{digest[:12]}-{config_digest[:8]}-{init.info['source_sha256'][:12]}.safetensors"
+        record_file = out.with_suffix(".json")
+        if out.is_file() and record_file.is_file():
+            record = json.loads(record_file.read_text())
+        else:
+            state = merged(base_state, factors, folder)
+            error = check_against_peft(state, peft_merged(base_dir, folder, kind), folder)
+            atomic_save_safetensors({PREFIX + k: v for k, v in state.items()}, out,
+                                    metadata={"kind": "lora", "source": folder.name})
+            record = {"format": "lora", "sha256": sha256_file(out), "peft_check": error,
+                      "rank": max(a.shape[0] for a, _, _ in factors.lora.values()),
+                      "lora_alpha": factors.config["lora_alpha"], "use_rslora": bool(factors.config.get("use_rslora"))}
+            write_json(record, record_file)
+        hparams = {"rank": record["rank"], "lora_alpha": record["lora_alpha"]} | trainer_hparams(folder)
+        info = {**record, "source": str(folder), "source_sha256": digest, "adapter": str(folder), "hparams": hparams}
+        return Ingredient(folder.name, out, info)
+
+
+@contextlib.contextmanager
+def quiet_peft():
+    """peft 0.21.2 calls a transformers method deprecated in transformers 5 (a FutureWarning per model)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _check_bases(factors: dict[Path, Factors], base_dir: Path) -> None:
+    """An adapter whose recorded base is a folder here other than pool.base (other weights) is refused."""
+    base_digest = weights_digest(base_dir)
+    for folder, f in factors.items():
+        recorded = f.config.get("base_model_name_or_path")
+        path = Path(recorded).expanduser() if recorded else None
+        if path is None or not path.is_dir() or path.resolve() == base_dir.resolve():
+            continue  # a hub name, or a folder not on this machine: the shapes are checked when merging
+        try:
+            same = weights_digest(path) == base_digest
+        except (OSError, ValueError):
+            continue
+        if not same:
+            raise BadInput(f"{folder} was trained on {recorded}, whose weights differ from pool.base={base_dir}: "
+                           f"its update only means something on its own base")
+
+
+class AdapterExport:
+    """Writes a soup as a merged transformers folder (`hf/`) and as one LoRA adapter (`adapter/`): per adapted
+    module, ΔW = W_soup − W0 factored by SVD at rank min(Σ rᵢ, out, in) (exact: ΔW is a sum of rank-rᵢ updates),
+    and at `svd_rank` if set (`adapter_rank<r>/`, its relative Frobenius error over all modules printed)."""
+
+    def __init__(self, model, kind: str, base_dir: Path, tokenizer_dir, base_state: dict,
+                 factors: dict[Path, Factors], svd_rank: int | None):
+        self.model, self.kind, self.base_dir, self.tokenizer_dir = model, kind, base_dir, tokenizer_dir
+        self.base_state, self.svd_rank = base_state, svd_rank
+        self.modules = sorted({m for f in factors.values() for m in f.lora})
+        self.full_keys = sorted({k for f in factors.values() for k in f.full})
+        self.rank = sum(max(a.shape[0] for a, _, _ in f.lora.values()) for f in factors.values())
+        first = next(iter(factors.values())).config
+        self.save_modules = [m for m in first.get("modules_to_save") or []
+                             if any(k.startswith(m + ".") for k in self.full_keys)]
+        self.fan_in_fan_out = bool(first.get("fan_in_fan_out"))
+
+    def __call__(self, weights: dict, soup_dir: Path) -> list[Path]:
+        written = [save_pretrained_soup(self.model, weights, soup_dir / "hf", self.tokenizer_dir or self.base_dir)]
+        state = {k[len(PREFIX):]: v.float() for k, v in weights.items() if k.startswith(PREFIX)}
+        moved = [k for k, v in state.items() if k in self.base_state and v.is_floating_point() and
+                 k.removesuffix(".weight") not in self.modules and k not in self.full_keys and
+                 not torch.equal(v, self.base_state[k])]
+        if moved:  # e.g. a learned soup whose coefficients do not sum to one scales W0 too
+            log.warning("%s: not written as an adapter: %d tensors outside the adapters moved from W0 (e.g. %s)",
+                        soup_dir.name, len(moved), moved[:2])
+            return written
+        for rank, name in [(self.rank, "adapter")] + ([(self.svd_rank, f"adapter_rank{self.svd_rank}")]
+                                                        if self.svd_rank else []):
+            error = self.write_adapter(state, rank, soup_dir / name)
+            log.info("%s/%s: rank %d, relative error %.2e (||ΔW − BA||_F / ||ΔW||_F over the adapted modules)",
+                     soup_dir.name, name, rank, error)
+            write_json({"rank": rank, "relative_error": error}, soup_dir / name / "soups_export.json")
+            written.append(soup_dir / name)
+        return written
+
+    def write_adapter(self, state: dict, rank: int, folder: Path) -> float:
+        """The soup's update as a rank-`rank` LoRA adapter written by peft (lora_alpha = r: scale 1).
+        Returns the relative Frobenius error of the factorization."""
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+        tensors, err2, norm2 = {}, 0.0, 0.0
+        for module in self.modules:
+            delta = (state[f"{module}.weight"] - self.base_state[f"{module}.weight"]).double()
+            if self.fan_in_fan_out:
+                delta = delta.T
+            u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+            r = min(rank, len(s))
+            b, a = u[:, :r] * s[:r], vh[:r]
+            if r < rank:  # pad to the adapter's one rank with zero rows (no effect)
+                b = torch.cat([b, b.new_zeros(b.shape[0], rank - r)], 1)
+                a = torch.cat([a, a.new_zeros(rank - r, a.shape[1])], 0)
+            err2 += float(((b @ a) - delta).pow(2).sum())
+            norm2 += float(delta.pow(2).sum())
+            tensors[f"{ADAPTER_PREFIX}{module}.lora_A.weight"] = a.float().contiguous()
+            tensors[f"{ADAPTER_PREFIX}{module}.lora_B.weight"] = b.float().contiguous()
+        for key in self.full_keys:
+            tensors[ADAPTER_PREFIX + key] = state[key].contiguous()
+        base = load_folder(self.base_dir, self.kind)
+        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=self.modules, modules_to_save=self.save_modules,
+                            fan_in_fan_out=self.fan_in_fan_out, lora_dropout=0.0, init_lora_weights=False)
+        with quiet_peft():
+            model = get_peft_model(base, config)
+            result = set_peft_model_state_dict(model, tensors)
+            unexpected = getattr(result, "unexpected_keys", [])
+            if unexpected:
+                raise RuntimeError(f"peft did not take {unexpected[:3]}")
+            model.save_pretrained(str(folder))
+        return math.sqrt(err2 / norm2) if norm2 else 0.0

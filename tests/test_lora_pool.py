@@ -1,0 +1,190 @@
+"""pool=lora: adapters written by peft's own code (get_peft_model(...).save_pretrained) on a tiny BERT
+classifier, souped exactly through `python src/soup.py`: the LoRA soup equals peft's
+add_weighted_adapter(..., "cat") + merge_and_unload, differs from the mean of factors by the hand-computed
+cross terms, and exports to a merged folder and a rank-Σr adapter that load back to the soup's logits."""
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import compose_cfg
+from test_hf_pool import SMALL, soup, tiny_bert, tokenizer
+from test_text import fake_sentences
+
+ADAPTERS = [dict(r=2), dict(r=4), dict(r=3)]  # plain LoRA of three ranks: peft's "cat" is exact for these
+
+
+def write_adapter(base_dir: Path, out: Path, seed: int, heads: bool, **lora) -> None:
+    """peft trains nothing here: B (zero at init) and the head are set from a seeded draw, then peft saves."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    base = AutoModelForSequenceClassification.from_pretrained(str(base_dir))
+    config = LoraConfig(lora_alpha=8, target_modules=["query", "value"], **lora,
+                        **({"task_type": "SEQ_CLS"} if heads else {}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(base, config)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name or "lora_A" in name or "modules_to_save" in name:
+                    p.add_(0.2 * torch.randn_like(p))
+        model.save_pretrained(str(out))
+
+
+@pytest.fixture(scope="module")
+def lora_pool(tmp_path_factory):
+    """base/ and two pools of adapters: plain/ (no head trained: peft can combine them) and heads/ (the head
+    trained as modules_to_save; one rsLoRA adapter)."""
+    tmp = tmp_path_factory.mktemp("lora")
+    data = fake_sentences(tmp / "hutto", n=60)
+    torch.manual_seed(0)
+    tiny_bert().save_pretrained(tmp / "base")
+    tokenizer().save_pretrained(tmp / "base")
+    for i, lora in enumerate(ADAPTERS):
+        write_adapter(tmp / "base", tmp / "plain" / f"a{i}", 10 + i, heads=False, **lora)
+        write_adapter(tmp / "base", tmp / "heads" / f"h{i}", 20 + i, heads=True, use_rslora=(i == 2), **lora)
+    return tmp, data
+
+
+def peft_cat(base_dir: Path, folders: list[Path]) -> dict[str, torch.Tensor]:
+    """peft's exact combination: add_weighted_adapter([...], [1/N]*N, "cat") + merge_and_unload."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(str(base_dir)),
+                                          str(folders[0]), adapter_name="a0")
+        for i, folder in enumerate(folders[1:], 1):
+            model.load_adapter(str(folder), adapter_name=f"a{i}")
+        names = [f"a{i}" for i in range(len(folders))]
+        model.add_weighted_adapter(names, [1 / len(folders)] * len(folders), adapter_name="soup",
+                                   combination_type="cat")
+        model.set_adapter("soup")
+        return {k: v.detach() for k, v in model.merge_and_unload().state_dict().items()}
+
+
+def test_the_lora_soup_is_peft_cat_and_the_mean_of_factors_is_another_model(lora_pool, tmp_path):
+    from soups.pools.lora import read_adapter
+
+    tmp, data = lora_pool
+    folders = sorted((tmp / "plain").iterdir())
+    out = tmp_path / "soup"
+    proc = soup(tmp, ["pool=lora", f"pool.glob={tmp}/plain/*", f"pool.base={tmp}/base", "method=[uniform]",
+                      *SMALL, *data], out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours = {k.removeprefix("model."): v for k, v in load_file(str(out / "uniform" / "model.safetensors")).items()}
+    theirs = peft_cat(tmp / "base", folders)
+    assert set(theirs) <= set(ours)
+    for key, value in theirs.items():
+        torch.testing.assert_close(ours[key], value, atol=2e-6, rtol=1e-5)
+    # by hand on one module: the soup is W0 + mean(s_i B_i A_i); the mean of factors adds cross terms
+    module = "bert.encoder.layer.0.attention.self.query"
+    base = load_file(str(tmp / "base" / "model.safetensors"))[f"{module}.weight"]
+    factors = [read_adapter(f).lora[module] for f in folders]
+    assert [a.shape[0] for a, _, _ in factors] == [2, 4, 3] and [s for _, _, s in factors] == [4.0, 2.0, 8 / 3]
+    updates = [s * b @ a for a, b, s in factors]
+    torch.testing.assert_close(ours[f"{module}.weight"], base + sum(updates) / 3, atol=2e-6, rtol=1e-5)
+
+
+def test_the_mean_of_factors_differs_from_the_soup_by_the_cross_terms(lora_pool):
+    from soups.pools.lora import Factors
+    from soups.recipes.lora_factor_mean import factor_mean
+
+    # a constructed case: two rank-1 adapters on a 2x2 weight, W0 = 0, s = 1
+    a1, b1 = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0], [0.0]])
+    a2, b2 = torch.tensor([[0.0, 1.0]]), torch.tensor([[0.0], [1.0]])
+    adapters = [Factors({"m": (a1, b1, 1.0)}, {}, {}), Factors({"m": (a2, b2, 1.0)}, {}, {})]
+    got = factor_mean({"m.weight": torch.zeros(2, 2)}, adapters)["m.weight"]
+    soup = (b1 @ a1 + b2 @ a2) / 2  # [[.5, 0], [0, .5]]
+    # mean(B) mean(A) = [[.5],[.5]] [[.5, .5]] = .25 everywhere: own terms halved, cross terms B1A2, B2A1 added
+    torch.testing.assert_close(got, torch.full((2, 2), 0.25))
+    torch.testing.assert_close(got - soup, (b1 @ a2 + b2 @ a1) / 4 - (b1 @ a1 + b2 @ a2) / 4)
+    # ranks 1 and 2: the rank-1 factors are zero-padded, mean(B) = [[1, .5], [.5, .5]], mean(A) = [[1, .5], [.5, .5]]
+    wide = Factors({"m": (torch.ones(2, 2), torch.ones(2, 2), 1.0)}, {}, {})
+    padded = factor_mean({"m.weight": torch.zeros(2, 2)}, [adapters[0], wide])["m.weight"]
+    half = torch.tensor([[1.0, 0.5], [0.5, 0.5]])
+    torch.testing.assert_close(padded, half @ half)
+
+
+def test_heads_rslora_and_exports_load_back_to_the_soups_logits(lora_pool, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tmp, data = lora_pool
+    folders = sorted((tmp / "heads").iterdir())
+    out = tmp_path / "soup"
+    proc = soup(tmp, ["pool=lora", f"pool.glob={tmp}/heads/*", f"pool.base={tmp}/base", "pool.svd_rank=2",
+                      "method=[uniform,lora_factor_mean]", *SMALL, *data], out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "lora_factor_mean soup" in (out / "report.md").read_text()
+    weights = load_file(str(out / "uniform" / "model.safetensors"))
+    heads = [load_file(str(f / "adapter_model.safetensors")) for f in folders]
+    torch.testing.assert_close(weights["model.classifier.weight"],
+                               sum(h["base_model.model.classifier.weight"] for h in heads) / 3, atol=1e-6, rtol=0)
+    tok = AutoTokenizer.from_pretrained(str(out / "uniform" / "hf"))
+    batch = tok(["a great and moving film", "dull, tedious and messy"], padding=True, return_tensors="pt")
+    reference = AutoModelForSequenceClassification.from_pretrained(str(tmp / "base")).eval()
+    reference.load_state_dict({k.removeprefix("model."): v for k, v in weights.items()})
+    merged = AutoModelForSequenceClassification.from_pretrained(str(out / "uniform" / "hf")).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adapter = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(str(tmp / "base")),
+                                            str(out / "uniform" / "adapter")).merge_and_unload().eval()
+    with torch.no_grad():
+        expected = reference(**batch).logits
+        torch.testing.assert_close(merged(**batch).logits, expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(adapter(**batch).logits, expected, atol=1e-5, rtol=0)
+    exact = json.loads((out / "uniform" / "adapter" / "soups_export.json").read_text())
+    small = json.loads((out / "uniform" / "adapter_rank2" / "soups_export.json").read_text())
+    assert exact["rank"] == 2 + 4 + 3 and exact["relative_error"] < 1e-6
+    assert small["rank"] == 2 and 0.05 < small["relative_error"] < 1  # measured, not assumed
+    assert json.loads((out / "lora_factor_mean" / "soup.json").read_text())["kind"] == "soup"
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("dora", r"use_dora \(DoRA rescales"),
+    ("bias", r"bias='all' \(trained biases"),
+    ("no_weights", r"no adapter_model.safetensors \(an adapter without weights\)"),
+    ("other_base", r"was trained on .*whose weights differ from pool.base"),
+    ("other_shape", r"query is \(48, 48\) in the adapter, \(32, 32\) in pool.base"),
+])
+def test_adapters_that_cannot_be_merged_exactly_are_refused_by_name(lora_pool, tmp_path, damage, message):
+    import shutil
+
+    from soups.errors import BadInput
+    from soups.jobs.soup import run_soup
+
+    tmp, data = lora_pool
+    shutil.copytree(tmp / "plain" / "a0", tmp_path / "pool" / "a0")
+    bad = tmp_path / "pool" / "bad"
+    shutil.copytree(tmp / "plain" / "a1", bad)
+    config = json.loads((bad / "adapter_config.json").read_text())
+    if damage == "dora":
+        config["use_dora"] = True
+    elif damage == "bias":
+        config["bias"] = "all"
+    elif damage == "no_weights":
+        (bad / "adapter_model.safetensors").unlink()
+    elif damage == "other_base":
+        torch.manual_seed(5)
+        tiny_bert().save_pretrained(tmp_path / "other")
+        config["base_model_name_or_path"] = str(tmp_path / "other")
+    elif damage == "other_shape":
+        shutil.rmtree(bad)
+        torch.manual_seed(5)
+        tiny_bert(hidden_size=48, num_attention_heads=2).save_pretrained(tmp_path / "wide")
+        write_adapter(tmp_path / "wide", bad, 1, heads=False, r=2)
+        config = json.loads((bad / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = "a-hub-name"  # not on this machine: caught by the shapes
+    (bad / "adapter_config.json").write_text(json.dumps(config))
+    cfg = compose_cfg("soup", tmp_path, ["logger=none", "pool=lora", f"pool.glob={tmp_path}/pool/*",
+                                         f"pool.base={tmp}/base", *SMALL, *data])
+    with pytest.raises(BadInput, match=message):
+        run_soup(cfg, tmp_path / "out")
+    assert not (tmp_path / "cache" / "eval").exists()
