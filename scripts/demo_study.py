@@ -23,11 +23,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMOS = {"vit": "demo_vit", "efficientnet": "demo_efficientnet", "text": "text_demo"}
-SOUP_OVERRIDES = {"text": ["method=[uniform,greedy,ensemble]"]}  # as `make text-demo`
+DEMOS = {"vit": "demo_vit", "efficientnet": "demo_efficientnet", "text": "text_demo", "text_lora": "text_demo_lora"}
+SOUP_OVERRIDES = {"text": ["method=[uniform,greedy,ensemble]"],  # as `make text-demo`
+                  "text_lora": ["method=[uniform,greedy,lora_factor_mean]"]}  # as `make text-demo-lora`
 COLUMNS = (("val", "held-out"), ("test", "test"), ("avg_shifts", "avg shifts"))
-PER_SHIFT = {"text": (("amazon", "amazon"), ("tweets", "tweets"), ("nyt", "nyt"))}  # shown one by one too
-RECIPES = ("uniform soup", "greedy soup", "ensemble")
+SHIFTS_TEXT = (("amazon", "amazon"), ("tweets", "tweets"), ("nyt", "nyt"))
+PER_SHIFT = {"text": SHIFTS_TEXT, "text_lora": SHIFTS_TEXT}  # shown one by one too
+RECIPES = ("uniform soup", "greedy soup", "ensemble", "lora_factor_mean soup")
 
 
 def columns(demo: str) -> tuple:

@@ -142,7 +142,7 @@ def test_heads_rslora_and_exports_load_back_to_the_soups_logits(lora_pool, tmp_p
         torch.testing.assert_close(adapter(**batch).logits, expected, atol=1e-5, rtol=0)
     exact = json.loads((out / "uniform" / "adapter" / "soups_export.json").read_text())
     small = json.loads((out / "uniform" / "adapter_rank2" / "soups_export.json").read_text())
-    assert exact["rank"] == 2 + 4 + 3 and exact["relative_error"] < 1e-6
+    assert exact["rank"] == 2 + 4 + 3 and exact["relative_error"] < 1e-4  # fp32 round-off of W_soup - W0
     assert small["rank"] == 2 and 0.05 < small["relative_error"] < 1  # measured, not assumed
     assert json.loads((out / "lora_factor_mean" / "soup.json").read_text())["kind"] == "soup"
 

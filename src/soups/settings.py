@@ -208,7 +208,7 @@ def model_problems(model_cfg) -> list[str]:
     """What is wrong with the model group's input settings (they size every evaluation set)."""
     if OmegaConf.is_dict(model_cfg) and OmegaConf.is_missing(model_cfg, "timm_name"):
         return ["model.timm_name is required for model=timm (a timm.create_model name, e.g. vit_base_patch16_224)"]
-    if model_cfg.get("text_encoder"):
+    if model_cfg.get("text_encoder") or model_cfg.get("tokenizer"):
         length = model_cfg.get("max_length")
         good = isinstance(length, int) and not isinstance(length, bool) and length >= 2
         return [] if good else [f"model.max_length={length!r} (expected an integer >= 2, in tokens)"]

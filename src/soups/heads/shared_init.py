@@ -18,6 +18,7 @@ from soups.evaluation.cache import config_parts
 from soups.evaluation.evaluator import Evaluator, format_metrics
 from soups.io.files import atomic_save_safetensors, load_weights, read_json, sha256_file, write_json
 from soups.heads import build_head
+from soups.models.hf import HFClassifier, hf_processor_dir, save_pretrained_soup
 from soups.names import WEIGHTS_NAME, INIT_INFO_NAME
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ def _build_init(cfg, device, out: Path) -> None:
     evaluator = Evaluator(data.eval_sets(), cfg.eval_batch_size, cfg.precision, device)
     metrics = evaluator.evaluate(model)
     atomic_save_safetensors(model.state_dict(), out / WEIGHTS_NAME, metadata={"kind": "init"})
+    if isinstance(model, HFClassifier):  # a transformers folder too: the base LoRA adapters are saved on
+        save_pretrained_soup(model, model.state_dict(), out / "hf", hf_processor_dir(cfg.model))
     write_json({"kind": "init", "model": OmegaConf.to_container(cfg.model, resolve=True),
                 "data": OmegaConf.to_container(cfg.data, resolve=True),
                 "head": {**OmegaConf.to_container(cfg.head, resolve=True), **probe},

@@ -20,6 +20,8 @@ from soups.heads.shared_init import load_shared_init, shared_init
 from soups.io.files import atomic_save_safetensors, nonfinite_tensors, read_json, sha256_file, write_json
 from soups.heads import build_head
 from soups.models.classifier import build_classifier, has_batchnorm
+from soups.models.hf import HFClassifier, complete_model_cfg, hf_processor_dir, save_adapter_and_merge, \
+    save_pretrained_soup, with_lora
 from soups.names import WEIGHTS_NAME, RUN_INFO_NAME
 from soups.training.resume import clear_train_state
 from soups.runtime import environment, resolve_device, setup
@@ -29,6 +31,20 @@ from soups.training.loop import NonFiniteLoss, finetune
 log = logging.getLogger(__name__)
 HPARAMS = ("lr", "wd", "epochs", "batch_size", "warmup_steps", "grad_clip", "label_smoothing", "mixup",
            "randaug", "crop_scale", "precision", "seed")
+
+
+def with_hf_model(cfg: DictConfig) -> DictConfig:
+    """model=hf: a copy with the tokenizer or image settings its folder says filled in (soups.models.hf);
+    lora=default refused for any other model. Other configs are returned as they are."""
+    if cfg.get("lora") and not cfg.model.get("hf_classifier"):
+        raise BadInput(f"lora=default trains LoRA adapters of a transformers model (model=hf model.hf_classifier=...); "
+                       f"model={cfg.model.get('name')} is not one")
+    if not cfg.model.get("hf_classifier"):
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.model = complete_model_cfg(OmegaConf.to_container(cfg.model, resolve=True))
+    return cfg
 
 
 def with_trial(cfg: DictConfig) -> DictConfig:
@@ -127,7 +143,7 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     """settings -> shared init -> data -> training -> evaluation -> run.json. A run dir holding run.json is
     done: its record is returned and nothing runs (a relaunched sweep skips its finished jobs); one holding
     a training state goes on from it. Under torchrun every rank calls this; rank 0 returns the record."""
-    cfg = checked(cfg, FinetuneSettings)  # the trial and search seed too, before anything is drawn with them
+    cfg = checked(with_hf_model(cfg), FinetuneSettings)  # the trial and search seed too, before any draw
     cfg = checked(with_trial(cfg), FinetuneSettings)
     logger, _ = build_logger(cfg.logger), build_head(cfg.head)  # their settings checked before any work
     ranks, device = join(resolve_device(cfg.device))
@@ -150,6 +166,8 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
                           compile=bool(cfg.get("compile")), group=ranks)
     model = build_classifier(cfg.model, cfg.data.num_classes, load_pretrained=False).to(device)
     init_info = load_shared_init(init_dir, model)
+    if cfg.get("lora"):  # only the adapters and the head train; the merged weights are the run's weights
+        model = with_lora(model, cfg.lora)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     sweep = run_dir.parent.name if run_dir.name.isdigit() else None  # multirun job folders are numbered
     if sweep and ranks.is_main:
@@ -160,8 +178,12 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
         record = {"kind": "finetune", "hparams": {k: cfg[k] for k in HPARAMS},
                   "init": {"dir": str(init_dir), "sha256": init_info["sha256"], "metrics": init_info["metrics"]},
                   "config": resolved, "environment": environment()}
+        if cfg.get("lora"):
+            record["lora"] = OmegaConf.to_container(cfg.lora, resolve=True)
         try:
             history = _train(model, data, cfg, device, run_dir, ranks, tracker)
+            if cfg.get("lora"):  # the adapter as peft writes it, on the init's folder; then merged
+                model = save_adapter_and_merge(model, run_dir / "adapter", init_dir / "hf")
         except NonFiniteLoss as err:  # recorded as failed: no weights, kept out of every pool
             leave(ranks)
             return _record_failure(record, err, run_dir, tracker, start) if ranks.is_main else None
@@ -172,6 +194,8 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
             return None
         record |= {"seconds": round(time.time() - start, 1), "history": history}
         info = _save_run(model, evaluator, logits, cfg, run_dir, record)
+        if isinstance(model, HFClassifier):  # also as a folder from_pretrained loads
+            save_pretrained_soup(model, model.state_dict(), run_dir / "hf", hf_processor_dir(cfg.model))
         tracker.summary({f"final/{k}": v for k, v in info["metrics"].items()})
     log.info("run %s: %s", run_dir, format_metrics(info["metrics"]))
     return info

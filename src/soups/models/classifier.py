@@ -101,7 +101,7 @@ def build_classifier(model_cfg, num_classes: int, cache_dir: str | Path | None =
     if model_cfg.get("hf_classifier"):
         from soups.models.hf import hf_classifier
 
-        return hf_classifier(model_cfg)
+        return hf_classifier(model_cfg, num_classes, load_pretrained)
     if model_cfg.get("text_encoder"):
         from soups.models.text import text_classifier
 
@@ -115,7 +115,12 @@ def build_classifier(model_cfg, num_classes: int, cache_dir: str | Path | None =
 
 
 def modality(model_cfg) -> str:
-    """"text" for a text classifier (model.text_encoder), "image" otherwise."""
+    """"text" for a text classifier (model.text_encoder, or a transformers folder that reads text), "image"
+    otherwise."""
+    if model_cfg.get("hf_classifier"):
+        from soups.models.hf import folder_modality, hf_folder
+
+        return folder_modality(hf_folder(model_cfg.hf_classifier))
     return "text" if model_cfg.get("text_encoder") else "image"
 
 

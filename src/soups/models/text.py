@@ -111,13 +111,17 @@ def tokenizer_for(model_cfg):
     [UNK]) or a tokenizer with more tokens than the encoder has embeddings."""
     from transformers import AutoConfig, AutoTokenizer
 
-    folder = encoder_dir(model_cfg.text_encoder)
+    # a transformers classifier (model=hf, pool=hf) names its tokenizer folder; the model's folder has the config
+    folder = Path(model_cfg.tokenizer) if model_cfg.get("tokenizer") else encoder_dir(model_cfg.text_encoder)
+    model_dir = model_cfg.get("hf_classifier") or folder
+    if str(model_dir).startswith("package:"):
+        model_dir = encoder_dir(model_dir)
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise BadInput(f"{folder} has no tokenizer files (one of {list(TOKENIZER_FILES)}): the encoder's own "
                        f"tokenizer is needed")
     with _quiet_transformers(), _named_load_errors(folder):
         tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
-        vocab = AutoConfig.from_pretrained(str(folder)).vocab_size
+        vocab = AutoConfig.from_pretrained(str(model_dir)).vocab_size
     if len(tokenizer) > vocab:
         raise BadInput(f"the tokenizer in {folder} has {len(tokenizer)} tokens, the encoder {vocab} embeddings")
     return tokenizer

@@ -26,7 +26,7 @@ from soups.errors import BadInput
 from soups.io.files import atomic_save_safetensors, nonfinite_tensors, sha256_file, write_json
 from soups.models.classifier import build_classifier
 from soups.models.hf import has_tokenizer, load_folder, model_cfg_for, modality_of, read_config, \
-    save_pretrained_soup, wrapped_state
+    exporter, wrapped_state
 from soups.pools import OpenPool, Pool
 from soups.pools.checkpoint_files import display_names
 from soups.pools.ingredient import Ingredient
@@ -70,12 +70,8 @@ class HFFolders(Pool):
         common = Path(os.path.commonpath([f.absolute() for f in folders]))
         log.info("pool=hf: %d %s folders (%s)%s", len(ingredients), model_cfg["name"], model_cfg["hf_classifier"],
                  f", init {init_dir}" if init else "")
-
-        def export(weights: dict, soup_dir: Path) -> list[Path]:
-            return [save_pretrained_soup(model, weights, soup_dir / "hf", tokenizer_dir or folders[0])]
-
         return OpenPool(ingredients, run_cfg, model.to(device), common.name, {}, init.weights if init else None,
-                        init, export=export)
+                        init, export=exporter(model, tokenizer_dir or folders[0]))
 
     def folders(self) -> list[Path]:
         """The folders `glob` matches, sorted; the init's folder is not an ingredient."""

@@ -15,6 +15,7 @@ from soups.errors import BadInput, MissingInput
 from soups.io.files import digest_and_nonfinite, read_json, read_weights_header
 from soups.pools.ingredient import Ingredient
 from soups.models.classifier import architecture, build_classifier
+from soups.models.hf import HFClassifier, exporter, hf_processor_dir
 from soups.names import RUN_INFO_NAME, STATE_NAME, WEIGHTS_NAME
 from soups.pools import OpenPool, Pool
 
@@ -119,6 +120,8 @@ def _finished_run(run_dir: Path, verify_sha256: bool) -> Ingredient:
     if missing:
         raise Unusable(f"{RUN_INFO_NAME} lacks {missing}: not a record this project wrote, or damaged")
     ingredient = Ingredient.from_run_dir(run_dir, info)
+    if (run_dir / "adapter" / "adapter_config.json").is_file():  # lora=default: its factors, for lora_factor_mean
+        info |= {"format": "lora", "adapter": str(run_dir / "adapter")}
     try:
         ingredient.header = read_weights_header(ingredient.weights)
     except (FileNotFoundError, ValueError) as err:
@@ -186,5 +189,6 @@ class RunDirs(Pool):
         run_cfg = OmegaConf.create(run_config(first["config"]))
         model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)
         init_dir = first["init"].get("dir")
+        export = exporter(model, hf_processor_dir(run_cfg.model)) if isinstance(model, HFClassifier) else None
         return OpenPool(ingredients, run_cfg, model, ingredients[0].run_dir.parent.name, skipped,
-                        Path(init_dir) / WEIGHTS_NAME if init_dir else None)
+                        Path(init_dir) / WEIGHTS_NAME if init_dir else None, export=export)
