@@ -86,11 +86,19 @@ def test_trainer_checkpoints_are_souped_and_the_export_loads_back_to_the_soups_l
     folders = sorted((tmp / "runs").glob("*/checkpoint-*"))
     assert len(folders) == 4 and all((f / "trainer_state.json").is_file() for f in folders)
     out = tmp_path / "soup"
-    proc = soup(tmp, ["pool=hf", f"pool.glob={tmp}/runs/*/checkpoint-*", f"pool.init={tmp}/init",
-                      "method=[uniform,greedy,wise_ft]", *SMALL, *data], out)
+    pool = ["pool=hf", f"pool.glob={tmp}/runs/*/checkpoint-*", f"pool.init={tmp}/init", *SMALL, *data]
+    proc = soup(tmp, ["method=all", *pool], out)  # every recipe
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (out / "report.md").read_text()
     assert "a/checkpoint-2" in report and "b/checkpoint-4" in report and "initialization" in report
+    for row in ("uniform soup", "greedy soup", "learned soup", "model_stock soup", "wise_ft soup", "ensemble"):
+        assert f"| **{row}" in report, row
+    for analysis in ("pairs", "ingredients", "landscape"):  # and every analysis
+        proc = subprocess.run([sys.executable, "src/analyze.py", f"analysis={analysis}", "logger=none", *pool,
+                               f"paths.log_dir={tmp}/logs", f"paths.cache_dir={tmp}/cache",
+                               f"hydra.run.dir={tmp_path}/{analysis}", {"landscape": "analysis.grid=3",
+                               "ingredients": "analysis.draws=1", "pairs": "analysis.max_ingredients=3"}[analysis]], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, (analysis, proc.stderr[-2000:])
     rows = {r["row"]: r for r in json.loads((out / "results.json").read_text())}
     assert rows["b/checkpoint-4"]["hparams"]["global_step"] == 4  # from trainer_state.json
     assert rows["b/checkpoint-4"]["source"] == str(tmp / "runs" / "b" / "checkpoint-4")
