@@ -96,3 +96,19 @@ def test_lora_on_a_model_that_is_not_a_transformers_folder_is_one_plain_error(fo
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: lora=default trains LoRA adapters of a transformers model") and \
         "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model=hf"], r"model=hf needs model.hf_classifier=<folder>"),
+    (["lora=default", "lora.target_modules=[nope]"], r"lora.target_modules=\['nope'\]: \['nope'\] name no linear map"),
+    (["lora=default", "lora.r=0", "lora.dropout=2"], r"lora.r=0 \(expected an integer >= 1\); lora.dropout=2"),
+])
+def test_bad_transformers_and_lora_settings_are_one_error_before_any_work(folder, tmp_path, args, message):
+    import re
+
+    tmp, data = folder
+    hf = [] if args == ["model=hf"] else ["model=hf", f"model.hf_classifier={tmp}/base"]
+    proc = run("finetune", [*hf, *args, *SMALL, *data], tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert re.search(message, proc.stderr.strip().splitlines()[-1]), proc.stderr[-500:]
+    assert not (tmp_path / "cache" / "init").exists()  # before the shared init

@@ -129,10 +129,10 @@ def test_trainer_state_gives_the_hyperparameters(hf_pool):
     assert 0 < got["lr"] <= 2e-2  # the largest logged (linear decay from 2e-2 over 4 steps)
 
 
-def bad_folder(tmp: Path, name: str, tmp_path: Path) -> Path:
-    """A copy of the first Trainer checkpoint to damage."""
+def bad_folder(tmp: Path, name: str, tmp_path: Path, run: str = "a") -> Path:
+    """A copy of a Trainer checkpoint to damage."""
     folder = tmp_path / "pool" / name
-    shutil.copytree(tmp / "runs" / "a" / "checkpoint-4", folder)
+    shutil.copytree(tmp / "runs" / run / "checkpoint-4", folder)
     return folder
 
 
@@ -142,13 +142,18 @@ def bad_folder(tmp: Path, name: str, tmp_path: Path) -> Path:
     ("labels", r"different labels \(id2label"),
     ("architecture", r"another architecture than .*num_hidden_layers: 1 vs 2"),
     ("dataset_labels", r"labels are not data=sentiment's classes: id 0: 'positive' vs 'negative'"),
+    ("weights_vs_config", r"could not load the transformers model in .*bad"),
+    ("duplicate", r"are the same checkpoint \(equal sha256\)"),
+    ("max_length", r"max_length=100000: .* has 512 positions"),
+    ("tokenizer", r"pool.tokenizer=.* is not the tokenizer .* holds"),
+    ("factor_mean", r"method=lora_factor_mean averages LoRA factors: it needs LoRA ingredients"),
 ])
 def test_folders_that_cannot_be_souped_are_refused_before_any_work(hf_pool, tmp_path, damage, message):
     from soups.errors import BadInput
     from soups.jobs.soup import run_soup
 
     tmp, data = hf_pool
-    bad_folder(tmp, "good", tmp_path)
+    bad_folder(tmp, "good", tmp_path, "b" if damage == "factor_mean" else "a")  # else: the same weights twice
     bad = bad_folder(tmp, "bad", tmp_path)
     config = json.loads((bad / "config.json").read_text())
     if damage == "no_weights":
@@ -167,11 +172,36 @@ def test_folders_that_cannot_be_souped_are_refused_before_any_work(hf_pool, tmp_
             c["id2label"] = {"0": "positive", "1": "negative"}
             (folder / "config.json").write_text(json.dumps(c))
         config = c
+    elif damage == "weights_vs_config":
+        config["intermediate_size"] = 48
+        c = json.loads((tmp_path / "pool" / "good" / "config.json").read_text())
+        (tmp_path / "pool" / "good" / "config.json").write_text(json.dumps(c | {"intermediate_size": 48}))
+    elif damage == "duplicate":
+        pass  # a copy of the same checkpoint
+    elif damage == "tokenizer":  # good <-> bad swapped in the vocabulary of a given tokenizer
+        spec = json.loads((bad / "tokenizer.json").read_text())
+        vocab = spec["model"]["vocab"]
+        vocab["good"], vocab["bad"] = vocab["bad"], vocab["good"]
+        (tmp_path / "tok").mkdir()
+        (tmp_path / "tok" / "tokenizer.json").write_text(json.dumps(spec))
+        shutil.copy(bad / "tokenizer_config.json", tmp_path / "tok")
     (bad / "config.json").write_text(json.dumps(config))
-    cfg = compose_cfg("soup", tmp_path, ["logger=none", "pool=hf", f"pool.glob={tmp_path}/pool/*", *SMALL, *data])
+    extra = {"max_length": ["pool.max_length=100000"], "tokenizer": [f"pool.tokenizer={tmp_path}/tok"],
+             "factor_mean": ["method=[uniform,lora_factor_mean]"]}.get(damage, [])
+    cfg = compose_cfg("soup", tmp_path, ["logger=none", "pool=hf", f"pool.glob={tmp_path}/pool/*", *extra, *SMALL,
+                                         *data])
     with pytest.raises(BadInput, match=message):
         run_soup(cfg, tmp_path / "out")
     assert not (tmp_path / "cache" / "eval").exists()  # refused before any evaluation
+
+
+def test_folders_that_differ_only_in_dropout_are_one_architecture():
+    from soups.pools.hf_folders import agree
+
+    a = {"model_type": "bert", "hidden_size": 32, "hidden_dropout_prob": 0.1, "id2label": {"0": "x"}}
+    agree({Path("a"): a, Path("b"): a | {"hidden_dropout_prob": 0.3, "classifier_dropout": 0.2}})
+    with pytest.raises(Exception, match="hidden_size: 32 vs 48"):
+        agree({Path("a"): a, Path("b"): a | {"hidden_size": 48}})
 
 
 def test_a_bad_pool_ends_in_one_error_line_and_exit_1(hf_pool, tmp_path):

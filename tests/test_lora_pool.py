@@ -147,7 +147,40 @@ def test_heads_rslora_and_exports_load_back_to_the_soups_logits(lora_pool, tmp_p
     assert json.loads((out / "lora_factor_mean" / "soup.json").read_text())["kind"] == "soup"
 
 
+def test_adapters_with_and_without_a_trained_head_export_and_average_it(lora_pool, tmp_path):
+    """One adapter trained the head (modules_to_save), one did not (its head is W0's): the exported adapter
+    carries the soup's head whichever sorts first, and the mean of factors averages the trained head with W0's."""
+    import shutil
+
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    tmp, data = lora_pool
+    shutil.copytree(tmp / "plain" / "a0", tmp_path / "pool" / "a0")  # no head: sorts first
+    shutil.copytree(tmp / "heads" / "h1", tmp_path / "pool" / "h1")
+    out = tmp_path / "soup"
+    proc = soup(tmp, ["pool=lora", f"pool.glob={tmp_path}/pool/*", f"pool.base={tmp}/base",
+                      "method=[uniform,lora_factor_mean]", *SMALL, *data], out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    weights = load_file(str(out / "uniform" / "model.safetensors"))
+    base = load_file(str(tmp / "base" / "model.safetensors"))
+    head = load_file(str(tmp / "heads" / "h1" / "adapter_model.safetensors"))["base_model.model.classifier.weight"]
+    torch.testing.assert_close(weights["model.classifier.weight"], (base["classifier.weight"] + head) / 2)
+    factor = load_file(str(out / "lora_factor_mean" / "model.safetensors"))
+    torch.testing.assert_close(factor["model.classifier.weight"], (base["classifier.weight"] + head) / 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adapter = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(str(tmp / "base")),
+                                            str(out / "uniform" / "adapter")).merge_and_unload()
+    torch.testing.assert_close(adapter.classifier.weight, weights["model.classifier.weight"], atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("damage, message", [
+    ("bad_json", r"adapter_config.json: not readable JSON"),
+    ("truncated", r"adapter_model.safetensors: not a readable safetensors file"),
+    ("rank_mismatch", r"peft cannot load it on pool.base"),
+    ("duplicate", r"are the same checkpoint \(equal sha256\)"),
+    ("svd_rank", r"pool.svd_rank=6 >= the exact rank Σ r_i = 6"),
     ("dora", r"use_dora \(DoRA rescales"),
     ("bias", r"bias='all' \(trained biases"),
     ("no_weights", r"no adapter_model.safetensors \(an adapter without weights\)"),
@@ -171,6 +204,16 @@ def test_adapters_that_cannot_be_merged_exactly_are_refused_by_name(lora_pool, t
         config["bias"] = "all"
     elif damage == "no_weights":
         (bad / "adapter_model.safetensors").unlink()
+    elif damage == "bad_json":
+        (bad / "adapter_config.json").write_text("{not json")
+    elif damage == "truncated":
+        raw = (bad / "adapter_model.safetensors").read_bytes()
+        (bad / "adapter_model.safetensors").write_bytes(raw[: len(raw) // 2])
+    elif damage == "rank_mismatch":
+        config["r"] = 8  # the tensors have rank 4
+    elif damage == "duplicate":
+        shutil.rmtree(bad)
+        shutil.copytree(tmp / "plain" / "a0", bad)
     elif damage == "other_base":
         torch.manual_seed(5)
         tiny_bert().save_pretrained(tmp_path / "other")
@@ -182,9 +225,11 @@ def test_adapters_that_cannot_be_merged_exactly_are_refused_by_name(lora_pool, t
         write_adapter(tmp_path / "wide", bad, 1, heads=False, r=2)
         config = json.loads((bad / "adapter_config.json").read_text())
         config["base_model_name_or_path"] = "a-hub-name"  # not on this machine: caught by the shapes
-    (bad / "adapter_config.json").write_text(json.dumps(config))
+    if damage not in ("bad_json", "duplicate"):
+        (bad / "adapter_config.json").write_text(json.dumps(config))
+    extra = ["pool.svd_rank=6"] if damage == "svd_rank" else []  # a0 + a1: ranks 2 + 4
     cfg = compose_cfg("soup", tmp_path, ["logger=none", "pool=lora", f"pool.glob={tmp_path}/pool/*",
-                                         f"pool.base={tmp}/base", *SMALL, *data])
+                                         f"pool.base={tmp}/base", *extra, *SMALL, *data])
     with pytest.raises(BadInput, match=message):
         run_soup(cfg, tmp_path / "out")
     assert not (tmp_path / "cache" / "eval").exists()

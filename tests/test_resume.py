@@ -73,3 +73,26 @@ def test_a_relaunched_sweep_skips_finished_jobs_and_lists_its_draws(tmp_path):
     subprocess.run(command, env=ENV, check=True, capture_output=True)
     assert (sweep / "0" / "model.safetensors").stat().st_mtime_ns == finished  # skipped
     assert (sweep / "1" / "run.json").is_file()  # ran again
+
+
+def test_a_state_saved_under_other_settings_is_refused_naming_what_changed(tmp_path):
+    import pytest
+    import torch
+    from omegaconf import OmegaConf
+
+    from soups.errors import BadInput
+    from soups.training.resume import load_train_state, save_train_state, training_settings
+
+    cfg = OmegaConf.create({"model": {"name": "hf"}, "lora": {"r": 4, "alpha": 16}, "lr": 1e-3, "seed": 0})
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    save_train_state(tmp_path, model=model, optimizer=opt, scheduler=sched, epoch_generator_state=torch.Generator().get_state(),
+                     epoch=0, batches_done=3, step=3, history=[], pending=[], settings=training_settings(cfg))
+    same = load_train_state(tmp_path, model=model, optimizer=opt, scheduler=sched, generator=torch.Generator(),
+                            settings=training_settings(cfg))
+    assert same["step"] == 3
+    changed = OmegaConf.merge(cfg, {"lora": {"alpha": 64}, "lr": 3e-3})
+    with pytest.raises(BadInput, match=r"saved under other settings \(lora, lr changed\)"):
+        load_train_state(tmp_path, model=model, optimizer=opt, scheduler=sched, generator=torch.Generator(),
+                         settings=training_settings(changed))

@@ -247,7 +247,7 @@ def checked(cfg: DictConfig, schema: type) -> DictConfig:
             problems.append(f"{spec.name}={value!r} (expected {spec.metadata['expected']})")
     if not problems and schema is FinetuneSettings and typed.mixup > 0 and typed.batch_size % 2:
         problems.append(f"mixup needs an even batch_size, got batch_size={typed.batch_size}")
-    text = cfg.get("model") is not None and cfg.model.get("text_encoder")
+    text = cfg.get("model") is not None and (cfg.model.get("text_encoder") or cfg.model.get("tokenizer"))
     if not problems and schema is FinetuneSettings and text:
         image_only = {"mixup": typed.mixup > 0, "randaug": typed.randaug is not None, "crop_scale": typed.crop_scale < 1}
         problems += [f"{k}={typed[k]!r} (expected {dict(mixup=0, randaug='null', crop_scale=1.0)[k]} for a text model: "

@@ -21,6 +21,9 @@ def build_data(data_cfg, model_cfg, cache_dir=None) -> TaskData:
     model of the other modality (images vs text)."""
     data = build(data_cfg, "data", "soups.data", TaskData)
     if data.modality != modality(model_cfg):
+        if model_cfg.get("hf_classifier"):
+            raise BadInput(f"data={data.name} holds {data.modality}s, but the transformers model "
+                           f"{model_cfg.hf_classifier} classifies {modality(model_cfg)}s")
         example = "model=minilm_l6" if data.modality == "text" else "model=vit_s14_dinov2"
         raise BadInput(f"data={data.name} holds {data.modality}s, but model={model_cfg.get('name')} "
                        f"classifies {modality(model_cfg)}s: choose a {data.modality} model (e.g. {example})")

@@ -20,8 +20,8 @@ from soups.heads.shared_init import load_shared_init, shared_init
 from soups.io.files import atomic_save_safetensors, nonfinite_tensors, read_json, sha256_file, write_json
 from soups.heads import build_head
 from soups.models.classifier import build_classifier, has_batchnorm
-from soups.models.hf import HFClassifier, complete_model_cfg, hf_processor_dir, save_adapter_and_merge, \
-    save_pretrained_soup, with_lora
+from soups.models.hf import HFClassifier, complete_model_cfg, hf_processor_dir, lora_problems, \
+    save_adapter_and_merge, save_pretrained_soup, with_lora
 from soups.names import WEIGHTS_NAME, RUN_INFO_NAME
 from soups.training.resume import clear_train_state
 from soups.runtime import environment, resolve_device, setup
@@ -36,6 +36,9 @@ HPARAMS = ("lr", "wd", "epochs", "batch_size", "warmup_steps", "grad_clip", "lab
 def with_hf_model(cfg: DictConfig) -> DictConfig:
     """model=hf: a copy with the tokenizer or image settings its folder says filled in (soups.models.hf);
     lora=default refused for any other model. Other configs are returned as they are."""
+    if OmegaConf.is_dict(cfg.model) and OmegaConf.is_missing(cfg.model, "hf_classifier"):
+        raise BadInput("model=hf needs model.hf_classifier=<folder>: a transformers classifier or encoder folder "
+                       "(config.json + model.safetensors), or package:<module>")
     if cfg.get("lora") and not cfg.model.get("hf_classifier"):
         raise BadInput(f"lora=default trains LoRA adapters of a transformers model (model=hf model.hf_classifier=...); "
                        f"model={cfg.model.get('name')} is not one")
@@ -44,6 +47,10 @@ def with_hf_model(cfg: DictConfig) -> DictConfig:
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
         cfg.model = complete_model_cfg(OmegaConf.to_container(cfg.model, resolve=True))
+    if cfg.get("lora"):  # checked on the architecture before any work (the shared init can take minutes)
+        problems = lora_problems(cfg.lora, build_classifier(cfg.model, cfg.data.num_classes, load_pretrained=False))
+        if problems:
+            raise BadInput("; ".join(problems))
     return cfg
 
 

@@ -66,6 +66,8 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     pool = open_pool(cfg, device)
     log.info("pool %s: %d ingredients%s", pool.name, len(pool.ingredients),
              f", {len(pool.skipped)} skipped" if pool.skipped else "")
+    for recipe in recipes.values():  # each recipe can run on this pool: asked before any evaluation
+        recipe.check(pool.ingredients)
     require_init(pool, [name for name, recipe in recipes.items() if recipe.needs_init])
     scorer = PoolScorer(pool, EvalSettings.of(cfg), device)
     # released checkpoints carry no metrics, and a run measured under other evaluation settings

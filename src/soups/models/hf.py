@@ -150,6 +150,9 @@ def hf_classifier(model_cfg, num_classes: int, load_pretrained: bool = False) ->
             config.num_labels = num_classes
             config.id2label = {i: f"LABEL_{i}" for i in range(num_classes)}
             config.label2id = {v: k for k, v in config.id2label.items()}
+        positions = getattr(config, "max_position_embeddings", None)
+        if kind == "text" and positions and int(model_cfg.get("max_length") or 0) > positions:
+            raise BadInput(f"max_length={model_cfg.get('max_length')}: {folder} has {positions} positions")
         if not (load_pretrained and model_cfg.get("pretrained", True)):
             return HFClassifier(auto_class(kind).from_config(config, dtype=torch.float32).eval(), kind)
         model, info = auto_class(kind).from_pretrained(str(folder), config=config, use_safetensors=True,
@@ -185,6 +188,26 @@ def complete_model_cfg(model_cfg) -> dict:
 def hf_processor_dir(model_cfg) -> Path:
     """Where model=hf's tokenizer or image processor lives: model.tokenizer, else the model folder."""
     return Path(model_cfg.get("tokenizer") or hf_folder(model_cfg.get("hf_classifier")))
+
+
+def lora_problems(lora_cfg, model: HFClassifier) -> list[str]:
+    """What is wrong with the `lora` settings for this model (its module names from its architecture)."""
+    problems = []
+    r, alpha, dropout = lora_cfg.get("r"), lora_cfg.get("alpha"), lora_cfg.get("dropout", 0.0)
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        problems.append(f"lora.r={r!r} (expected an integer >= 1)")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+        problems.append(f"lora.alpha={alpha!r} (expected a number > 0)")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        problems.append(f"lora.dropout={dropout!r} (expected a number in [0, 1))")
+    targets = list(lora_cfg.get("target_modules") or [])
+    names = [n for n, m in model.model.named_modules() if isinstance(m, nn.Linear)]
+    unmatched = [t for t in targets if not any(n == t or n.endswith("." + str(t)) for n in names)]
+    if not targets or unmatched:
+        examples = sorted({n.rsplit(".", 1)[-1] for n in names})[:12]
+        problems.append(f"lora.target_modules={targets}: {unmatched or 'none given'} name no linear map of "
+                        f"{type(model.model).__name__} (its linear maps end in {examples})")
+    return problems
 
 
 def with_lora(model: HFClassifier, lora_cfg) -> HFClassifier:
@@ -303,5 +326,5 @@ def load_errors(folder: Path):
         yield
     except BadInput:
         raise
-    except (OSError, ValueError, KeyError, SafetensorError) as err:
-        raise BadInput(f"could not load the transformers model in {folder}: {err}") from err
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:  # RuntimeError: shapes vs config
+        raise BadInput(f"could not load the transformers model in {folder}: {str(err).splitlines()[0][:400]}") from err

@@ -80,7 +80,7 @@ class Files(Pool):
         formats = {i.info["format"] for i in ingredients}
         if len(formats) > 1:
             raise BadInput(f"mixed checkpoint formats in pool.glob: {sorted(formats)}; soup one kind at a time")
-        _refuse_duplicates(ingredients)
+        refuse_duplicates(ingredients)
         init = converter(init_path) if init_path else None
         for ingredient, name in zip(ingredients, display_names([i.source for i in ingredients])):
             ingredient.name = name
@@ -91,7 +91,7 @@ class Files(Pool):
                         {}, init.weights if init else None, init)
 
 
-def _refuse_duplicates(ingredients: list[Ingredient]) -> None:
+def refuse_duplicates(ingredients: list[Ingredient]) -> None:
     """The same file twice (a copy, a link) would weigh double in every average: refused, both named."""
     seen: dict[str, Path] = {}
     for ingredient in ingredients:

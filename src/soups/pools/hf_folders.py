@@ -28,7 +28,7 @@ from soups.models.classifier import build_classifier
 from soups.models.hf import has_tokenizer, load_folder, model_cfg_for, modality_of, read_config, \
     exporter, wrapped_state
 from soups.pools import OpenPool, Pool
-from soups.pools.checkpoint_files import display_names
+from soups.pools.checkpoint_files import display_names, refuse_duplicates
 from soups.pools.ingredient import Ingredient
 from soups.settings import build
 
@@ -45,6 +45,11 @@ class HFFolders(Pool):
     max_length: int = 128         # text: tokens per sentence (longer ones truncated)
     tokenizer: str | None = None  # text: a folder with the tokenizer, where the model folders hold none
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_length < 2:
+            raise BadInput(f"pool.max_length={self.max_length}: expected an integer >= 2 (tokens)")
+
     def open(self, cfg, device) -> OpenPool:
         data_node = cfg.get("data")
         if not data_node:
@@ -52,7 +57,8 @@ class HFFolders(Pool):
         folders = self.folders()
         init_dir = Path(self.init).expanduser().resolve() if self.init else None
         if init_dir is not None and not init_dir.is_dir():
-            raise BadInput(f"pool.init={self.init}: no such folder")
+            what = "a file, not a folder" if init_dir.exists() else "no such folder"
+            raise BadInput(f"pool.init={self.init}: {what} (the shared init's transformers folder)")
         configs = {f: read_config(f) for f in folders + ([init_dir] if init_dir else [])}
         agree(configs)
         data = build(data_node, "data", "soups.data", TaskData)
@@ -64,6 +70,7 @@ class HFFolders(Pool):
         model = build_classifier(run_cfg.model, data.num_classes, load_pretrained=False)
         out_dir = Path(cfg.paths.cache_dir) / "hf"
         ingredients = [convert(f, out_dir) for f in folders]
+        refuse_duplicates(ingredients)
         for ingredient, name in zip(ingredients, display_names(folders)):
             ingredient.name = name
         init = convert(init_dir, out_dir) if init_dir else None
@@ -94,12 +101,16 @@ def find_tokenizer(folders: list[Path], kind: str, given: str | None) -> Path | 
     holds one); every folder that holds one must hold the same. None for images. Raises BadInput where none does."""
     if kind != "text":
         return None
+    holding = [f for f in folders if has_tokenizer(f)]
     if given:
         path = Path(given).expanduser()
         if not has_tokenizer(path):
             raise BadInput(f"pool.tokenizer={given}: no tokenizer files there")
+        own = [f for f in holding if (f / "tokenizer.json").is_file()]
+        if own and (path / "tokenizer.json").is_file() and vocabulary(path) != vocabulary(own[0]):
+            raise BadInput(f"pool.tokenizer={given} is not the tokenizer {own[0]} holds (tokenizer.json differs): "
+                           f"the fine-tunes read their own; drop pool.tokenizer")
         return path
-    holding = [f for f in folders if has_tokenizer(f)]
     if not holding:
         raise BadInput(f"none of the folders holds a tokenizer (tokenizer.json, vocab.txt, ...): give "
                        f"pool.tokenizer=<folder> (the base model's), or save it with tokenizer.save_pretrained")
@@ -117,13 +128,20 @@ def vocabulary(folder: Path) -> str:
     return json.dumps({k: v for k, v in spec.items() if k not in ("truncation", "padding")}, sort_keys=True)
 
 
+def architecture_of(config: dict) -> dict:
+    """config.json without what does not change the evaluated model: how it was written, labels (checked
+    apart), and training-time dropout rates (a dropout sweep is one architecture)."""
+    return {k: v for k, v in config.items()
+            if k not in NOT_ARCHITECTURE and "dropout" not in k and k != "drop_path_rate"}
+
+
 def agree(configs: dict[Path, dict]) -> None:
     """Raises BadInput naming the first folder whose architecture, num_labels or id2label differs from the first's."""
     items = list(configs.items())
     ref_dir, ref = items[0]
-    ref_arch = {k: v for k, v in ref.items() if k not in NOT_ARCHITECTURE}
+    ref_arch = architecture_of(ref)
     for folder, config in items[1:]:
-        arch = {k: v for k, v in config.items() if k not in NOT_ARCHITECTURE}
+        arch = architecture_of(config)
         keys = sorted(k for k in set(arch) | set(ref_arch) if arch.get(k) != ref_arch.get(k))
         if keys:
             shown = ", ".join(f"{k}: {ref_arch.get(k)!r} vs {arch.get(k)!r}" for k in keys[:4])

@@ -32,12 +32,12 @@ from omegaconf import OmegaConf
 
 from soups.data import TaskData
 from soups.errors import BadInput
-from soups.io.files import atomic_save_safetensors, sha256_file, write_json
+from soups.io.files import atomic_save_safetensors, nonfinite_tensors, sha256_file, write_json
 from soups.models.classifier import build_classifier
 from soups.models.hf import PREFIX, load_folder, model_cfg_for, modality_of, read_config, save_pretrained_soup, \
     wrapped_state
 from soups.pools import OpenPool, Pool
-from soups.pools.checkpoint_files import display_names
+from soups.pools.checkpoint_files import display_names, refuse_duplicates
 from soups.pools.hf_folders import check_labels, convert, find_tokenizer, trainer_hparams, weights_digest
 from soups.pools.ingredient import Ingredient
 from soups.settings import build
@@ -74,7 +74,10 @@ def read_adapter(folder: Path) -> Factors:
         pickled = (folder / "adapter_model.bin").is_file()
         raise BadInput(f"{folder}: no adapter_model.safetensors" + (" (adapter_model.bin is a pickle: never loaded "
                        "here; save with safe_serialization=True)" if pickled else " (an adapter without weights)"))
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as err:
+        raise BadInput(f"{config_path}: not readable JSON ({err})") from err
     if config.get("peft_type") != "LORA":
         raise BadInput(f"{folder}: peft_type={config.get('peft_type')!r}; pool=lora soups LoRA adapters")
     refused = [f"{k} ({why})" for k, why in REFUSED.items() if config.get(k)]
@@ -83,11 +86,14 @@ def read_adapter(folder: Path) -> Factors:
     if refused:
         raise BadInput(f"{folder}: {', '.join(refused)}: its update is not W0 + s·B·A, so it is not merged here "
                        f"(train plain LoRA or rsLoRA, or merge it with peft's merge_and_unload and use pool=hf)")
-    tensors = load_file(str(weights))
+    try:
+        tensors = load_file(str(weights))
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error kinds for a damaged file
+        raise BadInput(f"{weights}: not a readable safetensors file ({err})") from err
     embedding = [k for k in tensors if "lora_embedding" in k or "lora_magnitude" in k]
     if embedding:
         raise BadInput(f"{folder}: {embedding[0]}: embedding adapters and DoRA magnitudes are not merged here")
-    alpha, rslora = float(config["lora_alpha"]), bool(config.get("use_rslora"))
+    alpha, rslora = float(config.get("lora_alpha", 8)), bool(config.get("use_rslora"))  # 8: peft's default
     lora, full = {}, {}
     for key, value in tensors.items():
         name = key.removeprefix(ADAPTER_PREFIX)
@@ -136,8 +142,13 @@ def peft_merged(base_dir: Path, folder: Path, kind: str) -> dict[str, torch.Tens
     """peft's own merge of this one adapter into the base (PeftModel.from_pretrained + merge_and_unload)."""
     from peft import PeftModel
 
-    with quiet_peft():
-        model = PeftModel.from_pretrained(load_folder(base_dir, kind), str(folder)).merge_and_unload()
+    base = load_folder(base_dir, kind)
+    try:
+        with quiet_peft():
+            model = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise BadInput(f"{folder}: peft cannot load it on pool.base ({str(err).splitlines()[0][:300]}): its "
+                       f"adapter_config.json and tensors disagree, or it belongs to another base") from err
     return {k: v.detach().float() for k, v in model.state_dict().items()}
 
 
@@ -162,20 +173,28 @@ class LoraAdapters(Pool):
     tokenizer: str | None = None  # text: a folder with the tokenizer, where the base holds none
     svd_rank: int | None = None   # also export each soup as a rank-r adapter (truncated SVD; its error printed)
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_length < 2:
+            raise BadInput(f"pool.max_length={self.max_length}: expected an integer >= 2 (tokens)")
+
     def open(self, cfg, device) -> OpenPool:
         data_node = cfg.get("data")
         if not data_node:
             raise BadInput("pool=lora needs data=...: where to evaluate the adapters (e.g. data=sentiment)")
         base_dir = Path(self.base).expanduser()
         if not base_dir.is_dir():
-            raise BadInput(f"pool.base={self.base}: no such folder (the base classifier the adapters were trained on)")
+            what = "a file, not a folder" if base_dir.exists() else "no such folder"
+            raise BadInput(f"pool.base={self.base}: {what} (the base classifier folder the adapters were trained on)")
         if self.svd_rank is not None and self.svd_rank < 1:
             raise BadInput(f"pool.svd_rank={self.svd_rank}: expected a rank >= 1, or null")
         config = read_config(base_dir)
         kind = modality_of(config, base_dir)
         data = build(data_node, "data", "soups.data", TaskData)
         check_labels(config, data.num_classes, data.class_names, data.name)
-        folders = self.folders()
+        folders = [f for f in self.folders() if f.resolve() != base_dir.resolve()]  # the base is no adapter
+        if not folders:
+            raise BadInput(f"pool.glob={self.glob!r} matches only pool.base")
         tokenizer_dir = find_tokenizer([base_dir], kind, self.tokenizer)
         model_cfg = model_cfg_for(base_dir, config, self.max_length, tokenizer_dir)
         run_cfg = OmegaConf.create({"model": model_cfg, "data": OmegaConf.to_container(data_node, resolve=True)})
@@ -186,8 +205,13 @@ class LoraAdapters(Pool):
         factors = {f: read_adapter(f) for f in folders}  # every adapter read and checked before any merge
         _check_bases(factors, base_dir)
         ingredients = [self.convert(f, factors[f], base_dir, base_state, init, kind, cache / "lora") for f in folders]
+        refuse_duplicates(ingredients)
         for ingredient, name in zip(ingredients, display_names(folders)):
             ingredient.name = name
+        exact = sum(i.info["rank"] for i in ingredients)
+        if self.svd_rank is not None and self.svd_rank >= exact:
+            raise BadInput(f"pool.svd_rank={self.svd_rank} >= the exact rank Σ r_i = {exact}: <soup>/adapter/ is "
+                           f"already exact at that rank; give a smaller rank to compress")
         ranks = sorted({i.info["rank"] for i in ingredients})
         log.info("pool=lora: %d adapters (ranks %s) on %s", len(ingredients), ranks, base_dir)
         common = Path(os.path.commonpath([f.absolute() for f in folders]))
@@ -213,11 +237,14 @@ class LoraAdapters(Pool):
             record = json.loads(record_file.read_text())
         else:
             state = merged(base_state, factors, folder)
+            bad = nonfinite_tensors(state)
+            if bad:  # one NaN ingredient turns every average it enters into NaN
+                raise BadInput(f"{folder}: merged, {len(bad)} tensors hold NaN or inf (e.g. {bad[:3]}); it cannot be souped")
             error = check_against_peft(state, peft_merged(base_dir, folder, kind), folder)
             atomic_save_safetensors({PREFIX + k: v for k, v in state.items()}, out,
                                     metadata={"kind": "lora", "source": folder.name})
             record = {"format": "lora", "sha256": sha256_file(out), "peft_check": error,
-                      "rank": max(a.shape[0] for a, _, _ in factors.lora.values()),
+                      "rank": max((a.shape[0] for a, _, _ in factors.lora.values()), default=0),
                       "lora_alpha": factors.config["lora_alpha"], "use_rslora": bool(factors.config.get("use_rslora"))}
             write_json(record, record_file)
         hparams = {"rank": record["rank"], "lora_alpha": record["lora_alpha"]} | trainer_hparams(folder)
@@ -267,18 +294,17 @@ class AdapterExport:
         self.base_state, self.svd_rank = base_state, svd_rank
         self.modules = sorted({m for f in factors.values() for m in f.lora})
         self.full_keys = sorted({k for f in factors.values() for k in f.full})
-        self.rank = sum(max(a.shape[0] for a, _, _ in f.lora.values()) for f in factors.values())
-        first = next(iter(factors.values())).config
-        self.save_modules = [m for m in first.get("modules_to_save") or []
-                             if any(k.startswith(m + ".") for k in self.full_keys)]
-        self.fan_in_fan_out = bool(first.get("fan_in_fan_out"))
+        self.rank = max(1, sum(max((a.shape[0] for a, _, _ in f.lora.values()), default=0) for f in factors.values()))
+        # every module any adapter trained in full (its head): saved whole in the exported adapter
+        self.save_modules = sorted({k.rsplit(".", 1)[0] for k in self.full_keys})
+        self.fan_in_fan_out = bool(next(iter(factors.values())).config.get("fan_in_fan_out"))
 
     def __call__(self, weights: dict, soup_dir: Path) -> list[Path]:
         written = [save_pretrained_soup(self.model, weights, soup_dir / "hf", self.tokenizer_dir or self.base_dir)]
         state = {k[len(PREFIX):]: v.float() for k, v in weights.items() if k.startswith(PREFIX)}
         moved = [k for k, v in state.items() if k in self.base_state and v.is_floating_point() and
                  k.removesuffix(".weight") not in self.modules and k not in self.full_keys and
-                 not torch.equal(v, self.base_state[k])]
+                 not torch.allclose(v, self.base_state[k], rtol=1e-6, atol=1e-6)]  # fp32 round-off is no move
         if moved:  # e.g. a learned soup whose coefficients do not sum to one scales W0 too
             log.warning("%s: not written as an adapter: %d tensors outside the adapters moved from W0 (e.g. %s)",
                         soup_dir.name, len(moved), moved[:2])

@@ -74,6 +74,10 @@ class Recipe(Settings, ABC):
     def __call__(self, ingredients: list[Ingredient], scorer: "Scorer") -> RecipeResult:
         """The soup (or ensemble) this recipe makes of `ingredients`, scoring candidates with `scorer`."""
 
+    def check(self, ingredients: list[Ingredient]) -> None:
+        """Raises BadInput if this recipe cannot run on these ingredients; the soup job asks every recipe
+        before the first evaluation (e.g. a recipe of LoRA factors on a pool of full weights)."""
+
 
 class Scorer(Protocol):
     """What a recipe may ask of the soup job (soups.evaluation.scorer.PoolScorer implements it; tests use small fakes)."""

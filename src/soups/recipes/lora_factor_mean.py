@@ -20,24 +20,20 @@ from soups.recipes import Recipe, RecipeResult
 
 def factor_mean(base: dict[str, torch.Tensor], adapters: list) -> dict[str, torch.Tensor]:
     """`base` (HF keys, W0) with every adapted module set to W0 + mean(s·B)·mean(A) and every fully trained
-    tensor to its mean; `adapters`: soups.pools.lora.Factors. Adapters of a smaller rank are zero-padded to the
-    largest (rows of A, columns of B that add nothing to their own update). Raises BadInput where the adapters
-    adapt different modules."""
-    modules = set(adapters[0].lora)
-    if any(set(a.lora) != modules for a in adapters):
-        raise BadInput("method=lora_factor_mean: the adapters adapt different modules; a mean of factors needs one set")
+    tensor (a head) to its mean; `adapters`: soups.pools.lora.Factors. An adapter that does not adapt a module
+    counts as zero factors there, one that did not train a head as W0's head (as its merged weights are);
+    smaller ranks are zero-padded to the largest (rows of A, columns of B that add nothing)."""
     out = dict(base)
-    for module in sorted(modules):
-        rank = max(a.lora[module][0].shape[0] for a in adapters)
-        b = torch.stack([F.pad(a.lora[module][1] * a.lora[module][2], (0, rank - a.lora[module][1].shape[1]))
-                         for a in adapters]).mean(0)
-        a_mean = torch.stack([F.pad(a.lora[module][0], (0, 0, 0, rank - a.lora[module][0].shape[0]))
-                              for a in adapters]).mean(0)
+    for module in sorted({m for a in adapters for m in a.lora}):
+        present = [a.lora[module] for a in adapters if module in a.lora]
+        rank = max(a.shape[0] for a, _, _ in present)
+        b = sum(F.pad(b * s, (0, rank - b.shape[1])) for _, b, s in present) / len(adapters)
+        a_mean = sum(F.pad(a, (0, 0, 0, rank - a.shape[0])) for a, _, _ in present) / len(adapters)
         delta = b @ a_mean
         key = f"{module}.weight"
         out[key] = base[key] + (delta.T if adapters[0].config.get("fan_in_fan_out") else delta)
-    for key in adapters[0].full:
-        out[key] = torch.stack([a.full[key] for a in adapters]).mean(0)
+    for key in sorted({k for a in adapters for k in a.full}):
+        out[key] = torch.stack([a.full.get(key, base[key]) for a in adapters]).mean(0)
     return out
 
 
@@ -45,9 +41,13 @@ def factor_mean(base: dict[str, torch.Tensor], adapters: list) -> dict[str, torc
 class LoraFactorMean(Recipe):
     needs_init: ClassVar[bool] = True  # W0
 
-    def __call__(self, ingredients, scorer) -> RecipeResult:
+    def check(self, ingredients) -> None:
         if any(i.info.get("format") != "lora" for i in ingredients):
-            raise BadInput("method=lora_factor_mean averages LoRA factors: it needs pool=lora (adapter folders)")
+            raise BadInput("method=lora_factor_mean averages LoRA factors: it needs LoRA ingredients (pool=lora, "
+                           "or the run dirs of a lora=default sweep)")
+
+    def __call__(self, ingredients, scorer) -> RecipeResult:
+        self.check(ingredients)
         base = {k[len(PREFIX):]: v for k, v in scorer.load_init().items()}
         adapters = [read_adapter(Path(i.info["adapter"])) for i in ingredients]
         weights = {PREFIX + k: v for k, v in factor_mean(base, adapters).items()}

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from soups.distributed import SINGLE, Group, RankSlices, mean_over_ranks, unwrap, wrap
 from soups.errors import BadInput
-from soups.training.resume import load_train_state, save_train_state
+from soups.training.resume import load_train_state, save_train_state, training_settings
 from soups.runtime import autocast
 
 
@@ -121,8 +121,10 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
     total = int(cfg.epochs) * len(loader)
     update = _update(model, total, cfg, num_classes, device, group)
     history, step, pending, start_epoch = [], 0, [], 0
+    settings = training_settings(cfg)
     resumed = state_dir and load_train_state(state_dir, model=model, optimizer=update.optimizer,
-                                             scheduler=update.scheduler, generator=generator, scaler=update.scaler)
+                                             scheduler=update.scheduler, generator=generator, scaler=update.scaler,
+                                             settings=settings)
     if resumed:
         start_epoch, step, history = resumed["epoch"], resumed["step"], resumed["history"]
         pending = [torch.tensor(v, device=device) for v in resumed["pending"]]
@@ -135,7 +137,8 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
         if state_dir and group.is_main:
             save_train_state(state_dir, model=model, optimizer=update.optimizer, scheduler=update.scheduler,
                              epoch_generator_state=epoch_start, epoch=epoch, batches_done=batches_done, step=step,
-                             history=history, pending=[float(v) for v in pending], scaler=update.scaler)
+                             history=history, pending=[float(v) for v in pending], scaler=update.scaler,
+                             settings=settings)
 
     model.train()
     bar = tqdm(total=total, initial=step, desc="fine-tune", leave=False, disable=None)

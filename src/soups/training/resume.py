@@ -13,6 +13,7 @@ batches, and batches go to other workers, so the random augmentations of the rem
 """
 from __future__ import annotations
 
+import json
 import logging
 import random
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from soups.errors import BadInput
 from soups.io.files import atomic_write
 from soups.names import STATE_NAME
 
@@ -46,23 +48,38 @@ def _set_rng_states(states: dict) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
 
 
+RESUME_KEYS = ("model", "data", "head", "lora", "lr", "wd", "epochs", "batch_size", "warmup_steps", "grad_clip",
+               "label_smoothing", "mixup", "randaug", "crop_scale", "precision", "seed")
+
+
+def training_settings(cfg) -> dict:
+    """What a training state depends on (as plain JSON values): resuming under other settings would finish a
+    run that is neither the old one nor the new one."""
+    from omegaconf import OmegaConf
+
+    return json.loads(json.dumps({k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg.get(k))
+                                  else cfg.get(k) for k in RESUME_KEYS}, default=str))
+
+
 def save_train_state(folder: Path, *, model, optimizer, scheduler, epoch_generator_state: torch.Tensor,
                      epoch: int, batches_done: int, step: int, history: list[dict], pending: list[float],
-                     scaler=None) -> None:
+                     scaler=None, settings: dict | None = None) -> None:
     """In epoch `epoch` (0-based) after `batches_done` of its batches, `step` steps in all: everything the
     rest of the run depends on. `epoch_generator_state`: the loader generator's state when the epoch began;
     `scaler`: fp16's torch.amp.GradScaler (its loss scale and growth tracker)."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "rng": _rng_states(), "generator": epoch_generator_state, "epoch": epoch,
              "batches_done": batches_done, "step": step, "history": history, "pending": pending,
-             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {}}
+             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
+             "settings": json.dumps(settings or {}, sort_keys=True)}
     atomic_write(Path(folder) / STATE_NAME, lambda tmp: torch.save(state, tmp))
 
 
 def load_train_state(folder: Path, *, model, optimizer, scheduler, generator: torch.Generator,
-                     scaler=None) -> dict | None:
+                     scaler=None, settings: dict | None = None) -> dict | None:
     """Restores a saved state into these objects (the generator as the saved epoch began); returns
-    {epoch, batches_done, step, history, pending}, or None."""
+    {epoch, batches_done, step, history, pending}, or None. Raises BadInput when `settings` differ from the
+    ones the state was saved under (training_settings), naming what changed."""
     path = Path(folder) / STATE_NAME
     if not path.is_file():
         return None
@@ -71,6 +88,12 @@ def load_train_state(folder: Path, *, model, optimizer, scheduler, generator: to
     except Exception as err:  # noqa: BLE001 - any unreadable state means: start over, loudly
         log.warning("training state %s unreadable (%s); starting from the beginning", path, err)
         return None
+    saved = json.loads(state.get("settings") or "{}")
+    if saved and settings is not None:
+        changed = [k for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)]
+        if changed:
+            raise BadInput(f"{path} was saved under other settings ({', '.join(changed)} changed): resume with the "
+                           f"settings it was started with, or delete it to start this run over")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
