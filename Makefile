@@ -6,7 +6,7 @@ STAMP := $(VENV)/.requirements.stamp
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help venv demo text-demo text-demo-lora text-data test test-slow benchmark clean
+.PHONY: help venv demo text-demo text-demo-lora text-data peers test test-slow benchmark clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,10 @@ text-demo: text-data  ## the text demo: 8 MiniLM fine-tunes on movie-review sent
 text-demo-lora: text-data  ## the text demo with LoRA (peft): 8 adapters of MiniLM, souped as mean of updates vs mean of factors
 	$(PY) src/finetune.py sweep=demo experiment=text_demo_lora
 	$(PY) src/soup.py 'method=[uniform,greedy,lora_factor_mean]'
+
+peers: $(STAMP)  ## mergekit and FusionBench in their own venv (.peers/): their merges vs the project's, side by side
+	bash scripts/peers/setup.sh
+	$(PY) scripts/peers/compare.py $(PEERS_ARGS)
 
 TEST_WORKERS ?= auto   # pytest-xdist workers: one per core; TEST_WORKERS=0 runs in this process
 

@@ -1,0 +1,223 @@
+"""One merge by a peer library, for scripts/peers/compare.py: load the state dicts, call the
+PEER'S OWN public merge function, save the result, print one JSON line (the last line of stdout):
+
+    .peers/bin/python scripts/peers/peer_merge.py mergekit|fusionbench METHOD --inputs a.safetensors ...
+        [--base init.safetensors] [--weights 1 2 ...] [--lam 0.3] [--stats stats.safetensors] --out out.safetensors
+    -> {"seconds": least merge wall time of --repeat, "peak_rss_mb": peak RSS while merging,
+        "merge_rss_mb": that peak minus the RSS before the merge}  (see `measured`)
+    .peers/bin/python scripts/peers/peer_merge.py check      # imports every entry point (setup.sh runs it)
+
+Runs in .peers (scripts/peers/setup.sh), never in the project's .venv. Methods:
+    uniform          mergekit `linear` (weights 1)        | FusionBench SimpleAverageAlgorithm(inplace=False)
+    weighted         mergekit `linear` (weight per input) | FusionBench WeightedAverageAlgorithm(normalize=True)
+    model_stock      mergekit `model_stock`               | FusionBench ModelStock
+    task_arithmetic  mergekit `task_arithmetic` (lambda)  | FusionBench TaskArithmeticAlgorithm(scaling_factor)
+    fisher           -                                    | FusionBench merging_with_fisher_weights
+    regmean          -                                    | FusionBench merging_with_regmean_weights
+`--stats` holds "fisher/<i>/<key>" (a Fisher diagonal per model i and tensor) and "gram/<i>/<key>" (a Gram
+[in, in] per model i and linear weight) tensors, and the scalars "eps" (the Fisher floor) and "alpha"
+(RegMean's off-diagonal scale). Inputs and statistics are cast to `--dtype` (float32: the pools' dtype;
+the peers compute in their inputs' dtype) before the clock starts.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import resource
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file, save_file
+
+MERGEKIT = ("uniform", "weighted", "model_stock", "task_arithmetic")
+FUSIONBENCH = MERGEKIT + ("fisher", "regmean")
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(field + ":"))
+
+
+def measured(merge, fresh_inputs, repeat: int = 3):
+    """(result, {"seconds", "peak_rss_mb", "merge_rss_mb"}): the least wall time of `repeat` merges, each of
+    fresh copies of the inputs (some peers write into their inputs); memory from the first: the process's
+    peak RSS while merging and the merge's own growth above the RSS before it. Read from /proc (VmHWM,
+    reset before the merge through clear_refs), not getrusage: a child's ru_maxrss keeps its parent's RSS
+    across exec (compare.py holds the whole pool), and cannot be reset. Used by compare.py's worker too."""
+    times, record, result = [], {}, None
+    for attempt in range(repeat):
+        args = fresh_inputs()
+        if attempt == 0:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # resets VmHWM to the current RSS
+                before = _status_mb("VmRSS")
+            except OSError:  # no /proc: the whole run's peak, inputs and imports included
+                before = None
+        start = time.perf_counter()
+        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):  # the peers print progress and profiles
+            result = merge(*args)
+        times.append(time.perf_counter() - start)
+        if attempt == 0:
+            peak = _status_mb("VmHWM") if before is not None else \
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            record = {"peak_rss_mb": round(peak, 1), "merge_rss_mb": round(peak - (before or 0), 1)}
+        del args
+    return result, {"seconds": round(min(times), 4), **record}
+
+
+def bare_package(name: str) -> None:
+    """Make package `name` importable without running its __init__: fusion_bench.method.fisher_merging and
+    .regmean import their CLIP variants there (which need `datasets`, and break on transformers 5); the
+    generic merge steps in those packages do not need them."""
+    if name not in sys.modules:
+        sys.modules[name] = importlib.util.module_from_spec(importlib.util.find_spec(name))
+
+
+def as_module(state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A module whose state_dict() is `state` (FusionBench pools hold nn.Modules): one empty submodule per
+    dotted prefix, float tensors as (frozen) parameters, the rest as buffers. The tensors are shared."""
+    root = torch.nn.Module()
+    for key, tensor in state.items():
+        *path, leaf = key.split(".")
+        module = root
+        for part in path:
+            if not hasattr(module, part):
+                module.add_module(part, torch.nn.Module())
+            module = getattr(module, part)
+        if tensor.is_floating_point():
+            module.register_parameter(leaf, torch.nn.Parameter(tensor, requires_grad=False))
+        else:
+            module.register_buffer(leaf, tensor)
+    return root
+
+
+def per_model(stats: dict[str, torch.Tensor], kind: str, k: int) -> list[dict[str, torch.Tensor]]:
+    """[{key: tensor} for model i] from the "kind/i/key" entries of a stats file."""
+    out = [{} for _ in range(k)]
+    for name, tensor in stats.items():
+        if name.startswith(kind + "/"):
+            _, index, key = name.split("/", 2)
+            out[int(index)][key] = tensor
+    return out
+
+
+def mergekit_merge(method, states, base, weights, lam, stats, dtype):
+    from mergekit.merge_methods import merge_state_dicts  # mergekit/merge_methods/api.py
+
+    named = {f"m{i}": s for i, s in enumerate(states)}
+    if method == "uniform":
+        return merge_state_dicts(states, "linear", parameters={"weight": 1.0}, dtype=dtype)
+    if method == "weighted":
+        return merge_state_dicts(states, "linear", parameters={"weight": list(weights)}, dtype=dtype)
+    if method == "model_stock":
+        return merge_state_dicts({"base": base, **named}, "model_stock", base="base", dtype=dtype)
+    if method == "task_arithmetic":
+        return merge_state_dicts({"base": base, **named}, "task_arithmetic", base="base", dtype=dtype,
+                                 parameters={"weight": 1.0, "lambda": lam})
+    raise SystemExit(f"mergekit 0.1.5 has no {method!r} merge of given statistics (methods: {MERGEKIT})")
+
+
+def fusionbench_merge(method, states, base, weights, lam, stats, dtype):
+    from fusion_bench.modelpool import BaseModelPool
+
+    # Several algorithms write the merge into a pool model (WeightedAverage into the first, ModelStock into
+    # _pretrained_): every merge here gets fresh copies of the inputs (`measured`), so that harms nothing.
+    pool = {f"m{i}": as_module(s) for i, s in enumerate(states)}
+    if base is not None:
+        pool["_pretrained_"] = as_module(base)
+    if method == "uniform":
+        from fusion_bench.method import SimpleAverageAlgorithm
+        return SimpleAverageAlgorithm(inplace=False).run(BaseModelPool(pool)).state_dict()
+    if method == "weighted":
+        from fusion_bench.method import WeightedAverageAlgorithm
+        algorithm = WeightedAverageAlgorithm(normalize=True, weights=list(weights), verbose=False)
+        return algorithm.run(BaseModelPool(pool)).state_dict()
+    if method == "model_stock":
+        from fusion_bench.method.model_stock.model_stock import ModelStock
+        return ModelStock().run(BaseModelPool(pool)).state_dict()
+    if method == "task_arithmetic":
+        from fusion_bench.method import TaskArithmeticAlgorithm
+        return TaskArithmeticAlgorithm(scaling_factor=lam, inplace=False).run(BaseModelPool(pool)).state_dict()
+    floats = {key: [s[key] for s in states] for key in states[0] if states[0][key].is_floating_point()}
+    others = {key: t for key, t in states[0].items() if key not in floats}  # integer buffers: the first's
+    if method == "fisher":
+        bare_package("fusion_bench.method.fisher_merging")
+        from fusion_bench.method.fisher_merging.fisher_merging import merging_with_fisher_weights
+        merged = merging_with_fisher_weights(floats, per_model(stats, "fisher", len(states)),
+                                             fisher_scaling_coefficients=torch.ones(len(states), dtype=dtype),
+                                             normalize_fisher_weight=False,
+                                             minimal_fisher_weight=float(stats["eps"]))
+        return {**merged, **others}
+    if method == "regmean":
+        bare_package("fusion_bench.method.regmean")
+        from fusion_bench.method.regmean.regmean import merging_with_regmean_weights
+        grams = [{key.removesuffix(".weight"): g for key, g in model.items()}  # keyed by module name
+                 for model in per_model(stats, "gram", len(states))]
+        merged = merging_with_regmean_weights(floats, grams, reduce_non_diagonal_ratio=float(stats["alpha"]))
+        return {**merged, **others}
+    raise SystemExit(f"unknown method {method!r} (FusionBench methods here: {FUSIONBENCH})")
+
+
+def import_peer(peer: str) -> None:
+    """Import what `peer`'s merges call, before the clock starts (the merge functions' own imports are then
+    cache hits)."""
+    if peer == "mergekit":
+        from mergekit.merge_methods import merge_state_dicts  # noqa: F401
+        return
+    from fusion_bench.method import (SimpleAverageAlgorithm, TaskArithmeticAlgorithm,  # noqa: F401
+                                     WeightedAverageAlgorithm)
+    from fusion_bench.method.model_stock.model_stock import ModelStock  # noqa: F401
+    from fusion_bench.modelpool import BaseModelPool  # noqa: F401
+    bare_package("fusion_bench.method.fisher_merging")
+    bare_package("fusion_bench.method.regmean")
+    from fusion_bench.method.fisher_merging.fisher_merging import merging_with_fisher_weights  # noqa: F401
+    from fusion_bench.method.regmean.regmean import merging_with_regmean_weights  # noqa: F401
+
+
+def check() -> None:
+    """Import every entry point used above; print the versions and where torch comes from."""
+    import importlib.metadata as md
+
+    import_peer("mergekit")
+    import_peer("fusionbench")
+    print(f"peers ready: mergekit {md.version('mergekit')}, fusion-bench {md.version('fusion-bench')}, "
+          f"torch {torch.__version__} from {torch.__file__.rsplit('/torch/', 1)[0]}")
+
+
+def main() -> None:
+    if sys.argv[1:] == ["check"]:
+        return check()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("peer", choices=["mergekit", "fusionbench"])
+    parser.add_argument("method", choices=FUSIONBENCH)
+    parser.add_argument("--inputs", nargs="+", required=True)
+    parser.add_argument("--base")
+    parser.add_argument("--weights", nargs="+", type=float)
+    parser.add_argument("--lam", type=float, default=1.0, help="task arithmetic's scaling of the summed task vectors")
+    parser.add_argument("--stats")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--repeat", type=int, default=3, help="time the least of this many merges")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    cast = lambda s: {k: v.to(dtype) if v.is_floating_point() else v for k, v in s.items()}  # noqa: E731
+    states = [cast(load_file(p)) for p in args.inputs]
+    base = cast(load_file(args.base)) if args.base else None
+    stats = cast(load_file(args.stats)) if args.stats else {}  # Fishers and Grams in the merge's dtype too
+    merge = mergekit_merge if args.peer == "mergekit" else fusionbench_merge
+    with contextlib.redirect_stdout(sys.stderr):
+        import_peer(args.peer)  # before the clock
+    copy = lambda s: {k: v.clone() for k, v in s.items()} if s is not None else None  # noqa: E731
+    fresh = lambda: (args.method, [copy(s) for s in states], copy(base),  # noqa: E731
+                     args.weights, args.lam, stats, dtype)
+    merged, record = measured(merge, fresh, args.repeat)
+    save_file({k: v.detach().contiguous() for k, v in merged.items()}, args.out)
+    print(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()
