@@ -273,3 +273,29 @@ def test_real_minilm_classifiers_are_a_pool(tmp_path):
                                members[0].bert.encoder.layer[0].output.dense.weight, atol=0, rtol=0)  # shared encoder
     torch.testing.assert_close(loaded.classifier.weight,
                                (members[0].classifier.weight + members[1].classifier.weight) / 2, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("processor", ["vit", "deit"])
+def test_imagenet_style_sets_are_read_as_the_folders_own_image_processor_reads_them(tmp_path, processor):
+    """The eval transform made from preprocessor_config.json gives the pixel values transformers' own
+    processor gives (a square resize; a resize then center crop), on a photo-sized PIL image."""
+    import numpy as np
+    from omegaconf import OmegaConf
+    from PIL import Image
+    from transformers import DeiTImageProcessor, ViTImageProcessor
+
+    from soups.models.classifier import eval_transform
+    from soups.models.hf import image_processing
+
+    made = ViTImageProcessor(size={"height": 48, "width": 48}, image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.3, 0.25]) \
+        if processor == "vit" else DeiTImageProcessor(size={"height": 64, "width": 64}, crop_size={"height": 48, "width": 48},
+                                                       do_center_crop=True, resample=3)
+    made.save_pretrained(tmp_path)
+    cfg = OmegaConf.create({"hf_classifier": str(tmp_path)} | image_processing(tmp_path, {}))
+    assert cfg.image_size == 48
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    ours = eval_transform(cfg)(image)
+    theirs = made(image, return_tensors="pt")["pixel_values"][0]
+    assert ours.shape == theirs.shape == (3, 48, 48)
+    torch.testing.assert_close(ours, theirs, atol=0.05, rtol=0)  # PIL resize both ways; rounding differs
+    assert (ours - theirs).abs().mean() < 0.01

@@ -157,7 +157,17 @@ def resolve_timm_preprocessing(model_cfg, model: nn.Module) -> dict:
 
 def eval_transform(model_cfg):
     """PIL image -> (3, H, W) tensor as the model's own library evaluates: timm's transform (resize by
-    crop_pct, center crop) for model=timm, open_clip's (resize, center crop) otherwise."""
+    crop_pct, center crop) for model=timm, a transformers folder's image processor's (resize, optional center
+    crop; soups.models.hf.image_processing) for model.hf_classifier, open_clip's (resize, center crop) otherwise."""
+    if model_cfg.get("hf_classifier"):
+        from torchvision import transforms as T
+
+        mode = getattr(T.InterpolationMode, str(model_cfg.get("interpolation") or "bilinear").upper())
+        size = int(model_cfg.get("hf_resize") or model_cfg.image_size)
+        steps = [T.Resize(size if model_cfg.get("hf_resize_shortest") else (size, size), interpolation=mode)]
+        if model_cfg.get("hf_crop"):
+            steps.append(T.CenterCrop(int(model_cfg.hf_crop)))
+        return T.Compose([*steps, T.ToTensor(), T.Normalize(tuple(model_cfg.mean), tuple(model_cfg.std))])
     if model_cfg.get("timm_name"):
         from timm.data import create_transform
 

@@ -268,23 +268,42 @@ def model_cfg_for(folder: Path, config: dict, max_length: int, tokenizer_dir: Pa
     return cfg | image_processing(folder, config)
 
 
+RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's codes, as preprocessor_config.json stores them
+
+
 def image_processing(folder: Path, config: dict) -> dict:
-    """{image_size, mean, std} from preprocessor_config.json: images are resized to the processor's square size
-    and normalized with its mean and std. Raises BadInput where it is absent or not a plain square resize."""
+    """How the folder's image processor (preprocessor_config.json) makes its input: {image_size (the square
+    side the model reads), mean, std, interpolation, hf_resize (the square side, or the shortest edge, it first
+    resizes to), hf_resize_shortest (bool), hf_crop (the center crop's side, or None)}. ImageNet-style sets are
+    read through exactly that (models.classifier.eval_transform); in-memory digits are resized to image_size.
+    Raises BadInput where it is absent, not square, or resizes by crop_pct (not reproduced here)."""
     path = folder / "preprocessor_config.json"
     if not path.is_file():
         raise BadInput(f"{folder}: no preprocessor_config.json (the image processor says the input size, mean and "
                        f"std): save it beside the weights (processor.save_pretrained(folder))")
     proc = json.loads(path.read_text())
-    size = proc.get("crop_size") if proc.get("do_center_crop") else proc.get("size")
-    if isinstance(size, dict):
-        side = {size.get("height"), size.get("width")} if "height" in size else {size.get("shortest_edge")}
-    else:
-        side = {size}
-    if len(side) != 1 or None in side:
-        raise BadInput(f"{path}: size {size}: expected a square input size (height = width)")
-    return {"image_size": int(side.pop()), "mean": list(proc.get("image_mean", [0.5] * 3)),
-            "std": list(proc.get("image_std", [0.5] * 3))}
+    if proc.get("crop_pct") is not None:
+        raise BadInput(f"{path}: crop_pct={proc['crop_pct']}: a resize by crop percentage is not reproduced here")
+
+    def side(size, what):
+        if isinstance(size, dict) and "height" in size:
+            if size.get("height") != size.get("width"):
+                raise BadInput(f"{path}: {what} {size}: expected a square size (height = width)")
+            return int(size["height"]), False
+        if isinstance(size, dict) and size.get("shortest_edge"):
+            return int(size["shortest_edge"]), True
+        if isinstance(size, int):
+            return size, False
+        raise BadInput(f"{path}: {what} {size}: expected {{height, width}} or {{shortest_edge}}")
+
+    resize, shortest = side(proc.get("size"), "size")
+    crop = side(proc.get("crop_size"), "crop_size")[0] if proc.get("do_center_crop") else None
+    if shortest and crop is None:
+        raise BadInput(f"{path}: a shortest-edge resize without a center crop gives images of any shape")
+    return {"image_size": crop or resize, "mean": list(proc.get("image_mean", [0.5] * 3)),
+            "std": list(proc.get("image_std", [0.5] * 3)),
+            "interpolation": RESAMPLE.get(int(proc.get("resample", 2)), "bilinear"),
+            "hf_resize": resize, "hf_resize_shortest": shortest, "hf_crop": crop}
 
 
 def has_tokenizer(folder: Path) -> bool:
