@@ -54,3 +54,37 @@ def test_bad_parameters_are_refused():
         WiseFT(alphas=[])
     with pytest.raises(ValueError, match="not in the pool"):
         WiseFT(base="zzz")(pool(), Curve())
+
+
+def test_wise_ft_of_the_uniform_soup_and_of_an_ingredient_by_its_label():
+    ctx = Curve()
+    result = WiseFT(base="uniform")(pool(), ctx)  # theta_ft = (1 + 2) / 2 = 1.5; the best alpha on the grid: 0.5
+    assert result.record["base"] == "uniform" and [i.name for i in result.ingredients] == ["a", "b"]
+    assert result.record["alpha"] == pytest.approx(0.5) and result.weights["w"].item() == pytest.approx(0.75)
+    assert ctx.calls[0] is False and ctx.calls[-1] is True  # alpha 1 is the soup: a new point (BN recomputed)
+    labelled = pool()
+    labelled[1].short_name = "fine-tune 1"
+    assert WiseFT(alphas=[0.5], base="fine-tune 1")(labelled, Curve()).record["base"] == "b"
+
+
+def test_wise_ft_of_the_greedy_soup_through_soup_py(tiny_sweep, tmp_path):
+    from conftest import compose_cfg, own_cache
+    from soups.errors import BadInput
+    from soups.jobs.soup import run_soup
+
+    sweep_tmp, sweep = tiny_sweep
+    base = own_cache(sweep_tmp, tmp_path)
+    cfg = compose_cfg("soup", base, ["logger=none", "eval_batch_size=128", f"pool.dir={sweep}",
+                                     "method=[greedy,wise_ft]", "method.wise_ft.base=greedy",
+                                     "method.wise_ft.alphas=[0.5,1.0]"])
+    rows = {r["row"]: r for r in run_soup(cfg, tmp_path / "out")}
+    greedy, wise = rows["greedy soup"], rows["wise_ft soup"]
+    assert wise["ingredients"] == greedy["ingredients"]
+    import json
+    curve = json.loads((tmp_path / "out" / "wise_ft" / "soup.json").read_text())["curve"]
+    assert curve[-1]["alpha"] == 1.0 and curve[-1]["test"] == greedy["metrics"]["test"]  # alpha 1: the greedy soup
+    bad = compose_cfg("soup", base, ["logger=none", f"pool.dir={sweep}", "method=[uniform,wise_ft]",
+                                     "method.wise_ft.base=nope"])
+    with pytest.raises(BadInput, match="is not in the pool"):
+        run_soup(bad, tmp_path / "bad")
+    assert not (tmp_path / "bad" / "uniform").exists()  # refused before the first recipe ran

@@ -1,13 +1,15 @@
 """WiSE-FT (Wortsman et al., 2022): interpolate fine-tuned weights with the initialization,
 theta_alpha = (1 - alpha) * theta_init + alpha * theta_ft, over an alpha grid. Every point of the curve
-is evaluated on every set (the paper shows soups beyond these curves); alpha is chosen on held-out."""
+is evaluated on every set (the paper shows soups beyond these curves); alpha is chosen on held-out.
+theta_ft is the best individual, a named ingredient, or a soup (`base: uniform` or `greedy`: WiSE-FT of a
+soup, which the paper discusses: the soup interpolated back toward the init)."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from soups.averaging import interpolate
+from soups.averaging import average, interpolate
 from soups.errors import BadInput
 from soups.names import HELD_OUT
 from soups.recipes import Recipe, RecipeResult
@@ -17,7 +19,9 @@ from soups.recipes import Recipe, RecipeResult
 class WiseFT(Recipe):
     needs_init: ClassVar[bool] = True  # moves relative to the shared initialization
     alphas: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
-    base: str = "best"  # "best": the best individual by held-out accuracy; else an ingredient's name
+    base: str = "best"  # best (by held-out) | uniform | greedy (a soup) | an ingredient's name or label
+    comparator: str = ">="  # base=greedy: the greedy rule (conf/method/wise_ft.yaml reads soup.yaml's greedy_rule)
+    ties: str = "pool"
 
     def __post_init__(self):
         super().__post_init__()
@@ -29,19 +33,41 @@ class WiseFT(Recipe):
         if not self.alphas or not all(math.isfinite(a) and a >= 0 for a in self.alphas):
             raise BadInput(f"alphas={given!r}: expected a non-empty list of finite numbers >= 0, e.g. [0.5, 1.0]")
 
+    def check(self, ingredients) -> None:
+        if self.base not in ("best", "uniform", "greedy") and self.named(ingredients) is None:
+            shown = [i.label for i in ingredients][:5]
+            raise BadInput(f"method.wise_ft.base={self.base!r} is not in the pool: expected best, uniform, greedy or "
+                           f"an ingredient's name or label (e.g. {shown})")
+
+    def named(self, ingredients):
+        return next((i for i in ingredients if self.base in (i.name, i.label)), None)
+
+    def tuned(self, ingredients, scorer):
+        """(theta_ft, the ingredients it is made of, whether it is itself a new point in weight space)."""
+        if self.base == "uniform":
+            return average(scorer.load(i) for i in ingredients), list(ingredients), len(ingredients) > 1
+        if self.base == "greedy":
+            from soups.recipes.greedy import GreedySoup
+
+            soup = GreedySoup(comparator=self.comparator, ties=self.ties)(ingredients, scorer)
+            return soup.weights, soup.ingredients, soup.is_new_point
+        self.check(ingredients)
+        base = max(ingredients, key=lambda i: i.held_out) if self.base == "best" else self.named(ingredients)
+        return scorer.load(base), [base], False
+
     def __call__(self, ingredients, scorer) -> RecipeResult:
-        if self.base == "best":
-            base = max(ingredients, key=lambda i: i.held_out)
-        else:
-            base = next((i for i in ingredients if i.name == self.base), None)
-            if base is None:
-                raise BadInput(f"wise_ft base {self.base!r} is not in the pool ({[i.name for i in ingredients][:5]} ...)")
-        init, tuned = scorer.load_init(), scorer.load(base)
-        curve = [{"alpha": a, **scorer.evaluate(interpolate(init, tuned, a), new_point=is_new_point(a))} for a in self.alphas]
+        tuned, used, soup_point = self.tuned(ingredients, scorer)
+        init = scorer.load_init()
+
+        def new_point(alpha: float) -> bool:  # alpha 1 is the base itself: new iff the base is a soup
+            return is_new_point(alpha) or (alpha == 1.0 and soup_point)
+
+        curve = [{"alpha": a, **scorer.evaluate(interpolate(init, tuned, a), new_point=new_point(a))} for a in self.alphas]
         chosen = max(curve, key=lambda point: point[HELD_OUT])  # first of equals: the smallest alpha
-        return RecipeResult(interpolate(init, tuned, chosen["alpha"]), [base],
-                            {"base": base.name, "alpha": chosen["alpha"]}, curve=curve,
-                            new_point=is_new_point(chosen["alpha"]))
+        name = self.base if self.base in ("uniform", "greedy") else used[0].name
+        return RecipeResult(interpolate(init, tuned, chosen["alpha"]), used,
+                            {"base": name, "alpha": chosen["alpha"]}, curve=curve,
+                            new_point=new_point(chosen["alpha"]))
 
 
 def is_new_point(alpha: float) -> bool:
