@@ -20,8 +20,8 @@ from soups.heads.shared_init import load_shared_init, shared_init
 from soups.io.files import atomic_save_safetensors, nonfinite_tensors, read_json, sha256_file, write_json
 from soups.heads import build_head
 from soups.models.classifier import build_classifier, has_batchnorm
-from soups.models.hf import HFClassifier, complete_model_cfg, hf_processor_dir, lora_problems, \
-    save_adapter_and_merge, save_pretrained_soup, with_lora
+from soups.models.hf import HFClassifier, complete_model_cfg, hf_processor_dir, save_pretrained_soup
+from soups.models.lora import lora_problems, save_adapter_and_merge, with_lora
 from soups.names import WEIGHTS_NAME, RUN_INFO_NAME
 from soups.training.resume import clear_train_state
 from soups.runtime import environment, resolve_device, setup

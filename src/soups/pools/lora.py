@@ -9,7 +9,8 @@ peft's own `merge_and_unload` of that adapter, and then is an ingredient like an
 merged adapters with weights summing to one is exactly W0 + Σ wᵢ·sᵢBᵢAᵢ (with the heads averaged as plain
 tensors), for every recipe. Variants whose update is not s·B·A (DoRA, LoRA biases, embedding adapters) are
 refused by name. A soup is written back as a merged model (`<soup>/hf/`) and as one LoRA adapter
-(`<soup>/adapter/`: rank Σ rᵢ, exact up to round-off; `pool.svd_rank`: also a smaller one, its error printed).
+(`<soup>/adapter/`: rank Σ rᵢ, exact up to round-off; `pool.svd_rank`: also a smaller one, its error printed;
+soups/pools/lora_export.py).
 
 Why not peft's own combination: `add_weighted_adapter(..., "linear")` makes cross terms BᵢAⱼ, "svd" truncates
 to the largest rank, and rsLoRA, DoRA and `modules_to_save` heads are not combined correctly in peft 0.21.2
@@ -17,13 +18,11 @@ to the largest rank, and rsLoRA, DoRA and `modules_to_save` heads are not combin
 """
 from __future__ import annotations
 
-import contextlib
 import glob as globlib
 import json
 import logging
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +33,13 @@ from soups.data import TaskData
 from soups.errors import BadInput
 from soups.io.files import atomic_save_safetensors, nonfinite_tensors, sha256_file, write_json
 from soups.models.classifier import build_classifier
-from soups.models.hf import PREFIX, load_folder, model_cfg_for, modality_of, read_config, save_pretrained_soup, \
-    wrapped_state
+from soups.models.hf import PREFIX, load_folder, model_cfg_for, modality_of, read_config
+from soups.models.lora import quiet_peft
 from soups.pools import OpenPool, Pool
 from soups.pools.checkpoint_files import display_names, refuse_duplicates
 from soups.pools.hf_folders import check_labels, convert, find_tokenizer, trainer_hparams, weights_digest
 from soups.pools.ingredient import Ingredient
+from soups.pools.lora_export import AdapterExport
 from soups.settings import build
 
 log = logging.getLogger(__name__)
@@ -252,14 +252,6 @@ class LoraAdapters(Pool):
         return Ingredient(folder.name, out, info)
 
 
-@contextlib.contextmanager
-def quiet_peft():
-    """peft 0.21.2 calls a transformers method deprecated in transformers 5 (a FutureWarning per model)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        yield
-
-
 def _load(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -281,73 +273,3 @@ def _check_bases(factors: dict[Path, Factors], base_dir: Path) -> None:
         if not same:
             raise BadInput(f"{folder} was trained on {recorded}, whose weights differ from pool.base={base_dir}: "
                            f"its update only means something on its own base")
-
-
-class AdapterExport:
-    """Writes a soup as a merged transformers folder (`hf/`) and as one LoRA adapter (`adapter/`): per adapted
-    module, ΔW = W_soup − W0 factored by SVD at rank min(Σ rᵢ, out, in) (exact: ΔW is a sum of rank-rᵢ updates),
-    and at `svd_rank` if set (`adapter_rank<r>/`, its relative Frobenius error over all modules printed)."""
-
-    def __init__(self, model, kind: str, base_dir: Path, tokenizer_dir, base_state: dict,
-                 factors: dict[Path, Factors], svd_rank: int | None):
-        self.model, self.kind, self.base_dir, self.tokenizer_dir = model, kind, base_dir, tokenizer_dir
-        self.base_state, self.svd_rank = base_state, svd_rank
-        self.modules = sorted({m for f in factors.values() for m in f.lora})
-        self.full_keys = sorted({k for f in factors.values() for k in f.full})
-        self.rank = max(1, sum(max((a.shape[0] for a, _, _ in f.lora.values()), default=0) for f in factors.values()))
-        # every module any adapter trained in full (its head): saved whole in the exported adapter
-        self.save_modules = sorted({k.rsplit(".", 1)[0] for k in self.full_keys})
-        self.fan_in_fan_out = bool(next(iter(factors.values())).config.get("fan_in_fan_out"))
-
-    def __call__(self, weights: dict, soup_dir: Path) -> list[Path]:
-        written = [save_pretrained_soup(self.model, weights, soup_dir / "hf", self.tokenizer_dir or self.base_dir)]
-        state = {k[len(PREFIX):]: v.float() for k, v in weights.items() if k.startswith(PREFIX)}
-        moved = [k for k, v in state.items() if k in self.base_state and v.is_floating_point() and
-                 k.removesuffix(".weight") not in self.modules and k not in self.full_keys and
-                 not torch.allclose(v, self.base_state[k], rtol=1e-6, atol=1e-6)]  # fp32 round-off is no move
-        if moved:  # e.g. a learned soup whose coefficients do not sum to one scales W0 too
-            log.warning("%s: not written as an adapter: %d tensors outside the adapters moved from W0 (e.g. %s)",
-                        soup_dir.name, len(moved), moved[:2])
-            return written
-        for rank, name in [(self.rank, "adapter")] + ([(self.svd_rank, f"adapter_rank{self.svd_rank}")]
-                                                        if self.svd_rank else []):
-            error = self.write_adapter(state, rank, soup_dir / name)
-            log.info("%s/%s: rank %d, relative error %.2e (||ΔW − BA||_F / ||ΔW||_F over the adapted modules)",
-                     soup_dir.name, name, rank, error)
-            write_json({"rank": rank, "relative_error": error}, soup_dir / name / "soups_export.json")
-            written.append(soup_dir / name)
-        return written
-
-    def write_adapter(self, state: dict, rank: int, folder: Path) -> float:
-        """The soup's update as a rank-`rank` LoRA adapter written by peft (lora_alpha = r: scale 1).
-        Returns the relative Frobenius error of the factorization."""
-        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-
-        tensors, err2, norm2 = {}, 0.0, 0.0
-        for module in self.modules:
-            delta = (state[f"{module}.weight"] - self.base_state[f"{module}.weight"]).double()
-            if self.fan_in_fan_out:
-                delta = delta.T
-            u, s, vh = torch.linalg.svd(delta, full_matrices=False)
-            r = min(rank, len(s))
-            b, a = u[:, :r] * s[:r], vh[:r]
-            if r < rank:  # pad to the adapter's one rank with zero rows (no effect)
-                b = torch.cat([b, b.new_zeros(b.shape[0], rank - r)], 1)
-                a = torch.cat([a, a.new_zeros(rank - r, a.shape[1])], 0)
-            err2 += float(((b @ a) - delta).pow(2).sum())
-            norm2 += float(delta.pow(2).sum())
-            tensors[f"{ADAPTER_PREFIX}{module}.lora_A.weight"] = a.float().contiguous()
-            tensors[f"{ADAPTER_PREFIX}{module}.lora_B.weight"] = b.float().contiguous()
-        for key in self.full_keys:
-            tensors[ADAPTER_PREFIX + key] = state[key].contiguous()
-        base = load_folder(self.base_dir, self.kind)
-        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=self.modules, modules_to_save=self.save_modules,
-                            fan_in_fan_out=self.fan_in_fan_out, lora_dropout=0.0, init_lora_weights=False)
-        with quiet_peft():
-            model = get_peft_model(base, config)
-            result = set_peft_model_state_dict(model, tensors)
-            unexpected = getattr(result, "unexpected_keys", [])
-            if unexpected:
-                raise RuntimeError(f"peft did not take {unexpected[:3]}")
-            model.save_pretrained(str(folder))
-        return math.sqrt(err2 / norm2) if norm2 else 0.0

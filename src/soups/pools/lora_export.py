@@ -1,0 +1,90 @@
+"""A LoRA pool's soup written back as peft adapters (soups/pools/lora.py hands it to the soup job): ΔW = W_soup − W₀
+per adapted module, factored by SVD, saved with peft's own save_pretrained."""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from soups.io.files import write_json
+from soups.models.hf import PREFIX, load_folder, save_pretrained_soup
+from soups.models.lora import quiet_peft
+
+if TYPE_CHECKING:
+    from soups.pools.lora import Factors
+
+log = logging.getLogger(__name__)
+ADAPTER_PREFIX = "base_model.model."
+
+
+class AdapterExport:
+    """Writes a soup as a merged transformers folder (`hf/`) and as one LoRA adapter (`adapter/`): per adapted
+    module, ΔW = W_soup − W0 factored by SVD at rank min(Σ rᵢ, out, in) (exact: ΔW is a sum of rank-rᵢ updates),
+    and at `svd_rank` if set (`adapter_rank<r>/`, its relative Frobenius error over all modules printed)."""
+
+    def __init__(self, model, kind: str, base_dir: Path, tokenizer_dir, base_state: dict,
+                 factors: dict[Path, Factors], svd_rank: int | None):
+        self.model, self.kind, self.base_dir, self.tokenizer_dir = model, kind, base_dir, tokenizer_dir
+        self.base_state, self.svd_rank = base_state, svd_rank
+        self.modules = sorted({m for f in factors.values() for m in f.lora})
+        self.full_keys = sorted({k for f in factors.values() for k in f.full})
+        self.rank = max(1, sum(max((a.shape[0] for a, _, _ in f.lora.values()), default=0) for f in factors.values()))
+        # every module any adapter trained in full (its head): saved whole in the exported adapter
+        self.save_modules = sorted({k.rsplit(".", 1)[0] for k in self.full_keys})
+        self.fan_in_fan_out = bool(next(iter(factors.values())).config.get("fan_in_fan_out"))
+
+    def __call__(self, weights: dict, soup_dir: Path) -> list[Path]:
+        written = [save_pretrained_soup(self.model, weights, soup_dir / "hf", self.tokenizer_dir or self.base_dir)]
+        state = {k[len(PREFIX):]: v.float() for k, v in weights.items() if k.startswith(PREFIX)}
+        moved = [k for k, v in state.items() if k in self.base_state and v.is_floating_point() and
+                 k.removesuffix(".weight") not in self.modules and k not in self.full_keys and
+                 not torch.allclose(v, self.base_state[k], rtol=1e-6, atol=1e-6)]  # fp32 round-off is no move
+        if moved:  # e.g. a learned soup whose coefficients do not sum to one scales W0 too
+            log.warning("%s: not written as an adapter: %d tensors outside the adapters moved from W0 (e.g. %s)",
+                        soup_dir.name, len(moved), moved[:2])
+            return written
+        for rank, name in [(self.rank, "adapter")] + ([(self.svd_rank, f"adapter_rank{self.svd_rank}")]
+                                                        if self.svd_rank else []):
+            error = self.write_adapter(state, rank, soup_dir / name)
+            log.info("%s/%s: rank %d, relative error %.2e (||ΔW − BA||_F / ||ΔW||_F over the adapted modules)",
+                     soup_dir.name, name, rank, error)
+            write_json({"rank": rank, "relative_error": error}, soup_dir / name / "soups_export.json")
+            written.append(soup_dir / name)
+        return written
+
+    def write_adapter(self, state: dict, rank: int, folder: Path) -> float:
+        """The soup's update as a rank-`rank` LoRA adapter written by peft (lora_alpha = r: scale 1).
+        Returns the relative Frobenius error of the factorization."""
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+        tensors, err2, norm2 = {}, 0.0, 0.0
+        for module in self.modules:
+            delta = (state[f"{module}.weight"] - self.base_state[f"{module}.weight"]).double()
+            if self.fan_in_fan_out:
+                delta = delta.T
+            u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+            r = min(rank, len(s))
+            b, a = u[:, :r] * s[:r], vh[:r]
+            if r < rank:  # pad to the adapter's one rank with zero rows (no effect)
+                b = torch.cat([b, b.new_zeros(b.shape[0], rank - r)], 1)
+                a = torch.cat([a, a.new_zeros(rank - r, a.shape[1])], 0)
+            err2 += float(((b @ a) - delta).pow(2).sum())
+            norm2 += float(delta.pow(2).sum())
+            tensors[f"{ADAPTER_PREFIX}{module}.lora_A.weight"] = a.float().contiguous()
+            tensors[f"{ADAPTER_PREFIX}{module}.lora_B.weight"] = b.float().contiguous()
+        for key in self.full_keys:
+            tensors[ADAPTER_PREFIX + key] = state[key].contiguous()
+        base = load_folder(self.base_dir, self.kind)
+        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=self.modules, modules_to_save=self.save_modules,
+                            fan_in_fan_out=self.fan_in_fan_out, lora_dropout=0.0, init_lora_weights=False)
+        with quiet_peft():
+            model = get_peft_model(base, config)
+            result = set_peft_model_state_dict(model, tensors)
+            unexpected = getattr(result, "unexpected_keys", [])
+            if unexpected:
+                raise RuntimeError(f"peft did not take {unexpected[:3]}")
+            model.save_pretrained(str(folder))
+        return math.sqrt(err2 / norm2) if norm2 else 0.0
