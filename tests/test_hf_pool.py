@@ -91,7 +91,8 @@ def test_trainer_checkpoints_are_souped_and_the_export_loads_back_to_the_soups_l
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (out / "report.md").read_text()
     assert "a/checkpoint-2" in report and "b/checkpoint-4" in report and "initialization" in report
-    for row in ("uniform soup", "greedy soup", "learned soup", "model_stock soup", "wise_ft soup", "ensemble"):
+    for row in ("uniform soup", "greedy soup", "learned soup", "model_stock soup", "fisher soup", "regmean soup",
+                "wise_ft soup", "ensemble"):
         assert f"| **{row}" in report, row
     for analysis in ("pairs", "ingredients", "landscape"):  # and every analysis
         proc = subprocess.run([sys.executable, "src/analyze.py", f"analysis={analysis}", "logger=none", *pool,
