@@ -16,6 +16,7 @@ one model's larger gradients do not dominate every parameter (the paper's option
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,7 @@ from soups.averaging import StateDict
 from soups.errors import BadInput
 from soups.recipes import Recipe, RecipeResult
 
+log = logging.getLogger(__name__)
 ESTIMATORS = ("exact", "sampled")
 
 
@@ -103,18 +105,23 @@ class FisherSoup(Recipe):
                            "give a floor > 0 (e.g. 1e-6)")
 
     def __call__(self, ingredients, scorer) -> RecipeResult:
+        available = len(scorer.held_out_set())
+        examples = min(self.examples, available)
+        if examples < self.examples:
+            log.warning("%s: the held-out set has %d examples; the statistics use all of them, not %d",
+                        "fisher", available, self.examples)
         model = copy.deepcopy(scorer.model)  # the scorer's own model keeps the weights it knows it holds
         states, fishers, sums = [], [], []
         for ingredient in ingredients:
             state = scorer.load(ingredient)
             model.load_state_dict(state)
             batches = scorer.held_out_set().batches(self.batch_size, shuffle_seed=self.seed, device=scorer.device)
-            fisher = diagonal_fisher(model, batches, self.examples, self.estimator, self.seed)
+            fisher = diagonal_fisher(model, batches, examples, self.estimator, self.seed)
             states.append(state)
             fishers.append({k: v.cpu() for k, v in fisher.items()})
             sums.append(round(float(sum(v.sum() for v in fisher.values())), 6))
         del model
         weights = fisher_average(states, fishers, self.floor, self.normalize)
-        details = {"examples": self.examples, "estimator": self.estimator, "floor": self.floor,
+        details = {"examples": examples, "estimator": self.estimator, "floor": self.floor,
                    "normalize": self.normalize, "fisher_trace": dict(zip([i.name for i in ingredients], sums))}
         return RecipeResult(weights, list(ingredients), details)

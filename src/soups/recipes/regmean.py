@@ -15,6 +15,7 @@ padding never enters a Gram.
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,9 @@ from soups.averaging import StateDict, average
 from soups.errors import BadInput
 from soups.models.text import TokenBatch
 from soups.recipes import Recipe, RecipeResult
+
+
+log = logging.getLogger(__name__)
 
 
 def gram_matrices(model: nn.Module, batches, examples: int) -> dict[str, torch.Tensor]:
@@ -124,16 +128,21 @@ class RegMean(Recipe):
                            f"{self.examples} (>= 1), batch_size={self.batch_size} (>= 1)")
 
     def __call__(self, ingredients, scorer) -> RecipeResult:
+        available = len(scorer.held_out_set())
+        examples = min(self.examples, available)
+        if examples < self.examples:
+            log.warning("%s: the held-out set has %d examples; the statistics use all of them, not %d",
+                        "regmean", available, self.examples)
         model = copy.deepcopy(scorer.model)  # the scorer's own model keeps the weights it knows it holds
         states, grams = [], []
         for ingredient in ingredients:
             state = scorer.load(ingredient)
             model.load_state_dict(state)
             batches = scorer.held_out_set().batches(self.batch_size, shuffle_seed=self.seed, device=scorer.device)
-            grams.append({k: v.cpu() for k, v in gram_matrices(model, batches, self.examples).items()})
+            grams.append({k: v.cpu() for k, v in gram_matrices(model, batches, examples).items()})
             states.append(state)
         del model
         weights = regmean_merge(states, grams, self.alpha, self.ridge)
-        details = {"examples": self.examples, "alpha": self.alpha, "ridge": self.ridge,
+        details = {"examples": examples, "alpha": self.alpha, "ridge": self.ridge,
                    "merged_by_gram": sorted(grams[0])}
         return RecipeResult(weights, list(ingredients), details)
