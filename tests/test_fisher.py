@@ -56,8 +56,9 @@ def test_the_fisher_weighted_mean_on_constructed_cases():
 
 
 def test_settings_are_checked():
-    for bad in ({"estimator": "empirical"}, {"examples": 0}, {"floor": 0.0}):
-        with pytest.raises(BadInput):
+    for bad in ({"estimator": "empirical"}, {"examples": 0}, {"floor": 0.0}, {"floor": float("nan")},
+                {"floor": float("inf")}):
+        with pytest.raises(BadInput, match=f"fisher: {next(iter(bad))}="):  # the wrong setting, alone
             FisherSoup(**bad)
 
 

@@ -29,6 +29,14 @@ def test_alpha_1_is_the_least_squares_merge_of_the_ingredients_outputs():
     torch.testing.assert_close(diag, (ws[0] * d[0] + ws[1] * d[1]) / (d[0] + d[1]))
 
 
+def test_the_ridge_pulls_toward_the_plain_mean_so_identical_ingredients_come_back():
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(50, 8) * 10, torch.randn(50, 8) * 0.01], 1).double()  # badly scaled features
+    state = {"w": torch.randn(4, 16, dtype=torch.float64)}
+    got = regmean_merge([state] * 3, [{"w": x.T @ x / 50}] * 3, alpha=0.9, ridge=1e-2)
+    torch.testing.assert_close(got["w"], state["w"])  # a ridge toward zero would shrink the small-scale columns
+
+
 def test_a_singular_gram_solves_with_the_ridge_and_is_a_plain_error_without():
     x = torch.randn(10, 3, dtype=torch.float64)
     x[:, 2] = 0  # a feature that never fires

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -97,12 +98,14 @@ class FisherSoup(Recipe):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.estimator not in ESTIMATORS or self.examples < 1 or self.floor < 0 or self.batch_size < 1:
-            raise BadInput(f"fisher: estimator={self.estimator!r} (expected {'|'.join(ESTIMATORS)}), examples="
-                           f"{self.examples} (>= 1), floor={self.floor} (>= 0), batch_size={self.batch_size} (>= 1)")
-        if self.floor == 0:
-            raise BadInput("fisher.floor=0: a parameter with zero Fisher in every model would divide 0 by 0; "
-                           "give a floor > 0 (e.g. 1e-6)")
+        wrong = [f"{name}={value!r} (expected {expected})" for name, value, ok, expected in (
+            ("estimator", self.estimator, self.estimator in ESTIMATORS, "|".join(ESTIMATORS)),
+            ("examples", self.examples, self.examples >= 1, "an integer >= 1"),
+            ("floor", self.floor, math.isfinite(self.floor) and self.floor > 0,
+             "a finite number > 0: with 0, a parameter no model's Fisher moves would be 0/0"),
+            ("batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")) if not ok]
+        if wrong:
+            raise BadInput("fisher: " + "; ".join(wrong))
 
     def __call__(self, ingredients, scorer) -> RecipeResult:
         available = len(scorer.held_out_set())

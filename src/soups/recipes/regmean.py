@@ -5,7 +5,8 @@ per linear map, the weights that best reproduce every ingredient's outputs on it
 
 with Xᵢ the inputs the map receives inside ingredient i on n held-out examples (every row of a sequence or
 image-token grid), G̃ᵢ = α·Gᵢ + (1 − α)·diag(Gᵢ) (the paper's reduction of the off-diagonal, α = `alpha`),
-and λ = `ridge` × the mean diagonal of Σ G̃ᵢ so a singular Gram (a feature that is always zero) still solves.
+and λ = `ridge` × the mean diagonal of Σ G̃ᵢ, a ridge toward the plain mean W̄ (λW̄ᵀ joins the right-hand
+side), so a singular Gram (a feature that is always zero) still solves and identical ingredients come back.
 Every linear map whose forward runs gets a Gram from a forward hook, the in-projection of
 `nn.MultiheadAttention` included (its q, k, v rows read the same input in self-attention; its forward
 never calls an `nn.Linear`); everything else (biases, norms, embeddings, an attention out-projection that
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -95,7 +97,9 @@ def _unpadded(batch: TokenBatch) -> TokenBatch:
 def regmean_merge(states: list[StateDict], grams: list[dict[str, torch.Tensor]], alpha: float,
                   ridge: float) -> StateDict:
     """The plain mean, with every weight that has a Gram in every state replaced by
-    (Σ G̃ᵢ + λI)⁻¹ Σ G̃ᵢ Wᵢᵀ (transposed back to [out, in]); float64 inside."""
+    (Σ G̃ᵢ + λI)⁻¹ (Σ G̃ᵢ Wᵢᵀ + λ W̄ᵀ), W̄ the plain mean: the ridge pulls toward the uniform soup, not toward
+    zero, so identical ingredients give back the ingredient whatever λ. Float64 inside. Raises BadInput for a
+    numerically singular Gram without a ridge."""
     merged = average(states)
     for key in grams[0]:
         if not all(key in g for g in grams):
@@ -103,12 +107,11 @@ def regmean_merge(states: list[StateDict], grams: list[dict[str, torch.Tensor]],
         reduced = [alpha * g[key] + (1 - alpha) * torch.diag(torch.diagonal(g[key])) for g in grams]
         total = sum(reduced)
         lam = ridge * float(torch.diagonal(total).mean())
-        rhs = sum(r @ s[key].double().T for r, s in zip(reduced, states))
-        try:
-            solved = torch.linalg.solve(total + lam * torch.eye(total.shape[0], dtype=total.dtype), rhs)
-        except torch.linalg.LinAlgError as err:
-            raise BadInput(f"regmean: the Gram of {key} is singular (an input feature that is always zero?): "
-                           f"give method.regmean.ridge > 0") from err
+        if lam == 0 and float(torch.linalg.cond(total)) > 1e12:
+            raise BadInput(f"regmean: the Gram of {key} is singular (an input feature that is always zero, or fewer "
+                           f"examples than features): give method.regmean.ridge > 0")
+        rhs = sum(r @ s[key].double().T for r, s in zip(reduced, states)) + lam * merged[key].double().T
+        solved = torch.linalg.solve(total + lam * torch.eye(total.shape[0], dtype=total.dtype), rhs)
         merged[key] = solved.T.to(states[0][key].dtype).contiguous()
     return merged
 
@@ -123,9 +126,13 @@ class RegMean(Recipe):
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0 <= self.alpha <= 1 or self.ridge < 0 or self.examples < 1 or self.batch_size < 1:
-            raise BadInput(f"regmean: alpha={self.alpha} (expected 0..1), ridge={self.ridge} (>= 0), examples="
-                           f"{self.examples} (>= 1), batch_size={self.batch_size} (>= 1)")
+        wrong = [f"{name}={value!r} (expected {expected})" for name, value, ok, expected in (
+            ("alpha", self.alpha, 0 <= self.alpha <= 1, "a number in [0, 1]"),
+            ("ridge", self.ridge, math.isfinite(self.ridge) and self.ridge >= 0, "a finite number >= 0"),
+            ("examples", self.examples, self.examples >= 1, "an integer >= 1"),
+            ("batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")) if not ok]
+        if wrong:
+            raise BadInput("regmean: " + "; ".join(wrong))
 
     def __call__(self, ingredients, scorer) -> RecipeResult:
         available = len(scorer.held_out_set())
