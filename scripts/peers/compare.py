@@ -51,7 +51,7 @@ ROWS = [
     ("regmean (ridge 0)", "regmean", ("fusionbench",), {"ridge": 0.0},
      "same formula (FusionBench inverts Σ G̃ without a ridge; project solves with ridge=0)"),
     (f"regmean (ridge {PROJECT_RIDGE:g}, project default)", "regmean", ("fusionbench",), {"ridge": PROJECT_RIDGE},
-     "expected: project adds λI, λ = ridge × mean diag(Σ G̃); FusionBench has no ridge"),
+     "expected: project adds a ridge toward the plain mean (λI left, λW̄ᵀ right, λ = ridge × mean diag(Σ G̃)); FusionBench has none"),
 ]
 
 
