@@ -4,6 +4,7 @@ this project (run_dirs.py, `pool=latest`), the paper's released checkpoints (rel
 `pool=paper_vit_b32`) or other tools' checkpoint files (checkpoint_files.py, `pool=files`). Add a source: one file here with a `Pool` subclass + one YAML."""
 from __future__ import annotations
 
+import glob as globlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from soups.errors import BadInput
 from soups.io.files import sha256_file
 from soups.pools.ingredient import Ingredient
 from soups.runtime import environment
@@ -51,6 +53,18 @@ class Pool(Settings, ABC):
     def open(self, cfg, device: torch.device) -> OpenPool:
         """The ingredients checked (weights readable, finite, one architecture and init), a model of their
         architecture on `device`, and how they were made; `cfg` is the soup or analysis config."""
+
+
+def matched(pattern: str) -> list[Path]:
+    """The paths a pool's `glob` matches (`~` expanded, `**` recursive), sorted by name."""
+    return [Path(p) for p in sorted(globlib.glob(str(Path(pattern).expanduser()), recursive=True))]
+
+
+def needed_data(cfg, pool: str):
+    """The `data` config of a pool whose ingredients do not describe their dataset. Raises BadInput without one."""
+    if not cfg.get("data"):
+        raise BadInput(f"pool={pool} needs data=...: where to evaluate its ingredients (e.g. data=sentiment, data=mnist)")
+    return cfg.data
 
 
 def open_pool(cfg, device) -> OpenPool:

@@ -13,7 +13,6 @@ read and checked (format, architecture, keys, shapes, finite) before the first e
 """
 from __future__ import annotations
 
-import glob as globlib
 import hashlib
 import json
 import logging
@@ -31,7 +30,7 @@ from soups.io.files import atomic_save_safetensors, load_weights, nonfinite_tens
 from soups.io.foreign import FORMATS, read_checkpoint
 from soups.pools.ingredient import Ingredient
 from soups.models.classifier import ImageClassifier, build_classifier, create_clip, resolve_timm_preprocessing
-from soups.pools import OpenPool, Pool
+from soups.pools import OpenPool, Pool, matched
 
 log = logging.getLogger(__name__)
 TEXT_TOWERS = ("own", "pretrained")
@@ -58,7 +57,7 @@ class Files(Pool):
         if self.format not in FORMATS or self.text_tower not in TEXT_TOWERS:
             raise BadInput(f"pool.format={self.format!r} (expected {'|'.join(FORMATS)}), pool.text_tower="
                            f"{self.text_tower!r} (expected {'|'.join(TEXT_TOWERS)})")
-        paths = [Path(p) for p in sorted(globlib.glob(str(Path(self.glob).expanduser()), recursive=True))]
+        paths = matched(self.glob)
         if not paths:
             raise BadInput(f"pool.glob={self.glob!r} matches no files")
         folders = [str(p) for p in paths if not p.is_file()]

@@ -11,7 +11,6 @@ work. A soup is also written back as a folder that `from_pretrained` loads (`<so
 """
 from __future__ import annotations
 
-import glob as globlib
 import hashlib
 import json
 import logging
@@ -27,7 +26,7 @@ from soups.io.files import atomic_save_safetensors, nonfinite_tensors, sha256_fi
 from soups.models.classifier import build_classifier
 from soups.models.hf import has_tokenizer, load_folder, model_cfg_for, modality_of, read_config, \
     exporter, wrapped_state
-from soups.pools import OpenPool, Pool
+from soups.pools import OpenPool, Pool, matched, needed_data
 from soups.pools.checkpoint_files import display_names, refuse_duplicates
 from soups.pools.ingredient import Ingredient
 from soups.settings import build
@@ -47,18 +46,12 @@ class HFFolders(Pool):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.max_length < 2:
-            raise BadInput(f"pool.max_length={self.max_length}: expected an integer >= 2 (tokens)")
+        check_max_length(self.max_length)
 
     def open(self, cfg, device) -> OpenPool:
-        data_node = cfg.get("data")
-        if not data_node:
-            raise BadInput("pool=hf needs data=...: where to evaluate the folders (e.g. data=sentiment, data=mnist)")
+        data_node = needed_data(cfg, "hf")
         folders = self.folders()
-        init_dir = Path(self.init).expanduser().resolve() if self.init else None
-        if init_dir is not None and not init_dir.is_dir():
-            what = "a file, not a folder" if init_dir.exists() else "no such folder"
-            raise BadInput(f"pool.init={self.init}: {what} (the shared init's transformers folder)")
+        init_dir = folder_setting(self.init, "init", "the shared init's transformers folder") if self.init else None
         configs = {f: read_config(f) for f in folders + ([init_dir] if init_dir else [])}
         agree(configs)
         data = build(data_node, "data", "soups.data", TaskData)
@@ -82,18 +75,37 @@ class HFFolders(Pool):
 
     def folders(self) -> list[Path]:
         """The folders `glob` matches, sorted; the init's folder is not an ingredient."""
-        paths = [Path(p) for p in sorted(globlib.glob(str(Path(self.glob).expanduser()), recursive=True))]
-        if not paths:
-            raise BadInput(f"pool.glob={self.glob!r} matches nothing")
-        files = [str(p) for p in paths if not p.is_dir()]
-        if files:
-            raise BadInput(f"pool.glob={self.glob!r} matches files ({files[:3]}): pool=hf takes model folders (each "
-                           f"with config.json and model.safetensors), e.g. 'out/checkpoint-*'")
         init = Path(self.init).expanduser().resolve() if self.init else None
-        folders = [p for p in paths if p.resolve() != init]
+        folders = [p for p in matched_folders(self.glob, "model folders (each with config.json and "
+                                              "model.safetensors), e.g. 'out/checkpoint-*'") if p.resolve() != init]
         if not folders:
             raise BadInput(f"pool.glob={self.glob!r} matches only the init ({self.init})")
         return folders
+
+
+def matched_folders(pattern: str, expected: str) -> list[Path]:
+    """The folders a pool's glob matches, sorted. Raises BadInput where it matches nothing, or files."""
+    paths = matched(pattern)
+    if not paths:
+        raise BadInput(f"pool.glob={pattern!r} matches nothing (expected {expected})")
+    files = [str(p) for p in paths if not p.is_dir()]
+    if files:
+        raise BadInput(f"pool.glob={pattern!r} matches files ({files[:3]}): expected {expected}")
+    return paths
+
+
+def folder_setting(value: str, setting: str, what: str) -> Path:
+    """pool.<setting> as a folder's resolved path. Raises BadInput for a file or nothing there."""
+    path = Path(value).expanduser().resolve()
+    if not path.is_dir():
+        raise BadInput(f"pool.{setting}={value}: {'a file, not a folder' if path.exists() else 'no such folder'} "
+                       f"({what})")
+    return path
+
+
+def check_max_length(value: int) -> None:
+    if value < 2:
+        raise BadInput(f"pool.max_length={value}: expected an integer >= 2 (tokens)")
 
 
 def find_tokenizer(folders: list[Path], kind: str, given: str | None) -> Path | None:

@@ -18,7 +18,6 @@ to the largest rank, and rsLoRA, DoRA and `modules_to_save` heads are not combin
 """
 from __future__ import annotations
 
-import glob as globlib
 import json
 import logging
 import math
@@ -35,9 +34,10 @@ from soups.io.files import atomic_save_safetensors, nonfinite_tensors, sha256_fi
 from soups.models.classifier import build_classifier
 from soups.models.hf import PREFIX, load_folder, model_cfg_for, modality_of, read_config
 from soups.models.lora import quiet_peft
-from soups.pools import OpenPool, Pool
+from soups.pools import OpenPool, Pool, needed_data
 from soups.pools.checkpoint_files import display_names, refuse_duplicates
-from soups.pools.hf_folders import check_labels, convert, find_tokenizer, trainer_hparams, weights_digest
+from soups.pools.hf_folders import check_labels, check_max_length, convert, find_tokenizer, folder_setting, \
+    matched_folders, trainer_hparams, weights_digest
 from soups.pools.ingredient import Ingredient
 from soups.pools.lora_export import AdapterExport
 from soups.settings import build
@@ -175,24 +175,19 @@ class LoraAdapters(Pool):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.max_length < 2:
-            raise BadInput(f"pool.max_length={self.max_length}: expected an integer >= 2 (tokens)")
+        check_max_length(self.max_length)
 
     def open(self, cfg, device) -> OpenPool:
-        data_node = cfg.get("data")
-        if not data_node:
-            raise BadInput("pool=lora needs data=...: where to evaluate the adapters (e.g. data=sentiment)")
-        base_dir = Path(self.base).expanduser()
-        if not base_dir.is_dir():
-            what = "a file, not a folder" if base_dir.exists() else "no such folder"
-            raise BadInput(f"pool.base={self.base}: {what} (the base classifier folder the adapters were trained on)")
+        data_node = needed_data(cfg, "lora")
+        base_dir = folder_setting(self.base, "base", "the base classifier folder the adapters were trained on")
         if self.svd_rank is not None and self.svd_rank < 1:
             raise BadInput(f"pool.svd_rank={self.svd_rank}: expected a rank >= 1, or null")
         config = read_config(base_dir)
         kind = modality_of(config, base_dir)
         data = build(data_node, "data", "soups.data", TaskData)
         check_labels(config, data.num_classes, data.class_names, data.name)
-        folders = [f for f in self.folders() if f.resolve() != base_dir.resolve()]  # the base is no adapter
+        folders = [f for f in matched_folders(self.glob, "peft adapter folders, e.g. 'adapters/*'")
+                   if f.resolve() != base_dir]  # the base is no adapter
         if not folders:
             raise BadInput(f"pool.glob={self.glob!r} matches only pool.base")
         tokenizer_dir = find_tokenizer([base_dir], kind, self.tokenizer)
@@ -217,13 +212,6 @@ class LoraAdapters(Pool):
         common = Path(os.path.commonpath([f.absolute() for f in folders]))
         exporter = AdapterExport(model, kind, base_dir, tokenizer_dir, base_state, factors, self.svd_rank)
         return OpenPool(ingredients, run_cfg, model.to(device), common.name, {}, init.weights, init, export=exporter)
-
-    def folders(self) -> list[Path]:
-        paths = [Path(p) for p in sorted(globlib.glob(str(Path(self.glob).expanduser()), recursive=True))]
-        folders = [p for p in paths if p.is_dir()]
-        if not folders:
-            raise BadInput(f"pool.glob={self.glob!r} matches no folders (expected peft adapter folders)")
-        return folders
 
     def convert(self, folder: Path, factors: Factors, base_dir: Path, base_state: dict, init: Ingredient,
                 kind: str, out_dir: Path) -> Ingredient:

@@ -2,6 +2,7 @@
 set of weights and a record of how it chose. One recipe per file; configs in conf/method/."""
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -112,6 +113,15 @@ class Scorer(Protocol):
         """What a recipe stored under `key` (settings + ingredient digests) in an earlier run, if anything."""
 
     def remember(self, key: dict, record: dict) -> None: ...
+
+
+def held_out_examples(scorer: Scorer, wanted: int, recipe: str) -> int:
+    """How many held-out examples a recipe's statistics use: `wanted`, or all there are (said in the log)."""
+    available = len(scorer.held_out_set())
+    if available < wanted:
+        logging.getLogger(__name__).warning("%s: the held-out set has %d examples; the statistics use all of them, "
+                                            "not %d", recipe, available, wanted)
+    return min(wanted, available)
 
 
 def build_recipes(method_cfg) -> dict:

@@ -16,7 +16,6 @@ one model's larger gradients do not dominate every parameter (the paper's option
 from __future__ import annotations
 
 import copy
-import logging
 import math
 from dataclasses import dataclass
 
@@ -25,9 +24,8 @@ import torch.nn.functional as F
 
 from soups.averaging import StateDict
 from soups.errors import BadInput
-from soups.recipes import Recipe, RecipeResult
+from soups.recipes import Recipe, RecipeResult, held_out_examples
 
-log = logging.getLogger(__name__)
 ESTIMATORS = ("exact", "sampled")
 
 
@@ -108,11 +106,7 @@ class FisherSoup(Recipe):
             raise BadInput("fisher: " + "; ".join(wrong))
 
     def __call__(self, ingredients, scorer) -> RecipeResult:
-        available = len(scorer.held_out_set())
-        examples = min(self.examples, available)
-        if examples < self.examples:
-            log.warning("%s: the held-out set has %d examples; the statistics use all of them, not %d",
-                        "fisher", available, self.examples)
+        examples = held_out_examples(scorer, self.examples, "fisher")
         model = copy.deepcopy(scorer.model)  # the scorer's own model keeps the weights it knows it holds
         states, fishers, sums = [], [], []
         for ingredient in ingredients:

@@ -16,7 +16,6 @@ padding never enters a Gram.
 from __future__ import annotations
 
 import copy
-import logging
 import math
 from dataclasses import dataclass
 
@@ -26,10 +25,9 @@ from torch import nn
 from soups.averaging import StateDict, average
 from soups.errors import BadInput
 from soups.models.text import TokenBatch
-from soups.recipes import Recipe, RecipeResult
+from soups.recipes import Recipe, RecipeResult, held_out_examples
 
 
-log = logging.getLogger(__name__)
 
 
 def gram_matrices(model: nn.Module, batches, examples: int) -> dict[str, torch.Tensor]:
@@ -135,11 +133,7 @@ class RegMean(Recipe):
             raise BadInput("regmean: " + "; ".join(wrong))
 
     def __call__(self, ingredients, scorer) -> RecipeResult:
-        available = len(scorer.held_out_set())
-        examples = min(self.examples, available)
-        if examples < self.examples:
-            log.warning("%s: the held-out set has %d examples; the statistics use all of them, not %d",
-                        "regmean", available, self.examples)
+        examples = held_out_examples(scorer, self.examples, "regmean")
         model = copy.deepcopy(scorer.model)  # the scorer's own model keeps the weights it knows it holds
         states, grams = [], []
         for ingredient in ingredients:
