@@ -11,6 +11,7 @@ eval      repeated evaluation passes: the project's evaluator on the uint8 store
 greedy    greedy soup wall time over 8 real fine-tunes vs a naive official-style greedy loop (bench/greedy.py)
 memory    peak RSS of uniform and greedy soups at K = 4 and 16 ViT-B/32 ingredients (bench/memory.py)
 learned   peak RSS of the learned soup over 8 ViT-B/32 ingredients vs ingredients that carry gradients
+scaling   peak RSS and time of the learned soup vs MEHL-Soup at K = 8 and 24 ViT-B/32 ingredients
 training  training steps/s of `finetune` vs an fp32 reference loop, with the reference's time by phase
           (bench/training.py)
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from bench.common import machine  # scripts/bench (this script's folder is on sys.path)
 
-BENCHMARKS = ("eval", "greedy", "memory", "learned", "training")
+BENCHMARKS = ("eval", "greedy", "memory", "learned", "scaling", "training")
 
 
 def run(name: str, args) -> list[dict]:
@@ -43,6 +44,9 @@ def run(name: str, args) -> list[dict]:
     if name == "learned":
         from bench.memory import bench_learned_memory
         return bench_learned_memory(args)
+    if name == "scaling":
+        from bench.memory import bench_learned_scaling
+        return bench_learned_scaling(args)
     from bench.training import bench_training
     return bench_training(args)
 

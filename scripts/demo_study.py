@@ -3,6 +3,9 @@
     .venv/bin/python scripts/demo_study.py                                  # both demos, search seeds 0-4
     .venv/bin/python scripts/demo_study.py --demos vit --seeds 0 1 2 3 4 5 6 7
     .venv/bin/python scripts/demo_study.py --summary-only                   # tables from finished draws
+    .venv/bin/python scripts/demo_study.py --demos vit --out logs/demo_study_recipes \
+        --train-args "ema_decay=0.999 ema_warmup=true keep_checkpoints=3 checkpoint_every_steps=15" \
+        --soup-args "method=[uniform,greedy,mehl,fisher,regmean,ema,last_k] method.fisher.examples=128"
 
 Each draw is exactly `make demo` (or `make text-demo`: --demos text) with another `search_seed` (8 other hyperparameter draws, the same
 shared init): `src/finetune.py experiment=demo_<name> sweep=demo search_seed=S` then `src/soup.py` on
@@ -29,14 +32,16 @@ SOUP_OVERRIDES = {"text": ["method=[uniform,greedy,ensemble]"],  # as `make text
 COLUMNS = (("val", "held-out"), ("test", "test"), ("avg_shifts", "avg shifts"))
 SHIFTS_TEXT = (("amazon", "amazon"), ("tweets", "tweets"), ("nyt", "nyt"))
 PER_SHIFT = {"text": SHIFTS_TEXT, "text_lora": SHIFTS_TEXT}  # shown one by one too
-RECIPES = ("uniform soup", "greedy soup", "ensemble", "lora_factor_mean soup")
+RECIPES = ("uniform soup", "greedy soup", "ensemble", "lora_factor_mean soup", "learned soup", "mehl soup",
+           "fisher soup", "regmean soup", "model_stock soup", "EMA of the best run", "last-k average of the best run")
+BY_METHOD = {"ema": "EMA of the best run", "last_k": "last-k average of the best run"}  # rows named by their run
 
 
 def columns(demo: str) -> tuple:
     return COLUMNS[:2] + PER_SHIFT.get(demo, ()) + COLUMNS[2:]
 
 
-def run_draw(demo: str, seed: int, out: Path, extra: list[str]) -> dict:
+def run_draw(demo: str, seed: int, out: Path, extra: list[str], train: list[str] = (), soup: list[str] = ()) -> dict:
     """One `make demo` with search_seed=seed; returns its results rows (results.json) and wall times."""
     folder = out / demo / f"seed{seed}"
     done = folder / "draw.json"
@@ -45,10 +50,10 @@ def run_draw(demo: str, seed: int, out: Path, extra: list[str]) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     start = time.time()  # the soup job reads model and data from the ingredients' run.json
     subprocess.run([sys.executable, "src/finetune.py", f"experiment={DEMOS[demo]}", "sweep=demo", f"search_seed={seed}",
-                    f"hydra.sweep.dir={folder / 'sweep'}", "logger=none", *extra], cwd=ROOT, env=env, check=True)
+                    f"hydra.sweep.dir={folder / 'sweep'}", "logger=none", *extra, *train], cwd=ROOT, env=env, check=True)
     sweep_s = time.time() - start
     subprocess.run([sys.executable, "src/soup.py", f"pool.dir={folder / 'sweep'}", f"hydra.run.dir={folder / 'soup'}",
-                    "logger=none", *SOUP_OVERRIDES.get(demo, []), *extra], cwd=ROOT, env=env, check=True)
+                    "logger=none", *(soup or SOUP_OVERRIDES.get(demo, [])), *extra], cwd=ROOT, env=env, check=True)
     rows = json.loads((folder / "soup" / "results.json").read_text())
     machine = json.loads((folder / "sweep" / "0" / "run.json").read_text()).get("environment", {})
     draw = {"demo": demo, "seed": seed, "rows": rows, "machine": machine,
@@ -61,7 +66,7 @@ def run_draw(demo: str, seed: int, out: Path, extra: list[str]) -> dict:
 
 def gains(draw: dict, cols=COLUMNS) -> dict[str, dict]:
     """Per recipe: its metrics minus the best individual's, and its ingredient count."""
-    rows = {r["row"]: r for r in draw["rows"]}
+    rows = {BY_METHOD.get(r.get("method"), r["row"]): r for r in draw["rows"]}
     best = next(r for r in draw["rows"] if r["kind"] == "best_individual")
     individuals = [r for r in draw["rows"] if r["kind"] == "individual"]
     out = {"mean individual": {"diff": {c: statistics.fmean(r["metrics"][c] for r in individuals) - best["metrics"][c]
@@ -122,6 +127,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "demo_study")
     parser.add_argument("--summary-only", action="store_true", help="only summarize draws already finished")
+    parser.add_argument("--train-args", default="", help="extra overrides for src/finetune.py only (space-separated)")
+    parser.add_argument("--soup-args", default="", help="overrides for src/soup.py only, replacing the demo's method")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both commands")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
@@ -134,7 +141,7 @@ def main(argv=None) -> int:
                 if done.is_file():
                     draws.append(json.loads(done.read_text()))
                 continue
-            draws.append(run_draw(demo, seed, args.out, args.overrides))
+            draws.append(run_draw(demo, seed, args.out, args.overrides, args.train_args.split(), args.soup_args.split()))
         if not draws:
             print(f"{demo}: no finished draws under {args.out / demo}", file=sys.stderr)
             continue

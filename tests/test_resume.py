@@ -29,7 +29,8 @@ def finetune_command(tmp_path: Path, *overrides: str) -> list[str]:
 @pytest.mark.parametrize("saves", [["epochs=4"], ["epochs=2", "state_every_steps=4"]],
                          ids=["at_an_epoch_end", "mid_epoch"])
 def test_a_killed_fine_tune_resumes_and_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, saves):
-    overrides = [*saves, "logger=wandb", "randaug=rand-m5-n1", "mixup=0.2"]  # RNG-heavy on purpose
+    overrides = [*saves, "logger=wandb", "randaug=rand-m5-n1", "mixup=0.2",  # RNG-heavy on purpose
+                 "ema_decay=0.9", "ema_warmup=true", "keep_checkpoints=2"]  # and the EMA is part of the state
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(finetune_command(tmp_path, *overrides, f"hydra.run.dir={whole}"), env=ENV, check=True,
                    capture_output=True)
@@ -49,8 +50,11 @@ def test_a_killed_fine_tune_resumes_and_ends_with_the_weights_of_an_uninterrupte
     done = subprocess.run(finetune_command(tmp_path, *overrides, f"hydra.run.dir={killed}"), env=ENV, check=True,
                           capture_output=True, text=True)
     assert "resuming from" in done.stderr + done.stdout
-    a, b = load_file(str(whole / "model.safetensors")), load_file(str(killed / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    kept = sorted(str(p.relative_to(whole)) for p in (whole / "checkpoints").iterdir())
+    assert len(kept) == 2 and kept == sorted(str(p.relative_to(killed)) for p in (killed / "checkpoints").iterdir())
+    for name in ["model.safetensors", "model_ema.safetensors", *kept]:
+        a, b = load_file(str(whole / name)), load_file(str(killed / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert read_json(killed / "run.json")["history"] == read_json(whole / "run.json")["history"]
     assert not (killed / STATE_NAME).exists()  # finished: the training state is gone
     runs = [p.name for p in (killed / "wandb").glob("offline-run-*")]

@@ -88,3 +88,24 @@ def test_wise_ft_of_the_greedy_soup_through_soup_py(tiny_sweep, tmp_path):
     with pytest.raises(BadInput, match="is not in the pool"):
         run_soup(bad, tmp_path / "bad")
     assert not (tmp_path / "bad" / "uniform").exists()  # refused before the first recipe ran
+
+
+def test_wise_ft_of_another_recipes_result_and_the_order_it_needs(tiny_sweep, tmp_path):
+    import json
+
+    from conftest import compose_cfg, own_cache
+    from soups.errors import BadInput
+    from soups.jobs.soup import run_soup
+
+    sweep_tmp, sweep = tiny_sweep
+    base = own_cache(sweep_tmp, tmp_path)
+    common = ["logger=none", "eval_batch_size=128", f"pool.dir={sweep}", "method.wise_ft.base=model_stock",
+              "method.wise_ft.alphas=[0.5,1.0]"]
+    rows = {r["row"]: r for r in run_soup(compose_cfg("soup", base, [*common, "method=[model_stock,wise_ft]"]),
+                                          tmp_path / "out")}
+    record = json.loads((tmp_path / "out" / "wise_ft" / "soup.json").read_text())
+    assert record["base"] == "model_stock" and record["curve"][-1]["alpha"] == 1.0
+    assert record["curve"][-1]["test"] == rows["model_stock soup"]["metrics"]["test"]  # alpha 1: that recipe's soup
+    with pytest.raises(BadInput, match="runs before wise_ft"):  # listed after it: refused before any evaluation
+        run_soup(compose_cfg("soup", base, [*common, "method=[wise_ft,model_stock]"]), tmp_path / "bad")
+    assert not (tmp_path / "bad" / "wise_ft").exists()

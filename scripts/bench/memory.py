@@ -1,9 +1,11 @@
-"""Peak RSS of soups (each in a fresh process): uniform and greedy over K = 4 and 16 ingredients, and the
-learned soup against the official approach of ingredients that carry gradients."""
+"""Peak RSS of soups (each in a fresh process): uniform and greedy over K = 4 and 16 ingredients, the
+learned soup against the official approach of ingredients that carry gradients, and the learned soup vs
+MEHL-Soup at two K (does peak memory grow with the pool?)."""
 from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -74,6 +76,7 @@ from soups.data.images import EvalSet, ImageArray
 from soups.io.files import load_weights
 from soups.pools.ingredient import Ingredient
 from soups.recipes.learned import LearnedSoup
+from soups.recipes.mehl import MEHLSoup
 from bench.common import vit_b32
 paths, approach, steps, batch = {paths!r}, {approach!r}, {steps}, {batch}
 model, size, mean, std = vit_b32()
@@ -106,7 +109,10 @@ else:  # the project's recipe, end to end (learning + the float64 merge)
         def recall(self, key): return None
         def remember(self, key, record): pass
     pool = [Ingredient(f"ingredient_{{i}}", p, {{}}) for i, p in enumerate(paths)]
-    LearnedSoup(epochs=1, batch_size=batch, ingredient_dtype=approach)(pool, Context(model))
+    if approach == "mehl":  # model batches of 4, each one pass over the held-out set
+        MEHLSoup(model_batch=4, epochs=1, batch_size=batch)(pool, Context(model))
+    else:
+        LearnedSoup(epochs=1, batch_size=batch, ingredient_dtype=approach)(pool, Context(model))
 print(peak_mb(), base)
 """
 
@@ -123,4 +129,21 @@ def bench_learned_memory(args, k: int = 8) -> list[dict]:
     for row in results:
         row["ratio_to_official"] = row["peak_rss_mb"] / results[0]["peak_rss_mb"]
         print(json.dumps(row), flush=True)
+    return results
+
+
+def bench_learned_scaling(args, ks: tuple[int, ...] = (8, 24)) -> list[dict]:
+    """Peak RSS and wall time of the learned soup (float32 stack) and MEHL-Soup (model batches of 4) over K
+    ViT-B/32 towers for each K in `ks`; a larger K repeats the first 8 files (duplicates cost the same memory)."""
+    paths = write_ingredients(min(ks))
+    results = []
+    for approach in ("float32", "mehl"):
+        for k in ks:
+            start = time.perf_counter()
+            out = run_child(LEARNED_CHILD.format(paths=(paths * k)[:k], approach=approach, steps=2, batch=8))
+            peak, base = map(float, out.split())
+            results.append({"approach": "learned (float32 stack)" if approach == "float32" else "mehl (model_batch 4)",
+                            "k": k, "peak_rss_mb": round(peak), "process_baseline_mb": round(base),
+                            "wall_s": round(time.perf_counter() - start, 1)})
+            print(json.dumps(results[-1]), flush=True)
     return results

@@ -7,8 +7,8 @@ mergekit 0.1.5 and FusionBench 0.2.33.
 
 Writes the pool (fine-tunes, their shared init, and one set of merge statistics: a Fisher diagonal per model
 and tensor, a Gram per model and linear weight) to a temporary folder, merges it once per method with this
-project's own code (src/soups: averaging.average, recipes.model_stock.ModelStock, recipes.fisher.fisher_average,
-recipes.regmean.regmean_merge) and once per peer (scripts/peers/peer_merge.py under .peers/bin/python), each
+project's own code (src/soups: averaging.average, recipes.model_stock.ModelStock, recipes.ties.TiesMerging,
+recipes.fisher.fisher_average, recipes.regmean.regmean_merge) and once per peer (scripts/peers/peer_merge.py under .peers/bin/python), each
 in a subprocess of its own, so that wall time and peak RSS are measured alike, and prints a markdown table:
 the largest absolute difference to the project's result, and the peer/project ratios of merge time (the
 least of --repeat merges) and of peak RSS while merging (the whole process: interpreter, libraries, inputs;
@@ -46,6 +46,11 @@ ROWS = [
      "and adds 1e-8 to |dᵢ||dⱼ|"),
     ("task_arithmetic", "task_arithmetic", ("mergekit", "fusionbench"), {},
      "same formula (project: no recipe; init + λ Σ (θᵢ − init) via averaging.weighted_sum)"),
+    ("ties (per tensor)", "ties", ("mergekit",), {"scope": "tensor"},
+     "same formula: per tensor keep max(1, ⌊density·n⌋) largest |τ|, elect sign(Σ τ̂), disjoint mean"),
+    ("ties (global)", "ties", ("fusionbench",), {"scope": "global"},
+     "expected: FusionBench keeps |τ| ≥ the (n − ⌊density·n⌋)-th smallest of a model's n entries, i.e. "
+     "⌊density·n⌋ + 1 of them, one more than the paper's top-k% (the project keeps ⌊density·n⌋)"),
     ("fisher", "fisher", ("fusionbench",), {},
      f"same formula: ε={FISHER_FLOOR:g} added to every Fisher on both sides (normalize off)"),
     ("regmean (ridge 0)", "regmean", ("fusionbench",), {"ridge": 0.0},
@@ -118,7 +123,7 @@ def statistics(init, tunes, seed: int, max_gram_dim: int):
 
 # ---------------------------------------------------------------- the project's side (a worker process)
 
-def project_merge(method, states, base, weights, lam, stats, ridge):
+def project_merge(method, states, base, weights, lam, stats, ridge, scope="tensor", density=0.2):
     """The project's result for `method`, from its own code."""
     from soups.averaging import average, weighted_sum
 
@@ -136,6 +141,13 @@ def project_merge(method, states, base, weights, lam, stats, ridge):
             load_init = staticmethod(lambda: base)
             load = staticmethod(lambda i: states[i])
         return ModelStock()(list(range(k)), Shim()).weights
+    if method == "ties":
+        from soups.recipes.ties import TiesMerging
+
+        class Pool:  # the two Scorer methods TiesMerging calls
+            load_init = staticmethod(lambda: base)
+            load = staticmethod(lambda i: states[i])
+        return TiesMerging(density=density, scope=scope)(list(range(k)), Pool()).weights
     if method == "task_arithmetic":  # no recipe in src/soups: init + λ Σ (θᵢ − init) with averaging.weighted_sum
         return weighted_sum([(base, 1.0 - k * lam), *((s, lam) for s in states)])
     if method == "fisher":
@@ -160,16 +172,19 @@ def worker(argv: list[str]) -> None:
     p.add_argument("--lam", type=float, default=1.0)
     p.add_argument("--stats")
     p.add_argument("--ridge", type=float, default=0.0)
+    p.add_argument("--scope", default="tensor")
+    p.add_argument("--density", type=float, default=0.2)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     # imported before the clock, as peer_merge.py imports the peers'
-    import soups.recipes.fisher, soups.recipes.model_stock, soups.recipes.regmean  # noqa: E401, F401
+    import soups.recipes.fisher, soups.recipes.model_stock, soups.recipes.regmean, soups.recipes.ties  # noqa: E401, F401
     states = [load_file(x) for x in a.inputs]
     base = load_file(a.base) if a.base else None
     stats = load_file(a.stats) if a.stats else {}
     copy = lambda s: {k: v.clone() for k, v in s.items()} if s is not None else None  # noqa: E731
-    fresh = lambda: (a.method, [copy(s) for s in states], copy(base), a.weights, a.lam, stats, a.ridge)  # noqa: E731
+    fresh = lambda: (a.method, [copy(s) for s in states], copy(base), a.weights, a.lam, stats, a.ridge,  # noqa: E731
+                     a.scope, a.density)
     merged, record = measured(project_merge, fresh, a.repeat)
     save_file(merged, a.out)
     print(json.dumps(record))
@@ -202,6 +217,7 @@ def main() -> None:
     p.add_argument("--width", type=int, default=256, help="constructed pool: width (256: ~4 MB per model)")
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--lam", type=float, default=0.3, help="task arithmetic's λ")
+    p.add_argument("--density", type=float, default=0.2, help="TIES: the fraction of each task vector kept")
     p.add_argument("--max-gram-dim", type=int, default=1024, help="RegMean: Grams only for weights this wide")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeat", type=int, default=3, help="time the least of this many merges")
@@ -226,21 +242,23 @@ def main() -> None:
         save_file(statistics(init, tunes, args.seed, args.max_gram_dim), folder / "stats.safetensors")
         size_mb = sum(t.numel() * t.element_size() for t in init.values()) / 2**20
         common = ["--inputs", *inputs, "--base", str(folder / "init.safetensors"), "--weights", *map(str, weights),
-                  "--lam", str(args.lam), "--stats", str(folder / "stats.safetensors"), "--repeat", str(args.repeat)]
+                  "--lam", str(args.lam), "--stats", str(folder / "stats.safetensors"), "--repeat", str(args.repeat),
+                  "--density", str(args.density)]
         print(f"pool: {args.pool_dir or 'constructed'}, K={k}, {size_mb:.1f} MB per model, "
               f"λ={args.lam}, weights={weights}, {args.threads} thread(s), in {folder}\n", file=sys.stderr)
 
         lines = ["| method | peer | max abs difference to the project | time ratio peer/project | "
                  "peak-RSS ratio (merge's growth ratio) | expected |", "|---|---|---:|---:|---:|---|"]
-        project = {}  # (method, ridge): (record, result)
+        project = {}  # (method, options): (record, result)
         for name, method, peers, options, why in ROWS:
-            ridge = options.get("ridge", 0.0)
-            if (method, ridge) not in project:
-                out = folder / f"project_{method}_{ridge:g}.safetensors"
-                worker_cmd = [sys.executable, __file__, "--worker", method, *common, f"--ridge={ridge}"]
+            ridge, scope = options.get("ridge", 0.0), options.get("scope", "tensor")
+            if (method, ridge, scope) not in project:
+                out = folder / f"project_{method}_{ridge:g}_{scope}.safetensors"
+                worker_cmd = [sys.executable, __file__, "--worker", method, *common, f"--ridge={ridge}",
+                              f"--scope={scope}"]
                 record = run([*worker_cmd, "--out", str(out)], args.threads)
-                project[method, ridge] = record, load_file(out)
-            mine, ours = project[method, ridge]
+                project[method, ridge, scope] = record, load_file(out)
+            mine, ours = project[method, ridge, scope]
             for peer in peers:
                 peer_out = folder / f"{peer}_{method}.safetensors"
                 try:

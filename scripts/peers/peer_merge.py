@@ -12,6 +12,9 @@ Runs in .peers (scripts/peers/setup.sh), never in the project's .venv. Methods:
     weighted         mergekit `linear` (weight per input) | FusionBench WeightedAverageAlgorithm(normalize=True)
     model_stock      mergekit `model_stock`               | FusionBench ModelStock
     task_arithmetic  mergekit `task_arithmetic` (lambda)  | FusionBench TaskArithmeticAlgorithm(scaling_factor)
+    ties             mergekit `ties` (density, weight 1)  | FusionBench TiesMergingAlgorithm.run's steps: its
+                                                            state_dict_to_vector, ties_merging(reset_thresh=
+                                                            density, merge_func="mean"), vector_to_state_dict
     fisher           -                                    | FusionBench merging_with_fisher_weights
     regmean          -                                    | FusionBench merging_with_regmean_weights
 `--stats` holds "fisher/<i>/<key>" (a Fisher diagonal per model i and tensor) and "gram/<i>/<key>" (a Gram
@@ -32,7 +35,7 @@ import time
 import torch
 from safetensors.torch import load_file, save_file
 
-MERGEKIT = ("uniform", "weighted", "model_stock", "task_arithmetic")
+MERGEKIT = ("uniform", "weighted", "model_stock", "task_arithmetic", "ties")
 FUSIONBENCH = MERGEKIT + ("fisher", "regmean")
 
 
@@ -105,7 +108,7 @@ def per_model(stats: dict[str, torch.Tensor], kind: str, k: int) -> list[dict[st
     return out
 
 
-def mergekit_merge(method, states, base, weights, lam, stats, dtype):
+def mergekit_merge(method, states, base, weights, lam, stats, dtype, density=0.2):
     from mergekit.merge_methods import merge_state_dicts  # mergekit/merge_methods/api.py
 
     named = {f"m{i}": s for i, s in enumerate(states)}
@@ -118,10 +121,13 @@ def mergekit_merge(method, states, base, weights, lam, stats, dtype):
     if method == "task_arithmetic":
         return merge_state_dicts({"base": base, **named}, "task_arithmetic", base="base", dtype=dtype,
                                  parameters={"weight": 1.0, "lambda": lam})
+    if method == "ties":  # normalize (the disjoint mean) is mergekit's default for ties; lambda 1
+        return merge_state_dicts({"base": base, **named}, "ties", base="base", dtype=dtype,
+                                 parameters={"weight": 1.0, "density": density})
     raise SystemExit(f"mergekit 0.1.5 has no {method!r} merge of given statistics (methods: {MERGEKIT})")
 
 
-def fusionbench_merge(method, states, base, weights, lam, stats, dtype):
+def fusionbench_merge(method, states, base, weights, lam, stats, dtype, density=0.2):
     from fusion_bench.modelpool import BaseModelPool
 
     # Several algorithms write the merge into a pool model (WeightedAverage into the first, ModelStock into
@@ -142,6 +148,14 @@ def fusionbench_merge(method, states, base, weights, lam, stats, dtype):
     if method == "task_arithmetic":
         from fusion_bench.method import TaskArithmeticAlgorithm
         return TaskArithmeticAlgorithm(scaling_factor=lam, inplace=False).run(BaseModelPool(pool)).state_dict()
+    if method == "ties":  # TiesMergingAlgorithm.run's own steps (its module imports `datasets` via compat pools)
+        bare_package("fusion_bench.method.ties_merging")
+        from fusion_bench.method.ties_merging.ties_merging_utils import (state_dict_to_vector, ties_merging,
+                                                                          vector_to_state_dict)
+        flat = torch.vstack([state_dict_to_vector(s, []) for s in states])
+        flat_base = state_dict_to_vector(base, [])
+        merged = flat_base + 1.0 * ties_merging(flat - flat_base, reset_thresh=density, merge_func="mean")
+        return vector_to_state_dict(merged, base, remove_keys=[])
     floats = {key: [s[key] for s in states] for key in states[0] if states[0][key].is_floating_point()}
     others = {key: t for key, t in states[0].items() if key not in floats}  # integer buffers: the first's
     if method == "fisher":
@@ -176,6 +190,8 @@ def import_peer(peer: str) -> None:
     bare_package("fusion_bench.method.regmean")
     from fusion_bench.method.fisher_merging.fisher_merging import merging_with_fisher_weights  # noqa: F401
     from fusion_bench.method.regmean.regmean import merging_with_regmean_weights  # noqa: F401
+    bare_package("fusion_bench.method.ties_merging")
+    from fusion_bench.method.ties_merging.ties_merging_utils import ties_merging  # noqa: F401
 
 
 def check() -> None:
@@ -199,6 +215,7 @@ def main() -> None:
     parser.add_argument("--weights", nargs="+", type=float)
     parser.add_argument("--lam", type=float, default=1.0, help="task arithmetic's scaling of the summed task vectors")
     parser.add_argument("--stats")
+    parser.add_argument("--density", type=float, default=0.2, help="TIES: the fraction of each task vector kept")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--repeat", type=int, default=3, help="time the least of this many merges")
     parser.add_argument("--out", required=True)
@@ -213,7 +230,7 @@ def main() -> None:
         import_peer(args.peer)  # before the clock
     copy = lambda s: {k: v.clone() for k, v in s.items()} if s is not None else None  # noqa: E731
     fresh = lambda: (args.method, [copy(s) for s in states], copy(base),  # noqa: E731
-                     args.weights, args.lam, stats, dtype)
+                     args.weights, args.lam, stats, dtype, args.density)
     merged, record = measured(merge, fresh, args.repeat)
     save_file({k: v.detach().contiguous() for k, v in merged.items()}, args.out)
     print(json.dumps(record))

@@ -29,13 +29,13 @@ class WeightedSum:
         """Raises ValueError if `state` has other keys or shapes than the first state added."""
         w = weight if callable(weight) else (lambda _key, w=float(weight): w)
         if self.sums is None:
-            self.sums = {k: v.double() * float(w(k)) for k, v in state.items() if v.is_floating_point()}
+            self.sums = {k: v.double().mul_(float(w(k))) for k, v in state.items() if v.is_floating_point()}
             self.fixed = {k: v.clone() for k, v in state.items() if not v.is_floating_point()}
             self.dtypes = {k: v.dtype for k, v in state.items()}
             return
         self._check(state)
-        for k, acc in self.sums.items():
-            acc.add_(state[k].double(), alpha=float(w(k)))
+        for k, acc in self.sums.items():  # float64 += w * float32 in place: no float64 copy of the state
+            acc.add_(state[k], alpha=float(w(k)))
 
     def _check(self, state: StateDict) -> None:
         if state.keys() != self.dtypes.keys():
@@ -68,7 +68,7 @@ class RunningAverage(WeightedSum):
         """The average if `state` were added, without adding it (greedy soup's candidate)."""
         self._check(state)
         total = self.total_weight + weight
-        out = {k: ((acc + state[k].double() * weight) / total).to(self.dtypes[k]) for k, acc in self.sums.items()}
+        out = {k: torch.add(acc, state[k], alpha=weight).div_(total).to(self.dtypes[k]) for k, acc in self.sums.items()}
         return {**out, **{k: v.clone() for k, v in self.fixed.items()}}
 
     def result(self) -> StateDict:

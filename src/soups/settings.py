@@ -195,6 +195,10 @@ class FinetuneSettings(CommonSettings):
     search_seed: int = rule(lambda x: x >= 0, "an integer >= 0", 0)
     state_every_steps: Optional[int] = rule(lambda x: x is None or x >= 1, "null or an integer >= 1")
     search_draws: Optional[int] = rule(lambda x: x is None or x >= 1, "null or an integer >= 1")
+    ema_decay: Optional[float] = rule(lambda x: x is None or 0 < x < 1, "null (off) or a number in (0, 1), e.g. 0.999")
+    ema_warmup: bool = rule(lambda x: isinstance(x, bool), "true or false", False)
+    keep_checkpoints: int = rule(lambda x: x >= 0, "an integer >= 0 (0 = none)", 0)
+    checkpoint_every_steps: Optional[int] = rule(lambda x: x is None or x >= 1, "null (epoch ends) or an integer >= 1")
 
 
 @dataclass

@@ -81,6 +81,7 @@ class PoolScorer:
         self.key = evaluation_key(run_cfg, settings.precision, self.batch_size, settings.compile)
         self.cache = EvaluationCache(settings.cache_dir, self.key)
         self.model, self.device, self.init_weights = pool.model, device, pool.init_weights
+        self.results: dict = {}  # {config key: RecipeResult} of the recipes run so far (soups.jobs.soup)
         self.cache_logits = settings.cache_logits
         self.ids = {name: hash_ids(s.sample_ids) for name, s in self.evaluator.sets.items()}
         self._held_out_logits: dict[str, torch.Tensor] = {}  # greedy ensembles revisit members

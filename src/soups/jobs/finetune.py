@@ -23,6 +23,7 @@ from soups.models.classifier import build_classifier, has_batchnorm
 from soups.models.hf import HFClassifier, complete_model_cfg, hf_processor_dir, save_pretrained_soup
 from soups.models.lora import lora_problems, save_adapter_and_merge, with_lora
 from soups.names import WEIGHTS_NAME, RUN_INFO_NAME
+from soups.training.within_run import EMA_NAME, WithinRun
 from soups.training.resume import clear_train_state
 from soups.runtime import environment, resolve_device, setup
 from soups.tracking import build_logger, tracking
@@ -114,27 +115,37 @@ def _finished_before(run_dir: Path) -> dict | None:
     return done
 
 
-def _train(model, data, cfg, device, run_dir: Path, ranks, tracker) -> list[dict]:
-    """Fine-tune `model` in place; its loss history. Raises NonFiniteLoss if a loss or, after the last
-    update, a weight is NaN/inf."""
+def _train(model, data, cfg, device, run_dir: Path, ranks, tracker) -> tuple[list[dict], WithinRun]:
+    """Fine-tune `model` in place; its loss history and within-run averages (the EMA, if kept, ready to save).
+    Raises NonFiniteLoss if a loss or, after the last update, a weight is NaN/inf."""
+    within = WithinRun(model, cfg, run_dir, ranks.is_main)
     history = finetune(model, data.train_set(cfg.randaug, cfg.crop_scale), cfg, cfg.data.num_classes, device,
-                       on_log=lambda r: tracker.log(r, step=r["step"]), state_dir=run_dir, group=ranks)
-    if has_batchnorm(model):
-        # Running statistics lag the weights after a short fine-tune; recompute them on the same fixed
-        # sample a soup uses, so individuals and soups are measured alike (every rank alike).
-        recalibrate_bn(model, data.bn_set(), cfg.eval_batch_size, device)
-    bad = nonfinite_tensors(model.state_dict())  # the loss check sees no update after the last loss
-    if bad:
-        raise NonFiniteLoss(f"the weights hold NaN or inf after training ({len(bad)} tensors, e.g. {bad[:3]}); "
-                            f"lower lr or check the data")
-    return history
+                       on_log=lambda r: tracker.log(r, step=r["step"]), state_dir=run_dir, group=ranks, within=within)
+    for name, weights in [("the weights", model)] + ([("the EMA", within.ema.module)] if within.ema else []):
+        if has_batchnorm(weights):
+            # Running statistics lag the weights after a short fine-tune; recompute them on the same fixed
+            # sample a soup uses, so individuals and soups are measured alike (every rank alike).
+            recalibrate_bn(weights, data.bn_set(), cfg.eval_batch_size, device)
+        bad = nonfinite_tensors(weights.state_dict())  # the loss check sees no update after the last loss
+        if bad:
+            raise NonFiniteLoss(f"{name} hold NaN or inf after training ({len(bad)} tensors, e.g. {bad[:3]}); "
+                                f"lower lr or check the data")
+    return history, within
 
 
-def _save_run(model, evaluator, logits, cfg, run_dir: Path, record: dict) -> dict:
-    """Weights, cached logits and run.json (written last: its presence means finished)."""
+def _save_run(model, evaluator, logits, cfg, run_dir: Path, record: dict, within: WithinRun) -> dict:
+    """Weights (+ EMA, + the kept checkpoints' record), cached logits and run.json (written last: its presence
+    means finished)."""
     metrics = evaluator.metrics_of(logits)
     atomic_save_safetensors(model.state_dict(), run_dir / WEIGHTS_NAME, metadata={"kind": "finetune"})
     digest = sha256_file(run_dir / WEIGHTS_NAME)
+    if within.ema is not None:
+        atomic_save_safetensors(within.ema.module.state_dict(), run_dir / EMA_NAME, metadata={"kind": "ema"})
+        record["ema"] = {"weights": EMA_NAME, "sha256": sha256_file(run_dir / EMA_NAME), "decay": cfg.ema_decay,
+                         "warmup": bool(cfg.ema_warmup)}
+    if within.keep:
+        record["checkpoints"] = [{"weights": str(p.relative_to(run_dir)), "step": int(p.stem.split("_")[1]),
+                                  "sha256": sha256_file(p)} for p in within.saved()]
     key = evaluation_key(cfg, cfg.precision, cfg.eval_batch_size, bool(cfg.get("compile")))
     if cfg.cache_logits:  # a soup job's ensembles read these instead of evaluating the model again
         ids = {name: hash_ids(eval_set.sample_ids) for name, eval_set in evaluator.sets.items()}
@@ -150,6 +161,9 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     """settings -> shared init -> data -> training -> evaluation -> run.json. A run dir holding run.json is
     done: its record is returned and nothing runs (a relaunched sweep skips its finished jobs); one holding
     a training state goes on from it. Under torchrun every rank calls this; rank 0 returns the record."""
+    if cfg.get("lora") and (cfg.get("ema_decay") or cfg.get("keep_checkpoints")):
+        raise BadInput("ema_decay and keep_checkpoints keep full weights; with lora=... they are not supported "
+                       "(set ema_decay=null keep_checkpoints=0)")
     cfg = checked(with_hf_model(cfg), FinetuneSettings)  # the trial and search seed too, before any draw
     cfg = checked(with_trial(cfg), FinetuneSettings)
     logger, _ = build_logger(cfg.logger), build_head(cfg.head)  # their settings checked before any work
@@ -188,7 +202,7 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
         if cfg.get("lora"):
             record["lora"] = OmegaConf.to_container(cfg.lora, resolve=True)
         try:
-            history = _train(model, data, cfg, device, run_dir, ranks, tracker)
+            history, within = _train(model, data, cfg, device, run_dir, ranks, tracker)
             if cfg.get("lora"):  # the adapter as peft writes it, on the init's folder; then merged
                 model = save_adapter_and_merge(model, run_dir / "adapter", init_dir / "hf")
         except NonFiniteLoss as err:  # recorded as failed: no weights, kept out of every pool
@@ -200,7 +214,7 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
         if not ranks.is_main:
             return None
         record |= {"seconds": round(time.time() - start, 1), "history": history}
-        info = _save_run(model, evaluator, logits, cfg, run_dir, record)
+        info = _save_run(model, evaluator, logits, cfg, run_dir, record, within)
         if isinstance(model, HFClassifier):  # also as a folder from_pretrained loads
             save_pretrained_soup(model, model.state_dict(), run_dir / "hf", hf_processor_dir(cfg.model))
         tracker.summary({f"final/{k}": v for k, v in info["metrics"].items()})

@@ -37,6 +37,7 @@ def run_recipe(name: str, recipe, pool: OpenPool, scorer: PoolScorer, out_dir: P
         logits = scorer.soup_logits(result.weights, new_point=result.is_new_point)
         # save what was evaluated: the average with its recomputed BN statistics (if any)
         result.weights = {k: v.detach().cpu().clone() for k, v in scorer.model.state_dict().items()}
+    scorer.results[name] = result  # later recipes may build on it (wise_ft's base)
     quality = {} if result.std is not None else qualify(logits)  # several draws: their spread says more
     seconds = round(time.time() - start, 1)
     save_soup(out_dir / name, name, result, metrics, template, scorer.bn_sample is not None, seconds, quality)
@@ -66,8 +67,10 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     pool = open_pool(cfg, device)
     log.info("pool %s: %d ingredients%s", pool.name, len(pool.ingredients),
              f", {len(pool.skipped)} skipped" if pool.skipped else "")
-    for recipe in recipes.values():  # each recipe can run on this pool: asked before any evaluation
+    for index, recipe in enumerate(recipes.values()):  # each recipe can run on this pool: asked before any evaluation
         recipe.check(pool.ingredients)
+        if any(name not in list(recipes)[:index] for name in recipe.uses(pool.ingredients)):
+            raise recipe.unknown(pool.ingredients)
     require_init(pool, [name for name, recipe in recipes.items() if recipe.needs_init])
     scorer = PoolScorer(pool, EvalSettings.of(cfg), device)
     # released checkpoints carry no metrics, and a run measured under other evaluation settings

@@ -67,14 +67,16 @@ def resolve_run_dirs(pool_cfg, log_dir) -> list[Path]:
     return dirs
 
 
-def load_pool(pool_cfg, log_dir, verify_sha256: bool = True) -> tuple[list[Ingredient], dict[str, str]]:
+def load_pool(pool_cfg, log_dir, verify_sha256: bool = True,
+              ema: bool = False) -> tuple[list[Ingredient], dict[str, str]]:
     """(ingredients, {run dir: why it was skipped}). A run enters the pool only if it finished: run.json
     says so, its weights are readable and match their sha256. All ingredients must share keys, shapes,
-    dtypes, architecture and init."""
+    dtypes, architecture and init. `ema`: each run's EMA weights (finetune's ema_decay) instead of its final
+    ones; a run that kept none is skipped and named."""
     ingredients, skipped = [], {}
     for run_dir in resolve_run_dirs(pool_cfg, log_dir):
         try:
-            ingredients.append(_finished_run(run_dir, verify_sha256))
+            ingredients.append(_finished_run(run_dir, verify_sha256, ema))
         except Unusable as why:
             skipped[str(run_dir)] = str(why)
             log.warning("pool: skipped %s: %s", run_dir, why)
@@ -101,7 +103,20 @@ def _lookup(info: dict, dotted: str):
     return info
 
 
-def _finished_run(run_dir: Path, verify_sha256: bool) -> Ingredient:
+def _ema_of(ingredient: Ingredient) -> Ingredient:
+    """The run's EMA weights as the ingredient: its own file and sha256; the final weights' metrics dropped (the
+    soup job measures the EMA's)."""
+    ema = ingredient.info.get("ema")
+    if not ema:
+        raise Unusable("kept no EMA of its weights (pool.ema=true needs runs fine-tuned with ema_decay, e.g. 0.999)")
+    info = {k: v for k, v in ingredient.info.items() if k not in ("metrics", "evaluation_key", "adapter", "format")}
+    info |= {"sha256": ema["sha256"], "weights_of": "ema"}
+    run_dir = ingredient.run_dir
+    return Ingredient(f"{ingredient.name}/ema", run_dir / ema["weights"], info, run_dir,
+                      short_name=f"{ingredient.label} (EMA)")
+
+
+def _finished_run(run_dir: Path, verify_sha256: bool, ema: bool = False) -> Ingredient:
     if not run_dir.is_dir():
         raise Unusable("no such directory")
     if not (run_dir / RUN_INFO_NAME).is_file():
@@ -122,6 +137,9 @@ def _finished_run(run_dir: Path, verify_sha256: bool) -> Ingredient:
     ingredient = Ingredient.from_run_dir(run_dir, info)
     if (run_dir / "adapter" / "adapter_config.json").is_file():  # lora=default: its factors, for lora_factor_mean
         info |= {"format": "lora", "adapter": str(run_dir / "adapter")}
+    if ema:
+        ingredient = _ema_of(ingredient)
+        info = ingredient.info
     try:
         ingredient.header = read_weights_header(ingredient.weights)
     except (FileNotFoundError, ValueError) as err:
@@ -182,9 +200,10 @@ class RunDirs(Pool):
     glob: str | None = None  # e.g. 'logs/finetune/multiruns/*/[0-3]'
     runs: list | None = None  # run dirs
     verify_sha256: bool = True
+    ema: bool = False  # each run's EMA weights (finetune's ema_decay) instead of its final ones
 
     def open(self, cfg, device) -> OpenPool:
-        ingredients, skipped = load_pool(self, cfg.paths.log_dir, self.verify_sha256)
+        ingredients, skipped = load_pool(self, cfg.paths.log_dir, self.verify_sha256, self.ema)
         first = ingredients[0].info
         run_cfg = OmegaConf.create(run_config(first["config"]))
         model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)

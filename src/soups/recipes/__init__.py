@@ -39,6 +39,7 @@ class RecipeResult:
                  figure joins with a line from this recipe's marker (WiSE-FT's path); also a table
     mean, std    set when the recipe made several draws ({set: %}): the report row shows mean ± std instead of
                  the saved weights' own evaluation
+    row          the report's name for it (default `<config key> soup`, or the key in words for an ensemble)
     """
     weights: StateDict | None
     ingredients: list[Ingredient]
@@ -49,6 +50,7 @@ class RecipeResult:
     curve: list[dict] | None = None
     mean: dict | None = None
     std: dict | None = None
+    row: str | None = None
 
     @property
     def kind(self) -> str:
@@ -79,12 +81,22 @@ class Recipe(Settings, ABC):
         """Raises BadInput if this recipe cannot run on these ingredients; the soup job asks every recipe
         before the first evaluation (e.g. a recipe of LoRA factors on a pool of full weights)."""
 
+    def uses(self, ingredients: list[Ingredient]) -> list[str]:
+        """Config keys of other recipes whose results (`Scorer.results`) this one reads; the soup job refuses the
+        run before any evaluation unless each runs before it. Raise `unknown` to name a bad one."""
+        return []
+
+    def unknown(self, ingredients: list[Ingredient]) -> BadInput:
+        """The error for a recipe `uses` names that does not run before this one."""
+        return BadInput(f"{type(self).__name__} needs {self.uses(ingredients)} to run before it in `method`")
+
 
 class Scorer(Protocol):
     """What a recipe may ask of the soup job (soups.evaluation.scorer.PoolScorer implements it; tests use small fakes)."""
     model: torch.nn.Module  # a model of the pool's architecture (recipes that run it themselves)
     device: torch.device
     precision: str
+    results: dict  # {config key: RecipeResult} of the recipes this job ran before this one
 
     def held_out_set(self):
         """The held-out evaluation set: `.batches(batch_size, shuffle_seed=None, device=None)`

@@ -213,16 +213,25 @@ class LearnedSoup(Recipe):
         return stacks, {n: v.float() if v.is_floating_point() else v for n, v in buffers.items()}
 
     def _merge(self, ingredients, scorer, names, weights):
-        """The soup in full precision: float64 sums over the original (not the stacked) weights.
-        Buffers take each ingredient's mean weight (BN statistics are recomputed afterwards anyway)."""
-        column = {n: i for i, n in enumerate(names)}
+        """The soup in full precision; buffers take each ingredient's mean weight (BN statistics are
+        recomputed afterwards anyway)."""
         per_model = weights.mean(1) if self.by_layer else weights
+        return coefficient_soup(ingredients, scorer, names, weights, per_model)
 
-        def weight_of(i):
-            if not self.by_layer:
-                return float(weights[i])
-            return lambda n: float(weights[i, column[n]] if n in column else per_model[i])
-        return weighted_sum((scorer.load(ingredient), weight_of(i)) for i, ingredient in enumerate(ingredients))
+
+def coefficient_soup(ingredients, scorer, names: list[str], weights: torch.Tensor,
+                     buffer_weights: torch.Tensor) -> dict:
+    """Σₖ wₖ θₖ in float64 over the ingredients' own weights (streamed: one accumulator + one state), cast back
+    to each tensor's dtype. `weights`: [K] (one per ingredient) or [K, len(names)] (one per ingredient and
+    parameter tensor, columns in `names` order); every other tensor (buffers) takes `buffer_weights` [K]."""
+    column = {n: i for i, n in enumerate(names)}
+
+    def weight_of(i):
+        if weights.dim() == 1:
+            w, b = float(weights[i]), float(buffer_weights[i])
+            return lambda n: w if n in column else b
+        return lambda n: float(weights[i, column[n]] if n in column else buffer_weights[i])
+    return weighted_sum((scorer.load(ingredient), weight_of(i)) for i, ingredient in enumerate(ingredients))
 
 
 def draw_coefficients(record: dict, path: Path, title: str) -> None:
@@ -243,9 +252,11 @@ def draw_coefficients(record: dict, path: Path, title: str) -> None:
         fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(names) + 2), 3.5))
         ax.bar(range(len(names)), weights, color="#2ca02c")
         ax.axhline(1 / len(names), color="black", lw=0.8, ls="--", label="uniform")
+        ax.axhline(0, color="grey", lw=0.5)
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
         ax.set_ylabel("mixing weight")
         ax.legend(fontsize=8)
-    ax.set_title(f"{title} (temperature {record['temperature']:.2f})", fontsize=10)
+    temperature = record.get("temperature")
+    ax.set_title(title if temperature is None else f"{title} (temperature {temperature:.2f})", fontsize=10)
     fig.tight_layout()
     plots.save(fig, path)

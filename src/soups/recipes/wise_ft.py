@@ -1,8 +1,9 @@
 """WiSE-FT (Wortsman et al., 2022): interpolate fine-tuned weights with the initialization,
 theta_alpha = (1 - alpha) * theta_init + alpha * theta_ft, over an alpha grid. Every point of the curve
 is evaluated on every set (the paper shows soups beyond these curves); alpha is chosen on held-out.
-theta_ft is the best individual, a named ingredient, or a soup (`base: uniform` or `greedy`: WiSE-FT of a
-soup, which the paper discusses: the soup interpolated back toward the init)."""
+theta_ft is the best individual, a named ingredient, a soup (`base: uniform` or `greedy`: WiSE-FT of a soup,
+which the paper discusses: the soup interpolated back toward the init), or the weights of any other recipe
+that runs before it in the same job (`method=[mehl,wise_ft] method.wise_ft.base=mehl`)."""
 from __future__ import annotations
 
 import math
@@ -19,7 +20,7 @@ from soups.recipes import Recipe, RecipeResult
 class WiseFT(Recipe):
     needs_init: ClassVar[bool] = True  # moves relative to the shared initialization
     alphas: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
-    base: str = "best"  # best (by held-out) | uniform | greedy (a soup) | an ingredient's name or label
+    base: str = "best"  # best (by held-out) | uniform | greedy | an ingredient's name or label | an earlier recipe
     comparator: str = ">="  # base=greedy: the greedy rule (conf/method/wise_ft.yaml reads soup.yaml's greedy_rule)
     ties: str = "pool"
 
@@ -33,11 +34,15 @@ class WiseFT(Recipe):
         if not self.alphas or not all(math.isfinite(a) and a >= 0 for a in self.alphas):
             raise BadInput(f"alphas={given!r}: expected a non-empty list of finite numbers >= 0, e.g. [0.5, 1.0]")
 
-    def check(self, ingredients) -> None:
-        if self.base not in ("best", "uniform", "greedy") and self.named(ingredients) is None:
-            shown = [i.label for i in ingredients][:5]
-            raise BadInput(f"method.wise_ft.base={self.base!r} is not in the pool: expected best, uniform, greedy or "
-                           f"an ingredient's name or label (e.g. {shown})")
+    def uses(self, ingredients) -> list[str]:
+        """The recipe whose result is the base, when `base` names no ingredient (the soup job checks it runs first)."""
+        return [] if self.base in ("best", "uniform", "greedy") or self.named(ingredients) else [self.base]
+
+    def unknown(self, ingredients) -> BadInput:
+        shown = [i.label for i in ingredients][:5]
+        return BadInput(f"method.wise_ft.base={self.base!r} is not in the pool nor a recipe that runs before wise_ft: "
+                        f"expected best, uniform, greedy, an ingredient's name or label (e.g. {shown}) or a method "
+                        f"listed before wise_ft (e.g. 'method=[{self.base},wise_ft]')")
 
     def named(self, ingredients):
         return next((i for i in ingredients if self.base in (i.name, i.label)), None)
@@ -51,7 +56,11 @@ class WiseFT(Recipe):
 
             soup = GreedySoup(comparator=self.comparator, ties=self.ties)(ingredients, scorer)
             return soup.weights, soup.ingredients, soup.is_new_point
-        self.check(ingredients)
+        if self.uses(ingredients):  # another recipe's weights, from this job
+            earlier = getattr(scorer, "results", {}).get(self.base)
+            if earlier is None or earlier.weights is None:
+                raise self.unknown(ingredients)
+            return earlier.weights, earlier.ingredients, earlier.is_new_point
         base = max(ingredients, key=lambda i: i.held_out) if self.base == "best" else self.named(ingredients)
         return scorer.load(base), [base], False
 
@@ -64,7 +73,7 @@ class WiseFT(Recipe):
 
         curve = [{"alpha": a, **scorer.evaluate(interpolate(init, tuned, a), new_point=new_point(a))} for a in self.alphas]
         chosen = max(curve, key=lambda point: point[HELD_OUT])  # first of equals: the smallest alpha
-        name = self.base if self.base in ("uniform", "greedy") else used[0].name
+        name = self.base if self.base in ("uniform", "greedy") or self.uses(ingredients) else used[0].name
         return RecipeResult(interpolate(init, tuned, chosen["alpha"]), used,
                             {"base": name, "alpha": chosen["alpha"]}, curve=curve,
                             new_point=new_point(chosen["alpha"]))

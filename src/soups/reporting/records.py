@@ -27,7 +27,10 @@ def baseline_rows(ingredients: list[Ingredient], init_metrics: dict | None) -> l
 
 
 def row_name(name: str, result: RecipeResult) -> str:
-    """`<name> soup` for weights, the name in words for an ensemble (`greedy ensemble`)."""
+    """The recipe's own row name if it gives one, else `<name> soup` for weights and the name in words for an
+    ensemble (`greedy ensemble`)."""
+    if result.row:
+        return result.row
     return f"{name} soup" if result.kind == "soup" else name.replace("_", " ")
 
 

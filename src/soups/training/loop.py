@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from soups.distributed import SINGLE, Group, RankSlices, mean_over_ranks, unwrap, wrap
 from soups.errors import BadInput
 from soups.training.resume import load_train_state, save_train_state, training_settings
+from soups.training.within_run import WithinRun
 from soups.runtime import autocast
 
 
@@ -104,11 +105,12 @@ def _update(model, total: int, cfg, num_classes: int, device, group: Group) -> U
 
 def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: torch.device,
              on_log: Callable[[dict], None] | None = None, log_every: int = 10,
-             state_dir: Path | None = None, group: Group = SINGLE) -> list[dict]:
+             state_dir: Path | None = None, group: Group = SINGLE, within: WithinRun | None = None) -> list[dict]:
     """Trains `model` in place (BN in train mode); returns the logged loss/lr curve. With `state_dir`,
     the training state is saved there after every epoch (and every `state_every_steps` steps, if set) and a
     run finding one there goes on from it. Raises NonFiniteLoss on a NaN/inf loss, BadInput if one batch is
-    more than the training set. Under torchrun (`group`), each process takes its slice of every batch."""
+    more than the training set. Under torchrun (`group`), each process takes its slice of every batch.
+    `within` (soups.training.within_run) keeps the EMA after every update and the checkpoints."""
     # Workers are not persistent: each epoch's order and worker seeds then follow from the generator's
     # state at its start, which is what a resumed run restores.
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -124,7 +126,8 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
     settings = training_settings(cfg)
     resumed = state_dir and load_train_state(state_dir, model=model, optimizer=update.optimizer,
                                              scheduler=update.scheduler, generator=generator, scaler=update.scaler,
-                                             settings=settings)
+                                             settings=settings,
+                                             ema=within.ema.module if within and within.ema else None)
     if resumed:
         start_epoch, step, history = resumed["epoch"], resumed["step"], resumed["history"]
         pending = [torch.tensor(v, device=device) for v in resumed["pending"]]
@@ -138,7 +141,7 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
             save_train_state(state_dir, model=model, optimizer=update.optimizer, scheduler=update.scheduler,
                              epoch_generator_state=epoch_start, epoch=epoch, batches_done=batches_done, step=step,
                              history=history, pending=[float(v) for v in pending], scaler=update.scaler,
-                             settings=settings)
+                             settings=settings, ema=within.state_dict() if within else None)
 
     model.train()
     bar = tqdm(total=total, initial=step, desc="fine-tune", leave=False, disable=None)
@@ -147,6 +150,8 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
         for images, labels in loader:
             pending.append(update(images, labels))
             step, done = step + 1, done + 1
+            if within:
+                within.after_step(model, step)
             if step % log_every == 0 or step == total:  # one host sync per log_every steps
                 record = {"step": step, "epoch": epoch, "train_loss": finite_mean_loss(pending, group, step),
                           "lr": update.scheduler.get_last_lr()[0]}
@@ -158,6 +163,8 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
             bar.update(1)
             if every and step % every == 0 and done < len(batches):  # mid-epoch; the epoch's end saves below
                 save_state(epoch, done, epoch_start)
+        if within:
+            within.after_epoch(model, step)
         save_state(epoch + 1, 0, generator.get_state())
     bar.close()
     unwrap(model)

@@ -49,7 +49,7 @@ def _set_rng_states(states: dict) -> None:
 
 
 RESUME_KEYS = ("model", "data", "head", "lora", "lr", "wd", "epochs", "batch_size", "warmup_steps", "grad_clip",
-               "label_smoothing", "mixup", "randaug", "crop_scale", "precision", "seed")
+               "label_smoothing", "mixup", "randaug", "crop_scale", "precision", "seed", "ema_decay", "ema_warmup")
 
 
 def training_settings(cfg) -> dict:
@@ -63,21 +63,22 @@ def training_settings(cfg) -> dict:
 
 def save_train_state(folder: Path, *, model, optimizer, scheduler, epoch_generator_state: torch.Tensor,
                      epoch: int, batches_done: int, step: int, history: list[dict], pending: list[float],
-                     scaler=None, settings: dict | None = None) -> None:
+                     scaler=None, settings: dict | None = None, ema: dict | None = None) -> None:
     """In epoch `epoch` (0-based) after `batches_done` of its batches, `step` steps in all: everything the
     rest of the run depends on. `epoch_generator_state`: the loader generator's state when the epoch began;
-    `scaler`: fp16's torch.amp.GradScaler (its loss scale and growth tracker)."""
+    `scaler`: fp16's torch.amp.GradScaler (its loss scale and growth tracker); `ema`: the EMA's state dict."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "rng": _rng_states(), "generator": epoch_generator_state, "epoch": epoch,
              "batches_done": batches_done, "step": step, "history": history, "pending": pending,
              "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
-             "settings": json.dumps(settings or {}, sort_keys=True)}
+             "settings": json.dumps(settings or {}, sort_keys=True), "ema": ema or {}}
     atomic_write(Path(folder) / STATE_NAME, lambda tmp: torch.save(state, tmp))
 
 
 def load_train_state(folder: Path, *, model, optimizer, scheduler, generator: torch.Generator,
-                     scaler=None, settings: dict | None = None) -> dict | None:
-    """Restores a saved state into these objects (the generator as the saved epoch began); returns
+                     scaler=None, settings: dict | None = None, ema=None) -> dict | None:
+    """Restores a saved state into these objects (the generator as the saved epoch began; `ema`, a module,
+    gets the saved EMA weights); returns
     {epoch, batches_done, step, history, pending}, or None. Raises BadInput when `settings` differ from the
     ones the state was saved under (training_settings), naming what changed."""
     path = Path(folder) / STATE_NAME
@@ -100,6 +101,11 @@ def load_train_state(folder: Path, *, model, optimizer, scheduler, generator: to
     generator.set_state(state["generator"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
+    if ema is not None:
+        if not state.get("ema"):
+            raise BadInput(f"{path} holds no EMA of the weights: it was saved by a run without ema_decay; delete "
+                           f"it to start this run over")
+        ema.load_state_dict(state["ema"])
     _set_rng_states(state["rng"])
     state.setdefault("batches_done", 0)  # states saved at epoch ends only
     log.info("resuming from %s: epoch %d after %d of its batches, %d steps done", path, state["epoch"],

@@ -1,0 +1,100 @@
+"""TIES-Merging (Yadav et al., "Resolving Interference When Merging Models", NeurIPS 2023, Algorithm 1): trim,
+elect sign, disjoint merge of the task vectors τᵢ = θᵢ − θ₀ (θ₀: the shared init).
+
+    trim     τ̂ᵢ keeps the k = max(1, ⌊density · n⌋) entries of τᵢ largest in magnitude (ties at the k-th kept
+             too), n counted per tensor (`scope: tensor`, as mergekit) or over all of a model's tensors
+             (`scope: global`, as the paper and FusionBench)
+    elect    γ = sign(Σᵢ τ̂ᵢ) per entry (a zero sum elects +1: it only happens where nothing survives)
+    merge    τ_m = Σᵢ τ̂ᵢ [sign τ̂ᵢ = γ] / max(1, #{i : sign τ̂ᵢ = γ})   (`merge: mean`; `sum` drops the divisor)
+    θ = θ₀ + λ τ_m                                                     (λ = `scale`)
+
+Every floating-point tensor takes part (as in both peers); integer buffers come from the first ingredient.
+Streamed: two passes over the ingredients (three with `scope: global`, whose threshold needs each model
+whole), memory the init, three accumulators and one ingredient. FusionBench 0.2.33 keeps one entry more
+per model than ⌊density · n⌋ (it keeps |τ| ≥ the (n − ⌊density · n⌋)-th smallest); see BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from soups.errors import BadInput
+from soups.recipes import Recipe, RecipeResult
+
+SCOPES, MERGES = ("tensor", "global"), ("mean", "sum")
+
+
+def kept_count(n: int, density: float) -> int:
+    """Entries trimming keeps of n: max(1, ⌊density · n⌋), all of them at density 1."""
+    return n if density >= 1 else max(1, int(density * n))
+
+
+def threshold(values: torch.Tensor, density: float) -> float:
+    """The k-th largest magnitude of `values` (k = kept_count): entries at or above it survive trimming."""
+    flat = values.reshape(-1).abs()
+    k = kept_count(flat.numel(), density)
+    return float(flat.kthvalue(flat.numel() - k + 1).values)
+
+
+@dataclass
+class TiesMerging(Recipe):
+    needs_init: ClassVar[bool] = True
+    density: float = 0.2
+    scope: str = "tensor"
+    merge: str = "mean"
+    scale: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.density <= 1:
+            raise BadInput(f"density={self.density}; expected a fraction of entries to keep in (0, 1]")
+        if self.scope not in SCOPES or self.merge not in MERGES:
+            raise BadInput(f"scope={self.scope!r}, merge={self.merge!r}; expected scope in {list(SCOPES)} and merge "
+                           f"in {list(MERGES)}")
+
+    def __call__(self, ingredients, scorer) -> RecipeResult:
+        init = scorer.load_init()
+        floats = [k for k, v in init.items() if v.is_floating_point()]
+
+        def trimmed(state, cut):  # {key: τ̂} in float64
+            out = {}
+            for key in floats:
+                tau = state[key].double() - init[key].double()
+                t = cut if cut is not None else threshold(tau, self.density)
+                out[key] = torch.where(tau.abs() >= t, tau, torch.zeros_like(tau))
+            return out
+
+        cuts = [None] * len(ingredients)
+        if self.scope == "global":  # each model's own threshold over all its tensors
+            for i, ingredient in enumerate(ingredients):
+                state = scorer.load(ingredient)
+                cuts[i] = threshold(torch.cat([(state[k].double() - init[k].double()).reshape(-1) for k in floats]),
+                                    self.density)
+        total = {key: torch.zeros_like(init[key], dtype=torch.float64) for key in floats}
+        for i, ingredient in enumerate(ingredients):
+            for key, tau in trimmed(scorer.load(ingredient), cuts[i]).items():
+                total[key] += tau
+        sign = {key: torch.where(s >= 0, 1.0, -1.0).double() for key, s in total.items()}
+        agreeing = {key: torch.zeros_like(s) for key, s in total.items()}
+        count = {key: torch.zeros_like(s) for key, s in total.items()}
+        first = None
+        for i, ingredient in enumerate(ingredients):
+            state = scorer.load(ingredient)
+            first = state if first is None else first
+            for key, tau in trimmed(state, cuts[i]).items():
+                keep = torch.sign(tau) == sign[key]
+                agreeing[key] += torch.where(keep, tau, torch.zeros_like(tau))
+                count[key] += keep.double()
+        merged = {}
+        for key, value in init.items():
+            if key not in agreeing:
+                merged[key] = first[key].clone()
+                continue
+            tau = agreeing[key] / count[key].clamp_min(1) if self.merge == "mean" else agreeing[key]
+            merged[key] = (value.double() + self.scale * tau).to(value.dtype)
+        kept = sum(int((c > 0).sum()) for c in count.values()) / sum(c.numel() for c in count.values())
+        details = {"density": self.density, "scope": self.scope, "merge": self.merge, "scale": self.scale,
+                   "entries_moved": kept}
+        return RecipeResult(merged, list(ingredients), details, new_point=True)

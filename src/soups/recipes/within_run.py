@@ -1,0 +1,64 @@
+"""Within-run averages of the best fine-tune (by held-out accuracy), the baselines DiWA and Model Ratatouille
+report soups against: its exponential moving average (`source: ema`; "moving average" in their tables) and
+the uniform average of its last `k` checkpoints (`source: checkpoints`; SWA-style, as timm's
+avg_checkpoints.py). The runs keep them when fine-tuned with `ema_decay` / `keep_checkpoints`
+(soups.training.within_run); every file is checked against the sha256 its run recorded."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from soups.averaging import average
+from soups.errors import BadInput
+from soups.io.files import load_weights, sha256_file
+from soups.recipes import Recipe, RecipeResult
+from soups.recipes.greedy import by_held_out
+
+SOURCES = ("ema", "checkpoints")
+HOW = {"ema": "ema_decay=0.999 ema_warmup=true", "checkpoints": "keep_checkpoints=3"}
+
+
+@dataclass
+class WithinRunAverage(Recipe):
+    source: str = "checkpoints"  # ema | checkpoints
+    k: int = 0                   # checkpoints: the last k the run kept (0: all it kept)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.source not in SOURCES:
+            raise BadInput(f"source={self.source!r}; expected one of {list(SOURCES)}")
+        if self.k < 0:
+            raise BadInput(f"k={self.k}; expected an integer >= 0 (0: every checkpoint the run kept)")
+
+    def files(self, ingredient) -> list[tuple[Path, str]]:
+        """[(file, recorded sha256)] of this ingredient's run, oldest first; [] if it kept none."""
+        info, run_dir = ingredient.info, ingredient.run_dir
+        if run_dir is None:
+            return []
+        if self.source == "ema":
+            return [(run_dir / info["ema"]["weights"], info["ema"]["sha256"])] if info.get("ema") else []
+        kept = info.get("checkpoints") or []
+        if self.k and len(kept) < self.k:
+            return []
+        return [(run_dir / c["weights"], c["sha256"]) for c in kept[-self.k if self.k else 0:]]
+
+    def check(self, ingredients) -> None:
+        lacking = [i.label for i in ingredients if not self.files(i)]
+        if lacking:
+            what = "an EMA of its weights" if self.source == "ema" else \
+                f"{self.k or 'any'} checkpoint{'s' if self.k != 1 else ''}"
+            raise BadInput(f"{len(lacking)} of {len(ingredients)} ingredients kept no {what} (e.g. {lacking[0]}); "
+                           f"fine-tune with {HOW[self.source]} (run dirs of this project only), or leave this recipe "
+                           f"out (with method=all: add ~method.{'ema' if self.source == 'ema' else 'last_k'})")
+
+    def __call__(self, ingredients, scorer) -> RecipeResult:
+        best = by_held_out(ingredients)[0]
+        files = self.files(best)
+        for path, digest in files:
+            if not path.is_file() or sha256_file(path) != digest:
+                raise BadInput(f"{path} is missing or does not match the sha256 its run recorded")
+        weights = average(load_weights(path) for path, _ in files)
+        row = f"EMA ({best.label})" if self.source == "ema" else f"last-{len(files)} average ({best.label})"
+        details = {"run": best.label, "source": self.source, "files": [str(p) for p, _ in files],
+                   "run_held_out": best.held_out}
+        return RecipeResult(weights, [best], details, new_point=True, row=row)
