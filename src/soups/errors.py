@@ -19,6 +19,11 @@ class BadInput(UserError, ValueError):
     """A value, file or pool that exists but is wrong (a setting out of range, mixed architectures, a damaged file)."""
 
 
+class NotApplicable(BadInput):
+    """A recipe that cannot run on this pool (e.g. within-run averages of runs that kept none): `method=all`
+    leaves it out and says why; asked for by name, it is an error."""
+
+
 class MissingInput(UserError, FileNotFoundError):
     """Something the command needs is not where it was told to look (a dataset root, a pool, an init)."""
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from soups.errors import BadInput
+from soups.errors import BadInput, NotApplicable
 from soups.evaluation.evaluator import format_metrics
 from soups.evaluation.scorer import EvalSettings, PoolScorer, require_init
 from soups.evaluation.stats import build_statistics
@@ -67,8 +67,17 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     pool = open_pool(cfg, device)
     log.info("pool %s: %d ingredients%s", pool.name, len(pool.ingredients),
              f", {len(pool.skipped)} skipped" if pool.skipped else "")
-    for index, recipe in enumerate(recipes.values()):  # each recipe can run on this pool: asked before any evaluation
-        recipe.check(pool.ingredients)
+    left_out = {}  # method=all: recipes that do not apply to this pool, and why
+    for name, recipe in list(recipes.items()):  # each recipe can run on this pool: asked before any evaluation
+        try:
+            recipe.check(pool.ingredients)
+        except NotApplicable as why:
+            if not (cfg.get("method") or {}).get("_every_applicable"):
+                raise
+            left_out[name] = str(why)
+            del recipes[name]
+            log.warning("method=all: %s left out: %s", name, why)
+    for index, recipe in enumerate(recipes.values()):
         if any(name not in list(recipes)[:index] for name in recipe.uses(pool.ingredients)):
             raise recipe.unknown(pool.ingredients)
     require_init(pool, [name for name, recipe in recipes.items() if recipe.needs_init])
@@ -93,7 +102,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
                  for name, recipe in recipes.items()]
         title = f"soups of {pool.name} ({len(pool.ingredients)} ingredients)"
         table = write_report(rows, out_dir, title, cfg.get("reference"), pool.skipped, template["environment"],
-                             statistics.caption())
+                             statistics.caption(), left_out)
         log_report(tracker, rows, out_dir / FIGURE_NAME, cfg.get("reference"))
     print(f"\n{title}\n\n{table}\nwritten to {out_dir}")
     return rows

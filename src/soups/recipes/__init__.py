@@ -79,7 +79,8 @@ class Recipe(Settings, ABC):
 
     def check(self, ingredients: list[Ingredient]) -> None:
         """Raises BadInput if this recipe cannot run on these ingredients; the soup job asks every recipe
-        before the first evaluation (e.g. a recipe of LoRA factors on a pool of full weights)."""
+        before the first evaluation. NotApplicable (e.g. a recipe of LoRA factors on a pool of full weights):
+        `method=all` leaves the recipe out, naming why."""
 
     def uses(self, ingredients: list[Ingredient]) -> list[str]:
         """Config keys of other recipes whose results (`Scorer.results`) this one reads; the soup job refuses the
@@ -142,4 +143,5 @@ def build_recipes(method_cfg) -> dict:
     instantiation run other code. Raises BadInput."""
     if not method_cfg:
         raise BadInput("no method selected; e.g. method=greedy or method=[uniform,greedy]")
-    return {name: build(node, f"method.{name}", "soups.recipes", Recipe) for name, node in method_cfg.items()}
+    return {name: build(node, f"method.{name}", "soups.recipes", Recipe) for name, node in method_cfg.items()
+            if not str(name).startswith("_")}  # `_every_applicable` (method=all) is a flag, not a recipe

@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from soups.errors import BadInput
+from soups.errors import BadInput, NotApplicable
 from soups.models.hf import PREFIX
 from soups.pools.lora import read_adapter
 from soups.recipes import Recipe, RecipeResult
@@ -43,7 +43,7 @@ class LoraFactorMean(Recipe):
 
     def check(self, ingredients) -> None:
         if any(i.info.get("format") != "lora" for i in ingredients):
-            raise BadInput("method=lora_factor_mean averages LoRA factors: it needs LoRA ingredients (pool=lora, "
+            raise NotApplicable("method=lora_factor_mean averages LoRA factors: it needs LoRA ingredients (pool=lora, "
                            "or the run dirs of a lora=default sweep)")
 
     def __call__(self, ingredients, scorer) -> RecipeResult:

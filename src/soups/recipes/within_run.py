@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from soups.averaging import average
-from soups.errors import BadInput
+from soups.errors import BadInput, NotApplicable
 from soups.io.files import load_weights, sha256_file
 from soups.recipes import Recipe, RecipeResult
 from soups.recipes.greedy import by_held_out
@@ -47,9 +47,8 @@ class WithinRunAverage(Recipe):
         if lacking:
             what = "an EMA of its weights" if self.source == "ema" else \
                 f"{self.k or 'any'} checkpoint{'s' if self.k != 1 else ''}"
-            raise BadInput(f"{len(lacking)} of {len(ingredients)} ingredients kept no {what} (e.g. {lacking[0]}); "
-                           f"fine-tune with {HOW[self.source]} (run dirs of this project only), or leave this recipe "
-                           f"out (with method=all: add ~method.{'ema' if self.source == 'ema' else 'last_k'})")
+            raise NotApplicable(f"{len(lacking)} of {len(ingredients)} ingredients kept no {what} (e.g. "
+                                f"{lacking[0]}); fine-tune with {HOW[self.source]} (run dirs of this project only)")
 
     def __call__(self, ingredients, scorer) -> RecipeResult:
         best = by_held_out(ingredients)[0]

@@ -202,9 +202,12 @@ def recipe_sections(rows: list[dict], out_dir: Path) -> str:
     return "\n".join(parts)
 
 
-def provenance(skipped: dict[str, str], environment: dict | None) -> str:
-    """The report's last lines: runs left out of the pool and why; what computed the numbers."""
+def provenance(skipped: dict[str, str], environment: dict | None, left_out: dict[str, str] | None = None) -> str:
+    """The report's last lines: recipes and runs left out and why; what computed the numbers."""
     text = ""
+    if left_out:
+        text += "\nRecipes left out (they do not apply to this pool):\n" + "".join(f"- {m}: {why}\n"
+                                                                                 for m, why in left_out.items())
     if skipped:
         text += "\nSkipped runs (not finished or not intact):\n" + "".join(f"- {d}: {why}\n" for d, why in skipped.items())
     if environment:
@@ -220,7 +223,7 @@ def provenance(skipped: dict[str, str], environment: dict | None) -> str:
 
 
 def write_report(rows: list[dict], out_dir: Path, title: str, reference=None, skipped: dict[str, str] | None = None,
-                 environment: dict | None = None, caption: str = "") -> str:
+                 environment: dict | None = None, caption: str = "", left_out: dict[str, str] | None = None) -> str:
     """report.md (the table, calibration and intervals under `caption`, the paper's numbers if `reference`, then
     each recipe's own tables and figures), report.csv, results.json and the figure. Returns the markdown tables
     printed to the terminal (the recipes' own sections are in report.md only)."""
@@ -232,7 +235,7 @@ def write_report(rows: list[dict], out_dir: Path, title: str, reference=None, sk
         table += "\n" + reference_table(rows, reference)
     sections = recipe_sections(rows, out_dir)
     write_text(f"# {title}\n\nTop-1 accuracy (%). held-out = the validation split used to rank and select "
-               f"ingredients.\n\n{table}{provenance(skipped or {}, environment)}"
+               f"ingredients.\n\n{table}{provenance(skipped or {}, environment, left_out)}"
                + (f"\n{sections}" if sections else ""), out_dir / REPORT_NAME)
     write_text(csv_text(rows), out_dir / "report.csv")
     write_json(rows, out_dir / "results.json")
