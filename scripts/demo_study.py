@@ -5,7 +5,7 @@
     .venv/bin/python scripts/demo_study.py --summary-only                   # tables from finished draws
     .venv/bin/python scripts/demo_study.py --demos vit --out logs/demo_study_recipes \
         --train-args "ema_decay=0.999 ema_warmup=true keep_checkpoints=3 checkpoint_every_steps=15" \
-        --soup-args "method=[uniform,greedy,mehl,fisher,regmean,ema,last_k] method.fisher.examples=128"
+        --soup-args "method=[uniform,greedy,mehl,fisher,regmean,ema,last_k] method.fisher.estimator=sampled"
 
 Each draw is exactly `make demo` (or `make text-demo`: --demos text) with another `search_seed` (8 other hyperparameter draws, the same
 shared init): `src/finetune.py experiment=demo_<name> sweep=demo search_seed=S` then `src/soup.py` on

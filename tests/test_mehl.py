@@ -65,6 +65,20 @@ def test_bad_settings_are_refused():
         MEHLSoup(warmup=1.0)
     with pytest.raises(ValueError, match="ingredient_dtype"):
         MEHLSoup(ingredient_dtype="int8")
+    for bad in (dict(lr=float("inf")), dict(weight_decay=-1.0), dict(weight_decay=float("nan"))):
+        with pytest.raises(ValueError, match="lr finite|weight_decay"):
+            MEHLSoup(**bad)
+
+
+def test_a_diverging_run_is_an_error_not_a_nan_soup(tiny_sweep, soup_cfg, tmp_path):
+    from soups.errors import BadInput
+
+    _, sweep = tiny_sweep
+    with pytest.raises(BadInput, match="diverged"):
+        run_soup(soup_cfg(f"pool.dir={sweep}", "method=mehl", "method.mehl.lr=1e30", "method.mehl.grad_clip=0",
+                          "method.mehl.epochs=1"), tmp_path / "soup")
+    with pytest.raises(BadInput, match="method.ties made weights holding NaN or inf"):  # any recipe: no NaN row
+        run_soup(soup_cfg(f"pool.dir={sweep}", "method=ties", "method.ties.scale=1e300"), tmp_path / "ties")
 
 
 def test_zero_epochs_is_exactly_the_uniform_soup(tiny_sweep, soup_cfg, tmp_path):

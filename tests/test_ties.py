@@ -68,8 +68,10 @@ def test_kept_count_and_bad_settings():
     assert [kept_count(10, d) for d in (0.05, 0.2, 0.55, 1.0)] == [1, 2, 5, 10]
     with pytest.raises(BadInput, match="density"):
         TiesMerging(density=0.0)
-    with pytest.raises(BadInput, match="scope"):
+    with pytest.raises(BadInput, match="^scope='layer'; expected"):  # names only the wrong setting
         TiesMerging(scope="layer")
+    with pytest.raises(BadInput, match="scale=nan"):
+        TiesMerging(scale=float("nan"))
 
 
 def test_soup_py_method_ties_runs_on_a_pool_with_its_init(tiny_sweep, soup_cfg, tmp_path):

@@ -106,6 +106,10 @@ def test_wise_ft_of_another_recipes_result_and_the_order_it_needs(tiny_sweep, tm
     record = json.loads((tmp_path / "out" / "wise_ft" / "soup.json").read_text())
     assert record["base"] == "model_stock" and record["curve"][-1]["alpha"] == 1.0
     assert record["curve"][-1]["test"] == rows["model_stock soup"]["metrics"]["test"]  # alpha 1: that recipe's soup
-    with pytest.raises(BadInput, match="runs before wise_ft"):  # listed after it: refused before any evaluation
+    with pytest.raises(BadInput, match="runs after wise_ft: list it first"):  # refused before any evaluation
         run_soup(compose_cfg("soup", base, [*common, "method=[wise_ft,model_stock]"]), tmp_path / "bad")
     assert not (tmp_path / "bad" / "wise_ft").exists()
+    with pytest.raises(BadInput, match="'ensemble' gives no weights"):
+        run_soup(compose_cfg("soup", base, [*common, "method=[ensemble,wise_ft]", "method.wise_ft.base=ensemble"]),
+                 tmp_path / "bad2")
+    assert not (tmp_path / "bad2" / "ensemble").exists()

@@ -98,10 +98,24 @@ def test_a_pool_of_emas_is_measured_afresh(within_sweep, soup_cfg, tmp_path):
 def test_a_pool_without_them_is_one_plain_error(tiny_sweep, soup_cfg, tmp_path):
     _, sweep = tiny_sweep
     for method, hint in (("ema", "ema_decay=0.999"), ("last_k", "keep_checkpoints=3")):
-        with pytest.raises(BadInput, match=f"kept no .*fine-tune with {hint}"):
+        with pytest.raises(BadInput, match=f"have no .*fine-tune with {hint}"):
             run_soup(soup_cfg(f"pool.dir={sweep}", f"method={method}"), tmp_path / method)
     with pytest.raises(BadInput, match="(?s)no finished runs.*kept no EMA"):
         run_soup(soup_cfg(f"pool.dir={sweep}", "pool.ema=true", "method=uniform"), tmp_path / "emas")
+
+
+def test_asking_for_more_than_was_kept_says_how_many_were(within_sweep, soup_cfg, tmp_path):
+    _, sweep = within_sweep
+    with pytest.raises(BadInput, match="fewer than k=5 kept checkpoints .*: 2\\); fine-tune with keep_checkpoints=5"):
+        run_soup(soup_cfg(f"pool.dir={sweep}", "method=last_k", "method.last_k.k=5"), tmp_path / "soup")
+    with pytest.raises(BadInput, match="already the runs' EMAs"):  # method=ema of EMAs would repeat a row
+        run_soup(soup_cfg(f"pool.dir={sweep}", "pool.ema=true", "method=ema"), tmp_path / "again")
+
+
+def test_checkpoints_that_would_never_be_taken_are_refused(tmp_path):
+    with pytest.raises(BadInput, match="checkpoint_every_steps=1000 exceeds the run's 12 updates"):
+        run_finetune(compose_cfg("finetune", tmp_path, [*TINY, "keep_checkpoints=2", "checkpoint_every_steps=1000"]),
+                     tmp_path / "run")
 
 
 def test_lora_with_within_run_averages_is_refused(tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from soups.errors import BadInput, NotApplicable
+from soups.io.files import nonfinite_tensors
 from soups.evaluation.evaluator import format_metrics
 from soups.evaluation.scorer import EvalSettings, PoolScorer, require_init
 from soups.evaluation.stats import build_statistics
@@ -29,6 +30,10 @@ def run_recipe(name: str, recipe, pool: OpenPool, scorer: PoolScorer, out_dir: P
     folder, log it; its report row. `qualify`: {set: logits} -> what PoolScorer.qualify returns."""
     start = time.time()
     result = recipe(pool.ingredients, scorer)
+    bad = nonfinite_tensors(result.weights) if result.weights is not None else []
+    if bad:  # never a NaN row: the recipe's settings made it diverge
+        raise BadInput(f"method.{name} made weights holding NaN or inf ({len(bad)} tensors, e.g. {bad[:3]}); its "
+                       f"settings diverged (a learning rate or scale too large?)")
     if result.kind == "ensemble":  # k forward passes per image
         logits = scorer.ensemble_logits(result.ingredients)
         metrics = scorer.metrics_of(logits)
@@ -77,9 +82,15 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
             left_out[name] = str(why)
             del recipes[name]
             log.warning("method=all: %s left out: %s", name, why)
-    for index, recipe in enumerate(recipes.values()):
-        if any(name not in list(recipes)[:index] for name in recipe.uses(pool.ingredients)):
-            raise recipe.unknown(pool.ingredients)
+    order = list(recipes)
+    for index, (name, recipe) in enumerate(recipes.items()):  # a recipe built on another's weights runs after it
+        for used in recipe.uses(pool.ingredients):
+            if used in order[:index] and recipes[used].gives_weights:
+                continue
+            why = (f"gives no weights (an ensemble of logits)" if used in order[:index] else
+                   f"runs after {name}: list it first, e.g. 'method=[{used},{name}]'" if used in recipes else
+                   "is not in the pool nor a recipe in this run's method list")
+            raise recipe.unknown(pool.ingredients, used, why)
     require_init(pool, [name for name, recipe in recipes.items() if recipe.needs_init])
     scorer = PoolScorer(pool, EvalSettings.of(cfg), device)
     # released checkpoints carry no metrics, and a run measured under other evaluation settings

@@ -72,6 +72,7 @@ class Recipe(Settings, ABC):
     (`_target_` names the class); the config key is its name in the table, soup.json and W&B. Its int,
     float, bool and str settings are converted and checked on construction (soups.settings.Settings)."""
     needs_init: ClassVar[bool] = False  # True: it moves relative to the shared initialization, which must exist
+    gives_weights: ClassVar[bool] = True  # False: its result is an ensemble of logits (no weights to build on)
 
     @abstractmethod
     def __call__(self, ingredients: list[Ingredient], scorer: "Scorer") -> RecipeResult:
@@ -83,13 +84,13 @@ class Recipe(Settings, ABC):
         `method=all` leaves the recipe out, naming why."""
 
     def uses(self, ingredients: list[Ingredient]) -> list[str]:
-        """Config keys of other recipes whose results (`Scorer.results`) this one reads; the soup job refuses the
-        run before any evaluation unless each runs before it. Raise `unknown` to name a bad one."""
+        """Config keys of other recipes whose weights (`Scorer.results`) this one reads; the soup job refuses the
+        run before any evaluation unless each runs before it and gives weights (`unknown` says why)."""
         return []
 
-    def unknown(self, ingredients: list[Ingredient]) -> BadInput:
-        """The error for a recipe `uses` names that does not run before this one."""
-        return BadInput(f"{type(self).__name__} needs {self.uses(ingredients)} to run before it in `method`")
+    def unknown(self, ingredients: list[Ingredient], name: str, why: str) -> BadInput:
+        """The error for `name`, a recipe `uses` gave that cannot serve (`why`: e.g. it runs after this one)."""
+        return BadInput(f"{type(self).__name__} uses {name!r}, which {why}")
 
 
 class Scorer(Protocol):

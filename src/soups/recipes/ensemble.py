@@ -4,6 +4,7 @@ order of held-out accuracy while the ensemble's held-out accuracy does not drop.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from soups.recipes import Recipe, RecipeResult
 from soups.recipes.greedy import GreedyRecipe, by_held_out, greedy_selection
@@ -11,12 +12,16 @@ from soups.recipes.greedy import GreedyRecipe, by_held_out, greedy_selection
 
 @dataclass
 class LogitEnsemble(Recipe):
+    gives_weights: ClassVar[bool] = False
+
     def __call__(self, ingredients, scorer) -> RecipeResult:
         return RecipeResult(None, list(ingredients), {"inference_cost": len(ingredients)})
 
 
 @dataclass
 class GreedyEnsemble(GreedyRecipe):
+    gives_weights: ClassVar[bool] = False
+
     def __call__(self, ingredients, scorer) -> RecipeResult:
         members = []
         chosen, best, trace = greedy_selection(

@@ -98,10 +98,12 @@ class MEHLSoup(Recipe):
         super().__post_init__()
         if self.ingredient_dtype not in DTYPES:
             raise BadInput(f"ingredient_dtype={self.ingredient_dtype!r}; expected {list(DTYPES)}")
-        if min(self.model_batch, self.model_epochs, self.batch_size) < 1 or self.epochs < 0 or not self.lr > 0:
+        if min(self.model_batch, self.model_epochs, self.batch_size) < 1 or self.epochs < 0 or not 0 < self.lr < math.inf:
             raise BadInput(f"need model_batch, model_epochs, batch_size >= 1, epochs >= 0 and lr > 0 (got "
                            f"model_batch={self.model_batch}, model_epochs={self.model_epochs}, batch_size="
-                           f"{self.batch_size}, epochs={self.epochs}, lr={self.lr})")
+                           f"{self.batch_size}, epochs={self.epochs}, lr={self.lr}; lr finite)")
+        if not 0 <= self.weight_decay < math.inf:
+            raise BadInput(f"weight_decay={self.weight_decay}; expected a finite number >= 0")
         if not 0 <= self.warmup < 1 or not self.grad_clip >= 0 or not math.isfinite(self.grad_clip):
             raise BadInput(f"need 0 <= warmup < 1 and a finite grad_clip >= 0 (got warmup={self.warmup}, "
                            f"grad_clip={self.grad_clip})")
@@ -122,7 +124,8 @@ class MEHLSoup(Recipe):
         alpha = torch.tensor(record["coefficients"]["weights"], dtype=torch.float64)
         details = {**record, "coefficients": {**record["coefficients"], "ingredients": [i.name for i in ingredients]}}
         return RecipeResult(self._soup(ingredients, scorer, names, alpha), list(ingredients), details,
-                            figures={"coefficients": partial(draw_coefficients, details)})
+                            figures={"coefficients": partial(draw_coefficients, details)},
+                            row="mehl soup (by layer)" if self.by_layer else None)
 
     def _soup(self, ingredients, scorer, names, alpha: torch.Tensor) -> dict:
         """Σₖ αₖ θₖ (alpha [K] or [K, tensors]); buffers: the uniform mean."""
@@ -181,10 +184,16 @@ class MEHLSoup(Recipe):
             x = self._fit(b, params, buffers, directions, block_of, blocks, held_out, loss_of, needs_pairs)
             steps = torch.where(norms > 0, x.double() / norms.clamp_min(1e-300), torch.zeros_like(norms))
             alpha = fold(alpha, plan[b], steps)
+            if not torch.isfinite(alpha).all():  # never cached: the journal keeps the last finite state
+                raise BadInput(f"{self.label} diverged in model batch {b + 1}: non-finite coefficients; lower "
+                               f"method.<name>.lr (now {self.lr}) or keep grad_clip > 0")
             del params, buffers, directions
             scorer.remember(journal_key, {"model_batches": b + 1, "alpha": alpha.tolist(), "uniform_loss": uniform_loss})
             log.info("%s: model batch %d/%d done", self.label, b + 1, len(plan))
         learned_loss = mean_loss(*center(alpha))
+        if not math.isfinite(learned_loss):
+            raise BadInput(f"{self.label} diverged: the held-out loss of the learned soup is {learned_loss}; lower "
+                           f"method.<name>.lr (now {self.lr}) or keep grad_clip > 0")
         model.eval()
         log.info("%s: held-out loss %.4f (uniform) -> %.4f", self.label, uniform_loss, learned_loss)
         weights = alpha if self.by_layer else alpha[:, 0]

@@ -15,6 +15,7 @@ per model than ⌊density · n⌋ (it keeps |τ| ≥ the (n − ⌊density · n�
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -50,9 +51,12 @@ class TiesMerging(Recipe):
         super().__post_init__()
         if not 0 < self.density <= 1:
             raise BadInput(f"density={self.density}; expected a fraction of entries to keep in (0, 1]")
-        if self.scope not in SCOPES or self.merge not in MERGES:
-            raise BadInput(f"scope={self.scope!r}, merge={self.merge!r}; expected scope in {list(SCOPES)} and merge "
-                           f"in {list(MERGES)}")
+        if self.scope not in SCOPES:
+            raise BadInput(f"scope={self.scope!r}; expected one of {list(SCOPES)}")
+        if self.merge not in MERGES:
+            raise BadInput(f"merge={self.merge!r}; expected one of {list(MERGES)}")
+        if not math.isfinite(self.scale):
+            raise BadInput(f"scale={self.scale}; expected a finite number (λ, 1 = the merged task vector as is)")
 
     def __call__(self, ingredients, scorer) -> RecipeResult:
         init = scorer.load_init()

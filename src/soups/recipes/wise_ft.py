@@ -38,11 +38,10 @@ class WiseFT(Recipe):
         """The recipe whose result is the base, when `base` names no ingredient (the soup job checks it runs first)."""
         return [] if self.base in ("best", "uniform", "greedy") or self.named(ingredients) else [self.base]
 
-    def unknown(self, ingredients) -> BadInput:
+    def unknown(self, ingredients, name: str, why: str) -> BadInput:
         shown = [i.label for i in ingredients][:5]
-        return BadInput(f"method.wise_ft.base={self.base!r} is not in the pool nor a recipe that runs before wise_ft: "
-                        f"expected best, uniform, greedy, an ingredient's name or label (e.g. {shown}) or a method "
-                        f"listed before wise_ft (e.g. 'method=[{self.base},wise_ft]')")
+        return BadInput(f"method.wise_ft.base={name!r} {why}; expected best, uniform, greedy, an ingredient's name or "
+                        f"label (e.g. {shown}) or a recipe that gives weights, listed before wise_ft in `method`")
 
     def named(self, ingredients):
         return next((i for i in ingredients if self.base in (i.name, i.label)), None)
@@ -59,7 +58,7 @@ class WiseFT(Recipe):
         if self.uses(ingredients):  # another recipe's weights, from this job
             earlier = getattr(scorer, "results", {}).get(self.base)
             if earlier is None or earlier.weights is None:
-                raise self.unknown(ingredients)
+                raise self.unknown(ingredients, self.base, "is not in the pool nor a recipe run before wise_ft")
             return earlier.weights, earlier.ingredients, earlier.is_new_point
         base = max(ingredients, key=lambda i: i.held_out) if self.base == "best" else self.named(ingredients)
         return scorer.load(base), [base], False

@@ -15,7 +15,7 @@ from soups.recipes import Recipe, RecipeResult
 from soups.recipes.greedy import by_held_out
 
 SOURCES = ("ema", "checkpoints")
-HOW = {"ema": "ema_decay=0.999 ema_warmup=true", "checkpoints": "keep_checkpoints=3"}
+HOW = {"ema": "ema_decay=0.999 ema_warmup=true"}
 
 
 @dataclass
@@ -43,21 +43,29 @@ class WithinRunAverage(Recipe):
         return [(run_dir / c["weights"], c["sha256"]) for c in kept[-self.k if self.k else 0:]]
 
     def check(self, ingredients) -> None:
-        lacking = [i.label for i in ingredients if not self.files(i)]
-        if lacking:
-            what = "an EMA of its weights" if self.source == "ema" else \
-                f"{self.k or 'any'} checkpoint{'s' if self.k != 1 else ''}"
-            raise NotApplicable(f"{len(lacking)} of {len(ingredients)} ingredients kept no {what} (e.g. "
-                                f"{lacking[0]}); fine-tune with {HOW[self.source]} (run dirs of this project only)")
+        if self.source == "ema" and any(i.info.get("weights_of") == "ema" for i in ingredients):
+            raise NotApplicable("the ingredients are already the runs' EMAs (pool.ema=true): the best one is the best "
+                                "individual's row")
+        lacking = [i for i in ingredients if not self.files(i)]
+        if not lacking:
+            return
+        if self.source == "ema":
+            raise NotApplicable(f"{len(lacking)} of {len(ingredients)} ingredients have no EMA of their weights (e.g. "
+                                f"{lacking[0].label}); fine-tune with {HOW['ema']} (run dirs of this project only)")
+        kept = len(lacking[0].info.get("checkpoints") or [])
+        raise NotApplicable(f"{len(lacking)} of {len(ingredients)} ingredients have "
+                            f"{f'fewer than k={self.k}' if self.k else 'no'} kept checkpoints (e.g. {lacking[0].label}: "
+                            f"{kept}); fine-tune with keep_checkpoints={max(self.k, 3)} (run dirs of this project only)")
 
     def __call__(self, ingredients, scorer) -> RecipeResult:
         best = by_held_out(ingredients)[0]
+        run = best.label.removesuffix(" (EMA)")  # pool.ema=true: the run's checkpoints, not its EMA
         files = self.files(best)
         for path, digest in files:
             if not path.is_file() or sha256_file(path) != digest:
                 raise BadInput(f"{path} is missing or does not match the sha256 its run recorded")
         weights = average(load_weights(path) for path, _ in files)
-        row = f"EMA ({best.label})" if self.source == "ema" else f"last-{len(files)} average ({best.label})"
-        details = {"run": best.label, "source": self.source, "files": [str(p) for p, _ in files],
+        row = f"EMA ({run})" if self.source == "ema" else f"last-{len(files)} average ({run})"
+        details = {"run": run, "source": self.source, "files": [str(p) for p, _ in files],
                    "run_held_out": best.held_out}
         return RecipeResult(weights, [best], details, new_point=True, row=row)

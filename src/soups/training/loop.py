@@ -121,6 +121,9 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
     if len(loader) == 0:
         raise BadInput(f"batch_size={cfg.batch_size} exceeds the {len(dataset)} training images")
     total = int(cfg.epochs) * len(loader)
+    if within and within.keep and within.every > total:
+        raise BadInput(f"checkpoint_every_steps={within.every} exceeds the run's {total} updates: no checkpoint "
+                       f"would be kept (keep_checkpoints={within.keep})")
     update = _update(model, total, cfg, num_classes, device, group)
     history, step, pending, start_epoch = [], 0, [], 0
     settings = training_settings(cfg)
