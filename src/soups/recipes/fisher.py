@@ -53,7 +53,7 @@ def diagonal_fisher(model: torch.nn.Module, batches, examples: int, estimator: s
                 weight = float(p[c]) if estimator == "exact" else 1.0
                 for (name, _), g in zip(params.items(), grads):
                     if g is not None:
-                        fisher[name] += weight * g.detach().float().pow(2)
+                        fisher[name].addcmul_(g.detach().float(), g.detach().float(), value=weight)  # no temporaries
             seen += 1
         if seen == examples:
             break
