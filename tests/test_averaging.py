@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from soups.averaging import RunningAverage, average
+from soups.averaging import RunningAverage, average, weighted_sum
 
 
 def state(w, b, n=0):
@@ -76,3 +76,11 @@ def test_weighted_sum_takes_weights_as_given_or_per_tensor():
 
     out = weighted_sum([(state([1.0], [2.0]), 2.0), (state([10.0], [20.0]), lambda key: {"w": -1.0, "b": 0.5}[key])])
     assert out["w"].item() == -8.0 and out["b"].item() == 14.0
+
+
+def test_averaging_never_writes_into_its_inputs():
+    state = {"w": torch.tensor([1.0, 2.0], dtype=torch.float64), "f": torch.tensor([3.0])}
+    before = {k: v.clone() for k, v in state.items()}
+    assert torch.equal(average([state, state, state], [0.2, 0.3, 0.5])["w"], before["w"])
+    assert torch.equal(weighted_sum([(state, 2.0)])["f"], 2 * before["f"])
+    assert all(torch.equal(state[k], before[k]) for k in state)  # a float64 input is not the accumulator

@@ -110,7 +110,7 @@ def test_the_held_out_loss_falls_and_the_soup_is_the_learned_combination(tiny_sw
     key = next(k for k in soup if k.endswith("conv_stem.weight"))
     a = alpha[:, tensors.index(key)] if by_layer else alpha
     torch.testing.assert_close(soup[key], sum(w * r[key].double() for w, r in zip(a.tolist(), runs)).float())
-    assert rows[-1]["row"] == "mehl soup"
+    assert rows[-1]["row"] == ("mehl soup (by layer)" if by_layer else "mehl soup")
     assert (out / "mehl" / "coefficients.png").stat().st_size > 5_000
 
 

@@ -29,7 +29,9 @@ class WeightedSum:
         """Raises ValueError if `state` has other keys or shapes than the first state added."""
         w = weight if callable(weight) else (lambda _key, w=float(weight): w)
         if self.sums is None:
-            self.sums = {k: v.double().mul_(float(w(k))) for k, v in state.items() if v.is_floating_point()}
+            # a copy even when v is float64 already: the accumulator must never alias the caller's tensor
+            self.sums = {k: v.to(torch.float64, copy=True).mul_(float(w(k))) for k, v in state.items()
+                         if v.is_floating_point()}
             self.fixed = {k: v.clone() for k, v in state.items() if not v.is_floating_point()}
             self.dtypes = {k: v.dtype for k, v in state.items()}
             return
