@@ -15,7 +15,7 @@ from soups.recipes import Recipe, RecipeResult
 from soups.recipes.greedy import by_held_out
 
 SOURCES = ("ema", "checkpoints")
-HOW = {"ema": "ema_decay=0.999 ema_warmup=true"}
+EMA_HOW = "ema_decay=0.999 ema_warmup=true"  # what the refusal advises
 
 
 @dataclass
@@ -51,7 +51,7 @@ class WithinRunAverage(Recipe):
             return
         if self.source == "ema":
             raise NotApplicable(f"{len(lacking)} of {len(ingredients)} ingredients have no EMA of their weights (e.g. "
-                                f"{lacking[0].label}); fine-tune with {HOW['ema']} (run dirs of this project only)")
+                                f"{lacking[0].label}); fine-tune with {EMA_HOW} (run dirs of this project only)")
         kept = len(lacking[0].info.get("checkpoints") or [])
         raise NotApplicable(f"{len(lacking)} of {len(ingredients)} ingredients have "
                             f"{f'fewer than k={self.k}' if self.k else 'no'} kept checkpoints (e.g. {lacking[0].label}: "
