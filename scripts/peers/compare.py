@@ -128,6 +128,10 @@ def project_merge(method, states, base, weights, lam, stats, ridge, scope="tenso
     from soups.averaging import average, weighted_sum
 
     k = len(states)
+
+    class Shim:  # the two Scorer methods ModelStock and TiesMerging call: the shared init and one ingredient
+        load_init = staticmethod(lambda: base)
+        load = staticmethod(lambda i: states[i])
     split = lambda kind: [{name.split("/", 2)[2]: t for name, t in stats.items()  # noqa: E731
                            if name.startswith(f"{kind}/{i}/")} for i in range(k)]
     if method == "uniform":
@@ -137,17 +141,11 @@ def project_merge(method, states, base, weights, lam, stats, ridge, scope="tenso
     if method == "model_stock":
         from soups.recipes.model_stock import ModelStock
 
-        class Shim:  # the two Scorer methods ModelStock calls: the shared init and one ingredient
-            load_init = staticmethod(lambda: base)
-            load = staticmethod(lambda i: states[i])
         return ModelStock()(list(range(k)), Shim()).weights
     if method == "ties":
         from soups.recipes.ties import TiesMerging
 
-        class Pool:  # the two Scorer methods TiesMerging calls
-            load_init = staticmethod(lambda: base)
-            load = staticmethod(lambda i: states[i])
-        return TiesMerging(density=density, scope=scope)(list(range(k)), Pool()).weights
+        return TiesMerging(density=density, scope=scope)(list(range(k)), Shim()).weights
     if method == "task_arithmetic":  # no recipe in src/soups: init + λ Σ (θᵢ − init) with averaging.weighted_sum
         return weighted_sum([(base, 1.0 - k * lam), *((s, lam) for s in states)])
     if method == "fisher":

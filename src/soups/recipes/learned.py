@@ -107,15 +107,9 @@ class LearnedSoup(Recipe):
         names = [n for n, _ in scorer.model.named_parameters()]
         # the same settings on the same ingredients (by sha256) learn the same weights: learn once
         settings = dict(vars(self))
-        key = {"recipe": "learned_soup", **settings, "ingredients": [scorer.digest(i) for i in ingredients]}
-        record = scorer.recall(key)
-        if record is None:
-            record = self._learn(ingredients, scorer, names, journal_key={**key, "journal": True})
-            scorer.remember(key, record)
-        else:
-            log.info("%s: mixing weights learned before on this pool (cache)", self.label)
+        record, details = learned_once(scorer, "learned_soup", settings, ingredients, self.label,
+                                       lambda journal: self._learn(ingredients, scorer, names, journal_key=journal))
         weights = torch.tensor(record["coefficients"]["weights"], dtype=torch.float64)
-        details = {**record, "coefficients": {**record["coefficients"], "ingredients": [i.name for i in ingredients]}}
         return RecipeResult(self._merge(ingredients, scorer, names, weights), list(ingredients), details,
                             figures={"coefficients": partial(draw_coefficients, details)})
 
@@ -217,6 +211,19 @@ class LearnedSoup(Recipe):
         recomputed afterwards anyway)."""
         per_model = weights.mean(1) if self.by_layer else weights
         return coefficient_soup(ingredients, scorer, names, weights, per_model)
+
+
+def learned_once(scorer, recipe: str, settings: dict, ingredients, label: str, learn) -> tuple[dict, dict]:
+    """(record, details): the record `learn(journal_key)` returns, learned once per recipe, settings and ingredient
+    digests and then recalled from the scorer's cache; details = the record with the ingredients' current names."""
+    key = {"recipe": recipe, **settings, "ingredients": [scorer.digest(i) for i in ingredients]}
+    record = scorer.recall(key)
+    if record is None:
+        record = learn({**key, "journal": True})
+        scorer.remember(key, record)
+    else:
+        log.info("%s: coefficients learned before on this pool (cache)", label)
+    return record, {**record, "coefficients": {**record["coefficients"], "ingredients": [i.name for i in ingredients]}}
 
 
 def coefficient_soup(ingredients, scorer, names: list[str], weights: torch.Tensor,

@@ -38,7 +38,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from soups.errors import BadInput
 from soups.recipes import Recipe, RecipeResult
-from soups.recipes.learned import DTYPES, LOSS_ORDER_SEED, coefficient_soup, draw_coefficients
+from soups.recipes.learned import DTYPES, LOSS_ORDER_SEED, coefficient_soup, draw_coefficients, learned_once
 from soups.runtime import autocast
 
 log = logging.getLogger(__name__)
@@ -114,15 +114,9 @@ class MEHLSoup(Recipe):
 
     def __call__(self, ingredients, scorer) -> RecipeResult:
         names = [n for n, _ in scorer.model.named_parameters()]
-        key = {"recipe": "mehl_soup", **vars(self), "ingredients": [scorer.digest(i) for i in ingredients]}
-        record = scorer.recall(key)
-        if record is None:
-            record = self._learn(ingredients, scorer, names, journal_key={**key, "journal": True})
-            scorer.remember(key, record)
-        else:
-            log.info("%s: coefficients learned before on this pool (cache)", self.label)
+        record, details = learned_once(scorer, "mehl_soup", dict(vars(self)), ingredients, self.label,
+                                       lambda journal: self._learn(ingredients, scorer, names, journal_key=journal))
         alpha = torch.tensor(record["coefficients"]["weights"], dtype=torch.float64)
-        details = {**record, "coefficients": {**record["coefficients"], "ingredients": [i.name for i in ingredients]}}
         return RecipeResult(self._soup(ingredients, scorer, names, alpha), list(ingredients), details,
                             figures={"coefficients": partial(draw_coefficients, details)},
                             row="mehl soup (by layer)" if self.by_layer else None)
