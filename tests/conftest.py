@@ -58,3 +58,24 @@ def own_cache(sweep_tmp: Path, tmp_path: Path) -> Path:
     test's forward-pass count depends on the order tests run in."""
     shutil.copytree(sweep_tmp / "cache", tmp_path / "cache", dirs_exist_ok=True)
     return tmp_path
+
+
+def killed_then_resumed(cfg, tmp_path: Path, monkeypatch, killed_at) -> list[dict]:
+    """Runs the soup job `cfg` into tmp_path/killed, interrupted (KeyboardInterrupt, as a killed job) right after
+    the first journal record for which `killed_at(record)` holds, then runs it again into tmp_path/resumed;
+    returns the resumed run's rows."""
+    from soups.evaluation.scorer import PoolScorer
+    from soups.jobs.soup import run_soup
+
+    original = PoolScorer.remember
+
+    def remember_then_die(self, key, record):
+        original(self, key, record)
+        if key.get("journal") and killed_at(record):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(PoolScorer, "remember", remember_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_soup(cfg, tmp_path / "killed")
+    monkeypatch.setattr(PoolScorer, "remember", original)
+    return run_soup(cfg, tmp_path / "resumed")

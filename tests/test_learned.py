@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from conftest import killed_then_resumed
 from soups.data import build_data
 from soups.io.files import load_weights
 from soups.models.classifier import build_classifier
@@ -114,25 +115,12 @@ def test_a_second_run_reuses_the_learned_weights(tiny_sweep, soup_cfg, tmp_path,
 
 def test_an_interrupted_learned_soup_resumes_from_its_journal_with_the_same_weights(tiny_sweep, soup_cfg, tmp_path,
                                                                                     monkeypatch, caplog):
-    from soups.evaluation.scorer import PoolScorer
-
     _, sweep = tiny_sweep
     settings = ("method=learned", "method.learned.epochs=3")
     whole = run_soup(soup_cfg(f"pool.dir={sweep}", *settings, f"paths.cache_dir={tmp_path}/a"), tmp_path / "whole")
-    original = PoolScorer.remember
-
-    def killed_after_two_epochs(self, key, record):
-        original(self, key, record)
-        if key.get("journal") and record["epoch"] == 2:
-            raise KeyboardInterrupt  # as if the job were killed here
-
-    monkeypatch.setattr(PoolScorer, "remember", killed_after_two_epochs)
     cfg = soup_cfg(f"pool.dir={sweep}", *settings, f"paths.cache_dir={tmp_path}/b")
-    with pytest.raises(KeyboardInterrupt):
-        run_soup(cfg, tmp_path / "killed")
-    monkeypatch.setattr(PoolScorer, "remember", original)
     with caplog.at_level("INFO"):
-        resumed = run_soup(cfg, tmp_path / "resumed")
+        resumed = killed_then_resumed(cfg, tmp_path, monkeypatch, lambda record: record["epoch"] == 2)
     assert "resuming from its journal after epoch 2" in caplog.text
     read = lambda run: json.loads((tmp_path / run / "learned" / "soup.json").read_text())  # noqa: E731
     assert read("resumed")["coefficients"]["weights"] == read("whole")["coefficients"]["weights"]

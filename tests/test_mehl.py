@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from conftest import killed_then_resumed
 from soups.io.files import load_weights
 from soups.jobs.soup import run_soup
 from soups.recipes.mehl import MEHLSoup, coordinate_gradient, fold, point, warmup_cosine
@@ -116,25 +117,12 @@ def test_the_held_out_loss_falls_and_the_soup_is_the_learned_combination(tiny_sw
 
 def test_an_interrupted_run_resumes_from_its_journal_with_the_same_coefficients(tiny_sweep, soup_cfg, tmp_path,
                                                                                monkeypatch, caplog):
-    from soups.evaluation.scorer import PoolScorer
-
     _, sweep = tiny_sweep
     settings = ("method=mehl", "method.mehl.model_batch=1", "method.mehl.epochs=1", "method.mehl.lr=0.3")
     whole = run_soup(soup_cfg(f"pool.dir={sweep}", *settings, f"paths.cache_dir={tmp_path}/a"), tmp_path / "whole")
-    original = PoolScorer.remember
-
-    def killed_after_two_model_batches(self, key, record):
-        original(self, key, record)
-        if key.get("journal") and record["model_batches"] == 2:
-            raise KeyboardInterrupt  # as if the job were killed here
-
-    monkeypatch.setattr(PoolScorer, "remember", killed_after_two_model_batches)
     cfg = soup_cfg(f"pool.dir={sweep}", *settings, f"paths.cache_dir={tmp_path}/b")
-    with pytest.raises(KeyboardInterrupt):
-        run_soup(cfg, tmp_path / "killed")
-    monkeypatch.setattr(PoolScorer, "remember", original)
     with caplog.at_level("INFO"):
-        resumed = run_soup(cfg, tmp_path / "resumed")
+        resumed = killed_then_resumed(cfg, tmp_path, monkeypatch, lambda record: record["model_batches"] == 2)
     assert "resuming from its journal after model batch 2" in caplog.text
     read = lambda run: json.loads((tmp_path / run / "mehl" / "soup.json").read_text())  # noqa: E731
     assert read("resumed")["coefficients"]["weights"] == read("whole")["coefficients"]["weights"]
