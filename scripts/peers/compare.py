@@ -47,7 +47,8 @@ ROWS = [
     ("task_arithmetic", "task_arithmetic", ("mergekit", "fusionbench"), {},
      "same formula (project: no recipe; init + λ Σ (θᵢ − init) via averaging.weighted_sum)"),
     ("ties (per tensor)", "ties", ("mergekit",), {"scope": "tensor"},
-     "same formula: per tensor keep max(1, ⌊density·n⌋) largest |τ|, elect sign(Σ τ̂), disjoint mean"),
+     "same formula: per tensor keep max(1, ⌊density·n⌋) largest |τ|, elect sign(Σ τ̂), disjoint mean; "
+     "where two |τ| tie at the k-th magnitude the project keeps both, mergekit's argsort one"),
     ("ties (global)", "ties", ("fusionbench",), {"scope": "global"},
      "expected: FusionBench keeps |τ| ≥ the (n − ⌊density·n⌋)-th smallest of a model's n entries, i.e. "
      "⌊density·n⌋ + 1 of them, one more than the paper's top-k% (the project keeps ⌊density·n⌋)"),
