@@ -6,7 +6,7 @@ STAMP := $(VENV)/.requirements.stamp
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help venv demo text-demo text-demo-lora text-data peers test test-slow benchmark clean
+.PHONY: help venv demo text-demo text-demo-lora text-data peers test test-cluster test-slow benchmark clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,7 +44,11 @@ peers: $(STAMP)  ## mergekit and FusionBench in their own venv (.peers/): their 
 TEST_WORKERS ?= auto   # pytest-xdist workers: one per core; TEST_WORKERS=0 runs in this process
 
 test: $(STAMP)  ## fast tests (offline; W&B offline), one worker per core
-	WANDB_MODE=offline $(PY) -m pytest -m "not slow" -n $(TEST_WORKERS)
+	WANDB_MODE=offline $(PY) -m pytest -m "not slow and not cluster" -n $(TEST_WORKERS)
+
+test-cluster: $(STAMP)  ## launcher=slurm through a real one-node SLURM cluster on this machine (root: apt-get + daemons; ~3 min)
+	bash scripts/local_slurm.sh start
+	SOUPS_CLUSTER_TESTS=1 WANDB_MODE=offline HF_HUB_OFFLINE=1 $(PY) -m pytest -m cluster -p no:cacheprovider
 
 test-slow:  $(STAMP)  ## everything, including the full demo
 	WANDB_MODE=offline $(PY) -m pytest -n $(TEST_WORKERS)

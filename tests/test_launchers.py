@@ -1,5 +1,6 @@
 """Sweeps through Hydra launchers given as configs (conf/launcher/): a 2-job submitit_local sweep end to
 end, and the composed launcher configs of the others (what `--cfg hydra` prints)."""
+import os
 import subprocess
 import sys
 
@@ -45,3 +46,55 @@ def test_a_two_task_submitit_job_trains_data_parallel(tmp_path):
     assert 0 <= read_json(sweep / "0" / "run.json")["metrics"]["val"] <= 100
     logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
     assert "rank 1 of 2" in logs
+
+
+def test_without_accounting_jobs_are_followed_by_squeue_and_one_that_left_the_queue_is_done(tmp_path, monkeypatch):
+    """QueueWatcher on squeue's own output (a stand-in squeue on PATH prints it; the real one runs in
+    tests/test_slurm.py): array tasks pending as a range, and a job gone from the queue without a result."""
+    from soups.jobs.launchers import LEFT_QUEUE, QueueWatcher
+
+    answer = tmp_path / "answer.txt"
+    (tmp_path / "squeue").write_text(f"#!/bin/sh\ncat {answer}\n")
+    (tmp_path / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    watcher = QueueWatcher(delay_s=60)
+    for job in ("7_0", "7_1", "7_2", "8"):
+        watcher.register_job(job)
+    answer.write_text("7_[1-2%1]|PENDING|\n7_0|RUNNING|vm\n8|RUNNING|vm\n")
+    watcher.update()
+    assert [watcher.get_state(j, mode="cache") for j in ("7_0", "7_1", "7_2", "8")] == \
+        ["RUNNING", "PENDING", "PENDING", "RUNNING"]
+    answer.write_text("7_0|COMPLETED|vm\n7_1|RUNNING|vm\n7_2|PENDING|\n")  # 8 killed and purged since
+    watcher.update()
+    assert watcher.get_state("8", mode="cache") == LEFT_QUEUE and watcher.is_done("8", mode="cache")
+    assert watcher.is_done("7_0", mode="cache") and not watcher.is_done("7_2", mode="cache")
+
+
+def test_a_job_stopped_for_good_is_one_plain_line():
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf
+    from submitit.core.utils import UncompletedJobError
+
+    from soups.jobs.launchers import stopped_jobs
+
+    stopped, finished = JobReturn(), JobReturn()
+    stopped.status, stopped._return_value = JobStatus.FAILED, UncompletedJobError("Job not requeued because: "
+                                                                                  "timed-out too many times.")
+    stopped.hydra_cfg = OmegaConf.create({"hydra": {"job": {"num": 3}, "runtime": {"output_dir": "/sweep/3"}}})
+    finished.status, finished._return_value = JobStatus.COMPLETED, 91.0
+    lines = stopped_jobs([finished, stopped], max_num_timeout=3)
+    assert len(lines) == 1 and lines[0].startswith("error: job #3 stopped without finishing: it hit its time "
+                                                   "limit 4 times (hydra.launcher.max_num_timeout=3;")
+    assert "kept in /sweep/3" in lines[0]
+
+
+@pytest.mark.parametrize("shard, shards, why", [(2, 2, "shard=2"), (0, 0, "shards=0"), (-1, 3, "shard=-1"),
+                                                ("0", 2, "shard='0'")])
+def test_a_shard_outside_the_pool_evaluation_is_refused(shard, shards, why):
+    from omegaconf import OmegaConf
+
+    from soups.errors import BadInput
+    from soups.jobs.evaluate import shard_of
+
+    with pytest.raises(BadInput, match=why):
+        shard_of(OmegaConf.create({"shard": shard, "shards": shards}))

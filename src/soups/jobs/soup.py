@@ -95,12 +95,15 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     scorer = PoolScorer(pool, EvalSettings.of(cfg), device)
     # released checkpoints carry no metrics, and a run measured under other evaluation settings
     # (precision, batch size, ...) is not comparable with the soups: each is evaluated once, cached
-    for ingredient in pool.ingredients + ([pool.release_init] if pool.release_init else []):
+    individuals = pool.ingredients + ([pool.release_init] if pool.release_init else [])
+    for ingredient in individuals:
         scorer.individual_metrics(ingredient)
     template = pool.template() | {"evaluation": scorer.settings_record()}
     rows = baseline_rows(pool.ingredients, template["init"]["metrics"])
     best = max(pool.ingredients, key=lambda i: i.held_out)
     best_logits = scorer.individual_logits(best)  # every soup and ensemble is compared with it, image by image
+    log.info("individual models: %d images forwarded for %d models (0: all from run.json or the evaluation "
+             "cache, e.g. filled by src/evaluate.py)", scorer.images_forwarded, len(individuals))
     best_row = next(r for r in rows if r["kind"] == "best_individual")
     best_row |= scorer.qualify(best_logits, None, statistics)  # its calibration
 

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# A one-node SLURM cluster on this machine, to try `launcher=slurm` for real and to run the cluster tests.
+#
+#   sudo bash scripts/local_slurm.sh install   # Debian/Ubuntu: slurm-wlm + munge from apt (once)
+#   sudo bash scripts/local_slurm.sh start     # munged, slurmctld, slurmd on this host; waits until idle
+#   bash scripts/local_slurm.sh status         # sinfo and the queue
+#   sudo bash scripts/local_slurm.sh stop      # shuts the daemons down
+#
+# The cluster: one node (this host, its CPUs and memory as `slurmd -C` reports them), one partition `local`,
+# CPUs scheduled one by one (CR_CPU), no accounting storage (as on many small clusters), no GPUs. Every
+# daemon listens on 127.0.0.1 only. The configuration goes to /etc/slurm/slurm.conf, and only if that file
+# is absent or was written by this script: an existing cluster's configuration is never touched.
+# `start` also installs (as `install`) when the daemons are missing. Root is needed (daemons, /etc, apt).
+set -euo pipefail
+
+CONF=/etc/slurm/slurm.conf
+MARK="# written by scripts/local_slurm.sh"
+STATE=/var/spool/soups-slurm
+LOGS=/var/log/soups-slurm
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "error: '$1' needs root (it installs packages or starts daemons); run it with sudo" >&2
+    exit 1
+  fi
+}
+
+install() {
+  need_root install
+  if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null; then
+    return
+  fi
+  if ! command -v apt-get >/dev/null; then
+    echo "error: no apt-get here; install SLURM (slurmctld, slurmd) and munge with this system's packages" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
+}
+
+write_conf() {
+  if [ -f "$CONF" ] && ! head -1 "$CONF" | grep -q "^$MARK"; then
+    echo "error: $CONF exists and was not written by this script: this machine has a SLURM configuration" \
+         "already; use that cluster (or move the file away to try the local one)" >&2
+    exit 1
+  fi
+  local node
+  node=$(slurmd -C | head -1)   # NodeName=<host> CPUs=... RealMemory=...
+  mkdir -p "$STATE/ctld" "$STATE/d" "$LOGS" /etc/slurm
+  cat > "$CONF.tmp" <<EOF
+$MARK: a one-node cluster for trying launcher=slurm
+ClusterName=soups-local
+SlurmctldHost=$(hostname -s)(127.0.0.1)
+SlurmUser=root
+AuthType=auth/munge
+StateSaveLocation=$STATE/ctld
+SlurmdSpoolDir=$STATE/d
+SlurmctldPidFile=/run/soups-slurmctld.pid
+SlurmdPidFile=/run/soups-slurmd.pid
+SlurmctldLogFile=$LOGS/slurmctld.log
+SlurmdLogFile=$LOGS/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+ReturnToService=2
+# no accounting storage: sacct has nothing to read (submitit falls back to squeue, see docs/scale.md)
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+# a requeued job may start again at once, and a killed one is gone within seconds
+KillWait=5
+MinJobAge=300
+SchedulerParameters=bf_interval=5
+$node NodeAddr=127.0.0.1 State=UNKNOWN
+PartitionName=local Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+EOF
+  mv "$CONF.tmp" "$CONF"
+}
+
+start_munge() {
+  if pgrep -x munged >/dev/null; then return; fi
+  mkdir -p /run/munge /var/log/munge /var/lib/munge
+  chown munge:munge /run/munge /var/log/munge /var/lib/munge
+  if [ ! -s /etc/munge/munge.key ]; then
+    runuser -u munge -- mungekey --create --keyfile=/etc/munge/munge.key
+  fi
+  runuser -u munge -- munged
+}
+
+start() {
+  need_root start
+  install
+  write_conf
+  start_munge
+  pgrep -x slurmctld >/dev/null || slurmctld
+  pgrep -x slurmd >/dev/null || slurmd
+  local host state
+  host=$(hostname -s)
+  for _ in $(seq 1 60); do
+    state=$(sinfo -h -n "$host" -o %T 2>/dev/null || true)
+    case "$state" in
+      idle|mixed|allocated) echo "local SLURM cluster up: node $host $state (partition local)"; return ;;
+      down*|drain*) scontrol update nodename="$host" state=resume 2>/dev/null || true ;;
+    esac
+    sleep 1
+  done
+  echo "error: the node did not become idle in 60 s (state: '${state:-no answer}'); see $LOGS/" >&2
+  exit 1
+}
+
+stop() {
+  need_root stop
+  if pgrep -x slurmctld >/dev/null; then scontrol shutdown >/dev/null 2>&1 || true; fi
+  for _ in $(seq 1 20); do
+    pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break
+    sleep 0.5
+  done
+  pkill -x slurmd 2>/dev/null || true
+  pkill -x slurmctld 2>/dev/null || true
+  echo "local SLURM cluster stopped"
+}
+
+status() {
+  sinfo
+  squeue
+}
+
+case "${1:-}" in
+  install) install ;;
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  *) echo "usage: bash scripts/local_slurm.sh install|start|stop|status" >&2; exit 1 ;;
+esac

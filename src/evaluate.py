@@ -1,0 +1,30 @@
+"""Evaluate every ingredient of a pool once, into the evaluation cache that src/soup.py reads, as parallel
+jobs through any launcher (a SLURM job array with launcher=slurm):
+
+    python src/evaluate.py -m launcher=slurm shards=8 pool.dir=logs/finetune/multiruns/<sweep>
+    python src/evaluate.py pool=files "pool.glob='ckpts/*.pt'" model=vit_b32 data=imagenet   # one process
+
+The pool, model, data and evaluation settings are src/soup.py's (conf/evaluate.yaml reads conf/soup.yaml):
+give both commands the same ones, and the soup job then forwards no image for the individual models.
+"""
+import os
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+# conf/paths resolves the logs and caches from here, whatever the working directory
+os.environ.setdefault("SOUPS_ROOT", str(Path(__file__).resolve().parents[1]))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg) -> None:
+    from soups.errors import said_plainly
+    from soups.jobs.evaluate import run_evaluate
+
+    with said_plainly():  # an input the user can fix: `error: ...`, exit 1, no traceback to read through
+        run_evaluate(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()

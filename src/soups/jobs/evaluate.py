@@ -1,0 +1,56 @@
+"""One pool-evaluation job: the ingredients of one shard of a pool, each evaluated once into the evaluation
+cache that the soup job reads (metrics and, with cache_logits, logits per set). With `-m` and a launcher,
+`shards` jobs share the pool: ingredient i (pool order) is evaluated by job i % shards."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from soups.errors import BadInput
+from soups.evaluation.scorer import EvalSettings, PoolScorer
+from soups.io.files import write_json
+from soups.pools import open_pool
+from soups.runtime import resolve_device, setup
+from soups.settings import SoupSettings, checked
+
+log = logging.getLogger(__name__)
+
+
+def shard_of(cfg: DictConfig) -> tuple[int, int]:
+    """(shard, shards) from the config; BadInput unless 0 <= shard < shards."""
+    shard, shards = cfg.get("shard"), cfg.get("shards")
+    if not (isinstance(shards, int) and not isinstance(shards, bool) and shards >= 1):
+        raise BadInput(f"shards={shards!r}; expected the number of evaluation jobs, an integer >= 1")
+    if not (isinstance(shard, int) and not isinstance(shard, bool) and 0 <= shard < shards):
+        raise BadInput(f"shard={shard!r}; expected this job's index, an integer in [0, {shards - 1}] "
+                       f"(with -m it is set for each job: python src/evaluate.py -m shards={shards})")
+    return shard, shards
+
+
+def run_evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
+    """Evaluates this shard's ingredients (and, in shard 0, a pool's init file) unless the cache or their
+    run.json holds them already; writes evaluate.json in `out_dir` ({ingredient: metrics}, images forwarded,
+    seconds) and returns it."""
+    cfg = checked(cfg, SoupSettings)
+    shard, shards = shard_of(cfg)
+    setup(cfg.seed, cfg.get("threads"))
+    device = resolve_device(cfg.device)
+    pool = open_pool(cfg, device)
+    scorer = PoolScorer(pool, EvalSettings.of(cfg), device)
+    mine = [ingredient for i, ingredient in enumerate(pool.ingredients) if i % shards == shard]
+    if shard == 0 and pool.release_init is not None:
+        mine.append(pool.release_init)
+    start, metrics = time.time(), {}
+    for ingredient in mine:
+        metrics[ingredient.name] = scorer.individual_metrics(ingredient)
+        if scorer.cache_logits:  # what ensembles and the soups' comparisons with the best individual read
+            scorer.individual_logits(ingredient)
+    record = {"pool": pool.name, "shard": shard, "shards": shards, "metrics": metrics,
+              "images_forwarded": scorer.images_forwarded, "seconds": round(time.time() - start, 1)}
+    write_json(record, Path(out_dir) / "evaluate.json")
+    log.info("shard %d of %d: %d of %d models, %d images forwarded in %.0f s", shard, shards, len(mine),
+             len(pool.ingredients), record["images_forwarded"], record["seconds"])
+    return record
