@@ -80,14 +80,19 @@ EOF
   mv "$CONF.tmp" "$CONF"
 }
 
+# Whether each daemon answers (not whether a process of that name exists: a killed one can linger a while)
+munge_up() { munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; }
+ctld_up() { timeout 5 scontrol ping 2>/dev/null | grep -q "is UP"; }
+slurmd_up() { timeout 5 scontrol show slurmd >/dev/null 2>&1; }
+
 start_munge() {
-  if pgrep -x munged >/dev/null; then return; fi
+  if munge_up; then return; fi
   mkdir -p /run/munge /var/log/munge /var/lib/munge
   chown munge:munge /run/munge /var/log/munge /var/lib/munge
   if [ ! -s /etc/munge/munge.key ]; then
     runuser -u munge -- mungekey --create --keyfile=/etc/munge/munge.key
   fi
-  runuser -u munge -- munged
+  runuser -u munge -- munged --force   # --force: a stale socket of a killed munged is no obstacle
 }
 
 start() {
@@ -95,12 +100,12 @@ start() {
   install
   write_conf
   start_munge
-  pgrep -x slurmctld >/dev/null || slurmctld
-  pgrep -x slurmd >/dev/null || slurmd
+  ctld_up || slurmctld -c   # -c: a fresh cluster, no jobs left from a previous one
+  slurmd_up || slurmd
   local host state
   host=$(hostname -s)
   for _ in $(seq 1 60); do
-    state=$(sinfo -h -n "$host" -o %T 2>/dev/null || true)
+    state=$(timeout 5 sinfo -h -n "$host" -o %T 2>/dev/null || true)
     case "$state" in
       idle|mixed|allocated) echo "local SLURM cluster up: node $host $state (partition local)"; return ;;
       down*|drain*) scontrol update nodename="$host" state=resume 2>/dev/null || true ;;
@@ -113,7 +118,7 @@ start() {
 
 stop() {
   need_root stop
-  if pgrep -x slurmctld >/dev/null; then scontrol shutdown >/dev/null 2>&1 || true; fi
+  if ctld_up; then timeout 10 scontrol shutdown >/dev/null 2>&1 || true; fi
   for _ in $(seq 1 20); do
     pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break
     sleep 0.5
