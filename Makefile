@@ -47,11 +47,11 @@ test: $(STAMP)  ## fast tests (offline; W&B offline), one worker per core
 	WANDB_MODE=offline $(PY) -m pytest -m "not slow and not cluster" -n $(TEST_WORKERS)
 
 test-cluster: $(STAMP)  ## launcher=slurm through a real one-node SLURM cluster on this machine (root: apt-get + daemons; ~3 min)
-	bash scripts/local_slurm.sh start
+	timeout 10 sinfo >/dev/null 2>&1 || bash scripts/local_slurm.sh start
 	SOUPS_CLUSTER_TESTS=1 WANDB_MODE=offline HF_HUB_OFFLINE=1 $(PY) -m pytest -m cluster -p no:cacheprovider
 
-test-slow:  $(STAMP)  ## everything, including the full demo
-	WANDB_MODE=offline $(PY) -m pytest -n $(TEST_WORKERS)
+test-slow:  $(STAMP)  ## everything but the cluster tests, including the full demo
+	WANDB_MODE=offline $(PY) -m pytest -m "not cluster" -n $(TEST_WORKERS)
 
 benchmark: $(STAMP)  ## speed and memory vs reference loops (~25 min on 2 cores; BENCHMARKS.md)
 	$(PY) scripts/benchmark.py $(BENCH_ARGS)

@@ -7,9 +7,10 @@
 #   sudo bash scripts/local_slurm.sh stop      # shuts the daemons down
 #
 # The cluster: one node (this host, its CPUs and memory as `slurmd -C` reports them), one partition `local`,
-# CPUs scheduled one by one (CR_CPU), no accounting storage (as on many small clusters), no GPUs. Every
-# daemon listens on 127.0.0.1 only. The configuration goes to /etc/slurm/slurm.conf, and only if that file
-# is absent or was written by this script: an existing cluster's configuration is never touched.
+# CPUs scheduled one by one (CR_CPU), no accounting storage (as on many small clusters), no GPUs. The
+# daemons talk over 127.0.0.1 and bind no other address. The configuration goes to /etc/slurm/slurm.conf,
+# only if that file is absent or was written by this script and no other cluster answers here; `stop`
+# stops only this script's daemons (by their pid files): an existing cluster is never touched.
 # `start` also installs (as `install`) when the daemons are missing. Root is needed (daemons, /etc, apt).
 set -euo pipefail
 
@@ -38,10 +39,19 @@ install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
 }
 
+ours() { [ -f "$CONF" ] && head -1 "$CONF" | grep -q "^$MARK"; }
+
 write_conf() {
-  if [ -f "$CONF" ] && ! head -1 "$CONF" | grep -q "^$MARK"; then
+  if [ -f "$CONF" ] && ! ours; then
     echo "error: $CONF exists and was not written by this script: this machine has a SLURM configuration" \
          "already; use that cluster (or move the file away to try the local one)" >&2
+    exit 1
+  fi
+  local name
+  name=$(timeout 5 scontrol show config 2>/dev/null | awk -F= '/^ClusterName/ {gsub(/ /, "", $2); print $2}' || true)
+  if [ -n "$name" ] && [ "$name" != soups-local ]; then
+    echo "error: a SLURM cluster ($name) already answers on this machine (configless or elsewhere configured);" \
+         "use it, the local one would shadow it" >&2
     exit 1
   fi
   local node
@@ -66,10 +76,9 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 ReturnToService=2
-# no accounting storage: sacct has nothing to read (submitit falls back to squeue, see docs/scale.md)
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-JobCompType=jobcomp/none
+# no AccountingStorageType: no accounting, so sacct has nothing to read (launcher=slurm then follows jobs
+# with squeue, docs/scale.md); bind 127.0.0.1 only, never every address
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 # a requeued job may start again at once, and a killed one is gone within seconds
 KillWait=5
 MinJobAge=300
@@ -83,6 +92,8 @@ EOF
 # Whether each daemon answers (not whether a process of that name exists: a killed one can linger a while)
 munge_up() { munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; }
 ctld_up() { timeout 5 scontrol ping 2>/dev/null | grep -q "is UP"; }
+alive() { [ -f "$1" ] && ps -o stat= -p "$(cat "$1")" 2>/dev/null | grep -qv Z; }   # a live, non-zombie pid
+ctld_alive() { alive /run/soups-slurmctld.pid; }
 slurmd_up() { timeout 5 scontrol show slurmd >/dev/null 2>&1; }
 
 start_munge() {
@@ -100,14 +111,16 @@ start() {
   install
   write_conf
   start_munge
-  ctld_up || slurmctld -c   # -c: a fresh cluster, no jobs left from a previous one
+  # a busy controller may miss one ping: a new one (-c: a fresh cluster, no jobs left from a previous one) only
+  # when the old one is gone
+  ctld_up || ctld_alive || slurmctld -c
   slurmd_up || slurmd
   local host state
   host=$(hostname -s)
   for _ in $(seq 1 60); do
     state=$(timeout 5 sinfo -h -n "$host" -o %T 2>/dev/null || true)
     case "$state" in
-      idle|mixed|allocated) echo "local SLURM cluster up: node $host $state (partition local)"; return ;;
+      idle|mixed|allocated|completing|planned) echo "local SLURM cluster up: node $host $state (partition local)"; return ;;
       down*|drain*) scontrol update nodename="$host" state=resume 2>/dev/null || true ;;
     esac
     sleep 1
@@ -118,13 +131,19 @@ start() {
 
 stop() {
   need_root stop
-  if ctld_up; then timeout 10 scontrol shutdown >/dev/null 2>&1 || true; fi
+  if ! ours; then
+    echo "error: $CONF was not written by this script: not stopping a cluster it did not start" >&2
+    exit 1
+  fi
+  local pid
+  for daemon in slurmd slurmctld; do
+    pid=/run/soups-$daemon.pid
+    if alive "$pid"; then kill "$(cat "$pid")" 2>/dev/null || true; fi
+  done
   for _ in $(seq 1 20); do
-    pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break
+    alive /run/soups-slurmd.pid || alive /run/soups-slurmctld.pid || break
     sleep 0.5
   done
-  pkill -x slurmd 2>/dev/null || true
-  pkill -x slurmctld 2>/dev/null || true
   echo "local SLURM cluster stopped"
 }
 

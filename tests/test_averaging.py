@@ -39,6 +39,19 @@ def test_float32_sum_is_within_round_off_of_a_float64_sum_at_k_72():
     assert 0 < error < 72 * 2 ** -24 * max(s["w"].abs().max().item() for s in states)
 
 
+def test_combinations_with_large_or_negative_weights_are_summed_in_float64():
+    # task arithmetic with K = 72, lambda = 1: theta_0 weighted 1 - 72 = -71; the result is a small task vector
+    g = torch.Generator().manual_seed(0)
+    init = {"w": torch.randn(4096, generator=g)}
+    tunes = [{"w": init["w"] + 1e-3 * torch.randn(4096, generator=g)} for _ in range(72)]
+    exact = (-71 * init["w"].double() + sum(t["w"].double() for t in tunes)).float()
+    merged = weighted_sum([(init, -71.0), *((t, 1.0) for t in tunes)])
+    assert (merged["w"] - exact).abs().max().item() <= 1e-7 * exact.abs().max().item() + 1e-12
+    # extrapolating weights in average() take the same path
+    out = average([{"w": torch.tensor([1.0])}, {"w": torch.tensor([1.0 + 2 ** -20])}], weights=[-1.0, 2.0])
+    assert out["w"].item() == torch.tensor([1.0 + 2 ** -19]).item()
+
+
 def test_result_is_returned_once():
     running = RunningAverage()
     running.add(state([2.0], [2.0]))

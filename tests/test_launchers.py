@@ -60,10 +60,11 @@ def test_without_accounting_jobs_are_followed_by_squeue_and_one_that_left_the_qu
     watcher = QueueWatcher(delay_s=60)
     for job in ("7_0", "7_1", "7_2", "8"):
         watcher.register_job(job)
-    answer.write_text("7_[1-2%1]|PENDING|\n7_0|RUNNING|vm\n8|RUNNING|vm\n")
+    answer.write_text("7_[1-2%1]|PENDING|\n7_0|CONFIGURING|vm\n8|RUNNING|vm\n")  # 7_0: its node boots
     watcher.update()
     assert [watcher.get_state(j, mode="cache") for j in ("7_0", "7_1", "7_2", "8")] == \
         ["RUNNING", "PENDING", "PENDING", "RUNNING"]
+    assert not any(watcher.is_done(j, mode="cache") for j in ("7_0", "7_1", "7_2", "8"))
     answer.write_text("7_0|COMPLETED|vm\n7_1|RUNNING|vm\n7_2|PENDING|\n")  # 8 killed and purged since
     watcher.update()
     assert watcher.get_state("8", mode="cache") == LEFT_QUEUE and watcher.is_done("8", mode="cache")
@@ -82,10 +83,10 @@ def test_a_job_stopped_for_good_is_one_plain_line():
                                                                                   "timed-out too many times.")
     stopped.hydra_cfg = OmegaConf.create({"hydra": {"job": {"num": 3}, "runtime": {"output_dir": "/sweep/3"}}})
     finished.status, finished._return_value = JobStatus.COMPLETED, 91.0
-    lines = stopped_jobs([finished, stopped], max_num_timeout=3)
-    assert len(lines) == 1 and lines[0].startswith("error: job #3 stopped without finishing: it hit its time "
-                                                   "limit 4 times (hydra.launcher.max_num_timeout=3;")
-    assert "kept in /sweep/3" in lines[0]
+    lines = stopped_jobs([finished, stopped], "/sweep", max_num_timeout=3)
+    assert lines == ["error: job #3 stopped without finishing: it hit its time limit 4 times "
+                     "(hydra.launcher.max_num_timeout=3). What it saved is kept in /sweep/3: relaunch the same "
+                     "command with hydra.sweep.dir=/sweep and a longer hydra.launcher.timeout_min to go on from there."]
 
 
 @pytest.mark.parametrize("shard, shards, why", [(2, 2, "shard=2"), (0, 0, "shards=0"), (-1, 3, "shard=-1"),
@@ -98,3 +99,13 @@ def test_a_shard_outside_the_pool_evaluation_is_refused(shard, shards, why):
 
     with pytest.raises(BadInput, match=why):
         shard_of(OmegaConf.create({"shard": shard, "shards": shards}))
+
+
+def test_a_sharded_evaluation_of_the_latest_sweep_is_refused(tmp_path):
+    """Each job would resolve "latest" when it starts: a sweep made in between would split another pool."""
+    from conftest import compose_cfg
+    from soups.errors import BadInput
+    from soups.jobs.evaluate import run_evaluate
+
+    with pytest.raises(BadInput, match="name it: pool.dir=<sweep>"):
+        run_evaluate(compose_cfg("evaluate", tmp_path, ["shards=2", "shard=1"]), tmp_path / "out")

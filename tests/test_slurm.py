@@ -33,13 +33,28 @@ SMALL_NODE = ["launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launche
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
-    answer = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True) \
-        if shutil.which("sinfo") else None
-    if answer is None or answer.returncode != 0 or not answer.stdout.strip():
-        why = "no SLURM cluster answers (start one: sudo bash scripts/local_slurm.sh start)"
+    """The local cluster (ClusterName soups-local) or a skip; never a real cluster's queue."""
+    answer = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30) \
+        if shutil.which("scontrol") else None
+    if answer is None or answer.returncode != 0 or not re.search(r"ClusterName\s*=\s*soups-local", answer.stdout):
+        why = "the local SLURM cluster does not answer (start it: sudo bash scripts/local_slurm.sh start)"
         if os.environ.get("SOUPS_CLUSTER_TESTS") == "1":
             pytest.fail(why)
         pytest.skip(why)
+
+
+def cancel_jobs_under(folder: Path) -> None:
+    """scancel every job a test submitted (found in its .submitit folders): a failed or timed-out test leaves
+    no task holding the node's CPUs."""
+    ids = {p.name.split("_")[0] for p in folder.rglob(".submitit/*") if re.fullmatch(r"\d+(_\d+)?", p.name)}
+    if ids:
+        subprocess.run(["scancel", *sorted(ids)], capture_output=True)
+
+
+@pytest.fixture(autouse=True)
+def no_job_left(tmp_path):
+    yield
+    cancel_jobs_under(tmp_path)
 
 
 def finetune(tmp_path: Path, sweep: Path, *overrides: str, node=tuple(SMALL_NODE)) -> list[str]:
@@ -61,18 +76,30 @@ def job_logs(sweep: Path) -> str:
     return "".join(p.read_text() for p in sorted((sweep / ".submitit").rglob("*_log.*")))
 
 
-class QueueLog(threading.Thread):
-    """Polls squeue every 0.5 s while a sweep runs: the states and pending reasons seen, and the most tasks
-    running at once. Releases a requeued job's 120 s hold (BeginTime) at once, as an admin would."""
+def wait_for(condition, driver: subprocess.Popen, seconds: float = 300) -> bool:
+    """Polls `condition` every 0.05 s until it holds (True), the driver exits or time runs out (False)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and driver.poll() is None:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
 
-    def __init__(self):
+
+class QueueLog(threading.Thread):
+    """Polls squeue every 0.5 s while a sweep runs: its jobs' states and pending reasons, and the most of its
+    tasks running at once. Releases its requeued job's 120 s hold (BeginTime) at once, as an admin would."""
+
+    def __init__(self, sweep: Path):
         super().__init__(daemon=True)
-        self.stop, self.seen, self.most_running = threading.Event(), [], 0
+        self.sweep, self.stop, self.seen, self.most_running = sweep, threading.Event(), [], 0
 
     def run(self):
         while not self.stop.is_set():
-            out = subprocess.run(["squeue", "-h", "-o", "%i|%T|%r"], capture_output=True, text=True).stdout
-            rows = [line.split("|") for line in out.splitlines() if line]
+            out = subprocess.run(["squeue", "-h", "-o", "%A|%F|%T|%r"], capture_output=True, text=True).stdout
+            mine = {p.name.split("_")[0] for p in self.sweep.glob(".submitit/*") if re.fullmatch(r"\d+(_\d+)?", p.name)}
+            rows = [(job, state, reason) for job, array, state, reason in
+                    (line.split("|") for line in out.splitlines() if line) if array in mine or job in mine]
             self.seen += rows
             self.most_running = max(self.most_running, sum(state == "RUNNING" for _, state, _ in rows))
             for job, state, reason in rows:
@@ -93,16 +120,17 @@ class QueueLog(threading.Thread):
 def sweep_of_three(tmp_path_factory):
     """The README's sweep command (3 learning rates, array_parallelism=2, W&B offline), run once."""
     tmp = tmp_path_factory.mktemp("slurm_sweep")
-    command = finetune(tmp, tmp / "sweep", "logger=wandb", "hydra.launcher.array_parallelism=2",
+    command = finetune(tmp, tmp / "sweep", "logger=wandb", "hydra.launcher.array_parallelism=1",
                        "lr=1e-3,3e-3,1e-2")
-    with QueueLog() as queue:
+    with QueueLog(tmp / "sweep") as queue:
         done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return tmp, command, done, queue
+    yield tmp, command, done, queue
+    cancel_jobs_under(tmp)
 
 
 def test_the_readme_sweep_runs_as_one_job_array_within_its_parallelism(sweep_of_three):
     tmp, _, done, queue = sweep_of_three
+    assert done.returncode == 0, done.stderr[-3000:]
     sweep = tmp / "sweep"
     runs = [read_json(sweep / str(i) / "run.json") for i in range(3)]
     assert [r["status"] for r in runs] == ["finished"] * 3
@@ -110,8 +138,8 @@ def test_the_readme_sweep_runs_as_one_job_array_within_its_parallelism(sweep_of_
     assert all(list((sweep / str(i) / "wandb").glob("offline-run-*/run-*.wandb")) for i in range(3))
     job = job_id(sweep)
     script = (sweep / ".submitit" / job / f"{job}_submission.sh").read_text()
-    assert "#SBATCH --array=0-2%2" in script
-    assert queue.most_running <= 2
+    assert "#SBATCH --array=0-2%1" in script
+    assert queue.most_running == 1  # 2 CPUs, a CPU each: only the array's limit keeps the second waiting
     assert any(reason == "JobArrayTaskLimit" for _, state, reason in queue.seen if state == "PENDING")
     # no accounting on this cluster: followed with squeue, without an error line per poll
     assert "sacct" not in done.stderr and "Bypassing" not in done.stderr
@@ -133,12 +161,10 @@ def test_a_job_requeued_mid_training_resumes_and_ends_with_the_weights_of_an_uni
                            capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-3000:]
     sweep = tmp_path / "requeued"
-    with QueueLog():
+    with QueueLog(sweep):
         driver = subprocess.Popen(finetune(tmp_path, sweep, *overrides), env=ENV, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 300
-        while not (sweep / "0" / STATE_NAME).is_file() and driver.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
+        assert wait_for(lambda: (sweep / "0" / STATE_NAME).is_file(), driver), "no training state was saved"
         subprocess.run(["scontrol", "requeue", job_id(sweep)], check=True)  # mid-training, as a preemption
         _, err = driver.communicate(timeout=600)
     assert driver.returncode == 0, err[-3000:]
@@ -151,18 +177,25 @@ def test_a_job_requeued_mid_training_resumes_and_ends_with_the_weights_of_an_uni
 
 
 def test_a_job_that_keeps_timing_out_ends_with_a_plain_reason_and_its_state_kept(tmp_path):
-    # a 1-minute limit, submitit's signal 45 s before it (SLURM sends it up to a minute early): a job that
-    # would train far longer is stopped, requeued once (max_num_timeout=1), stopped again: the end
+    # The signal SLURM sends at `signal_delay_s` before the time limit (--signal=USR2@...), sent here once the
+    # job has saved a state and again once it has resumed from it, as submitit's own tests send it (SLURM's
+    # timing is up to a minute early). With a limit this short submitit counts each one as a timeout: the job
+    # is requeued once (max_num_timeout=1) and stopped at the second.
     sweep = tmp_path / "sweep"
     command = finetune(tmp_path, sweep, "logger=none", "epochs=200", "state_every_steps=5", "lr=1e-3",
-                       "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=45",
-                       "hydra.launcher.max_num_timeout=1")
-    with QueueLog():
-        done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+                       "hydra.launcher.timeout_min=5", "hydra.launcher.max_num_timeout=1")
+    with QueueLog(sweep):
+        driver = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert wait_for(lambda: (sweep / "0" / STATE_NAME).is_file(), driver), "no training state was saved"
+        subprocess.run(["scancel", "--signal=USR2", job_id(sweep)], check=True)
+        assert wait_for(lambda: "resuming from" in job_logs(sweep), driver), "the requeued job did not resume"
+        subprocess.run(["scancel", "--signal=USR2", job_id(sweep)], check=True)
+        _, stderr = driver.communicate(timeout=600)
+    done = subprocess.CompletedProcess(command, driver.returncode, "", stderr)
     assert done.returncode == 1
     assert "error: job #0 stopped without finishing: it hit its time limit 2 times" in done.stderr
     assert "Traceback" not in done.stderr
-    assert job_logs(sweep).count("this job is timed-out") >= 2 * 2  # two timeouts (each logged twice)
+    assert job_logs(sweep).count("this job is timed-out") >= 2  # two timeouts
     assert (sweep / "0" / STATE_NAME).is_file() and not (sweep / "0" / "run.json").exists()
 
 

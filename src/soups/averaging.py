@@ -1,11 +1,14 @@
 """Weight arithmetic, in one place: weighted sums of state dicts (every soup), their mean, and the
 interpolation between two models (WiSE-FT, Model Stock, the landscape).
 
-Floating-point tensors are accumulated in float32, or in their own dtype when wider (float64), and cast back
-to their dtype: half and bfloat16 ingredients are summed in float32, float32 ones in float32 as the official
-model-soups code, mergekit and FusionBench do. Against a float64 sum the difference is float32 round-off
-(2.4e-07 at most over 12M N(0,1) entries, K = 4; `tests/test_averaging.py` bounds it at K = 72), and the
-sum runs 3-4x faster with half the memory (BENCHMARKS.md, "Peers side by side"). Integer buffers (e.g. BN's
+Means with non-negative weights (`average`, `RunningAverage`: uniform, weighted and greedy soups) are
+accumulated in float32, or in a tensor's own dtype when wider (float64): half and bfloat16 ingredients are
+summed in float32, float32 ones in float32 as the official model-soups code, mergekit and FusionBench do.
+Against a float64 sum that differs by round-off (2.4e-07 at most over 12M N(0,1) entries, K = 4;
+`tests/test_averaging.py` bounds it at K = 72) and runs 3-4x faster with half the memory (BENCHMARKS.md,
+"Peers side by side"). Any other combination (`weighted_sum`, `interpolate`: WiSE-FT, learned and MEHL
+coefficients, task arithmetic, negative weights) is accumulated in float64: there the float32 error would
+scale with sum_i |w_i| |theta_i|, e.g. 1 - K*lambda = -71 times the init in task arithmetic. Integer buffers (e.g. BN's
 num_batches_tracked) are taken from the first state, never mixed. Streamed: memory is one accumulator plus
 one state dict, whatever the number of states.
 """
@@ -22,9 +25,11 @@ Weight = float | Callable[[str], float]  # one weight for every tensor, or one p
 
 
 class WeightedSum:
-    """sum_i w_i * theta_i over state dicts added one at a time."""
+    """sum_i w_i * theta_i over state dicts added one at a time, accumulated in float64 (`convex=False`) or,
+    for non-negative weights (`convex=True`), in float32 (each tensor in the wider of float32 and its dtype)."""
 
-    def __init__(self):
+    def __init__(self, convex: bool = False):
+        self.floor = torch.float32 if convex else torch.float64
         self.sums: StateDict | None = None
         self.fixed: StateDict = {}
         self.dtypes: dict[str, torch.dtype] = {}
@@ -37,7 +42,7 @@ class WeightedSum:
         w = weight if callable(weight) else (lambda _key, w=float(weight): w)
         if self.sums is None:
             # torch.mul makes a new tensor: the accumulator never aliases the caller's tensor
-            self.sums = {k: torch.mul(v.to(torch.promote_types(v.dtype, torch.float32)), float(w(k)))
+            self.sums = {k: torch.mul(v.to(torch.promote_types(v.dtype, self.floor)), float(w(k)))
                          for k, v in state.items() if v.is_floating_point()}
             self.fixed = {k: v.clone() for k, v in state.items() if not v.is_floating_point()}
             self.dtypes = {k: v.dtype for k, v in state.items()}
@@ -73,11 +78,14 @@ class WeightedSum:
 class RunningAverage(WeightedSum):
     """The weighted mean, sum_i w_i theta_i / sum_i w_i, with a peek at a candidate (greedy soup)."""
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, convex: bool = True):
+        super().__init__(convex)
+        self.convex = convex
         self.total_weight = 0.0
 
     def add(self, state: StateDict, weight: float = 1.0) -> None:
+        if self.convex and weight < 0:
+            raise ValueError(f"weight {weight} < 0 in a float32 mean; use RunningAverage(convex=False)")
         super().add(state, weight)
         self.total_weight += weight
 
@@ -97,8 +105,8 @@ class RunningAverage(WeightedSum):
 def average(states: Iterable[StateDict], weights: Iterable[float] | None = None) -> StateDict:
     """Weighted mean (weights normalized to sum 1; uniform by default), streamed over `states`.
     The uniform soup: theta = (1/k) sum_i theta_i (paper, Section 3)."""
-    running = RunningAverage()
     weights = list(weights) if weights is not None else None
+    running = RunningAverage(convex=weights is None or all(float(w) >= 0 for w in weights))
     n = 0
     for n, state in enumerate(states, start=1):
         if weights is not None and n > len(weights):

@@ -12,11 +12,18 @@ log = logging.getLogger(__name__)
 
 class SoupsSlurmLauncher(submitit_launcher.SlurmLauncher):
     def launch(self, job_overrides, initial_job_idx):
-        from soups.jobs.launchers import followed, stopped_jobs  # lazy: plugin discovery stays fast
+        from soups.jobs.launchers import STOPPED_FOR_GOOD, followed, stopped_jobs, stopped_line  # lazy: plugin
+        from submitit.core.utils import UncompletedJobError                                  # discovery stays fast
 
-        with followed():
-            results = super().launch(job_overrides, initial_job_idx)
-        stopped = stopped_jobs(results, self.params.get("max_num_timeout"))
+        sweep, most = str(self.config.hydra.sweep.dir), self.params.get("max_num_timeout")
+        try:
+            with followed():
+                results = super().launch(job_overrides, initial_job_idx)
+        except UncompletedJobError as err:  # stopped outside the task (e.g. while loading its config)
+            if STOPPED_FOR_GOOD not in str(err):
+                raise
+            raise SystemExit(stopped_line("of this sweep", "its run dir", sweep, most)) from None
+        stopped = stopped_jobs(results, sweep, most)
         if stopped:
             raise SystemExit("\n".join(stopped))
         return results

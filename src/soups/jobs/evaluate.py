@@ -36,6 +36,11 @@ def run_evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
     seconds) and returns it."""
     cfg = checked(cfg, SoupSettings)
     shard, shards = shard_of(cfg)
+    pool_cfg = cfg.pool
+    if shards > 1 and str(pool_cfg.get("_target_", "")).endswith("RunDirs") and \
+            not (pool_cfg.get("dir") or pool_cfg.get("glob") or pool_cfg.get("runs")):
+        raise BadInput("shards > 1 with the latest sweep as the pool: each job would look for the latest sweep when "
+                       "it starts, and a sweep made in between would split another pool; name it: pool.dir=<sweep>")
     setup(cfg.seed, cfg.get("threads"))
     device = resolve_device(cfg.device)
     pool = open_pool(cfg, device)
@@ -48,7 +53,8 @@ def run_evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
         metrics[ingredient.name] = scorer.individual_metrics(ingredient)
         if scorer.cache_logits:  # what ensembles and the soups' comparisons with the best individual read
             scorer.individual_logits(ingredient)
-    record = {"pool": pool.name, "shard": shard, "shards": shards, "metrics": metrics,
+    record = {"pool": pool.name, "ingredients": [i.name for i in pool.ingredients], "shard": shard,
+              "shards": shards, "metrics": metrics,
               "images_forwarded": scorer.images_forwarded, "seconds": round(time.time() - start, 1)}
     write_json(record, Path(out_dir) / "evaluate.json")
     log.info("shard %d of %d: %d of %d models, %d images forwarded in %.0f s", shard, shards, len(mine),

@@ -7,21 +7,28 @@ submitit then warns on every poll and, for a job killed before it wrote its resu
 from __future__ import annotations
 
 import contextlib
-import getpass
 import logging
+import os
 import subprocess
 
 from hydra.core.utils import JobStatus
-from submitit.core.utils import UncompletedJobError
 from submitit.slurm import slurm as submitit_slurm
 
 log = logging.getLogger(__name__)
 LEFT_QUEUE = "LEFT_QUEUE"  # the state of a job that ended out of squeue's sight; submitit counts it as done
 
 
+# squeue shows states sacct never does; submitit counts every state outside its "incomplete" list as ended
+LIVE = {"CONFIGURING": "RUNNING", "RESIZING": "RUNNING", "SIGNALING": "RUNNING", "STAGE_OUT": "RUNNING",
+        "STOPPED": "RUNNING", "SUSPENDED": "RUNNING", "REQUEUE_HOLD": "PENDING", "REQUEUE_FED": "PENDING",
+        "RESV_DEL_HOLD": "PENDING", "SPECIAL_EXIT": "PENDING"}
+STOPPED_FOR_GOOD = "timed-out too many times"  # submitit's reason once max_num_timeout is used up
+
+
 def keeps_accounting() -> bool:
-    """Whether `sacct` can answer on this cluster (`scontrol show config`: AccountingStorageType is not
-    accounting_storage/none). Unknown (scontrol missing or failing) counts as yes: submitit as it is."""
+    """Whether `sacct` can answer on this cluster: AccountingStorageType (`scontrol show config`) is set and
+    not none (SLURM <= 23.02 prints accounting_storage/none, later ones (null) for an unset plugin). Unknown
+    (scontrol missing or failing) counts as yes: submitit as it is."""
     try:
         config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
@@ -29,7 +36,7 @@ def keeps_accounting() -> bool:
     for line in config.splitlines():
         name, _, value = line.partition("=")
         if name.strip() == "AccountingStorageType":
-            return value.strip() != "accounting_storage/none"
+            return value.strip() not in ("accounting_storage/none", "(null)", "none", "")
     return True
 
 
@@ -41,11 +48,13 @@ class QueueWatcher(submitit_slurm.SlurmInfoWatcher):
     def _make_command(self) -> list[str] | None:
         if not self._registered - self._finished:
             return None
-        return ["squeue", "--noheader", "--states=all", "--user", getpass.getuser(), "--format=%i|%T|%N"]
+        return ["squeue", "--noheader", "--states=all", "--user", str(os.getuid()), "--format=%i|%T|%N"]
 
     def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
         text = string.decode() if isinstance(string, bytes) else string
         info = super().read_info("JobID|State|NodeList\n" + text)  # sacct's --parsable2 layout
+        for stats in info.values():  # e.g. CONFIGURING while a cloud node boots: alive, not ended
+            stats["State"] = LIVE.get(stats.get("State", ""), stats.get("State", ""))
         for job_id in self._registered - self._finished:
             if job_id not in info and job_id in self._info_dict:
                 info[job_id] = {"JobID": job_id, "State": LEFT_QUEUE, "NodeList": ""}
@@ -68,21 +77,24 @@ def followed():
         submitit_slurm.SlurmJob.watcher = before
 
 
-def stopped_jobs(results, max_num_timeout) -> list[str]:
-    """One plain line per job that submitit stopped for good (`UncompletedJobError` in its Hydra result: it
-    hit its time limit more than max_num_timeout times), saying where its state is and how to go on."""
+def stopped_line(job: str, where: str, sweep: str, max_num_timeout) -> str:
+    times = max_num_timeout + 1 if isinstance(max_num_timeout, int) else "too many"
+    return (f"error: job {job} stopped without finishing: it hit its time limit {times} times "
+            f"(hydra.launcher.max_num_timeout={max_num_timeout}). What it saved is kept in {where}: relaunch the "
+            f"same command with hydra.sweep.dir={sweep} and a longer hydra.launcher.timeout_min to go on from there.")
+
+
+def stopped_jobs(results, sweep: str, max_num_timeout) -> list[str]:
+    """One plain line per job that submitit stopped for good (its reason "timed-out too many times" in its
+    Hydra result: it hit its time limit more than max_num_timeout times), saying where its state is."""
     lines = []
     for result in results:
         err = getattr(result, "_return_value", None)
-        if result.status != JobStatus.FAILED or not isinstance(err, UncompletedJobError):
+        if result.status != JobStatus.FAILED or STOPPED_FOR_GOOD not in str(err):
             continue
         try:
             job, where = f"#{result.hydra_cfg.hydra.job.num}", str(result.hydra_cfg.hydra.runtime.output_dir)
         except AttributeError:
             job, where = repr(" ".join(result.overrides or [])), "its run dir"
-        times = max_num_timeout + 1 if isinstance(max_num_timeout, int) else "too many"
-        lines.append(f"error: job {job} stopped without finishing: it hit its time limit {times} times "
-                     f"(hydra.launcher.max_num_timeout={max_num_timeout}; submitit: {err}). What it saved is kept "
-                     f"in {where}: relaunch the same command with hydra.sweep.dir=<this sweep> and a longer "
-                     f"hydra.launcher.timeout_min to go on from there.")
+        lines.append(stopped_line(job, where, sweep, max_num_timeout))
     return lines

@@ -87,6 +87,8 @@ def load_train_state(folder: Path, *, model, optimizer, scheduler, generator: to
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable state means: start over, loudly
+        if type(err).__module__.startswith("submitit"):  # its signal handler stopping the job: not the file
+            raise
         log.warning("training state %s unreadable (%s); starting from the beginning", path, err)
         return None
     saved = json.loads(state.get("settings") or "{}")
