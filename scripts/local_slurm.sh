@@ -21,7 +21,7 @@ LOGS=/var/log/soups-slurm
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then
-    echo "error: '$1' needs root (it installs packages or starts daemons); run it with sudo" >&2
+    echo "error: '$1' needs root (it installs packages, starts or stops daemons); run it with sudo" >&2
     exit 1
   fi
 }
@@ -136,6 +136,10 @@ stop() {
     exit 1
   fi
   local pid
+  if ! alive /run/soups-slurmd.pid && ! alive /run/soups-slurmctld.pid; then
+    echo "the local SLURM cluster was not running"
+    return
+  fi
   for daemon in slurmd slurmctld; do
     pid=/run/soups-$daemon.pid
     if alive "$pid"; then kill "$(cat "$pid")" 2>/dev/null || true; fi
@@ -148,6 +152,10 @@ stop() {
 }
 
 status() {
+  if ! ctld_up; then
+    echo "the local SLURM cluster is not running; start it: sudo bash scripts/local_slurm.sh start"
+    return
+  fi
   sinfo
   squeue
 }

@@ -19,9 +19,17 @@ os.environ.setdefault("SOUPS_ROOT", str(Path(__file__).resolve().parents[1]))
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg) -> None:
+    import logging
+
+    from hydra.types import RunMode
+
     from soups.errors import said_plainly
     from soups.jobs.evaluate import run_evaluate
 
+    if HydraConfig.get().mode != RunMode.MULTIRUN and isinstance(cfg.get("shards"), int) and cfg.shards > 1:
+        logging.getLogger(__name__).warning(
+            "shards=%s without -m: this process evaluates shard %s only; add -m to run every shard as a job",
+            cfg.shards, cfg.get("shard"))
     with said_plainly():  # an input the user can fix: `error: ...`, exit 1, no traceback to read through
         run_evaluate(cfg, HydraConfig.get().runtime.output_dir)
 

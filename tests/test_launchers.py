@@ -65,10 +65,19 @@ def test_without_accounting_jobs_are_followed_by_squeue_and_one_that_left_the_qu
     assert [watcher.get_state(j, mode="cache") for j in ("7_0", "7_1", "7_2", "8")] == \
         ["RUNNING", "PENDING", "PENDING", "RUNNING"]
     assert not any(watcher.is_done(j, mode="cache") for j in ("7_0", "7_1", "7_2", "8"))
-    answer.write_text("7_0|COMPLETED|vm\n7_1|RUNNING|vm\n7_2|PENDING|\n")  # 8 killed and purged since
+    answer.write_text("7_0|COMPLETED|vm\n7_1|RUNNING|vm\n7_2|PENDING||JobArrayTaskLimit\n")  # 8 purged since
     watcher.update()
     assert watcher.get_state("8", mode="cache") == LEFT_QUEUE and watcher.is_done("8", mode="cache")
     assert watcher.is_done("7_0", mode="cache") and not watcher.is_done("7_2", mode="cache")
+    # asks for more than any node has: never starts; cancelled and reported, not waited on forever
+    cancelled = tmp_path / "cancelled.txt"
+    (tmp_path / "scancel").write_text(f"#!/bin/sh\necho \"$@\" >> {cancelled}\n")
+    (tmp_path / "scancel").chmod(0o755)
+    watcher.register_job("9")
+    answer.write_text("9|PENDING||PartitionConfig\n7_2|PENDING||Priority\n")
+    watcher.update()
+    assert watcher.get_state("9", mode="cache") == "CANNOT_START (PartitionConfig)" and watcher.is_done("9", mode="cache")
+    assert cancelled.read_text().split() == ["9"] and not watcher.is_done("7_2", mode="cache")
 
 
 def test_a_job_stopped_for_good_is_one_plain_line():
@@ -87,6 +96,20 @@ def test_a_job_stopped_for_good_is_one_plain_line():
     assert lines == ["error: job #3 stopped without finishing: it hit its time limit 4 times "
                      "(hydra.launcher.max_num_timeout=3). What it saved is kept in /sweep/3: relaunch the same "
                      "command with hydra.sweep.dir=/sweep and a longer hydra.launcher.timeout_min to go on from there."]
+
+
+def test_a_job_ended_without_a_result_is_one_plain_line():
+    from submitit.core.utils import UncompletedJobError
+
+    from soups.jobs.launchers import ended_line
+
+    said = UncompletedJobError("Job 5_1 (task: 0) with path /s/.submitit/5_1/5_1_0_result.pkl\nhas not produced any "
+                               "output (state: FAILED)\nError stream produced:\n----\nerror: pool.dir=/x does not exist\n")
+    assert ended_line(said, "/s").splitlines()[0] == "error: pool.dir=/x does not exist"
+    killed = UncompletedJobError("Job 5_0 (task: 0) with path /s/x.pkl\nhas not produced any output (state: CANCELLED)\n")
+    assert ended_line(killed, "/s").startswith("error: a job of this sweep ended without finishing (state: CANCELLED)")
+    never = UncompletedJobError("Job 6 ... has not produced any output (state: CANNOT_START (PartitionConfig))\n")
+    assert "cannot start on this cluster (SLURM: CANNOT_START (PartitionConfig))" in ended_line(never, "/s")
 
 
 @pytest.mark.parametrize("shard, shards, why", [(2, 2, "shard=2"), (0, 0, "shards=0"), (-1, 3, "shard=-1"),

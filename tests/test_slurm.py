@@ -222,3 +222,22 @@ def test_a_pool_evaluated_as_an_array_leaves_the_soup_nothing_to_forward(tmp_pat
     rows = run_soup(compose_cfg("soup", tmp_path, [*pool, "logger=none", "method=ensemble"]), tmp_path / "soup")
     assert "individual models: 0 images forwarded for 4 models" in caplog.text
     assert {r["row"]: r["metrics"] for r in rows if r["kind"] == "individual"} == measured
+
+
+def test_a_job_that_can_never_start_or_is_cancelled_ends_the_sweep_with_one_plain_line(tmp_path):
+    # more CPUs than the node has: pending (PartitionConfig) forever unless the launcher gives up on it
+    never = subprocess.run(finetune(tmp_path, tmp_path / "never", "logger=none", "hydra.launcher.cpus_per_task=64"),
+                           env=ENV, capture_output=True, text=True, timeout=600)
+    assert never.returncode == 1 and "Traceback" not in never.stderr
+    assert "error: a job of this sweep cannot start on this cluster (SLURM: CANNOT_START (PartitionConfig))" in never.stderr
+    assert not subprocess.run(["squeue", "-h", "-j", job_id(tmp_path / "never")], capture_output=True, text=True).stdout.strip()
+    # cancelled mid-training: reported (not awaited forever), its state kept for a relaunch
+    sweep = tmp_path / "cancelled"
+    driver = subprocess.Popen(finetune(tmp_path, sweep, "logger=none", "epochs=30", "state_every_steps=10"), env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: (sweep / "0" / STATE_NAME).is_file(), driver), "no training state was saved"
+    subprocess.run(["scancel", job_id(sweep)], check=True)
+    _, stderr = driver.communicate(timeout=600)
+    assert driver.returncode == 1 and "Traceback" not in stderr
+    assert "error: a job of this sweep ended without finishing (state: CANCELLED" in stderr
+    assert (sweep / "0" / STATE_NAME).is_file()

@@ -19,7 +19,7 @@ from soups.settings import SoupSettings, checked
 log = logging.getLogger(__name__)
 
 
-def shard_of(cfg: DictConfig) -> tuple[int, int]:
+def shard_of(cfg) -> tuple[int, int]:
     """(shard, shards) from the config; BadInput unless 0 <= shard < shards."""
     shard, shards = cfg.get("shard"), cfg.get("shards")
     if not (isinstance(shards, int) and not isinstance(shards, bool) and shards >= 1):
@@ -30,17 +30,26 @@ def shard_of(cfg: DictConfig) -> tuple[int, int]:
     return shard, shards
 
 
+def named_pool(cfg, shards: int) -> None:
+    """BadInput when several jobs would each look up "the latest sweep" (a sweep made in between would split
+    another pool), or the named run-dir folder does not exist."""
+    pool = cfg.get("pool") or {}
+    if not str(pool.get("_target_", "")).endswith("RunDirs"):
+        return
+    if shards > 1 and not (pool.get("dir") or pool.get("glob") or pool.get("runs")):
+        raise BadInput("shards > 1 with the latest sweep as the pool: each job would look for the latest sweep when "
+                       "it starts, and a sweep made in between would split another pool; name it: pool.dir=<sweep>")
+    if pool.get("dir") and not Path(str(pool.get("dir"))).is_dir():
+        raise BadInput(f"pool.dir={pool.get('dir')} does not exist")
+
+
 def run_evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Evaluates this shard's ingredients (and, in shard 0, a pool's init file) unless the cache or their
     run.json holds them already; writes evaluate.json in `out_dir` ({ingredient: metrics}, images forwarded,
     seconds) and returns it."""
     cfg = checked(cfg, SoupSettings)
     shard, shards = shard_of(cfg)
-    pool_cfg = cfg.pool
-    if shards > 1 and str(pool_cfg.get("_target_", "")).endswith("RunDirs") and \
-            not (pool_cfg.get("dir") or pool_cfg.get("glob") or pool_cfg.get("runs")):
-        raise BadInput("shards > 1 with the latest sweep as the pool: each job would look for the latest sweep when "
-                       "it starts, and a sweep made in between would split another pool; name it: pool.dir=<sweep>")
+    named_pool(cfg, shards)
     setup(cfg.seed, cfg.get("threads"))
     device = resolve_device(cfg.device)
     pool = open_pool(cfg, device)

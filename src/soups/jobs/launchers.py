@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import subprocess
 
 from hydra.core.utils import JobStatus
@@ -23,6 +24,8 @@ LIVE = {"CONFIGURING": "RUNNING", "RESIZING": "RUNNING", "SIGNALING": "RUNNING",
         "STOPPED": "RUNNING", "SUSPENDED": "RUNNING", "REQUEUE_HOLD": "PENDING", "REQUEUE_FED": "PENDING",
         "RESV_DEL_HOLD": "PENDING", "SPECIAL_EXIT": "PENDING"}
 STOPPED_FOR_GOOD = "timed-out too many times"  # submitit's reason once max_num_timeout is used up
+CANNOT_START = "CANNOT_START"  # pending for a reason that never clears: more than any node or the partition has
+NEVER = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints")
 
 
 def keeps_accounting() -> bool:
@@ -43,18 +46,26 @@ def keeps_accounting() -> bool:
 class QueueWatcher(submitit_slurm.SlurmInfoWatcher):
     """Job states from `squeue --states=all`: pending, running, requeued and, for the controller's MinJobAge
     (300 s by default), ended jobs. A job seen before and gone from the queue since is reported as
-    LEFT_QUEUE: ended; its result file (written by every job that ran to its end or raised) says how."""
+    LEFT_QUEUE: ended; its result file (written by every job that ran to its end or raised) says how. A job
+    pending for a reason that never clears (NEVER: it asks for more than the partition or any node has) is
+    cancelled and reported as CANNOT_START, instead of being waited on forever."""
 
     def _make_command(self) -> list[str] | None:
         if not self._registered - self._finished:
             return None
-        return ["squeue", "--noheader", "--states=all", "--user", str(os.getuid()), "--format=%i|%T|%N"]
+        return ["squeue", "--noheader", "--states=all", "--user", str(os.getuid()), "--format=%i|%T|%N|%r"]
 
     def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
         text = string.decode() if isinstance(string, bytes) else string
-        info = super().read_info("JobID|State|NodeList\n" + text)  # sacct's --parsable2 layout
-        for stats in info.values():  # e.g. CONFIGURING while a cloud node boots: alive, not ended
+        info = super().read_info("JobID|State|NodeList|Reason\n" + text)  # sacct's --parsable2 layout
+        for job_id, stats in info.items():  # e.g. CONFIGURING while a cloud node boots: alive, not ended
             stats["State"] = LIVE.get(stats.get("State", ""), stats.get("State", ""))
+            if stats["State"] == "PENDING" and stats.get("Reason") in NEVER:
+                stats["State"] = f"{CANNOT_START} ({stats['Reason']})"
+                try:
+                    subprocess.run(["scancel", job_id.split("_")[0]], capture_output=True, timeout=60)
+                except (OSError, subprocess.SubprocessError):
+                    pass  # still reported: the user's scancel is named in the message
         for job_id in self._registered - self._finished:
             if job_id not in info and job_id in self._info_dict:
                 info[job_id] = {"JobID": job_id, "State": LEFT_QUEUE, "NodeList": ""}
@@ -75,6 +86,25 @@ def followed():
         yield
     finally:
         submitit_slurm.SlurmJob.watcher = before
+
+
+def ended_line(err: Exception, sweep: str) -> str:
+    """One plain line for a job that ended without a result (submitit's UncompletedJobError: killed, cancelled,
+    out of memory, a user error that exited, or one that could not start): the job's own `error: ...` line
+    when it printed one, else its state, where its log is and how to go on."""
+    text = str(err)
+    said = next((line.strip() for line in text.splitlines() if line.strip().startswith("error: ")), None)
+    if said:
+        return f"{said}\n(said by a job of this sweep; its log: {sweep}/.submitit/)"
+    state = re.search(r"state: ([^)]*\)?)", text)
+    state = state.group(1) if state else text.splitlines()[0][:200]
+    if CANNOT_START in state:
+        return (f"error: a job of this sweep cannot start on this cluster (SLURM: {state}): it asks for more CPUs, "
+                f"memory, GPUs or time than the partition or any node has; it was cancelled. Check "
+                f"hydra.launcher.cpus_per_task, mem_gb, gpus_per_node and timeout_min (`sinfo -N -l` lists the nodes).")
+    return (f"error: a job of this sweep ended without finishing (state: {state}). Its log is under "
+            f"{sweep}/.submitit/; what it saved is kept in its run dir: relaunch the same command with "
+            f"hydra.sweep.dir={sweep} to go on from there.")
 
 
 def stopped_line(job: str, where: str, sweep: str, max_num_timeout) -> str:

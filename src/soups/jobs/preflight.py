@@ -42,3 +42,19 @@ class WritableFolders(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         check_writable({"hydra.sweep.dir": config.hydra.sweep.dir, "paths.cache_dir": config.paths.cache_dir})
+
+
+class EvaluationShards(Callback):
+    """src/evaluate.py -m: the shards and the pool checked in the launching process, before any job is
+    submitted (a job's own error would surface only after the scheduler ran it)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from soups.errors import UserError
+        from soups.jobs.evaluate import shard_of, named_pool
+
+        shards = config.get("shards")
+        try:
+            shard_of({"shards": shards, "shard": 0})
+            named_pool(config, shards)
+        except UserError as err:
+            raise SystemExit(f"error: {err}") from None
