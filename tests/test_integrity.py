@@ -365,3 +365,24 @@ def test_a_pool_mixing_preprocessing_is_refused_with_the_difference_named(tiny_s
     write_json(info, pool / "1" / "run.json")
     with pytest.raises(ValueError, match=f"different preprocessing \\(model.{field}: "):
         load_pool(OmegaConf.create({"dir": str(pool), "glob": None, "runs": None}), tmp_path)
+
+
+def test_the_same_weights_and_metadata_give_the_same_bytes(tmp_path):
+    """safetensors writes metadata from a Rust HashMap (random order per map): without the canonical header,
+    two saves of one state with three metadata entries differed in bytes, so in sha256, the cache's key."""
+    from safetensors.torch import load_file
+
+    from soups.io.files import atomic_save_safetensors, sha256_file
+
+    state = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3)}
+    meta = {"kind": "foreign", "source": "model_best.pth.tar", "source_sha256": "ab" * 32, "step": "7"}
+    digests = set()
+    for i in range(12):
+        atomic_save_safetensors(state, tmp_path / f"{i}.safetensors", metadata=meta)
+        digests.add(sha256_file(tmp_path / f"{i}.safetensors"))
+    assert len(digests) == 1
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "0.safetensors"), "pt") as f:
+        assert f.metadata() == meta
+    loaded = load_file(str(tmp_path / "0.safetensors"))
+    assert all(torch.equal(loaded[k], state[k]) for k in state)

@@ -31,8 +31,42 @@ def atomic_write(path: Path, write) -> None:
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
                             metadata: dict[str, str] | None = None) -> None:
+    """Written atomically, byte for byte the same for the same tensors and metadata in any process: a file's
+    sha256 is the identity of its weights (the evaluation cache's key)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+    def write(tmp):
+        save_file(tensors, tmp, metadata=metadata)
+        if metadata and len(metadata) > 1:
+            canonical_header(Path(tmp))
+
+    atomic_write(Path(path), write)
+
+
+def canonical_header(path: Path) -> None:
+    """Rewrites a safetensors file's header with `__metadata__` in sorted key order. safetensors writes the
+    metadata from a Rust HashMap, whose order is random in every process, so two processes saving the same
+    tensors wrote different bytes (and sha256s). Same entries, same JSON length: rewritten in place, padded
+    with spaces as safetensors pads its header; a longer one (never seen) rewrites the file."""
+    import struct
+
+    with open(path, "r+b") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(size))
+        meta = header.pop("__metadata__", None)
+        if meta is None:
+            return
+        text = json.dumps({"__metadata__": dict(sorted(meta.items())), **header}, separators=(",", ":"),
+                          ensure_ascii=False).encode()
+        if len(text) <= size:
+            f.seek(8)
+            f.write(text + b" " * (size - len(text)))
+            return
+        f.seek(8 + size)
+        data = f.read()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + data)
 
 
 def write_json(obj, path: str | Path) -> None:

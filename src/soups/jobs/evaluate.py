@@ -39,7 +39,7 @@ def named_pool(cfg, shards: int) -> None:
     if shards > 1 and not (pool.get("dir") or pool.get("glob") or pool.get("runs")):
         raise BadInput("shards > 1 with the latest sweep as the pool: each job would look for the latest sweep when "
                        "it starts, and a sweep made in between would split another pool; name it: pool.dir=<sweep>")
-    if pool.get("dir") and not Path(str(pool.get("dir"))).is_dir():
+    if pool.get("dir") and not Path(str(pool.get("dir"))).exists():
         raise BadInput(f"pool.dir={pool.get('dir')} does not exist")
 
 
