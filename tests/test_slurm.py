@@ -43,10 +43,15 @@ def cluster():
         pytest.skip(why)
 
 
+def submitted(folder: Path, pattern: str = ".submitit/*") -> set[str]:
+    """SLURM job ids under `folder`, from submitit's folders `<id>` and `<id>_<task>`."""
+    return {p.name.split("_")[0] for p in folder.glob(pattern) if re.fullmatch(r"\d+(_\d+)?", p.name)}
+
+
 def cancel_jobs_under(folder: Path) -> None:
     """scancel every job a test submitted (found in its .submitit folders): a failed or timed-out test leaves
     no task holding the node's CPUs."""
-    ids = {p.name.split("_")[0] for p in folder.rglob(".submitit/*") if re.fullmatch(r"\d+(_\d+)?", p.name)}
+    ids = submitted(folder, "**/.submitit/*")
     if ids:
         subprocess.run(["scancel", *sorted(ids)], capture_output=True)
 
@@ -67,7 +72,7 @@ def finetune(tmp_path: Path, sweep: Path, *overrides: str, node=tuple(SMALL_NODE
 def job_id(sweep: Path) -> str:
     """The SLURM job id of the sweep (one job array; one job for a sweep of one), from submitit's folders
     `<id>` and `<id>_<task>`."""
-    ids = {p.name.split("_")[0] for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+(_\d+)?", p.name)}
+    ids = submitted(sweep)
     assert len(ids) == 1, ids
     return ids.pop()
 
@@ -97,7 +102,7 @@ class QueueLog(threading.Thread):
     def run(self):
         while not self.stop.is_set():
             out = subprocess.run(["squeue", "-h", "-o", "%A|%F|%T|%r"], capture_output=True, text=True).stdout
-            mine = {p.name.split("_")[0] for p in self.sweep.glob(".submitit/*") if re.fullmatch(r"\d+(_\d+)?", p.name)}
+            mine = submitted(self.sweep)
             rows = [(job, state, reason) for job, array, state, reason in
                     (line.split("|") for line in out.splitlines() if line) if array in mine or job in mine]
             self.seen += rows
