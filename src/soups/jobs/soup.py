@@ -7,14 +7,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from soups.errors import BadInput, NotApplicable
+from soups.errors import BadInput
 from soups.io.files import nonfinite_tensors
 from soups.evaluation.evaluator import format_metrics
 from soups.evaluation.scorer import EvalSettings, PoolScorer, require_init
 from soups.evaluation.stats import build_statistics
 from soups.names import FIGURE_NAME
 from soups.pools import OpenPool, open_pool
-from soups.recipes import build_recipes
+from soups.recipes import build_recipes, runnable
 from soups.reporting.records import baseline_rows, log_recipe, log_report, recipe_row, save_soup
 from soups.reporting.report import write_report
 from soups.runtime import resolve_device, setup
@@ -72,25 +72,8 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     pool = open_pool(cfg, device)
     log.info("pool %s: %d ingredients%s", pool.name, len(pool.ingredients),
              f", {len(pool.skipped)} skipped" if pool.skipped else "")
-    left_out = {}  # method=all: recipes that do not apply to this pool, and why
-    for name, recipe in list(recipes.items()):  # each recipe can run on this pool: asked before any evaluation
-        try:
-            recipe.check(pool.ingredients)
-        except NotApplicable as why:
-            if not (cfg.get("method") or {}).get("_every_applicable"):
-                raise
-            left_out[name] = str(why)
-            del recipes[name]
-            log.warning("method=all: %s left out: %s", name, why)
-    order = list(recipes)
-    for index, (name, recipe) in enumerate(recipes.items()):  # a recipe built on another's weights runs after it
-        for used in recipe.uses(pool.ingredients):
-            if used in order[:index] and recipes[used].gives_weights:
-                continue
-            why = (f"gives no weights (an ensemble of logits)" if used in order[:index] else
-                   f"runs after {name}: list it first, e.g. 'method=[{used},{name}]'" if used in recipes else
-                   "is not in the pool nor a recipe in this run's method list")
-            raise recipe.unknown(pool.ingredients, used, why)
+    every_applicable = bool((cfg.get("method") or {}).get("_every_applicable"))
+    recipes, left_out = runnable(recipes, pool.ingredients, every_applicable)  # asked before any evaluation
     require_init(pool, [name for name, recipe in recipes.items() if recipe.needs_init])
     scorer = PoolScorer(pool, EvalSettings.of(cfg), device)
     # released checkpoints carry no metrics, and a run measured under other evaluation settings

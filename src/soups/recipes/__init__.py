@@ -13,7 +13,7 @@ import torch
 
 from soups.averaging import StateDict
 from soups.pools.ingredient import Ingredient
-from soups.errors import BadInput
+from soups.errors import BadInput, NotApplicable
 from soups.settings import Settings, build
 
 
@@ -146,3 +146,30 @@ def build_recipes(method_cfg) -> dict:
         raise BadInput("no method selected; e.g. method=greedy or method=[uniform,greedy]")
     return {name: build(node, f"method.{name}", "soups.recipes", Recipe) for name, node in method_cfg.items()
             if not str(name).startswith("_")}  # `_every_applicable` (method=all) is a flag, not a recipe
+
+
+def runnable(recipes: dict, ingredients: list[Ingredient], every_applicable: bool) -> tuple[dict, dict]:
+    """(the recipes that run on `ingredients`, in the config's order; {config key: why} of those left out),
+    asked before any evaluation. A recipe's `check` may refuse the pool: NotApplicable leaves it out under
+    `every_applicable` (method=all) and is raised otherwise. Each recipe's `uses` must name recipes that run
+    before it and give weights. Raises BadInput."""
+    recipes, left_out = dict(recipes), {}
+    for name, recipe in list(recipes.items()):
+        try:
+            recipe.check(ingredients)
+        except NotApplicable as why:
+            if not every_applicable:
+                raise
+            left_out[name] = str(why)
+            del recipes[name]
+            logging.getLogger(__name__).warning("method=all: %s left out: %s", name, why)
+    order = list(recipes)
+    for index, (name, recipe) in enumerate(recipes.items()):  # one built on another's weights runs after it
+        for used in recipe.uses(ingredients):
+            if used in order[:index] and recipes[used].gives_weights:
+                continue
+            why = ("gives no weights (an ensemble of logits)" if used in order[:index] else
+                   f"runs after {name}: list it first, e.g. 'method=[{used},{name}]'" if used in recipes else
+                   "is not in the pool nor a recipe in this run's method list")
+            raise recipe.unknown(ingredients, used, why)
+    return recipes, left_out
