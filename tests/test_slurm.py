@@ -161,7 +161,9 @@ def test_a_relaunched_sweep_skips_its_finished_jobs(sweep_of_three):
 
 
 def test_a_job_requeued_mid_training_resumes_and_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
-    overrides = ["logger=none", "epochs=30", "state_every_steps=10", "lr=1e-3"]  # ~390 steps: long after the kill
+    # ~1300 steps (~20 s here): the requeue (SIGTERM, bypassed by submitit, then SIGKILL KillWait = 5 s later) must
+    # land mid-training; 30 epochs ran to the end within those 5 s on a fast CPU
+    overrides = ["logger=none", "epochs=100", "state_every_steps=10", "lr=1e-3"]
     whole = subprocess.run(finetune(tmp_path, tmp_path / "whole", *overrides, node=["threads=1"]), env=ENV,
                            capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-3000:]
@@ -236,13 +238,15 @@ def test_a_job_that_can_never_start_or_is_cancelled_ends_the_sweep_with_one_plai
     assert never.returncode == 1 and "Traceback" not in never.stderr
     assert "error: a job of this sweep cannot start on this cluster (SLURM: CANNOT_START (PartitionConfig))" in never.stderr
     assert not subprocess.run(["squeue", "-h", "-j", job_id(tmp_path / "never")], capture_output=True, text=True).stdout.strip()
-    # cancelled mid-training: reported (not awaited forever), its state kept for a relaunch
+    # cancelled mid-training: reported (not awaited forever), its state kept for a relaunch. submitit's job
+    # bypasses scancel's SIGTERM until SIGKILL comes KillWait (5 s) later: with 30 epochs a fast CPU finished
+    # the run in that time and the sweep rightly succeeded, so the run is made far longer than that
     sweep = tmp_path / "cancelled"
-    driver = subprocess.Popen(finetune(tmp_path, sweep, "logger=none", "epochs=30", "state_every_steps=10"), env=ENV,
+    driver = subprocess.Popen(finetune(tmp_path, sweep, "logger=none", "epochs=1000", "state_every_steps=10"), env=ENV,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert wait_for(lambda: (sweep / "0" / STATE_NAME).is_file(), driver), "no training state was saved"
     subprocess.run(["scancel", job_id(sweep)], check=True)
     _, stderr = driver.communicate(timeout=600)
-    assert driver.returncode == 1 and "Traceback" not in stderr
+    assert driver.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
     assert "error: a job of this sweep ended without finishing (state: CANCELLED" in stderr
     assert (sweep / "0" / STATE_NAME).is_file()
