@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED := 1
 .PHONY: help venv demo text-demo text-demo-lora text-data peers test test-cluster test-slow benchmark clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 # uv installs the same pinned wheels as pip, downloading and unpacking in parallel (~1 min instead of ~2.5 on
 # 2 cores: BENCHMARKS.md); no cache is kept (the wheels are ~6 GB). Bytecode is compiled at install, as pip
@@ -30,7 +30,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(call install,--no-deps -e .)   # the soups package, editable: src/soups
 	touch $(STAMP)
 
-venv: $(STAMP)  ## create .venv: requirements.txt, then this package (pip install -e .); skipped when up to date
+venv: $(STAMP)  ## create .venv: requirements.txt (uv; INSTALLER=pip: pip), then this package, editable; skipped when up to date
 
 demo: $(STAMP)  ## the demo: 8-run fine-tuning sweep, uniform + greedy soups, table and figure (DEMO=demo_efficientnet: the other demo)
 	$(PY) src/finetune.py sweep=demo $(if $(DEMO),experiment=$(DEMO))

@@ -82,15 +82,16 @@ def _whole_clip(model_cfg, weights: dict, clip_file: Path | None, info: dict) ->
     """A whole CLIP's state dict: the text side from `clip_file` or the pretrained model, the soup's tower."""
     from soups.errors import BadInput
     from soups.io.foreign import read_checkpoint
-    from soups.models.classifier import create_clip
+    from soups.models.classifier import create_clip, text_tower_clip
 
     if clip_file is not None:
         clip, _ = read_checkpoint(clip_file, "auto")
-    elif model_cfg.get("pretrained") or model_cfg.get("image_tower_weights"):
-        clip = create_clip(model_cfg).state_dict()
-    else:
-        raise BadInput("the soup's model names no pretrained weights to take the text tower from: give --clip FILE "
-                       "(a whole-CLIP checkpoint, e.g. one of the ingredients)")
+    elif model_cfg.get("pretrained"):
+        clip = text_tower_clip(model_cfg).state_dict()
+    else:  # never a randomly initialised text tower passed off as a CLIP's
+        raise BadInput(f"the soup's model ({model_cfg.get('name')}) has no pretrained text tower (model.pretrained "
+                       f"is null) for a whole open_clip CLIP: give --clip FILE (a whole-CLIP checkpoint, e.g. one of "
+                       f"the ingredients), or export --to safetensors (image tower and head)")
     from soups.io.files import nonfinite_tensors
 
     template = create_clip(model_cfg, load_pretrained=False).state_dict()

@@ -8,6 +8,7 @@ The pool, model, data and evaluation settings are src/soup.py's (conf/evaluate.y
 give both commands the same ones, and the soup job then forwards no image for the individual models.
 """
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -35,4 +36,7 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
+    from soups.errors import check_group_choices
+
+    check_group_choices(sys.argv[1:], Path(__file__).resolve().parents[1] / "conf")  # data=123: one line, not a traceback
     main()

@@ -34,4 +34,7 @@ def main(cfg) -> float:
 
 
 if __name__ == "__main__":
+    from soups.errors import check_group_choices
+
+    check_group_choices(sys.argv[1:], Path(__file__).resolve().parents[1] / "conf")  # data=123: one line, not a traceback
     main()

@@ -4,6 +4,7 @@
     python src/soup.py method=greedy pool.dir=logs/finetune/multiruns/<sweep>
 """
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -23,4 +24,7 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
+    from soups.errors import check_group_choices
+
+    check_group_choices(sys.argv[1:], Path(__file__).resolve().parents[1] / "conf")  # data=123: one line, not a traceback
     main()

@@ -123,6 +123,23 @@ def test_landscape_on_a_sweep_marks_the_models_and_reads_its_grid_back(tiny_swee
     assert (tmp_path / "landscape" / "landscape.png").stat().st_size > 10_000
 
 
+@pytest.mark.parametrize("args, message", [(["analysis=landscape"], "the landscape needs two fine-tunes"),
+                                           (["analysis=pairs"], "pairs needs at least 2 ingredients"),
+                                           (["analysis=ingredients", "analysis.sizes=[1,2]"], r"sizes \[2\]")])
+def test_a_pool_an_analysis_cannot_use_is_refused_before_any_evaluation_or_w_and_b_run(tiny_sweep, tmp_path,
+                                                                                   monkeypatch, args, message):
+    from soups.errors import BadInput
+    from soups.evaluation.scorer import PoolScorer
+    from soups.jobs.analyze import run_analysis
+
+    tmp, sweep = tiny_sweep
+    monkeypatch.setattr(PoolScorer, "__init__", lambda *a, **k: pytest.fail("evaluation started"))
+    cfg = compose_cfg("analyze", tmp_path, ["logger=wandb", f"pool.runs=[{sweep}/0]", *args])
+    with pytest.raises(BadInput, match=message):
+        run_analysis(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # no W&B run, no empty folder
+
+
 def test_soup_and_ensemble_gain_of_a_constructed_pair(tmp_path):
     """Two models each right on half of four images, wrong on the other half with a small margin: their logit
     mean is right on all four (ensemble gain +50 points); the midpoint's accuracy is what the scorer says

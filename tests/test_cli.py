@@ -1,6 +1,7 @@
 """The commands as a user types them, in subprocesses: a -m sweep, then a soup of the latest sweep."""
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,12 @@ def test_multirun_sweep_then_greedy_soup_of_that_sweep(tmp_path):
     record = json.loads((soup_dirs[0] / "greedy" / "soup.json").read_text())
     assert {Path(p).parent for p in record["ingredients"]} == {sweeps[0]}
     assert list((soup_dirs[0] / "wandb").glob("offline-run-*/run-*.wandb"))
+    # results are readable as the umask allows, as with open() (the atomic writes once made them 0o600)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    written = [p for d in (sweeps[0] / "0", soup_dirs[0]) for p in d.rglob("*")
+               if p.suffix in (".json", ".safetensors", ".md", ".csv") and "wandb" not in p.parts]
+    assert len(written) >= 8 and {stat.S_IMODE(p.stat().st_mode) for p in written} == {0o666 & ~umask}
 
 
 @pytest.mark.slow  # two real sweeps (~50 s); make test-slow runs it

@@ -108,6 +108,19 @@ def test_the_command_line_refuses_bad_values_before_any_work(tmp_path):
     assert not (tmp_path / "cache").exists()  # nothing built
 
 
+@pytest.mark.parametrize("script, override, got", [("soup.py", "data=123", "123"), ("soup.py", "model=null", "None"),
+                                                    ("finetune.py", "-m data=mnist,1.5", "1.5"),
+                                                    ("analyze.py", "analysis=true", "True"), ("evaluate.py", "pool=7", "7")])
+def test_a_number_or_null_for_a_config_group_is_one_line_not_hydras_traceback(tmp_path, script, override, got):
+    proc = subprocess.run([sys.executable, str(ROOT / "src" / script), f"paths.log_dir={tmp_path}/logs",
+                           *override.split()], env=ENV, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    group = override.split()[-1].split("=")[0]  # the message names the group's real choices
+    names = sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+    assert proc.stderr.strip() == (f"error: {override.split()[-1]}: `{group}` is a config group; expected one of "
+                                   f"its names {names}, got {got}")
+
+
 def test_a_top_level_shifts_group_is_refused_not_recorded_and_ignored(configs):
     """Shifts belong to the dataset (data.shifts); the old `shifts=` group would be recorded and silently unused."""
     cfg = configs[FinetuneSettings].copy()

@@ -258,3 +258,25 @@ def test_the_init_file_is_the_first_row_and_lets_wise_ft_run_and_a_mixed_pool_is
     assert proc.returncode == 1 and "are the same checkpoint" in proc.stderr  # it would weigh double
     proc = soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/run*/*.tar", "method=wise_ft", check=False)
     assert proc.returncode == 1 and "pool.init=FILE" in proc.stderr
+
+
+def test_an_open_clip_export_never_carries_a_random_text_tower(tmp_path):
+    """The ViT demo's model has a pretrained image tower only: `--to open_clip` once ended in a traceback
+    (a cache_dir for the tower), and would otherwise have written a randomly initialised text tower."""
+    import importlib.util
+
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    spec = importlib.util.spec_from_file_location("export_soup", ROOT / "scripts" / "export_soup.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    model = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "vit_s14_dinov2.yaml"))
+    (tmp_path / "run.json").write_text(json.dumps({"config": {"model": model, "data": {"num_classes": 10}}}))
+    save_file({"head.weight": torch.zeros(10, 4), "head.bias": torch.zeros(10)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(BadInput, match=r"no pretrained text tower .* give --clip FILE .* or export --to safetensors"):
+        script.export(tmp_path, "open_clip")
+    assert not (tmp_path / "open_clip.pt").exists()
+    proc = subprocess.run([sys.executable, "scripts/export_soup.py", str(tmp_path), "--to", "open_clip"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: the soup's model (vit_s14_dinov2) has no pretrained")

@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -120,6 +121,16 @@ def test_a_kill_during_a_save_leaves_the_previous_file_intact(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert midway.exists() and read_json(path) == {"metrics": {"val": 1.0}}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path, monkeypatch, umask):
+    """mkstemp makes its files 0o600; a result written through it kept that mode, unreadable to a team's group."""
+    monkeypatch.setattr("soups.io.files.UMASK", umask)
+    write_json({"a": 1}, tmp_path / "run.json")
+    atomic_save_safetensors({"w": torch.zeros(2)}, tmp_path / "model.safetensors")
+    for name in ("run.json", "model.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
 
 
 def test_damaged_cache_entries_are_measured_again(tmp_path):

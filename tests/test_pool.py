@@ -86,3 +86,18 @@ def test_a_recipe_cannot_overwrite_soup_json_fields_or_write_outside_its_folder(
                          (RecipeResult({}, [], tables={"t": [{"a": 1}, {"b": 2}]}), "different keys")):
         with pytest.raises(ValueError, match=said):
             check_outputs("bad", result)
+
+
+@pytest.mark.parametrize("choice, message", [
+    ("data=imagenet", "data=imagenet, but this pool's ingredients were made with data=mnist (their run.json)"),
+    ("model=tiny_vit", "model=tiny_vit, but this pool's ingredients were made with model=tiny_efficientnet")])
+def test_a_model_or_data_other_than_the_runs_is_refused_not_silently_unused(tiny_sweep, soup_cfg, choice, message):
+    """Run dirs evaluate on the data they describe: `data=imagenet` once printed the MNIST table under it."""
+    from soups.errors import BadInput
+    from soups.pools import open_pool
+
+    _, sweep = tiny_sweep
+    with pytest.raises(BadInput, match=message.replace("(", r"\(").replace(")", r"\)")):
+        open_pool(soup_cfg(f"pool.dir={sweep}", choice), "cpu")
+    same = open_pool(soup_cfg(f"pool.dir={sweep}", "data=mnist", "model=tiny_efficientnet"), "cpu")
+    assert same.run_cfg.data.name == "mnist" and len(same.ingredients) == 3  # the runs' own: accepted

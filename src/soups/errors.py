@@ -41,3 +41,29 @@ def said_plainly():
         if os.environ.get("SOUPS_FULL_ERROR") == "1":
             raise
         sys.exit(f"error: {err}")
+
+
+def check_group_choices(argv: list[str], conf_dir) -> None:
+    """Exit 1 with one line where a config group (a folder of `conf_dir`: data, model, method, ...) is given a
+    number, a bool or null on the command line (`data=123`, `model=null`): Hydra meets those with a bare
+    ValueError and a page of its own traceback. Anything else is left to Hydra, whose messages are plain."""
+    from pathlib import Path
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
+    except Exception:  # a syntax error: Hydra says it plainly
+        return
+    for override in overrides:
+        group = Path(conf_dir) / override.key_or_group
+        if override.is_delete() or not group.is_dir():
+            continue
+        value = override.value()
+        values = value.list if isinstance(value, ChoiceSweep) else [value]
+        wrong = [v for v in values if v is None or isinstance(v, (bool, int, float))]
+        if wrong:
+            names = sorted(p.stem for p in group.glob("*.yaml"))
+            sys.exit(f"error: {override.input_line}: `{override.key_or_group}` is a config group; expected one of "
+                     f"its names {names}, got {wrong[0]!r}")

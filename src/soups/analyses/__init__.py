@@ -14,6 +14,10 @@ class Analysis(Settings, ABC):
     """Base of every analysis: a dataclass whose fields are the analysis config's settings."""
     needs_init: ClassVar[bool] = False  # True: it measures relative to the shared initialization
 
+    def check(self, ingredients: list) -> None:
+        """BadInput where this pool cannot be analysed (too few ingredients, names not in it): called by the
+        analyze job before any evaluation or logging, and again by __call__."""
+
     @abstractmethod
     def __call__(self, pool, scorer) -> dict:
         """The record of this analysis of `pool` (soups.pools.OpenPool), measured with `scorer`

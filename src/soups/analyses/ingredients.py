@@ -35,12 +35,16 @@ class Ingredients(Analysis):
             raise BadInput(f"draws={self.draws} (>= 1), comparator={self.comparator!r} ({list(COMPARATORS)}), "
                            f"ties={self.ties!r} ({list(TIE_ORDERS)}) expected")
 
-    def __call__(self, pool, scorer) -> dict:
-        ingredients = pool.ingredients
-        sizes = list(self.sizes) if self.sizes else list(range(1, len(ingredients) + 1))
+    def check(self, ingredients: list) -> None:
+        sizes = list(self.sizes) if self.sizes else []
         wrong = [k for k in sizes if not isinstance(k, int) or not 1 <= k <= len(ingredients)]
         if wrong:
             raise BadInput(f"sizes {wrong}: expected integers from 1 to the pool's {len(ingredients)} ingredients")
+
+    def __call__(self, pool, scorer) -> dict:
+        ingredients = pool.ingredients
+        self.check(ingredients)
+        sizes = list(self.sizes) if self.sizes else list(range(1, len(ingredients) + 1))
         rng = random.Random(self.seed)
         random_curve = []
         for k in sizes:

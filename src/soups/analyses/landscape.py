@@ -37,6 +37,9 @@ class Landscape(Analysis):
             raise BadInput(f"grid={self.grid} (>= 2), margin={self.margin} (>= 0), max_images={self.max_images} "
                            f"(>= 1), models={self.models} (two names or null) expected")
 
+    def check(self, ingredients: list) -> None:
+        self._pick(ingredients)
+
     def __call__(self, pool, scorer) -> dict:
         first, second = self._pick(pool.ingredients)
         settings = {"analysis": "landscape", "models": [scorer.digest(first), scorer.digest(second)],

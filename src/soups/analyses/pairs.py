@@ -29,10 +29,14 @@ class Pairs(Analysis):
     needs_init: ClassVar[bool] = True
     max_ingredients: int | None = None  # the best k by held-out accuracy; None: all (K(K-1)/2 midpoints)
 
+    def check(self, ingredients: list) -> None:
+        if len(ingredients[: self.max_ingredients or None]) < 2:
+            raise BadInput(f"pairs needs at least 2 ingredients, the pool has {len(ingredients)}"
+                           f"{f' (max_ingredients={self.max_ingredients})' if self.max_ingredients else ''}")
+
     def __call__(self, pool, scorer) -> dict:
+        self.check(pool.ingredients)
         chosen = sorted(pool.ingredients, key=lambda i: i.held_out, reverse=True)[: self.max_ingredients or None]
-        if len(chosen) < 2:
-            raise BadInput(f"pairs needs at least 2 ingredients, the pool has {len(chosen)}")
         gram, count = displacement_gram([i.weights for i in chosen], scorer.init_weights)
         angles = angles_degrees(gram)
         alone = {i.name: scorer.individual_metrics(i) for i in chosen}

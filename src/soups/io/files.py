@@ -14,15 +14,25 @@ from safetensors.torch import load as safetensors_load, load_file, save_file
 from soups.errors import BadInput, MissingInput
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # once, at import: os.umask is process-wide, and a read-and-restore later could race a thread
+
 
 def atomic_write(path: Path, write) -> None:
     """Calls `write(temporary path)` beside `path`, then renames it over `path`: readers see the old
-    file or the new one, never half of one."""
+    file or the new one, never half of one. The file gets the mode `open()` would give it (0o666 less the
+    umask): mkstemp makes its file private (0o600), which would hide results from a shared cluster's group."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -27,6 +27,7 @@ def run_analysis(cfg: DictConfig, out_dir: str | Path) -> dict:
     setup(cfg.seed, cfg.get("threads"))
     device = resolve_device(cfg.device)
     pool = open_pool(cfg, device)
+    analysis.check(pool.ingredients)  # before any evaluation, and before a W&B run is opened
     require_init(pool, [name] if analysis.needs_init else [])
     scorer = PoolScorer(pool, EvalSettings.of(cfg), device)
     for ingredient in pool.ingredients:

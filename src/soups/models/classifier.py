@@ -12,6 +12,7 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 
 from soups.errors import BadInput, Unavailable
@@ -73,6 +74,16 @@ def create_clip(model_cfg, cache_dir: str | Path | None = None, load_pretrained:
         # loaded here, after open_clip sized the tower (a ViT's position grid depends on the image size)
         load_tower(clip.visual, tower_file)
     return clip
+
+
+def text_tower_clip(model_cfg) -> nn.Module:
+    """The open_clip model with `model.pretrained`'s weights and nothing else loaded: callers use its text tower
+    (zero-shot heads, a whole-CLIP export), so `image_tower_weights` is skipped. Raises BadInput where
+    model.pretrained is unset: the text tower would be randomly initialised."""
+    if not model_cfg.get("pretrained"):
+        raise BadInput(f"model={model_cfg.get('name')} has no pretrained text tower (model.pretrained is null"
+                       f"{'; its image tower alone is pretrained' if model_cfg.get('image_tower_weights') else ''})")
+    return create_clip(OmegaConf.merge(model_cfg, {"image_tower_weights": None}))
 
 
 def _check_input_size(visual: nn.Module, image_size: int) -> None:

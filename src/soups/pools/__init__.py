@@ -67,6 +67,21 @@ def needed_data(cfg, pool: str):
     return cfg.data
 
 
+def refuse_unused_choice(cfg, key: str, pool: str, described, source: str) -> None:
+    """BadInput where the command line chose a `key` (model or data) other than the one the ingredients
+    describe (`described`: that config, read from `source`): this pool takes it from them, so the choice
+    would be unused and the table would silently be another model's or dataset's. The same name passes."""
+    given = cfg.get(key)
+    if given is None:
+        return
+    name, own = given.get("name"), described.get("name")
+    if name == own or (key == "model" and name == "hf" and str(own).startswith("hf:")):
+        return
+    raise BadInput(f"{key}={name}, but this pool's ingredients were made with {key}={own} ({source}): pool={pool} "
+                   f"takes the {key} from them, so {key}={name} would not be used. Drop {key}=, or evaluate other "
+                   f"checkpoints with pool=files")
+
+
 def open_pool(cfg, device) -> OpenPool:
     """The pool the `pool` config names (BadInput for another target or a bad setting), opened. Its
     ingredients keep their short names (`fine-tune 6`) only where those are unique in the pool and its run dirs

@@ -29,7 +29,8 @@ from soups.io.checkpoints import misfit
 from soups.io.files import atomic_save_safetensors, load_weights, nonfinite_tensors, sha256_file, write_json
 from soups.io.foreign import FORMATS, read_checkpoint
 from soups.pools.ingredient import Ingredient
-from soups.models.classifier import ImageClassifier, build_classifier, create_clip, resolve_timm_preprocessing
+from soups.models.classifier import (ImageClassifier, build_classifier, create_clip, resolve_timm_preprocessing,
+                                    text_tower_clip)
 from soups.pools import OpenPool, Pool, matched
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ class _Converter:
                 raise BadInput("pool.text_tower=pretrained needs model.pretrained (the open_clip weights whose text "
                                "tower builds the zero-shot head)")
             if self._text_clip is None:
-                self._text_clip = create_clip(self.run_cfg.model)
+                self._text_clip = text_tower_clip(self.run_cfg.model)
             clip = self._text_clip
         classnames, templates = zero_shot_prompts(self.pool)
         if len(classnames) != int(self.run_cfg.data.num_classes):

@@ -26,7 +26,7 @@ from soups.io.files import atomic_save_safetensors, nonfinite_tensors, sha256_fi
 from soups.models.classifier import build_classifier
 from soups.models.hf import has_tokenizer, load_folder, model_cfg_for, modality_of, read_config, \
     exporter, wrapped_state
-from soups.pools import OpenPool, Pool, matched, needed_data
+from soups.pools import OpenPool, Pool, matched, needed_data, refuse_unused_choice
 from soups.pools.checkpoint_files import display_names, refuse_duplicates
 from soups.pools.ingredient import Ingredient
 from soups.settings import build
@@ -60,6 +60,7 @@ class HFFolders(Pool):
         tokenizer_dir = find_tokenizer(list(configs), modality_of(first, folders[0]), self.tokenizer)
         model_cfg = model_cfg_for(folders[0], first, self.max_length, tokenizer_dir)
         run_cfg = OmegaConf.create({"model": model_cfg, "data": OmegaConf.to_container(data_node, resolve=True)})
+        refuse_unused_choice(cfg, "model", "hf", run_cfg.model, "their config.json")
         model = build_classifier(run_cfg.model, data.num_classes, load_pretrained=False)
         out_dir = Path(cfg.paths.cache_dir) / "hf"
         ingredients = [convert(f, out_dir) for f in folders]

@@ -34,7 +34,7 @@ from soups.io.files import atomic_save_safetensors, nonfinite_tensors, sha256_fi
 from soups.models.classifier import build_classifier
 from soups.models.hf import PREFIX, load_folder, model_cfg_for, modality_of, read_config
 from soups.models.lora import quiet_peft
-from soups.pools import OpenPool, Pool, needed_data
+from soups.pools import OpenPool, Pool, needed_data, refuse_unused_choice
 from soups.pools.checkpoint_files import display_names, refuse_duplicates
 from soups.pools.hf_folders import check_labels, check_max_length, convert, find_tokenizer, folder_setting, \
     matched_folders, trainer_hparams, weights_digest
@@ -193,6 +193,7 @@ class LoraAdapters(Pool):
         tokenizer_dir = find_tokenizer([base_dir], kind, self.tokenizer)
         model_cfg = model_cfg_for(base_dir, config, self.max_length, tokenizer_dir)
         run_cfg = OmegaConf.create({"model": model_cfg, "data": OmegaConf.to_container(data_node, resolve=True)})
+        refuse_unused_choice(cfg, "model", "lora", run_cfg.model, "their config.json")
         model = build_classifier(run_cfg.model, data.num_classes, load_pretrained=False)
         cache = Path(cfg.paths.cache_dir)
         init = convert(base_dir, cache / "hf")  # W0 (+ the base's head): the init of WiSE-FT, Model Stock, analyses

@@ -17,7 +17,7 @@ from soups.pools.ingredient import Ingredient
 from soups.models.classifier import architecture, build_classifier
 from soups.models.hf import HFClassifier, exporter, hf_processor_dir
 from soups.names import RUN_INFO_NAME, STATE_NAME, WEIGHTS_NAME
-from soups.pools import OpenPool, Pool
+from soups.pools import OpenPool, Pool, refuse_unused_choice
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +206,8 @@ class RunDirs(Pool):
         ingredients, skipped = load_pool(self, cfg.paths.log_dir, self.verify_sha256, self.ema)
         first = ingredients[0].info
         run_cfg = OmegaConf.create(run_config(first["config"]))
+        for key in ("model", "data"):
+            refuse_unused_choice(cfg, key, "latest", run_cfg[key], "their run.json")
         model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)
         init_dir = first["init"].get("dir")
         export = exporter(model, hf_processor_dir(run_cfg.model)) if isinstance(model, HFClassifier) else None

@@ -69,7 +69,7 @@ def greedy_selection(ranked, score_with: Callable, on_accept: Callable, comparat
             best = score
         trace.append({"run": candidate.label, "individual_held_out": candidate.held_out,
                       "soup_held_out": score, "accepted": accepted})
-        log.info("%s: %s held-out %.2f -> %s %s", what, candidate.name, candidate.held_out,
+        log.info("%s: %s held-out %.2f -> %s %s", what, candidate.label, candidate.held_out,
                  "(stopped early)" if score is None else f"{score:.2f}", "accepted" if accepted else "rejected")
     return chosen, best, trace
 
