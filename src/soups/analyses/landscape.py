@@ -38,7 +38,11 @@ class Landscape(Analysis):
                            f"(>= 1), models={self.models} (two names or null) expected")
 
     def check(self, ingredients: list) -> None:
-        self._pick(ingredients)
+        """Before any evaluation: ingredients of other pools get their held-out accuracy (the ranking) only then."""
+        if self.models is None and len(ingredients) < 2:
+            raise BadInput("the landscape needs two fine-tunes; the pool has one")
+        if self.models is not None:
+            self._named(ingredients)
 
     def __call__(self, pool, scorer) -> dict:
         first, second = self._pick(pool.ingredients)
@@ -76,6 +80,9 @@ class Landscape(Analysis):
             if len(ranked) < 2:
                 raise BadInput("the landscape needs two fine-tunes; the pool has one")
             return ranked[0], ranked[1]
+        return self._named(ingredients)
+
+    def _named(self, ingredients):
         by_name = {i.name: i for i in ingredients} | {i.name.split("/")[-1]: i for i in ingredients}
         missing = [m for m in self.models if str(m) not in by_name]
         if missing:
