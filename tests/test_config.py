@@ -108,7 +108,7 @@ def test_the_command_line_refuses_bad_values_before_any_work(tmp_path):
     assert not (tmp_path / "cache").exists()  # nothing built
 
 
-@pytest.mark.parametrize("script, override, got", [("soup.py", "data=123", "123"), ("soup.py", "model=null", "None"),
+@pytest.mark.parametrize("script, override, got", [("soup.py", "data=123", "123"), ("soup.py", "model=null", "None (to leave the group out: ~model)"),
                                                     ("finetune.py", "-m data=mnist,1.5", "1.5"),
                                                     ("analyze.py", "analysis=true", "True"), ("evaluate.py", "pool=7", "7")])
 def test_a_number_or_null_for_a_config_group_is_one_line_not_hydras_traceback(tmp_path, script, override, got):

@@ -65,5 +65,6 @@ def check_group_choices(argv: list[str], conf_dir) -> None:
         wrong = [v for v in values if v is None or isinstance(v, (bool, int, float))]
         if wrong:
             names = sorted(p.stem for p in group.glob("*.yaml"))
+            drop = f" (to leave the group out: ~{override.key_or_group})" if wrong[0] is None else ""
             sys.exit(f"error: {override.input_line}: `{override.key_or_group}` is a config group; expected one of "
-                     f"its names {names}, got {wrong[0]!r}")
+                     f"its names {names}, got {wrong[0]!r}{drop}")
