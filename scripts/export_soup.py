@@ -90,8 +90,9 @@ def _whole_clip(model_cfg, weights: dict, clip_file: Path | None, info: dict) ->
         clip = text_tower_clip(model_cfg).state_dict()
     else:  # never a randomly initialised text tower passed off as a CLIP's
         raise BadInput(f"the soup's model ({model_cfg.get('name')}) has no pretrained text tower (model.pretrained "
-                       f"is null) for a whole open_clip CLIP: give --clip FILE (a whole-CLIP checkpoint, e.g. one of "
-                       f"the ingredients), or export --to safetensors (image tower and head)")
+                       f"is null) for a whole open_clip CLIP: give --clip FILE (a whole-CLIP checkpoint of "
+                       f"{model_cfg.get('open_clip_name')}, e.g. one open_clip_train wrote), or export --to safetensors "
+                       f"(image tower and head)")
     from soups.io.files import nonfinite_tensors
 
     template = create_clip(model_cfg, load_pretrained=False).state_dict()

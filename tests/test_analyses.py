@@ -125,7 +125,8 @@ def test_landscape_on_a_sweep_marks_the_models_and_reads_its_grid_back(tiny_swee
 
 @pytest.mark.parametrize("args, message", [(["analysis=landscape"], "the landscape needs two fine-tunes"),
                                            (["analysis=pairs"], "pairs needs at least 2 ingredients"),
-                                           (["analysis=ingredients", "analysis.sizes=[1,2]"], r"sizes \[2\]")])
+                                           (["analysis=ingredients", "analysis.sizes=[1,2]"], r"sizes \[2\]"),
+                                           (["analysis=landscape", "analysis.models=[0,0]"], "names one model twice")])
 def test_a_pool_an_analysis_cannot_use_is_refused_before_any_evaluation_or_w_and_b_run(tiny_sweep, tmp_path,
                                                                                    monkeypatch, args, message):
     from soups.errors import BadInput

@@ -110,7 +110,9 @@ def test_the_command_line_refuses_bad_values_before_any_work(tmp_path):
 
 @pytest.mark.parametrize("script, override, got", [("soup.py", "data=123", "123"), ("soup.py", "model=null", "None (to leave the group out: ~model)"),
                                                     ("finetune.py", "-m data=mnist,1.5", "1.5"),
-                                                    ("analyze.py", "analysis=true", "True"), ("evaluate.py", "pool=7", "7")])
+                                                    ("analyze.py", "analysis=true", "True"), ("evaluate.py", "pool=7", "7"),
+                                                    ("soup.py", "method=[uniform,3]", "3"),
+                                                    ("finetune.py", "-m data=range(1,3)", "1")])
 def test_a_number_or_null_for_a_config_group_is_one_line_not_hydras_traceback(tmp_path, script, override, got):
     proc = subprocess.run([sys.executable, str(ROOT / "src" / script), f"paths.log_dir={tmp_path}/logs",
                            *override.split()], env=ENV, capture_output=True, text=True, cwd=ROOT)

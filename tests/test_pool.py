@@ -99,5 +99,8 @@ def test_a_model_or_data_other_than_the_runs_is_refused_not_silently_unused(tiny
     _, sweep = tiny_sweep
     with pytest.raises(BadInput, match=message.replace("(", r"\(").replace(")", r"\)")):
         open_pool(soup_cfg(f"pool.dir={sweep}", choice), "cpu")
-    same = open_pool(soup_cfg(f"pool.dir={sweep}", "data=mnist", "model=tiny_efficientnet"), "cpu")
-    assert same.run_cfg.data.name == "mnist" and len(same.ingredients) == 3  # the runs' own: accepted
+    same = open_pool(soup_cfg(f"pool.dir={sweep}", "model=tiny_efficientnet"), "cpu")
+    assert same.run_cfg.model.name == "tiny_efficientnet" and len(same.ingredients) == 3  # the runs' own: accepted
+    # the same name under other settings would go unused just as silently (the runs had 10 test images a class)
+    with pytest.raises(BadInput, match=r"data=mnist with .*data.test_per_class=5 \(theirs: 10\)"):
+        open_pool(soup_cfg(f"pool.dir={sweep}", "data=mnist", "data.test_per_class=5"), "cpu")

@@ -61,10 +61,12 @@ def check_group_choices(argv: list[str], conf_dir) -> None:
         if override.is_delete() or not group.is_dir():
             continue
         value = override.value()
-        values = value.list if isinstance(value, ChoiceSweep) else [value]
+        values = value.list if isinstance(value, ChoiceSweep) else value if isinstance(value, list) else [value]
+        if not isinstance(value, (ChoiceSweep, list, str)) and hasattr(value, "start"):  # range(1,3)
+            values = [value.start]
         wrong = [v for v in values if v is None or isinstance(v, (bool, int, float))]
         if wrong:
             names = sorted(p.stem for p in group.glob("*.yaml"))
-            drop = f" (to leave the group out: ~{override.key_or_group})" if wrong[0] is None else ""
+            drop = f" (to leave the group out: ~{override.key_or_group})" if value is None else ""
             sys.exit(f"error: {override.input_line}: `{override.key_or_group}` is a config group; expected one of "
                      f"its names {names}, got {wrong[0]!r}{drop}")

@@ -42,7 +42,9 @@ class Landscape(Analysis):
         if self.models is None and len(ingredients) < 2:
             raise BadInput("the landscape needs two fine-tunes; the pool has one")
         if self.models is not None:
-            self._named(ingredients)
+            first, second = self._named(ingredients)
+            if first is second:
+                raise BadInput(f"analysis.models={list(self.models)} names one model twice: the plane needs two")
 
     def __call__(self, pool, scorer) -> dict:
         first, second = self._pick(pool.ingredients)

@@ -67,16 +67,42 @@ def needed_data(cfg, pool: str):
     return cfg.data
 
 
+def _flat(node, prefix: str = "") -> dict:
+    """{dotted key: value} of a nested dict (lists kept whole)."""
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def refuse_unused_choice(cfg, key: str, pool: str, described, source: str) -> None:
-    """BadInput where the command line chose a `key` (model or data) other than the one the ingredients
-    describe (`described`: that config, read from `source`): this pool takes it from them, so the choice
-    would be unused and the table would silently be another model's or dataset's. The same name passes."""
+    """BadInput where the command line chose a `key` (model or data) that differs from the one the ingredients
+    describe (`described`: that config, read from `source`) by name or by any setting both have: this pool
+    takes it from them, so the choice would be unused and the table silently another model's or dataset's
+    (or the same dataset under settings it was not measured with). Exactly the ingredients' own passes."""
     given = cfg.get(key)
     if given is None:
         return
     name, own = given.get("name"), described.get("name")
-    if name == own or (key == "model" and name == "hf" and str(own).startswith("hf:")):
+    if key == "model" and name == "hf" and str(own).startswith("hf:"):
         return
+    if name == own:
+        theirs = _flat(OmegaConf.to_container(described, resolve=True))
+        differ = []
+        for k, raw in _flat(OmegaConf.to_container(given, resolve=False)).items():
+            if raw == "???" or k not in theirs:  # unset here, or a setting older runs did not record
+                continue
+            value = OmegaConf.select(given, k)  # interpolations resolved against the whole config
+            if value != theirs[k]:
+                differ.append(f"{key}.{k}={value} (theirs: {theirs[k]})")
+        if not differ:
+            return
+        raise BadInput(f"{key}={name} with {', '.join(differ[:4])}{' ...' if len(differ) > 4 else ''}: pool={pool} "
+                       f"takes the {key} and its settings from the ingredients ({source}), so these would not be used. "
+                       f"Drop {key}= and its settings, or evaluate other checkpoints with pool=files")
     raise BadInput(f"{key}={name}, but this pool's ingredients were made with {key}={own} ({source}): pool={pool} "
                    f"takes the {key} from them, so {key}={name} would not be used. Drop {key}=, or evaluate other "
                    f"checkpoints with pool=files")
