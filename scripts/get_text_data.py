@@ -75,7 +75,9 @@ def unpack(archive: bytes, dest: Path) -> Path:
                     (tmp / wanted[path]).write_bytes(inner.extractfile(member).read())
         except (tarfile.TarError, OSError, EOFError) as err:
             sys.exit(f"error: {INNER} in the sdist is damaged, or {dest} cannot be written ({err})")
-        tmp.chmod(0o755)  # mkdtemp makes it private
+        umask = os.umask(0o022)  # read it (setting it is the only way), then put it back
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a folder mkdir made gets this mode
         if out.exists():  # the old copy moves aside first and goes only once the new one is in place
             shutil.rmtree(old, ignore_errors=True)
             os.replace(out, old)
