@@ -104,3 +104,17 @@ def test_a_model_or_data_other_than_the_runs_is_refused_not_silently_unused(tiny
     # the same name under other settings would go unused just as silently (the runs had 10 test images a class)
     with pytest.raises(BadInput, match=r"data=mnist with .*data.test_per_class=5 \(theirs: 10\)"):
         open_pool(soup_cfg(f"pool.dir={sweep}", "data=mnist", "data.test_per_class=5"), "cpu")
+
+
+def test_a_sharded_evaluation_refuses_another_model_or_data_before_any_job_is_submitted(tiny_sweep, tmp_path):
+    """src/evaluate.py -m shards=N data=imagenet once submitted N jobs that each refused: the launching process
+    now reads the first run.json (no weights) and says it once."""
+    from conftest import compose_cfg
+    from soups.jobs.preflight import EvaluationShards
+
+    _, sweep = tiny_sweep
+    for choice, said in (("data=imagenet", "data=imagenet, but this pool's ingredients were made with data=mnist"),
+                         ("model=tiny_vit", "model=tiny_vit, but this pool's ingredients were made with model=tiny_eff")):
+        with pytest.raises(SystemExit, match="^error: " + said):
+            EvaluationShards().on_multirun_start(compose_cfg("evaluate", tmp_path, ["shards=2", f"pool.dir={sweep}", choice]))
+    EvaluationShards().on_multirun_start(compose_cfg("evaluate", tmp_path, ["shards=2", f"pool.dir={sweep}"]))

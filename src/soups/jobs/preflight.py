@@ -51,10 +51,13 @@ class EvaluationShards(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from soups.errors import UserError
         from soups.jobs.evaluate import shard_of, named_pool
+        from soups.pools import Pool
+        from soups.settings import build
 
         shards = config.get("shards")
         try:
             shard_of({"shards": shards, "shard": 0})
             named_pool(config, shards)
+            build(config.pool, "pool", "soups.pools", Pool).check_choices(config)
         except UserError as err:
             raise SystemExit(f"error: {err}") from None

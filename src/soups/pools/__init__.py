@@ -54,6 +54,10 @@ class Pool(Settings, ABC):
         """The ingredients checked (weights readable, finite, one architecture and init), a model of their
         architecture on `device`, and how they were made; `cfg` is the soup or analysis config."""
 
+    def check_choices(self, cfg) -> None:
+        """What `open` refuses about the command line's model=/data= choices, checked without reading any
+        weights (src/evaluate.py -m checks it before submitting jobs). Default: nothing to check."""
+
 
 def matched(pattern: str) -> list[Path]:
     """The paths a pool's `glob` matches (`~` expanded, `**` recursive), sorted by name."""

@@ -48,7 +48,12 @@ class HFFolders(Pool):
         super().__post_init__()
         check_max_length(self.max_length)
 
-    def open(self, cfg, device) -> OpenPool:
+    def check_choices(self, cfg) -> None:
+        self._described(cfg)
+
+    def _described(self, cfg):
+        """(folders, init folder, data, tokenizer folder, run_cfg): the folders' config.json files read and
+        checked, before any weights; BadInput where the command line chose another model."""
         data_node = needed_data(cfg, "hf")
         folders = self.folders()
         init_dir = folder_setting(self.init, "init", "the shared init's transformers folder") if self.init else None
@@ -61,6 +66,11 @@ class HFFolders(Pool):
         model_cfg = model_cfg_for(folders[0], first, self.max_length, tokenizer_dir)
         run_cfg = OmegaConf.create({"model": model_cfg, "data": OmegaConf.to_container(data_node, resolve=True)})
         refuse_unused_choice(cfg, "model", "hf", run_cfg.model, "their config.json")
+        return folders, init_dir, data, tokenizer_dir, run_cfg
+
+    def open(self, cfg, device) -> OpenPool:
+        folders, init_dir, data, tokenizer_dir, run_cfg = self._described(cfg)
+        model_cfg = run_cfg.model
         model = build_classifier(run_cfg.model, data.num_classes, load_pretrained=False)
         out_dir = Path(cfg.paths.cache_dir) / "hf"
         ingredients = [convert(f, out_dir) for f in folders]

@@ -177,7 +177,12 @@ class LoraAdapters(Pool):
         super().__post_init__()
         check_max_length(self.max_length)
 
-    def open(self, cfg, device) -> OpenPool:
+    def check_choices(self, cfg) -> None:
+        self._described(cfg)
+
+    def _described(self, cfg):
+        """(base folder, adapter folders, data, modality, tokenizer folder, run_cfg): the configs read and checked,
+        before any weights; BadInput where the command line chose another model."""
         data_node = needed_data(cfg, "lora")
         base_dir = folder_setting(self.base, "base", "the base classifier folder the adapters were trained on")
         if self.svd_rank is not None and self.svd_rank < 1:
@@ -194,6 +199,10 @@ class LoraAdapters(Pool):
         model_cfg = model_cfg_for(base_dir, config, self.max_length, tokenizer_dir)
         run_cfg = OmegaConf.create({"model": model_cfg, "data": OmegaConf.to_container(data_node, resolve=True)})
         refuse_unused_choice(cfg, "model", "lora", run_cfg.model, "their config.json")
+        return base_dir, folders, data, kind, tokenizer_dir, run_cfg
+
+    def open(self, cfg, device) -> OpenPool:
+        base_dir, folders, data, kind, tokenizer_dir, run_cfg = self._described(cfg)
         model = build_classifier(run_cfg.model, data.num_classes, load_pretrained=False)
         cache = Path(cfg.paths.cache_dir)
         init = convert(base_dir, cache / "hf")  # W0 (+ the base's head): the init of WiSE-FT, Model Stock, analyses

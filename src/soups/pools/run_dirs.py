@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from soups.errors import BadInput, MissingInput
 from soups.io.files import digest_and_nonfinite, read_json, read_weights_header
@@ -202,14 +202,27 @@ class RunDirs(Pool):
     verify_sha256: bool = True
     ema: bool = False  # each run's EMA weights (finetune's ema_decay) instead of its final ones
 
+    def check_choices(self, cfg) -> None:
+        for run_dir in resolve_run_dirs(self, cfg.paths.log_dir):  # the first run that describes itself
+            if (run_dir / RUN_INFO_NAME).is_file():
+                _refuse_unused(cfg, read_json(run_dir / RUN_INFO_NAME))
+                return
+
     def open(self, cfg, device) -> OpenPool:
         ingredients, skipped = load_pool(self, cfg.paths.log_dir, self.verify_sha256, self.ema)
         first = ingredients[0].info
-        run_cfg = OmegaConf.create(run_config(first["config"]))
-        for key in ("model", "data"):
-            refuse_unused_choice(cfg, key, "latest", run_cfg[key], "their run.json")
+        run_cfg = _refuse_unused(cfg, first)
         model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)
         init_dir = first["init"].get("dir")
         export = exporter(model, hf_processor_dir(run_cfg.model)) if isinstance(model, HFClassifier) else None
         return OpenPool(ingredients, run_cfg, model, ingredients[0].run_dir.parent.name, skipped,
                         Path(init_dir) / WEIGHTS_NAME if init_dir else None, export=export)
+
+
+def _refuse_unused(cfg, info: dict) -> DictConfig:
+    """The run's recorded config; BadInput where the command line chose another model or dataset (the pool
+    takes both from the runs)."""
+    run_cfg = OmegaConf.create(run_config(info["config"]))
+    for key in ("model", "data"):
+        refuse_unused_choice(cfg, key, "latest", run_cfg[key], "their run.json")
+    return run_cfg
