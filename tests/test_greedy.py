@@ -104,6 +104,7 @@ def test_random_orders_are_seeded_permutations_reported_as_mean_and_std():
         assert result.record["std"][col] == pytest.approx(statistics.pstdev(column))
     saved = records[result.record["saved_order"]]
     assert saved["held_out"] == max(r["held_out"] for r in records)
+    assert result.sizes == result.record["sizes"] == [len(r["chosen"]) for r in records]
     assert names(result) == saved["chosen"]
     assert result.weights["x"].item() == pytest.approx(sum(values[n] for n in saved["chosen"]) / len(saved["chosen"]))
     again = GreedySoup(order="random", orders=4, seed=3)(pool, scorer).record["orders"]
@@ -236,3 +237,17 @@ def test_the_paper_experiment_uses_the_released_codes_greedy_rule(soup_cfg):
         assert (recipe.comparator, recipe.ties) == (">", "official")
     default = instantiate(soup_cfg("method=greedy").method.greedy)
     assert (default.comparator, default.ties) == (">=", "pool")
+
+
+def test_a_row_of_random_orders_shows_the_range_of_their_sizes_not_the_saved_orders():
+    """The row's accuracies are the mean over orders, so its #ingredients is theirs too: the EfficientNet
+    pool's five orders kept 3, 6, 3, 1 and 1 ingredients, and the row once said 3 (the saved order's)."""
+    from soups.recipes import RecipeResult
+    from soups.reporting.records import recipe_row
+
+    chosen = [ingredient(n, 90.0) for n in "abc"]
+    draws = RecipeResult({}, chosen, mean={"test": 1.0}, std={"test": 0.0}, sizes=[3, 6, 3, 1, 1])
+    assert recipe_row("greedy_random", draws, {"test": 2.0}, Path("x"))["ingredients"] == "1–6"
+    same = RecipeResult({}, chosen, mean={"test": 1.0}, std={"test": 0.0}, sizes=[3, 3])
+    assert recipe_row("greedy_random", same, {"test": 2.0}, Path("x"))["ingredients"] == 3
+    assert recipe_row("greedy", RecipeResult({}, chosen), {"test": 2.0}, Path("x"))["ingredients"] == 3

@@ -39,6 +39,8 @@ class RecipeResult:
                  figure joins with a line from this recipe's marker (WiSE-FT's path); also a table
     mean, std    set when the recipe made several draws ({set: %}): the report row shows mean ± std instead of
                  the saved weights' own evaluation
+    sizes        with mean, std: how many ingredients each draw used; the row's #ingredients is their range
+                 (e.g. 1–6), not the saved draw's count alone
     row          the report's name for it (default `<config key> soup`, or the key in words for an ensemble)
     """
     weights: StateDict | None
@@ -50,6 +52,7 @@ class RecipeResult:
     curve: list[dict] | None = None
     mean: dict | None = None
     std: dict | None = None
+    sizes: list[int] | None = None
     row: str | None = None
 
     @property
@@ -62,8 +65,8 @@ class RecipeResult:
 
     @property
     def record(self) -> dict:
-        """soup.json's recipe fields: the details, then the tables, the curve and the draws' mean and std."""
-        optional = {"curve": self.curve, "mean": self.mean, "std": self.std}
+        """soup.json's recipe fields: the details, then the tables, the curve and the draws' mean, std and sizes."""
+        optional = {"curve": self.curve, "mean": self.mean, "std": self.std, "sizes": self.sizes}
         return {**self.details, **self.tables, **{k: v for k, v in optional.items() if v is not None}}
 
 

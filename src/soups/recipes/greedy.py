@@ -109,7 +109,8 @@ class GreedySoup(GreedyRecipe):
                    "held_out": records[saved]["held_out"]}
         return RecipeResult(runs[saved]["state"], runs[saved]["chosen"], details,
                             tables={"trace": records[saved]["trace"], "orders": records}, mean=spread(statistics.fmean),
-                            std=spread(lambda v: statistics.pstdev(v) if len(v) > 1 else 0.0))
+                            std=spread(lambda v: statistics.pstdev(v) if len(v) > 1 else 0.0),
+                            sizes=[len(r["chosen"]) for r in runs])
 
     def soup(self, ranked, scorer):
         running = RunningAverage()

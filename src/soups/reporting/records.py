@@ -43,8 +43,10 @@ def recipe_row(name: str, result: RecipeResult, metrics: dict, soup_dir: Path) -
            "figures": {f: str(soup_dir / f"{f}.png") for f in result.figures}}
     if result.curve:  # a path of evaluated points, drawn in the report's figure
         row["curve"] = result.curve
-    if result.std is not None:  # several draws of one recipe: mean +- std
+    if result.std is not None:  # several draws of one recipe: mean +- std, and the range of their sizes
         row |= {"metrics": result.mean, "std": result.std}
+        if result.sizes and min(result.sizes) != max(result.sizes):
+            row["ingredients"] = f"{min(result.sizes)}–{max(result.sizes)}"
     return row
 
 
@@ -83,7 +85,7 @@ def log_recipe(tracker, name: str, metrics: dict, result: RecipeResult, soup_dir
 
 
 RESERVED = ("kind", "method", "ingredients", "metrics", "calibration", "vs_best", "bn_recalibrated", "seconds",
-            "evaluation", "environment", "curve", "mean", "std")  # soup.json's own fields
+            "evaluation", "environment", "curve", "mean", "std", "sizes")  # soup.json's own fields
 
 
 def check_outputs(name: str, result: RecipeResult) -> None:
