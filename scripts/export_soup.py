@@ -42,8 +42,10 @@ def export(soup_dir: Path, to: str, clip_file: Path | None = None) -> dict:
     weights = load_weights(soup_dir / WEIGHTS_NAME)
     if to == "timm":
         if not model_cfg.get("timm_name"):
+            clip = "--to open_clip" if model_cfg.get("pretrained") or clip_file else \
+                "--to open_clip --clip FILE (an open_clip checkpoint of this model, for its text tower)"
             raise BadInput(f"--to timm exports plain timm classifiers (model=timm); this soup is an open_clip "
-                           f"model ({model_cfg.open_clip_name}): use --to open_clip or safetensors")
+                           f"model ({model_cfg.open_clip_name}): use --to safetensors, or {clip}")
         out = soup_dir / "timm.safetensors"
         atomic_save_safetensors(weights, out, metadata={"format": "timm", "model": model_cfg.timm_name})
         kwargs = "".join(f", {k}={v!r}" for k, v in (model_cfg.get("timm_kwargs") or {}).items())

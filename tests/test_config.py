@@ -123,6 +123,21 @@ def test_a_number_or_null_for_a_config_group_is_one_line_not_hydras_traceback(tm
                                    f"its names {names}, got {got}")
 
 
+@pytest.mark.parametrize("script, override, unknown", [("soup.py", "method=median", "median"),
+                                                        ("soup.py", "method=[uniform,nonexistent]", "nonexistent"),
+                                                        ("finetune.py", "-m data=mnist,mnsit", "mnsit")])
+def test_an_unknown_name_for_a_config_group_is_one_line_with_its_names(tmp_path, script, override, unknown):
+    """Hydra's own answer was 26 lines (its search path and a hint about HYDRA_FULL_ERROR)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "src" / script), f"paths.log_dir={tmp_path}/logs",
+                           *override.split()], env=ENV, capture_output=True, text=True, cwd=ROOT)
+    group = override.split()[-1].split("=")[0]
+    names = sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        f"error: {override.split()[-1]}: no {group} named {unknown!r} (conf/{group}/{unknown}.yaml); expected one "
+        f"of {names}"), proc.stderr[-2000:]
+    assert not (tmp_path / "logs").exists()  # refused before Hydra made a run folder
+
+
 def test_a_top_level_shifts_group_is_refused_not_recorded_and_ignored(configs):
     """Shifts belong to the dataset (data.shifts); the old `shifts=` group would be recorded and silently unused."""
     cfg = configs[FinetuneSettings].copy()

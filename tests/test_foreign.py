@@ -277,6 +277,8 @@ def test_an_open_clip_export_never_carries_a_random_text_tower(tmp_path):
     with pytest.raises(BadInput, match=r"no pretrained text tower .* give --clip FILE .* or export --to safetensors"):
         script.export(tmp_path, "open_clip")
     assert not (tmp_path / "open_clip.pt").exists()
+    with pytest.raises(BadInput, match=r"use --to safetensors, or --to open_clip --clip FILE"):
+        script.export(tmp_path, "timm")  # the way out it names must work: not a bare `--to open_clip`
     proc = subprocess.run([sys.executable, "scripts/export_soup.py", str(tmp_path), "--to", "open_clip"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.startswith("error: the soup's model (vit_s14_dinov2) has no pretrained")

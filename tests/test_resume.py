@@ -77,6 +77,12 @@ def test_a_relaunched_sweep_skips_finished_jobs_and_lists_its_draws(tmp_path):
     subprocess.run(command, env=ENV, check=True, capture_output=True)
     assert (sweep / "0" / "model.safetensors").stat().st_mtime_ns == finished  # skipped
     assert (sweep / "1" / "run.json").is_file()  # ran again
+    # relaunched into the same folder with other draws: once skipped, its old weights passed for the new lr
+    other = subprocess.run([*command, "search_seed=7"], env=ENV, capture_output=True, text=True)
+    said = [line for line in other.stderr.splitlines() if line.startswith("error:")]
+    assert other.returncode == 1 and "Traceback" not in other.stderr, other.stderr
+    assert len(said) == 1 and "already holds a run made under other settings (lr: " in said[0], other.stderr
+    assert (sweep / "0" / "model.safetensors").stat().st_mtime_ns == finished
 
 
 def test_a_state_saved_under_other_settings_is_refused_naming_what_changed(tmp_path):

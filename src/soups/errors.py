@@ -45,8 +45,10 @@ def said_plainly():
 
 def check_group_choices(argv: list[str], conf_dir) -> None:
     """Exit 1 with one line where a config group (a folder of `conf_dir`: data, model, method, ...) is given a
-    number, a bool or null on the command line (`data=123`, `model=null`): Hydra meets those with a bare
-    ValueError and a page of its own traceback. Anything else is left to Hydra, whose messages are plain."""
+    number, a bool or null on the command line (`data=123`, `model=null`: Hydra meets those with a bare
+    ValueError and a page of its own traceback), or a name it has no file for (`method=median`: Hydra's page
+    lists its search path). With --config-dir or hydra.searchpath other folders may hold options: names are
+    then left to Hydra, as is anything else (a syntax error, an unknown key), whose messages are plain."""
     from pathlib import Path
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -56,6 +58,8 @@ def check_group_choices(argv: list[str], conf_dir) -> None:
         overrides = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
     except Exception:  # a syntax error: Hydra says it plainly
         return
+    own_options_only = not any(a.startswith(("--config-dir", "-cd", "hydra.searchpath", "+hydra.searchpath"))
+                               for a in argv)
     for override in overrides:
         group = Path(conf_dir) / override.key_or_group
         if override.is_delete() or not group.is_dir():
@@ -70,3 +74,8 @@ def check_group_choices(argv: list[str], conf_dir) -> None:
             drop = f" (to leave the group out: ~{override.key_or_group})" if value is None else ""
             sys.exit(f"error: {override.input_line}: `{override.key_or_group}` is a config group; expected one of "
                      f"its names {names}, got {wrong[0]!r}{drop}")
+        unknown = [v for v in values if isinstance(v, str) and "$" not in v and not (group / f"{v}.yaml").is_file()]
+        if unknown and own_options_only:
+            names = sorted(p.stem for p in group.glob("*.yaml"))
+            sys.exit(f"error: {override.input_line}: no {override.key_or_group} named {unknown[0]!r} "
+                     f"(conf/{override.key_or_group}/{unknown[0]}.yaml); expected one of {names}")

@@ -24,7 +24,7 @@ from soups.models.hf import HFClassifier, complete_model_cfg, hf_processor_dir, 
 from soups.models.lora import lora_problems, save_adapter_and_merge, with_lora
 from soups.names import WEIGHTS_NAME, RUN_INFO_NAME
 from soups.training.within_run import EMA_NAME, WithinRun
-from soups.training.resume import clear_train_state
+from soups.training.resume import changed_settings, clear_train_state, training_settings
 from soups.runtime import environment, resolve_device, setup
 from soups.tracking import build_logger, tracking
 from soups.training.loop import NonFiniteLoss, finetune
@@ -103,11 +103,19 @@ def _record_failure(record: dict, err: Exception, run_dir: Path, tracker, start:
     return info
 
 
-def _finished_before(run_dir: Path) -> dict | None:
-    """The record of a run dir that holds run.json (finished or failed: neither runs again)."""
+def _finished_before(run_dir: Path, cfg) -> dict | None:
+    """The record of a run dir that holds run.json (finished or failed: neither runs again). BadInput where it
+    ran under other training settings than this job's (a relaunch with other overrides into the same sweep
+    folder): skipping it would pass its weights off as this job's."""
     if not (run_dir / RUN_INFO_NAME).is_file():
         return None
     done = read_json(run_dir / RUN_INFO_NAME)
+    changed = changed_settings(done.get("config") or {}, training_settings(cfg))
+    if changed:
+        raise BadInput(f"{run_dir} already holds a run made under other settings ({'; '.join(changed[:3])}"
+                       f"{' ...' if len(changed) > 3 else ''}): it would be skipped, not run with this job's. Choose "
+                       f"another folder (hydra.sweep.dir=... or hydra.run.dir=...), or relaunch with its own settings "
+                       f"to resume that sweep")
     if done.get("status") == "failed":
         log.warning("run %s failed before (%s): not run again; delete the run dir to retry", run_dir, done.get("failure"))
     else:
@@ -171,7 +179,7 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     own_dir, run_dir = Path(run_dir), share(ranks, Path(run_dir))  # each torchrun process composed its own
     if not ranks.is_main:
         _discard_own_dir(own_dir, run_dir)
-    done = _finished_before(run_dir)
+    done = _finished_before(run_dir, cfg)
     if done is not None:
         leave(ranks)
         return done if ranks.is_main else None

@@ -73,8 +73,9 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     log.info("pool %s: %d ingredients%s", pool.name, len(pool.ingredients),
              f", {len(pool.skipped)} skipped" if pool.skipped else "")
     if len(pool.ingredients) == 1:  # allowed (a test of a recipe's edge), but rarely what was meant
-        log.warning("pool %s has one ingredient: every soup of it is that model (a sweep of one run? "
-                    "pool.dir=... names another)", pool.name)
+        why = f"{len(pool.skipped)} other run dir(s) skipped, named above" if pool.skipped else "a sweep of one run?"
+        log.warning("pool %s has one ingredient: every soup of it is that model (%s; pool.dir=... names another)",
+                    pool.name, why)
     every_applicable = bool((cfg.get("method") or {}).get("_every_applicable"))
     recipes, left_out = runnable(recipes, pool.ingredients, every_applicable)  # asked before any evaluation
     require_init(pool, [name for name, recipe in recipes.items() if recipe.needs_init])

@@ -61,6 +61,21 @@ def training_settings(cfg) -> dict:
                                   else cfg.get(k) for k in RESUME_KEYS}, default=str))
 
 
+def changed_settings(recorded: dict, settings: dict) -> list[str]:
+    """`key: recorded -> now` for every training setting (nested ones by dotted key, e.g. `model.image_size`)
+    that `recorded` (a run's config) holds and `settings` (training_settings) gives another value; a setting
+    the recorded run did not know (an older version) is not compared."""
+    def flat(node, prefix=""):
+        out = {}
+        for key, value in node.items():
+            out |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+        return out
+
+    theirs = flat({k: recorded[k] for k in RESUME_KEYS if k in recorded})
+    ours = flat(settings)
+    return [f"{k}: {theirs[k]!r} -> {ours[k]!r}" for k in theirs if k in ours and theirs[k] != ours[k]]
+
+
 def save_train_state(folder: Path, *, model, optimizer, scheduler, epoch_generator_state: torch.Tensor,
                      epoch: int, batches_done: int, step: int, history: list[dict], pending: list[float],
                      scaler=None, settings: dict | None = None, ema: dict | None = None) -> None:
