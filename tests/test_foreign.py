@@ -4,6 +4,7 @@ code to unpickle are refused without running it."""
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -256,6 +257,16 @@ def test_the_init_file_is_the_first_row_and_lets_wise_ft_run_and_a_mixed_pool_is
     (tmp_path / "train" / "copy" / "model_best.pth.tar").write_bytes((tmp_path / "train/run0/model_best.pth.tar").read_bytes())
     proc = soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/*/*.tar", "method=uniform", check=False)
     assert proc.returncode == 1 and "are the same checkpoint" in proc.stderr  # it would weigh double
+    run0 = perturbed(init, 0.02, seed=10)  # run0's weights, saved again as a bare state dict inside timm's container
+    torch.save({"epoch": 9, "arch": "test_vit", "state_dict": run0, "state_dict_ema": run0, "version": 2},
+               tmp_path / "train" / "copy" / "model_best.pth.tar")  # other bytes, the same weights
+    proc = soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/*/*.tar", "method=uniform", check=False)
+    assert proc.returncode == 1 and "are the same checkpoint (equal weights)" in proc.stderr, proc.stderr[-800:]
+    shutil.rmtree(tmp_path / "train" / "copy")
+    save_file({"weight": torch.zeros(10, 4), "bias": torch.zeros(10)}, tmp_path / "head.safetensors")
+    proc = soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/*/*.tar", f"pool.head_file={tmp_path}/head.safetensors",
+                "method=uniform", check=False)  # these checkpoints hold their own head: the file would go unused
+    assert proc.returncode == 1 and "would not be used" in proc.stderr and "holds its own head" in proc.stderr
     proc = soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/run*/*.tar", "method=wise_ft", check=False)
     assert proc.returncode == 1 and "pool.init=FILE" in proc.stderr
 

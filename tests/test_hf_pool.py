@@ -146,7 +146,7 @@ def bad_folder(tmp: Path, name: str, tmp_path: Path, run: str = "a") -> Path:
     ("architecture", r"another architecture than .*num_hidden_layers: 1 vs 2"),
     ("dataset_labels", r"labels are not data=sentiment's classes: id 0: 'positive' vs 'negative'"),
     ("weights_vs_config", r"could not load the transformers model in .*bad"),
-    ("duplicate", r"are the same checkpoint \(equal sha256\)"),
+    ("duplicate", r"are the same checkpoint \(equal weights\)"),
     ("max_length", r"max_length=100000: .* has 512 positions"),
     ("tokenizer", r"pool.tokenizer=.* is not the tokenizer .* holds"),
     ("factor_mean", r"method=lora_factor_mean averages LoRA factors: it needs LoRA ingredients"),

@@ -179,7 +179,7 @@ def test_adapters_with_and_without_a_trained_head_export_and_average_it(lora_poo
     ("bad_json", r"adapter_config.json: not readable JSON"),
     ("truncated", r"adapter_model.safetensors: not a readable safetensors file"),
     ("rank_mismatch", r"peft cannot load it on pool.base"),
-    ("duplicate", r"are the same checkpoint \(equal sha256\)"),
+    ("duplicate", r"are the same checkpoint \(equal weights\)"),
     ("svd_rank", r"pool.svd_rank=6 >= the exact rank Σ r_i = 6"),
     ("dora", r"use_dora \(DoRA rescales"),
     ("bias", r"bias='all' \(trained biases"),

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from soups.errors import BadInput
 from soups.io.checkpoints import misfit
-from soups.io.files import atomic_save_safetensors, load_weights, nonfinite_tensors, sha256_file, write_json
+from soups.io.files import atomic_save_safetensors, load_weights, nonfinite_tensors, sha256_file, state_digest, write_json
 from soups.io.foreign import FORMATS, read_checkpoint
 from soups.pools.ingredient import Ingredient
 from soups.models.classifier import (ImageClassifier, build_classifier, create_clip, resolve_timm_preprocessing,
@@ -92,12 +92,14 @@ class Files(Pool):
 
 
 def refuse_duplicates(ingredients: list[Ingredient]) -> None:
-    """The same file twice (a copy, a link) would weigh double in every average: refused, both named."""
+    """The same weights twice (a copy, a link, or one model saved in two containers: a bare state dict and
+    {"state_dict": ..., "epoch": 1}) would weigh double in every average: refused, both named. Compared by the
+    converted weights' digest where the pool records it, else by the file's sha256."""
     seen: dict[str, Path] = {}
     for ingredient in ingredients:
-        digest = ingredient.info["source_sha256"]
+        digest = ingredient.info.get("weights_digest") or ingredient.info["source_sha256"]
         if digest in seen:
-            raise BadInput(f"{seen[digest]} and {ingredient.source} are the same checkpoint (equal sha256): it would "
+            raise BadInput(f"{seen[digest]} and {ingredient.source} are the same checkpoint (equal weights): it would "
                            f"count twice in every soup; narrow pool.glob")
         seen[digest] = ingredient.source
 
@@ -158,7 +160,13 @@ class _Converter:
                 raise BadInput(f"{path}: {len(bad)} tensors hold NaN or inf (e.g. {bad[:3]}); it cannot be souped")
             atomic_save_safetensors(state, out, metadata={"kind": "foreign", "source": path.name, "source_sha256": digest})
             record["sha256"] = sha256_file(out)  # keys the evaluation cache; measured once, at conversion
+            record["weights_digest"] = state_digest(state)  # the same weights in another container: one identity
             write_json(record, record_file)
+        if "weights_digest" not in record:  # converted by an older version
+            record["weights_digest"] = state_digest(load_weights(out))
+        if self.pool.head_file and record.get("head") == "checkpoint":
+            raise BadInput(f"pool.head_file={self.pool.head_file} would not be used: {path} holds its own head "
+                           f"(head.weight, head.bias); drop pool.head_file, or give checkpoints without one")
         info = {**record, "source": str(path), "source_sha256": digest, "hparams": record.get("hparams", {})}
         return Ingredient(path.name, out, info)
 
