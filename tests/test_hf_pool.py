@@ -147,6 +147,7 @@ def bad_folder(tmp: Path, name: str, tmp_path: Path, run: str = "a") -> Path:
     ("dataset_labels", r"labels are not data=sentiment's classes: id 0: 'positive' vs 'negative'"),
     ("weights_vs_config", r"could not load the transformers model in .*bad"),
     ("duplicate", r"are the same checkpoint \(equal weights\)"),
+    ("duplicate_resaved", r"are the same checkpoint \(equal weights\)"),
     ("max_length", r"max_length=100000: .* has 512 positions"),
     ("tokenizer", r"pool.tokenizer=.* is not the tokenizer .* holds"),
     ("factor_mean", r"method=lora_factor_mean averages LoRA factors: it needs LoRA ingredients"),
@@ -181,6 +182,9 @@ def test_folders_that_cannot_be_souped_are_refused_before_any_work(hf_pool, tmp_
         (tmp_path / "pool" / "good" / "config.json").write_text(json.dumps(c | {"intermediate_size": 48}))
     elif damage == "duplicate":
         pass  # a copy of the same checkpoint
+    elif damage == "duplicate_resaved":  # the same tensors with other bytes (another tool's metadata header)
+        save_file(load_file(str(bad / "model.safetensors")), str(bad / "model.safetensors"),
+                  metadata={"format": "pt", "saved_by": "another tool"})
     elif damage == "tokenizer":  # good <-> bad swapped in the vocabulary of a given tokenizer
         spec = json.loads((bad / "tokenizer.json").read_text())
         vocab = spec["model"]["vocab"]

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from soups.data import TaskData
 from soups.errors import BadInput
-from soups.io.files import atomic_save_safetensors, nonfinite_tensors, sha256_file, write_json
+from soups.io.files import atomic_save_safetensors, nonfinite_tensors, sha256_file, state_digest, write_json
 from soups.models.classifier import build_classifier
 from soups.models.hf import has_tokenizer, load_folder, model_cfg_for, modality_of, read_config, \
     exporter, wrapped_state
@@ -237,7 +237,7 @@ def convert(folder: Path, out_dir: Path) -> Ingredient:
         if bad:  # one NaN ingredient turns every average it enters into NaN
             raise BadInput(f"{folder}: {len(bad)} tensors hold NaN or inf (e.g. {bad[:3]}); it cannot be souped")
         atomic_save_safetensors(state, out, metadata={"kind": "transformers", "source": folder.name})
-        record = {"format": "transformers", "sha256": sha256_file(out)}
+        record = {"format": "transformers", "sha256": sha256_file(out), "weights_digest": state_digest(state)}
         write_json(record, record_file)
     info = {**record, "source": str(folder), "source_sha256": digest, "hparams": trainer_hparams(folder)}
     return Ingredient(folder.name, out, info)
