@@ -33,6 +33,15 @@ from soups.errors import BadInput
 from soups.runtime import PRECISIONS
 
 
+def flat_config(node: dict, prefix: str = "") -> dict:
+    """{dotted key: value} of a nested dict (`{"model": {"image_size": 64}}` -> `{"model.image_size": 64}`;
+    lists kept whole): how settings are compared and named in messages."""
+    out = {}
+    for key, value in node.items():
+        out |= flat_config(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
+
+
 def class_in(path: str, package: str, base: type) -> type | None:
     """The class `path` names if it is a subclass of `base` defined in `package` (e.g. "soups.data"), else None."""
     prefix = package + "."

@@ -17,7 +17,7 @@ from soups.errors import BadInput
 from soups.io.files import sha256_file
 from soups.pools.ingredient import Ingredient
 from soups.runtime import environment
-from soups.settings import Settings, build
+from soups.settings import Settings, build, flat_config
 
 
 @dataclass
@@ -71,17 +71,6 @@ def needed_data(cfg, pool: str):
     return cfg.data
 
 
-def _flat(node, prefix: str = "") -> dict:
-    """{dotted key: value} of a nested dict (lists kept whole)."""
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def refuse_unused_choice(cfg, key: str, pool: str, described, source: str) -> None:
     """BadInput where the command line chose a `key` (model or data) that differs from the one the ingredients
     describe (`described`: that config, read from `source`) by name or by any setting both have: this pool
@@ -94,9 +83,9 @@ def refuse_unused_choice(cfg, key: str, pool: str, described, source: str) -> No
     if key == "model" and name == "hf" and str(own).startswith("hf:"):
         return
     if name == own:
-        theirs = _flat(OmegaConf.to_container(described, resolve=True))
+        theirs = flat_config(OmegaConf.to_container(described, resolve=True))
         differ = []
-        for k, raw in _flat(OmegaConf.to_container(given, resolve=False)).items():
+        for k, raw in flat_config(OmegaConf.to_container(given, resolve=False)).items():
             if raw == "???" or k not in theirs:  # unset here, or a setting older runs did not record
                 continue
             value = OmegaConf.select(given, k)  # interpolations resolved against the whole config

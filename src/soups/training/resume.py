@@ -24,6 +24,7 @@ import torch
 from soups.errors import BadInput
 from soups.io.files import atomic_write
 from soups.names import STATE_NAME
+from soups.settings import flat_config
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +66,8 @@ def changed_settings(recorded: dict, settings: dict) -> list[str]:
     """`key: recorded -> now` for every training setting (nested ones by dotted key, e.g. `model.image_size`)
     that `recorded` (a run's config) holds and `settings` (training_settings) gives another value; a setting
     the recorded run did not know (an older version) is not compared."""
-    def flat(node, prefix=""):
-        out = {}
-        for key, value in node.items():
-            out |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
-        return out
-
-    theirs = flat({k: recorded[k] for k in RESUME_KEYS if k in recorded})
-    ours = flat(settings)
+    theirs = flat_config({k: recorded[k] for k in RESUME_KEYS if k in recorded})
+    ours = flat_config(settings)
     return [f"{k}: {theirs[k]!r} -> {ours[k]!r}" for k in theirs if k in ours and theirs[k] != ours[k]]
 
 
