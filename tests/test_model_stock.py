@@ -56,6 +56,22 @@ def test_k_models_use_the_mean_pairwise_cosine():
     assert torch.allclose(result.weights["w"], t * mean + (1 - t) * init["w"])
 
 
+def test_a_tensor_an_ingredient_did_not_move_has_cosine_0_with_the_others_as_in_mergekit():
+    # mergekit's model_stock: cos of a zero offset with any other is 0 (its norm product is clamped), the mean
+    # over all pairs. Counting the zero offset as a unit vector gave t = -2 here: the step of b reversed.
+    init = {"w": torch.tensor([1.0, 1.0]), "v": torch.tensor([0.0, 0.0])}
+    states = {"a": {"w": torch.tensor([1.0, 1.0]), "v": torch.tensor([1.0, 0.0])},  # w not moved
+              "b": {"w": torch.tensor([2.0, 1.0]), "v": torch.tensor([2.0, 0.0])}}
+    result = ModelStock()(pool("a", "b"), Weights(init, states))
+    assert result.record["ratios"]["w"] == 0.0 and result.weights["w"].tolist() == [1.0, 1.0]  # t = 0: the init
+    assert result.record["ratios"]["v"] == pytest.approx(1.0)  # parallel: the mean
+    three = dict(states, c={"w": torch.tensor([3.0, 1.0]), "v": torch.tensor([0.0, 1.0])})
+    result = ModelStock()(pool("a", "b", "c"), Weights(init, three))
+    cos = (1 + 0 + 0) / 3  # b, c parallel; a's zero offset: 0 with each
+    assert result.record["ratios"]["w"] == pytest.approx(3 * cos / (1 + 2 * cos))  # 0.6
+    assert result.weights["w"].tolist() == pytest.approx([1 + 0.6 * 1.0, 1.0])
+
+
 def test_one_ingredient_is_refused():
     with pytest.raises(ValueError, match="at least 2"):
         ModelStock()(pool("a"), Weights({"w": torch.zeros(1)}, {"a": {"w": torch.ones(1)}}))

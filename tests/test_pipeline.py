@@ -59,9 +59,19 @@ def test_individuals_measured_under_other_settings_are_evaluated_again(tiny_swee
         assert len(list((tmp_path / "cache" / "eval").glob(f"*/{digest}/*.safetensors"))) == 6
     recorded = json.loads((sweep / "0" / "run.json").read_text())["metrics"]
     assert rows[1]["metrics"]["val"] == pytest.approx(recorded["val"], abs=2.0)
-    # the same settings as the fine-tunes: their run.json metrics are used as they are
-    run_soup(soup_cfg(f"pool.dir={sweep}", "method=uniform", f"paths.cache_dir={tmp_path}/cache2"), tmp_path / "s2")
+    # the initialization's row too: measured again under the soup's settings, not the fine-tunes' init.json
+    init = json.loads((sweep / "0" / "run.json").read_text())["init"]
+    key = json.loads((tmp_path / "soup" / "uniform" / "soup.json").read_text())["evaluation"]["key"]
+    assert init["evaluation_key"] != key and rows[0]["row"] == "initialization"
+    measured = json.loads((tmp_path / "cache" / "eval" / key / f"{init['sha256']}.json").read_text())["metrics"]
+    assert rows[0]["metrics"] == measured
+    saved_init = json.loads((tmp_path / "soup" / "uniform" / "run.json").read_text())["init"]  # a soup's own run.json
+    assert saved_init["metrics"] == rows[0]["metrics"] and saved_init["evaluation_key"] == key
+    # the same settings as the fine-tunes: their run.json metrics (and the init's) are used as they are
+    rows = run_soup(soup_cfg(f"pool.dir={sweep}", "method=uniform", f"paths.cache_dir={tmp_path}/cache2"),
+                    tmp_path / "s2")
     assert not any((tmp_path / "cache2" / "eval").glob(f"*/{digests[0]}*"))
+    assert not any((tmp_path / "cache2" / "eval").glob(f"*/{init['sha256']}*")) and rows[0]["metrics"] == init["metrics"]
 
 
 def test_uniform_soup_weights_are_the_exact_average(tiny_sweep, soup_cfg, tmp_path):

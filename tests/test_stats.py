@@ -67,7 +67,32 @@ def test_mcnemar_on_a_constructed_table():
     b = np.array([0] * 8 + [1] * 2 + [1] * 5 + [0] * 5, dtype=bool)
     assert mcnemar_p([a], [b]) == pytest.approx(2 * (45 + 10 + 1) / 1024)  # 2 P(X >= 8), X ~ Bin(10, 1/2)
     assert mcnemar_p([a[:10]], [a[:10]]) == 1.0
-    assert mcnemar_p([a[:10], a[10:]], [b[:10], b[10:]]) == mcnemar_p([a], [b])  # strata pooled
+    assert mcnemar_p([a[:10], a[10:]], [b[:10], b[10:]]) == mcnemar_p([a], [b])  # strata of one size pooled
+
+
+def test_mcnemar_over_strata_of_other_sizes_tests_the_unweighted_mean_not_the_pooled_count():
+    # A small set where A is clearly better (30 vs 10 discordant of 200) and a large one where B is slightly
+    # better (100 vs 160 of 10,000): the unweighted mean difference is +4.70 points; pooling the examples
+    # (130 vs 170) would test the opposite sign (p = 0.024 for B).
+    def table(only_a, only_b, n):
+        a = np.zeros(n, bool); b = np.zeros(n, bool)
+        a[:only_a] = True; b[only_a:only_a + only_b] = True
+        return a, b
+    (a1, b1), (a2, b2) = table(30, 10, 200), table(100, 160, 10_000)
+    p = mcnemar_p([a1, a2], [b1, b2], draws=100_000, seed=0)
+    # exact, by enumerating both binomials: P(|(2K1 - 40)/200 + (2K2 - 260)/10000| >= |20/200 - 60/10000|)
+    from scipy.stats import binom
+    k1, k2 = np.arange(41), np.arange(261)
+    null = (2 * k1[:, None] - 40) / 200 + (2 * k2[None, :] - 260) / 10_000
+    mass = binom.pmf(k1, 40, 0.5)[:, None] * binom.pmf(k2, 260, 0.5)[None, :]
+    exact = float(mass[np.abs(null) >= abs(20 / 200 - 60 / 10_000) - 1e-12].sum())
+    assert 0.001 < exact < 0.01
+    assert p == pytest.approx(exact, abs=4 * math.sqrt(exact / 100_000))  # 4 Monte Carlo standard errors
+    assert mcnemar_p([a1, a2], [b1, b2], draws=100_000, seed=0) == p  # seeded
+    assert mcnemar_p([a1, a2], [a1, a2]) == 1.0
+    # nothing drawn is as extreme: the floor 1 / (1 + draws), never 0
+    (c1, d1), (c2, d2) = table(300, 0, 1000), table(200, 0, 500)
+    assert mcnemar_p([c1, c2], [d1, d2], draws=1000) == 1 / 1001
 
 
 def test_interval_text():
@@ -85,7 +110,8 @@ def test_every_soup_row_carries_calibration_and_an_interval_consistent_with_its_
     sets = set(best["metrics"])  # val, test, the shifts, avg_shifts
     assert set(best["calibration"]) == sets and "vs_best" not in best
     for row in [r for r in rows if r["kind"] in ("soup", "ensemble")]:
-        assert set(row["calibration"]) == sets and set(row["vs_best"]) == sets
+        # held-out chose the best individual and the soups: calibrated, never compared
+        assert set(row["calibration"]) == sets and set(row["vs_best"]) == sets - {"val"}
         for name, v in row["vs_best"].items():  # the point estimate is the table's own difference
             assert v["diff"] == pytest.approx(row["metrics"][name] - best["metrics"][name], abs=1e-9)
             assert v["low"] <= v["diff"] <= v["high"] and 0 <= v["p"] <= 1

@@ -51,7 +51,8 @@ ROWS = [
      "where two |τ| tie at the k-th magnitude the project keeps both, mergekit's argsort one"),
     ("ties (global)", "ties", ("fusionbench",), {"scope": "global"},
      "expected: FusionBench keeps |τ| ≥ the (n − ⌊density·n⌋)-th smallest of a model's n entries, i.e. "
-     "⌊density·n⌋ + 1 of them, one more than the paper's top-k% (the project keeps ⌊density·n⌋)"),
+     "⌊density·n⌋ + 1 of them (as the authors' released code), one more than the paper's top-k% "
+     "(the project keeps ⌊density·n⌋)"),
     ("fisher", "fisher", ("fusionbench",), {},
      f"same formula: ε={FISHER_FLOOR:g} added to every Fisher on both sides (normalize off)"),
     ("regmean (ridge 0)", "regmean", ("fusionbench",), {"ridge": 0.0},

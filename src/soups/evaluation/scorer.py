@@ -223,6 +223,21 @@ class PoolScorer:
         info["metrics"], info["evaluation_key"] = metrics, self.key
         return metrics
 
+    def init_record(self, init: dict) -> dict:
+        """A run-dir pool's init record (run.json's `init`) with metrics measured under this evaluation key:
+        as recorded when init.json says they were, else evaluated from its weights once (cached by sha256). An
+        init is cached across sweeps by model, data and head alone, so a sweep at another precision or batch
+        size reuses one measured under the first sweep's settings."""
+        if init.get("metrics") is None or init.get("evaluation_key") == self.key:
+            return init
+        if not (self.init_weights and self.init_weights.is_file()):
+            log.warning("the initialization's metrics were measured under other evaluation settings, and its "
+                        "weights %s are gone: its row shows them as recorded", self.init_weights)
+            return init
+        info = {"sha256": init["sha256"]} if init.get("sha256") else {}
+        metrics = self.individual_metrics(Ingredient("initialization", self.init_weights, info))
+        return {**init, "metrics": metrics, "evaluation_key": self.key}
+
     def _forward_all(self, ingredient: Ingredient, digest: str) -> dict[str, torch.Tensor]:
         """One load, every set; logits kept in the cache for ensembles."""
         logits = self.evaluator.all_logits(self.materialize(self.load(ingredient), new_point=False))

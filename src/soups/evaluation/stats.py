@@ -1,6 +1,6 @@
 """Calibration and significance from per-sample predictions: NLL and expected calibration error of one
 model, and a model's accuracy difference to another on the same images (paired bootstrap interval,
-exact McNemar test). Inputs are torch tensors or numpy arrays; outputs are plain floats."""
+McNemar test). Inputs are torch tensors or numpy arrays; outputs are plain floats."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -11,10 +11,11 @@ from omegaconf import OmegaConf
 from scipy.stats import binomtest
 
 from soups.errors import BadInput
-from soups.names import AVG_SHIFTS
+from soups.names import AVG_SHIFTS, HELD_OUT
 from soups.settings import Settings
 
 ECE_BINS = 15  # equal-width confidence bins, as commonly reported (Guo et al., 2017)
+P_DRAWS = 100_000  # null draws of McNemar's test over strata of different sizes: p >= 1e-5
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -59,16 +60,35 @@ def paired_bootstrap(a_correct: list, b_correct: list, resamples: int = 1000, se
     return point, float(low), float(high)
 
 
-def mcnemar_p(a_correct: list, b_correct: list) -> float:
-    """Exact two-sided McNemar p-value (McNemar, 1947): under H0 the images only one model gets right are
-    equally likely to be A's or B's, a binomial(n_discordant, 1/2) test. Strata (lists of boolean arrays, one
-    per set) are pooled. 1.0 when the two models disagree on no image."""
-    a = np.concatenate([np.asarray(x, dtype=bool) for x in a_correct])
-    b = np.concatenate([np.asarray(x, dtype=bool) for x in b_correct])
-    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
-    if only_a + only_b == 0:
+def mcnemar_p(a_correct: list, b_correct: list, draws: int = 100_000, seed: int = 0) -> float:
+    """Two-sided p-value of A's accuracy minus B's on the same examples, McNemar's test (McNemar, 1947): given
+    the examples only one model gets right, under H0 each is equally likely to be A's or B's. Each argument is
+    a list of strata, one boolean array [N_s] per set; the tested statistic is the one `paired_bootstrap`
+    reports, the unweighted mean over strata of the per-stratum difference.
+    - One stratum, or strata of one size (the mean is then the pooled difference over that size): exact,
+      binomial(n_discordant, 1/2).
+    - Strata of different sizes (ImageNet's shifts: 7,500 to 50,889 images): pooling would weigh each shift by
+      its size, so the null distribution of the unweighted mean is drawn instead: `draws` seeded sign flips
+      of each stratum's discordant examples (Binomial(m_s, 1/2) each); p = (1 + #{|T*| >= |T|}) / (1 + draws)
+      (Phipson & Smyth, 2010), never below 1 / (1 + draws).
+    1.0 when the two models disagree on no example."""
+    a = [np.asarray(x, dtype=bool) for x in a_correct]
+    b = [np.asarray(x, dtype=bool) for x in b_correct]
+    only_a = np.array([int((x & ~y).sum()) for x, y in zip(a, b)])
+    only_b = np.array([int((~x & y).sum()) for x, y in zip(a, b)])
+    discordant = only_a + only_b
+    if discordant.sum() == 0:
         return 1.0
-    return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+    sizes = np.array([len(x) for x in a], dtype=np.float64)
+    if len(set(sizes)) == 1:
+        return float(binomtest(int(only_a.sum()), int(discordant.sum()), 0.5).pvalue)
+    observed = abs(float(np.sum((only_a - only_b) / sizes)))
+    rng = np.random.default_rng(seed)
+    null = np.zeros(draws)
+    for m, n in zip(discordant, sizes):
+        null += (2.0 * rng.binomial(m, 0.5, size=draws) - m) / n
+    extreme = int((np.abs(null) >= observed * (1 - 1e-12)).sum())  # the tolerance: sums in another order
+    return (1 + extreme) / (1 + draws)
 
 
 def interval_text(diff: float, low: float, high: float) -> str:
@@ -102,21 +122,23 @@ class Statistics(Settings):
     def caption(self) -> str:
         return (f"NLL in nats per example; ECE in % ({self.ece_bins} equal-width confidence bins); differences to the "
                 f"best individual in percentage points with a paired bootstrap {100 * self.level:g}% interval over "
-                f"examples ({self.resamples:,} resamples, seed {self.seed}) and an exact McNemar p-value (avg shifts: "
-                f"each shift resampled within itself; McNemar over the shifts' examples pooled)")
+                f"examples ({self.resamples:,} resamples, seed {self.seed}) and a McNemar p-value (avg shifts: each "
+                f"shift resampled within itself; the p-value exact for shifts of one size, else from "
+                f"{P_DRAWS:,} sign flips of each shift's discordant examples); held-out, which chose the best "
+                f"individual and the soups, is not compared")
 
     def versus(self, outcomes: dict, reference: dict, shifts: list[str]) -> dict[str, dict[str, float]]:
         """{set or avg_shifts: {"diff", "low", "high" (percentage points), "p" (McNemar)}}: these predictions'
-        accuracy minus the reference's (the best individual's) on the same images."""
+        accuracy minus the reference's (the best individual's) on the same images; every set but held-out."""
         right = {n: (logits.argmax(-1) == labels).numpy() for n, (logits, labels) in outcomes.items()}
         ref = {n: (logits.argmax(-1) == labels).numpy() for n, (logits, labels) in reference.items()}
-        groups = {n: [n] for n in right} | ({AVG_SHIFTS: shifts} if shifts else {})
+        # held-out chose the reference and the soups: an interval there would not be inference
+        groups = {n: [n] for n in right if n != HELD_OUT} | ({AVG_SHIFTS: shifts} if shifts else {})
         out = {}
         for name, members in groups.items():
-            diff, low, high = paired_bootstrap([right[m] for m in members], [ref[m] for m in members],
-                                               self.resamples, self.seed, self.level)
-            out[name] = {"diff": diff, "low": low, "high": high,
-                         "p": mcnemar_p([right[m] for m in members], [ref[m] for m in members])}
+            a, b = [right[m] for m in members], [ref[m] for m in members]
+            diff, low, high = paired_bootstrap(a, b, self.resamples, self.seed, self.level)
+            out[name] = {"diff": diff, "low": low, "high": high, "p": mcnemar_p(a, b, P_DRAWS, self.seed)}
         return out
 
 

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from soups.data import build_data
 from soups.errors import BadInput
-from soups.evaluation.cache import config_parts
+from soups.evaluation.cache import config_parts, evaluation_key
 from soups.evaluation.evaluator import Evaluator, format_metrics
 from soups.io.files import atomic_save_safetensors, load_weights, read_json, sha256_file, write_json
 from soups.heads import build_head
@@ -56,6 +56,7 @@ def _build_init(cfg, device, out: Path) -> None:
                 "data": OmegaConf.to_container(cfg.data, resolve=True),
                 "head": {**OmegaConf.to_container(cfg.head, resolve=True), **probe},
                 "metrics": metrics, "sha256": sha256_file(out / WEIGHTS_NAME),
+                "evaluation_key": evaluation_key(cfg, cfg.precision, cfg.eval_batch_size),
                 "seconds": round(time.time() - start, 1)}, out / INIT_INFO_NAME)
     log.info("shared init (%s): %s", cfg.head._target_, format_metrics(metrics))
 

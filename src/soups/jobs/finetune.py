@@ -205,7 +205,8 @@ def run_finetune(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     with tracking(logger, run_dir, name=f"{run_dir.parent.name}/{run_dir.name}", job_type="finetune",
                   config=resolved, group=cfg.logger.get("group") or sweep) as tracker:
         record = {"kind": "finetune", "hparams": {k: cfg[k] for k in HPARAMS},
-                  "init": {"dir": str(init_dir), "sha256": init_info["sha256"], "metrics": init_info["metrics"]},
+                  "init": {"dir": str(init_dir), "sha256": init_info["sha256"], "metrics": init_info["metrics"],
+                           "evaluation_key": init_info.get("evaluation_key")},
                   "config": resolved, "environment": environment()}
         if cfg.get("lora"):
             record["lora"] = OmegaConf.to_container(cfg.lora, resolve=True)

@@ -86,6 +86,8 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     for ingredient in individuals:
         scorer.individual_metrics(ingredient)
     template = pool.template() | {"evaluation": scorer.settings_record()}
+    if pool.release_init is None and template["init"].get("metrics"):  # a run-dir pool's init: its run.json's
+        template["init"] = scorer.init_record(template["init"])
     rows = baseline_rows(pool.ingredients, template["init"]["metrics"])
     best = max(pool.ingredients, key=lambda i: i.held_out)
     best_logits = scorer.individual_logits(best)  # every soup and ensemble is compared with it, image by image

@@ -5,7 +5,10 @@ initialization by how much their displacements from it agree.
 
 With k > 2 ingredients, cos(theta) is the mean pairwise cosine of the displacements d_i = w_i - w_0,
 computed in one pass from the sum of unit displacements u = sum d_i/|d_i|:
-mean_{i<j} cos_ij = (|u|^2 - k) / (k (k - 1)). Memory is two accumulators, whatever k.
+mean_{i<j} cos_ij = (|u|^2 - m) / (k (k - 1)), m the number of non-zero d_i. A displacement that is zero on a
+tensor (an ingredient that did not move it, or the init itself in the pool) has cosine 0 with every other,
+as mergekit's `model_stock` computes it: it lowers the mean instead of counting as a unit vector (with k = 2
+that would give t = -2, the fine-tune's step reversed). Memory is two accumulators, whatever k.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ class ModelStock(Recipe):
         if k < 2:
             raise BadInput(f"model_stock needs at least 2 ingredients, got {k}")
         init = scorer.load_init()
-        mean, units = RunningAverage(), {}
+        mean, units, moved = RunningAverage(), {}, {}
         for ingredient in ingredients:
             state = scorer.load(ingredient)
             mean.add(state)
@@ -38,9 +41,10 @@ class ModelStock(Recipe):
                     norm = d.norm()
                     unit = d / norm if norm > 0 else torch.zeros_like(d)
                     units[key] = units[key] + unit if key in units else unit
+                    moved[key] = moved.get(key, 0) + int(norm > 0)
         ratios = {}
         for key, u in units.items():
-            cos = ((u.pow(2).sum() - k) / (k * (k - 1))).clamp(-1.0, 1.0).item()
+            cos = ((u.pow(2).sum() - moved[key]) / (k * (k - 1))).clamp(-1.0, 1.0).item()
             denominator = (k - 1) * cos + 1
             ratios[key] = k * cos / denominator if denominator > 1e-12 else 0.0
         merged = interpolate(init, mean.result(), lambda key: ratios[key])

@@ -4,14 +4,16 @@ elect sign, disjoint merge of the task vectors τᵢ = θᵢ − θ₀ (θ₀: t
     trim     τ̂ᵢ keeps the k = max(1, ⌊density · n⌋) entries of τᵢ largest in magnitude (ties at the k-th kept
              too), n counted per tensor (`scope: tensor`, as mergekit) or over all of a model's tensors
              (`scope: global`, as the paper and FusionBench)
-    elect    γ = sign(Σᵢ τ̂ᵢ) per entry (a zero sum elects +1: it only happens where nothing survives)
+    elect    γ = sign(Σᵢ τ̂ᵢ) per entry; a zero sum (nothing survived, or survivors cancel exactly) elects +1,
+             where the authors' code elects the tensor's majority sign and mergekit keeps nothing
     merge    τ_m = Σᵢ τ̂ᵢ [sign τ̂ᵢ = γ] / max(1, #{i : sign τ̂ᵢ = γ})   (`merge: mean`; `sum` drops the divisor)
     θ = θ₀ + λ τ_m                                                     (λ = `scale`)
 
 Every floating-point tensor takes part (as in both peers); integer buffers come from the first ingredient.
 Streamed: two passes over the ingredients (three with `scope: global`, whose threshold needs each model
-whole), memory the init, three accumulators and one ingredient. FusionBench 0.2.33 keeps one entry more
-per model than ⌊density · n⌋ (it keeps |τ| ≥ the (n − ⌊density · n⌋)-th smallest); see BENCHMARKS.md.
+whole), memory the init, three accumulators and one ingredient. The authors' released code, and FusionBench
+0.2.33 which follows it, keep one entry more per model than ⌊density · n⌋ (|τ| ≥ the (n − ⌊density · n⌋)-th
+smallest); mergekit and this module keep the paper's top-k%; see BENCHMARKS.md.
 """
 from __future__ import annotations
 
