@@ -7,8 +7,9 @@ reverses, so equal accuracies are visited in reverse pool order; mlfoundations/m
 `greedy_selection` is shared with the greedy ensemble, which adds models to a logit average instead.
 
 order="random" is the paper's ablation: `orders` greedy soups, each over a seeded random permutation
-of the pool; each is evaluated on every set and the report shows their mean ± std. The saved weights
-are those of the order with the best held-out accuracy (the first of equals).
+of the pool; each is evaluated on every set and the report shows their mean ± std (the population std
+of the orders drawn, as in the ingredients analysis; scripts/demo_study.py's seeds use the sample std).
+The saved weights are those of the order with the best held-out accuracy (the first of equals).
 """
 from __future__ import annotations
 
