@@ -15,6 +15,8 @@
 - timm (pools of plain timm classifiers, model=timm): `timm.safetensors` for
   `timm.create_model(name, checkpoint_path="timm.safetensors", num_classes=N)`.
 - safetensors: `model.safetensors` as it is, plus its config (export.json) for any loader.
+Soups of transformers folders (pool=hf, pool=lora, model=hf) need no export: src/soup.py already wrote
+`<soup>/hf/` (`from_pretrained`) and, for LoRA pools, `<soup>/adapter/` (`PeftModel.from_pretrained`).
 Writes are atomic; files from other tools are read with weights_only=True (soups/io/foreign.py).
 """
 from __future__ import annotations
@@ -40,6 +42,12 @@ def export(soup_dir: Path, to: str, clip_file: Path | None = None) -> dict:
     model_cfg = OmegaConf.create(info["config"]["model"])
     classes = int(info["config"]["data"]["num_classes"])
     weights = load_weights(soup_dir / WEIGHTS_NAME)
+    native = _written_by_soup(soup_dir, model_cfg)
+    if to in ("timm", "open_clip") and (model_cfg.get("hf_classifier") or model_cfg.get("text_encoder")):
+        kind = "transformers" if model_cfg.get("hf_classifier") else "sentence-encoder"
+        raise BadInput(f"--to {to} exports open_clip or timm models; this soup is a {kind} model "
+                       f"({model_cfg.get('name')}): " + (f"src/soup.py already wrote {', '.join(native)} for it, or "
+                                                         if native else "") + "use --to safetensors")
     if to == "timm":
         if not model_cfg.get("timm_name"):
             clip = "--to open_clip" if model_cfg.get("pretrained") or clip_file else \
@@ -71,6 +79,8 @@ def export(soup_dir: Path, to: str, clip_file: Path | None = None) -> dict:
     elif to == "safetensors":
         out = soup_dir / WEIGHTS_NAME
         load = f"safetensors.torch.load_file({str(out)!r})  # keys as in {soup_dir / 'export.json'}"
+        if native:
+            load += f"\n# or the folders src/soup.py wrote for its own library: {', '.join(native)}"
     else:
         raise BadInput(f"--to {to}: expected open_clip, timm or safetensors")
     record = {"format": to, "file": str(out), "load": load, "model": OmegaConf.to_container(model_cfg),
@@ -78,6 +88,13 @@ def export(soup_dir: Path, to: str, clip_file: Path | None = None) -> dict:
     write_json(record, soup_dir / "export.json")
     (soup_dir / "EXPORT.md").write_text(f"# {soup_dir.name}: exported as {to}\n\n```python\n{load}\n```\n")
     return record
+
+
+def _written_by_soup(soup_dir: Path, model_cfg) -> list[str]:
+    """The library folders src/soup.py wrote beside a transformers soup (hf/, adapter/), as load one-liners."""
+    loads = {"hf": "AutoModelFor...Classification.from_pretrained({!r})", "adapter": "PeftModel.from_pretrained(base, {!r})"}
+    return [loads[name].format(str(soup_dir / name)) for name in loads if (soup_dir / name / "config.json").is_file()
+            or (soup_dir / name / "adapter_config.json").is_file()] if model_cfg.get("hf_classifier") else []
 
 
 def _whole_clip(model_cfg, weights: dict, clip_file: Path | None, info: dict) -> dict:

@@ -121,7 +121,13 @@ def test_trainer_checkpoints_are_souped_and_the_export_loads_back_to_the_soups_l
     reference.load_state_dict({k[len("model."):]: v for k, v in weights.items()})
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, reference(**batch).logits, atol=1e-6, rtol=0)
-
+    # scripts/export_soup.py: no open_clip or timm form for it, in one line naming the folder soup.py wrote
+    proc = subprocess.run([sys.executable, "scripts/export_soup.py", str(out / "uniform"), "--to", "timm"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error: --to timm exports open_clip or timm models; this soup is a transformers "
+                                  f"model (hf:bert): src/soup.py already wrote AutoModelFor...Classification"
+                                  f".from_pretrained('{exported}')"), proc.stderr
 
 def test_trainer_state_gives_the_hyperparameters(hf_pool):
     from soups.pools.hf_folders import trainer_hparams
@@ -148,6 +154,7 @@ def bad_folder(tmp: Path, name: str, tmp_path: Path, run: str = "a") -> Path:
     ("weights_vs_config", r"could not load the transformers model in .*bad"),
     ("duplicate", r"are the same checkpoint \(equal weights\)"),
     ("duplicate_resaved", r"are the same checkpoint \(equal weights\)"),
+    ("missing_shard", r"names 3 shards, 1 missing \(\['model-00003-of-00003.safetensors'\]\)"),
     ("max_length", r"max_length=100000: .* has 512 positions"),
     ("tokenizer", r"pool.tokenizer=.* is not the tokenizer .* holds"),
     ("factor_mean", r"method=lora_factor_mean averages LoRA factors: it needs LoRA ingredients"),
@@ -185,6 +192,14 @@ def test_folders_that_cannot_be_souped_are_refused_before_any_work(hf_pool, tmp_
     elif damage == "duplicate_resaved":  # the same tensors with other bytes (another tool's metadata header)
         save_file(load_file(str(bad / "model.safetensors")), str(bad / "model.safetensors"),
                   metadata={"format": "pt", "saved_by": "another tool"})
+    elif damage == "missing_shard":  # save_pretrained's shards, one of them lost in a copy
+        from transformers import AutoModelForSequenceClassification
+
+        AutoModelForSequenceClassification.from_pretrained(str(bad)).save_pretrained(str(bad), max_shard_size="100KB")
+        (bad / "model.safetensors").unlink(missing_ok=True)
+        shards = sorted(bad.glob("model-0000*-of-*.safetensors"))
+        assert len(shards) == 3, shards
+        shards[-1].unlink()
     elif damage == "tokenizer":  # good <-> bad swapped in the vocabulary of a given tokenizer
         spec = json.loads((bad / "tokenizer.json").read_text())
         vocab = spec["model"]["vocab"]
@@ -200,6 +215,23 @@ def test_folders_that_cannot_be_souped_are_refused_before_any_work(hf_pool, tmp_
     with pytest.raises(BadInput, match=message):
         run_soup(cfg, tmp_path / "out")
     assert not (tmp_path / "cache" / "eval").exists()  # refused before any evaluation
+
+
+def test_an_edited_config_json_is_measured_again_not_served_the_old_numbers(hf_pool, tmp_path):
+    # the same tensors under another hidden_act compute other logits: config.json is part of the evaluation key
+    from soups.jobs.soup import run_soup
+
+    tmp, data = hf_pool
+    folders = [bad_folder(tmp, "a", tmp_path, "a"), bad_folder(tmp, "b", tmp_path, "b")]
+    args = ["logger=none", "pool=hf", f"pool.glob={tmp_path}/pool/*", "method=uniform", *SMALL, *data]
+    run_soup(compose_cfg("soup", tmp_path, args), tmp_path / "gelu")
+    for folder in folders:
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(config | {"hidden_act": "relu"}))
+    rows = run_soup(compose_cfg("soup", tmp_path, args), tmp_path / "relu")
+    fresh = run_soup(compose_cfg("soup", tmp_path, [*args, f"paths.cache_dir={tmp_path}/fresh"]), tmp_path / "fresh")
+    assert [r["metrics"] for r in rows] == [r["metrics"] for r in fresh]  # as measured from nothing
+    assert len(list((tmp_path / "cache" / "eval").iterdir())) == 2  # one evaluation key per config
 
 
 def test_folders_that_differ_only_in_dropout_are_one_architecture():

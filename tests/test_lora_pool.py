@@ -185,6 +185,7 @@ def test_adapters_with_and_without_a_trained_head_export_and_average_it(lora_poo
     ("bias", r"bias='all' \(trained biases"),
     ("no_weights", r"no adapter_model.safetensors \(an adapter without weights\)"),
     ("other_base", r"was trained on .*whose weights differ from pool.base"),
+    ("other_base_relative", r"was trained on other \(.*/other\), whose weights differ from pool.base"),
     ("other_shape", r"query is \(48, 48\) in the adapter, \(32, 32\) in pool.base"),
 ])
 def test_adapters_that_cannot_be_merged_exactly_are_refused_by_name(lora_pool, tmp_path, damage, message):
@@ -218,6 +219,10 @@ def test_adapters_that_cannot_be_merged_exactly_are_refused_by_name(lora_pool, t
         torch.manual_seed(5)
         tiny_bert().save_pretrained(tmp_path / "other")
         config["base_model_name_or_path"] = str(tmp_path / "other")
+    elif damage == "other_base_relative":  # as peft records a relative from_pretrained path: found above the adapter
+        torch.manual_seed(5)
+        tiny_bert().save_pretrained(tmp_path / "other")
+        config["base_model_name_or_path"] = "other"
     elif damage == "other_shape":
         shutil.rmtree(bad)
         torch.manual_seed(5)
@@ -233,3 +238,33 @@ def test_adapters_that_cannot_be_merged_exactly_are_refused_by_name(lora_pool, t
     with pytest.raises(BadInput, match=message):
         run_soup(cfg, tmp_path / "out")
     assert not (tmp_path / "cache" / "eval").exists()
+
+
+def test_a_base_saved_sharded_is_the_same_base_and_an_unfindable_one_is_named(lora_pool, tmp_path, caplog):
+    from transformers import AutoModelForSequenceClassification
+
+    from soups.jobs.soup import run_soup
+
+    tmp, data = lora_pool
+    sharded = tmp_path / "base_sharded"  # the adapters record tmp/base: the same tensors in other files
+    AutoModelForSequenceClassification.from_pretrained(str(tmp / "base")).save_pretrained(str(sharded),
+                                                                                        max_shard_size="100KB")
+    assert not (sharded / "model.safetensors").exists()
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (tmp / "base" / name).is_file():
+            (sharded / name).write_bytes((tmp / "base" / name).read_bytes())
+    args = ["logger=none", "pool=lora", f"pool.glob={tmp}/plain/*", "method=uniform", *SMALL, *data]
+    rows = run_soup(compose_cfg("soup", tmp_path, [*args, f"pool.base={sharded}"]), tmp_path / "out")
+    assert rows[-1]["row"] == "uniform soup"
+    import shutil
+
+    for name in ("a0", "a1"):
+        shutil.copytree(tmp / "plain" / name, tmp_path / "pool" / name)
+        config = json.loads((tmp_path / "pool" / name / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = "a-hub-name"
+        (tmp_path / "pool" / name / "adapter_config.json").write_text(json.dumps(config))
+    with caplog.at_level("WARNING"):
+        run_soup(compose_cfg("soup", tmp_path, ["logger=none", "pool=lora", f"pool.glob={tmp_path}/pool/*",
+                                                "method=uniform", f"pool.base={tmp}/base", *SMALL, *data]),
+                 tmp_path / "out2")
+    assert "2 adapters name a base that is not a folder here" in caplog.text and "'a-hub-name'" in caplog.text

@@ -11,6 +11,7 @@ size, mean and std (images)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -24,6 +25,9 @@ from soups.models.text import TOKENIZER_FILES, TokenBatch, _quiet_transformers, 
 log = logging.getLogger(__name__)
 PREFIX = "model."
 HEADS = {"ForSequenceClassification": "text", "ForImageClassification": "image"}
+# config.json keys that say how or when a folder was written, not what it computes
+NOT_ARCHITECTURE = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache", "problem_type",
+                    "output_past", "id2label", "label2id"}
 
 
 def read_config(folder: Path) -> dict:
@@ -210,6 +214,31 @@ def wrapped_state(model: nn.Module) -> dict[str, torch.Tensor]:
             for k, v in model.state_dict().items()}
 
 
+def vocabulary(folder: Path) -> str:
+    """What a tokenizer.json tokenizes with (its model, normalizer, added tokens), without the truncation and
+    padding state a tokenizer call leaves in it."""
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    return json.dumps({k: v for k, v in spec.items() if k not in ("truncation", "padding")}, sort_keys=True)
+
+
+def architecture_of(config: dict) -> dict:
+    """config.json without what does not change the evaluated model: how it was written, labels (checked
+    apart), and training-time dropout rates (a dropout sweep is one architecture)."""
+    return {k: v for k, v in config.items()
+            if k not in NOT_ARCHITECTURE and "dropout" not in k and k != "drop_path_rate"}
+
+
+def folder_digest(config: dict, tokenizer_dir: Path | None) -> str:
+    """16 hex digits for what a folder's numbers depend on besides its weights and the paths: config.json's
+    architecture (an edited `hidden_act` computes other logits from the same tensors) and, for text, the
+    tokenizer's vocabulary. Part of the model config, so of the evaluation key: an edited folder is measured
+    again, never served the numbers cached for the old one."""
+    parts = {"architecture": architecture_of(config)}
+    if tokenizer_dir is not None and (Path(tokenizer_dir) / "tokenizer.json").is_file():
+        parts["vocabulary"] = vocabulary(Path(tokenizer_dir))
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def model_cfg_for(folder: Path, config: dict, max_length: int, tokenizer_dir: Path | None) -> dict:
     """The model config (`model` of run.json) that builds this architecture and tells the data how to read
     inputs: text: the tokenizer folder (`text_encoder`, as model=minilm_l6 names its own) and `max_length`;
@@ -217,7 +246,9 @@ def model_cfg_for(folder: Path, config: dict, max_length: int, tokenizer_dir: Pa
     kind = modality_of(config, folder)
     cfg = {"name": f"hf:{config.get('model_type', 'model')}", "hf_classifier": str(folder.resolve())}
     if kind == "text":
+        cfg["config_sha256"] = folder_digest(config, tokenizer_dir or folder)
         return cfg | {"tokenizer": str((tokenizer_dir or folder).resolve()), "max_length": int(max_length)}
+    cfg["config_sha256"] = folder_digest(config, None)
     return cfg | image_processing(folder, config)
 
 

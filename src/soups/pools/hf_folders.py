@@ -24,17 +24,15 @@ from soups.data import TaskData
 from soups.errors import BadInput
 from soups.io.files import atomic_save_safetensors, nonfinite_tensors, sha256_file, state_digest, write_json
 from soups.models.classifier import build_classifier
-from soups.models.hf import has_tokenizer, load_folder, model_cfg_for, modality_of, read_config, \
-    exporter, wrapped_state
+from soups.models.hf import architecture_of, exporter, has_tokenizer, load_folder, model_cfg_for, modality_of, \
+    read_config, vocabulary, wrapped_state
 from soups.pools import OpenPool, Pool, matched, needed_data, refuse_unused_choice
 from soups.pools.checkpoint_files import display_names, refuse_duplicates
 from soups.pools.ingredient import Ingredient
 from soups.settings import build
 
 log = logging.getLogger(__name__)
-# config.json keys that say how or when a folder was written, not what it computes
-NOT_ARCHITECTURE = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache", "problem_type",
-                    "output_past", "id2label", "label2id"}
+
 
 
 @dataclass
@@ -144,20 +142,6 @@ def find_tokenizer(folders: list[Path], kind: str, given: str | None) -> Path | 
     return holding[0]
 
 
-def vocabulary(folder: Path) -> str:
-    """What a tokenizer.json tokenizes with (its model, normalizer, added tokens), without the truncation and
-    padding state a tokenizer call leaves in it."""
-    spec = json.loads((folder / "tokenizer.json").read_text())
-    return json.dumps({k: v for k, v in spec.items() if k not in ("truncation", "padding")}, sort_keys=True)
-
-
-def architecture_of(config: dict) -> dict:
-    """config.json without what does not change the evaluated model: how it was written, labels (checked
-    apart), and training-time dropout rates (a dropout sweep is one architecture)."""
-    return {k: v for k, v in config.items()
-            if k not in NOT_ARCHITECTURE and "dropout" not in k and k != "drop_path_rate"}
-
-
 def agree(configs: dict[Path, dict]) -> None:
     """Raises BadInput naming the first folder whose architecture, num_labels or id2label differs from the first's."""
     items = list(configs.items())
@@ -169,7 +153,7 @@ def agree(configs: dict[Path, dict]) -> None:
         if keys:
             shown = ", ".join(f"{k}: {ref_arch.get(k)!r} vs {arch.get(k)!r}" for k in keys[:4])
             raise BadInput(f"{folder} is another architecture than {ref_dir}: {shown}; a soup averages one architecture")
-        if labels_of(config) != labels_of(ref):
+        if [x.strip().lower() for x in labels_of(config)] != [x.strip().lower() for x in labels_of(ref)]:  # as data's
             raise BadInput(f"{folder} and {ref_dir} have different labels (id2label {labels_of(config)} vs "
                            f"{labels_of(ref)}): averaging them would mix classes")
 
@@ -213,14 +197,42 @@ def trainer_hparams(folder: Path) -> dict:
     return {k: v for k, v in found.items() if v is not None}
 
 
-def weights_digest(folder: Path) -> str:
-    """sha256 of the folder's weights (the single file, or the shard index and every shard)."""
+def weight_files(folder: Path) -> list[Path]:
+    """The folder's safetensors weights: model.safetensors, or every shard its index names. Raises BadInput
+    where the index is unreadable or names a shard that is not there."""
     single = folder / "model.safetensors"
     if single.is_file():
-        return sha256_file(single)
+        return [single]
     index = folder / "model.safetensors.index.json"
-    shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
-    return hashlib.sha256("".join(sha256_file(folder / s) for s in [index.name, *shards]).encode()).hexdigest()
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+        raise BadInput(f"{folder}: no model.safetensors, and its shard index {index.name} is unreadable ({e})")
+    missing = [s for s in shards if not (folder / s).is_file()]
+    if missing:
+        raise BadInput(f"{folder}: {index.name} names {len(shards)} shards, {len(missing)} missing ({missing[:3]}): "
+                       f"an incomplete copy or an interrupted save_pretrained")
+    return [folder / s for s in shards]
+
+
+def weights_digest(folder: Path) -> str:
+    """sha256 of the folder's weights (the single file, or the shard index and every shard). Raises BadInput
+    for a missing shard."""
+    files = weight_files(folder)
+    if len(files) == 1 and files[0].name == "model.safetensors":
+        return sha256_file(files[0])
+    index = folder / "model.safetensors.index.json"
+    return hashlib.sha256("".join(sha256_file(f) for f in [index, *files]).encode()).hexdigest()
+
+
+def tensors_digest(folder: Path) -> str:
+    """`state_digest` of the folder's tensors as saved: the same for one file and for the same tensors sharded."""
+    from safetensors.torch import load_file
+
+    state = {}
+    for f in weight_files(folder):
+        state.update(load_file(str(f)))
+    return state_digest(state)
 
 
 def convert(folder: Path, out_dir: Path) -> Ingredient:

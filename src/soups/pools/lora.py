@@ -37,7 +37,7 @@ from soups.models.lora import quiet_peft
 from soups.pools import OpenPool, Pool, needed_data, refuse_unused_choice
 from soups.pools.checkpoint_files import display_names, refuse_duplicates
 from soups.pools.hf_folders import check_labels, check_max_length, convert, find_tokenizer, folder_setting, \
-    matched_folders, trainer_hparams, weights_digest
+    matched_folders, tensors_digest, trainer_hparams, weights_digest
 from soups.pools.ingredient import Ingredient
 from soups.pools.lora_export import AdapterExport
 from soups.settings import build
@@ -256,18 +256,33 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+def recorded_base(folder: Path, recorded: str | None) -> Path | None:
+    """The model folder an adapter's `base_model_name_or_path` names on this machine, or None (a hub name, a
+    folder moved away). peft records the path as given to from_pretrained, relative to where training ran:
+    tried as it is, then against each folder above the adapter's."""
+    if not recorded:
+        return None
+    path = Path(recorded).expanduser()
+    tries = [path] if path.is_absolute() else [path, *[parent / path for parent in folder.resolve().parents]]
+    return next((p.resolve() for p in tries if (p / "config.json").is_file()), None)
+
+
 def _check_bases(factors: dict[Path, Factors], base_dir: Path) -> None:
-    """An adapter whose recorded base is a folder here other than pool.base (other weights) is refused."""
-    base_digest = weights_digest(base_dir)
+    """An adapter whose recorded base is a folder here with other tensors than pool.base is refused; one whose
+    base cannot be found here is named in a warning (its shapes are checked when merging, its values cannot be)."""
+    base_digest, base_tensors, unverified = weights_digest(base_dir), None, []
     for folder, f in factors.items():
         recorded = f.config.get("base_model_name_or_path")
-        path = Path(recorded).expanduser() if recorded else None
-        if path is None or not path.is_dir() or path.resolve() == base_dir.resolve():
-            continue  # a hub name, or a folder not on this machine: the shapes are checked when merging
-        try:
-            same = weights_digest(path) == base_digest
-        except (OSError, ValueError):
+        path = recorded_base(folder, recorded)
+        if path is None:
+            unverified.append(f"{folder.name} ({recorded!r})")
             continue
-        if not same:
-            raise BadInput(f"{folder} was trained on {recorded}, whose weights differ from pool.base={base_dir}: "
-                           f"its update only means something on its own base")
+        if path == base_dir.resolve() or weights_digest(path) == base_digest:
+            continue
+        base_tensors = base_tensors or tensors_digest(base_dir)
+        if tensors_digest(path) != base_tensors:  # the same tensors sharded otherwise are the same base
+            raise BadInput(f"{folder} was trained on {recorded} ({path}), whose weights differ from "
+                           f"pool.base={base_dir}: its update only means something on its own base")
+    if unverified:
+        log.warning("%d adapters name a base that is not a folder here, so their base cannot be checked against "
+                    "pool.base=%s (only the shapes are): %s", len(unverified), base_dir, ", ".join(unverified[:5]))
