@@ -49,3 +49,29 @@ def test_logit_ensemble_keeps_every_ingredient():
 def test_greedy_ensemble_refuses_unknown_comparator():
     with pytest.raises(ValueError, match="comparator"):
         GreedyEnsemble(comparator="~")
+
+
+def test_an_ensemble_averages_each_members_projected_logits_as_the_released_ensemble_code():
+    # ObjectNet-like: class 0 <- ImageNet classes {0, 1}, class 1 <- {2, 3}. Max then mean (the released
+    # ensemble branch) predicts class 0; mean then max would predict class 1.
+    from soups.data.folders import MaxOverGroups
+    from soups.evaluation.evaluator import Evaluator
+    from soups.evaluation.scorer import PoolScorer
+
+    class Set:
+        labels = torch.tensor([0])
+        project_logits = MaxOverGroups([[0, 1], [2, 3]])
+
+        def __len__(self):
+            return 1
+
+    members = {"a": torch.tensor([[4.0, 0.0, 3.0, 3.0]]), "b": torch.tensor([[0.0, 4.0, 3.0, 3.0]])}
+    scorer = PoolScorer.__new__(PoolScorer)  # the ensemble's arithmetic alone: no pool, no model
+    sets = {"val": Set(), "test": Set(), "objectnet": Set()}
+    scorer.evaluator = Evaluator(sets, 1, "fp32", torch.device("cpu"), progress=False)
+    scorer.individual_logits = lambda m: {"objectnet": members[m.name]}
+    mean = scorer.ensemble_logits([ingredient("a", 1.0), ingredient("b", 1.0)])
+    assert mean["objectnet"].tolist() == [[4.0, 3.0]]  # each member's max, then the mean
+    assert scorer.evaluator.projected("objectnet", mean["objectnet"]) is mean["objectnet"]  # not projected twice
+    assert scorer.evaluator.metrics_of(mean)["objectnet"] == 100.0
+    assert scorer.evaluator.metrics_of({"objectnet": (members["a"] + members["b"]) / 2})["objectnet"] == 0.0

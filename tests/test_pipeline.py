@@ -228,3 +228,12 @@ def test_fp16_training_scales_the_loss_and_keeps_the_scale_in_the_training_state
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in history)
     state = torch.load(tmp_path / "train_state.pt", weights_only=True)
     assert state["scaler"]["scale"] > 1.0  # the loss was scaled up (initial scale 2**16)
+
+
+def test_weight_decay_skips_1d_tensors_unless_wd_1d_as_the_official_finetune_py():
+    from soups.training.loop import make_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
+    default, every = (make_optimizer(model, 1e-3, 0.1, torch.device("cpu"), d) for d in (False, True))
+    assert [(len(g["params"]), g["weight_decay"]) for g in default.param_groups] == [(1, 0.1), (3, 0.0)]
+    assert [(len(g["params"]), g["weight_decay"]) for g in every.param_groups] == [(4, 0.1), (0, 0.0)]

@@ -191,6 +191,7 @@ class FinetuneSettings(CommonSettings):
     num_workers: int = rule(lambda x: x >= 0, "an integer >= 0", 0)
     lr: float = rule(positive, "a finite number > 0", 1e-3)
     wd: float = rule(non_negative, "a finite number >= 0", 0.0)
+    wd_1d: bool = rule(lambda x: isinstance(x, bool), "true or false", False)
     epochs: int = rule(lambda x: x >= 1, "an integer >= 1", 1)
     batch_size: int = rule(lambda x: x >= 1, "an integer >= 1", 1)
     warmup_steps: int = rule(lambda x: x >= 0, "an integer >= 0", 0)

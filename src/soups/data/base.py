@@ -25,7 +25,8 @@ class TaskData(Settings, ABC):
     (N strings naming the images or sentences) and `.batches(batch_size, shuffle_seed=None, device=None)` yielding
     (model inputs, labels [B]): float images [B, 3, H, W] normalized for the model, or a padded
     soups.models.text.TokenBatch for text (soups/data/text.py); a set covering fewer classes than the
-    model may have `.project_logits` ([B, C] -> [B, C']). Subclasses are dataclasses of their settings; `load`
+    model may have `.project_logits` ([B, C] -> [B, C'], with `.classes` = C' so that logits already
+    projected, an ensemble's mean, are not projected twice). Subclasses are dataclasses of their settings; `load`
     checks the files up front (soups.errors: a missing root is a MissingInput) and reads them."""
 
     modality: ClassVar[str] = "image"  # or "text": which models it serves (soups.models.classifier.modality)

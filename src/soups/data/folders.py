@@ -126,6 +126,7 @@ class ClassSubset:
 
     def __init__(self, indices: list[int]):
         self.indices = torch.tensor(indices)
+        self.classes = len(indices)  # the set's own class count: the width of projected logits
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         return logits[:, self.indices]
@@ -139,6 +140,7 @@ class MaxOverGroups:
             raise BadInput("every target class needs at least one ImageNet class")
         width = max(len(g) for g in groups)
         self.index = torch.tensor([g + [g[0]] * (width - len(g)) for g in groups])  # pad by repeating
+        self.classes = len(groups)
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         return logits[:, self.index].amax(dim=-1)

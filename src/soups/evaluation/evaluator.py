@@ -102,9 +102,12 @@ class Evaluator:
 
     def projected(self, name: str, logits: torch.Tensor) -> torch.Tensor:
         """[N, C] logits -> [N, C_set] over the set's own classes (ImageNet-R/A: their 200-class subsets,
-        ObjectNet: the max over each class's ImageNet classes); the labels index these."""
+        ObjectNet: the max over each class's ImageNet classes); the labels index these. Logits already over
+        the set's classes (an ensemble's mean of projected logits) are returned as they are."""
         project = getattr(self.sets[name], "project_logits", None)
-        return project(logits) if project else logits
+        if project is None or logits.shape[-1] == getattr(project, "classes", None):
+            return logits
+        return project(logits)
 
     def correct(self, name: str, logits: torch.Tensor, labels: torch.Tensor) -> int:
         return int((self.projected(name, logits).argmax(-1) == labels).sum())

@@ -261,10 +261,14 @@ class PoolScorer:
         return self.evaluator.accuracy_of_logits(HELD_OUT, mean)
 
     def ensemble_logits(self, members: list[Ingredient]) -> dict[str, torch.Tensor]:
-        """{set: the mean of the members' logits [N, C]}, streamed over members (one running sum per set)."""
+        """{set: the mean of the members' logits over the set's own classes [N, C_set]}, streamed over members
+        (one running sum per set). Each member's logits are projected first, as the released ensemble code
+        (model-soups' ensemble branch) does: for ObjectNet the mean of each member's max over the ImageNet
+        classes of an ObjectNet class, not the max of the mean (ImageNet-R/A: the same either way)."""
         sums: dict[str, torch.Tensor] = {}
         for member in members:
             for name, logits in self.individual_logits(member).items():
+                logits = self.evaluator.projected(name, logits)
                 sums[name] = sums[name] + logits if name in sums else logits.clone()
         return {n: s / len(members) for n, s in sums.items()}
 

@@ -138,14 +138,20 @@ def figure(rows: list[dict], path: Path, title: str) -> None:
     plots.save(fig, path)
 
 
-REFERENCE_ROWS = {"uniform": "uniform soup", "greedy": "greedy soup"}  # reference key -> our row (else by kind)
+REFERENCE_ROWS = {"uniform": "uniform soup", "greedy": "greedy soup", "ensemble": "ensemble",
+                  "greedy_ensemble": "greedy ensemble", "learned": "learned soup",
+                  "learned_bylayer": "learned_bylayer soup"}  # reference key -> our row (else by kind)
 
 
 def reference_comparison(rows: list[dict], reference) -> list[dict]:
-    """One record per (recipe, published source, column): ours, the reference, the difference."""
+    """One record per (recipe, published source, column): ours, the reference, the difference; recipes this
+    run did not run are left out."""
     out = []
     for key, published in reference.rows.items():
-        ours = next((r for r in rows if r["kind"] == key or r["row"] == REFERENCE_ROWS.get(key)), None)
+        ours = next((r for r in rows if (r["row"] == REFERENCE_ROWS[key] if key in REFERENCE_ROWS
+                                         else r["kind"] == key)), None)
+        if ours is None:
+            continue
         for source, values in published.items():
             for col, ref in zip(reference.columns, values):
                 mine = ours["metrics"].get(col) if ours else None

@@ -32,10 +32,12 @@ def finite_mean_loss(pending: list[torch.Tensor], group: Group, step: int) -> fl
     return loss
 
 
-def make_optimizer(model: nn.Module, lr: float, wd: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases and norm parameters (1-d tensors)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+def make_optimizer(model: nn.Module, lr: float, wd: float, device: torch.device,
+                   decay_1d: bool = False) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases and norm parameters (1-d tensors) unless `decay_1d` (the official
+    model-soups finetune.py decays every parameter)."""
+    decay = [p for p in model.parameters() if p.requires_grad and (p.ndim >= 2 or decay_1d)]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2 and not decay_1d]
     groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.AdamW(groups, lr=lr, **fast)
@@ -91,7 +93,7 @@ class Update:
 
 
 def _update(model, total: int, cfg, num_classes: int, device, group: Group) -> Update:
-    optimizer = make_optimizer(model, cfg.lr, cfg.wd, device)
+    optimizer = make_optimizer(model, cfg.lr, cfg.wd, device, bool(cfg.get("wd_1d")))
     scheduler = cosine_with_warmup(optimizer, min(cfg.warmup_steps, total), total)
     forward = wrap(model, group, device)  # same parameters; saved weights keep plain names
     if cfg.get("compile"):

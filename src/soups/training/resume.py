@@ -49,7 +49,7 @@ def _set_rng_states(states: dict) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
 
 
-RESUME_KEYS = ("model", "data", "head", "lora", "lr", "wd", "epochs", "batch_size", "warmup_steps", "grad_clip",
+RESUME_KEYS = ("model", "data", "head", "lora", "lr", "wd", "wd_1d", "epochs", "batch_size", "warmup_steps", "grad_clip",
                "label_smoothing", "mixup", "randaug", "crop_scale", "precision", "seed", "ema_decay", "ema_warmup")
 
 
@@ -58,8 +58,11 @@ def training_settings(cfg) -> dict:
     run that is neither the old one nor the new one."""
     from omegaconf import OmegaConf
 
-    return json.loads(json.dumps({k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg.get(k))
-                                  else cfg.get(k) for k in RESUME_KEYS}, default=str))
+    settings = json.loads(json.dumps({k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg.get(k))
+                                      else cfg.get(k) for k in RESUME_KEYS}, default=str))
+    if not settings.get("wd_1d"):  # the default: states saved before the setting existed stay resumable
+        settings.pop("wd_1d", None)
+    return settings
 
 
 def changed_settings(recorded: dict, settings: dict) -> list[str]:
