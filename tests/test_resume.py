@@ -106,3 +106,26 @@ def test_a_state_saved_under_other_settings_is_refused_naming_what_changed(tmp_p
     with pytest.raises(BadInput, match=r"saved under other settings \(lora, lr changed\)"):
         load_train_state(tmp_path, model=model, optimizer=opt, scheduler=sched, generator=torch.Generator(),
                          settings=training_settings(changed))
+
+
+def test_a_setting_added_later_is_compared_both_ways_and_old_states_read_as_its_default(tmp_path):
+    # wd_1d came after training states and run.json files existed: a state without it was made under false
+    from omegaconf import OmegaConf
+
+    from soups.training.resume import changed_settings, load_train_state, save_train_state, training_settings
+
+    cfg = OmegaConf.create({"lr": 1e-3, "wd": 0.1, "wd_1d": False})
+    assert changed_settings({"lr": 1e-3, "wd": 0.1, "wd_1d": True}, training_settings(cfg)) == ["wd_1d: True -> False"]
+    assert changed_settings({"lr": 1e-3, "wd": 0.1}, training_settings(cfg)) == []  # an older run: not compared
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    old = {k: v for k, v in training_settings(cfg).items() if k != "wd_1d"}
+    save_train_state(tmp_path, model=model, optimizer=optimizer, scheduler=scheduler,
+                     epoch_generator_state=torch.Generator().get_state(), epoch=0, batches_done=1, step=1,
+                     history=[], pending=[], settings=old)
+    assert load_train_state(tmp_path, model=model, optimizer=optimizer, scheduler=scheduler,
+                            generator=torch.Generator(), settings=training_settings(cfg))["step"] == 1
+    with pytest.raises(Exception, match="wd_1d"):
+        load_train_state(tmp_path, model=model, optimizer=optimizer, scheduler=scheduler, generator=torch.Generator(),
+                         settings=training_settings(OmegaConf.create({"lr": 1e-3, "wd": 0.1, "wd_1d": True})))

@@ -105,9 +105,14 @@ class Evaluator:
         ObjectNet: the max over each class's ImageNet classes); the labels index these. Logits already over
         the set's classes (an ensemble's mean of projected logits) are returned as they are."""
         project = getattr(self.sets[name], "project_logits", None)
-        if project is None or logits.shape[-1] == getattr(project, "classes", None):
+        if project is None or self.projects_once(name) and logits.shape[-1] == project.classes:
             return logits
         return project(logits)
+
+    def projects_once(self, name: str) -> bool:
+        """Whether set `name`'s projection says its width (`.classes`), so projected logits are told from raw
+        ones: ensembles then average projected logits; a projection without it gets raw ones."""
+        return getattr(getattr(self.sets[name], "project_logits", None), "classes", None) is not None
 
     def correct(self, name: str, logits: torch.Tensor, labels: torch.Tensor) -> int:
         return int((self.projected(name, logits).argmax(-1) == labels).sum())

@@ -234,8 +234,8 @@ class PoolScorer:
             log.warning("the initialization's metrics were measured under other evaluation settings, and its "
                         "weights %s are gone: its row shows them as recorded", self.init_weights)
             return init
-        info = {"sha256": init["sha256"]} if init.get("sha256") else {}
-        metrics = self.individual_metrics(Ingredient("initialization", self.init_weights, info))
+        # hashed afresh, not the recorded sha256: an init folder rebuilt since must not get the old file's numbers
+        metrics = self.individual_metrics(Ingredient("initialization", self.init_weights, {}))
         return {**init, "metrics": metrics, "evaluation_key": self.key}
 
     def _forward_all(self, ingredient: Ingredient, digest: str) -> dict[str, torch.Tensor]:
@@ -252,11 +252,13 @@ class PoolScorer:
             return self._forward_all(ingredient, digest)
         return cached
 
-    # ---- ensembles: the mean of the members' logits (each member as it is) ---------------------------
+    # ---- ensembles: the mean of the members' logits over each set's classes --------------------------
     def ensemble_held_out(self, members: list[Ingredient]) -> float:
         for m in members:
             if m.name not in self._held_out_logits:
-                self._held_out_logits[m.name] = self.individual_logits(m)[HELD_OUT]
+                logits = self.individual_logits(m)[HELD_OUT]  # projected as in ensemble_logits
+                self._held_out_logits[m.name] = (self.evaluator.projected(HELD_OUT, logits)
+                                                 if self.evaluator.projects_once(HELD_OUT) else logits)
         mean = torch.stack([self._held_out_logits[m.name] for m in members]).mean(0)
         return self.evaluator.accuracy_of_logits(HELD_OUT, mean)
 
@@ -268,7 +270,7 @@ class PoolScorer:
         sums: dict[str, torch.Tensor] = {}
         for member in members:
             for name, logits in self.individual_logits(member).items():
-                logits = self.evaluator.projected(name, logits)
+                logits = self.evaluator.projected(name, logits) if self.evaluator.projects_once(name) else logits
                 sums[name] = sums[name] + logits if name in sums else logits.clone()
         return {n: s / len(members) for n, s in sums.items()}
 

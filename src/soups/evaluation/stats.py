@@ -15,7 +15,7 @@ from soups.names import AVG_SHIFTS, HELD_OUT
 from soups.settings import Settings
 
 ECE_BINS = 15  # equal-width confidence bins, as commonly reported (Guo et al., 2017)
-P_DRAWS = 100_000  # null draws of McNemar's test over strata of different sizes: p >= 1e-5
+P_DRAWS = 100_000  # null draws of McNemar's test over strata of different sizes: p >= 1/100,001
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -236,6 +236,8 @@ def folder_digest(config: dict, tokenizer_dir: Path | None) -> str:
     parts = {"architecture": architecture_of(config)}
     if tokenizer_dir is not None and (Path(tokenizer_dir) / "tokenizer.json").is_file():
         parts["vocabulary"] = vocabulary(Path(tokenizer_dir))
+    elif tokenizer_dir is not None and (Path(tokenizer_dir) / "vocab.txt").is_file():  # a slow tokenizer's
+        parts["vocabulary"] = hashlib.sha256((Path(tokenizer_dir) / "vocab.txt").read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -204,6 +204,10 @@ def weight_files(folder: Path) -> list[Path]:
     if single.is_file():
         return [single]
     index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        pickled = (folder / "pytorch_model.bin").is_file()
+        raise BadInput(f"{folder}: " + ("weights only as pytorch_model.bin (a pickle: never loaded here)" if pickled
+                                        else "no model.safetensors (nor a shard index)"))
     try:
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     except (OSError, ValueError, KeyError, AttributeError) as e:

@@ -256,33 +256,57 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def recorded_base(folder: Path, recorded: str | None) -> Path | None:
-    """The model folder an adapter's `base_model_name_or_path` names on this machine, or None (a hub name, a
-    folder moved away). peft records the path as given to from_pretrained, relative to where training ran:
-    tried as it is, then against each folder above the adapter's."""
+def recorded_base(folder: Path, recorded: str | None) -> tuple[Path | None, bool]:
+    """(the model folder an adapter's `base_model_name_or_path` names on this machine, or None: a hub name or a
+    folder moved away; whether it is that path itself rather than a guess). peft records the path as given to
+    from_pretrained, relative to where training ran: a relative one not found from here is looked for above
+    the adapter's folder, a guess (a hub name can match an unrelated local folder of that name)."""
     if not recorded:
-        return None
+        return None, False
     path = Path(recorded).expanduser()
-    tries = [path] if path.is_absolute() else [path, *[parent / path for parent in folder.resolve().parents]]
-    return next((p.resolve() for p in tries if (p / "config.json").is_file()), None)
+    if (path / "config.json").is_file():
+        return path.resolve(), True
+    if path.is_absolute():
+        return None, False
+    found = next((p / path for p in folder.resolve().parents if (p / path / "config.json").is_file()), None)
+    return (found.resolve() if found else None), False
 
 
 def _check_bases(factors: dict[Path, Factors], base_dir: Path) -> None:
-    """An adapter whose recorded base is a folder here with other tensors than pool.base is refused; one whose
-    base cannot be found here is named in a warning (its shapes are checked when merging, its values cannot be)."""
-    base_digest, base_tensors, unverified = weights_digest(base_dir), None, []
+    """An adapter whose recorded base is a folder here with other tensors than pool.base is refused (a folder
+    only guessed from a relative path is warned about instead); one whose base cannot be found or read here
+    is named in a warning: its shapes are checked when merging, its values cannot be."""
+    digests: dict[tuple[str, Path], str] = {}
+
+    def digest(kind, path):  # each folder read once, whatever the number of adapters naming it
+        if (kind, path) not in digests:
+            digests[(kind, path)] = (weights_digest if kind == "file" else tensors_digest)(path)
+        return digests[(kind, path)]
+
+    unverified, guessed = [], []
     for folder, f in factors.items():
         recorded = f.config.get("base_model_name_or_path")
-        path = recorded_base(folder, recorded)
+        path, exact = recorded_base(folder, recorded)
         if path is None:
             unverified.append(f"{folder.name} ({recorded!r})")
             continue
-        if path == base_dir.resolve() or weights_digest(path) == base_digest:
+        try:
+            same = path == base_dir.resolve() or digest("file", path) == digest("file", base_dir) or \
+                digest("tensors", path) == digest("tensors", base_dir)  # the same tensors sharded: the same base
+        except (BadInput, OSError, ValueError) as e:  # e.g. a recorded base with pytorch_model.bin only
+            unverified.append(f"{folder.name} ({recorded!r}: {e})")
             continue
-        base_tensors = base_tensors or tensors_digest(base_dir)
-        if tensors_digest(path) != base_tensors:  # the same tensors sharded otherwise are the same base
+        if same:
+            continue
+        if exact:
             raise BadInput(f"{folder} was trained on {recorded} ({path}), whose weights differ from "
                            f"pool.base={base_dir}: its update only means something on its own base")
+        guessed.append(f"{folder.name} ({recorded!r}, found as {path})")
+    if guessed:
+        log.warning("%d adapters record a relative base that, looked for above the adapter, is a folder with "
+                    "other weights than pool.base=%s: if it is their base, they were trained on another model: %s",
+                    len(guessed), base_dir, ", ".join(guessed[:5]))
     if unverified:
-        log.warning("%d adapters name a base that is not a folder here, so their base cannot be checked against "
-                    "pool.base=%s (only the shapes are): %s", len(unverified), base_dir, ", ".join(unverified[:5]))
+        log.warning("%d adapters name a base that is not a readable folder here, so their base cannot be checked "
+                    "against pool.base=%s (only the shapes are): %s", len(unverified), base_dir,
+                    ", ".join(unverified[:5]))

@@ -134,4 +134,5 @@ def log_report(tracker, rows: list[dict], figure: Path, reference: dict | None) 
     tracker.image("soups/figure", figure)
     if reference:
         comparison = reference_comparison(rows, reference)
-        tracker.table("soups/reference", list(comparison[0]), [list(c.values()) for c in comparison])
+        if comparison:  # recipes this run did not run are left out: possibly all of them
+            tracker.table("soups/reference", list(comparison[0]), [list(c.values()) for c in comparison])

@@ -49,6 +49,8 @@ def _set_rng_states(states: dict) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
 
 
+# settings added after training states were first saved: such a state was made under their default
+SETTINGS_BEFORE = {"wd_1d": False}
 RESUME_KEYS = ("model", "data", "head", "lora", "lr", "wd", "wd_1d", "epochs", "batch_size", "warmup_steps", "grad_clip",
                "label_smoothing", "mixup", "randaug", "crop_scale", "precision", "seed", "ema_decay", "ema_warmup")
 
@@ -58,11 +60,8 @@ def training_settings(cfg) -> dict:
     run that is neither the old one nor the new one."""
     from omegaconf import OmegaConf
 
-    settings = json.loads(json.dumps({k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg.get(k))
-                                      else cfg.get(k) for k in RESUME_KEYS}, default=str))
-    if not settings.get("wd_1d"):  # the default: states saved before the setting existed stay resumable
-        settings.pop("wd_1d", None)
-    return settings
+    return json.loads(json.dumps({k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg.get(k))
+                                  else cfg.get(k) for k in RESUME_KEYS}, default=str))
 
 
 def changed_settings(recorded: dict, settings: dict) -> list[str]:
@@ -105,6 +104,7 @@ def load_train_state(folder: Path, *, model, optimizer, scheduler, generator: to
         log.warning("training state %s unreadable (%s); starting from the beginning", path, err)
         return None
     saved = json.loads(state.get("settings") or "{}")
+    saved = {**SETTINGS_BEFORE, **saved} if saved else saved
     if saved and settings is not None:
         changed = [k for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)]
         if changed:
