@@ -114,6 +114,11 @@ class Evaluator:
         ones: ensembles then average projected logits; a projection without it gets raw ones."""
         return getattr(getattr(self.sets[name], "project_logits", None), "classes", None) is not None
 
+    def averaged_form(self, name: str, logits: torch.Tensor) -> torch.Tensor:
+        """One member's logits as an ensemble averages them: over the set's own classes where they can be told
+        from raw ones (the released ensemble code), else raw."""
+        return self.projected(name, logits) if self.projects_once(name) else logits
+
     def correct(self, name: str, logits: torch.Tensor, labels: torch.Tensor) -> int:
         return int((self.projected(name, logits).argmax(-1) == labels).sum())
 

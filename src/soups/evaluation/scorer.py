@@ -256,9 +256,8 @@ class PoolScorer:
     def ensemble_held_out(self, members: list[Ingredient]) -> float:
         for m in members:
             if m.name not in self._held_out_logits:
-                logits = self.individual_logits(m)[HELD_OUT]  # projected as in ensemble_logits
-                self._held_out_logits[m.name] = (self.evaluator.projected(HELD_OUT, logits)
-                                                 if self.evaluator.projects_once(HELD_OUT) else logits)
+                logits = self.individual_logits(m)[HELD_OUT]
+                self._held_out_logits[m.name] = self.evaluator.averaged_form(HELD_OUT, logits)
         mean = torch.stack([self._held_out_logits[m.name] for m in members]).mean(0)
         return self.evaluator.accuracy_of_logits(HELD_OUT, mean)
 
@@ -270,7 +269,7 @@ class PoolScorer:
         sums: dict[str, torch.Tensor] = {}
         for member in members:
             for name, logits in self.individual_logits(member).items():
-                logits = self.evaluator.projected(name, logits) if self.evaluator.projects_once(name) else logits
+                logits = self.evaluator.averaged_form(name, logits)
                 sums[name] = sums[name] + logits if name in sums else logits.clone()
         return {n: s / len(members) for n, s in sums.items()}
 

@@ -60,7 +60,7 @@ def paired_bootstrap(a_correct: list, b_correct: list, resamples: int = 1000, se
     return point, float(low), float(high)
 
 
-def mcnemar_p(a_correct: list, b_correct: list, draws: int = 100_000, seed: int = 0) -> float:
+def mcnemar_p(a_correct: list, b_correct: list, draws: int = P_DRAWS, seed: int = 0) -> float:
     """Two-sided p-value of A's accuracy minus B's on the same examples, McNemar's test (McNemar, 1947): given
     the examples only one model gets right, under H0 each is equally likely to be A's or B's. Each argument is
     a list of strata, one boolean array [N_s] per set; the tested statistic is the one `paired_bootstrap`
@@ -138,7 +138,7 @@ class Statistics(Settings):
         for name, members in groups.items():
             a, b = [right[m] for m in members], [ref[m] for m in members]
             diff, low, high = paired_bootstrap(a, b, self.resamples, self.seed, self.level)
-            out[name] = {"diff": diff, "low": low, "high": high, "p": mcnemar_p(a, b, P_DRAWS, self.seed)}
+            out[name] = {"diff": diff, "low": low, "high": high, "p": mcnemar_p(a, b, seed=self.seed)}
         return out
 
 

@@ -247,10 +247,9 @@ def model_cfg_for(folder: Path, config: dict, max_length: int, tokenizer_dir: Pa
     images: the image processor's square size, mean and std (preprocessor_config.json)."""
     kind = modality_of(config, folder)
     cfg = {"name": f"hf:{config.get('model_type', 'model')}", "hf_classifier": str(folder.resolve())}
+    cfg["config_sha256"] = folder_digest(config, (tokenizer_dir or folder) if kind == "text" else None)
     if kind == "text":
-        cfg["config_sha256"] = folder_digest(config, tokenizer_dir or folder)
         return cfg | {"tokenizer": str((tokenizer_dir or folder).resolve()), "max_length": int(max_length)}
-    cfg["config_sha256"] = folder_digest(config, None)
     return cfg | image_processing(folder, config)
 
 

@@ -34,7 +34,6 @@ from soups.settings import build
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class HFFolders(Pool):
     glob: str                     # the model folders, e.g. 'out/checkpoint-*' (sorted by name)
