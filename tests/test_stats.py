@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.stats import bootstrap
 
-from soups.evaluation.stats import ece, interval_text, mcnemar_p, nll, paired_bootstrap
+from soups.evaluation.stats import ece, interval_text, mcnemar_p, nll, p_text, paired_bootstrap
 
 
 def two_class(confidence: float, n: int, n_correct: int):
@@ -97,6 +97,14 @@ def test_mcnemar_over_strata_of_other_sizes_tests_the_unweighted_mean_not_the_po
 
 def test_interval_text():
     assert interval_text(0.85, 0.3, 1.4) == "+0.85 [+0.30, +1.40]"
+
+
+def test_p_text_keeps_two_digits_unless_they_round_across_a_threshold():
+    assert [p_text(p) for p in (0.081, 0.76, 5.5e-15, 0.0031)] == ["0.081", "0.76", "5.5e-15", "0.0031"]
+    assert p_text(0.0496) == "0.0496"      # .2g would print 0.05: read as not significant at 5 %
+    assert p_text(0.00996) == "0.00996"
+    assert p_text(0.000999) == "0.000999"  # .2g: 0.001
+    assert p_text(0.0499999999) == "<0.05"  # no 6-digit form stays below it
 
 
 def test_every_soup_row_carries_calibration_and_an_interval_consistent_with_its_accuracy(tiny_sweep, soup_cfg,

@@ -96,6 +96,20 @@ def interval_text(diff: float, low: float, high: float) -> str:
     return f"{diff:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
+P_THRESHOLDS = (0.05, 0.01, 0.001)
+
+
+def p_text(p: float) -> str:
+    """A p-value to 2 significant digits, with more where 2 would round it across 0.05, 0.01 or 0.001
+    (0.0496 → '0.0496', not '0.05'); e.g. '0.081', '5.5e-15'; '<0.05' where 6 digits still round up to it."""
+    for digits in range(2, 7):
+        text = f"{p:.{digits}g}"
+        crossed = [t for t in P_THRESHOLDS if (float(text) < t) != (p < t)]
+        if not crossed:
+            return text
+    return f"<{min(crossed):g}"
+
+
 @dataclass
 class Statistics(Settings):
     """soup.yaml `statistics`: how each soup's and ensemble's report row is qualified."""

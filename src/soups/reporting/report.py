@@ -8,7 +8,7 @@ from pathlib import Path
 from soups import plots
 from soups.io.files import write_json, write_text
 from soups.names import DISPLAY_NAMES, HELD_OUT, TEST, AVG_SHIFTS, REPORT_NAME, FIGURE_NAME
-from soups.evaluation.stats import interval_text
+from soups.evaluation.stats import interval_text, p_text
 
 NAME_COLUMNS = ("row", "kind", "ingredients")
 
@@ -65,7 +65,7 @@ def quality_table(rows: list[dict], caption: str) -> str:
         lines += ["", "| vs best individual | " + " | ".join(HEADERS.get(c, c) for c in sets) + " |",
                   "|---|" + "---:|" * len(sets)]
         for row in compared:
-            cells = [f"{interval_text(v['diff'], v['low'], v['high'])} p={v['p']:.2g}"
+            cells = [f"{interval_text(v['diff'], v['low'], v['high'])} p={p_text(v['p'])}"
                      for v in (row["vs_best"][c] for c in sets)]
             lines.append("| " + " | ".join([row["row"], *cells]) + " |")
     return "\n".join(lines) + "\n"
