@@ -273,3 +273,50 @@ def test_a_base_saved_sharded_is_the_same_base_and_an_unfindable_one_is_named(lo
     assert "2 adapters name a base that is not a readable folder here" in caplog.text
     assert "a0 ('a-hub-name')" in caplog.text and "a1 (" in caplog.text and "pytorch_model.bin" in caplog.text
     assert f"1 adapters record a relative base" in caplog.text and f"a2 ('other', found as {tmp_path / 'other'})" in caplog.text
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_pissa_and_olora_adapters_are_refused_unless_saved_converted_and_then_soup_exactly(lora_pool, tmp_path, init):
+    """PiSSA / OLoRA move B0·A0 out of the base at init: the adapter alone, on the original base, is another
+    model (silently, since peft's own merge on that base agrees with ours). Saved converted as peft documents
+    (save_pretrained(path_initial_model_for_weight_conversion=...)), it is a plain LoRA of rank 2r on the
+    original base and its merge is the trained model."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from soups.errors import BadInput
+    from soups.jobs.soup import run_soup
+
+    tmp, data = lora_pool
+    torch.manual_seed(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(AutoModelForSequenceClassification.from_pretrained(str(tmp / "base")),
+                               LoraConfig(r=2, lora_alpha=8, target_modules=["query", "value"], init_lora_weights=init))
+        model.peft_config["default"].init_lora_weights = True  # peft's documented way to save the start
+        model.save_pretrained(str(tmp_path / "start"))
+        model.peft_config["default"].init_lora_weights = init
+        with torch.no_grad():  # "training"
+            for name, p in model.named_parameters():
+                if "lora_" in name:
+                    p.add_(0.2 * torch.randn_like(p))
+        trained = {k: v.detach() for k, v in copy.deepcopy(model).merge_and_unload().state_dict().items()}
+        model.save_pretrained(str(tmp_path / "raw" / "p"))
+        model.save_pretrained(str(tmp_path / "converted" / "p"), path_initial_model_for_weight_conversion=str(tmp_path / "start"))
+    converted = json.loads((tmp_path / "converted" / "p" / "adapter_config.json").read_text())
+    assert converted["r"] == 4 and converted["init_lora_weights"] is True
+    for pool in ("raw", "converted"):
+        import shutil
+        shutil.copytree(tmp / "plain" / "a0", tmp_path / pool / "a0")
+    args = ["logger=none", "pool=lora", f"pool.base={tmp}/base", "method=[uniform]", *SMALL, *data]
+    with pytest.raises(BadInput, match=rf"init_lora_weights='{init}' trains on a base peft changed at init"):
+        run_soup(compose_cfg("soup", tmp_path, [*args, f"pool.glob={tmp_path}/raw/*"]), tmp_path / "out_raw")
+    run_soup(compose_cfg("soup", tmp_path, [*args, f"pool.glob={tmp_path}/converted/*"]), tmp_path / "out")
+    ours = {k.removeprefix("model."): v for k, v in load_file(str(tmp_path / "out" / "uniform" / "model.safetensors")).items()}
+    plain = peft_cat(tmp / "base", [tmp / "plain" / "a0"])
+    module = "bert.encoder.layer.1.attention.self.value.weight"
+    assert float((trained[module] - plain[module]).abs().max()) > 1e-2  # the two ingredients differ there
+    for key in trained:  # the soup is the mean of the trained PiSSA/OLoRA model and the plain adapter's model
+        torch.testing.assert_close(ours[key], (trained[key] + plain[key]) / 2, atol=2e-6, rtol=1e-5)

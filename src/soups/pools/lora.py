@@ -49,7 +49,22 @@ REFUSED = {"use_dora": "DoRA rescales each column by a learned magnitude",
            "lora_bias": "LoRA biases add a trained bias to B",
            "use_qalora": "QALoRA pools its inputs", "use_bdlora": "block-diagonal LoRA",
            "layer_replication": "replicated layers", "target_parameters": "LoRA on parameters, not modules",
-           "trainable_token_indices": "trained token embeddings", "alpha_pattern": "per-module alphas"}
+           "trainable_token_indices": "trained token embeddings", "alpha_pattern": "per-module alphas",
+           "alora_invocation_tokens": "activated LoRA acts only after its invocation tokens",
+           "arrow_config": "an Arrow router over several adapters",
+           "kasa_config": "KaSA truncates the base's singular values and scales B·A by a learned diagonal"}
+# init_lora_weights that change the base at init (W0 − s·B0·A0, or a quantized W0): the adapter alone is not the
+# model on pool.base. peft's save_pretrained(path_initial_model_for_weight_conversion=...) converts all but LoftQ.
+RESIDUAL_INITS = ("pissa", "corda", "olora", "lora_ga", "loftq")
+
+
+def residual_init(config: dict) -> str | None:
+    """The adapter's init_lora_weights where it is one of RESIDUAL_INITS ('pissa_niter_16' → 'pissa'), else None."""
+    init = config.get("init_lora_weights")
+    if not isinstance(init, str):
+        return None
+    name = init.lower().split("_niter_")[0]
+    return name if name in RESIDUAL_INITS else None
 
 
 @dataclass
@@ -86,6 +101,16 @@ def read_adapter(folder: Path) -> Factors:
     if refused:
         raise BadInput(f"{folder}: {', '.join(refused)}: its update is not W0 + s·B·A, so it is not merged here "
                        f"(train plain LoRA or rsLoRA, or merge it with peft's merge_and_unload and use pool=hf)")
+    init = residual_init(config)
+    if init == "loftq":
+        raise BadInput(f"{folder}: init_lora_weights='loftq' trains on a quantized base the adapter does not hold: "
+                       f"merge it on that base with peft's merge_and_unload and use pool=hf")
+    if init:
+        raise BadInput(f"{folder}: init_lora_weights={config['init_lora_weights']!r} trains on a base peft changed at "
+                       f"init (W0 − s·B0·A0), which the adapter does not hold: merged on pool.base it would be "
+                       f"another model. Save it converted, save_pretrained(out, path_initial_model_for_weight_"
+                       f"conversion=<the adapter saved before training>) (a plain LoRA of rank 2r on the original "
+                       f"base), and soup those")
     try:
         tensors = load_file(str(weights))
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error kinds for a damaged file
