@@ -2,6 +2,7 @@
 (its numbers consistent with the soup job's, a second run served by the evaluation cache)."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,6 +122,18 @@ def test_landscape_on_a_sweep_marks_the_models_and_reads_its_grid_back(tiny_swee
     again = analyze(sweep, tmp, tmp_path / "again", *args)
     assert again["images_forwarded"] == 0 and again["test_error"] == record["test_error"]
     assert (tmp_path / "landscape" / "landscape.png").stat().st_size > 10_000
+    # another BN handling, or the same fine-tunes on another init, is another surface: measured, not recalled
+    plain = analyze(sweep, tmp, tmp_path / "plain", *args, "bn_recalibration=false")
+    assert plain["bn_recalibrated"] is False and plain["images_forwarded"] > 0
+    (init_dir,) = {json.loads(r.read_text())["init"]["dir"] for r in sweep.glob("*/run.json")}
+    init = str(Path(init_dir) / "model.safetensors")
+    state = load_file(init)
+    save_file({k: v * 0.5 if v.is_floating_point() else v for k, v in state.items()}, init)
+    try:
+        moved = analyze(sweep, tmp, tmp_path / "moved", *args)
+    finally:
+        save_file(state, init)
+    assert moved["images_forwarded"] == 9 * 3 * 20 and moved["points"]["first"] != record["points"]["first"]
 
 
 @pytest.mark.parametrize("args, message", [(["analysis=landscape"], "the landscape needs two fine-tunes"),
@@ -181,3 +194,30 @@ def test_soup_and_ensemble_gain_of_a_constructed_pair(tmp_path):
     assert record["individual"]["a"]["test"] == 50.0 and pair["ensemble"]["test"] == 100.0
     assert pair["ensemble_gain"]["test"] == 50.0 and pair["soup_gain"]["test"] == 25.0
     assert record["with_best"] == [{"other": "b", "midpoint_held_out": 75.0, "over_best": 25.0}]
+
+
+def test_differs_most_scores_each_setting_against_the_members_that_record_it():
+    from types import SimpleNamespace
+
+    from soups.analyses.pairs import differs_most
+
+    def member(**hparams):
+        return SimpleNamespace(info={"hparams": hparams})
+
+    # lr at the pool's extremes (score 1) vs label smoothing 0 vs 0.01 in a 0..0.2 pool (linear: 0.05)
+    a, b = member(lr=1e-6, label_smoothing=0.0), member(lr=1e-4, label_smoothing=0.01)
+    pool = [a, b, member(lr=1e-5, label_smoothing=0.2)]
+    assert differs_most(a, b, pool) == "lr"
+    # lr 1e-5 vs 2e-5 in a 1e-6..1e-4 pool (log: 0.15) vs smoothing 0 vs 0.2 (linear: 1)
+    a, b = member(lr=1e-5, label_smoothing=0.0), member(lr=2e-5, label_smoothing=0.2)
+    assert differs_most(a, b, [a, b, member(lr=1e-6, label_smoothing=0.1), member(lr=1e-4, label_smoothing=0.1)]) \
+        == "label_smoothing"
+    # a member without hyperparameters (the released pool's model_0) does not take lr and epochs off their scale
+    a, b = member(lr=1e-6, epochs=4), member(lr=1e-4, epochs=5)
+    pool = [SimpleNamespace(info={"hparams": {"info": "LP initialization"}}), a, b, member(lr=3e-5, epochs=10)]
+    assert differs_most(a, b, pool) == "lr"  # lr: 1 (the extremes); epochs 4 vs 5 in 4..10: log 0.12
+    # a seed or a string differs fully but yields to a number at the same score; equal on all: none
+    a, b = member(lr=1e-6, seed=0, randaug="rand-m9"), member(lr=1e-4, seed=1, randaug="rand-m5")
+    assert differs_most(a, b, [a, b]) == "lr"
+    assert differs_most(a, member(lr=1e-6, seed=3, randaug="rand-m9"), [a, b]) == "seed"
+    assert differs_most(a, a, [a, b]) == "none" and differs_most(a, SimpleNamespace(info={}), [a]) == "unknown"

@@ -16,6 +16,7 @@ from soups import plots
 from soups.analyses import Analysis
 from soups.averaging import Plane
 from soups.errors import BadInput
+from soups.io.files import sha256_file
 from soups.names import HELD_OUT, TEST
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ class Landscape(Analysis):
 
     def __call__(self, pool, scorer) -> dict:
         first, second = self._pick(pool.ingredients)
+        # the plane's origin and BN handling too: another pool.init or bn_recalibration is another surface
         settings = {"analysis": "landscape", "models": [scorer.digest(first), scorer.digest(second)],
+                    "init": sha256_file(scorer.init_weights), "bn_recalibration": scorer.bn_sample is not None,
                     "grid": self.grid, "margin": self.margin, "max_images": self.max_images, "seed": self.seed}
         known = scorer.recall(settings)  # a rerun reads the grid instead of measuring it again
         if known is not None:

@@ -154,10 +154,15 @@ def _spearman(x: list[float], y: list[float]) -> float | None:
     return None if math.isnan(rho) else rho
 
 
+NAMES_NOT_AMOUNTS = ("seed",)  # numbers that name a draw: different or not, never far apart
+
+
 def differs_most(a, b, pool: list) -> str:
-    """The hyperparameter in which two ingredients differ most, relative to its spread over the pool:
-    numbers > 0 on a log scale (a learning rate 10x apart outweighs a weight decay 2x apart), anything
-    else 1 if different. "none" if they agree on all; "unknown" without recorded hyperparameters."""
+    """The hyperparameter in which two ingredients differ most, each scored in [0, 1] relative to its spread
+    over the pool members that record it: numbers > 0 on a log scale (a learning rate 10x apart outweighs a
+    weight decay 2x apart), numbers with a 0 on a linear one (label smoothing 0 vs 0.05 in a 0..0.2 pool:
+    0.25), anything else (and seeds) 1 if different, ranked below a number at the same score. "none" if they
+    agree on all; "unknown" without recorded hyperparameters."""
     ha, hb = a.info.get("hparams"), b.info.get("hparams")
     if not ha or not hb:
         return "unknown"
@@ -166,10 +171,15 @@ def differs_most(a, b, pool: list) -> str:
         va, vb = ha[key], hb[key]
         if va == vb:
             continue
-        numbers = [i.info.get("hparams", {}).get(key) for i in pool]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (va, vb, *numbers)):
-            spread = math.log(max(numbers)) - math.log(min(numbers))
-            scores[key] = abs(math.log(va) - math.log(vb)) / spread if spread else 0.0
+        values = [va, vb, *(h[key] for h in (i.info.get("hparams") or {} for i in pool) if key in h)]  # not model_0's
+        if key not in NAMES_NOT_AMOUNTS and all(_is_number(v) for v in values):
+            scale = math.log if all(v > 0 for v in values) else float
+            spread = scale(max(values)) - scale(min(values))  # > 0: va != vb
+            scores[key] = (abs(scale(va) - scale(vb)) / spread, 1)
         else:
-            scores[key] = 1.0
+            scores[key] = (1.0, 0)
     return max(scores, key=scores.get) if scores else "none"
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
