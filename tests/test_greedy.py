@@ -251,3 +251,25 @@ def test_a_row_of_random_orders_shows_the_range_of_their_sizes_not_the_saved_ord
     same = RecipeResult({}, chosen, mean={"test": 1.0}, std={"test": 0.0}, sizes=[3, 3])
     assert recipe_row("greedy_random", same, {"test": 2.0}, Path("x"))["ingredients"] == 3
     assert recipe_row("greedy", RecipeResult({}, chosen), {"test": 2.0}, Path("x"))["ingredients"] == 3
+
+
+def test_the_report_says_whether_greedy_chose_the_released_ingredients():
+    from omegaconf import OmegaConf
+
+    from soups.reporting.report import member_lines
+
+    reference = OmegaConf.create({"members": {"greedy": ["m43", "m44", "m32"], "best_individual": ["m43"],
+                                              "uniform": ["m1"]}})
+
+    def rows(greedy, best="m43"):
+        return [{"row": "greedy soup", "kind": "soup", "members": greedy},
+                {"row": f"best individual ({best})", "kind": "best_individual", "members": [best]},
+                {"row": "uniform soup", "kind": "soup", "mean": {}, "std": {}}]  # draws: no members, left out
+
+    assert member_lines(rows(["m43", "m44", "m32"]), reference) == [
+        "- greedy: the released choice, in its order (m43, m44, m32)",
+        "- best_individual: the released choice, in its order (m43)"]
+    assert member_lines(rows(["m43", "m32", "m44"], best="m44"), reference) == [
+        "- greedy: 3 of the released 3 (m43, m44, m32) (the same set in another order)",
+        "- best_individual: 0 of the released 1 (m43); ours adds m44"]
+    assert member_lines(rows(["m43", "m7"]), reference)[0] == "- greedy: 1 of the released 3 (m43, m44, m32); ours adds m7"

@@ -54,6 +54,9 @@ def test_released_pool_soups_and_compares_with_the_paper(tmp_path, monkeypatch):
     assert rows[0]["metrics"] == rows[1]["metrics"]  # model_0 is the init
     report = (tmp_path / "out" / "report.md").read_text()
     assert "greedy vs released" in report and "(81.03, " in report and "(47.97, " in report
+    greedy_row = next(r for r in rows if r["row"] == "greedy soup")
+    assert ("- greedy: 0 of the released 5 (model_43, model_44, model_32, model_47, model_50); ours adds "
+            + ", ".join(greedy_row["members"])) in report
     greedy = json.loads((tmp_path / "out" / "greedy" / "soup.json").read_text())
     assert greedy["ingredients"][0].endswith(".pt")
 

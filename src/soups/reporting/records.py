@@ -22,7 +22,7 @@ def baseline_rows(ingredients: list[Ingredient], init_metrics: dict | None) -> l
               "hparams": i.info.get("hparams", {}), "source": str(i.source)} for i in ingredients]
     best = max(ingredients, key=lambda i: i.held_out)
     rows.append({"row": f"best individual ({best.label})", "kind": "best_individual", "ingredients": 1,
-                 "metrics": best.info["metrics"], "source": str(best.source)})
+                 "metrics": best.info["metrics"], "source": str(best.source), "members": [best.label]})
     return rows
 
 
@@ -43,7 +43,9 @@ def recipe_row(name: str, result: RecipeResult, metrics: dict, soup_dir: Path) -
            "figures": {f: str(soup_dir / f"{f}.png") for f in result.figures}}
     if result.curve:  # a path of evaluated points, drawn in the report's figure
         row["curve"] = result.curve
-    if result.std is not None:  # several draws of one recipe: mean +- std, and the range of their sizes
+    if result.std is None:  # one soup or ensemble: which ingredients, in the order the recipe took them
+        row["members"] = [i.label for i in result.ingredients]
+    else:  # several draws of one recipe: mean +- std, and the range of their sizes
         row |= {"metrics": result.mean, "std": result.std}
         if result.sizes and min(result.sizes) != max(result.sizes):
             row["ingredients"] = f"{min(result.sizes)}–{max(result.sizes)}"

@@ -172,7 +172,30 @@ def reference_table(rows: list[dict], reference) -> str:
             f"– ({ref:.2f})" if mine is None else f"{mine:.2f} ({ref:.2f}, {c['difference']:+.2f})")
         cells.setdefault((c["row"], c["source"]), []).append(text)
     lines += [f"| {row} vs {source} | " + " | ".join(texts) + " |" for (row, source), texts in cells.items()]
-    return "\n".join(lines) + "\n"
+    members = member_lines(rows, reference)
+    return "\n".join(lines + (["", *members] if members else [])) + "\n"
+
+
+def member_lines(rows: list[dict], reference) -> list[str]:
+    """Per reference row with published `members` (the ingredients the released run chose, in the order
+    added) that this run has: whether ours chose the same ones, e.g. 'greedy: 3 of the released 5 (model_43,
+    ...); ours adds model_12'. Rows without `members` (a recipe's several draws) are left out."""
+    out = []
+    for key, released in (reference.get("members") or {}).items():
+        ours = next((r for r in rows if (r["row"] == REFERENCE_ROWS[key] if key in REFERENCE_ROWS
+                                         else r["kind"] == key)), None)
+        if ours is None or ours.get("members") is None:
+            continue
+        chosen, released = list(ours["members"]), list(released)
+        if chosen == released:
+            out.append(f"- {key}: the released choice, in its order ({', '.join(chosen)})")
+            continue
+        common = [m for m in released if m in chosen]
+        text = f"- {key}: {len(common)} of the released {len(released)} ({', '.join(released)})"
+        extra = [m for m in chosen if m not in released]
+        out.append(text + (f"; ours adds {', '.join(extra)}" if extra else "")
+                   + (" (the same set in another order)" if not extra and len(common) == len(released) else ""))
+    return out
 
 
 def _text(value) -> str:
