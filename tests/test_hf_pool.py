@@ -338,3 +338,19 @@ def test_imagenet_style_sets_are_read_as_the_folders_own_image_processor_reads_t
     assert ours.shape == theirs.shape == (3, 48, 48)
     torch.testing.assert_close(ours, theirs, atol=0.05, rtol=0)  # PIL resize both ways; rounding differs
     assert (ours - theirs).abs().mean() < 0.01
+
+
+@pytest.mark.parametrize("setting, said", [(dict(do_normalize=False), "do_normalize=false"),
+                                           (dict(do_rescale=False), "do_rescale=false"),
+                                           (dict(rescale_factor=1 / 127.5), "rescale_factor=0.0078")])
+def test_an_image_processor_that_skips_a_step_is_refused_not_read_as_the_default(tmp_path, setting, said):
+    """transformers' processor saved with a step off (or another pixel scale) feeds the model other inputs than
+    the resize / 1/255 / normalize read here: refused by name rather than evaluated on the wrong pixels."""
+    from transformers import ViTImageProcessor
+
+    from soups.errors import BadInput
+    from soups.models.hf import image_processing
+
+    ViTImageProcessor(size={"height": 48, "width": 48}, **setting).save_pretrained(tmp_path)
+    with pytest.raises(BadInput, match=said):
+        image_processing(tmp_path, {})

@@ -269,6 +269,12 @@ def image_processing(folder: Path, config: dict) -> dict:
     proc = json.loads(path.read_text())
     if proc.get("crop_pct") is not None:
         raise BadInput(f"{path}: crop_pct={proc['crop_pct']}: a resize by crop percentage is not reproduced here")
+    # steps read here as always on (their defaults): switched off, the model was fed other inputs
+    off = [k for k in ("do_resize", "do_rescale", "do_normalize") if proc.get(k) is False]
+    scale = proc.get("rescale_factor", 1 / 255)
+    if off or abs(float(scale) - 1 / 255) > 1e-9:
+        raise BadInput(f"{path}: {', '.join(f'{k}=false' for k in off) or f'rescale_factor={scale}'}: expected an "
+                       f"image processor that resizes, scales pixels by 1/255 and normalizes (not reproduced otherwise)")
 
     def side(size, what):
         if isinstance(size, dict) and "height" in size:
