@@ -271,7 +271,8 @@ def image_processing(folder: Path, config: dict) -> dict:
         raise BadInput(f"{path}: crop_pct={proc['crop_pct']}: a resize by crop percentage is not reproduced here")
     # steps read here as always on (their defaults): switched off, the model was fed other inputs
     off = [k for k in ("do_resize", "do_rescale", "do_normalize") if proc.get(k) is False]
-    scale = proc.get("rescale_factor", 1 / 255)
+    scale = proc.get("rescale_factor")
+    scale = 1 / 255 if scale is None else scale  # absent or null: transformers' default
     if off or abs(float(scale) - 1 / 255) > 1e-9:
         raise BadInput(f"{path}: {', '.join(f'{k}=false' for k in off) or f'rescale_factor={scale}'}: expected an "
                        f"image processor that resizes, scales pixels by 1/255 and normalizes (not reproduced otherwise)")
