@@ -75,19 +75,79 @@ def test_ingredients_curve_random_subsets_and_the_greedy_soups_prefixes(tiny_swe
 
     tmp, sweep = tiny_sweep
     tmp = own_cache(tmp, tmp_path)
-    record = analyze(sweep, tmp, tmp_path / "ingredients", "analysis=ingredients", "analysis.draws=2")
+    record = analyze(sweep, tmp, tmp_path / "ingredients", "analysis=ingredients", "analysis.draws=3")
     assert [p["k"] for p in record["random"]] == [1, 2, 3]
-    assert [len(p["draws"]) for p in record["random"]] == [2, 2, 1]  # C(3, 3) = 1 subset of size 3
+    assert [len(p["draws"]) for p in record["random"]] == [3, 3, 1]  # C(3, 3) = 1 subset of size 3
     for point in record["random"]:
         assert all(len(set(d["members"])) == point["k"] for d in point["draws"])
         values = [d["metrics"]["test"] for d in point["draws"]]
         assert point["mean"]["test"] == pytest.approx(sum(values) / len(values))
-    rows = {r["row"]: r for r in run_soup(soup_cfg(f"pool.dir={sweep}", "method=[uniform,greedy]",
-                                                   f"paths.cache_dir={tmp}/cache"), tmp_path / "soup")}
+    individual = {d["members"][0]: d["metrics"] for d in record["random"][0]["draws"]}
+    assert len(individual) == 3  # the k=1 draws: each of the three fine-tunes
+    # each drawn subset also gets its own greedy soup and best individual (the same draws: paired)
+    for point in record["random"]:
+        for d in point["draws"]:
+            assert d["best"]["metrics"]["val"] == max(individual[m]["val"] for m in d["members"])
+            assert set(d["greedy"]["members"]) <= set(d["members"]) and d["greedy"]["members"][0] == d["best"]["members"][0]
+            assert d["greedy"]["metrics"]["val"] >= d["best"]["metrics"]["val"]  # greedy starts at the best, never drops
+            if point["k"] == 1:
+                assert d["greedy"]["metrics"] == d["best"]["metrics"] == d["metrics"]
+        for what in ("greedy", "best"):
+            values = [d[what]["metrics"]["test"] for d in point["draws"]]
+            assert point[what]["mean"]["test"] == pytest.approx(sum(values) / len(values))
+    rows = {r["row"].split(" (")[0]: r for r in run_soup(soup_cfg(f"pool.dir={sweep}", "method=[uniform,greedy]",
+                                                                  f"paths.cache_dir={tmp}/cache"), tmp_path / "soup")}
     assert record["random"][-1]["draws"][0]["metrics"] == rows["uniform soup"]["metrics"]  # k = K: the uniform soup
+    assert record["random"][-1]["draws"][0]["greedy"]["metrics"] == rows["greedy soup"]["metrics"]  # and the greedy
+    assert record["random"][-1]["draws"][0]["best"]["metrics"] == rows["best individual"]["metrics"]
     assert record["greedy"][-1]["metrics"] == rows["greedy soup"]["metrics"]  # the last prefix: the greedy soup
     assert len(record["greedy"]) == rows["greedy soup"]["ingredients"]
     assert (tmp_path / "ingredients" / "ingredients.png").stat().st_size > 10_000
+
+
+def test_ingredients_compares_greedy_best_and_uniform_on_the_same_subsets_as_computed_by_hand():
+    from types import SimpleNamespace
+
+    from soups.analyses.ingredients import Ingredients
+    from soups.pools.ingredient import Ingredient
+
+    # each ingredient is one number; a soup's accuracy is a known function of the average (as in test_greedy)
+    values = {"a": 1.2, "b": 0.8, "c": 1.0, "bad": 10.0}
+    score = lambda x: 100 - 10 * abs(x - 1.0)  # noqa: E731
+
+    class Scorer:
+        def load(self, ingredient):
+            return {"x": torch.tensor([values[ingredient.name]], dtype=torch.float64)}
+
+        def held_out(self, state, acceptable=None):
+            return score(state["x"].item())
+
+        def evaluate(self, state, new_point):
+            x = state["x"].item()
+            return {"val": score(x), "test": 50 + x, "avg_shifts": 10 * x}
+
+        def individual_metrics(self, ingredient):
+            return self.evaluate(self.load(ingredient), new_point=False)
+
+    pool = SimpleNamespace(ingredients=[Ingredient(n, Path(n) / "model.safetensors", {"metrics": {"val": v}})
+                                        for n, v in (("c", 80.0), ("bad", 70.0), ("a", 90.0), ("b", 85.0))])
+    record = Ingredients(draws=6, sizes=[2, 4])(pool, Scorer())
+    pairs, whole = record["random"]
+    assert len(pairs["draws"]) == 6 and len(whole["draws"]) == 1  # every pair; the one 4-subset
+    full = whole["draws"][0]
+    assert full["metrics"]["val"] == pytest.approx(score((1.2 + 0.8 + 1.0 + 10.0) / 4))  # uniform: 77.5
+    assert full["greedy"]["members"] == ["a", "b", "c"] and full["greedy"]["metrics"]["val"] == pytest.approx(100.0)
+    assert full["best"]["members"] == ["a"] and full["best"]["metrics"]["val"] == pytest.approx(98.0)
+    by_pair = {tuple(sorted(d["members"])): d for d in pairs["draws"]}
+    assert by_pair[("a", "b")]["greedy"]["members"] == ["a", "b"]       # avg 1.0 scores 100 >= 98: accepted
+    assert by_pair[("a", "bad")]["greedy"]["members"] == ["a"]          # avg 5.6 scores 54 < 98: rejected
+    assert by_pair[("b", "c")]["greedy"]["members"] == ["b", "c"]       # avg 0.9 scores 99 >= 98 (b's own)
+    assert by_pair[("a", "c")]["best"]["members"] == ["a"]
+    for stats, column in ((pairs, [d["metrics"]["test"] for d in pairs["draws"]]),
+                          *((pairs[w], [d[w]["metrics"]["test"] for d in pairs["draws"]]) for w in ("greedy", "best"))):
+        assert stats["mean"]["test"] == pytest.approx(sum(column) / 6)
+    assert Ingredients(draws=6, sizes=[2], considered=False)(pool, Scorer())["random"][0].keys() == {
+        "k", "draws", "mean", "std"}
 
 
 def test_the_plane_is_orthonormal_and_passes_through_the_three_models():

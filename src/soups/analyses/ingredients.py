@@ -1,6 +1,9 @@
-"""Accuracy as ingredients are added: uniform soups of random subsets of size k = 1..K (seeded draws per
-size; mean ± std over them) and the greedy soup's running curve (its soup after each accepted ingredient),
-on held-out, test and avg shifts. The paper's question: does adding more fine-tunes keep helping?"""
+"""Accuracy as ingredients are added. For each size k = 1..K, `draws` seeded random k-subsets of the pool
+(models *considered*) and, on each subset, its uniform soup, its greedy soup and its best individual (by
+held-out), each on held-out, test and avg shifts (mean ± std over the draws; the three share the draws, so
+they compare pairwise). Also the greedy soup's running curve over the whole pool (its soup after each
+accepted ingredient). The paper's question: does considering more fine-tunes keep helping, and does greedy
+stay at or above the best individual while the uniform soup may not?"""
 from __future__ import annotations
 
 import logging
@@ -15,7 +18,7 @@ from soups.analyses import Analysis
 from soups.averaging import average
 from soups.errors import BadInput
 from soups.names import AVG_SHIFTS, DISPLAY_NAMES, HELD_OUT, TEST
-from soups.recipes.greedy import COMPARATORS, TIE_ORDERS, GreedySoup
+from soups.recipes.greedy import COMPARATORS, TIE_ORDERS, GreedySoup, by_held_out
 
 COLUMNS = (HELD_OUT, TEST, AVG_SHIFTS)
 log = logging.getLogger(__name__)
@@ -28,6 +31,7 @@ class Ingredients(Analysis):
     sizes: list | None = None  # subset sizes; None: 1..K
     comparator: str = ">="     # the greedy curve's rule, as the greedy recipe's (conf/soup.yaml greedy_rule)
     ties: str = "pool"
+    considered: bool = True    # also the greedy soup and the best individual of each drawn subset
 
     def __post_init__(self):
         super().__post_init__()
@@ -51,8 +55,14 @@ class Ingredients(Analysis):
             draws = []
             for subset in distinct_subsets(len(ingredients), k, self.draws, rng):
                 members = [ingredients[i] for i in subset]
-                draws.append({"members": [m.name for m in members], "metrics": soup_metrics(members, scorer)})
-            random_curve.append({"k": k, "draws": draws, **spread(draws)})
+                draw = {"members": [m.name for m in members], "metrics": soup_metrics(members, scorer)}
+                if self.considered:
+                    draw.update(self.of_considered(members, scorer))
+                draws.append(draw)
+            point = {"k": k, "draws": draws, **spread(draws)}
+            if self.considered:
+                point.update({w: spread([d[w] for d in draws]) for w in ("greedy", "best")})
+            random_curve.append(point)
             log.info("k=%d: %d uniform soups, test %.2f ± %.2f", k, len(draws), random_curve[-1]["mean"][TEST],
                      random_curve[-1]["std"][TEST])
         chosen = GreedySoup(comparator=self.comparator, ties=self.ties)(ingredients, scorer).ingredients
@@ -62,16 +72,31 @@ class Ingredients(Analysis):
                 "draws": self.draws, "seed": self.seed, "greedy_rule": {"comparator": self.comparator,
                                                                        "ties": self.ties}}
 
+    def of_considered(self, members: list, scorer) -> dict:
+        """{"greedy": {"members", "metrics"}, "best": {"members", "metrics"}}: the greedy soup (this analysis's
+        rule) and the best individual by held-out (greedy's first pick) of `members` alone."""
+        result = GreedySoup(comparator=self.comparator, ties=self.ties)(members, scorer)
+        metrics = scorer.evaluate(result.weights, new_point=result.is_new_point)  # as the soup job does
+        best = by_held_out(members, self.ties)[0]
+        return {"greedy": {"members": [m.name for m in result.ingredients], "metrics": metrics},
+                "best": {"members": [best.name], "metrics": scorer.individual_metrics(best)}}
+
     def summary(self, record: dict) -> str:
         lines = []
         for point in record["random"]:
             lines.append(f"  k={point['k']:>3} ({len(point['draws'])} draws): " + ", ".join(
                 f"{c} {point['mean'][c]:.2f} ± {point['std'][c]:.2f}" for c in COLUMNS))
+            for what in ("greedy", "best"):
+                if what in point:
+                    lines.append(f"        {what + ' of them':>16}: " + ", ".join(
+                        f"{c} {point[what]['mean'][c]:.2f} ± {point[what]['std'][c]:.2f}" for c in COLUMNS))
         lines.append("  greedy: " + " -> ".join(f"{p['k']}: test {p['metrics'][TEST]:.2f}" for p in record["greedy"]))
-        return "uniform soups of random subsets, mean ± std over draws:\n" + "\n".join(lines)
+        return "uniform soups of k random ingredients (then greedy and best individual of the same k), mean ± std:\n" + "\n".join(lines)
 
     def draw(self, record: dict, path: Path, title: str) -> None:
         plt = plots.pyplot()
+        from matplotlib.ticker import MaxNLocator
+
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
         for ax, col in zip(axes, COLUMNS):
             ks = [p["k"] for p in record["random"]]
@@ -81,11 +106,19 @@ class Ingredients(Analysis):
                 ax.scatter([p["k"]] * len(p["draws"]), [d["metrics"][col] for d in p["draws"]], c="#9e9e9e", s=12)
             ax.errorbar(ks, mean, yerr=std, c="#ff7f0e", marker="o", capsize=3,
                         label=f"uniform soup of k random ingredients (mean ± std, {record['draws']} draws)")
+            for what, colour, label in (("greedy", "#1f77b4", "greedy soup of the same k"),
+                                        ("best", "#7f7f7f", "best individual of the same k (by held-out)")):
+                points = [p for p in record["random"] if what in p]
+                if points:
+                    ax.errorbar([p["k"] for p in points], [p[what]["mean"][col] for p in points],
+                                yerr=[p[what]["std"][col] for p in points], c=colour, marker="s", markersize=4,
+                                capsize=3, ls="--" if what == "best" else "-", label=label)
             greedy = record["greedy"]
             ax.plot([p["k"] for p in greedy], [p["metrics"][col] for p in greedy], c="#2ca02c", marker="*",
-                    markersize=10, label="greedy soup after each accepted ingredient")
+                    markersize=10, label="whole pool's greedy soup after its k-th accepted ingredient")
             shown = DISPLAY_NAMES.get(col, col)
-            ax.set(xlabel="ingredients in the soup (k)", ylabel=f"{shown} accuracy (%)", title=shown)
+            ax.set(xlabel="k: models considered (uniform soup: all k in it)", ylabel=f"{shown} accuracy (%)", title=shown)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)
         fig.suptitle(title, fontsize=10)
