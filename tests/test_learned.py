@@ -1,5 +1,6 @@
 """Learned soups: mixing math, the uniform start, a falling loss, the by-layer shape, the saved record."""
 import json
+import math
 
 import pytest
 import torch
@@ -69,6 +70,29 @@ def test_learned_soup_starts_at_the_uniform_soup_and_lowers_the_held_out_loss(ti
     expected = sum(w * r[key].double() for w, r in zip(weights.double().tolist(), runs)).float()
     torch.testing.assert_close(soup[key], expected)
     assert (out / "learned" / "coefficients.png").stat().st_size > 5_000
+
+
+def test_one_adamw_step_moves_the_temperature_by_lr_in_its_own_parametrisation(tiny_sweep, soup_cfg, tmp_path):
+    # one batch holding the whole held-out set = one AdamW step; Adam's first step moves every parameter by
+    # lr against the sign of its gradient. Both start at t = 1, so the gradients (and the mixing weights
+    # after the step) agree: log moves t to exp(∓lr), linear (the official script's beta) to 1 ∓ lr.
+    _, sweep = tiny_sweep
+    records = {}
+    for parametrisation in ("log", "linear"):
+        out = tmp_path / parametrisation
+        run_soup(soup_cfg(f"pool.dir={sweep}", "method=learned", "method.learned.epochs=1",
+                          "method.learned.batch_size=100000", "method.learned.lr=0.05",
+                          f"method.learned.temperature={parametrisation}"), out)
+        records[parametrisation] = json.loads((out / "learned" / "soup.json").read_text())
+    log_t, linear_t = records["log"]["temperature"], records["linear"]["temperature"]
+    assert records["linear"]["temperature_parametrisation"] == "linear"
+    direction = 1 if log_t > 1 else -1
+    assert log_t == pytest.approx(math.exp(direction * 0.05), rel=1e-5)
+    assert linear_t == pytest.approx(1 + direction * 0.05, rel=1e-5)
+    assert records["log"]["coefficients"]["weights"] == pytest.approx(records["linear"]["coefficients"]["weights"],
+                                                                       rel=1e-6)
+    with pytest.raises(ValueError, match="temperature='softplus'"):
+        LearnedSoup(temperature="softplus")
 
 
 def test_zero_epochs_is_exactly_the_uniform_soup(tiny_sweep, soup_cfg, tmp_path):

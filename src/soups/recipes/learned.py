@@ -2,7 +2,8 @@
 
 `learned`: one weight per ingredient; `learned_bylayer`: one per ingredient per parameter tensor.
 Weights are a softmax over ingredients of zero-initialized logits (so training starts at the uniform
-soup), plus a learned logit temperature; AdamW on the cross-entropy of the merged model, run through
+soup), plus a learned logit temperature t (`temperature: log`: t = exp(τ), τ from 0; `linear`: t itself
+from 1, as the official learned_bylayer.py's `beta`; AdamW moves the two differently once t leaves 1); AdamW on the cross-entropy of the merged model, run through
 `torch.func.functional_call`. Ingredients are stacked once per tensor, in `ingredient_dtype`, and hold
 no gradients: only the K (or K x tensors) mixing logits do, so memory is about K models (half in
 bf16), not the official script's K models plus their gradients. BatchNorm layers use batch
@@ -29,6 +30,8 @@ from soups.runtime import autocast
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# the temperature's parametrisation: (its value from the learned parameter, the parameter's start)
+TEMPERATURES = {"log": (torch.exp, 0.0), "linear": (lambda raw: raw, 1.0)}
 CHUNK = 8  # ingredients upcast at a time when the stack is stored in bf16
 # The held-out loss before and after learning is measured in one fixed shuffled order: with batch
 # statistics, a batch must be a fair sample of the set (sets may be stored sorted by class).
@@ -90,11 +93,14 @@ class LearnedSoup(Recipe):
     weight_decay: float = 0.0
     ingredient_dtype: str = "float32"  # or bfloat16: half the memory for the stacked ingredients
     seed: int = 0
+    temperature: str = "log"  # or linear: the official script's parametrisation (see the module docstring)
 
     def __post_init__(self):
         super().__post_init__()
         if self.ingredient_dtype not in DTYPES:
             raise BadInput(f"ingredient_dtype={self.ingredient_dtype!r}; expected {list(DTYPES)}")
+        if self.temperature not in TEMPERATURES:
+            raise BadInput(f"temperature={self.temperature!r}; expected one of {list(TEMPERATURES)}")
         if self.lr <= 0 or self.epochs < 0 or self.batch_size < 1:
             raise BadInput(f"need lr > 0, epochs >= 0 and batch_size >= 1 "
                            f"(got lr={self.lr}, epochs={self.epochs}, batch_size={self.batch_size})")
@@ -120,8 +126,9 @@ class LearnedSoup(Recipe):
         stacks, buffers = self._stack(ingredients, scorer, names, device)
         k = len(ingredients)
         logits = torch.zeros((k, len(names)) if self.by_layer else (k,), device=device, requires_grad=True)
-        log_temperature = torch.zeros((), device=device, requires_grad=True)
-        optimizer = torch.optim.AdamW([logits, log_temperature], lr=self.lr, weight_decay=self.weight_decay)
+        temperature_of, start_value = TEMPERATURES[self.temperature]
+        raw_temperature = torch.full((), start_value, device=device, requires_grad=True)
+        optimizer = torch.optim.AdamW([logits, raw_temperature], lr=self.lr, weight_decay=self.weight_decay)
         held_out = scorer.held_out_set()
         project = getattr(held_out, "project_logits", None)
 
@@ -130,7 +137,7 @@ class LearnedSoup(Recipe):
             params = {n: _Mix.apply(mix[:, i] if self.by_layer else mix, stacks[n]) for i, n in enumerate(names)}
             with autocast(scorer.precision, device):
                 out = functional_call(model, {**params, **buffers}, (images,))
-            out = out.float() * log_temperature.exp()
+            out = out.float() * temperature_of(raw_temperature)
             return F.cross_entropy(project(out) if project else out, labels.to(device))
 
         def mean_loss():
@@ -143,32 +150,33 @@ class LearnedSoup(Recipe):
         for module in model.modules():  # batch statistics while learning; dropout etc. stay off
             if isinstance(module, _BatchNorm):
                 module.train()
-        start, uniform_loss = self._resume(scorer.recall(journal_key), logits, log_temperature, optimizer)
+        start, uniform_loss = self._resume(scorer.recall(journal_key), logits, raw_temperature, optimizer)
         curve = [mean_loss() if uniform_loss is None else uniform_loss]
         for epoch in range(start, self.epochs):
             self._epoch(epoch, held_out, loss_of, optimizer, needs_pairs=bool(buffers), device=device)
             scorer.remember(journal_key, {"epoch": epoch + 1, "logits": logits.tolist(), "uniform_loss": curve[0],
-                                          "log_temperature": log_temperature.item(),
+                                          "raw_temperature": raw_temperature.item(),
                                           "optimizer": _to_json(optimizer.state_dict())})
         curve.append(mean_loss())
         model.eval()
         stacks.clear()  # free the stacked ingredients before merging
         weights = logits.detach().softmax(0).cpu().double()
         record = {"by_layer": self.by_layer, "lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size,
-                  "ingredient_dtype": self.ingredient_dtype, "temperature": log_temperature.exp().item(),
+                  "ingredient_dtype": self.ingredient_dtype,
+                  "temperature": temperature_of(raw_temperature.detach()).item(), "temperature_parametrisation": self.temperature,
                   "held_out_loss": {"uniform": curve[0], "learned": curve[-1]},
                   "coefficients": {"ingredients": [i.name for i in ingredients],
                                    "tensors": names if self.by_layer else None, "weights": weights.tolist()}}
         log.info("%s: held-out loss %.4f (uniform) -> %.4f", self.label, curve[0], curve[-1])
         return record
 
-    def _resume(self, journal: dict | None, logits, log_temperature, optimizer) -> tuple[int, float | None]:
+    def _resume(self, journal: dict | None, logits, raw_temperature, optimizer) -> tuple[int, float | None]:
         """(first epoch to run, the uniform soup's held-out loss if known) from an earlier run's journal."""
         if not journal:
             return 0, None
         with torch.no_grad():
             logits.copy_(torch.tensor(journal["logits"]))
-            log_temperature.fill_(journal["log_temperature"])
+            raw_temperature.fill_(journal["raw_temperature"])
         optimizer.load_state_dict(_from_json(journal["optimizer"]))
         log.info("%s: resuming from its journal after epoch %d", self.label, journal["epoch"])
         return journal["epoch"], journal["uniform_loss"]
