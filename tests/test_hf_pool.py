@@ -1,6 +1,7 @@
 """pool=hf: transformers classifier folders written by transformers' own code (the Trainer's checkpoint-N/
 folders and save_pretrained, tiny BERTs with MiniLM's real tokenizer), souped by `python src/soup.py`, exported
 with save_pretrained and loaded back with from_pretrained to the soup's logits; bad folders refused by name."""
+import copy
 import json
 import shutil
 import subprocess
@@ -354,3 +355,45 @@ def test_an_image_processor_that_skips_a_step_is_refused_not_read_as_the_default
     ViTImageProcessor(size={"height": 48, "width": 48}, **setting).save_pretrained(tmp_path)
     with pytest.raises(BadInput, match=said):
         image_processing(tmp_path, {})
+
+
+def test_tied_embeddings_are_merged_once_and_every_tied_copy_holds_the_recipes_value(tmp_path):
+    """BART ties model.shared, encoder.embed_tokens and decoder.embed_tokens (one tensor, three state-dict keys).
+    A Fisher soup computes the shared tensor once; load_state_dict copies the keys in order, so a copy merged
+    otherwise (the uniform mean) would have won. The learned recipes run the model with functional_call, which
+    refuses two values for one tied tensor."""
+    from transformers import BartConfig, BartForSequenceClassification
+
+    tok = tokenizer()
+    config = BartConfig(vocab_size=tok.vocab_size, d_model=16, encoder_layers=1, decoder_layers=1,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                        decoder_ffn_dim=32, max_position_embeddings=128, pad_token_id=tok.pad_token_id,
+                        bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,  # one [SEP] per sentence
+                        decoder_start_token_id=tok.sep_token_id, num_labels=2, id2label=LABELS,
+                        label2id={v: k for k, v in LABELS.items()}, architectures=["BartForSequenceClassification"])
+    torch.manual_seed(0)
+    init = BartForSequenceClassification(config)
+    assert init.model.shared.weight is init.model.encoder.embed_tokens.weight  # tied
+    data = fake_sentences(tmp_path / "hutto", n=60)
+    for name, scale in (("init", 0.0), ("a", 0.05), ("b", 0.2)):
+        model = copy.deepcopy(init)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(scale * torch.randn_like(p))
+        model.save_pretrained(tmp_path / ("init" if name == "init" else f"runs/{name}"))
+        tok.save_pretrained(tmp_path / ("init" if name == "init" else f"runs/{name}"))
+    out = tmp_path / "soup"
+    proc = soup(tmp_path, ["method=[uniform,fisher,learned_bylayer,mehl]", "method.fisher.examples=8",
+                           "method.learned_bylayer.epochs=1", "method.mehl.epochs=1", "pool=hf",
+                           f"pool.glob={tmp_path}/runs/*", f"pool.init={tmp_path}/init", *SMALL, *data], out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tied = ["model.model.shared.weight", "model.model.encoder.embed_tokens.weight", "model.model.decoder.embed_tokens.weight"]
+    uniform = load_file(str(out / "uniform" / "model.safetensors"))[tied[0]]
+    for recipe in ("fisher", "learned_bylayer", "mehl"):
+        weights = load_file(str(out / recipe / "model.safetensors"))
+        assert all(torch.equal(weights[k], weights[tied[0]]) for k in tied), recipe
+    # the Fisher soup weighs the rows of the tokens the held-out sentences use: not the uniform mean there
+    fisher = load_file(str(out / "fisher" / "model.safetensors"))[tied[0]]
+    used = tok("the movie was great", return_tensors="pt")["input_ids"][0]
+    assert (fisher[used] - uniform[used]).abs().max() > 1e-3
+    assert torch.allclose(fisher[tok.vocab_size - 1], uniform[tok.vocab_size - 1], atol=1e-6)  # an unseen token

@@ -132,6 +132,29 @@ def interpolate(start: StateDict, end: StateDict, alpha: Weight) -> StateDict:
     return weighted_sum([(end, a), (start, lambda key: 1.0 - a(key))])
 
 
+def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
+    """{state-dict key: the key whose tensor it shares} for every parameter or buffer registered under more than
+    one name (tied weights, e.g. BART's model.shared / encoder.embed_tokens / decoder.embed_tokens). The first
+    name is the one `named_parameters()` yields, so the one recipes compute for (a Fisher, a learned
+    coefficient, a RegMean Gram); the state dict holds every name."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        owner = first.setdefault(id(tensor), name)
+        if owner != name:
+            aliases[name] = owner
+    return aliases
+
+
+def tie(state: StateDict, aliases: dict[str, str]) -> StateDict:
+    """`state` with every tied copy (`tied_aliases`) set to its first name's tensor. load_state_dict copies the
+    keys in order into the one shared tensor, so the last copy would win: a recipe that computed the first name
+    (Fisher, learned by layer) would be evaluated and saved with a copy it merged otherwise (the uniform mean)."""
+    if not any(k in state and v in state for k, v in aliases.items()):
+        return state
+    return {k: state[aliases[k]] if aliases.get(k) in state else v for k, v in state.items()}
+
+
 BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # buffers, not learned weights
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from soups.averaging import StateDict
+from soups.averaging import StateDict, tie, tied_aliases
 from soups.data import EvalSet, TaskData, build_data
 from soups.errors import BadInput, MissingInput
 from soups.evaluation.cache import EvaluationCache, evaluation_key, hash_ids
@@ -87,6 +87,7 @@ class PoolScorer:
         self._held_out_logits: dict[str, torch.Tensor] = {}  # greedy ensembles revisit members
         self._recent: dict[tuple[str, str], torch.Tensor] = {}  # (weights key, set) -> logits, one model's
         self._loaded: str | None = None  # the weights key `self.model` holds
+        self.aliases = tied_aliases(self.model)  # {tied copy: first name}, e.g. BART's embeddings
 
     def settings_record(self) -> dict:
         """How this pool is evaluated (soup.json's `evaluation`): the key names everything the numbers depend on."""
@@ -131,7 +132,7 @@ class PoolScorer:
         no-op when it already holds them. `key`: their `_weights_key` if the caller has it (hashing is not free)."""
         key = key or self._weights_key(state, new_point)
         if key != self._loaded:
-            self.model.load_state_dict(state)
+            self.model.load_state_dict(tie(state, self.aliases))  # tied copies take their first name's value
             if new_point and self.bn_sample is not None:
                 recalibrate_bn(self.model, self.bn_sample, self.batch_size, self.device)
             self._loaded = key

@@ -23,7 +23,7 @@ from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from soups import plots
-from soups.averaging import weighted_sum
+from soups.averaging import tied_aliases, weighted_sum
 from soups.errors import BadInput
 from soups.recipes import Recipe, RecipeResult
 from soups.runtime import autocast
@@ -198,7 +198,7 @@ class LearnedSoup(Recipe):
         """{param: [K, ...] tensor in ingredient_dtype}, filled one ingredient at a time; the uniform
         average of the buffers (unused by BatchNorm in batch-statistics mode)."""
         dtype = DTYPES[self.ingredient_dtype]
-        stacks, buffers = {}, {}
+        stacks, buffers, aliases = {}, {}, tied_aliases(scorer.model)
         for i, ingredient in enumerate(ingredients):
             state = scorer.load(ingredient)
             missing = [n for n in names if n not in state]
@@ -209,7 +209,7 @@ class LearnedSoup(Recipe):
                     stacks[n] = torch.empty((len(ingredients), *state[n].shape), dtype=dtype, device=device)
                 stacks[n][i] = state[n].to(device=device, dtype=dtype)
             for n, v in state.items():
-                if n not in stacks:
+                if n not in stacks and n not in aliases:  # a tied copy follows its first name in functional_call
                     v = v.to(device)
                     buffers[n] = (buffers.get(n, 0) + v.double() / len(ingredients)) if v.is_floating_point() else v
         return stacks, {n: v.float() if v.is_floating_point() else v for n, v in buffers.items()}

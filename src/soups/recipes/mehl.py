@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from soups.averaging import tied_aliases
 from soups.errors import BadInput
 from soups.recipes import Recipe, RecipeResult
 from soups.recipes.learned import DTYPES, LOSS_ORDER_SEED, coefficient_soup, draw_coefficients, learned_once
@@ -140,6 +141,7 @@ class MEHLSoup(Recipe):
         model, device = scorer.model, scorer.device
         k, blocks = len(ingredients), len(names) if self.by_layer else 1
         block_of = {n: (i if self.by_layer else 0) for i, n in enumerate(names)}
+        aliases = tied_aliases(model)
         held_out = scorer.held_out_set()
         project = getattr(held_out, "project_logits", None)
 
@@ -151,7 +153,7 @@ class MEHLSoup(Recipe):
         def center(alpha):
             state = self._soup(ingredients, scorer, names, alpha[:, 0] if not self.by_layer else alpha)
             params = {n: state.pop(n).to(device=device, dtype=torch.float32) for n in names}
-            return params, {n: v.to(device) for n, v in state.items()}
+            return params, {n: v.to(device) for n, v in state.items() if n not in aliases}  # tied copies follow
 
         def mean_loss(params, buffers):
             with torch.no_grad():
