@@ -3,6 +3,7 @@ folders and save_pretrained, tiny BERTs with MiniLM's real tokenizer), souped by
 with save_pretrained and loaded back with from_pretrained to the soup's logits; bad folders refused by name."""
 import copy
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -397,3 +398,15 @@ def test_tied_embeddings_are_merged_once_and_every_tied_copy_holds_the_recipes_v
     used = tok("the movie was great", return_tensors="pt")["input_ids"][0]
     assert (fisher[used] - uniform[used]).abs().max() > 1e-3
     assert torch.allclose(fisher[tok.vocab_size - 1], uniform[tok.vocab_size - 1], atol=1e-6)  # an unseen token
+    # the angle between the fine-tunes counts the tied tensor once, as the model has it
+    proc = subprocess.run([sys.executable, "src/analyze.py", "analysis=pairs", "logger=none", "pool=hf",
+                           f"pool.glob={tmp_path}/runs/*", f"pool.init={tmp_path}/init", *SMALL, *data,
+                           f"paths.log_dir={tmp_path}/logs", f"paths.cache_dir={tmp_path}/cache",
+                           f"hydra.run.dir={tmp_path}/pairs"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    models = [BartForSequenceClassification.from_pretrained(str(tmp_path / f)) for f in ("init", "runs/a", "runs/b")]
+    d = [torch.cat([(p.detach().double() - q.detach().double()).flatten() for p, q in zip(m.parameters(), models[0].parameters())])
+         for m in models[1:]]  # parameters(): each tied tensor once
+    angle = math.degrees(math.acos(float(d[0] @ d[1] / (d[0].norm() * d[1].norm()))))
+    pair = json.loads((tmp_path / "pairs" / "pairs.json").read_text())["pairs"][0]
+    assert pair["angle"] == pytest.approx(angle, abs=1e-6)

@@ -164,11 +164,12 @@ def is_weight(key: str, tensor: torch.Tensor) -> bool:
     return tensor.is_floating_point() and not key.endswith(BN_STATISTICS)
 
 
-def displacement_gram(paths: list, init_path) -> tuple[torch.Tensor, int]:
+def displacement_gram(paths: list, init_path, skip=()) -> tuple[torch.Tensor, int]:
     """(G [K, K] float64, number of scalars): G_ij = <theta_i - theta_0, theta_j - theta_0> over every weight
     (`is_weight`) of K safetensors files and the init's, read one tensor name at a time across all files
     (memory: K copies of the largest tensor, not K models). Angles between fine-tunes' displacements from
-    their shared init (the paper's Figure 3) follow from it."""
+    their shared init (the paper's Figure 3) follow from it. `skip`: keys not counted (tied copies,
+    `tied_aliases`: one tensor counted once)."""
     from safetensors import safe_open
 
     gram, count = torch.zeros(len(paths), len(paths), dtype=torch.float64), 0
@@ -177,7 +178,7 @@ def displacement_gram(paths: list, init_path) -> tuple[torch.Tensor, int]:
         init = stack.enter_context(safe_open(str(init_path), framework="pt"))
         for key in init.keys():
             base = init.get_tensor(key)
-            if not is_weight(key, base):
+            if not is_weight(key, base) or key in skip:
                 continue
             d = torch.stack([h.get_tensor(key).double().reshape(-1) for h in handles]) - base.double().reshape(1, -1)
             gram += d @ d.T
@@ -196,11 +197,12 @@ class Plane:
     """The plane through three models: the init theta_0 and fine-tunes theta_1, theta_2 (the paper's Figure 2).
     Orthonormal basis over the weights (`is_weight`): u = d_1/|d_1|, v = the part of d_2 orthogonal to u,
     normalized (d_i = theta_i - theta_0; Gram-Schmidt, as in Garipov et al., 2018). `point(x, y)` is
-    theta_0 + x u + y v (other entries, e.g. BN statistics, from theta_0). Float64 inside."""
+    theta_0 + x u + y v (other entries, e.g. BN statistics, from theta_0). Float64 inside. `skip`: keys left
+    out of the basis (tied copies, `tied_aliases`, which `tie` sets from their first name)."""
 
-    def __init__(self, init: StateDict, first: StateDict, second: StateDict):
+    def __init__(self, init: StateDict, first: StateDict, second: StateDict, skip=()):
         self.init = init
-        keys = [k for k, v in init.items() if is_weight(k, v)]
+        keys = [k for k, v in init.items() if is_weight(k, v) and k not in skip]
         d1 = {k: first[k].double() - init[k].double() for k in keys}
         d2 = {k: second[k].double() - init[k].double() for k in keys}
         norm1 = math.sqrt(sum(float((t * t).sum()) for t in d1.values()))

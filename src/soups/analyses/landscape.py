@@ -56,7 +56,7 @@ class Landscape(Analysis):
         known = scorer.recall(settings)  # a rerun reads the grid instead of measuring it again
         if known is not None:
             return known
-        plane = Plane(scorer.load_init(), scorer.load(first), scorer.load(second))
+        plane = Plane(scorer.load_init(), scorer.load(first), scorer.load(second), skip=scorer.aliases)
         points = plane.coordinates | {"midpoint": tuple(np.add(plane.coordinates["first"],
                                                                plane.coordinates["second"]) / 2)}
         xs, ys = (axis_values([p[i] for p in plane.coordinates.values()], self.grid, self.margin) for i in (0, 1))

@@ -37,7 +37,7 @@ class Pairs(Analysis):
     def __call__(self, pool, scorer) -> dict:
         self.check(pool.ingredients)
         chosen = sorted(pool.ingredients, key=lambda i: i.held_out, reverse=True)[: self.max_ingredients or None]
-        gram, count = displacement_gram([i.weights for i in chosen], scorer.init_weights)
+        gram, count = displacement_gram([i.weights for i in chosen], scorer.init_weights, skip=scorer.aliases)
         angles = angles_degrees(gram)
         alone = {i.name: scorer.individual_metrics(i) for i in chosen}
         pairs = []
