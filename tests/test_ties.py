@@ -12,8 +12,8 @@ from soups.recipes.ties import TiesMerging, kept_count
 class Pool:
     """The Scorer surface TIES uses: the init and the ingredients' weights."""
 
-    def __init__(self, init, states):
-        self.init, self.states = init, states
+    def __init__(self, init, states, aliases=None):
+        self.init, self.states, self.aliases = init, states, aliases or {}
 
     def load_init(self):
         return self.init
@@ -33,6 +33,21 @@ STATES = [{k: INIT[k] + torch.tensor(v, dtype=torch.float64) for k, v in t.items
 
 def merged(**settings):
     return TiesMerging(**settings)(list(range(3)), Pool(INIT, STATES)).weights
+
+
+def test_a_tied_copy_does_not_count_again_in_the_global_threshold():
+    """"a_copy" is "a" registered under a second name (tied): the model has 6 weights, not 10, so the global
+    top-k% is taken over 6 and the copy is left for the scorer to set from "a"."""
+    tied = lambda state: state | {"a_copy": state["a"]}
+    pool = Pool(tied(INIT), [tied(s) for s in STATES], aliases={"a_copy": "a"})
+    for scope, density in (("global", 0.3), ("global", 0.6), ("tensor", 0.5)):
+        got = TiesMerging(density=density, scope=scope)(list(range(3)), pool).weights
+        want = merged(density=density, scope=scope)
+        assert all(torch.equal(got[k], want[k]) for k in want), scope
+    # counted twice, density 0.3 keeps 3 of 10 entries per model instead of 1 of 6: another merge
+    double = TiesMerging(density=0.3, scope="global")(list(range(3)), Pool(tied(INIT), [tied(s) for s in STATES])).weights
+    assert kept_count(6, 0.3) == 1 and kept_count(10, 0.3) == 3
+    assert not torch.equal(double["b"], merged(density=0.3, scope="global")["b"])
 
 
 def test_per_tensor_trim_elect_and_disjoint_mean_by_hand():

@@ -102,6 +102,7 @@ class Scorer(Protocol):
     device: torch.device
     precision: str
     results: dict  # {config key: RecipeResult} of the recipes this job ran before this one
+    aliases: dict[str, str]  # {tied copy's state-dict key: its first name} (averaging.tied_aliases); copies are set from the first name when loaded
 
     def held_out_set(self):
         """The held-out evaluation set: `.batches(batch_size, shuffle_seed=None, device=None)`

@@ -62,7 +62,7 @@ class TiesMerging(Recipe):
 
     def __call__(self, ingredients, scorer) -> RecipeResult:
         init = scorer.load_init()
-        floats = [k for k, v in init.items() if v.is_floating_point()]
+        floats = [k for k, v in init.items() if v.is_floating_point() and k not in scorer.aliases]  # a tied tensor once
 
         def trimmed(state, cut):  # {key: τ̂} in float64
             out = {}
