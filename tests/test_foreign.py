@@ -293,3 +293,17 @@ def test_an_open_clip_export_never_carries_a_random_text_tower(tmp_path):
     proc = subprocess.run([sys.executable, "scripts/export_soup.py", str(tmp_path), "--to", "open_clip"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.startswith("error: the soup's model (vit_s14_dinov2) has no pretrained")
+
+
+def test_a_whole_clip_whose_text_tower_has_other_shapes_is_named_not_a_traceback(tmp_path):
+    """The zero-shot head is built from each checkpoint's own text tower: a text tower of another width is
+    refused by file and key in one line (load_state_dict raised on the size before)."""
+    init = write_open_clip_train(tmp_path / "ckpts", n=2)
+    bad = tmp_path / "ckpts" / "run1" / "checkpoints" / "epoch_2.pt"
+    state = perturbed(init, 0.02, seed=5)
+    state["token_embedding.weight"] = state["token_embedding.weight"][:, :-1].clone()
+    torch.save(state, bad)
+    proc = soup(tmp_path, "pool=files", f"pool.glob={tmp_path}/ckpts/*/checkpoints/epoch_2.pt", "model=tiny_clip",
+                f"pool.classnames={DIGITS}", "pool.templates=simple", "method=uniform", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"{bad} is not a whole" in proc.stderr and "token_embedding.weight" in proc.stderr, proc.stderr

@@ -193,11 +193,11 @@ class _Converter:
 
         if self.pool.text_tower == "own":
             clip = create_clip(self.run_cfg.model, load_pretrained=False)
-            result = clip.load_state_dict(clip_state, strict=False)
-            if result.missing_keys or result.unexpected_keys:
+            wrong = misfit(clip_state, {k: v.shape for k, v in clip.state_dict().items()})  # before load_state_dict's trace
+            if wrong:
                 raise BadInput(f"{path} is not a whole {self.run_cfg.model.open_clip_name} CLIP (pool.text_tower=own "
-                               f"builds the zero-shot head from its text tower): missing {result.missing_keys[:3]}, "
-                               f"unexpected {result.unexpected_keys[:3]}; or give pool.head_file")
+                               f"builds the zero-shot head from its text tower): {wrong}; or give pool.head_file")
+            clip.load_state_dict(clip_state)
         else:
             if not self.run_cfg.model.get("pretrained"):
                 raise BadInput("pool.text_tower=pretrained needs model.pretrained (the open_clip weights whose text "
