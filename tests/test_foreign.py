@@ -246,6 +246,11 @@ def test_the_init_file_is_the_first_row_and_lets_wise_ft_run_and_a_mixed_pool_is
     assert rows[0]["row"] == "initialization"
     curve = next(r for r in rows if r["kind"] == "soup")["curve"]
     assert {k: v for k, v in curve[0].items() if k != "alpha"} == rows[0]["metrics"]  # alpha 0: the init itself
+    # EMA fine-tunes from a bare pretrained init: the ingredients' state_dict_ema, the init's only weights
+    soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/*/model_best.pth.tar", f"pool.init={tmp_path}/init.pt",
+         "pool.ema=true", "method=wise_ft", "method.wise_ft.alphas=[0.0,1.0]")
+    ema_rows = json.loads((tmp_path / "soup" / "results.json").read_text())
+    assert ema_rows[0]["row"] == "initialization" and ema_rows[0]["metrics"] == rows[0]["metrics"]
     proc = soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/*", "method=uniform", check=False)
     assert proc.returncode == 1 and "matches folders" in proc.stderr
     save_file(timm.create_model("test_vit", num_classes=10, img_size=32).state_dict(),

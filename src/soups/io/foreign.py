@@ -15,6 +15,7 @@ trusts. Prefixes of DDP and torch.compile (`module.`, `_orig_mod.`) are stripped
 from __future__ import annotations
 
 import argparse
+import logging
 import pickle
 import re
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 
 from soups.errors import BadInput
 
+log = logging.getLogger(__name__)
 FORMATS = ("auto", "open_clip", "timm", "safetensors")
 PREFIXES = ("module.", "_orig_mod.")
 TIMM_MARKS = ("args", "arch", "state_dict_ema")
@@ -79,11 +81,13 @@ def strip_prefixes(state: dict) -> tuple[dict, list[str]]:
     return state, stripped
 
 
-def read_checkpoint(path: str | Path, fmt: str = "auto", ema: bool = False) -> tuple[dict, dict]:
+def read_checkpoint(path: str | Path, fmt: str = "auto", ema: bool | None = False) -> tuple[dict, dict]:
     """(state dict of tensors, record) of one checkpoint file. The record says the format (as detected),
     the prefixes stripped, which state dict was taken, and timm's `args` (as hyperparameters) if present.
-    Raises BadInput for a file that is not a checkpoint, one that needs code to unpickle, a format other
-    than `fmt`, `ema=True` without `state_dict_ema`, or a non-tensor entry in the state dict."""
+    `ema`: take timm's `state_dict_ema` (True), never (False), or where the file has one (None: a shared init
+    that may be a bare pretrained state dict). Raises BadInput for a file that is not a checkpoint, one that
+    needs code to unpickle, a format other than `fmt`, `ema=True` without `state_dict_ema`, or a non-tensor
+    entry in the state dict."""
     path = Path(path)
     if fmt not in FORMATS:
         raise BadInput(f"pool.format={fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -102,7 +106,10 @@ def read_checkpoint(path: str | Path, fmt: str = "auto", ema: bool = False) -> t
     if fmt != "auto" and fmt != detected:
         raise BadInput(f"{path} is a {detected} checkpoint, not pool.format={fmt}")
     record["format"] = detected
-    key = "state_dict_ema" if ema else "state_dict"
+    has_ema = isinstance(obj, dict) and isinstance(obj.get("state_dict_ema"), dict)
+    key = "state_dict_ema" if ema or (ema is None and has_ema) else "state_dict"
+    if has_ema and key != "state_dict_ema":
+        log.info("%s also holds timm's EMA weights (state_dict_ema); pool.ema=true soups those", path)
     if ema and key not in obj:
         raise BadInput(f"{path}: pool.ema=true but the checkpoint has no state_dict_ema (keys {sorted(obj)[:6]})")
     if key in obj:

@@ -81,7 +81,7 @@ class Files(Pool):
         if len(formats) > 1:
             raise BadInput(f"mixed checkpoint formats in pool.glob: {sorted(formats)}; soup one kind at a time")
         refuse_duplicates(ingredients)
-        init = converter(init_path) if init_path else None
+        init = converter(init_path, init=True) if init_path else None
         for ingredient, name in zip(ingredients, display_names([i.source for i in ingredients])):
             ingredient.name = name
         log.info("pool=files: %d ingredients (%s)%s", len(ingredients), converter.summary(ingredients),
@@ -139,7 +139,9 @@ class _Converter:
                "head_file": sha256_file(Path(pool.head_file).expanduser()) if pool.head_file and self.open_clip else None}
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def __call__(self, path: Path) -> Ingredient:
+    def __call__(self, path: Path, init: bool = False) -> Ingredient:
+        """The converted ingredient (or, `init`, the shared init: with pool.ema its EMA weights where the file
+        has them, else its weights, e.g. a bare pretrained state dict)."""
         digest = sha256_file(path)
         out = self.out_dir / f"{path.stem.split('.')[0]}-{digest[:16]}-{self.key}.safetensors"
         record_file = out.with_suffix(".json")
@@ -150,7 +152,7 @@ class _Converter:
             if self.pool.format not in ("auto", record["format"]):  # as a first conversion would refuse it
                 raise BadInput(f"{path} is a {record['format']} checkpoint, not pool.format={self.pool.format}")
         else:
-            state, record = read_checkpoint(path, self.pool.format, self.pool.ema)
+            state, record = read_checkpoint(path, self.pool.format, (None if init else True) if self.pool.ema else False)
             if self.pool.format == "auto":
                 log.info("%s: detected format %s%s", path, record["format"],
                          f", stripped {record['stripped_prefixes']}" if record["stripped_prefixes"] else "")
