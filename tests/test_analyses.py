@@ -2,6 +2,7 @@
 (its numbers consistent with the soup job's, a second run served by the evaluation cache)."""
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,58 @@ def test_ingredients_compares_greedy_best_and_uniform_on_the_same_subsets_as_com
         assert stats["mean"]["test"] == pytest.approx(sum(column) / 6)
     assert Ingredients(draws=6, sizes=[2], considered=False)(pool, Scorer())["random"][0].keys() == {
         "k", "draws", "mean", "std"}
+
+
+@pytest.mark.parametrize("sizes, said", [
+    (3, "analysis.sizes=3: expected null"), ([], "analysis.sizes=[]: expected null"),
+    ("abc", "analysis.sizes='abc': expected null"), ([1, 1], "repeated sizes"), ([True], "not: [True]"),
+    ([0, 2], "not: [0]"), ([5], "not: [5]")])
+def test_ingredients_sizes_other_than_a_list_of_distinct_sizes_are_refused_in_one_line(sizes, said):
+    from types import SimpleNamespace
+
+    from soups.analyses.ingredients import Ingredients
+    from soups.errors import BadInput
+    from soups.pools.ingredient import Ingredient
+
+    pool = SimpleNamespace(ingredients=[Ingredient(n, Path(n), {"metrics": {"val": 1.0}}) for n in "abcd"])
+    with pytest.raises(BadInput, match=re.escape(said)):
+        Ingredients(sizes=sizes)(pool, None)
+    with pytest.raises(BadInput, match=r"^analysis=ingredients: draws=0 \(expected an integer >= 1\)$"):
+        Ingredients(draws=0)
+    with pytest.raises(BadInput, match=r"^analysis=ingredients: ties='x' \(expected pool or official\)$"):
+        Ingredients(ties="x")
+
+
+def test_ingredients_best_individual_is_the_soup_jobs_on_a_held_out_tie_whatever_the_tie_order():
+    """The best individual row takes the first in pool order among equal held-out accuracies; the analysis's
+    best of a subset follows it under ties=official too (greedy's own first pick is then the last)."""
+    from types import SimpleNamespace
+
+    from soups.analyses.ingredients import Ingredients
+    from soups.pools.ingredient import Ingredient, best_individual
+    from soups.reporting.records import baseline_rows
+
+    class Scorer:
+        def individual_metrics(self, ingredient):
+            return ingredient.info["metrics"]
+
+        def load(self, ingredient):
+            return {"x": torch.tensor([1.0])}
+
+        def held_out(self, state, acceptable=None):
+            return 50.0  # every soup below the models: greedy keeps its first pick
+
+        def evaluate(self, state, new_point):
+            return {"val": 50.0, "test": 50.0, "avg_shifts": 50.0}
+
+    pool = SimpleNamespace(ingredients=[Ingredient(n, Path(n), {"metrics": {"val": 90.0, "test": t, "avg_shifts": 0.0}})
+                                        for n, t in (("a", 70.0), ("b", 80.0))])
+    record = Ingredients(draws=1, sizes=[2], ties="official")(pool, Scorer())
+    draw = record["random"][0]["draws"][0]
+    assert draw["greedy"]["members"] == ["b"]  # the released code's tie order: reverse pool order
+    row = next(r for r in baseline_rows(pool.ingredients, None) if r["kind"] == "best_individual")
+    assert draw["best"]["members"] == row["members"] == ["a"] == [best_individual(pool.ingredients).name]
+    assert record["sizes"] == [2] and record["considered"] is True
 
 
 def test_the_plane_is_orthonormal_and_passes_through_the_three_models():

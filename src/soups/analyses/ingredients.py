@@ -18,7 +18,8 @@ from soups.analyses import Analysis
 from soups.averaging import average
 from soups.errors import BadInput
 from soups.names import AVG_SHIFTS, DISPLAY_NAMES, HELD_OUT, TEST
-from soups.recipes.greedy import COMPARATORS, TIE_ORDERS, GreedySoup, by_held_out
+from soups.pools.ingredient import best_individual
+from soups.recipes.greedy import COMPARATORS, TIE_ORDERS, GreedySoup
 
 COLUMNS = (HELD_OUT, TEST, AVG_SHIFTS)
 log = logging.getLogger(__name__)
@@ -28,27 +29,37 @@ log = logging.getLogger(__name__)
 class Ingredients(Analysis):
     draws: int = 3     # random subsets per size (fewer where fewer exist)
     seed: int = 0
-    sizes: list | None = None  # subset sizes; None: 1..K
-    comparator: str = ">="     # the greedy curve's rule, as the greedy recipe's (conf/soup.yaml greedy_rule)
+    sizes: list | None = None  # subset sizes (distinct integers 1..K); None: 1..K
+    comparator: str = ">="     # the greedy soups' rule, as the greedy recipe's (conf/soup.yaml greedy_rule)
     ties: str = "pool"
     considered: bool = True    # also the greedy soup and the best individual of each drawn subset
 
     def __post_init__(self):
         super().__post_init__()
-        if self.draws < 1 or self.comparator not in COMPARATORS or self.ties not in TIE_ORDERS:
-            raise BadInput(f"draws={self.draws} (>= 1), comparator={self.comparator!r} ({list(COMPARATORS)}), "
-                           f"ties={self.ties!r} ({list(TIE_ORDERS)}) expected")
+        wrong = [f"{name}={value!r} (expected {expected})" for name, value, ok, expected in (
+            ("draws", self.draws, isinstance(self.draws, int) and not isinstance(self.draws, bool) and self.draws >= 1,
+             "an integer >= 1"),
+            ("comparator", self.comparator, self.comparator in COMPARATORS, " or ".join(COMPARATORS)),
+            ("ties", self.ties, self.ties in TIE_ORDERS, " or ".join(TIE_ORDERS))) if not ok]
+        if wrong:
+            raise BadInput("analysis=ingredients: " + "; ".join(wrong))
 
     def check(self, ingredients: list) -> None:
-        sizes = list(self.sizes) if self.sizes else []
-        wrong = [k for k in sizes if not isinstance(k, int) or not 1 <= k <= len(ingredients)]
-        if wrong:
-            raise BadInput(f"sizes {wrong}: expected integers from 1 to the pool's {len(ingredients)} ingredients")
+        """BadInput unless `sizes` is null or a non-empty list of distinct integers from 1 to K."""
+        if self.sizes is None:
+            return
+        expected = f"expected null (1..K) or a list of distinct integers from 1 to the pool's {len(ingredients)}"
+        if isinstance(self.sizes, (str, bytes)) or not hasattr(self.sizes, "__iter__") or not list(self.sizes):
+            raise BadInput(f"analysis.sizes={self.sizes!r}: {expected}, e.g. [1,2,4]")
+        sizes = list(self.sizes)
+        wrong = [k for k in sizes if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(ingredients)]
+        if wrong or len(set(sizes)) < len(sizes):
+            raise BadInput(f"analysis.sizes={sizes}: {expected} ({'not: ' + str(wrong) if wrong else 'repeated sizes'})")
 
     def __call__(self, pool, scorer) -> dict:
         ingredients = pool.ingredients
         self.check(ingredients)
-        sizes = list(self.sizes) if self.sizes else list(range(1, len(ingredients) + 1))
+        sizes = list(self.sizes) if self.sizes is not None else list(range(1, len(ingredients) + 1))
         rng = random.Random(self.seed)
         random_curve = []
         for k in sizes:
@@ -69,15 +80,16 @@ class Ingredients(Analysis):
         greedy_curve = [{"k": t, "added": chosen[t - 1].name, "metrics": soup_metrics(chosen[:t], scorer)}
                         for t in range(1, len(chosen) + 1)]
         return {"ingredients": [i.name for i in ingredients], "random": random_curve, "greedy": greedy_curve,
-                "draws": self.draws, "seed": self.seed, "greedy_rule": {"comparator": self.comparator,
-                                                                       "ties": self.ties}}
+                "draws": self.draws, "seed": self.seed, "sizes": sizes, "considered": self.considered,
+                "greedy_rule": {"comparator": self.comparator, "ties": self.ties}}
 
     def of_considered(self, members: list, scorer) -> dict:
         """{"greedy": {"members", "metrics"}, "best": {"members", "metrics"}}: the greedy soup (this analysis's
-        rule) and the best individual by held-out (greedy's first pick) of `members` alone."""
+        rule) and the best individual by held-out (first in pool order on a tie, as the soup job's row) of
+        `members` alone."""
         result = GreedySoup(comparator=self.comparator, ties=self.ties)(members, scorer)
         metrics = scorer.evaluate(result.weights, new_point=result.is_new_point)  # as the soup job does
-        best = by_held_out(members, self.ties)[0]
+        best = best_individual(members)
         return {"greedy": {"members": [m.name for m in result.ingredients], "metrics": metrics},
                 "best": {"members": [best.name], "metrics": scorer.individual_metrics(best)}}
 
@@ -85,13 +97,16 @@ class Ingredients(Analysis):
         lines = []
         for point in record["random"]:
             lines.append(f"  k={point['k']:>3} ({len(point['draws'])} draws): " + ", ".join(
-                f"{c} {point['mean'][c]:.2f} ± {point['std'][c]:.2f}" for c in COLUMNS))
+                f"{DISPLAY_NAMES.get(c, c)} {point['mean'][c]:.2f} ± {point['std'][c]:.2f}" for c in COLUMNS))
             for what in ("greedy", "best"):
                 if what in point:
                     lines.append(f"        {what + ' of them':>16}: " + ", ".join(
-                        f"{c} {point[what]['mean'][c]:.2f} ± {point[what]['std'][c]:.2f}" for c in COLUMNS))
-        lines.append("  greedy: " + " -> ".join(f"{p['k']}: test {p['metrics'][TEST]:.2f}" for p in record["greedy"]))
-        return "uniform soups of k random ingredients (then greedy and best individual of the same k), mean ± std:\n" + "\n".join(lines)
+                        f"{DISPLAY_NAMES.get(c, c)} {point[what]['mean'][c]:.2f} ± {point[what]['std'][c]:.2f}"
+                        for c in COLUMNS))
+        lines.append("  whole pool's greedy soup, by accepted ingredients: " + " -> ".join(
+            f"{p['k']}: test {p['metrics'][TEST]:.2f}" for p in record["greedy"]))
+        then = " (then the greedy soup and best individual of the same subsets)" if record.get("considered", True) else ""
+        return f"uniform soups of k random ingredients{then}, mean ± std:\n" + "\n".join(lines)
 
     def draw(self, record: dict, path: Path, title: str) -> None:
         plt = plots.pyplot()
@@ -103,9 +118,9 @@ class Ingredients(Analysis):
             mean = [p["mean"][col] for p in record["random"]]
             std = [p["std"][col] for p in record["random"]]
             for p in record["random"]:
-                ax.scatter([p["k"]] * len(p["draws"]), [d["metrics"][col] for d in p["draws"]], c="#9e9e9e", s=12)
+                ax.scatter([p["k"]] * len(p["draws"]), [d["metrics"][col] for d in p["draws"]], c="#ffbb78", s=12)
             ax.errorbar(ks, mean, yerr=std, c="#ff7f0e", marker="o", capsize=3,
-                        label=f"uniform soup of k random ingredients (mean ± std, {record['draws']} draws)")
+                        label=f"uniform soup of k random ingredients (dots; mean ± std over up to {record['draws']} draws)")
             for what, colour, label in (("greedy", "#1f77b4", "greedy soup of the same k"),
                                         ("best", "#7f7f7f", "best individual of the same k (by held-out)")):
                 points = [p for p in record["random"] if what in p]
@@ -117,7 +132,8 @@ class Ingredients(Analysis):
             ax.plot([p["k"] for p in greedy], [p["metrics"][col] for p in greedy], c="#2ca02c", marker="*",
                     markersize=10, label="whole pool's greedy soup after its k-th accepted ingredient")
             shown = DISPLAY_NAMES.get(col, col)
-            ax.set(xlabel="k: models considered (uniform soup: all k in it)", ylabel=f"{shown} accuracy (%)", title=shown)
+            ax.set(xlabel="k: models considered (random subsets) or accepted (whole pool's greedy soup)",
+                   ylabel=f"{shown} accuracy (%)", title=shown)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)

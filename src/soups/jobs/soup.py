@@ -14,6 +14,7 @@ from soups.evaluation.scorer import EvalSettings, PoolScorer, require_init
 from soups.evaluation.stats import build_statistics
 from soups.names import FIGURE_NAME
 from soups.pools import OpenPool, open_pool
+from soups.pools.ingredient import best_individual
 from soups.recipes import build_recipes, runnable
 from soups.reporting.records import baseline_rows, log_recipe, log_report, recipe_row, save_soup
 from soups.reporting.report import write_report
@@ -89,7 +90,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     if pool.release_init is None and template["init"].get("metrics"):  # a run-dir pool's init: its run.json's
         template["init"] = scorer.init_record(template["init"])
     rows = baseline_rows(pool.ingredients, template["init"]["metrics"])
-    best = max(pool.ingredients, key=lambda i: i.held_out)
+    best = best_individual(pool.ingredients)
     best_logits = scorer.individual_logits(best)  # every soup and ensemble is compared with it, image by image
     log.info("individual models: %d images forwarded for %d models (0: all from run.json or the evaluation "
              "cache, e.g. filled by src/evaluate.py)", scorer.images_forwarded, len(individuals))

@@ -36,3 +36,10 @@ class Ingredient:
     @property
     def held_out(self) -> float:
         return float(self.info["metrics"][HELD_OUT])
+
+
+def best_individual(ingredients: list[Ingredient]) -> Ingredient:
+    """The best individual: highest held-out accuracy, the first in pool order on a tie (every table's
+    `best individual` row, WiSE-FT's default base and the analyses use this one rule)."""
+    return max(ingredients, key=lambda i: i.held_out)
+

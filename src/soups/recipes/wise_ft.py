@@ -13,6 +13,7 @@ from typing import ClassVar
 from soups.averaging import average, interpolate
 from soups.errors import BadInput
 from soups.names import HELD_OUT
+from soups.pools.ingredient import best_individual
 from soups.recipes import Recipe, RecipeResult
 
 
@@ -60,7 +61,7 @@ class WiseFT(Recipe):
             if earlier is None or earlier.weights is None:
                 raise self.unknown(ingredients, self.base, "is not in the pool nor a recipe run before wise_ft")
             return earlier.weights, earlier.ingredients, earlier.is_new_point
-        base = max(ingredients, key=lambda i: i.held_out) if self.base == "best" else self.named(ingredients)
+        base = best_individual(ingredients) if self.base == "best" else self.named(ingredients)
         return scorer.load(base), [base], False
 
     def __call__(self, ingredients, scorer) -> RecipeResult:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from soups.io.files import atomic_save_safetensors, sha256_file, write_json
 from soups.names import RUN_INFO_NAME, SOUP_INFO_NAME, WEIGHTS_NAME
-from soups.pools.ingredient import Ingredient
+from soups.pools.ingredient import Ingredient, best_individual
 from soups.recipes import RecipeResult
 from soups.reporting.report import reference_comparison
 
@@ -20,7 +20,7 @@ def baseline_rows(ingredients: list[Ingredient], init_metrics: dict | None) -> l
                                              "metrics": init_metrics}]
     rows += [{"row": i.label, "kind": "individual", "ingredients": 1, "metrics": i.info["metrics"],
               "hparams": i.info.get("hparams", {}), "source": str(i.source)} for i in ingredients]
-    best = max(ingredients, key=lambda i: i.held_out)
+    best = best_individual(ingredients)
     rows.append({"row": f"best individual ({best.label})", "kind": "best_individual", "ingredients": 1,
                  "metrics": best.info["metrics"], "source": str(best.source), "members": [best.label]})
     return rows
