@@ -251,7 +251,7 @@ def test_landscape_on_a_sweep_marks_the_models_and_reads_its_grid_back(tiny_swee
 
 @pytest.mark.parametrize("args, message", [(["analysis=landscape"], "the landscape needs two fine-tunes"),
                                            (["analysis=pairs"], "pairs needs at least 2 ingredients"),
-                                           (["analysis=ingredients", "analysis.sizes=[1,2]"], r"sizes \[2\]"),
+                                           (["analysis=ingredients", "analysis.sizes=[1,2]"], r"sizes=\[1, 2\]: .*\(not: \[2\]\)"),
                                            (["analysis=landscape", "analysis.models=[0,0]"], "names one model twice")])
 def test_a_pool_an_analysis_cannot_use_is_refused_before_any_evaluation_or_w_and_b_run(tiny_sweep, tmp_path,
                                                                                    monkeypatch, args, message):
@@ -296,7 +296,7 @@ def test_soup_and_ensemble_gain_of_a_constructed_pair(tmp_path):
 
     pool = SimpleNamespace(ingredients=[ingredient("a"), ingredient("b")])
     scorer = SimpleNamespace(
-        init_weights=tmp_path / "init.safetensors", metrics_of=evaluator.metrics_of,
+        init_weights=tmp_path / "init.safetensors", metrics_of=evaluator.metrics_of, aliases={},
         individual_metrics=lambda i: evaluator.metrics_of({n: logits[i.name] for n in sets}),
         load=lambda i: load_file(str(i.weights)),
         evaluate=lambda state, new_point: {"val": 75.0, "test": 75.0},  # the midpoint, as measured
