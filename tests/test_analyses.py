@@ -165,9 +165,9 @@ def test_ingredients_sizes_other_than_a_list_of_distinct_sizes_are_refused_in_on
     pool = SimpleNamespace(ingredients=[Ingredient(n, Path(n), {"metrics": {"val": 1.0}}) for n in "abcd"])
     with pytest.raises(BadInput, match=re.escape(said)):
         Ingredients(sizes=sizes)(pool, None)
-    with pytest.raises(BadInput, match=r"^analysis=ingredients: draws=0 \(expected an integer >= 1\)$"):
+    with pytest.raises(BadInput, match=r"^draws=0 \(expected an integer >= 1\)$"):
         Ingredients(draws=0)
-    with pytest.raises(BadInput, match=r"^analysis=ingredients: ties='x' \(expected pool or official\)$"):
+    with pytest.raises(BadInput, match=r"^ties='x' \(expected pool or official\)$"):
         Ingredients(ties="x")
 
 

@@ -38,6 +38,22 @@ def count_forward_passes(monkeypatch) -> list:
     return calls
 
 
+def test_weights_are_keyed_as_loaded_so_a_state_whose_tied_copies_differ_is_never_served_the_old_numbers():
+    """Before tied copies were set from their first name, load_state_dict let the last copy win; a cache
+    entry keyed by such a state's own digest holds the numbers of that other model. The key is now the
+    digest of the state as loaded: equal for states that differ only in a copy, new for the old ones."""
+    from soups.evaluation.scorer import PoolScorer
+
+    scorer = PoolScorer.__new__(PoolScorer)
+    scorer.aliases, scorer.bn_sample = {"copy": "w"}, None
+    merged = {"w": torch.tensor([1.0, 2.0]), "copy": torch.tensor([0.5, 0.5])}  # a recipe that merged the copy otherwise
+    as_loaded = {"w": merged["w"], "copy": merged["w"]}
+    assert scorer._weights_key(merged, new_point=True) == scorer._weights_key(as_loaded, True) == state_digest(as_loaded)
+    assert scorer._weights_key(merged, new_point=True) != state_digest(merged)  # the old key is not read
+    scorer.aliases = {}
+    assert scorer._weights_key(merged, new_point=True) == state_digest(merged)  # untied models keep their keys
+
+
 def test_ensembles_read_the_fine_tunes_logits_without_a_forward_pass(tiny_sweep, soup_cfg, tmp_path, monkeypatch):
     tmp, sweep = tiny_sweep
     calls = count_forward_passes(monkeypatch)

@@ -9,8 +9,8 @@ from soups.recipes.model_stock import ModelStock
 
 
 class Weights:
-    def __init__(self, init, states):
-        self.init, self.states = init, states
+    def __init__(self, init, states, aliases=None):
+        self.init, self.states, self.aliases = init, states, aliases or {}
 
     def load_init(self):
         return self.init
@@ -21,6 +21,17 @@ class Weights:
 
 def pool(*names):
     return [Ingredient(n, Path(n), {"metrics": {"val": 0.0}}) for n in names]
+
+
+def test_a_tied_copy_takes_its_first_names_ratio_and_is_not_averaged_again():
+    init = {"w": torch.zeros(2), "w_copy": torch.zeros(2), "v": torch.zeros(2)}
+    a = {"w": torch.tensor([1.0, 0.0]), "v": torch.tensor([1.0, 1.0])}
+    b = {"w": torch.tensor([1.0, 1.0]), "v": torch.tensor([-1.0, 1.0])}
+    tied = ModelStock()(pool("a", "b"), Weights(init, {"a": a | {"w_copy": a["w"]}, "b": b | {"w_copy": b["w"]}},
+                                                   aliases={"w_copy": "w"}))
+    alone = ModelStock()(pool("a", "b"), Weights({"w": init["w"], "v": init["v"]}, {"a": a, "b": b}))
+    assert tied.details["ratios"] == alone.details["ratios"] and tied.details["mean_ratio"] == alone.details["mean_ratio"]
+    assert torch.equal(tied.weights["w_copy"], alone.weights["w"]) and torch.equal(tied.weights["w"], alone.weights["w"])
 
 
 def test_two_models_match_the_hand_computation():

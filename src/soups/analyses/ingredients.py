@@ -42,14 +42,14 @@ class Ingredients(Analysis):
             ("comparator", self.comparator, self.comparator in COMPARATORS, " or ".join(COMPARATORS)),
             ("ties", self.ties, self.ties in TIE_ORDERS, " or ".join(TIE_ORDERS))) if not ok]
         if wrong:
-            raise BadInput("analysis=ingredients: " + "; ".join(wrong))
+            raise BadInput("; ".join(wrong))  # the analysis job says "analysis: " before it
 
     def check(self, ingredients: list) -> None:
         """BadInput unless `sizes` is null or a non-empty list of distinct integers from 1 to K."""
         if self.sizes is None:
             return
         expected = f"expected null (1..K) or a list of distinct integers from 1 to the pool's {len(ingredients)}"
-        if isinstance(self.sizes, (str, bytes)) or not hasattr(self.sizes, "__iter__") or not list(self.sizes):
+        if isinstance(self.sizes, (str, bytes, dict)) or not hasattr(self.sizes, "__iter__") or not list(self.sizes):
             raise BadInput(f"analysis.sizes={self.sizes!r}: {expected}, e.g. [1,2,4]")
         sizes = list(self.sizes)
         wrong = [k for k in sizes if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(ingredients)]

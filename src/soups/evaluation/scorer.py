@@ -140,7 +140,10 @@ class PoolScorer:
 
     # ---- any weights: metrics cached by the digest of the tensors -------------------------------------
     def _weights_key(self, state: StateDict, new_point: bool) -> str:
-        return state_digest(state) + ("-bn" if new_point and self.bn_sample is not None else "")
+        """The digest of the weights as loaded: tied copies set from their first name (states that differ
+        only in a copy are one model; a state whose copies differ is never served what was measured when the
+        last copy won)."""
+        return state_digest(tie(state, self.aliases)) + ("-bn" if new_point and self.bn_sample is not None else "")
 
     def held_out(self, state: StateDict, acceptable=None) -> float | None:
         """Cached like any metric; an early stop is cached as the counts it rested on, so a rerun (an

@@ -36,7 +36,7 @@ class ModelStock(Recipe):
             state = scorer.load(ingredient)
             mean.add(state)
             for key, value in state.items():
-                if value.is_floating_point():
+                if value.is_floating_point() and key not in scorer.aliases:  # a tied copy follows its first name
                     d = value.double() - init[key].double()
                     norm = d.norm()
                     unit = d / norm if norm > 0 else torch.zeros_like(d)
@@ -47,7 +47,7 @@ class ModelStock(Recipe):
             cos = ((u.pow(2).sum() - moved[key]) / (k * (k - 1))).clamp(-1.0, 1.0).item()
             denominator = (k - 1) * cos + 1
             ratios[key] = k * cos / denominator if denominator > 1e-12 else 0.0
-        merged = interpolate(init, mean.result(), lambda key: ratios[key])
+        merged = interpolate(init, mean.result(), lambda key: ratios[scorer.aliases.get(key, key)])
         mean_t = sum(ratios.values()) / len(ratios)
         return RecipeResult(merged, list(ingredients), {"mean_ratio": mean_t, "ratios": ratios},
                             new_point=True)  # mixed with the init, whatever k
