@@ -143,7 +143,8 @@ class _Converter:
         """The converted ingredient (or, `init`, the shared init: with pool.ema its EMA weights where the file
         has them, else its weights, e.g. a bare pretrained state dict)."""
         digest = sha256_file(path)
-        out = self.out_dir / f"{path.stem.split('.')[0]}-{digest[:16]}-{self.key}.safetensors"
+        role = "-init" if init and self.pool.ema else ""  # its EMA only where it has one: another conversion
+        out = self.out_dir / f"{path.stem.split('.')[0]}-{digest[:16]}-{self.key}{role}.safetensors"
         record_file = out.with_suffix(".json")
         if out.is_file() and record_file.is_file():
             record = json.loads(record_file.read_text())
