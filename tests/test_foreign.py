@@ -312,3 +312,25 @@ def test_a_whole_clip_whose_text_tower_has_other_shapes_is_named_not_a_traceback
                 f"pool.classnames={DIGITS}", "pool.templates=simple", "method=uniform", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert f"{bad} is not a whole" in proc.stderr and "token_embedding.weight" in proc.stderr, proc.stderr
+
+
+def test_bn_checkpoints_without_step_counters_soup_as_timm_loads_them(tmp_path):
+    """Older torchvision and converted files lack BatchNorm's num_batches_tracked; timm's load_checkpoint and
+    torch fill it with 0. Such a pool soups (the weights are the mean) instead of being refused as another
+    architecture."""
+    import timm
+
+    from soups.io.files import load_weights
+
+    torch.manual_seed(0)
+    init = timm.create_model("test_resnet", num_classes=10).state_dict()
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    states = [perturbed(init, 0.02, seed=i) for i in range(2)]
+    for i, state in enumerate(states):
+        torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, folder / f"m{i}.pth")
+    timm.create_model("test_resnet", num_classes=10, checkpoint_path=str(folder / "m0.pth"))  # timm loads it
+    soup(tmp_path, "pool=files", f"pool.glob={folder}/*.pth", "model=timm", "model.timm_name=test_resnet",
+         "model.image_size=32", "method=uniform")
+    weights = load_weights(tmp_path / "soup" / "uniform" / "model.safetensors")
+    torch.testing.assert_close(weights["conv1.0.weight"], (states[0]["conv1.0.weight"] + states[1]["conv1.0.weight"]) / 2)

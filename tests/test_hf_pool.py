@@ -290,6 +290,51 @@ def test_image_classifiers_are_read_with_their_processor_and_exported_with_it(tm
     assert set(weights) == {"model." + k for k in loaded.state_dict()}
 
 
+def test_resnet_folders_with_their_convnext_processor_and_without_bn_step_counters_are_a_pool(tmp_path):
+    """transformers' ResNet ships ConvNextImageProcessor (crop_pct) and older files lack BatchNorm's
+    num_batches_tracked (transformers loads them): souped, the soup's BN statistics recomputed, and the
+    export gives the saved soup's logits."""
+    from safetensors.torch import load_file as load, save_file as save
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+                          num_labels=10, id2label={i: str(i) for i in range(10)}, label2id={str(i): i for i in range(10)},
+                          architectures=["ResNetForImageClassification"])
+    processor = ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
+    torch.manual_seed(0)
+    init = ResNetForImageClassification(config)
+    for i in range(2):
+        model = copy.deepcopy(init)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        folder = tmp_path / "resnets" / f"r{i}"
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        tensors = load(str(folder / "model.safetensors"))
+        save({k: v for k, v in tensors.items() if not k.endswith("num_batches_tracked")}, str(folder / "model.safetensors"),
+             metadata={"format": "pt"})
+    out = tmp_path / "soup"
+    proc = soup(tmp_path, ["pool=hf", f"pool.glob={tmp_path}/resnets/*", "data=mnist", "data.val_per_class=5",
+                           "data.test_per_class=5", "data.shifts.max_images=20", "method=[uniform]",
+                           "eval_batch_size=32"], out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model_cfg = json.loads((out / "uniform" / "run.json").read_text())["config"]["model"]
+    assert model_cfg["image_size"] == 32 and model_cfg["hf_resize"] == 36 and model_cfg["hf_crop"] == 32
+    record = json.loads((out / "uniform" / "soup.json").read_text())
+    assert record["bn_recalibrated"] is True
+    weights = load_file(str(out / "uniform" / "model.safetensors"))
+    members = [ResNetForImageClassification.from_pretrained(str(tmp_path / "resnets" / f"r{i}")).state_dict() for i in range(2)]
+    conv = "resnet.embedder.embedder.convolution.weight"
+    torch.testing.assert_close(weights["model." + conv], (members[0][conv] + members[1][conv]) / 2, atol=1e-7, rtol=0)
+    loaded = ResNetForImageClassification.from_pretrained(str(out / "uniform" / "hf")).eval()
+    reference = ResNetForImageClassification(config).eval()
+    reference.load_state_dict({k[len("model."):]: v for k, v in weights.items()})
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=x).logits, reference(pixel_values=x).logits, atol=0, rtol=0)
+
+
 def test_real_minilm_classifiers_are_a_pool(tmp_path):
     """all-MiniLM-L6-v2's real weights as BertForSequenceClassification folders (save_pretrained) with two
     seeded heads: souped, and the export gives the soup's logits."""
@@ -316,28 +361,43 @@ def test_real_minilm_classifiers_are_a_pool(tmp_path):
                                (members[0].classifier.weight + members[1].classifier.weight) / 2, atol=1e-7, rtol=0)
 
 
-@pytest.mark.parametrize("processor", ["vit", "deit"])
-def test_imagenet_style_sets_are_read_as_the_folders_own_image_processor_reads_them(tmp_path, processor):
+@pytest.mark.parametrize("processor, side", [("vit", 48), ("deit", 48), ("convnext", 48), ("convnext_warp", 384),
+                                             ("resnet_legacy", 48)])
+def test_imagenet_style_sets_are_read_as_the_folders_own_image_processor_reads_them(tmp_path, processor, side):
     """The eval transform made from preprocessor_config.json gives the pixel values transformers' own
-    processor gives (a square resize; a resize then center crop), on a photo-sized PIL image."""
+    processor gives (a square resize; a resize then center crop; ConvNeXt's crop_pct: a resize to
+    side / crop_pct then a center crop below 384, a square warp from 384; a ResNet folder's older
+    ConvNextFeatureExtractor file with an int size and Lanczos), on a photo-sized PIL image."""
+    import json as _json
+
     import numpy as np
     from omegaconf import OmegaConf
     from PIL import Image
-    from transformers import DeiTImageProcessor, ViTImageProcessor
+    from transformers import AutoImageProcessor, ConvNextImageProcessor, DeiTImageProcessor, ViTImageProcessor
 
     from soups.models.classifier import eval_transform
     from soups.models.hf import image_processing
 
-    made = ViTImageProcessor(size={"height": 48, "width": 48}, image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.3, 0.25]) \
-        if processor == "vit" else DeiTImageProcessor(size={"height": 64, "width": 64}, crop_size={"height": 48, "width": 48},
-                                                       do_center_crop=True, resample=3)
-    made.save_pretrained(tmp_path)
+    made = {"vit": lambda: ViTImageProcessor(size={"height": 48, "width": 48}, image_mean=[0.4, 0.5, 0.6],
+                                             image_std=[0.2, 0.3, 0.25]),
+            "deit": lambda: DeiTImageProcessor(size={"height": 64, "width": 64}, crop_size={"height": 48, "width": 48},
+                                               do_center_crop=True, resample=3),
+            "convnext": lambda: ConvNextImageProcessor(size={"shortest_edge": 48}, crop_pct=0.8),
+            "convnext_warp": lambda: ConvNextImageProcessor(size={"shortest_edge": 384}, crop_pct=0.8)}
+    if processor == "resnet_legacy":  # as microsoft/resnet-50 ships it (size 224 there)
+        (tmp_path / "preprocessor_config.json").write_text(_json.dumps({
+            "crop_pct": 0.875, "do_normalize": True, "do_resize": True, "feature_extractor_type": "ConvNextFeatureExtractor",
+            "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "resample": 1, "size": 48}))
+        made = AutoImageProcessor.from_pretrained(str(tmp_path))
+    else:
+        made = made[processor]()
+        made.save_pretrained(tmp_path)
     cfg = OmegaConf.create({"hf_classifier": str(tmp_path)} | image_processing(tmp_path, {}))
-    assert cfg.image_size == 48
+    assert cfg.image_size == side
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8))
     ours = eval_transform(cfg)(image)
     theirs = made(image, return_tensors="pt")["pixel_values"][0]
-    assert ours.shape == theirs.shape == (3, 48, 48)
+    assert ours.shape == theirs.shape == (3, side, side)
     torch.testing.assert_close(ours, theirs, atol=0.05, rtol=0)  # PIL resize both ways; rounding differs
     assert (ours - theirs).abs().mean() < 0.01
 
@@ -356,6 +416,28 @@ def test_an_image_processor_that_skips_a_step_is_refused_not_read_as_the_default
     ViTImageProcessor(size={"height": 48, "width": 48}, **setting).save_pretrained(tmp_path)
     with pytest.raises(BadInput, match=said):
         image_processing(tmp_path, {})
+
+
+@pytest.mark.parametrize("setting, config, said", [
+    (dict(crop_pct=0.9), {}, "crop_pct=0.9 in ViTImageProcessor: .* ConvNextImageProcessor only"),
+    (dict(resample=7), {}, "resample=7: expected one of PIL's codes"),
+    (dict(image_mean=[0.5], image_std=[0.25]), {"num_channels": 1}, "num_channels=1, .*expected RGB input"),
+    ({}, {"num_channels": 1}, "num_channels=1, .*expected RGB input")])
+def test_an_image_processor_or_input_not_reproduced_here_is_refused_in_one_line(tmp_path, setting, config, said):
+    """A crop percentage outside ConvNeXt's processor, a resample code PIL does not have, and grayscale
+    classifiers (every data= set is read as RGB) are refused by name, before any model is built."""
+    import json as _json
+
+    from transformers import ViTImageProcessor
+
+    from soups.errors import BadInput
+    from soups.models.hf import image_processing
+
+    ViTImageProcessor(size={"height": 48, "width": 48}).save_pretrained(tmp_path)
+    path = tmp_path / "preprocessor_config.json"
+    path.write_text(_json.dumps(_json.loads(path.read_text()) | setting))
+    with pytest.raises(BadInput, match=said):
+        image_processing(tmp_path, config)
 
 
 def test_tied_embeddings_are_merged_once_and_every_tied_copy_holds_the_recipes_value(tmp_path):

@@ -163,7 +163,8 @@ def hf_classifier(model_cfg, num_classes: int, load_pretrained: bool = False) ->
                                                        ignore_mismatched_sizes=True)
     wrapped = HFClassifier(model.eval(), kind)
     top = wrapped.head_path.split(".")[0] + "."
-    missing = list(info.get("missing_keys") or [])
+    # BatchNorm's step counter: absent from older files, loaded as 0 by torch itself, unused in evaluation
+    missing = [k for k in info.get("missing_keys") or [] if not k.endswith("num_batches_tracked")]
     wrong = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or []]
     not_head = [k for k in missing + wrong if not k.startswith(top)]
     if not_head:
@@ -200,7 +201,8 @@ def load_folder(folder: Path, kind: str) -> nn.Module:
     with _quiet_transformers(), load_errors(folder):
         model, info = auto_class(kind).from_pretrained(str(folder), use_safetensors=True, dtype=torch.float32,
                                                        output_loading_info=True)
-    missing = list(info.get("missing_keys") or [])
+    # BatchNorm's step counter: absent from older files, loaded as 0 by torch itself, unused in evaluation
+    missing = [k for k in info.get("missing_keys") or [] if not k.endswith("num_batches_tracked")]
     wrong = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or []]
     if missing or wrong:
         raise BadInput(f"{folder}: its weights do not fill its own architecture: {len(missing)} tensors missing "
@@ -253,7 +255,9 @@ def model_cfg_for(folder: Path, config: dict, max_length: int, tokenizer_dir: Pa
     return cfg | image_processing(folder, config)
 
 
-RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's codes, as preprocessor_config.json stores them
+RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}  # PIL's codes, as
+# preprocessor_config.json stores them; torchvision resizes PIL images with PIL's own filter of the same name
+CROP_PCT_WARP = 384  # ConvNextImageProcessor: from this shortest_edge on, crop_pct is ignored and images are warped
 
 
 def image_processing(folder: Path, config: dict) -> dict:
@@ -261,14 +265,19 @@ def image_processing(folder: Path, config: dict) -> dict:
     side the model reads), mean, std, interpolation, hf_resize (the square side, or the shortest edge, it first
     resizes to), hf_resize_shortest (bool), hf_crop (the center crop's side, or None)}. ImageNet-style sets are
     read through exactly that (models.classifier.eval_transform); in-memory digits are resized to image_size.
-    Raises BadInput where it is absent, not square, or resizes by crop_pct (not reproduced here)."""
+    ConvNextImageProcessor's `crop_pct` (ResNet and ConvNeXt folders): below 384 the shortest edge is resized
+    to int(shortest_edge / crop_pct), then center-cropped to shortest_edge; from 384 on, a square warp.
+    Raises BadInput where it is absent, not square, uses crop_pct in another processor, or an unknown resample."""
     path = folder / "preprocessor_config.json"
     if not path.is_file():
         raise BadInput(f"{folder}: no preprocessor_config.json (the image processor says the input size, mean and "
                        f"std): save it beside the weights (processor.save_pretrained(folder))")
     proc = json.loads(path.read_text())
-    if proc.get("crop_pct") is not None:
-        raise BadInput(f"{path}: crop_pct={proc['crop_pct']}: a resize by crop percentage is not reproduced here")
+    kind = proc.get("image_processor_type") or proc.get("feature_extractor_type")  # older folders: the latter
+    convnext = str(kind).startswith("ConvNext")  # e.g. microsoft/resnet-50's ConvNextFeatureExtractor
+    if proc.get("crop_pct") is not None and not convnext:
+        raise BadInput(f"{path}: crop_pct={proc['crop_pct']} in {kind}: a resize by crop percentage is reproduced "
+                       f"for ConvNextImageProcessor only")
     # steps read here as always on (their defaults): switched off, the model was fed other inputs
     off = [k for k in ("do_resize", "do_rescale", "do_normalize") if proc.get(k) is False]
     scale = proc.get("rescale_factor")
@@ -290,11 +299,23 @@ def image_processing(folder: Path, config: dict) -> dict:
 
     resize, shortest = side(proc.get("size"), "size")
     crop = side(proc.get("crop_size"), "crop_size")[0] if proc.get("do_center_crop") else None
+    if convnext:  # its own crop: by crop_pct below 384, none (a square warp) from 384 on
+        shortest = shortest or isinstance(proc.get("size"), int)  # an int size is its shortest edge there
+        if not shortest:
+            raise BadInput(f"{path}: size {proc.get('size')}: ConvNextImageProcessor expects {{shortest_edge}}")
+        crop_pct = float(proc.get("crop_pct") or 224 / 256)
+        resize, shortest, crop = ((int(resize / crop_pct), True, resize) if resize < CROP_PCT_WARP
+                                  else (resize, False, None))
     if shortest and crop is None:
         raise BadInput(f"{path}: a shortest-edge resize without a center crop gives images of any shape")
-    return {"image_size": crop or resize, "mean": list(proc.get("image_mean", [0.5] * 3)),
-            "std": list(proc.get("image_std", [0.5] * 3)),
-            "interpolation": RESAMPLE.get(int(proc.get("resample", 2)), "bilinear"),
+    resample = proc.get("resample", 2)
+    if resample not in RESAMPLE:
+        raise BadInput(f"{path}: resample={resample!r}: expected one of PIL's codes {RESAMPLE}")
+    mean, std = list(proc.get("image_mean", [0.5] * 3)), list(proc.get("image_std", [0.5] * 3))
+    if len(mean) != 3 or len(std) != 3 or int(config.get("num_channels", 3)) != 3:
+        raise BadInput(f"{folder}: num_channels={config.get('num_channels', 3)}, image_mean {mean}, image_std {std}: "
+                       f"expected RGB input (3 channels; every data= set here is read as RGB)")
+    return {"image_size": crop or resize, "mean": mean, "std": std, "interpolation": RESAMPLE[resample],
             "hf_resize": resize, "hf_resize_shortest": shortest, "hf_crop": crop}
 
 

@@ -180,6 +180,9 @@ class _Converter:
             state, head = self.with_head(state, path)
         else:
             head = "checkpoint"
+        for key in self.expected:  # older torchvision and converted files lack it; torch loads them with 0
+            if key.endswith(".num_batches_tracked") and key not in state:
+                state[key] = torch.tensor(0, dtype=torch.long)
         wrong = misfit(state, self.expected)
         if wrong:
             raise BadInput(f"{path} does not fit model={self.run_cfg.model.get('name')} with "
