@@ -70,11 +70,18 @@ def export(soup_dir: Path, to: str, clip_file: Path | None = None) -> dict:
         atomic_save_safetensors({"weight": weights["head.weight"], "bias": weights["head.bias"]}, head)
         norm = "F.normalize(model.encode_image(x), dim=-1)" if model_cfg.normalize_features else "model.encode_image(x)"
         name, size = model_cfg.open_clip_name, int(model_cfg.image_size)
+        # the soup was measured at model.image_size with model.mean/std: the one-liner builds and preprocesses so
+        # (open_clip would otherwise resize a ViT's position grid to its config's size, and normalize by its own)
+        norm_args = _preprocess_args(name, list(model_cfg.mean), list(model_cfg.std))
         if _timm_tower_resized(name, size):  # open_clip sizes a timm tower after loading `pretrained`: load after
             create = (f"model = open_clip.create_model({name!r}, force_image_size={size}); "
-                      f"model.load_state_dict(torch.load({str(out)!r}, weights_only=True))")
+                      f"model.load_state_dict(torch.load({str(out)!r}, weights_only=True)); "
+                      f"preprocess = open_clip.image_transform({size}, is_train=False, "
+                      f"mean={tuple(model_cfg.mean)}, std={tuple(model_cfg.std)})")
         else:
-            create = f"model, _, preprocess = open_clip.create_model_and_transforms({name!r}, pretrained={str(out)!r})"
+            forced = f", force_image_size={size}" if _native_size(name) != size else ""
+            create = (f"model, _, preprocess = open_clip.create_model_and_transforms({name!r}, "
+                      f"pretrained={str(out)!r}{forced}{norm_args})")
         load = f"{create}; h = safetensors.torch.load_file({str(head)!r}); logits = {norm} @ h['weight'].T + h['bias']"
     elif to == "safetensors":
         out = soup_dir / WEIGHTS_NAME
@@ -140,6 +147,26 @@ def _timm_tower_resized(name: str, image_size: int) -> bool:
 
     default = timm.create_model(vision["timm_model_name"], pretrained=False).pretrained_cfg.get("input_size")
     return default is None or int(default[-1]) != image_size
+
+
+def _native_size(name: str) -> int:
+    """The image size of open_clip's config for `name`."""
+    import open_clip
+
+    size = open_clip.get_model_config(name)["vision_cfg"].get("image_size", 224)
+    return int(size[-1] if isinstance(size, (list, tuple)) else size)
+
+
+def _preprocess_args(name: str, mean: list, std: list) -> str:
+    """`, image_mean=..., image_std=...` where the soup's normalization is not open_clip's for `name` (its
+    config's preprocess_cfg, else OpenAI's), so the returned `preprocess` feeds the model what the soup saw."""
+    import open_clip
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    own = open_clip.get_model_config(name).get("preprocess_cfg", {})
+    same = all(abs(a - b) < 1e-6 for a, b in zip([*mean, *std], [*own.get("mean", OPENAI_DATASET_MEAN),
+                                                                   *own.get("std", OPENAI_DATASET_STD)]))
+    return "" if same else f", image_mean={tuple(mean)}, image_std={tuple(std)}"
 
 
 def _atomic_torch_save(state: dict, out: Path) -> None:

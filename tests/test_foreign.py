@@ -48,14 +48,15 @@ def perturbed(state: dict, scale: float, seed: int) -> dict:
             for k, v in state.items()}
 
 
-def write_open_clip_train(folder: Path, n: int = 3) -> dict:
+def write_open_clip_train(folder: Path, n: int = 3, image_size: int = 32) -> dict:
     """n fine-tunes of one tiny CLIP as open_clip_train saves them (epoch_N.pt; DDP `module.` keys) and one
     bare state dict; returns the init's state dict."""
     from soups.models.classifier import create_clip
     from omegaconf import OmegaConf
 
     torch.manual_seed(0)
-    clip = create_clip(OmegaConf.load(ROOT / "conf/model/tiny_clip.yaml"), load_pretrained=False)
+    clip = create_clip(OmegaConf.merge(OmegaConf.load(ROOT / "conf/model/tiny_clip.yaml"), {"image_size": image_size}),
+                       load_pretrained=False)
     init = clip.state_dict()
     for i in range(n):
         state = perturbed(init, 0.02, seed=i + 1)
@@ -334,3 +335,37 @@ def test_bn_checkpoints_without_step_counters_soup_as_timm_loads_them(tmp_path):
          "model.image_size=32", "method=uniform")
     weights = load_weights(tmp_path / "soup" / "uniform" / "model.safetensors")
     torch.testing.assert_close(weights["conv1.0.weight"], (states[0]["conv1.0.weight"] + states[1]["conv1.0.weight"]) / 2)
+
+
+def test_the_printed_open_clip_line_builds_the_soup_at_its_size_and_preprocesses_as_it_was_measured(tmp_path):
+    """A CLIP fine-tuned at 64 px (its config says 32) with mean/std 0.5 (open_clip's default is OpenAI's): the
+    line export_soup.py prints, run as printed, gives the soup's logits on the pixels its `preprocess` makes,
+    and those pixels are the ones the soup was evaluated on (open_clip alone would shrink the ViT's position
+    grid to 32 px and normalize by OpenAI's mean)."""
+    import numpy as np
+    import open_clip
+    import safetensors.torch
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    import soups.models.classifier  # noqa: F401 - registers the tiny model config with open_clip
+    from soups.models.classifier import eval_transform
+
+    write_open_clip_train(tmp_path / "ckpts", n=2, image_size=64)
+    soup(tmp_path, "pool=files", f"pool.glob={tmp_path}/ckpts/*/checkpoints/epoch_2.pt", "model=tiny_clip",
+         "model.image_size=64", f"pool.classnames={DIGITS}", "pool.templates=simple", "method=uniform")
+    uniform = tmp_path / "soup" / "uniform"
+    exported = export(uniform, "open_clip", tmp_path / "ckpts" / "run0" / "checkpoints" / "epoch_2.pt")
+    assert "force_image_size=64" in exported["load"] and "image_mean=(0.5, 0.5, 0.5)" in exported["load"]
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    ours = eval_transform(OmegaConf.create(json.loads((uniform / "run.json").read_text())["config"]["model"]))(image)
+    scope = {"open_clip": open_clip, "torch": torch, "safetensors": safetensors, "F": F}
+    code = exported["load"]
+    exec(code.split("; h = ")[0], scope)  # the model and its preprocess, as printed
+    x = scope["preprocess"](image).unsqueeze(0)
+    torch.testing.assert_close(x[0], ours, rtol=0, atol=0)
+    scope["x"] = x
+    with torch.no_grad():
+        scope["model"].eval()
+        exec("h = " + code.split("; h = ")[1], scope)
+        torch.testing.assert_close(scope["logits"], classifier_with(uniform)(x), rtol=0, atol=1e-5)
