@@ -186,7 +186,8 @@ class _Converter:
         wrong = misfit(state, self.expected)
         if wrong:
             raise BadInput(f"{path} does not fit model={self.run_cfg.model.get('name')} with "
-                           f"{self.run_cfg.data.num_classes} classes (another architecture or dataset?): {wrong}")
+                           f"{self.run_cfg.data.num_classes} classes at model.image_size={self.run_cfg.model.get('image_size')} "
+                           f"(another architecture, dataset or image size?): {wrong}")
         return state, head
 
     def with_head(self, clip_state: dict, path: Path) -> tuple[dict, str]:
@@ -201,8 +202,9 @@ class _Converter:
             clip = create_clip(self.run_cfg.model, load_pretrained=False)
             wrong = misfit(clip_state, {k: v.shape for k, v in clip.state_dict().items()})  # before load_state_dict's trace
             if wrong:
-                raise BadInput(f"{path} is not a whole {self.run_cfg.model.open_clip_name} CLIP (pool.text_tower=own "
-                               f"builds the zero-shot head from its text tower): {wrong}; or give pool.head_file")
+                raise BadInput(f"{path} is not a whole {self.run_cfg.model.open_clip_name} CLIP at model.image_size="
+                               f"{self.run_cfg.model.get('image_size')} (pool.text_tower=own builds the zero-shot head "
+                               f"from its text tower): {wrong}; or give pool.head_file")
             clip.load_state_dict(clip_state)
         else:
             if not self.run_cfg.model.get("pretrained"):
