@@ -492,3 +492,83 @@ def test_tied_embeddings_are_merged_once_and_every_tied_copy_holds_the_recipes_v
     angle = math.degrees(math.acos(float(d[0] @ d[1] / (d[0].norm() * d[1].norm()))))
     pair = json.loads((tmp_path / "pairs" / "pairs.json").read_text())["pairs"][0]
     assert pair["angle"] == pytest.approx(angle, abs=1e-6)
+
+
+def _text_folder(tmp_path: Path, model, tok) -> Path:
+    folder = tmp_path / type(model).__name__
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _classifier(folder: Path, max_length: int = 32):
+    from omegaconf import OmegaConf
+
+    from soups.models.hf import hf_classifier, model_cfg_for
+
+    cfg = model_cfg_for(folder, json.loads((folder / "config.json").read_text()), max_length, folder)
+    return hf_classifier(OmegaConf.create(cfg), 2, load_pretrained=True)
+
+
+def test_a_decoder_classifier_evaluated_in_padded_batches_gives_each_sentences_logits_alone(tmp_path):
+    """GPT-2 pools the last token that is not config.pad_token_id: padded on the right with that id, a batch
+    gives every sentence the logits transformers gives it alone."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from soups.models.text import pad
+
+    tok = tokenizer()
+    torch.manual_seed(0)
+    model = GPT2ForSequenceClassification(GPT2Config(vocab_size=tok.vocab_size, n_embd=16, n_layer=1, n_head=2,
+                                                     n_positions=64, pad_token_id=tok.pad_token_id, num_labels=2,
+                                                     id2label=LABELS, label2id={v: k for k, v in LABELS.items()})).eval()
+    classifier = _classifier(_text_folder(tmp_path, model, tok)).eval()
+    sentences = ["a film", "a great and moving film about people", "dull, tedious and messy from start to end"]
+    ids = [torch.tensor(tok(s)["input_ids"]) for s in sentences]
+    with torch.no_grad():
+        batched = classifier(pad(ids, tok.pad_token_id))
+        alone = torch.cat([model(input_ids=i[None]).logits for i in ids])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family, said", [
+    ("gpt2_other_pad", r"pools the last token that is not config.json's pad_token_id=102, but the tokenizer pads with 0"),
+    ("gpt2_no_pad", r"pad_token_id=None, but the tokenizer pads with 0"),
+    ("fnet", r"FNetForSequenceClassification .* takes no attention mask"),
+    ("xlnet", r"pools the last position \(summary_type=last\)"),
+    ("roberta_positions", r"max_length=40: .* has 38 positions for tokens \(40 from 2 on\)"),
+    ("tokenizer_without_pad", r"has no pad token")])
+def test_text_classifiers_that_padded_batches_would_misread_are_refused_by_name(tmp_path, family, said):
+    """Families whose logits on a right-padded batch are not each sentence's alone: refused before any work
+    (they were evaluated with pad tokens pooled or mixed in, or ended in a traceback)."""
+    import transformers as tf
+
+    from soups.errors import BadInput
+
+    tok = tokenizer()
+    labels = dict(num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    gpt2 = lambda pad_id: tf.GPT2ForSequenceClassification(tf.GPT2Config(  # noqa: E731
+        vocab_size=tok.vocab_size, n_embd=16, n_layer=1, n_head=2, n_positions=64, pad_token_id=pad_id, **labels))
+    build = {
+        "gpt2_other_pad": lambda: gpt2(tok.sep_token_id), "gpt2_no_pad": lambda: gpt2(None),
+        "fnet": lambda: tf.FNetForSequenceClassification(tf.FNetConfig(
+            vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, intermediate_size=32,
+            max_position_embeddings=64, **labels)),
+        "xlnet": lambda: tf.XLNetForSequenceClassification(tf.XLNetConfig(
+            vocab_size=tok.vocab_size, d_model=16, n_layer=1, n_head=2, d_inner=32, pad_token_id=0, **labels)),
+        "roberta_positions": lambda: tf.RobertaForSequenceClassification(tf.RobertaConfig(
+            vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=32, max_position_embeddings=40, pad_token_id=1, **labels)),
+        "tokenizer_without_pad": lambda: tiny_bert()}[family]
+    torch.manual_seed(0)
+    folder = _text_folder(tmp_path, build(), tok)
+    if family == "tokenizer_without_pad":  # the same vocabulary, saved by a tokenizer that names no pad token
+        from transformers import PreTrainedTokenizerFast
+
+        backend = copy.deepcopy(tok.backend_tokenizer)
+        backend.no_padding()
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+            (folder / name).unlink(missing_ok=True)
+        PreTrainedTokenizerFast(tokenizer_object=backend).save_pretrained(folder)
+    with pytest.raises(BadInput, match=said):
+        _classifier(folder, max_length=40)

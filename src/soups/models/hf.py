@@ -137,6 +137,41 @@ def folder_modality(folder: Path) -> str:
                    f"cannot tell whether it reads text or images")
 
 
+def check_text_input(model: nn.Module, folder: Path, model_cfg) -> None:
+    """BadInput where batches padded on the right with the tokenizer's pad token would not give each
+    sentence's logits alone (`HFClassifier.forward`): no pad token; a forward that takes no attention mask
+    (FNet mixes pad tokens in); pooling of the last position (XLNet's summary_type=last reads left-padded
+    input); a classifier that pools the last token that is not `config.pad_token_id` (GPT-2, Llama, Qwen2…)
+    while that id is unset or not the tokenizer's; `max_length` beyond the position table (RoBERTa-style
+    embeddings start counting at padding_idx + 1)."""
+    import inspect
+
+    from transformers import AutoTokenizer
+
+    config, name = model.config, type(model).__name__
+    with _quiet_transformers():
+        pad = AutoTokenizer.from_pretrained(str(hf_processor_dir(model_cfg))).pad_token_id
+    if pad is None:
+        raise BadInput(f"the tokenizer of {folder} has no pad token: batches need one (tokenizer.pad_token = "
+                       f"tokenizer.eos_token, then save_pretrained; and config.json's pad_token_id the same)")
+    if "attention_mask" not in inspect.signature(model.base_model.forward).parameters:
+        raise BadInput(f"{name} ({folder}) takes no attention mask: padded batches would mix pad tokens into every "
+                       f"sentence; not reproduced here")
+    if getattr(config, "summary_type", None) == "last":
+        raise BadInput(f"{name} ({folder}) pools the last position (summary_type=last), which needs left-padded "
+                       f"batches; not reproduced here")
+    if "pad_token_id" in inspect.getsource(type(model).forward) and config.pad_token_id != pad:
+        raise BadInput(f"{name} ({folder}) pools the last token that is not config.json's pad_token_id="
+                       f"{config.pad_token_id}, but the tokenizer pads with {pad}: padded batches would pool pad "
+                       f"tokens; set pad_token_id to {pad} in config.json (or give the tokenizer that pad token)")
+    positions = getattr(config, "max_position_embeddings", None)
+    offset = getattr(getattr(model.base_model, "embeddings", None), "padding_idx", None)
+    usable = positions - (offset + 1 if isinstance(offset, int) else 0) if positions and positions > 0 else None
+    if usable is not None and int(model_cfg.get("max_length") or 0) > usable:
+        raise BadInput(f"max_length={model_cfg.get('max_length')}: {folder} has {usable} positions for tokens"
+                       + (f" ({positions} from {offset + 1} on)" if isinstance(offset, int) else ""))
+
+
 def hf_classifier(model_cfg, num_classes: int, load_pretrained: bool = False) -> HFClassifier:
     """`model.hf_classifier` as a classifier of `num_classes`: its architecture (weights to be loaded), or with
     `load_pretrained` and `model.pretrained` its weights too. A classifier folder keeps its head where the
@@ -153,14 +188,16 @@ def hf_classifier(model_cfg, num_classes: int, load_pretrained: bool = False) ->
             config.num_labels = num_classes
             config.id2label = {i: f"LABEL_{i}" for i in range(num_classes)}
             config.label2id = {v: k for k, v in config.id2label.items()}
-        positions = getattr(config, "max_position_embeddings", None)
-        if kind == "text" and positions and int(model_cfg.get("max_length") or 0) > positions:
-            raise BadInput(f"max_length={model_cfg.get('max_length')}: {folder} has {positions} positions")
         if not (load_pretrained and model_cfg.get("pretrained", True)):
-            return HFClassifier(auto_class(kind).from_config(config, dtype=torch.float32).eval(), kind)
+            model = auto_class(kind).from_config(config, dtype=torch.float32).eval()
+            if kind == "text":
+                check_text_input(model, folder, model_cfg)
+            return HFClassifier(model, kind)
         model, info = auto_class(kind).from_pretrained(str(folder), config=config, use_safetensors=True,
                                                        dtype=torch.float32, output_loading_info=True,
                                                        ignore_mismatched_sizes=True)
+    if kind == "text":
+        check_text_input(model, folder, model_cfg)
     wrapped = HFClassifier(model.eval(), kind)
     top = wrapped.head_path.split(".")[0] + "."
     # BatchNorm's step counter: absent from older files, loaded as 0 by torch itself, unused in evaluation
