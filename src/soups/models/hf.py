@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from soups.errors import BadInput
-from soups.models.text import TOKENIZER_FILES, TokenBatch, _quiet_transformers, encoder_dir
+from soups.models.text import TOKENIZER_FILES, TokenBatch, _quiet_transformers, encoder_dir, tokenizer_for
 
 log = logging.getLogger(__name__)
 PREFIX = "model."
@@ -146,11 +146,11 @@ def check_text_input(model: nn.Module, folder: Path, model_cfg) -> None:
     embeddings start counting at padding_idx + 1)."""
     import inspect
 
-    from transformers import AutoTokenizer
+    from omegaconf import OmegaConf
 
     config, name = model.config, type(model).__name__
-    with _quiet_transformers():
-        pad = AutoTokenizer.from_pretrained(str(hf_processor_dir(model_cfg))).pad_token_id
+    # the tokenizer the data pads with (soups.data.text.TextSet)
+    pad = tokenizer_for(OmegaConf.merge(model_cfg, {"tokenizer": str(hf_processor_dir(model_cfg))})).pad_token_id
     if pad is None:
         raise BadInput(f"the tokenizer of {folder} has no pad token: batches need one (tokenizer.pad_token = "
                        f"tokenizer.eos_token, then save_pretrained; and config.json's pad_token_id the same)")
