@@ -19,6 +19,8 @@ from test_text import fake_sentences
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 LABELS = {0: "negative", 1: "positive"}
 SMALL = ["data=sentiment", "data.test_size=20", "data.val_size=20", "data.shifts.max_images=25", "eval_batch_size=16"]
+DIGITS_SMALL = ["data=mnist", "data.val_per_class=5", "data.test_per_class=5", "data.shifts.max_images=20",
+                "method=[uniform]", "eval_batch_size=32"]
 
 
 def tiny_bert(id2label=LABELS, **overrides):
@@ -269,9 +271,7 @@ def test_image_classifiers_are_read_with_their_processor_and_exported_with_it(tm
         model.save_pretrained(tmp_path / "vits" / f"vit{i}")
         processor.save_pretrained(tmp_path / "vits" / f"vit{i}")
     out = tmp_path / "soup"
-    proc = soup(tmp_path, ["pool=hf", f"pool.glob={tmp_path}/vits/*", "data=mnist", "data.val_per_class=5",
-                           "data.test_per_class=5", "data.shifts.max_images=20", "method=[uniform]",
-                           "eval_batch_size=32"], out)
+    proc = soup(tmp_path, ["pool=hf", f"pool.glob={tmp_path}/vits/*", *DIGITS_SMALL], out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model_cfg = json.loads((out / "uniform" / "run.json").read_text())["config"]["model"]
     assert model_cfg["image_size"] == 32 and model_cfg["std"] == [0.25] * 3
@@ -315,9 +315,7 @@ def test_resnet_folders_with_their_convnext_processor_and_without_bn_step_counte
         save({k: v for k, v in tensors.items() if not k.endswith("num_batches_tracked")}, str(folder / "model.safetensors"),
              metadata={"format": "pt"})
     out = tmp_path / "soup"
-    proc = soup(tmp_path, ["pool=hf", f"pool.glob={tmp_path}/resnets/*", "data=mnist", "data.val_per_class=5",
-                           "data.test_per_class=5", "data.shifts.max_images=20", "method=[uniform]",
-                           "eval_batch_size=32"], out)
+    proc = soup(tmp_path, ["pool=hf", f"pool.glob={tmp_path}/resnets/*", *DIGITS_SMALL], out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model_cfg = json.loads((out / "uniform" / "run.json").read_text())["config"]["model"]
     assert model_cfg["image_size"] == 32 and model_cfg["hf_resize"] == 36 and model_cfg["hf_crop"] == 32
