@@ -240,12 +240,13 @@ def test_landscape_on_a_sweep_marks_the_models_and_reads_its_grid_back(tiny_swee
     assert plain["bn_recalibrated"] is False and plain["images_forwarded"] > 0
     (init_dir,) = {json.loads(r.read_text())["init"]["dir"] for r in sweep.glob("*/run.json")}
     init = str(Path(init_dir) / "model.safetensors")
+    original = Path(init).read_bytes()  # restored byte for byte: the sweep's run.json records its sha256
     state = load_file(init)
     save_file({k: v * 0.5 if v.is_floating_point() else v for k, v in state.items()}, init)
     try:
         moved = analyze(sweep, tmp, tmp_path / "moved", *args)
     finally:
-        save_file(state, init)
+        Path(init).write_bytes(original)
     assert moved["images_forwarded"] == 9 * 3 * 20 and moved["points"]["first"] != record["points"]["first"]
 
 
