@@ -30,6 +30,14 @@ def test_ece_averages_within_a_bin_before_taking_the_gap():
     assert ece(torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])) == pytest.approx(1.0)
 
 
+def test_a_confidence_on_a_bin_edge_is_in_the_lower_bin_as_in_guo_et_al():
+    """I_m = ((m-1)/M, m/M] (Guo et al., 2017): equal logits over 3 classes give confidence 1/3 = 5/15, the top
+    of bin 5, apart from a confidence of 0.36 (bin 6). torchmetrics' right-open bins put both in bin 6 (15.33)."""
+    logits = torch.tensor([[0.0, 0.0, 0.0], [math.log(0.36 / 0.32), 0.0, 0.0]], dtype=torch.float64)
+    labels = torch.tensor([0, 1])  # the first is right (argmax 0, confidence 1/3), the second wrong (0.36)
+    assert ece(logits, labels) == pytest.approx(100 * (0.5 * (1 - 1 / 3) + 0.5 * 0.36))  # 51.33, two bins
+
+
 def test_nll_is_the_mean_negative_log_probability_of_the_label():
     logits, labels = two_class(0.8, 4, 3)
     assert nll(logits, labels) == pytest.approx(-(3 * math.log(0.8) + math.log(0.2)) / 4)

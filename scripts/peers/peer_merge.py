@@ -200,6 +200,8 @@ def check() -> None:
 
     import_peer("mergekit")
     import_peer("fusionbench")
+    import statsmodels.stats.contingency_tables  # noqa: F401  (scripts/peers/stats.py)
+    import torchmetrics.functional.classification  # noqa: F401
     print(f"peers ready: mergekit {md.version('mergekit')}, fusion-bench {md.version('fusion-bench')}, "
           f"torch {torch.__version__} from {torch.__file__.rsplit('/torch/', 1)[0]}")
 

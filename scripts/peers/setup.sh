@@ -16,8 +16,9 @@ PINNED=.venv
 PACKAGES=(mergekit==0.1.5 fusion-bench==0.2.33)
 # Imported by FusionBench's generic merge code (fusion_bench.mixins / utils) and absent from .venv; pure
 # python, ~17 MB. Not needed: datasets (+ pyarrow), which only its CLIP variants import (peer_merge.py skips
-# their package __init__), and immutables, which mergekit.merge_methods does not import.
-EXTRA=(bidict==0.24.1 lightning==2.6.6 lightning-utilities==0.15.3 torchmetrics==1.9.0)
+# their package __init__), and immutables, which mergekit.merge_methods does not import. statsmodels (+ patsy):
+# the McNemar oracle of scripts/peers/stats.py (torchmetrics is its ECE oracle).
+EXTRA=(bidict==0.24.1 lightning==2.6.6 lightning-utilities==0.15.3 torchmetrics==1.9.0 statsmodels==0.15.0 patsy==1.0.3)
 test -x "$PINNED/bin/python" || { echo "no $PINNED: run 'make venv' first" >&2; exit 1; }
 
 purelib() { "$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
