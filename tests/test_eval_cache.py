@@ -77,6 +77,25 @@ def test_a_second_soup_run_evaluates_nothing_again(tiny_sweep, soup_cfg, tmp_pat
     assert [r["metrics"] for r in second] == [r["metrics"] for r in first]
 
 
+def test_a_pool_evaluated_by_the_evaluate_job_leaves_the_soup_nothing_to_forward_init_included(
+        tiny_sweep, soup_cfg, tmp_path, monkeypatch, caplog):
+    """src/evaluate.py under other settings than the fine-tunes' measures the run-dir pool's init too (it once
+    left it to the soup job, whose log then counted the init's images as the individual models')."""
+    from conftest import compose_cfg
+
+    from soups.jobs.evaluate import run_evaluate
+
+    _, sweep = tiny_sweep
+    record = run_evaluate(compose_cfg("evaluate", tmp_path, [f"pool.dir={sweep}", "eval_batch_size=64"]), tmp_path / "e")
+    assert sorted(record["metrics"]) == [f"{sweep.name}/{i}" for i in range(3)] + ["initialization"]
+    calls = count_forward_passes(monkeypatch)
+    caplog.set_level("INFO", logger="soups.jobs.soup")
+    rows = run_soup(soup_cfg(f"pool.dir={sweep}", "method=ensemble", "eval_batch_size=64"), tmp_path / "soup")
+    assert calls == [] and "individual models: 0 images forwarded for 3 models" in caplog.text
+    assert "the initialization:" not in caplog.text and rows[0]["row"] == "initialization"
+    assert rows[0]["metrics"] == record["metrics"]["initialization"]
+
+
 def test_by_default_a_soup_measures_at_its_pools_batch_size_and_reuses_the_runs_metrics(tiny_sweep, soup_cfg,
                                                                                          tmp_path, monkeypatch):
     tmp, sweep = tiny_sweep  # fine-tuned with eval_batch_size=128 (TINY), logits in tmp/cache

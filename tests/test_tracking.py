@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import wandb
 from omegaconf import OmegaConf
@@ -70,13 +72,22 @@ def test_each_recipe_logs_metrics_trace_curve_and_plot(tiny_sweep, soup_cfg, tmp
     monkeypatch.setattr(soup_job, "tracking", lambda *a, **k: contextlib.nullcontext(recorder))
     _, sweep = tiny_sweep
     soup_job.run_soup(soup_cfg(f"pool.dir={sweep}", "method=[greedy,greedy_random,learned,wise_ft]",
-                               "method.greedy_random.orders=2", "method.learned.epochs=1",
+                               "method.greedy_random.orders=4", "method.learned.epochs=1",
                                "method.wise_ft.alphas=[0.0,1.0]"), tmp_path / "soup")
     for name in ("greedy", "greedy_random", "learned", "wise_ft"):
         assert {f"{name}/val", f"{name}/test", f"{name}/avg_shifts"} <= set(recorder.logged)
+    # W&B says what the report's row says: for greedy_random the mean over orders (it once logged the saved
+    # order's own numbers under the same name), its std, and the saved weights' metrics apart
+    rows = {r["method"]: r for r in json.loads((tmp_path / "soup" / "results.json").read_text()) if r.get("method")}
+    for name in ("greedy", "greedy_random", "learned", "wise_ft"):
+        assert {k: recorder.logged[f"{name}/{k}"] for k in rows[name]["metrics"]} == rows[name]["metrics"], name
+    saved = json.loads((tmp_path / "soup" / "greedy_random" / "soup.json").read_text())
+    assert {k: recorder.logged[f"greedy_random/std/{k}"] for k in saved["std"]} == saved["std"] == rows["greedy_random"]["std"]
+    assert {k: recorder.logged[f"greedy_random/saved/{k}"] for k in saved["metrics"]} == saved["metrics"]
+    assert saved["metrics"] != saved["mean"]  # this pool's orders differ, so the two would be told apart
     columns, rows = recorder.tables["greedy/trace"]
     assert columns[0] == "run" and len(rows) == 3
-    assert len(recorder.tables["greedy_random/orders"][1]) == 2
+    assert len(recorder.tables["greedy_random/orders"][1]) == 4
     assert [r[0] for r in recorder.tables["wise_ft/curve"][1]] == [0.0, 1.0]
     assert recorder.images["learned/coefficients"].name == "coefficients.png"
     assert set(recorder.images) >= {"soups/figure"} and "soups/table" in recorder.tables

@@ -44,8 +44,9 @@ def named_pool(cfg, shards: int) -> None:
 
 
 def run_evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
-    """Evaluates this shard's ingredients (and, in shard 0, a pool's init file) unless the cache or their
-    run.json holds them already; writes evaluate.json in `out_dir` ({ingredient: metrics}, images forwarded,
+    """Evaluates this shard's ingredients (and, in shard 0, the pool's init: a released init file, or a run-dir
+    pool's init whose run.json numbers were measured under other settings) unless the cache or their run.json
+    holds them already; writes evaluate.json in `out_dir` ({ingredient: metrics}, images forwarded,
     seconds) and returns it."""
     cfg = checked(cfg, SoupSettings)
     shard, shards = shard_of(cfg)
@@ -62,6 +63,9 @@ def run_evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
         metrics[ingredient.name] = scorer.individual_metrics(ingredient)
         if scorer.cache_logits:  # what ensembles and the soups' comparisons with the best individual read
             scorer.individual_logits(ingredient)
+    init = pool.template()["init"] if shard == 0 and pool.release_init is None else {}
+    if init.get("metrics"):  # a run-dir pool's init, measured again where run.json's are under other settings
+        metrics["initialization"] = scorer.init_record(init)["metrics"]
     record = {"pool": pool.name, "ingredients": [i.name for i in pool.ingredients], "shard": shard,
               "shards": shards, "metrics": metrics,
               "images_forwarded": scorer.images_forwarded, "seconds": round(time.time() - start, 1)}

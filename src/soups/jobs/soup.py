@@ -52,7 +52,12 @@ def run_recipe(name: str, recipe, pool: OpenPool, scorer: PoolScorer, out_dir: P
         log.info("%s: also written as %s", name, ", ".join(f"{p.name}/" for p in written))
     log_recipe(tracker, name, metrics, result, out_dir / name, quality)
     row = recipe_row(name, result, metrics, out_dir / name) | quality
-    log.info("%s (%d ingredients, %.1fs): %s", row["row"], len(result.ingredients), seconds, format_metrics(metrics))
+    if result.std is None:
+        log.info("%s (%d ingredients, %.1fs): %s", row["row"], len(result.ingredients), seconds, format_metrics(metrics))
+    else:  # the row is the mean over draws; the saved weights are one draw's
+        log.info("%s (%s ingredients, %.1fs): mean %s; std %s; saved weights (%d ingredients): %s", row["row"],
+                 row["ingredients"], seconds, format_metrics(result.mean), format_metrics(result.std),
+                 len(result.ingredients), format_metrics(metrics))
     return row
 
 
@@ -86,14 +91,18 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     individuals = pool.ingredients + ([pool.release_init] if pool.release_init else [])
     for ingredient in individuals:
         scorer.individual_metrics(ingredient)
-    template = pool.template() | {"evaluation": scorer.settings_record()}
-    if pool.release_init is None and template["init"].get("metrics"):  # a run-dir pool's init: its run.json's
-        template["init"] = scorer.init_record(template["init"])
-    rows = baseline_rows(pool.ingredients, template["init"]["metrics"])
     best = best_individual(pool.ingredients)
     best_logits = scorer.individual_logits(best)  # every soup and ensemble is compared with it, image by image
     log.info("individual models: %d images forwarded for %d models (0: all from run.json or the evaluation "
              "cache, e.g. filled by src/evaluate.py)", scorer.images_forwarded, len(individuals))
+    template = pool.template() | {"evaluation": scorer.settings_record()}
+    if pool.release_init is None and template["init"].get("metrics"):  # a run-dir pool's init: its run.json's
+        forwarded = scorer.images_forwarded
+        template["init"] = scorer.init_record(template["init"])
+        if scorer.images_forwarded > forwarded:
+            log.info("the initialization: %d images forwarded (its run.json's metrics were measured under other "
+                     "evaluation settings)", scorer.images_forwarded - forwarded)
+    rows = baseline_rows(pool.ingredients, template["init"]["metrics"])
     best_row = next(r for r in rows if r["kind"] == "best_individual")
     best_row |= scorer.qualify(best_logits, None, statistics)  # its calibration
 

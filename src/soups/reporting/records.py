@@ -73,9 +73,16 @@ def flat_table(rows: list[dict]) -> tuple[list[str], list[list]]:
 
 
 def log_recipe(tracker, name: str, metrics: dict, result: RecipeResult, soup_dir: Path, quality: dict) -> None:
-    """W&B: the recipe's metrics, calibration and difference to the best individual (`quality`: see
-    PoolScorer.qualify), each of its tables, its curve, and each of its figures."""
-    tracker.log({f"{name}/{k}": v for k, v in metrics.items()})
+    """W&B: the recipe's metrics as its report row shows them, calibration and difference to the best individual
+    (`quality`: see PoolScorer.qualify), each of its tables, its curve, and each of its figures. A recipe of
+    several draws (greedy_random) logs the row's mean over draws under its name, the spread under `std/`, and
+    `metrics`, the evaluation of the weights it saved (one draw), under `saved/`."""
+    if result.std is None:
+        tracker.log({f"{name}/{k}": v for k, v in metrics.items()})
+    else:
+        tracker.log({f"{name}/{k}": v for k, v in result.mean.items()}
+                    | {f"{name}/std/{k}": v for k, v in result.std.items()}
+                    | {f"{name}/saved/{k}": v for k, v in metrics.items()})
     for group, per_set in quality.items():  # e.g. greedy/calibration/test/ece, greedy/vs_best/test/low
         tracker.log({f"{name}/{group}/{s}/{k}": v for s, values in per_set.items() for k, v in values.items()})
     tables = {**result.tables, **({"curve": result.curve} if result.curve else {})}
