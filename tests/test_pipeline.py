@@ -230,6 +230,31 @@ def test_fp16_training_scales_the_loss_and_keeps_the_scale_in_the_training_state
     assert state["scaler"]["scale"] > 1.0  # the loss was scaled up (initial scale 2**16)
 
 
+def test_the_lr_curve_is_the_official_schedule_and_each_step_logs_the_lr_its_update_used(finetune_cfg):
+    """wise-ft's cosine_lr (src/models/utils.py, which model-soups' finetune.py uses): update i (from 0) runs at
+    base·(i+1)/warmup during warmup, then base·½(1 + cos(π·(i − warmup)/(T − warmup))). The curve's point at
+    step s (s updates done) is update s−1's lr; it once read the scheduler after stepping, one update late."""
+    import math
+
+    from soups.data import build_data
+    from soups.models.classifier import build_classifier
+    from soups.training.loop import finetune
+
+    cfg = finetune_cfg("model=tiny_vit", "epochs=2", "warmup_steps=3", "lr=1e-3")
+    model = build_classifier(cfg.model, cfg.data.num_classes)
+    data = build_data(cfg.data, cfg.model)
+    history = finetune(model, data.train_set(None, 1.0), cfg, cfg.data.num_classes, torch.device("cpu"), log_every=1)
+    total, warmup = len(history), 3
+    assert total == 2 * (200 // 16) and [r["step"] for r in history] == list(range(1, total + 1))
+
+    def official(i):
+        if i < warmup:
+            return 1e-3 * (i + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (i - warmup) / (total - warmup))) * 1e-3
+    assert [r["lr"] for r in history] == pytest.approx([official(s - 1) for s in range(1, total + 1)], rel=1e-12)
+    assert history[0]["lr"] == pytest.approx(1e-3 / 3) and history[-1]["lr"] > 0  # the last update's lr, not 0
+
+
 def test_weight_decay_skips_1d_tensors_unless_wd_1d_as_the_official_finetune_py():
     from soups.training.loop import make_optimizer
 

@@ -66,6 +66,7 @@ class Update:
     device: torch.device
     mixup: Mixup | None
     loss_fn: Callable = field(init=False)
+    last_lr: float | None = field(init=False, default=None)
 
     def __post_init__(self):
         self.loss_fn = SoftTargetCrossEntropy() if self.mixup else nn.CrossEntropyLoss(
@@ -88,6 +89,7 @@ class Update:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.scaler.step(self.optimizer)  # skipped (and the scale lowered) when fp16 gradients overflowed
         self.scaler.update()
+        self.last_lr = self.optimizer.param_groups[0]["lr"]  # the lr this update used (the curve's value)
         self.scheduler.step()
         return loss.detach()
 
@@ -159,7 +161,7 @@ def finetune(model: nn.Module, dataset: Dataset, cfg, num_classes: int, device: 
                 within.after_step(model, step)
             if step % log_every == 0 or step == total:  # one host sync per log_every steps
                 record = {"step": step, "epoch": epoch, "train_loss": finite_mean_loss(pending, group, step),
-                          "lr": update.scheduler.get_last_lr()[0]}
+                          "lr": update.last_lr}
                 pending = []
                 history.append(record)
                 bar.set_postfix(loss=f"{record['train_loss']:.3f}")
