@@ -68,12 +68,17 @@ def test_each_recipe_logs_metrics_trace_curve_and_plot(tiny_sweep, soup_cfg, tmp
 
     from soups.jobs import soup as soup_job
 
-    recorder = RecordingTracker()
-    monkeypatch.setattr(soup_job, "tracking", lambda *a, **k: contextlib.nullcontext(recorder))
+    recorder, opened = RecordingTracker(), {}
+    monkeypatch.setattr(soup_job, "tracking", lambda *a, **k: opened.update(k) or contextlib.nullcontext(recorder))
     _, sweep = tiny_sweep
     soup_job.run_soup(soup_cfg(f"pool.dir={sweep}", "method=[greedy,greedy_random,learned,wise_ft]",
                                "method.greedy_random.orders=4", "method.learned.epochs=1",
-                               "method.wise_ft.alphas=[0.0,1.0]"), tmp_path / "soup")
+                               "method.wise_ft.alphas=[0.0,1.0]", "eval_batch_size=null"), tmp_path / "soup")
+    # the run's config: the command's, and what was used where it left a choice (the pool's batch size, model)
+    evaluation = json.loads((tmp_path / "soup" / "greedy" / "soup.json").read_text())["evaluation"]
+    assert opened["config"]["eval_batch_size"] is None and opened["config"]["used"]["evaluation"] == evaluation
+    assert evaluation["batch_size"] == 128 and opened["config"]["used"]["model"]["name"] == "tiny_efficientnet"
+    assert opened["config"]["used"]["pool"] == {"name": sweep.name, "ingredients": 3}
     for name in ("greedy", "greedy_random", "learned", "wise_ft"):
         assert {f"{name}/val", f"{name}/test", f"{name}/avg_shifts"} <= set(recorder.logged)
     # W&B says what the report's row says: for greedy_random the mean over orders (it once logged the saved

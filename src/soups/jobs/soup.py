@@ -109,8 +109,12 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     def qualify(logits):
         return scorer.qualify(logits, best_logits, statistics)
 
+    # the command's config, plus what was used where it left a choice (eval_batch_size=null, model/data from
+    # the pool's runs, bn_recalibration=auto): what one filters runs by in W&B
+    used = {"evaluation": template["evaluation"], "pool": {"name": pool.name, "ingredients": len(pool.ingredients)},
+            **{k: template["config"][k] for k in ("model", "data") if k in template["config"]}}
     with tracking(logger, out_dir, name=f"soup/{out_dir.name}", job_type="soup",
-                  config=OmegaConf.to_container(cfg, resolve=True), group=pool.name) as tracker:
+                  config=OmegaConf.to_container(cfg, resolve=True) | {"used": used}, group=pool.name) as tracker:
         rows += [run_recipe(name, recipe, pool, scorer, out_dir, template, tracker, qualify)
                  for name, recipe in recipes.items()]
         title = f"soups of {pool.name} ({len(pool.ingredients)} ingredients)"
