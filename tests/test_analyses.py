@@ -222,6 +222,31 @@ def test_the_plane_is_orthonormal_and_passes_through_the_three_models():
         Plane(init, first, {k: (2 * first[k] - init[k] if v.is_floating_point() else v) for k, v in init.items()})
 
 
+def test_bn_statistics_on_the_plane_follow_the_models_so_their_points_are_those_models():
+    """Without BN recalibration a point's running statistics are the same affine mix as its weights: the points
+    at the fine-tunes are the fine-tunes, the midpoint is their 2-soup (they were the init's statistics, so the
+    landscape's marks were not those models: held-out error 88 vs the model's own 47 on a tiny BN sweep)."""
+    from soups.averaging import Plane
+
+    gen = torch.Generator().manual_seed(1)
+    init = {"w": torch.randn(4, 3, generator=gen), "bn.running_mean": torch.randn(3, generator=gen),
+            "bn.running_var": torch.rand(3, generator=gen) + 0.5, "bn.num_batches_tracked": torch.tensor(7)}
+    first = {k: v + torch.rand(v.shape, generator=gen) if v.is_floating_point() else torch.tensor(9) for k, v in init.items()}
+    second = {k: v + torch.rand(v.shape, generator=gen) if v.is_floating_point() else torch.tensor(11) for k, v in init.items()}
+    plane = Plane(init, first, second)
+    midpoint = tuple((a + b) / 2 for a, b in zip(plane.coordinates["first"], plane.coordinates["second"]))
+    soup = {k: (first[k] + second[k]) / 2 for k in init if init[k].is_floating_point()}
+    for coordinates, model in ((plane.coordinates["first"], first), (plane.coordinates["second"], second),
+                               (plane.coordinates["init"], init), (midpoint, soup)):
+        point = plane.point(*coordinates)
+        for k in model:
+            if k != "bn.num_batches_tracked":
+                assert torch.allclose(point[k], model[k], atol=1e-6), k
+        assert point["bn.num_batches_tracked"] == 7  # integer buffers: the init's
+    far = plane.point(-10 * plane.coordinates["first"][0], 0.0)  # a = -10: a negative variance would be NaN
+    assert (far["bn.running_var"] >= 0).all() and (far["bn.running_var"] == 0).any()
+
+
 def test_landscape_on_a_sweep_marks_the_models_and_reads_its_grid_back(tiny_sweep, tmp_path):
     tmp, sweep = tiny_sweep
     tmp = own_cache(tmp, tmp_path)

@@ -57,7 +57,7 @@ def write_open_clip_train(folder: Path, n: int = 3, image_size: int = 32) -> dic
     torch.manual_seed(0)
     clip = create_clip(OmegaConf.merge(OmegaConf.load(ROOT / "conf/model/tiny_clip.yaml"), {"image_size": image_size}),
                        load_pretrained=False)
-    init = clip.state_dict()
+    init = {k: v.clone() for k, v in clip.state_dict().items()}  # not views: the loads below change the model
     for i in range(n):
         state = perturbed(init, 0.02, seed=i + 1)
         run = folder / f"run{i}" / "checkpoints"
@@ -275,6 +275,33 @@ def test_the_init_file_is_the_first_row_and_lets_wise_ft_run_and_a_mixed_pool_is
     assert proc.returncode == 1 and "would not be used" in proc.stderr and "holds its own head" in proc.stderr
     proc = soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/run*/*.tar", "method=wise_ft", check=False)
     assert proc.returncode == 1 and "pool.init=FILE" in proc.stderr
+
+
+def test_an_init_with_ema_weights_is_read_as_timms_initial_checkpoint_loads_it(tmp_path):
+    """timm's train.py builds the model with create_model(checkpoint_path=--initial-checkpoint), which loads the
+    file's state_dict_ema where it has one (load_checkpoint's use_ema=True): the fine-tunes started there, so
+    pool.init is read so too, with or without pool.ema (it took the plain state_dict without pool.ema, and the
+    pairs analysis then measured 30° angles between displacements that are 90° from the real start)."""
+    import timm
+
+    from conftest import compose_cfg
+    from soups.io.files import load_weights
+    from soups.pools import open_pool
+
+    base = write_timm_train(tmp_path / "train", n=2)
+    init = {"epoch": 9, "arch": "test_vit", "state_dict": perturbed(base, 0.02, seed=30),
+            "state_dict_ema": perturbed(base, 0.02, seed=31), "version": 2}  # an earlier run's model_best
+    torch.save(init, tmp_path / "init.pth.tar")
+    started = timm.create_model("test_vit", num_classes=10, img_size=32, checkpoint_path=str(tmp_path / "init.pth.tar"))
+    timm_start = started.state_dict()
+    assert torch.equal(timm_start["head.weight"], init["state_dict_ema"]["head.weight"])  # timm's own rule
+    for ema in ("false", "true"):
+        cfg = compose_cfg("soup", tmp_path, [*MNIST, "pool=files", f"pool.glob={tmp_path}/train/*/model_best.pth.tar",
+                                             f"pool.init={tmp_path}/init.pth.tar", f"pool.ema={ema}", "model=timm",
+                                             "model.timm_name=test_vit", "model.timm_kwargs={img_size:32}",
+                                             "model.image_size=32"])
+        read = load_weights(open_pool(cfg, torch.device("cpu")).init_weights)
+        assert all(torch.equal(read[k], timm_start[k]) for k in timm_start), ema
 
 
 def test_an_open_clip_export_never_carries_a_random_text_tower(tmp_path):

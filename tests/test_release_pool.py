@@ -11,6 +11,7 @@ import torch
 
 from conftest import ROOT, compose_cfg
 from fake_imagenet import make_tree
+from soups.errors import BadInput
 from soups.evaluation.evaluator import Evaluator
 from soups.models.classifier import create_clip
 from soups.jobs.soup import run_soup
@@ -83,6 +84,11 @@ def test_every_analysis_runs_on_the_released_pool(tmp_path):
                                                            "analysis.max_images=8", "analysis.models=[model_1,model_2]"]),
                          tmp_path / "landscape")
     assert plane["models"] == ["model_1", "model_2"] and len(plane["test_error"]) == 2
+    # model_0 is the init: no plane, one plain line (was a ValueError traceback)
+    with pytest.raises(BadInput, match=r"model_1 and model_0: the first model equals|model_0.*name two fine-tunes"):
+        run_analysis(compose_cfg("analyze", tmp_path, [*base, "analysis=landscape", "analysis.grid=2",
+                                                       "analysis.max_images=8", "analysis.models=[model_1,model_0]"]),
+                     tmp_path / "landscape0")
 
 
 def test_release_files_are_checked_before_any_work(tmp_path):

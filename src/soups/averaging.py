@@ -197,8 +197,11 @@ class Plane:
     """The plane through three models: the init theta_0 and fine-tunes theta_1, theta_2 (the paper's Figure 2).
     Orthonormal basis over the weights (`is_weight`): u = d_1/|d_1|, v = the part of d_2 orthogonal to u,
     normalized (d_i = theta_i - theta_0; Gram-Schmidt, as in Garipov et al., 2018). `point(x, y)` is
-    theta_0 + x u + y v (other entries, e.g. BN statistics, from theta_0). Float64 inside. `skip`: keys left
-    out of the basis (tied copies, `tied_aliases`, which `tie` sets from their first name)."""
+    theta_0 + x u + y v = theta_0 + a d_1 + b d_2; the other floating entries (BN statistics) take the same
+    a, b (running variances clipped at 0 off the models' triangle), so the points at theta_1, theta_2 and their
+    midpoint are those models and the 2-soup before any BN recalibration; integer buffers are theta_0's.
+    Float64 inside. `skip`: keys left out of the basis (tied copies, `tied_aliases`, which `tie` sets from their
+    first name). Raises ValueError where a model equals the init or the two lie on one line through it."""
 
     def __init__(self, init: StateDict, first: StateDict, second: StateDict, skip=()):
         self.init = init
@@ -216,9 +219,17 @@ class Plane:
             raise ValueError("the two models lie on one line through the init (to float precision): no plane")
         self.v = {k: t / norm_w for k, t in w.items()}
         self.coordinates = {"init": (0.0, 0.0), "first": (norm1, 0.0), "second": (along, norm_w)}
+        self._norm1, self._along, self._norm_w = norm1, along, norm_w
+        self.statistics = {k: (first[k].double() - v.double(), second[k].double() - v.double()) for k, v in init.items()
+                           if v.is_floating_point() and not is_weight(k, v) and k not in skip}
 
     def point(self, x: float, y: float) -> StateDict:
         out = {k: v.clone() for k, v in self.init.items()}
         for k in self.u:
             out[k] = (self.init[k].double() + x * self.u[k] + y * self.v[k]).to(self.init[k].dtype)
+        b = y / self._norm_w  # x u + y v = a d_1 + b d_2
+        a = (x - b * self._along) / self._norm1
+        for k, (d1, d2) in self.statistics.items():
+            value = self.init[k].double() + a * d1 + b * d2
+            out[k] = (value.clamp_min(0) if k.endswith("running_var") else value).to(self.init[k].dtype)
         return out

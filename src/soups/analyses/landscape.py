@@ -52,11 +52,16 @@ class Landscape(Analysis):
         # the plane's origin and BN handling too: another pool.init or bn_recalibration is another surface
         settings = {"analysis": "landscape", "models": [scorer.digest(first), scorer.digest(second)],
                     "init": sha256_file(scorer.init_weights), "bn_recalibration": scorer.bn_sample is not None,
-                    "grid": self.grid, "margin": self.margin, "max_images": self.max_images, "seed": self.seed}
+                    "grid": self.grid, "margin": self.margin, "max_images": self.max_images, "seed": self.seed,
+                    "statistics": "affine"}  # BN statistics on the plane (before: the init's): measured again
         known = scorer.recall(settings)  # a rerun reads the grid instead of measuring it again
         if known is not None:
             return known
-        plane = Plane(scorer.load_init(), scorer.load(first), scorer.load(second), skip=scorer.aliases)
+        try:
+            plane = Plane(scorer.load_init(), scorer.load(first), scorer.load(second), skip=scorer.aliases)
+        except ValueError as err:  # e.g. a released pool's model_0, the init itself
+            raise BadInput(f"analysis=landscape on {first.name} and {second.name}: {err}; name two fine-tunes "
+                           f"that span a plane with the init: analysis.models=[a,b]") from err
         points = plane.coordinates | {"midpoint": tuple(np.add(plane.coordinates["first"],
                                                                plane.coordinates["second"]) / 2)}
         xs, ys = (axis_values([p[i] for p in plane.coordinates.values()], self.grid, self.margin) for i in (0, 1))

@@ -58,7 +58,8 @@ def require_init(pool: OpenPool, users: list[str]) -> None:
         return
     if pool.init_weights is None:
         raise BadInput(f"{users} interpolate with the pool's shared initialization, which this pool does "
-                       f"not name: give it (pool=files: pool.init=FILE) or choose other methods")
+                       f"not name: give it (pool=files: pool.init=FILE; pool=hf: pool.init=FOLDER) or choose "
+                       f"other methods")
     raise MissingInput(f"{users} interpolate with the pool's shared initialization, but its weights "
                        f"{pool.init_weights} (named in the ingredients' run.json) are missing; the init lives "
                        f"in paths.cache_dir: was it cleaned? Choose other methods, or fine-tune the pool again")

@@ -108,7 +108,7 @@ def read_checkpoint(path: str | Path, fmt: str = "auto", ema: bool | None = Fals
     record["format"] = detected
     has_ema = isinstance(obj, dict) and isinstance(obj.get("state_dict_ema"), dict)
     key = "state_dict_ema" if ema or (ema is None and has_ema) else "state_dict"
-    if has_ema and key != "state_dict_ema":
+    if has_ema and key != "state_dict_ema":  # an ingredient's (an init takes its EMA: ema=None)
         log.info("%s also holds timm's EMA weights (state_dict_ema); pool.ema=true soups those", path)
     if ema and key not in obj:
         raise BadInput(f"{path}: pool.ema=true but the checkpoint has no state_dict_ema (keys {sorted(obj)[:6]})")

@@ -140,10 +140,11 @@ class _Converter:
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def __call__(self, path: Path, init: bool = False) -> Ingredient:
-        """The converted ingredient (or, `init`, the shared init: with pool.ema its EMA weights where the file
-        has them, else its weights, e.g. a bare pretrained state dict)."""
+        """The converted ingredient (or, `init`, the shared init: its EMA weights where the file has them, else
+        its weights, e.g. a bare pretrained state dict, as timm's train.py loads `--initial-checkpoint`:
+        `create_model(checkpoint_path=...)` → `load_checkpoint(use_ema=True)`)."""
         digest = sha256_file(path)
-        role = "-init" if init and self.pool.ema else ""  # its EMA only where it has one: another conversion
+        role = "-init" if init else ""  # its EMA only where it has one: another conversion than an ingredient's
         out = self.out_dir / f"{path.stem.split('.')[0]}-{digest[:16]}-{self.key}{role}.safetensors"
         record_file = out.with_suffix(".json")
         if out.is_file() and record_file.is_file():
@@ -153,7 +154,10 @@ class _Converter:
             if self.pool.format not in ("auto", record["format"]):  # as a first conversion would refuse it
                 raise BadInput(f"{path} is a {record['format']} checkpoint, not pool.format={self.pool.format}")
         else:
-            state, record = read_checkpoint(path, self.pool.format, (None if init else True) if self.pool.ema else False)
+            state, record = read_checkpoint(path, self.pool.format, None if init else bool(self.pool.ema))
+            if init and record.get("state_dict") == "state_dict_ema":
+                log.info("pool.init %s: its EMA weights (state_dict_ema), the weights timm's train.py starts from "
+                         "when given it as --initial-checkpoint", path)
             if self.pool.format == "auto":
                 log.info("%s: detected format %s%s", path, record["format"],
                          f", stripped {record['stripped_prefixes']}" if record["stripped_prefixes"] else "")
