@@ -5,16 +5,12 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from soups.io.files import write_json
 from soups.models.hf import PREFIX, load_folder, save_pretrained_soup
 from soups.models.lora import quiet_peft
-
-if TYPE_CHECKING:
-    from soups.pools.lora import Factors
 
 log = logging.getLogger(__name__)
 ADAPTER_PREFIX = "base_model.model."
@@ -23,10 +19,11 @@ ADAPTER_PREFIX = "base_model.model."
 class AdapterExport:
     """Writes a soup as a merged transformers folder (`hf/`) and as one LoRA adapter (`adapter/`): per adapted
     module, ΔW = W_soup − W0 factored by SVD at rank min(Σ rᵢ, out, in) (exact: ΔW is a sum of rank-rᵢ updates),
-    and at `svd_rank` if set (`adapter_rank<r>/`, its relative Frobenius error over all modules printed)."""
+    and at `svd_rank` if set (`adapter_rank<r>/`, its relative Frobenius error over all modules printed).
+    `factors`: {adapter folder: the adapter as pools.lora.read_adapter reads it (.lora, .full, .config)}."""
 
     def __init__(self, model, kind: str, base_dir: Path, tokenizer_dir, base_state: dict,
-                 factors: dict[Path, Factors], svd_rank: int | None):
+                 factors: dict, svd_rank: int | None):
         self.model, self.kind, self.base_dir, self.tokenizer_dir = model, kind, base_dir, tokenizer_dir
         self.base_state, self.svd_rank = base_state, svd_rank
         self.modules = sorted({m for f in factors.values() for m in f.lora})
