@@ -293,6 +293,28 @@ def test_a_pool_an_analysis_cannot_use_is_refused_before_any_evaluation_or_w_and
     assert not (tmp_path / "out").exists()  # no W&B run, no empty folder
 
 
+def test_landscape_models_resolve_by_name_label_or_a_unique_last_part_and_refuse_an_ambiguous_one():
+    from soups.analyses.landscape import Landscape
+    from soups.errors import BadInput
+    from soups.plots import tick_labels
+    from soups.pools.ingredient import Ingredient
+
+    runs = [Ingredient("sweep/3", Path("w"), {}, short_name="fine-tune 3"), Ingredient("sweep/5", Path("w"), {})]
+    files = [Ingredient(f"run{k}/model_best.pth.tar", Path("w"), {}) for k in range(3)]
+    assert [i.name for i in Landscape(models=[3, "fine-tune 3"])._named(runs)] == ["sweep/3", "sweep/3"]
+    assert [i.name for i in Landscape(models=["sweep/5", 3])._named(runs)] == ["sweep/5", "sweep/3"]
+    assert [i.name for i in Landscape(models=["run0/model_best.pth.tar", "run2/model_best.pth.tar"])._named(files)] \
+        == ["run0/model_best.pth.tar", "run2/model_best.pth.tar"]
+    # before: the last ingredient ending in model_best.pth.tar (run2) was taken silently
+    with pytest.raises(BadInput, match=r"'model_best.pth.tar' names 3 ingredients .* give the whole name"):
+        Landscape(models=["run0/model_best.pth.tar", "model_best.pth.tar"])._named(files)
+    with pytest.raises(BadInput, match="'7' not in the pool"):
+        Landscape(models=[3, 7])._named(runs)
+    # figures: the last part where it is unique, else the whole name (every pairs tick read model_best.pth.tar)
+    assert tick_labels(["sweep/3", "sweep/5"]) == ["3", "5"]
+    assert tick_labels([i.name for i in files] + ["x/epoch_2.pt"]) == [i.name for i in files] + ["epoch_2.pt"]
+
+
 def test_soup_and_ensemble_gain_of_a_constructed_pair(tmp_path):
     """Two models each right on half of four images, wrong on the other half with a small margin: their logit
     mean is right on all four (ensemble gain +50 points); the midpoint's accuracy is what the scorer says

@@ -247,6 +247,11 @@ def test_a_damaged_or_partial_encoder_folder_is_refused_never_loaded_partly_rand
     save_file({k: v for k, v in state.items() if ".layer.5." not in k}, str(folder / "model.safetensors"))
     with pytest.raises(BadInput, match=r"does not hold the whole encoder: 16 tensors missing"):
         text_classifier(OmegaConf.merge(MINILM, {"text_encoder": str(folder)}), 2)
+    key = "encoder.layer.0.output.dense.bias"
+    save_file(state | {key: state[key][:7]}, str(folder / "model.safetensors"))  # named, with both shapes
+    with pytest.raises(BadInput, match=rf"0 tensors missing .*, 1 of another shape \(e\.g\. \['{key}: file \[7\] vs "
+                                       rf"architecture \[384\]'\]\)"):
+        text_classifier(OmegaConf.merge(MINILM, {"text_encoder": str(folder)}), 2)
     (folder / "model.safetensors").write_bytes((source / "model.safetensors").read_bytes()[:1000])
     with pytest.raises(BadInput, match="could not load the text encoder from"):
         text_classifier(OmegaConf.merge(MINILM, {"text_encoder": str(folder)}), 2)

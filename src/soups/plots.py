@@ -13,6 +13,13 @@ def pyplot():
     return plt
 
 
+def tick_labels(names: list[str]) -> list[str]:
+    """Ingredient names as a figure shows them: the last path part (`6` for `<sweep>/6`) where no other name
+    in `names` ends the same, else the whole name (`run0/model_best.pth.tar` beside `run1/...`)."""
+    tails = [str(n).split("/")[-1] for n in names]
+    return [t if tails.count(t) == 1 else str(n) for n, t in zip(names, tails)]
+
+
 def save(fig, path: Path) -> None:
     """Atomic: a reader never sees half a PNG."""
     tmp = path.with_name(f".{path.name}.tmp.png")

@@ -93,11 +93,20 @@ class Landscape(Analysis):
         return self._named(ingredients)
 
     def _named(self, ingredients):
-        by_name = {i.name: i for i in ingredients} | {i.name.split("/")[-1]: i for i in ingredients}
-        missing = [m for m in self.models if str(m) not in by_name]
-        if missing:
-            raise BadInput(f"analysis.models: {missing} not in the pool; its ingredients: {sorted(by_name)[:8]}")
-        return by_name[str(self.models[0])], by_name[str(self.models[1])]
+        """The two ingredients `models` names: each by its whole name, its report label or, where no other
+        ingredient's ends the same, the last part of its name (`3` for `<sweep>/3`). BadInput otherwise."""
+        found = []
+        for wanted in map(str, self.models):
+            hits = ([i for i in ingredients if wanted in (i.name, i.label)]
+                    or [i for i in ingredients if i.name.split("/")[-1] == wanted])
+            if not hits:
+                raise BadInput(f"analysis.models: {wanted!r} not in the pool; its ingredients: "
+                               f"{sorted(i.name for i in ingredients)[:8]}")
+            if len(hits) > 1:
+                raise BadInput(f"analysis.models: {wanted!r} names {len(hits)} ingredients "
+                               f"({sorted(i.name for i in hits)[:4]}); give the whole name")
+            found.append(hits[0])
+        return found[0], found[1]
 
     def summary(self, record: dict) -> str:
         error = np.array(record["held_out_error"])
@@ -111,8 +120,8 @@ class Landscape(Analysis):
         plt = plots.pyplot()
         fig, axes = plt.subplots(1, 3, figsize=(16, 5))
         marks = {"init": ("k", "o"), "first": ("#1f77b4", "o"), "second": ("#d62728", "o"), "midpoint": ("#2ca02c", "*")}
-        labels = {"init": "init", "first": record["models"][0].split("/")[-1],
-                  "second": record["models"][1].split("/")[-1], "midpoint": "midpoint (2-soup)"}
+        first, second = plots.tick_labels(record["models"])
+        labels = {"init": "init", "first": first, "second": second, "midpoint": "midpoint (2-soup)"}
         for ax, (key, label) in zip(axes, SURFACES):
             z = np.array(record[key])
             # levels over the lower 70% of values: the basin's shape, not the far corner's cliff, fills the range

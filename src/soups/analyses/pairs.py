@@ -124,7 +124,7 @@ def midpoint_heatmap(ax, record: dict) -> None:
         grid[index[p["a"]], index[p["b"]]] = grid[index[p["b"]], index[p["a"]]] = p["midpoint"][HELD_OUT] - best
     span = max(1e-9, float(np.nanmax(np.abs(grid))))
     image = ax.imshow(grid, cmap="RdBu", vmin=-span, vmax=span)
-    labels = [n.split("/")[-1] for n in names]
+    labels = plots.tick_labels(names)
     ax.set_xticks(range(len(names)), labels, fontsize=7)
     ax.set_yticks(range(len(names)), labels, fontsize=7)
     if len(names) <= 12:

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from soups.errors import BadInput
-from soups.models.text import TOKENIZER_FILES, TokenBatch, _quiet_transformers, encoder_dir, tokenizer_for
+from soups.models.text import (TOKENIZER_FILES, TokenBatch, _quiet_transformers, encoder_dir, mismatched_keys,
+                               tokenizer_for)
 
 log = logging.getLogger(__name__)
 PREFIX = "model."
@@ -202,7 +203,7 @@ def hf_classifier(model_cfg, num_classes: int, load_pretrained: bool = False) ->
     top = wrapped.head_path.split(".")[0] + "."
     # BatchNorm's step counter: absent from older files, loaded as 0 by torch itself, unused in evaluation
     missing = [k for k in info.get("missing_keys") or [] if not k.endswith("num_batches_tracked")]
-    wrong = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or []]
+    wrong = mismatched_keys(info)
     not_head = [k for k in missing + wrong if not k.startswith(top)]
     if not_head:
         raise BadInput(f"{folder}: {len(not_head)} tensors of {type(model).__name__} outside its head are absent "
@@ -237,10 +238,10 @@ def load_folder(folder: Path, kind: str) -> nn.Module:
     fill it randomly: the ingredient would not be the fine-tune)."""
     with _quiet_transformers(), load_errors(folder):
         model, info = auto_class(kind).from_pretrained(str(folder), use_safetensors=True, dtype=torch.float32,
-                                                       output_loading_info=True)
+                                                       output_loading_info=True, ignore_mismatched_sizes=True)
     # BatchNorm's step counter: absent from older files, loaded as 0 by torch itself, unused in evaluation
     missing = [k for k in info.get("missing_keys") or [] if not k.endswith("num_batches_tracked")]
-    wrong = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or []]
+    wrong = mismatched_keys(info)
     if missing or wrong:
         raise BadInput(f"{folder}: its weights do not fill its own architecture: {len(missing)} tensors missing "
                        f"(e.g. {sorted(missing)[:3]}), {len(wrong)} of another shape (e.g. {wrong[:3]})")

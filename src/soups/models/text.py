@@ -147,10 +147,10 @@ def text_classifier(model_cfg, num_classes: int, load_pretrained: bool = True) -
             if not (folder / "model.safetensors").is_file():
                 raise MissingInput(f"{folder} has no model.safetensors (only safetensors weights are read)")
             encoder, info = AutoModel.from_pretrained(str(folder), use_safetensors=True, dtype=torch.float32,
-                                                      output_loading_info=True)
+                                                      output_loading_info=True, ignore_mismatched_sizes=True)
             # transformers fills absent tensors randomly (a warning we silence): absent means not pretrained
             missing = [k for k in info["missing_keys"] if not k.startswith("pooler.")]  # the pooler is dropped
-            wrong = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", [])]
+            wrong = mismatched_keys(info)
             if missing or wrong:
                 raise BadInput(f"{folder}/model.safetensors does not hold the whole encoder: {len(missing)} tensors "
                                f"missing (e.g. {missing[:3]}), {len(wrong)} of another shape (e.g. {wrong[:3]})")
@@ -178,6 +178,18 @@ def _named_load_errors(folder: Path):
         if isinstance(err, (BadInput, MissingInput)):
             raise
         raise BadInput(f"could not load the text encoder from {folder}: {err}") from err
+
+
+def mismatched_keys(info: dict) -> list[str]:
+    """transformers' output_loading_info["mismatched_keys"] (loaded with ignore_mismatched_sizes=True, which
+    names them there instead of in a silenced report) as sorted 'key: file [19] vs architecture [8]'."""
+    out = []
+    for k in info.get("mismatched_keys") or []:
+        if isinstance(k, tuple) and len(k) == 3:
+            out.append(f"{k[0]}: file {list(k[1])} vs architecture {list(k[2])}")
+        else:
+            out.append(str(k[0] if isinstance(k, tuple) else k))
+    return sorted(out)
 
 
 @contextlib.contextmanager

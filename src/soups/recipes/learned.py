@@ -254,7 +254,7 @@ def draw_coefficients(record: dict, path: Path, title: str) -> None:
     heatmap (ingredients x parameter tensors)."""
     plt = plots.pyplot()
     coef = record["coefficients"]
-    names = [n.split("/")[-1] for n in coef["ingredients"]]
+    names = plots.tick_labels(coef["ingredients"])
     weights = coef["weights"]
     if coef.get("tensors"):
         fig, ax = plt.subplots(figsize=(9, 1.2 + 0.35 * len(names)))
