@@ -103,6 +103,29 @@ def test_soup_of_a_bn_model_recomputes_statistics_and_saves_what_it_evaluated(ti
     assert json.loads((out / "uniform" / "soup.json").read_text())["bn_recalibrated"] is True
 
 
+@pytest.mark.parametrize("n, batch_size, sizes", [(10, 4, [3, 3, 4]), (200, 64, [50, 50, 50, 50]), (7, 64, [7])])
+def test_bn_statistics_weigh_every_image_alike_in_near_equal_batches(n, batch_size, sizes):
+    """update_bn averages per-batch statistics: with batches of 4, 4 and 2 the last 2 images would count as 4.
+    Near-equal batches make the running mean the sample's mean over images (exactly, for equal sizes)."""
+    from soups.data.images import EvalSet, ImageArray
+    from soups.evaluation.evaluator import recalibrate_bn
+
+    images = torch.randint(0, 256, (n, 2, 2, 3), generator=torch.Generator().manual_seed(n), dtype=torch.uint8)
+    sample = EvalSet(ImageArray("s", images, torch.zeros(n, dtype=torch.long)), 2, (0.0,) * 3, (1.0,) * 3)
+    seen = []
+    bn = torch.nn.BatchNorm2d(3)
+    bn.register_forward_pre_hook(lambda _, x: seen.append(len(x[0])))
+    recalibrate_bn(bn, sample, batch_size, torch.device("cpu"))
+    assert sorted(seen) == sizes
+    x = torch.cat([b for b, _ in sample.batches(n)])  # [n, 3, 2, 2], as normalized for the model
+    if len(set(sizes)) == 1:  # equal sizes: exactly the mean over every pixel of every image
+        torch.testing.assert_close(bn.running_mean, x.mean(dim=(0, 2, 3)), rtol=1e-6, atol=1e-5)
+    else:  # sizes 3, 3, 4: the mean of the three batch means
+        bounds = [0, 3, 6, 10]
+        means = torch.stack([x[a:b].mean(dim=(0, 2, 3)) for a, b in zip(bounds, bounds[1:])])
+        torch.testing.assert_close(bn.running_mean, means.mean(0), rtol=1e-6, atol=1e-5)
+
+
 def test_layernorm_model_needs_no_recalibration(finetune_cfg, soup_cfg, tmp_path):
     sweep = tmp_path / "vit_sweep"
     for i, lr in enumerate(["1e-3", "2e-3"]):

@@ -182,5 +182,15 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, sample: EvalSet, batch_size: int, device: torch.device) -> None:
-    """Recompute BatchNorm running statistics on a fixed sample (cumulative average, as SWA does)."""
-    update_bn((images for images, _ in sample.batches(batch_size, device=device)), model, device=None)
+    """Recompute BatchNorm running statistics on a fixed sample (cumulative average, as SWA does), in the
+    k = ⌈n / batch_size⌉ batches the sample needs, of sizes ⌊n/k⌋ or ⌈n/k⌉: update_bn weighs every batch
+    alike, so plain batches of 64 over 200 images would give the last 8 images the weight of 64."""
+    n = len(sample)
+    k = max(1, -(-n // batch_size))
+    if n % k == 0:  # one pass (ImageNet's 2048 at 256)
+        parts = sample.batches(n // k, device=device)
+    else:
+        bounds = [i * n // k for i in range(k + 1)]
+        parts = (batch for a, b in zip(bounds, bounds[1:])
+                 for batch in sample.batches(b - a, device=device, rows=range(a, b)))
+    update_bn((images for images, _ in parts), model, device=None)

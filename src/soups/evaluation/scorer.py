@@ -144,7 +144,8 @@ class PoolScorer:
         """The digest of the weights as loaded: tied copies set from their first name (states that differ
         only in a copy are one model; a state whose copies differ is never served what was measured when the
         last copy won)."""
-        return state_digest(tie(state, self.aliases)) + ("-bn" if new_point and self.bn_sample is not None else "")
+        # "-bn-even": statistics from near-equal batches (before, "-bn": a short last batch weighed as a full one)
+        return state_digest(tie(state, self.aliases)) + ("-bn-even" if new_point and self.bn_sample is not None else "")
 
     def held_out(self, state: StateDict, acceptable=None) -> float | None:
         """Cached like any metric; an early stop is cached as the counts it rested on, so a rerun (an
@@ -202,10 +203,14 @@ class PoolScorer:
 
     # ---- recipes that learn something (learned soups): their result, by what it depends on ----------
     def recall(self, key: dict) -> dict | None:
-        return self.cache.get_record(key)
+        return self.cache.get_record(self._record_key(key))
 
     def remember(self, key: dict, record: dict) -> None:
-        self.cache.put_record(key, record)
+        self.cache.put_record(self._record_key(key), record)
+
+    def _record_key(self, key: dict) -> dict:
+        """A record of recalibrated points is another record once recalibration changes (see _weights_key)."""
+        return key | {"bn_batches": "even"} if self.bn_sample is not None else key
 
     # ---- individual models: metrics and logits cached by file sha256 ----------------------------------
     def digest(self, ingredient: Ingredient) -> str:
