@@ -43,6 +43,14 @@ def make_tree(root: Path, train_per_class: int = 2) -> dict:
             "imagenet_r": 200, "imagenet_a": 200, "objectnet": 4}
 
 
+def write_split(path: Path, train_per_class: int) -> Path:
+    """A held-out mask in the format of the paper's imagenet_98_idxs.npy (0/1 per train image in ImageFolder
+    order, 1 = held out): here the first image of each class of make_tree's train folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.tile(np.eye(train_per_class, dtype=np.int64)[0], 1000))
+    return path
+
+
 def write_objectnet_mappings(maps: Path, groups: dict[str, list[int]], lines: list[str] | None = None) -> None:
     """ObjectNet's four mapping files in their exact formats, giving `groups` ({folder: PyTorch indices}) plus
     one unmapped folder. ILSVRC-2012 ids differ from PyTorch indices here: id = 999 - index."""

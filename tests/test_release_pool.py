@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import ROOT, compose_cfg
-from fake_imagenet import make_tree
+from fake_imagenet import make_tree, write_split
 from soups.errors import BadInput
 from soups.evaluation.evaluator import Evaluator
 from soups.models.classifier import create_clip
@@ -39,7 +39,8 @@ def write_release(folder: Path, model_cfg, n: int, head_dim: int) -> None:
 
 def overrides(tmp_path, counts, model="tiny_vit"):
     return ["experiment=paper_vit_b32", f"model={model}", "precision=fp32", "logger=none", "eval_batch_size=256",
-            f"data.root={tmp_path}/data", "data.num_workers=0", "data.held_out.per_class=1", "data.held_out.idxs_file=null",
+            f"data.root={tmp_path}/data", "data.num_workers=0",
+            f"data.held_out.idxs_file={write_split(tmp_path / 'split.npy', counts['train'] // 1000)}",
             f"data.expected_train_images={counts['train']}", f"data.expected_val_images={counts['val']}",
             *[f"data.shifts.expected.{k}={counts[k]}" for k in SHIFTS],
             f"pool.dir={tmp_path}/release", "pool.models=3"]
@@ -100,6 +101,11 @@ def test_release_files_are_checked_before_any_work(tmp_path):
     (tmp_path / "release" / "sha256.json").write_text(json.dumps({"model_1.pt": "0" * 64}))
     with pytest.raises(ValueError, match="sha256 recorded at download"):
         run_soup(cfg, tmp_path / "out")
+    seeded = [a if not a.startswith("data.held_out.idxs_file=") else "data.held_out.idxs_file=null"
+              for a in overrides(tmp_path, counts)]  # ~98% of a seeded split is what the models trained on
+    with pytest.raises(BadInput, match=r"a seeded data.held_out split would score them on images they trained on"):
+        run_soup(compose_cfg("soup", tmp_path, seeded), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

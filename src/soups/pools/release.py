@@ -57,6 +57,13 @@ class Release(Pool):
         missing = [k for k in ("model", "data") if not cfg.get(k)]
         if missing:
             raise BadInput(f"the released pool needs {missing} in the config; use experiment=paper_vit_b32")
+        held_out = cfg.data.get("held_out")
+        if held_out is not None and not held_out.get("idxs_file"):
+            # a seeded split of ImageNet train is ~98% images these models trained on
+            raise BadInput("the released models were fine-tuned on ImageNet train minus the paper's held-out 2% "
+                           "(imagenet_98_idxs.npy, fetched beside them by scripts/download_checkpoints.py); a seeded "
+                           "data.held_out split would score them on images they trained on and steer greedy by it: "
+                           "set data.held_out.idxs_file=<that file>, or use experiment=paper_vit_b32")
         run_cfg = OmegaConf.create({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data")})
         model = build_classifier(run_cfg.model, run_cfg.data.num_classes, load_pretrained=False).to(device)
         ingredients, init = load_release_pool(self, model.state_dict(), cfg.paths.cache_dir)
