@@ -141,3 +141,22 @@ def test_finetune_experiment_starts_from_the_released_init(tmp_path):
 
 def test_the_paper_experiment_evaluates_in_fp32_like_the_official_code(soup_cfg):
     assert soup_cfg("experiment=paper_vit_b32").precision == "fp32"
+
+
+def test_avg_shifts_is_compared_with_the_papers_only_over_the_papers_five_shifts():
+    from omegaconf import OmegaConf
+
+    from soups.reporting.report import reference_comparison
+
+    reference = OmegaConf.create({"columns": ["test", *SHIFTS, "avg_shifts"],
+                                  "rows": {"uniform": {"released": [80.0, 1, 2, 3, 4, 5, 3.0]}}})
+    five = {"val": 90.0, "test": 81.0, **{s: 10.0 for s in SHIFTS}, "avg_shifts": 10.0}
+    four = {k: v for k, v in five.items() if k != "imagenet_a"} | {"avg_shifts": 12.5}  # the mean of another set
+
+    def avg(metrics):
+        rows = [{"row": "uniform soup", "kind": "uniform", "metrics": metrics}]
+        return next(c for c in reference_comparison(rows, reference) if c["column"] == "avg_shifts")
+
+    assert (avg(five)["ours"], avg(five)["difference"]) == (10.0, 7.0)
+    assert (avg(four)["ours"], avg(four)["difference"]) == (None, None)  # before: 12.5, +9.5 against the five
+    assert avg(five | {"extra_shift": 0.0})["ours"] is None

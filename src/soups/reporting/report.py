@@ -145,7 +145,9 @@ REFERENCE_ROWS = {"uniform": "uniform soup", "greedy": "greedy soup", "ensemble"
 
 def reference_comparison(rows: list[dict], reference) -> list[dict]:
     """One record per (recipe, published source, column): ours, the reference, the difference; recipes this
-    run did not run are left out."""
+    run did not run are left out. Our avg shifts is compared only where it is the mean over the reference's
+    shifts (`data.shifts.names` trimmed or extended gives another mean under the same name: shown as –)."""
+    shifts = {c for c in reference.columns if c not in (HELD_OUT, TEST, AVG_SHIFTS)}
     out = []
     for key, published in reference.rows.items():
         ours = next((r for r in rows if (r["row"] == REFERENCE_ROWS[key] if key in REFERENCE_ROWS
@@ -155,6 +157,8 @@ def reference_comparison(rows: list[dict], reference) -> list[dict]:
         for source, values in published.items():
             for col, ref in zip(reference.columns, values):
                 mine = ours["metrics"].get(col) if ours else None
+                if col == AVG_SHIFTS and set(ours["metrics"]) - {HELD_OUT, TEST, AVG_SHIFTS} != shifts:
+                    mine = None
                 out.append({"row": key, "source": source, "column": col, "ours": mine, "reference": ref,
                             "difference": None if mine is None or ref is None else mine - ref})
     return out
