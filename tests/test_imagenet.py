@@ -111,6 +111,25 @@ def test_v2_converts_to_rgb_after_the_crop_like_the_official_loader(tmp_path):
     assert {"P", "RGBA"} <= differs and not differs & {"RGB", "L"}  # the order matters, and only for these
 
 
+@pytest.mark.parametrize("family", ["timm", "hf"])
+def test_v2_files_of_every_mode_reach_timm_and_transformers_models_as_rgb(tmp_path, family):
+    """timm's eval transform and an image processor's steps have no RGB step of their own (their loaders
+    convert first): a grayscale, palette, CMYK or RGBA file of ImageNet-V2 crashed with a broadcast error."""
+    from omegaconf import OmegaConf
+
+    from soups.models.classifier import eval_transform
+
+    common = {"image_size": 24, "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.25] * 3}
+    model_cfg = OmegaConf.create(common | ({"timm_name": "test_resnet", "crop_pct": 0.875} if family == "timm"
+                                           else {"hf_classifier": "folder", "hf_resize": 28, "hf_crop": 24,
+                                                 "hf_resize_shortest": True}))
+    transform = eval_transform(model_cfg)
+    v2 = imagenet_v2(tmp_path / "v2", transform, len(_v2_tree_of_every_image_mode(tmp_path / "v2")), 0)
+    ours = torch.cat([x for x, _ in v2.batches(8)])
+    assert torch.equal(ours, torch.stack([transform(Image.open(p).convert("RGB")) for p in v2.paths]))
+    assert ours.shape == (5, 3, 24, 24)
+
+
 def test_imagenet_r_masks_logits_to_its_classes(tree):
     root, _ = tree
     r = imagenet_r(root / "imagenet-r", IDENTITY, 200, 0)

@@ -166,25 +166,34 @@ def resolve_timm_preprocessing(model_cfg, model: nn.Module) -> dict:
     return {k: (model_cfg.get(k) if model_cfg.get(k) is not None else v) for k, v in found.items()}
 
 
+def to_rgb(img):
+    """PIL image -> RGB, as timm's loader and transformers' processors (convert_rgb) do before their
+    transforms; open_clip's transform converts by itself, after the crop."""
+    return img.convert("RGB")
+
+
 def eval_transform(model_cfg):
     """PIL image -> (3, H, W) tensor as the model's own library evaluates: timm's transform (resize by
     crop_pct, center crop) for model=timm, a transformers folder's image processor's (resize, optional center
-    crop; soups.models.hf.image_processing) for model.hf_classifier, open_clip's (resize, center crop) otherwise."""
+    crop; soups.models.hf.image_processing) for model.hf_classifier, open_clip's (resize, center crop) otherwise.
+    Any PIL mode in (grayscale, palette, CMYK, RGBA: ImageNet-V2's files reach the transform as stored)."""
     if model_cfg.get("hf_classifier"):
         from torchvision import transforms as T
 
         mode = getattr(T.InterpolationMode, str(model_cfg.get("interpolation") or "bilinear").upper())
         size = int(model_cfg.get("hf_resize") or model_cfg.image_size)
-        steps = [T.Resize(size if model_cfg.get("hf_resize_shortest") else (size, size), interpolation=mode)]
+        steps = [to_rgb, T.Resize(size if model_cfg.get("hf_resize_shortest") else (size, size), interpolation=mode)]
         if model_cfg.get("hf_crop"):
             steps.append(T.CenterCrop(int(model_cfg.hf_crop)))
         return T.Compose([*steps, T.ToTensor(), T.Normalize(tuple(model_cfg.mean), tuple(model_cfg.std))])
     if model_cfg.get("timm_name"):
         from timm.data import create_transform
+        from torchvision import transforms as T
 
-        return create_transform(input_size=int(model_cfg.image_size), interpolation=model_cfg.interpolation,
-                                crop_pct=float(model_cfg.crop_pct), mean=tuple(model_cfg.mean),
-                                std=tuple(model_cfg.std), is_training=False)
+        timm_steps = create_transform(input_size=int(model_cfg.image_size), interpolation=model_cfg.interpolation,
+                                      crop_pct=float(model_cfg.crop_pct), mean=tuple(model_cfg.mean),
+                                      std=tuple(model_cfg.std), is_training=False)
+        return T.Compose([to_rgb, *timm_steps.transforms])
     return open_clip.image_transform(model_cfg.image_size, is_train=False, mean=tuple(model_cfg.mean),
                                      std=tuple(model_cfg.std))
 
