@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -259,6 +260,11 @@ def test_landscape_on_a_sweep_marks_the_models_and_reads_its_grid_back(tiny_swee
     assert record["bn_recalibrated"] is True and record["images_forwarded"] == 9 * 3 * 20  # BN tower; 9 points
     again = analyze(sweep, tmp, tmp_path / "again", *args)
     assert again["images_forwarded"] == 0 and again["test_error"] == record["test_error"]
+    copied = tmp_path / "copied_sweep"  # the same weights under other names: recalled, named as they are now
+    shutil.copytree(sweep, copied)
+    renamed = analyze(copied, tmp, tmp_path / "renamed", *args)
+    assert renamed["images_forwarded"] == 0 and renamed["test_error"] == record["test_error"]
+    assert [m.split("/")[0] for m in renamed["models"]] == ["copied_sweep"] * 2  # before: the first sweep's names
     assert (tmp_path / "landscape" / "landscape.png").stat().st_size > 10_000
     # another BN handling, or the same fine-tunes on another init, is another surface: measured, not recalled
     plain = analyze(sweep, tmp, tmp_path / "plain", *args, "bn_recalibration=false")

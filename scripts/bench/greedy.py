@@ -163,6 +163,12 @@ def bench_greedy(args) -> list[dict]:
     model = build_classifier(model_cfg, 10, load_pretrained=False)
     loaders = {n: DataLoader(FileImages(p, y, transform), batch_size=args.batch_size, num_workers=args.workers)
                for n, (p, y) in files.items()}
+    # BN statistics from the same near-equal batches as the project's (update_bn weighs each batch alike)
+    n_bn = len(files["bn"][0])
+    k = -(-n_bn // args.batch_size)
+    bounds = [i * n_bn // k for i in range(k + 1)]
+    loaders["bn"] = DataLoader(FileImages(*files["bn"], transform), num_workers=args.workers,
+                               batch_sampler=[list(range(a, b)) for a, b in zip(bounds, bounds[1:])])
     timings = {"project": [], "naive": []}
     for repeat in range(args.repeats):  # alternated, so drifts in the machine's speed hit both alike
         start = time.perf_counter()

@@ -55,8 +55,8 @@ class Landscape(Analysis):
                     "grid": self.grid, "margin": self.margin, "max_images": self.max_images, "seed": self.seed,
                     "statistics": "affine"}  # BN statistics on the plane (before: the init's): measured again
         known = scorer.recall(settings)  # a rerun reads the grid instead of measuring it again
-        if known is not None:
-            return known
+        if known is not None:  # the same weights, perhaps under other names (a copied or renamed sweep)
+            return known | {"models": [first.name, second.name]}
         try:
             plane = Plane(scorer.load_init(), scorer.load(first), scorer.load(second), skip=scorer.aliases)
         except ValueError as err:  # e.g. a released pool's model_0, the init itself
