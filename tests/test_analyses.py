@@ -316,6 +316,9 @@ def test_landscape_models_resolve_by_name_label_or_a_unique_last_part_and_refuse
         Landscape(models=["run0/model_best.pth.tar", "model_best.pth.tar"])._named(files)
     with pytest.raises(BadInput, match="'7' not in the pool"):
         Landscape(models=[3, 7])._named(runs)
+    crossed = [Ingredient("s/x", Path("w"), {}, short_name="y"), Ingredient("s/y", Path("w"), {})]
+    with pytest.raises(BadInput, match=r"'y' names 2 ingredients"):  # one's label, the other's last part
+        Landscape(models=["y", "s/x"])._named(crossed)
     # figures: the last part where it is unique, else the whole name (every pairs tick read model_best.pth.tar)
     assert tick_labels(["sweep/3", "sweep/5"]) == ["3", "5"]
     assert tick_labels([i.name for i in files] + ["x/epoch_2.pt"]) == [i.name for i in files] + ["epoch_2.pt"]

@@ -93,12 +93,12 @@ class Landscape(Analysis):
         return self._named(ingredients)
 
     def _named(self, ingredients):
-        """The two ingredients `models` names: each by its whole name, its report label or, where no other
-        ingredient's ends the same, the last part of its name (`3` for `<sweep>/3`). BadInput otherwise."""
+        """The two ingredients `models` names: each by its whole name, else by a label or last part of a name
+        (`fine-tune 3` or `3` for `<sweep>/3`) that only one ingredient has. BadInput otherwise."""
         found = []
         for wanted in map(str, self.models):
-            hits = ([i for i in ingredients if wanted in (i.name, i.label)]
-                    or [i for i in ingredients if i.name.split("/")[-1] == wanted])
+            hits = ([i for i in ingredients if wanted == i.name]
+                    or [i for i in ingredients if wanted in (i.label, i.name.split("/")[-1])])
             if not hits:
                 raise BadInput(f"analysis.models: {wanted!r} not in the pool; its ingredients: "
                                f"{sorted(i.name for i in ingredients)[:8]}")
