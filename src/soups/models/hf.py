@@ -207,7 +207,8 @@ def hf_classifier(model_cfg, num_classes: int, load_pretrained: bool = False) ->
     not_head = [k for k in missing + wrong if not k.startswith(top)]
     if not_head:
         raise BadInput(f"{folder}: {len(not_head)} tensors of {type(model).__name__} outside its head are absent "
-                       f"or of another shape (e.g. {sorted(not_head)[:3]}): not the pretrained model")
+                       f"or of another shape (e.g. {sorted(not_head)[:3]}; keys as transformers names them once "
+                       f"loaded): not the pretrained model")
     if missing or wrong:
         log.info("%s: a new %d-class head (%s, random from torch's seed)", folder, num_classes, top.rstrip("."))
     return wrapped
@@ -244,7 +245,8 @@ def load_folder(folder: Path, kind: str) -> nn.Module:
     wrong = mismatched_keys(info)
     if missing or wrong:
         raise BadInput(f"{folder}: its weights do not fill its own architecture: {len(missing)} tensors missing "
-                       f"(e.g. {sorted(missing)[:3]}), {len(wrong)} of another shape (e.g. {wrong[:3]})")
+                       f"(e.g. {sorted(missing)[:3]}), {len(wrong)} of another shape (e.g. {wrong[:3]}); keys as "
+                       f"transformers names them once loaded")
     return model.eval()
 
 

@@ -153,7 +153,8 @@ def text_classifier(model_cfg, num_classes: int, load_pretrained: bool = True) -
             wrong = mismatched_keys(info)
             if missing or wrong:
                 raise BadInput(f"{folder}/model.safetensors does not hold the whole encoder: {len(missing)} tensors "
-                               f"missing (e.g. {missing[:3]}), {len(wrong)} of another shape (e.g. {wrong[:3]})")
+                               f"missing (e.g. {missing[:3]}), {len(wrong)} of another shape (e.g. {wrong[:3]}); "
+                               f"keys as transformers names them once loaded")
             log.info("text encoder: pretrained weights from %s (every tensor)", folder)
         else:
             config = AutoConfig.from_pretrained(str(folder), **overrides)
