@@ -115,8 +115,11 @@ def test_bn_statistics_weigh_every_image_alike_in_near_equal_batches(n, batch_si
     seen = []
     bn = torch.nn.BatchNorm2d(3)
     bn.register_forward_pre_hook(lambda _, x: seen.append(len(x[0])))
+    passes, batches = [], sample.batches
+    sample.batches = lambda *a, **k: passes.append(a) or batches(*a, **k)
     recalibrate_bn(bn, sample, batch_size, torch.device("cpu"))
-    assert sorted(seen) == sizes
+    assert sorted(seen) == sizes and passes == [(batch_size,)]  # one pass over the set (one DataLoader)
+    sample.batches = batches
     x = torch.cat([b for b, _ in sample.batches(n)])  # [n, 3, 2, 2], as normalized for the model
     if len(set(sizes)) == 1:  # equal sizes: exactly the mean over every pixel of every image
         torch.testing.assert_close(bn.running_mean, x.mean(dim=(0, 2, 3)), rtol=1e-6, atol=1e-5)

@@ -187,10 +187,19 @@ def recalibrate_bn(model: nn.Module, sample: EvalSet, batch_size: int, device: t
     alike, so plain batches of 64 over 200 images would give the last 8 images the weight of 64."""
     n = len(sample)
     k = max(1, -(-n // batch_size))
-    if n % k == 0:  # one pass (ImageNet's 2048 at 256)
-        parts = sample.batches(n // k, device=device)
-    else:
-        bounds = [i * n // k for i in range(k + 1)]
-        parts = (batch for a, b in zip(bounds, bounds[1:])
-                 for batch in sample.batches(b - a, device=device, rows=range(a, b)))
-    update_bn((images for images, _ in parts), model, device=None)
+    bounds = [i * n // k for i in range(k + 1)]
+    sizes = [b - a for a, b in zip(bounds, bounds[1:])]
+    update_bn(rechunked((images for images, _ in sample.batches(batch_size, device=device)), sizes), model,
+              device=None)
+
+
+def rechunked(batches, sizes: list[int]):
+    """The images of `batches` ([B, ...] tensors, in order) regrouped into batches of `sizes`: one pass over
+    the set (one DataLoader for image files), at most two batches held."""
+    wanted, held = iter(sizes), None
+    size = next(wanted, None)
+    for batch in batches:
+        held = batch if held is None else torch.cat([held, batch])
+        while size is not None and len(held) >= size:
+            yield held[:size]
+            held, size = held[size:], next(wanted, None)
