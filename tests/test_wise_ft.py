@@ -113,3 +113,13 @@ def test_wise_ft_of_another_recipes_result_and_the_order_it_needs(tiny_sweep, tm
         run_soup(compose_cfg("soup", base, [*common, "method=[ensemble,wise_ft]", "method.wise_ft.base=ensemble"]),
                  tmp_path / "bad2")
     assert not (tmp_path / "bad2" / "ensemble").exists()
+
+
+def test_task_arithmetic_is_wise_ft_of_the_uniform_soup_at_alpha_lambda_k_beyond_1_too():
+    """Task arithmetic from one init, θ₀ + λ Σᵢ τᵢ (Ilharco et al., 2023), is WiSE-FT of the uniform soup at
+    α = λK: here K = 2, τ = 1 and 2, so the point is 3λ; α > 1 extrapolates past the soup."""
+    for lam in (0.2, 0.7):
+        result = WiseFT(alphas=[2 * lam], base="uniform")(pool(), Curve())
+        assert result.weights["w"].item() == pytest.approx(3 * lam) and result.is_new_point
+    ctx = Curve()  # 'accuracy' peaks at 0.7: λ = 0.25 (α = 0.5, w = 0.75) beats λ = 0.2 and λ = 0.7 (w = 2.1)
+    assert WiseFT(alphas=[0.4, 0.5, 1.4], base="uniform")(pool(), ctx).record["alpha"] == 0.5 and all(ctx.calls)
