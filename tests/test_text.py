@@ -61,6 +61,30 @@ def test_ratings_are_binarised_by_sign_and_weak_ones_dropped(tmp_path):
         read_domain(path, "movie", 0.5)
 
 
+def test_a_text_that_is_evaluated_is_never_also_trained_on(tmp_path):
+    """The movie file holds 2 sentences twice; a row-wise split put one copy in test and the other in train."""
+    from conftest import compose_cfg
+    from soups.data.base import TaskData
+    from soups.settings import build
+
+    overrides = fake_sentences(tmp_path / "d")
+    movie = tmp_path / "d" / FILES["movie"]
+    lines = movie.read_text(encoding="utf-8").split("\n")
+    lines = [f"{line.split(chr(9))[0]}\t{line.split(chr(9))[1]}\tsentence {i // 2}" for i, line in enumerate(lines)]
+    movie.write_text("\n".join(lines), encoding="utf-8")  # every text twice, with its own id and rating
+    digest = hashlib.sha256(movie.read_bytes()).hexdigest()
+    overrides = [o for o in overrides if not o.startswith("data.files.movie.sha256")]
+    cfg = compose_cfg("finetune", tmp_path, ["experiment=text_demo", "model=tiny_bert", "data.test_size=20",
+                                             "data.val_size=10", "data.train_size=null",
+                                             f"data.files.movie.sha256={digest}", *overrides])
+    data = build(cfg.data, "data", "soups.data", TaskData).load(cfg.model)
+    evaluated = set(data.test.texts) | set(data.val.texts)
+    assert len(data.test.texts) == 20 and len(data.val.texts) == 10 and data.train.texts
+    assert not evaluated & set(data.train.texts)  # before: about 26 of the 30 evaluated texts were also trained on
+    every = read_domain(movie, "movie", 0.5).texts  # train: every other sentence, each copy of it
+    assert sorted(data.train.texts) == sorted(t for t in every if t not in evaluated)
+
+
 def test_files_are_checked_by_count_and_digest_and_a_missing_one_names_make_text_data(tmp_path):
     overrides = fake_sentences(tmp_path / "d", n=10)
     digest = overrides[2].split("=")[1]

@@ -2,12 +2,14 @@
 files ship in the vaderSentiment 3.3.2 sdist, MIT, fetched by `make text-data`). Each sentence's mean
 rating in [-4, 4] is binarised by sign (positive = 1), dropping |rating| < `min_abs_rating`. The
 in-domain task is one domain (movie-review snippets: the Rotten Tomatoes sentences SST-2 was built from),
-split by a seeded permutation into test, held-out and training sentences; the other domains are the
+split by a seeded permutation into test, held-out and training sentences (a text also evaluated is never
+trained on); the other domains are the
 natural distribution shifts (conf/data/sentiment.yaml (shifts)). Every file is checked by its sentence count
 and sha256 before use."""
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +23,7 @@ from soups.errors import BadInput, MissingInput
 from soups.names import HELD_OUT, TEST
 from soups.models.text import tokenizer_for
 
+log = logging.getLogger(__name__)
 CLASSNAMES = ["negative", "positive"]
 
 
@@ -109,7 +112,14 @@ class SentimentData(TaskData):
             raise BadInput(f"data.test_size + data.val_size = {n_test + n_val} leaves no training sentences of the "
                            f"{len(task)} in {self.in_domain} with |rating| >= data.min_abs_rating="
                            f"{self.min_abs_rating}")
-        train_rows = order[n_test + n_val:]
+        # a sentence the file holds twice is trained on only where neither copy is evaluated (the movie file
+        # repeats 2: one copy fell in test and the other in train)
+        evaluated = {task.texts[i] for i in order[:n_test + n_val].tolist()}
+        train_rows = torch.tensor([i for i in order[n_test + n_val:].tolist() if task.texts[i] not in evaluated],
+                                  dtype=torch.long)
+        if len(train_rows) < len(task) - n_test - n_val:
+            log.info("%s: %d training sentences dropped (the same text is in held-out or test)", self.in_domain,
+                     len(task) - n_test - n_val - len(train_rows))
         if self.train_size:
             train_rows = train_rows[:int(self.train_size)]
         self.test, self.val = task.take(order[:n_test]), task.take(order[n_test:n_test + n_val])
