@@ -161,7 +161,7 @@ def bad_folder(tmp: Path, name: str, tmp_path: Path, run: str = "a") -> Path:
     ("duplicate", r"are the same checkpoint \(equal weights\)"),
     ("duplicate_resaved", r"are the same checkpoint \(equal weights\)"),
     ("missing_shard", r"names 3 shards, 1 missing \(\['model-00003-of-00003.safetensors'\]\)"),
-    ("max_length", r"max_length=100000: .* has 512 positions"),
+    ("max_length", r"max_length=100000 \(pool.max_length, or the folder's own\): .* has 512 positions"),
     ("tokenizer", r"pool.tokenizer=.* is not the tokenizer .* holds"),
     ("factor_mean", r"method=lora_factor_mean averages LoRA factors: it needs LoRA ingredients"),
 ])
@@ -536,7 +536,7 @@ def test_a_decoder_classifier_evaluated_in_padded_batches_gives_each_sentences_l
     ("gpt2_no_pad", r"pad_token_id=None, but the tokenizer pads with 0"),
     ("fnet", r"FNetForSequenceClassification .* takes no attention mask"),
     ("xlnet", r"pools the last position \(summary_type=last\)"),
-    ("roberta_positions", r"max_length=40: .* has 38 positions for tokens \(40 from 2 on\)"),
+    ("roberta_positions", r"max_length=40 .*: .* has 38 positions for tokens \(40 from 2 on\)"),
     ("tokenizer_without_pad", r"has no pad token")])
 def test_text_classifiers_that_padded_batches_would_misread_are_refused_by_name(tmp_path, family, said):
     """Families whose logits on a right-padded batch are not each sentence's alone: refused before any work
@@ -572,3 +572,18 @@ def test_text_classifiers_that_padded_batches_would_misread_are_refused_by_name(
         PreTrainedTokenizerFast(tokenizer_object=backend).save_pretrained(folder)
     with pytest.raises(BadInput, match=said):
         _classifier(folder, max_length=40)
+
+
+def test_text_folders_are_cut_at_their_own_length_as_transformers_tokenizer_cuts_them(tmp_path):
+    """pool.max_length=null: the tokenizer's model_max_length (transformers' own truncation), else 512, at most
+    the position table; before, 128 for every folder cut longer sentences (the 3 longest Amazon ones)."""
+    from soups.models.hf import own_max_length
+
+    def own(tokenizer_config, config):
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+        return own_max_length(config, tmp_path)
+
+    assert own({"model_max_length": 512}, {"max_position_embeddings": 514}) == 512  # RoBERTa: 514 rows, 512 usable
+    assert own({"model_max_length": 256}, {"max_position_embeddings": 512}) == 256  # all-MiniLM-L6-v2's card
+    assert own({"model_max_length": 1e30}, {"max_position_embeddings": 64}) == 64  # "no limit" stored as 1e30
+    assert own({}, {}) == 512 and own({"model_max_length": 512}, {"max_position_embeddings": 128}) == 128

@@ -169,7 +169,8 @@ def check_text_input(model: nn.Module, folder: Path, model_cfg) -> None:
     offset = getattr(getattr(model.base_model, "embeddings", None), "padding_idx", None)
     usable = positions - (offset + 1 if isinstance(offset, int) else 0) if positions and positions > 0 else None
     if usable is not None and int(model_cfg.get("max_length") or 0) > usable:
-        raise BadInput(f"max_length={model_cfg.get('max_length')}: {folder} has {usable} positions for tokens"
+        raise BadInput(f"max_length={model_cfg.get('max_length')} (pool.max_length, or the folder's own): {folder} "
+                       f"has {usable} positions for tokens"
                        + (f" ({positions} from {offset + 1} on)" if isinstance(offset, int) else ""))
 
 
@@ -283,16 +284,28 @@ def folder_digest(config: dict, tokenizer_dir: Path | None) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def model_cfg_for(folder: Path, config: dict, max_length: int, tokenizer_dir: Path | None) -> dict:
+def model_cfg_for(folder: Path, config: dict, max_length: int | None, tokenizer_dir: Path | None) -> dict:
     """The model config (`model` of run.json) that builds this architecture and tells the data how to read
-    inputs: text: the tokenizer folder (`text_encoder`, as model=minilm_l6 names its own) and `max_length`;
-    images: the image processor's square size, mean and std (preprocessor_config.json)."""
+    inputs: text: the tokenizer folder (`text_encoder`, as model=minilm_l6 names its own) and `max_length`
+    (None: the folder's own, own_max_length); images: the image processor's square size, mean and std
+    (preprocessor_config.json)."""
     kind = modality_of(config, folder)
     cfg = {"name": f"hf:{config.get('model_type', 'model')}", "hf_classifier": str(folder.resolve())}
     cfg["config_sha256"] = folder_digest(config, (tokenizer_dir or folder) if kind == "text" else None)
     if kind == "text":
-        return cfg | {"tokenizer": str((tokenizer_dir or folder).resolve()), "max_length": int(max_length)}
+        tokens = int(max_length) if max_length is not None else own_max_length(config, tokenizer_dir or folder)
+        return cfg | {"tokenizer": str((tokenizer_dir or folder).resolve()), "max_length": tokens}
     return cfg | image_processing(folder, config)
+
+
+def own_max_length(config: dict, tokenizer_dir: Path) -> int:
+    """Tokens per sentence as transformers' own `tokenizer(text, truncation=True)` cuts them: the tokenizer's
+    `model_max_length` (tokenizer_config.json), else 512; at most config.json's max_position_embeddings."""
+    path = tokenizer_dir / "tokenizer_config.json"
+    own = json.loads(path.read_text()).get("model_max_length") if path.is_file() else None
+    tokens = int(own) if isinstance(own, (int, float)) and 2 <= own < 100_000 else 512  # no limit: ~1e30
+    positions = config.get("max_position_embeddings")
+    return min(tokens, int(positions)) if isinstance(positions, int) and positions >= 2 else tokens
 
 
 RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}  # PIL's codes, as

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 class HFFolders(Pool):
     glob: str                     # the model folders, e.g. 'out/checkpoint-*' (sorted by name)
     init: str | None = None       # the shared init's folder, for WiSE-FT, Model Stock and the analyses
-    max_length: int = 128         # text: tokens per sentence (longer ones truncated)
+    max_length: int | None = None  # text: tokens per sentence (longer ones cut); None: the folder's own
     tokenizer: str | None = None  # text: a folder with the tokenizer, where the model folders hold none
 
     def __post_init__(self):
@@ -111,8 +111,8 @@ def folder_setting(value: str, setting: str, what: str) -> Path:
     return path
 
 
-def check_max_length(value: int) -> None:
-    if value < 2:
+def check_max_length(value: int | None) -> None:
+    if value is not None and value < 2:
         raise BadInput(f"pool.max_length={value}: expected an integer >= 2 (tokens)")
 
 

@@ -194,7 +194,7 @@ def check_against_peft(ours: dict, theirs: dict, folder: Path) -> float:
 class LoraAdapters(Pool):
     glob: str                     # the adapter folders, e.g. 'adapters/*' (sorted by name)
     base: str                     # the base classifier folder (W0): the adapters' shared initialization
-    max_length: int = 128         # text: tokens per sentence
+    max_length: int | None = None  # text: tokens per sentence (longer ones cut); None: the folder's own
     tokenizer: str | None = None  # text: a folder with the tokenizer, where the base holds none
     svd_rank: int | None = None   # also export each soup as a rank-r adapter (truncated SVD; its error printed)
 
