@@ -56,6 +56,7 @@ def test_ratings_are_binarised_by_sign_and_weak_ones_dropped(tmp_path):
     assert got.texts == ["good one", "bad one", "slightly bad", "ok"]
     assert got.labels.tolist() == [1, 0, 0, 1]
     assert got.ids == ["movie:1", "movie:2", "movie:4", "movie:5"]
+    assert read_domain(path, "movie", 0.0).ids == ["movie:1", "movie:2", "movie:3", "movie:4", "movie:5"]  # 0: no sign
     path.write_text("1\tnot-a-number\ttext", encoding="utf-8")
     with pytest.raises(BadInput, match=r"f.txt:1: expected '<id><TAB><mean rating><TAB><sentence>'"):
         read_domain(path, "movie", 0.5)

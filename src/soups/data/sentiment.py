@@ -29,7 +29,7 @@ CLASSNAMES = ["negative", "positive"]
 
 def read_domain(path: Path, domain: str, min_abs_rating: float) -> Sentences:
     """`<id>\\t<mean rating>\\t<sentence>` lines -> labelled Sentences (ids "<domain>:<id>"); ratings with
-    |rating| < min_abs_rating dropped. Raises BadInput for a line of another layout."""
+    |rating| < min_abs_rating and ratings of 0 (no sign) dropped. Raises BadInput for a line of another layout."""
     texts, labels, ids = [], [], []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -41,7 +41,7 @@ def read_domain(path: Path, domain: str, min_abs_rating: float) -> Sentences:
             rating = float(parts[1])
         except (IndexError, ValueError):
             raise BadInput(f"{path}:{number}: expected '<id><TAB><mean rating><TAB><sentence>', got {line[:80]!r}")
-        if abs(rating) >= min_abs_rating:
+        if abs(rating) >= min_abs_rating and rating != 0:  # a rating of 0 has no sign (min_abs_rating=0)
             texts.append(parts[2])
             labels.append(int(rating > 0))
             ids.append(f"{domain}:{parts[0]}")
