@@ -1,7 +1,7 @@
 """Within-run averages of the best fine-tune (by held-out accuracy), the baselines DiWA and Model Ratatouille
 report soups against: its exponential moving average (`source: ema`; "moving average" in their tables) and
-the uniform average of its last `k` checkpoints (`source: checkpoints`; SWA-style, as timm's
-avg_checkpoints.py). The runs keep them when fine-tuned with `ema_decay` / `keep_checkpoints`
+the uniform average of its last `k` checkpoints (`source: checkpoints`, taken along the run's own schedule, not
+SWA's constant learning rate; as timm's avg_checkpoints.py). The runs keep them when fine-tuned with `ema_decay` / `keep_checkpoints`
 (soups.training.within_run); every file is checked against the sha256 its run recorded."""
 from __future__ import annotations
 
