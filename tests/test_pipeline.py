@@ -108,7 +108,7 @@ def test_bn_statistics_weigh_every_image_alike_in_near_equal_batches(n, batch_si
     """update_bn averages per-batch statistics: with batches of 4, 4 and 2 the last 2 images would count as 4.
     Near-equal batches make the running mean the sample's mean over images (exactly, for equal sizes)."""
     from soups.data.images import EvalSet, ImageArray
-    from soups.evaluation.evaluator import recalibrate_bn
+    from soups.evaluation.evaluator import near_equal_sizes, recalibrate_bn
 
     images = torch.randint(0, 256, (n, 2, 2, 3), generator=torch.Generator().manual_seed(n), dtype=torch.uint8)
     sample = EvalSet(ImageArray("s", images, torch.zeros(n, dtype=torch.long)), 2, (0.0,) * 3, (1.0,) * 3)
@@ -118,7 +118,8 @@ def test_bn_statistics_weigh_every_image_alike_in_near_equal_batches(n, batch_si
     passes, batches = [], sample.batches
     sample.batches = lambda *a, **k: passes.append(a) or batches(*a, **k)
     recalibrate_bn(bn, sample, batch_size, torch.device("cpu"))
-    assert sorted(seen) == sizes and passes == [(batch_size,)]  # one pass over the set (one DataLoader)
+    assert seen == near_equal_sizes(n, batch_size) and sorted(seen) == sizes
+    assert passes == [(batch_size,)]  # one pass over the set (one DataLoader)
     sample.batches = batches
     x = torch.cat([b for b, _ in sample.batches(n)])  # [n, 3, 2, 2], as normalized for the model
     if len(set(sizes)) == 1:  # equal sizes: exactly the mean over every pixel of every image

@@ -124,6 +124,7 @@ def bench_greedy(args) -> list[dict]:
     from soups.data import GivenSets, build_data
     from soups.data.folders import FileEvalSet, FileImages
     from soups.data.store import StoredEvalSet
+    from soups.evaluation.evaluator import near_equal_sizes
     from soups.evaluation.scorer import EvalSettings, PoolScorer
     from soups.models.classifier import build_classifier
     from soups.pools import OpenPool
@@ -162,13 +163,12 @@ def bench_greedy(args) -> list[dict]:
 
     model = build_classifier(model_cfg, 10, load_pretrained=False)
     loaders = {n: DataLoader(FileImages(p, y, transform), batch_size=args.batch_size, num_workers=args.workers)
-               for n, (p, y) in files.items()}
+               for n, (p, y) in files.items() if n != "bn"}
     # BN statistics from the same near-equal batches as the project's (update_bn weighs each batch alike)
-    n_bn = len(files["bn"][0])
-    k = -(-n_bn // args.batch_size)
-    bounds = [i * n_bn // k for i in range(k + 1)]
+    sizes = near_equal_sizes(len(files["bn"][0]), args.batch_size)
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
     loaders["bn"] = DataLoader(FileImages(*files["bn"], transform), num_workers=args.workers,
-                               batch_sampler=[list(range(a, b)) for a, b in zip(bounds, bounds[1:])])
+                               batch_sampler=[list(range(a, a + n)) for a, n in zip(starts, sizes)])
     timings = {"project": [], "naive": []}
     for repeat in range(args.repeats):  # alternated, so drifts in the machine's speed hit both alike
         start = time.perf_counter()

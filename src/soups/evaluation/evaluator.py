@@ -185,12 +185,16 @@ def recalibrate_bn(model: nn.Module, sample: EvalSet, batch_size: int, device: t
     """Recompute BatchNorm running statistics on a fixed sample (cumulative average, as SWA does), in the
     k = ⌈n / batch_size⌉ batches the sample needs, of sizes ⌊n/k⌋ or ⌈n/k⌉: update_bn weighs every batch
     alike, so plain batches of 64 over 200 images would give the last 8 images the weight of 64."""
-    n = len(sample)
-    k = max(1, -(-n // batch_size))
-    bounds = [i * n // k for i in range(k + 1)]
-    sizes = [b - a for a, b in zip(bounds, bounds[1:])]
+    sizes = near_equal_sizes(len(sample), batch_size)
     update_bn(rechunked((images for images, _ in sample.batches(batch_size, device=device)), sizes), model,
               device=None)
+
+
+def near_equal_sizes(n: int, batch_size: int) -> list[int]:
+    """k = ⌈n / batch_size⌉ batch sizes of ⌊n/k⌋ or ⌈n/k⌉ summing to n, the larger last (10 at 4: 3, 3, 4)."""
+    k = max(1, -(-n // batch_size))
+    bounds = [i * n // k for i in range(k + 1)]
+    return [b - a for a, b in zip(bounds, bounds[1:])]
 
 
 def rechunked(batches, sizes: list[int]):

@@ -30,6 +30,9 @@ from soups.pools.ingredient import Ingredient
 
 log = logging.getLogger(__name__)
 STOPPED = f"{HELD_OUT}_stopped_early"  # cache field: counts of a held-out pass that stopped early
+# how recalibrate_bn batches its sample, in the cache keys of recalibrated points and records: "even" (near-equal
+# batches) was "-bn" before, when a short last batch weighed as a full one; another scheme measures again
+BN_BATCHES = "even"
 
 
 @dataclass(frozen=True)
@@ -144,8 +147,8 @@ class PoolScorer:
         """The digest of the weights as loaded: tied copies set from their first name (states that differ
         only in a copy are one model; a state whose copies differ is never served what was measured when the
         last copy won)."""
-        # "-bn-even": statistics from near-equal batches (before, "-bn": a short last batch weighed as a full one)
-        return state_digest(tie(state, self.aliases)) + ("-bn-even" if new_point and self.bn_sample is not None else "")
+        recalibrated = new_point and self.bn_sample is not None
+        return state_digest(tie(state, self.aliases)) + (f"-bn-{BN_BATCHES}" if recalibrated else "")
 
     def held_out(self, state: StateDict, acceptable=None) -> float | None:
         """Cached like any metric; an early stop is cached as the counts it rested on, so a rerun (an
@@ -210,7 +213,7 @@ class PoolScorer:
 
     def _record_key(self, key: dict) -> dict:
         """A record of recalibrated points is another record once recalibration changes (see _weights_key)."""
-        return key | {"bn_batches": "even"} if self.bn_sample is not None else key
+        return key | {"bn_batches": BN_BATCHES} if self.bn_sample is not None else key
 
     # ---- individual models: metrics and logits cached by file sha256 ----------------------------------
     def digest(self, ingredient: Ingredient) -> str:

@@ -169,14 +169,14 @@ def resolve_timm_preprocessing(model_cfg, model: nn.Module) -> dict:
 def to_rgb(img):
     """PIL image -> RGB, as timm's loader and transformers' processors (convert_rgb) do before their
     transforms; open_clip's transform converts by itself, after the crop."""
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def eval_transform(model_cfg):
     """PIL image -> (3, H, W) tensor as the model's own library evaluates: timm's transform (resize by
     crop_pct, center crop) for model=timm, a transformers folder's image processor's (resize, optional center
     crop; soups.models.hf.image_processing) for model.hf_classifier, open_clip's (resize, center crop) otherwise.
-    Any PIL mode in (grayscale, palette, CMYK, RGBA: ImageNet-V2's files reach the transform as stored)."""
+    Takes any PIL mode (grayscale, palette, CMYK, RGBA: ImageNet-V2's files reach the transform as stored)."""
     if model_cfg.get("hf_classifier"):
         from torchvision import transforms as T
 
