@@ -64,7 +64,7 @@ test-cluster: $(STAMP)  ## launcher=slurm through a real one-node SLURM cluster 
 test-slow:  $(STAMP)  ## everything but the cluster tests, including the full demo
 	WANDB_MODE=offline $(PY) -m pytest -m "not cluster" -n $(TEST_WORKERS)
 
-benchmark: $(STAMP)  ## speed and memory vs reference loops (~25 min on 2 cores; BENCHMARKS.md)
+benchmark: $(STAMP)  ## speed and memory vs reference loops (~28 min on 2 cores; BENCHMARKS.md)
 	$(PY) scripts/benchmark.py $(BENCH_ARGS)
 
 clean:  ## remove logs, caches and outputs (keeps .venv)

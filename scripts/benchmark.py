@@ -1,7 +1,7 @@
 """Speed and memory, each measured side by side with a reference in the same run; prints ratios
 (results go to BENCHMARKS.md, never into tests).
 
-    python scripts/benchmark.py                      # every benchmark (~25 min on 2 CPU cores)
+    python scripts/benchmark.py                      # every benchmark (~28 min on 2 CPU cores)
     python scripts/benchmark.py --only eval --images 1000 --passes 3
     python scripts/benchmark.py --only greedy,training --out results.json
 

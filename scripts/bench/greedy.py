@@ -3,7 +3,7 @@ for one epoch from one shared initialization with its own learning rate and seed
 BN-statistics images are JPEG files (digits upscaled to 384 px: an ImageNet-like decode cost).
 
 project  GreedySoup through the soup job's scorer: uint8 store (built inside the timed run), streamed
-         float64 averaging, exact early rejection.
+         float32 averaging, exact early rejection.
 naive    the official style: running soup in memory, each candidate loaded from disk and averaged,
          BN statistics and held-out accuracy through a PIL-decoding DataLoader, every image, every time.
 Both rank by the same individual held-out accuracies (measured beforehand, as the paper's pipeline

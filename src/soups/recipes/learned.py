@@ -236,8 +236,8 @@ def learned_once(scorer, recipe: str, settings: dict, ingredients, label: str, l
 
 def coefficient_soup(ingredients, scorer, names: list[str], weights: torch.Tensor,
                      buffer_weights: torch.Tensor) -> dict:
-    """Σₖ wₖ θₖ over the ingredients' own weights (`averaging.weighted_sum`: summed in float32 or wider,
-    streamed: one accumulator + one state), cast back to each tensor's dtype. `weights`: [K] (one per ingredient) or [K, len(names)] (one per ingredient and
+    """Σₖ wₖ θₖ over the ingredients' own weights (`averaging.weighted_sum`: summed in float64, as any weights
+    that may be negative are; streamed: one accumulator + one state), cast back to each tensor's dtype. `weights`: [K] (one per ingredient) or [K, len(names)] (one per ingredient and
     parameter tensor, columns in `names` order); every other tensor (buffers) takes `buffer_weights` [K]."""
     column = {n: i for i, n in enumerate(names)}
 
