@@ -49,6 +49,20 @@ def test_curve_over_alphas_and_choice_on_held_out():
     assert WiseFT(alphas=[0.5, 1.0], base="b")(pool(), Curve()).record["alpha"] == 0.5
 
 
+def test_equal_held_out_points_choose_the_smallest_alpha_in_whatever_order_alphas_are_given():
+    """A flat top (0.7 to 1 score alike on held-out, as on the EfficientNet demo pool): the point nearest the
+    init is chosen, and the curve runs in alpha order with each point once."""
+
+    class Flat(Curve):
+        def evaluate(self, state, new_point):
+            score = 100.0 if state["w"].item() > 0.65 else 50.0
+            return {"val": score, "test": score, "avg_shifts": score}
+
+    result = WiseFT(alphas=[1.0, 0.8, 0.5, 0.7, 1.0])(pool(), Flat())
+    assert [p["alpha"] for p in result.record["curve"]] == [0.5, 0.7, 0.8, 1.0]
+    assert result.record["alpha"] == 0.7 and result.weights["w"].item() == pytest.approx(0.7)
+
+
 def test_bad_parameters_are_refused():
     with pytest.raises(ValueError, match="alphas"):
         WiseFT(alphas=[])

@@ -29,7 +29,7 @@ class WiseFT(Recipe):
         super().__post_init__()
         given = self.alphas
         try:
-            self.alphas = [float(a) for a in given]
+            self.alphas = sorted({float(a) for a in given})  # the curve in order, each point evaluated once
         except (TypeError, ValueError):
             self.alphas = []
         if not self.alphas or not all(math.isfinite(a) and a >= 0 for a in self.alphas):
@@ -72,7 +72,8 @@ class WiseFT(Recipe):
             return is_new_point(alpha) or (alpha == 1.0 and soup_point)
 
         curve = [{"alpha": a, **scorer.evaluate(interpolate(init, tuned, a), new_point=new_point(a))} for a in self.alphas]
-        chosen = max(curve, key=lambda point: point[HELD_OUT])  # first of equals: the smallest alpha
+        # of equal held-out accuracies the smallest alpha, the point nearest the init, whatever order was given
+        chosen = max(curve, key=lambda point: (point[HELD_OUT], -point["alpha"]))
         name = self.base if self.base in ("uniform", "greedy") or self.uses(ingredients) else used[0].name
         return RecipeResult(interpolate(init, tuned, chosen["alpha"]), used,
                             {"base": name, "alpha": chosen["alpha"]}, curve=curve,
