@@ -303,13 +303,20 @@ def test_the_readme_is_a_front_door():
     assert contents, "a heading with 'Contents' followed by links"
     pages = sorted((ROOT / "docs").glob("*.md"))
     assert pages, "the docs pages the README links to"
-    for page in [ROOT / "README.md", *pages]:
+    def anchors(page):  # GitHub's heading ids: lower case, punctuation but '-' dropped, spaces to '-'
+        return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+                for h in re.findall(r"^#+\s+(.*)$", page.read_text(), re.MULTILINE)}
+
+    for page in [ROOT / "README.md", ROOT / "BENCHMARKS.md", *pages]:
         text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)  # no links inside code blocks
         for target in re.findall(r"\]\(([^)\s]+)\)", text):
-            path = target.split("#")[0]
-            if not path or re.match(r"[a-z][a-z0-9+.-]*:", path):  # an anchor on the page itself, or a URL
+            path, _, anchor = target.partition("#")
+            if re.match(r"[a-z][a-z0-9+.-]*:", path):  # a URL
                 continue
-            assert (page.parent / path).exists(), f"{page.relative_to(ROOT)}: {target}"
+            linked = (page.parent / path) if path else page
+            assert linked.exists(), f"{page.relative_to(ROOT)}: {target}"
+            if anchor and linked.suffix == ".md":
+                assert anchor in anchors(linked), f"{page.relative_to(ROOT)}: {target} names no heading"
 
 
 def test_a_run_whose_last_update_diverges_is_failed_not_finished(finetune_cfg, tmp_path):
