@@ -12,8 +12,10 @@
   model's pretrained weights (model.pretrained). The soup's classification head is not part of a CLIP:
   `head.safetensors` holds it (logits = normalize(encode_image(x)) @ weight.T + bias, with normalize only
   where the soup's model.normalize_features is true).
-- timm (pools of plain timm classifiers, model=timm): `timm.safetensors` for
-  `timm.create_model(name, checkpoint_path="timm.safetensors", num_classes=N)`.
+- timm (pools of plain timm classifiers, model=timm; and open_clip models whose image tower is a timm model run
+  as it is, e.g. the demos' EfficientNet-Lite0 and DINOv2 ViT-S/14, with the head as timm's classifier):
+  `timm.safetensors` for `timm.create_model(name, checkpoint_path="timm.safetensors", num_classes=N, ...)`,
+  with the timm transform that preprocesses as the soup was measured.
 - safetensors: `model.safetensors` as it is, plus its config (export.json) for any loader.
 Soups of transformers folders (pool=hf, pool=lora, model=hf) need no export: src/soup.py already wrote
 `<soup>/hf/` (`from_pretrained`) and, for LoRA pools, `<soup>/adapter/` (`PeftModel.from_pretrained`).
@@ -48,12 +50,16 @@ def export(soup_dir: Path, to: str, clip_file: Path | None = None) -> dict:
         raise BadInput(f"--to {to} exports open_clip or timm models; this soup is a {kind} model "
                        f"({model_cfg.get('name')}): " + (f"src/soup.py already wrote {', '.join(native)} for it, or "
                                                          if native else "") + "use --to safetensors")
-    if to == "timm":
-        if not model_cfg.get("timm_name"):
-            clip = "--to open_clip" if model_cfg.get("pretrained") or clip_file else \
-                "--to open_clip --clip FILE (an open_clip checkpoint of this model, for its text tower)"
-            raise BadInput(f"--to timm exports plain timm classifiers (model=timm); this soup is an open_clip "
-                           f"model ({model_cfg.open_clip_name}): use --to safetensors, or {clip}")
+    if to == "timm" and not model_cfg.get("timm_name"):  # an open_clip model whose image tower is a timm model
+        out = soup_dir / "timm.safetensors"
+        name, kwargs, state = _timm_tower_classifier(model_cfg, weights, classes)
+        atomic_save_safetensors(state, out, metadata={"format": "timm", "model": name})
+        size = int(model_cfg.image_size)
+        load = (f"model = timm.create_model({name!r}, checkpoint_path={str(out)!r}, num_classes={classes}"
+                + "".join(f", {k}={v!r}" for k, v in kwargs.items()) + "); "
+                f"preprocess = timm.data.create_transform(input_size={size}, interpolation='bicubic', crop_pct=1.0, "
+                f"mean={tuple(model_cfg.mean)}, std={tuple(model_cfg.std)})")
+    elif to == "timm":
         out = soup_dir / "timm.safetensors"
         atomic_save_safetensors(weights, out, metadata={"format": "timm", "model": model_cfg.timm_name})
         kwargs = "".join(f", {k}={v!r}" for k, v in (model_cfg.get("timm_kwargs") or {}).items())
@@ -132,6 +138,49 @@ def _whole_clip(model_cfg, weights: dict, clip_file: Path | None, info: dict) ->
     if bad:
         raise BadInput(f"--clip {clip_file} holds NaN or inf in {bad[:3]}")
     return {k: (weights[k] if k.startswith("visual.") else clip[k]).contiguous() for k in template}
+
+
+def _timm_tower_classifier(model_cfg, weights: dict, classes: int) -> tuple[str, dict, dict]:
+    """(timm name, create_model kwargs, timm state dict) of a soup whose image tower is a timm model that open_clip
+    runs as it is (`timm_proj: none`, timm's own pooling) and whose head reads the tower's features unnormalized:
+    then timm's classifier of `classes` outputs is the soup's head, and timm.create_model(name, num_classes,
+    global_pool, img_size for a ViT) gives the soup's logits. The state is loaded strictly into that model here,
+    so a file that timm would refuse (or load partly) is never written. Raises BadInput otherwise."""
+    import open_clip
+    import timm
+
+    import soups.models.classifier  # noqa: F401 - registers this project's model configs
+    from soups.errors import BadInput
+
+    name = model_cfg.get("open_clip_name")
+    vision = (open_clip.get_model_config(name) or {}).get("vision_cfg", {})
+    tower = vision.get("timm_model_name")
+    way_out = "use --to open_clip (with --clip FILE where the model has no pretrained text tower) or --to safetensors"
+    if not tower or vision.get("timm_proj") != "none" or vision.get("timm_pool") in ("abs_attn", "rot_attn"):
+        raise BadInput(f"--to timm exports timm classifiers; the image tower of {name} is "
+                       + (f"timm {tower} with an open_clip projection or pooling on top" if tower else "not a timm model")
+                       + f": {way_out}")
+    if model_cfg.normalize_features:
+        raise BadInput(f"--to timm: the soup's head reads L2-normalized features (model.normalize_features=true), "
+                       f"which a timm classifier cannot do: {way_out}")
+    kwargs = {"global_pool": vision.get("timm_pool", "avg")}
+    if hasattr(timm.create_model(tower, pretrained=False), "patch_embed"):
+        kwargs["img_size"] = int(model_cfg.image_size)  # a ViT's position grid is the soup's size (open_clip resized it)
+    model = timm.create_model(tower, pretrained=False, num_classes=classes, **kwargs)
+    classifier = model.pretrained_cfg["classifier"]
+    prefix = "visual.trunk."
+    state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    state.update({f"{classifier}.weight": weights.get("head.weight"), f"{classifier}.bias": weights.get("head.bias")})
+    state = {k: v for k, v in state.items() if v is not None}
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
+              if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        raise BadInput(f"--to timm: the soup's weights are not a timm {tower} of {classes} classes"
+                       + (f"; missing {missing[:3]}" if missing else "") + (f"; extra {unexpected[:3]}" if unexpected else "")
+                       + (f"; other shapes {shapes[:3]}" if shapes else "") + f": {way_out}")
+    return tower, kwargs, {k: v.contiguous() for k, v in state.items()}
 
 
 def _timm_tower_resized(name: str, image_size: int) -> bool:

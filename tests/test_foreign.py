@@ -304,6 +304,56 @@ def test_an_init_with_ema_weights_is_read_as_timms_initial_checkpoint_loads_it(t
         assert all(torch.equal(read[k], timm_start[k]) for k in timm_start), ema
 
 
+def _export_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_soup", ROOT / "scripts" / "export_soup.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.mark.parametrize("model_name", ["tiny_efficientnet", "tiny_vit"])
+def test_a_soup_of_a_timm_tower_exports_to_timm_with_the_soups_logits_and_preprocessing(tmp_path, model_name):
+    """An open_clip model whose image tower is a timm model (the demos' EfficientNet-Lite0 and DINOv2 ViT) goes
+    back to timm: the line export.json gives builds a timm classifier whose logits are the soup's on the same
+    input, and whose transform feeds it the tensor the soup was measured on; normalized features are refused."""
+    import numpy as np
+    import timm
+    from omegaconf import OmegaConf
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from soups.models.classifier import build_classifier, eval_transform
+
+    model = {**OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / f"{model_name}.yaml")),
+             "normalize_features": False}  # as the demos' models (tiny_vit's CLIP-style head normalizes)
+    cfg = OmegaConf.create(model)
+    soup = build_classifier(cfg, 10, load_pretrained=False).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # a head and BN statistics that are not their defaults
+        for k, v in soup.state_dict().items():
+            if v.is_floating_point() and v.dim() and not k.endswith("running_var"):
+                v.add_(0.05 * torch.randn_like(v))
+    save_file({k: v.contiguous() for k, v in soup.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "run.json").write_text(json.dumps({"config": {"model": model, "data": {"num_classes": 10}}}))
+    record = _export_script().export(tmp_path, "timm")
+    assert record["file"] == str(tmp_path / "timm.safetensors")
+    scope = {"timm": timm}
+    exec(record["load"], scope)  # the user's line, as written
+    exported, preprocess = scope["model"].eval(), scope["preprocess"]
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 37, 3), dtype=np.uint8))
+    x = preprocess(image)
+    assert torch.equal(x, eval_transform(cfg)(image))
+    batch = torch.stack([x, eval_transform(cfg)(image.rotate(90, expand=True))])
+    with torch.no_grad():
+        assert torch.allclose(exported(batch), soup(batch), atol=1e-5)
+    model["normalize_features"] = True
+    (tmp_path / "run.json").write_text(json.dumps({"config": {"model": model, "data": {"num_classes": 10}}}))
+    with pytest.raises(BadInput, match="L2-normalized features"):
+        _export_script().export(tmp_path, "timm")
+
+
 def test_an_open_clip_export_never_carries_a_random_text_tower(tmp_path):
     """The ViT demo's model has a pretrained image tower only: `--to open_clip` once ended in a traceback
     (a cache_dir for the tower), and would otherwise have written a randomly initialised text tower."""
@@ -321,8 +371,9 @@ def test_an_open_clip_export_never_carries_a_random_text_tower(tmp_path):
     with pytest.raises(BadInput, match=r"no pretrained text tower .* give --clip FILE .* or export --to safetensors"):
         script.export(tmp_path, "open_clip")
     assert not (tmp_path / "open_clip.pt").exists()
-    with pytest.raises(BadInput, match=r"use --to safetensors, or --to open_clip --clip FILE"):
-        script.export(tmp_path, "timm")  # the way out it names must work: not a bare `--to open_clip`
+    with pytest.raises(BadInput, match=r"not a timm vit_small_patch14_dinov2 of 10 classes; missing .*--to open_clip "
+                                       r"\(with --clip FILE where the model has no pretrained text tower\) or --to safetensors"):
+        script.export(tmp_path, "timm")  # a head alone is no timm model; the way out names --clip for this model
     proc = subprocess.run([sys.executable, "scripts/export_soup.py", str(tmp_path), "--to", "open_clip"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.startswith("error: the soup's model (vit_s14_dinov2) has no pretrained")
