@@ -144,8 +144,9 @@ def _timm_tower_classifier(model_cfg, weights: dict, classes: int) -> tuple[str,
     """(timm name, create_model kwargs, timm state dict) of a soup whose image tower is a timm model that open_clip
     runs as it is (`timm_proj: none`, timm's own pooling) and whose head reads the tower's features unnormalized:
     then timm's classifier of `classes` outputs is the soup's head, and timm.create_model(name, num_classes,
-    global_pool, img_size for a ViT) gives the soup's logits. The state is loaded strictly into that model here,
-    so a file that timm would refuse (or load partly) is never written. Raises BadInput otherwise."""
+    global_pool, img_size for a ViT) gives the soup's logits. The state is held against that model's own state
+    dict (every key, every shape) before anything is written, so timm's strict load of the file cannot fail or
+    load it partly. Raises BadInput otherwise."""
     import open_clip
     import timm
 
