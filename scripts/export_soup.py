@@ -164,12 +164,12 @@ def _timm_tower_classifier(model_cfg, weights: dict, classes: int) -> tuple[str,
     if model_cfg.normalize_features:
         raise BadInput(f"--to timm: the soup's head reads L2-normalized features (model.normalize_features=true), "
                        f"which a timm classifier cannot do: {way_out}")
+    prefix = "visual.trunk."
     kwargs = {"global_pool": vision.get("timm_pool", "avg")}
-    if hasattr(timm.create_model(tower, pretrained=False), "patch_embed"):
+    if any(k.startswith(prefix + "patch_embed.") for k in weights):
         kwargs["img_size"] = int(model_cfg.image_size)  # a ViT's position grid is the soup's size (open_clip resized it)
     model = timm.create_model(tower, pretrained=False, num_classes=classes, **kwargs)
     classifier = model.pretrained_cfg["classifier"]
-    prefix = "visual.trunk."
     state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
     state.update({f"{classifier}.weight": weights.get("head.weight"), f"{classifier}.bias": weights.get("head.bias")})
     state = {k: v for k, v in state.items() if v is not None}

@@ -357,14 +357,10 @@ def test_a_soup_of_a_timm_tower_exports_to_timm_with_the_soups_logits_and_prepro
 def test_an_open_clip_export_never_carries_a_random_text_tower(tmp_path):
     """The ViT demo's model has a pretrained image tower only: `--to open_clip` once ended in a traceback
     (a cache_dir for the tower), and would otherwise have written a randomly initialised text tower."""
-    import importlib.util
-
     from omegaconf import OmegaConf
     from safetensors.torch import save_file
 
-    spec = importlib.util.spec_from_file_location("export_soup", ROOT / "scripts" / "export_soup.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _export_script()
     model = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "vit_s14_dinov2.yaml"))
     (tmp_path / "run.json").write_text(json.dumps({"config": {"model": model, "data": {"num_classes": 10}}}))
     save_file({"head.weight": torch.zeros(10, 4), "head.bias": torch.zeros(10)}, str(tmp_path / "model.safetensors"))

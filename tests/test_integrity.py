@@ -3,6 +3,7 @@ NaN run is marked failed, a save interrupted by a full disk or a kill leaves the
 damaged caches are measured again, and nothing is unpickled."""
 import builtins
 import errno
+import functools
 import os
 import shutil
 import signal
@@ -303,6 +304,7 @@ def test_the_readme_is_a_front_door():
     assert contents, "a heading with 'Contents' followed by links"
     pages = sorted((ROOT / "docs").glob("*.md"))
     assert pages, "the docs pages the README links to"
+    @functools.cache
     def anchors(page):  # GitHub's heading ids: lower case, punctuation but '-' dropped, spaces to '-'
         return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
                 for h in re.findall(r"^#+\s+(.*)$", page.read_text(), re.MULTILINE)}
