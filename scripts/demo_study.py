@@ -33,7 +33,7 @@ COLUMNS = (("val", "held-out"), ("test", "test"), ("avg_shifts", "avg shifts"))
 SHIFTS_TEXT = (("amazon", "amazon"), ("tweets", "tweets"), ("nyt", "nyt"))
 PER_SHIFT = {"text": SHIFTS_TEXT, "text_lora": SHIFTS_TEXT}  # shown one by one too
 RECIPES = ("uniform soup", "greedy soup", "ensemble", "lora_factor_mean soup", "learned soup", "mehl soup",
-           "fisher soup", "regmean soup", "ties soup", "model_stock soup", "WiSE-FT of its base",
+           "fisher soup", "regmean soup", "ties soup", "dare soup", "model_stock soup", "WiSE-FT of its base",
            "EMA of the best run", "last-k average of the best run")
 BY_METHOD = {"ema": "EMA of the best run", "last_k": "last-k average of the best run",  # rows named by their run
              "wise_ft": "WiSE-FT of its base"}

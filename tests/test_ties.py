@@ -58,6 +58,8 @@ def test_per_tensor_trim_elect_and_disjoint_mean_by_hand():
     # b keeps 1 of 2: [0,-3], [0.2,0], [-0.4,0]; sums [-0.2,-3] elect [-,-] -> [-0.4, -3] added to 1
     torch.testing.assert_close(got["b"], torch.tensor([0.6, -2.0], dtype=torch.float64))
     assert got["steps"] == 0  # integer buffers: the first ingredient's
+    # entries the merge moves: a's 0, 1 and 3, both of b's
+    assert TiesMerging(density=0.5)(list(range(3)), Pool(INIT, STATES)).details["entries_moved"] == 5 / 6
 
 
 def test_global_trim_counts_every_tensor_of_a_model_and_scale_sum_apply():

@@ -8,13 +8,15 @@ mergekit 0.1.5 and FusionBench 0.2.33.
 Writes the pool (fine-tunes, their shared init, and one set of merge statistics: a Fisher diagonal per model
 and tensor, a Gram per model and linear weight) to a temporary folder, merges it once per method with this
 project's own code (src/soups: averaging.average, recipes.model_stock.ModelStock, recipes.ties.TiesMerging,
-recipes.fisher.fisher_average, recipes.regmean.regmean_merge) and once per peer (scripts/peers/peer_merge.py under .peers/bin/python), each
+recipes.fisher.fisher_average, recipes.regmean.regmean_merge, recipes.dare.Dare) and once per peer (scripts/peers/peer_merge.py under .peers/bin/python), each
 in a subprocess of its own, so that wall time and peak RSS are measured alike, and prints a markdown table:
 the largest absolute difference to the project's result, and the peer/project ratios of merge time (the
 least of --repeat merges) and of peak RSS while merging (the whole process: interpreter, libraries, inputs;
 in brackets: the ratio of the merges' own growth above the RSS before them; see peer_merge.measured).
 Statistics are the same numbers for both sides (the project reads them as float64/32, the peers in float32),
-so only the merge steps are compared, not how each library estimates a Fisher or a Gram.
+so only the merge steps are compared, not how each library estimates a Fisher or a Gram. DARE's random masks
+are the project's (recipes.dare.drop_mask, draw 0 of --seed), written beside the statistics and handed to the
+peers' own random draws, so that their drop, rescale and merge code runs on the same masks.
 """
 from __future__ import annotations
 
@@ -33,6 +35,11 @@ ROOT = Path(__file__).resolve().parents[2]
 PEER_PYTHON = ROOT / ".peers" / "bin" / "python"
 PEER_MERGE = ROOT / "scripts" / "peers" / "peer_merge.py"
 FISHER_FLOOR, REGMEAN_ALPHA, PROJECT_RIDGE = 1e-6, 0.9, 1e-4  # the project's defaults (recipes/fisher.py, regmean.py)
+# DARE rows: the project's settings (recipes/dare.py) that make each peer method; scale None = --lam
+DARE = {"dare_mean": {"merge": "mean", "rescale": "inverse", "scale": 1.0},
+        "dare_sum": {"merge": "sum", "rescale": "inverse", "scale": None},
+        "dare_linear": {"merge": "sum", "rescale": "l1", "scale": None},
+        "dare_ties": {"merge": "sum", "rescale": "l1", "sign_election": True, "scale": None}}
 
 # (row name, method, peers, project options, why a difference is expected)
 ROWS = [
@@ -59,6 +66,14 @@ ROWS = [
      "same formula (FusionBench inverts Σ G̃ without a ridge; project solves with ridge=0)"),
     (f"regmean (ridge {PROJECT_RIDGE:g}, project default)", "regmean", ("fusionbench",), {"ridge": PROJECT_RIDGE},
      "expected: project adds a ridge toward the plain mean (λI left, λW̄ᵀ right, λ = ridge × mean diag(Σ G̃)); FusionBench has none"),
+    ("dare (mean, 1/(1−p))", "dare_mean", ("fusionbench",), {},
+     "same formula (DareSimpleAverage: init + (1/K) Σ m ⊙ τᵢ/(1−p)), the same masks"),
+    ("dare (sum, 1/(1−p), λ)", "dare_sum", ("fusionbench",), {},
+     "same formula (DareTaskArithmetic: init + λ Σ m ⊙ τᵢ/(1−p)), the same masks"),
+    ("dare (sum, l1 rescale, λ)", "dare_linear", ("mergekit",), {},
+     "same formula (dare_linear: each dropped tensor rescaled to its L1 norm, init + λ Σ), the same masks"),
+    ("dare-ties (sum, l1 rescale, λ)", "dare_ties", ("mergekit",), {},
+     "same formula (dare_ties: sign of the summed dropped vectors elected, the agreeing ones summed), the same masks"),
 ]
 
 
@@ -125,15 +140,24 @@ def statistics(init, tunes, seed: int, max_gram_dim: int):
 
 # ---------------------------------------------------------------- the project's side (a worker process)
 
-def project_merge(method, states, base, weights, lam, stats, ridge, scope="tensor", density=0.2):
+def dare_masks(init, tunes, drop: float, seed: int) -> dict:
+    """{"mask/<i>/<key>": uint8}: the masks recipes.dare.Dare draws (draw 0) for the pool's float tensors."""
+    from soups.recipes.dare import drop_mask
+
+    return {f"mask/{i}/{key}": drop_mask(t.shape, drop, seed, 0, i, key).to(torch.uint8)
+            for i, state in enumerate(tunes) for key, t in state.items() if t.is_floating_point()}
+
+
+def project_merge(method, states, base, weights, lam, stats, ridge, scope="tensor", density=0.2, drop=0.5, seed=0):
     """The project's result for `method`, from its own code."""
     from soups.averaging import average, weighted_sum
 
     k = len(states)
 
-    class Shim:  # the two Scorer methods ModelStock and TiesMerging call: the shared init and one ingredient
+    class Shim:  # the Scorer surface the init-relative recipes use: the shared init, one ingredient, tied keys
         load_init = staticmethod(lambda: base)
         load = staticmethod(lambda i: states[i])
+        aliases = {}
     split = lambda kind: [{name.split("/", 2)[2]: t for name, t in stats.items()  # noqa: E731
                            if name.startswith(f"{kind}/{i}/")} for i in range(k)]
     if method == "uniform":
@@ -148,6 +172,11 @@ def project_merge(method, states, base, weights, lam, stats, ridge, scope="tenso
         from soups.recipes.ties import TiesMerging
 
         return TiesMerging(density=density, scope=scope)(list(range(k)), Shim()).weights
+    if method in DARE:
+        from soups.recipes.dare import Dare
+
+        settings = DARE[method] | {"scale": lam if DARE[method]["scale"] is None else DARE[method]["scale"]}
+        return Dare(drop=drop, seed=seed, draws=1, **settings)(list(range(k)), Shim()).weights
     if method == "task_arithmetic":  # no recipe in src/soups: init + λ Σ (θᵢ − init) with averaging.weighted_sum
         return weighted_sum([(base, 1.0 - k * lam), *((s, lam) for s in states)])
     if method == "fisher":
@@ -174,17 +203,19 @@ def worker(argv: list[str]) -> None:
     p.add_argument("--ridge", type=float, default=0.0)
     p.add_argument("--scope", default="tensor")
     p.add_argument("--density", type=float, default=0.2)
+    p.add_argument("--drop", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     # imported before the clock, as peer_merge.py imports the peers'
-    import soups.recipes.fisher, soups.recipes.model_stock, soups.recipes.regmean, soups.recipes.ties  # noqa: E401, F401
+    import soups.recipes.dare, soups.recipes.fisher, soups.recipes.model_stock, soups.recipes.regmean, soups.recipes.ties  # noqa: E401, F401
     states = [load_file(x) for x in a.inputs]
     base = load_file(a.base) if a.base else None
     stats = load_file(a.stats) if a.stats else {}
     copy = lambda s: {k: v.clone() for k, v in s.items()} if s is not None else None  # noqa: E731
     fresh = lambda: (a.method, [copy(s) for s in states], copy(base), a.weights, a.lam, stats, a.ridge,  # noqa: E731
-                     a.scope, a.density)
+                     a.scope, a.density, a.drop, a.seed)
     merged, record = measured(project_merge, fresh, a.repeat)
     save_file(merged, a.out)
     print(json.dumps(record))
@@ -218,6 +249,7 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--lam", type=float, default=0.3, help="task arithmetic's λ")
     p.add_argument("--density", type=float, default=0.2, help="TIES: the fraction of each task vector kept")
+    p.add_argument("--drop", type=float, default=0.5, help="DARE: the drop probability p")
     p.add_argument("--max-gram-dim", type=int, default=1024, help="RegMean: Grams only for weights this wide")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeat", type=int, default=3, help="time the least of this many merges")
@@ -239,11 +271,12 @@ def main() -> None:
         for path, state in zip(inputs, tunes):
             save_file(state, path)
         save_file(init, folder / "init.safetensors")
-        save_file(statistics(init, tunes, args.seed, args.max_gram_dim), folder / "stats.safetensors")
+        save_file(statistics(init, tunes, args.seed, args.max_gram_dim) | dare_masks(init, tunes, args.drop, args.seed),
+                  folder / "stats.safetensors")
         size_mb = sum(t.numel() * t.element_size() for t in init.values()) / 2**20
         common = ["--inputs", *inputs, "--base", str(folder / "init.safetensors"), "--weights", *map(str, weights),
                   "--lam", str(args.lam), "--stats", str(folder / "stats.safetensors"), "--repeat", str(args.repeat),
-                  "--density", str(args.density)]
+                  "--density", str(args.density), "--drop", str(args.drop)]
         print(f"pool: {args.pool_dir or 'constructed'}, K={k}, {size_mb:.1f} MB per model, "
               f"λ={args.lam}, weights={weights}, {args.threads} thread(s), in {folder}\n", file=sys.stderr)
 
@@ -255,7 +288,7 @@ def main() -> None:
             if (method, ridge, scope) not in project:
                 out = folder / f"project_{method}_{ridge:g}_{scope}.safetensors"
                 worker_cmd = [sys.executable, __file__, "--worker", method, *common, f"--ridge={ridge}",
-                              f"--scope={scope}"]
+                              f"--scope={scope}", f"--seed={args.seed}"]
                 record = run([*worker_cmd, "--out", str(out)], args.threads)
                 project[method, ridge, scope] = record, load_file(out)
             mine, ours = project[method, ridge, scope]

@@ -17,6 +17,15 @@ Runs in .peers (scripts/peers/setup.sh), never in the project's .venv. Methods:
                                                             density, merge_func="mean"), vector_to_state_dict
     fisher           -                                    | FusionBench merging_with_fisher_weights
     regmean          -                                    | FusionBench merging_with_regmean_weights
+    dare_mean        -                                    | FusionBench DareSimpleAverage(sparsity_ratio=drop)
+    dare_sum         -                                    | FusionBench DareTaskArithmetic(scaling_factor=lambda)
+    dare_linear      mergekit `dare_linear` (weight 1,    | -
+                     density 1 - drop, lambda)
+    dare_ties        mergekit `dare_ties` (same)          | -
+DARE draws random masks: `--masks` holds the project's ("mask/<i>/<key>", uint8) and the peer's own random
+call (mergekit's torch.bernoulli, FusionBench's torch.rand_like) is answered with them, found by the task
+vector it is asked for (`injected_masks`), so that the peer's own drop, rescale and merge code runs on the
+same masks.
 `--stats` holds "fisher/<i>/<key>" (a Fisher diagonal per model i and tensor) and "gram/<i>/<key>" (a Gram
 [in, in] per model i and linear weight) tensors, and the scalars "eps" (the Fisher floor) and "alpha"
 (RegMean's off-diagonal scale). Inputs and statistics are cast to `--dtype` (float32: the pools' dtype;
@@ -35,8 +44,8 @@ import time
 import torch
 from safetensors.torch import load_file, save_file
 
-MERGEKIT = ("uniform", "weighted", "model_stock", "task_arithmetic", "ties")
-FUSIONBENCH = MERGEKIT + ("fisher", "regmean")
+MERGEKIT = ("uniform", "weighted", "model_stock", "task_arithmetic", "ties", "dare_linear", "dare_ties")
+FUSIONBENCH = MERGEKIT[:5] + ("fisher", "regmean", "dare_mean", "dare_sum")
 
 
 def _status_mb(field: str) -> float:
@@ -80,9 +89,10 @@ def bare_package(name: str) -> None:
         sys.modules[name] = importlib.util.module_from_spec(importlib.util.find_spec(name))
 
 
-def as_module(state: dict[str, torch.Tensor]) -> torch.nn.Module:
+def as_module(state: dict[str, torch.Tensor], trainable: bool = False) -> torch.nn.Module:
     """A module whose state_dict() is `state` (FusionBench pools hold nn.Modules): one empty submodule per
-    dotted prefix, float tensors as (frozen) parameters, the rest as buffers. The tensors are shared."""
+    dotted prefix, float tensors as parameters (frozen unless `trainable`: FusionBench's DARE subtracts and
+    sums only trainable ones), the rest as buffers. The tensors are shared."""
     root = torch.nn.Module()
     for key, tensor in state.items():
         *path, leaf = key.split(".")
@@ -92,7 +102,7 @@ def as_module(state: dict[str, torch.Tensor]) -> torch.nn.Module:
                 module.add_module(part, torch.nn.Module())
             module = getattr(module, part)
         if tensor.is_floating_point():
-            module.register_parameter(leaf, torch.nn.Parameter(tensor, requires_grad=False))
+            module.register_parameter(leaf, torch.nn.Parameter(tensor, requires_grad=trainable))
         else:
             module.register_buffer(leaf, tensor)
     return root
@@ -108,7 +118,56 @@ def per_model(stats: dict[str, torch.Tensor], kind: str, k: int) -> list[dict[st
     return out
 
 
-def mergekit_merge(method, states, base, weights, lam, stats, dtype, density=0.2):
+@contextlib.contextmanager
+def injected_masks(peer: str, states, base, masks):
+    """Within: the peer's random draw for task vector θᵢ[key] − θ₀[key] returns masks["mask/<i>/<key>"]
+    (found by the vector's bytes: the peers compute it with the same subtraction in the same dtype). mergekit
+    0.1.5 draws in sparsify.bernoulli (torch.bernoulli of a tensor of densities: the mask itself), FusionBench
+    0.2.33 in dare.utils.param_random_drop_ (torch.rand_like(τ) > p: the mask as 1.0/0.0)."""
+    table, ambiguous = {}, set()
+    for i, state in enumerate(states):
+        for key, value in state.items():
+            if not value.is_floating_point():
+                continue
+            digest = (value - base[key]).numpy().tobytes()
+            mask = masks[f"mask/{i}/{key}"].bool()
+            if digest in table and not torch.equal(table[digest], mask):
+                ambiguous.add(digest)
+            table[digest] = mask
+
+    def mask_for(tau):
+        digest = tau.detach().cpu().numpy().tobytes()
+        if digest not in table or digest in ambiguous:
+            raise SystemExit(f"no single injected mask for a task vector of shape {tuple(tau.shape)} "
+                             f"({'two inputs share it' if digest in ambiguous else 'not one of the inputs'})")
+        return table[digest]
+
+    if peer == "mergekit":
+        import mergekit.sparsify as sparsify
+        original = sparsify.bernoulli
+
+        def bernoulli(tensor, density, rescale_norm=None):
+            mask, real = mask_for(tensor), torch.bernoulli
+            torch.bernoulli = lambda p, *a, **k: mask.to(p.dtype)  # mergekit's own rescale and casts run
+            try:
+                return original(tensor, density, rescale_norm)
+            finally:
+                torch.bernoulli = real
+        sparsify.bernoulli = bernoulli
+        try:
+            yield
+        finally:
+            sparsify.bernoulli = original
+        return
+    real = torch.rand_like
+    torch.rand_like = lambda tau, *a, **k: mask_for(tau).to(tau.dtype)  # 1.0 > p keeps, 0.0 > p drops
+    try:
+        yield
+    finally:
+        torch.rand_like = real
+
+
+def mergekit_merge(method, states, base, weights, lam, stats, dtype, density=0.2, drop=0.5):
     from mergekit.merge_methods import merge_state_dicts  # mergekit/merge_methods/api.py
 
     named = {f"m{i}": s for i, s in enumerate(states)}
@@ -124,11 +183,26 @@ def mergekit_merge(method, states, base, weights, lam, stats, dtype, density=0.2
     if method == "ties":  # normalize (the disjoint mean) is mergekit's default for ties; lambda 1
         return merge_state_dicts({"base": base, **named}, "ties", base="base", dtype=dtype,
                                  parameters={"weight": 1.0, "density": density})
+    if method in ("dare_linear", "dare_ties"):  # rescale (keep each tensor's L1 norm) is their default
+        with injected_masks("mergekit", states, base, stats):
+            return merge_state_dicts({"base": base, **named}, method, base="base", dtype=dtype,
+                                     parameters={"weight": 1.0, "density": 1 - drop, "lambda": lam})
     raise SystemExit(f"mergekit 0.1.5 has no {method!r} merge of given statistics (methods: {MERGEKIT})")
 
 
-def fusionbench_merge(method, states, base, weights, lam, stats, dtype, density=0.2):
+def fusionbench_merge(method, states, base, weights, lam, stats, dtype, density=0.2, drop=0.5):
     from fusion_bench.modelpool import BaseModelPool
+
+    if method in ("dare_mean", "dare_sum"):  # task vectors from trainable parameters only
+        bare_package("fusion_bench.method.dare")
+        from fusion_bench.method.dare.simple_average import DareSimpleAverage
+        from fusion_bench.method.dare.task_arithmetic import DareTaskArithmetic
+        pool = {f"m{i}": as_module(s, trainable=True) for i, s in enumerate(states)}
+        algorithm = (DareSimpleAverage(sparsity_ratio=drop, only_on_linear_weights=False) if method == "dare_mean"
+                     else DareTaskArithmetic(scaling_factor=lam, sparsity_ratio=drop, only_on_linear_weights=False))
+        with injected_masks("fusionbench", states, base, stats):
+            merged = algorithm.run(BaseModelPool(pool | {"_pretrained_": as_module(base, trainable=True)}))
+        return {k: v.detach() for k, v in merged.state_dict().items()}
 
     # Several algorithms write the merge into a pool model (WeightedAverage into the first, ModelStock into
     # _pretrained_): every merge here gets fresh copies of the inputs (`measured`), so that harms nothing.
@@ -184,6 +258,9 @@ def import_peer(peer: str) -> None:
         return
     from fusion_bench.method import (SimpleAverageAlgorithm, TaskArithmeticAlgorithm,  # noqa: F401
                                      WeightedAverageAlgorithm)
+    bare_package("fusion_bench.method.dare")  # its __init__ imports DARE-TIES, whose TIES imports `datasets`
+    from fusion_bench.method.dare.simple_average import DareSimpleAverage  # noqa: F401
+    from fusion_bench.method.dare.task_arithmetic import DareTaskArithmetic  # noqa: F401
     from fusion_bench.method.model_stock.model_stock import ModelStock  # noqa: F401
     from fusion_bench.modelpool import BaseModelPool  # noqa: F401
     bare_package("fusion_bench.method.fisher_merging")
@@ -211,13 +288,14 @@ def main() -> None:
         return check()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("peer", choices=["mergekit", "fusionbench"])
-    parser.add_argument("method", choices=FUSIONBENCH)
+    parser.add_argument("method", choices=sorted(set(MERGEKIT + FUSIONBENCH)))
     parser.add_argument("--inputs", nargs="+", required=True)
     parser.add_argument("--base")
     parser.add_argument("--weights", nargs="+", type=float)
     parser.add_argument("--lam", type=float, default=1.0, help="task arithmetic's scaling of the summed task vectors")
     parser.add_argument("--stats")
     parser.add_argument("--density", type=float, default=0.2, help="TIES: the fraction of each task vector kept")
+    parser.add_argument("--drop", type=float, default=0.5, help="DARE: the drop probability p (masks: --stats)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--repeat", type=int, default=3, help="time the least of this many merges")
     parser.add_argument("--out", required=True)
@@ -232,7 +310,7 @@ def main() -> None:
         import_peer(args.peer)  # before the clock
     copy = lambda s: {k: v.clone() for k, v in s.items()} if s is not None else None  # noqa: E731
     fresh = lambda: (args.method, [copy(s) for s in states], copy(base),  # noqa: E731
-                     args.weights, args.lam, stats, dtype, args.density)
+                     args.weights, args.lam, stats, dtype, args.density, args.drop)
     merged, record = measured(merge, fresh, args.repeat)
     save_file({k: v.detach().contiguous() for k, v in merged.items()}, args.out)
     print(json.dumps(record))

@@ -34,6 +34,21 @@ def kept_count(n: int, density: float) -> int:
     return n if density >= 1 else max(1, int(density * n))
 
 
+def elect_and_merge(total: dict, vectors, merge: str) -> dict:
+    """TIES' sign election and disjoint merge (Algorithm 1, steps 2-3), shared with DARE-TIES. `total`: {key:
+    Σᵢ τ̂ᵢ} (float64); `vectors`: the same {key: τ̂ᵢ} once more, model by model (streamed). γ = sign(total), a
+    zero sum electing +1; returns {key: the mean (merge="mean") or sum of the entries whose sign is γ}."""
+    sign = {key: torch.where(s >= 0, 1.0, -1.0).double() for key, s in total.items()}
+    agreeing = {key: torch.zeros_like(s) for key, s in total.items()}
+    count = {key: torch.zeros_like(s) for key, s in total.items()}
+    for taus in vectors:
+        for key, tau in taus.items():
+            keep = torch.sign(tau) == sign[key]
+            agreeing[key] += torch.where(keep, tau, torch.zeros_like(tau))
+            count[key] += keep.double()
+    return {key: agreeing[key] / count[key].clamp_min(1) if merge == "mean" else agreeing[key] for key in total}
+
+
 def threshold(values: torch.Tensor, density: float) -> float:
     """The k-th largest magnitude of `values` (k = kept_count): entries at or above it survive trimming."""
     flat = values.reshape(-1).abs()
@@ -78,29 +93,18 @@ class TiesMerging(Recipe):
                 state = scorer.load(ingredient)
                 cuts[i] = threshold(torch.cat([(state[k].double() - init[k].double()).reshape(-1) for k in floats]),
                                     self.density)
-        total = {key: torch.zeros_like(init[key], dtype=torch.float64) for key in floats}
-        for i, ingredient in enumerate(ingredients):
-            for key, tau in trimmed(scorer.load(ingredient), cuts[i]).items():
-                total[key] += tau
-        sign = {key: torch.where(s >= 0, 1.0, -1.0).double() for key, s in total.items()}
-        agreeing = {key: torch.zeros_like(s) for key, s in total.items()}
-        count = {key: torch.zeros_like(s) for key, s in total.items()}
-        first = None
+        total, first, moved = {key: torch.zeros_like(init[key], dtype=torch.float64) for key in floats}, None, {}
         for i, ingredient in enumerate(ingredients):
             state = scorer.load(ingredient)
             first = state if first is None else first
             for key, tau in trimmed(state, cuts[i]).items():
-                keep = torch.sign(tau) == sign[key]
-                agreeing[key] += torch.where(keep, tau, torch.zeros_like(tau))
-                count[key] += keep.double()
-        merged = {}
-        for key, value in init.items():
-            if key not in agreeing:
-                merged[key] = first[key].clone()
-                continue
-            tau = agreeing[key] / count[key].clamp_min(1) if self.merge == "mean" else agreeing[key]
-            merged[key] = (value.double() + self.scale * tau).to(value.dtype)
-        kept = sum(int((c > 0).sum()) for c in count.values()) / sum(c.numel() for c in count.values())
+                total[key] += tau
+                moved[key] = moved.get(key, False) | (tau != 0)
+        tau_m = elect_and_merge(total, (trimmed(scorer.load(ingredient), cuts[i])
+                                        for i, ingredient in enumerate(ingredients)), self.merge)
+        merged = {key: (value.double() + self.scale * tau_m[key]).to(value.dtype) if key in tau_m
+                  else first[key].clone() for key, value in init.items()}
+        kept = sum(int(m.sum()) for m in moved.values()) / sum(m.numel() for m in moved.values())
         details = {"density": self.density, "scope": self.scope, "merge": self.merge, "scale": self.scale,
                    "entries_moved": kept}
         return RecipeResult(merged, list(ingredients), details, new_point=True)
