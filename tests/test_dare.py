@@ -59,10 +59,15 @@ def test_the_three_rescales_by_hand():
     torch.testing.assert_close(drop_and_rescale(tau, keep, 0.75, "none"), torch.tensor([2.0, 0, 4.0, 0], dtype=torch.float64))
     nothing = torch.zeros(4, dtype=torch.bool)  # every entry dropped: zeros, not 0/0
     assert torch.equal(drop_and_rescale(tau, nothing, 0.5, "l1"), torch.zeros(4, dtype=torch.float64))
+    # as mergekit: no L1 rescale where either norm is below 1e-7 (a tensor that barely moved)
+    tiny = tau * 1e-8  # |τ|₁ = 7.5e-8
+    torch.testing.assert_close(drop_and_rescale(tiny, keep, 0.75, "l1"), tiny * keep, rtol=0, atol=0)
+    torch.testing.assert_close(drop_and_rescale(tau * 2e-8, keep, 0.75, "l1"), tau * 2e-8 * keep * 1.25)
 
 
-@pytest.mark.parametrize("drop,rescale,merge,scale", [(0.5, "inverse", "mean", 1.0), (0.3, "l1", "sum", 0.5),
-                                                      (0.6, "none", "mean", 2.0)])
+@pytest.mark.parametrize("drop,rescale,merge,scale", [(0.5, "inverse", "mean", 1.0), (0.5, "inverse", "sum", 0.3),
+                                                      (0.3, "l1", "mean", 1.0), (0.3, "l1", "sum", 0.5),
+                                                      (0.6, "none", "mean", 2.0), (0.6, "none", "sum", 1.0)])
 def test_one_draw_is_the_merge_written_out_from_its_masks(drop, rescale, merge, scale):
     result = Dare(drop=drop, rescale=rescale, merge=merge, scale=scale, draws=1)(list(range(3)), Pool())
     want = by_hand(drop, rescale, merge, scale)
@@ -86,20 +91,24 @@ def test_drop_0_is_the_recipe_it_starts_from():
         assert all(torch.equal(dare[k], ties[k]) for k in ("a", "b")), merge
 
 
-def test_dare_ties_elects_the_sign_of_the_dropped_vectors():
+@pytest.mark.parametrize("rescale,merge", [("inverse", "mean"), ("l1", "sum")])
+def test_dare_ties_elects_the_sign_of_the_dropped_vectors(rescale, merge):
     """The election recomputed from the recipe's own masks: γ = sign of the summed dropped vectors, then the
-    mean of the dropped entries that agree with it."""
-    got = Dare(drop=0.5, sign_election=True, draws=1, seed=3)(list(range(3)), Pool()).weights
+    mean (or sum) of the dropped entries that agree with it."""
+    got = Dare(drop=0.5, rescale=rescale, merge=merge, sign_election=True, draws=1, seed=0)(list(range(3)), Pool()).weights
+    differs = []  # without the election the merge is another number (on some tensor)
     for key in ("a", "b"):
         dropped = torch.stack([drop_and_rescale(torch.tensor(t[key], dtype=torch.float64),
-                                                drop_mask(torch.Size([len(t[key])]), 0.5, 3, 0, i, key), 0.5, "inverse")
+                                                drop_mask(torch.Size([len(t[key])]), 0.5, 0, 0, i, key), 0.5, rescale)
                                for i, t in enumerate(TAUS)])
         gamma = torch.where(dropped.sum(0) >= 0, 1.0, -1.0).double()
         agree = torch.sign(dropped) == gamma
-        want = INIT[key] + (dropped * agree).sum(0) / agree.sum(0).clamp_min(1)
+        summed = (dropped * agree).sum(0)
+        want = INIT[key] + (summed / agree.sum(0).clamp_min(1) if merge == "mean" else summed)
         torch.testing.assert_close(got[key], want, rtol=0, atol=1e-12)
-        # without the election it is another number here
-        assert not torch.allclose(want, INIT[key] + dropped.mean(0)), key
+        plain = dropped.mean(0) if merge == "mean" else dropped.sum(0)
+        differs.append(not torch.allclose(want, INIT[key] + plain))
+    assert any(differs)
 
 
 def test_masks_are_seeded_per_tensor_keep_1_minus_p_and_the_inverse_rescale_is_unbiased():
@@ -135,12 +144,23 @@ def test_draws_are_reported_as_mean_and_std_and_the_saved_weights_are_the_best_o
     assert all(0 < r["entries_kept"] < 1 for r in rows)
 
 
+def test_of_draws_equal_on_held_out_the_first_is_saved():
+    class Flat(Pool):
+        def evaluate(self, state, new_point):
+            return {"val": 50.0, "test": float(state["a"][1])}
+    result = Dare(drop=0.5, draws=3)(list(range(3)), Flat())
+    first = Dare(drop=0.5, draws=1).merged(list(range(3)), Flat(), 0)[0]
+    assert result.details["saved_draw"] == 0 and all(torch.equal(result.weights[k], first[k]) for k in first)
+
+
 def test_a_tied_copy_is_dropped_once_and_follows_its_first_name():
     tied = lambda state: state | {"a_copy": state["a"]}
     pool = Pool(tied(INIT), [tied(s) for s in STATES], aliases={"a_copy": "a"})
-    got = Dare(drop=0.5, draws=1)(list(range(3)), pool).weights
-    want = Dare(drop=0.5, draws=1)(list(range(3)), Pool()).weights
-    assert torch.equal(got["a"], want["a"]) and torch.equal(got["a_copy"], STATES[0]["a"])  # the scorer ties it
+    got = Dare(drop=0.5, draws=1)(list(range(3)), pool)
+    want = Dare(drop=0.5, draws=1)(list(range(3)), Pool())
+    assert torch.equal(got.weights["a"], want.weights["a"])
+    assert torch.equal(got.weights["a_copy"], STATES[0]["a"])  # left for the scorer to tie to "a"
+    assert got.details["entries_kept"] == want.details["entries_kept"]  # its entries counted once
 
 
 @pytest.mark.parametrize("settings,match", [({"drop": 1.0}, "drop=1.0"), ({"drop": -0.1}, "drop=-0.1"),
@@ -160,4 +180,15 @@ def test_soup_py_method_dare_runs_on_a_pool_with_its_init(tiny_sweep, soup_cfg, 
     record = json.loads((tmp_path / "soup" / "dare" / "soup.json").read_text())
     assert [d["draw"] for d in record["draws"]] == [0, 1] and record["saved_draw"] in (0, 1)
     assert record["mean"]["val"] == pytest.approx(statistics.fmean(d["val"] for d in record["draws"]))
-    assert "draws" in (tmp_path / "soup" / "report.md").read_text()
+    report = (tmp_path / "soup" / "report.md").read_text()
+    assert "## dare soup" in report and "| draw | entries_kept |" in report
+
+
+def test_a_negative_bn_variance_without_recalibration_is_refused_not_evaluated(tiny_sweep, soup_cfg, tmp_path):
+    """Task vectors rescaled 10× and summed push some BN running variances of the tiny EfficientNet below 0; with
+    BN statistics used as given its outputs would be NaN and its accuracies silently meaningless."""
+    _, sweep = tiny_sweep
+    cfg = soup_cfg(f"pool.dir={sweep}", "method=dare", "method.dare.drop=0.9", "method.dare.merge=sum",
+                   "method.dare.draws=1", "bn_recalibration=false")
+    with pytest.raises(BadInput, match="negative BatchNorm running variance .*running_var.*bn_recalibration=auto"):
+        run_soup(cfg, tmp_path / "soup")

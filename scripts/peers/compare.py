@@ -16,7 +16,8 @@ in brackets: the ratio of the merges' own growth above the RSS before them; see 
 Statistics are the same numbers for both sides (the project reads them as float64/32, the peers in float32),
 so only the merge steps are compared, not how each library estimates a Fisher or a Gram. DARE's random masks
 are the project's (recipes.dare.drop_mask, draw 0 of --seed), written beside the statistics and handed to the
-peers' own random draws, so that their drop, rescale and merge code runs on the same masks.
+peers' own random draws, so that their drop, rescale and merge code runs on the same masks (the difference);
+DARE's time and memory come from a second peer run that draws its own masks (no lookup in the clock).
 """
 from __future__ import annotations
 
@@ -298,6 +299,9 @@ def main() -> None:
                     theirs = run([str(PEER_PYTHON), str(PEER_MERGE), peer, method, *common, "--out", str(peer_out)],
                                  args.threads)
                     diff = max_abs_difference(ours, load_file(peer_out))
+                    if method in DARE:  # the difference on the project's masks; time and memory as the peer runs
+                        theirs = run([str(PEER_PYTHON), str(PEER_MERGE), peer, method, *common, "--own-masks",
+                                      "--out", str(peer_out)], args.threads)
                 except RuntimeError as err:
                     lines.append(f"| {name} | {peer} | failed: {str(err)[:120]} | | | {why} |")
                     continue

@@ -22,10 +22,10 @@ Runs in .peers (scripts/peers/setup.sh), never in the project's .venv. Methods:
     dare_linear      mergekit `dare_linear` (weight 1,    | -
                      density 1 - drop, lambda)
     dare_ties        mergekit `dare_ties` (same)          | -
-DARE draws random masks: `--masks` holds the project's ("mask/<i>/<key>", uint8) and the peer's own random
+DARE draws random masks: `--stats` holds the project's ("mask/<i>/<key>", uint8) and the peer's own random
 call (mergekit's torch.bernoulli, FusionBench's torch.rand_like) is answered with them, found by the task
 vector it is asked for (`injected_masks`), so that the peer's own drop, rescale and merge code runs on the
-same masks.
+same masks; the lookup hashes each vector inside the clock, so compare.py times DARE with --own-masks.
 `--stats` holds "fisher/<i>/<key>" (a Fisher diagonal per model i and tensor) and "gram/<i>/<key>" (a Gram
 [in, in] per model i and linear weight) tensors, and the scalars "eps" (the Fisher floor) and "alpha"
 (RegMean's off-diagonal scale). Inputs and statistics are cast to `--dtype` (float32: the pools' dtype;
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib.util
 import json
 import resource
@@ -118,28 +119,44 @@ def per_model(stats: dict[str, torch.Tensor], kind: str, k: int) -> list[dict[st
     return out
 
 
-@contextlib.contextmanager
-def injected_masks(peer: str, states, base, masks):
-    """Within: the peer's random draw for task vector θᵢ[key] − θ₀[key] returns masks["mask/<i>/<key>"]
-    (found by the vector's bytes: the peers compute it with the same subtraction in the same dtype). mergekit
-    0.1.5 draws in sparsify.bernoulli (torch.bernoulli of a tensor of densities: the mask itself), FusionBench
-    0.2.33 in dare.utils.param_random_drop_ (torch.rand_like(τ) > p: the mask as 1.0/0.0)."""
-    table, ambiguous = {}, set()
+def _digest(tau: torch.Tensor) -> str:
+    return hashlib.sha256(repr(tuple(tau.shape)).encode() + tau.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def mask_table(states, base, masks) -> dict:
+    """{sha256 of a task vector θᵢ[key] − θ₀[key]: its mask} from masks["mask/<i>/<key>"], built before the
+    clock. A vector of zeros (a tensor nobody moved) takes any mask (the product is zero whatever it is); two
+    equal non-zero vectors with different masks are marked None (ambiguous: a lookup of them fails)."""
+    table = {}
     for i, state in enumerate(states):
         for key, value in state.items():
             if not value.is_floating_point():
                 continue
-            digest = (value - base[key]).numpy().tobytes()
-            mask = masks[f"mask/{i}/{key}"].bool()
-            if digest in table and not torch.equal(table[digest], mask):
-                ambiguous.add(digest)
-            table[digest] = mask
+            tau, mask = value - base[key], masks[f"mask/{i}/{key}"].bool()
+            digest = _digest(tau)
+            if digest not in table:
+                table[digest] = mask
+            elif table[digest] is not None and bool(tau.any()) and not torch.equal(table[digest], mask):
+                table[digest] = None
+    return table
+
+
+@contextlib.contextmanager
+def injected_masks(peer: str, table: dict):
+    """Within: the peer's random draw for a task vector returns its mask from `table` (`mask_table`: found
+    by the vector's bytes, which the peers compute with the same subtraction in the same dtype). mergekit
+    0.1.5 draws in sparsify.bernoulli (torch.bernoulli of a tensor of densities: the mask itself),
+    FusionBench 0.2.33 in dare.utils.param_random_drop_ (torch.rand_like(τ) > p: the mask as 1.0/0.0).
+    On leaving, every vector of the table must have been asked for: a peer that drew its masks some other way
+    (its own random numbers) fails here instead of agreeing by chance."""
+    used = set()
 
     def mask_for(tau):
-        digest = tau.detach().cpu().numpy().tobytes()
-        if digest not in table or digest in ambiguous:
+        digest = _digest(tau)
+        if table.get(digest) is None:
             raise SystemExit(f"no single injected mask for a task vector of shape {tuple(tau.shape)} "
-                             f"({'two inputs share it' if digest in ambiguous else 'not one of the inputs'})")
+                             f"({'two inputs share it' if digest in table else 'not one of the inputs'})")
+        used.add(digest)
         return table[digest]
 
     if peer == "mergekit":
@@ -154,17 +171,18 @@ def injected_masks(peer: str, states, base, masks):
             finally:
                 torch.bernoulli = real
         sparsify.bernoulli = bernoulli
-        try:
-            yield
-        finally:
-            sparsify.bernoulli = original
-        return
-    real = torch.rand_like
-    torch.rand_like = lambda tau, *a, **k: mask_for(tau).to(tau.dtype)  # 1.0 > p keeps, 0.0 > p drops
+        restore = lambda: setattr(sparsify, "bernoulli", original)  # noqa: E731
+    else:
+        real = torch.rand_like
+        torch.rand_like = lambda tau, *a, **k: mask_for(tau).to(tau.dtype)  # 1.0 > p keeps, 0.0 > p drops
+        restore = lambda: setattr(torch, "rand_like", real)  # noqa: E731
     try:
         yield
     finally:
-        torch.rand_like = real
+        restore()
+    if used != set(table):
+        raise SystemExit(f"{peer} asked for {len(used)} of the {len(table)} injected masks: it drew the others "
+                         f"itself, so its result is not on the project's masks")
 
 
 def mergekit_merge(method, states, base, weights, lam, stats, dtype, density=0.2, drop=0.5):
@@ -184,7 +202,7 @@ def mergekit_merge(method, states, base, weights, lam, stats, dtype, density=0.2
         return merge_state_dicts({"base": base, **named}, "ties", base="base", dtype=dtype,
                                  parameters={"weight": 1.0, "density": density})
     if method in ("dare_linear", "dare_ties"):  # rescale (keep each tensor's L1 norm) is their default
-        with injected_masks("mergekit", states, base, stats):
+        with injected_masks("mergekit", stats["masks"]) if stats.get("masks") is not None else contextlib.nullcontext():
             return merge_state_dicts({"base": base, **named}, method, base="base", dtype=dtype,
                                      parameters={"weight": 1.0, "density": 1 - drop, "lambda": lam})
     raise SystemExit(f"mergekit 0.1.5 has no {method!r} merge of given statistics (methods: {MERGEKIT})")
@@ -200,7 +218,7 @@ def fusionbench_merge(method, states, base, weights, lam, stats, dtype, density=
         pool = {f"m{i}": as_module(s, trainable=True) for i, s in enumerate(states)}
         algorithm = (DareSimpleAverage(sparsity_ratio=drop, only_on_linear_weights=False) if method == "dare_mean"
                      else DareTaskArithmetic(scaling_factor=lam, sparsity_ratio=drop, only_on_linear_weights=False))
-        with injected_masks("fusionbench", states, base, stats):
+        with injected_masks("fusionbench", stats["masks"]) if stats.get("masks") is not None else contextlib.nullcontext():
             merged = algorithm.run(BaseModelPool(pool | {"_pretrained_": as_module(base, trainable=True)}))
         return {k: v.detach() for k, v in merged.state_dict().items()}
 
@@ -296,6 +314,8 @@ def main() -> None:
     parser.add_argument("--stats")
     parser.add_argument("--density", type=float, default=0.2, help="TIES: the fraction of each task vector kept")
     parser.add_argument("--drop", type=float, default=0.5, help="DARE: the drop probability p (masks: --stats)")
+    parser.add_argument("--own-masks", action="store_true", help="DARE: the peer draws its own masks (for timing: "
+                        "no lookup of injected masks in the clock; the result is another draw)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--repeat", type=int, default=3, help="time the least of this many merges")
     parser.add_argument("--out", required=True)
@@ -305,6 +325,8 @@ def main() -> None:
     states = [cast(load_file(p)) for p in args.inputs]
     base = cast(load_file(args.base)) if args.base else None
     stats = cast(load_file(args.stats)) if args.stats else {}  # Fishers and Grams in the merge's dtype too
+    if args.method.startswith("dare"):  # the project's masks, unless --own-masks (then timed as the peer runs)
+        stats["masks"] = None if args.own_masks else mask_table(states, base, stats)
     merge = mergekit_merge if args.peer == "mergekit" else fusionbench_merge
     with contextlib.redirect_stdout(sys.stderr):
         import_peer(args.peer)  # before the clock

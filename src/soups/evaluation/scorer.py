@@ -136,6 +136,13 @@ class PoolScorer:
         no-op when it already holds them. `key`: their `_weights_key` if the caller has it (hashing is not free)."""
         key = key or self._weights_key(state, new_point)
         if key != self._loaded:
+            if self.bn_sample is None:  # BN statistics used as given: a negative variance makes NaN outputs
+                negative = [k for k, v in state.items() if k.endswith("running_var") and bool((v < 0).any())]
+                if negative:
+                    raise BadInput(f"weights with a negative BatchNorm running variance ({', '.join(negative[:3])}"
+                                   f"{', ...' if len(negative) > 3 else ''}): their outputs would be NaN (an "
+                                   f"extrapolation, or task vectors rescaled past the init, with bn_recalibration="
+                                   f"false); bn_recalibration=auto recomputes the BN statistics of a soup")
             self.model.load_state_dict(tie(state, self.aliases))  # tied copies take their first name's value
             if new_point and self.bn_sample is not None:
                 recalibrate_bn(self.model, self.bn_sample, self.batch_size, self.device)

@@ -4,13 +4,15 @@ init) is dropped with probability p, the survivors rescaled, and the sparse vect
 
     drop     mᵢ ~ Bernoulli(1 − p) per entry;  τ̂ᵢ = r · mᵢ ⊙ τᵢ
     rescale  r = 1 / (1 − p)                          (`rescale: inverse`: the paper and FusionBench; E[τ̂ᵢ] = τᵢ)
-             r = |τᵢ|₁ / |mᵢ ⊙ τᵢ|₁ per tensor         (`l1`: mergekit's `dare_*`, the tensor's L1 norm kept)
+             r = |τᵢ|₁ / |mᵢ ⊙ τᵢ|₁ per tensor         (`l1`: mergekit's `dare_*`, the tensor's L1 norm kept;
+                                                        as there, r = 1 where either norm is below 1e-7)
              r = 1                                    (`none`: the paper's drop-only ablation)
     merge    τ_m = (1/K) Σᵢ τ̂ᵢ  (`merge: mean`: a uniform soup of the dropped vectors; FusionBench DareSimpleAverage)
              τ_m = Σᵢ τ̂ᵢ        (`sum`: task arithmetic; mergekit `dare_linear`, FusionBench DareTaskArithmetic)
-             with `sign_election: true` (DARE-TIES) only the τ̂ᵢ whose sign agrees with γ = sign(Σᵢ τ̂ᵢ) (a zero
-             sum elects +1: soups.recipes.ties.elect_and_merge), divided by their count under `mean`; mergekit's
-             `dare_ties` is `merge: sum` (its default normalize: false)
+             with `sign_election: true` only the τ̂ᵢ whose sign agrees with γ = sign(Σᵢ τ̂ᵢ) (a zero sum elects
+             +1: soups.recipes.ties.elect_and_merge), divided by their count under `mean`: DARE-TIES as mergekit's
+             `dare_ties` (= `merge: sum`, its default normalize: false), the random drop in place of TIES'
+             magnitude trim (FusionBench's DareTiesMerging trims by magnitude again after dropping)
     θ = θ₀ + λ τ_m                                     (λ = `scale`)
 
 With p = 0 every recipe of this file is the plain one it starts from (`mean`: the uniform soup). The mask of
@@ -18,9 +20,12 @@ ingredient i, tensor `key` in draw d comes from a generator seeded by sha256("se
 nothing else (not the other tensors, not the device), so a rerun draws the same masks and the evaluation
 cache serves it. `draws` > 1: each draw is evaluated on every set; the row shows their mean ± std
 (population std, as greedy_random) and the saved weights are those of the draw best on held-out (the
-first of equals). Every floating-point tensor takes part (as in both peers); integer buffers come from the
-first ingredient; a tied copy follows its first name. Streamed: memory the init, two accumulators and one
-ingredient (three accumulators with the sign election), in float64.
+first of equals). Every floating-point tensor takes part, BatchNorm statistics included (as mergekit;
+FusionBench's DARE moves trainable parameters only): a soup's BN statistics are recomputed when the model
+has BN (`bn_recalibration: auto`), and without that a negative running variance is refused by the scorer.
+Integer buffers come from the first ingredient; a tied copy follows its first name. Streamed: the init, the
+first ingredient (for its integer buffers), one more ingredient and the float64 sum; with the sign election
+three more float64 accumulators.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ from soups.recipes import Recipe, RecipeResult
 from soups.recipes.ties import elect_and_merge
 
 RESCALES, MERGES = ("inverse", "l1", "none"), ("mean", "sum")
+L1_FLOOR = 1e-7  # `l1`: no rescale where either L1 norm is below it, as mergekit
 
 
 def drop_mask(shape: torch.Size, drop: float, seed: int, draw: int, index: int, key: str) -> torch.Tensor:
@@ -50,20 +56,20 @@ def drop_mask(shape: torch.Size, drop: float, seed: int, draw: int, index: int, 
 
 def drop_and_rescale(tau: torch.Tensor, keep: torch.Tensor, drop: float, rescale: str) -> torch.Tensor:
     """τ̂ = r · keep ⊙ τ (the module docstring's r); `tau` float64 of any shape, `keep` bool of its shape. Under
-    `l1`, a tensor with nothing left keeps its zeros (r = 1)."""
+    `l1`, r = 1 where |τ|₁ or |keep ⊙ τ|₁ is below L1_FLOOR (mergekit 0.1.5's `rescaled_masked_tensor` eps)."""
     kept = tau * keep
     if rescale == "inverse":
         return kept.div_(1 - drop)
     if rescale == "l1":
-        after = kept.abs().sum()
-        return kept.mul_(tau.abs().sum() / after) if after > 0 else kept
+        before, after = tau.abs().sum(), kept.abs().sum()
+        return kept.mul_(before / after) if before >= L1_FLOOR and after >= L1_FLOOR else kept
     return kept
 
 
 @dataclass
 class Dare(Recipe):
     needs_init: ClassVar[bool] = True
-    drop: float = 0.5            # p, as FusionBench's default (the paper: 0.9 for LLM fine-tunes)
+    drop: float = 0.5            # p, FusionBench's default (the paper drops 90% and more of LLM fine-tunes' deltas)
     rescale: str = "inverse"
     merge: str = "mean"
     sign_election: bool = False

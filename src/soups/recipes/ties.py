@@ -5,7 +5,7 @@ elect sign, disjoint merge of the task vectors τᵢ = θᵢ − θ₀ (θ₀: t
              too), n counted per tensor (`scope: tensor`, as mergekit) or over all of a model's tensors
              (`scope: global`, as the paper and FusionBench)
     elect    γ = sign(Σᵢ τ̂ᵢ) per entry; a zero sum (nothing survived, or survivors cancel exactly) elects +1,
-             where the authors' code elects the tensor's majority sign and mergekit keeps nothing
+             as mergekit (its `get_mask`: (sum ≥ 0)·2 − 1), where the authors' code elects the tensor's majority sign
     merge    τ_m = Σᵢ τ̂ᵢ [sign τ̂ᵢ = γ] / max(1, #{i : sign τ̂ᵢ = γ})   (`merge: mean`; `sum` drops the divisor)
     θ = θ₀ + λ τ_m                                                     (λ = `scale`)
 
@@ -46,7 +46,8 @@ def elect_and_merge(total: dict, vectors, merge: str) -> dict:
             keep = torch.sign(tau) == sign[key]
             agreeing[key] += torch.where(keep, tau, torch.zeros_like(tau))
             count[key] += keep.double()
-    return {key: agreeing[key] / count[key].clamp_min(1) if merge == "mean" else agreeing[key] for key in total}
+    del sign
+    return {key: agreeing[key].div_(count[key].clamp_min_(1)) if merge == "mean" else agreeing[key] for key in total}
 
 
 def threshold(values: torch.Tensor, density: float) -> float:
