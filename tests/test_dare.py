@@ -111,6 +111,19 @@ def test_dare_ties_elects_the_sign_of_the_dropped_vectors(rescale, merge):
     assert any(differs)
 
 
+def test_under_the_election_the_mean_of_rescaled_survivors_takes_a_1_over_1_minus_p_step():
+    """K copies of one task vector τ: the disjoint mean of the survivors, each τ/(1−p), is τ/(1−p) wherever one
+    survived (2τ at p = 0.5); without the rescale it is τ, TIES' step."""
+    same = [STATES[0] | {"steps": torch.tensor(i)} for i in range(8)]
+    tau = {k: STATES[0][k] - INIT[k] for k in ("a", "b")}
+    doubled = Dare(drop=0.5, sign_election=True, draws=1)(list(range(8)), Pool(INIT, same)).weights
+    kept = Dare(drop=0.5, sign_election=True, rescale="none", draws=1)(list(range(8)), Pool(INIT, same)).weights
+    for k in ("a", "b"):
+        survived = sum(drop_mask(tau[k].shape, 0.5, 0, 0, i, k) for i in range(8)) > 0
+        torch.testing.assert_close(doubled[k], INIT[k] + 2 * tau[k] * survived, rtol=0, atol=1e-12)
+        torch.testing.assert_close(kept[k], INIT[k] + tau[k] * survived, rtol=0, atol=1e-12)
+
+
 def test_masks_are_seeded_per_tensor_keep_1_minus_p_and_the_inverse_rescale_is_unbiased():
     shape = torch.Size([200, 50])
     m = drop_mask(shape, 0.9, seed=0, draw=0, index=1, key="w")
