@@ -301,7 +301,7 @@ def main() -> None:
                     diff = max_abs_difference(ours, load_file(peer_out))
                     if method in DARE:  # the difference on the project's masks; time and memory as the peer runs
                         theirs = run([str(PEER_PYTHON), str(PEER_MERGE), peer, method, *common, "--own-masks",
-                                      "--out", str(peer_out)], args.threads)
+                                      "--out", str(folder / f"{peer}_{method}_own_masks.safetensors")], args.threads)
                 except RuntimeError as err:
                     lines.append(f"| {name} | {peer} | failed: {str(err)[:120]} | | | {why} |")
                     continue

@@ -27,8 +27,8 @@ first of equals). Every floating-point tensor takes part, BatchNorm statistics i
 FusionBench's DARE moves trainable parameters only): a soup's BN statistics are recomputed when the model
 has BN (`bn_recalibration: auto`), and without that a negative running variance is refused by the scorer.
 Integer buffers come from the first ingredient; a tied copy follows its first name. Streamed: the init, the
-first ingredient (for its integer buffers), one more ingredient and the float64 sum; with the sign election
-three more float64 accumulators.
+first ingredient (for its integer buffers), one more ingredient and the float64 sum (8 bytes an entry), which
+the sign election replaces by 13 bytes an entry (soups.recipes.ties.elect_and_merge).
 """
 from __future__ import annotations
 
