@@ -145,13 +145,14 @@ def test_masks_are_seeded_per_tensor_keep_1_minus_p_and_the_inverse_rescale_is_u
 def test_draws_are_reported_as_mean_and_std_and_the_saved_weights_are_the_best_on_held_out():
     pool = Pool()
     result = Dare(drop=0.5, draws=4)(list(range(3)), pool)
-    rows = result.tables["draws"]
+    rows = result.tables["mask_draws"]
     assert [r["draw"] for r in rows] == [0, 1, 2, 3] and pool.evaluated == [True] * 4
     for r, draw in zip(rows, range(4)):  # each row is that draw's own merge
         one = Dare(drop=0.5, draws=1).merged(list(range(3)), pool, draw)[0]
         assert r["val"] == float(one["a"][0]) and r["test"] == 10 * float(one["a"][1])
     best = max(range(4), key=lambda d: rows[d]["val"])
     assert result.details["saved_draw"] == best and float(result.weights["a"][0]) == rows[best]["val"]
+    assert [r["saved"] for r in rows] == [d == best for d in range(4)]
     assert result.mean == {c: statistics.fmean(r[c] for r in rows) for c in ("val", "test")}
     assert result.std == {c: statistics.pstdev([r[c] for r in rows]) for c in ("val", "test")}
     assert all(0 < r["entries_kept"] < 1 for r in rows)
@@ -191,10 +192,12 @@ def test_soup_py_method_dare_runs_on_a_pool_with_its_init(tiny_sweep, soup_cfg, 
     row = rows[-1]
     assert row["row"] == "dare soup" and 0 < row["metrics"]["val"] <= 100
     record = json.loads((tmp_path / "soup" / "dare" / "soup.json").read_text())
-    assert [d["draw"] for d in record["draws"]] == [0, 1] and record["saved_draw"] in (0, 1)
-    assert record["mean"]["val"] == pytest.approx(statistics.fmean(d["val"] for d in record["draws"]))
+    assert record["draws"] == 2  # the setting, beside the table of the draws
+    assert [d["draw"] for d in record["mask_draws"]] == [0, 1] and record["saved_draw"] in (0, 1)
+    assert [d["saved"] for d in record["mask_draws"]] == [d == record["saved_draw"] for d in (0, 1)]
+    assert record["mean"]["val"] == pytest.approx(statistics.fmean(d["val"] for d in record["mask_draws"]))
     report = (tmp_path / "soup" / "report.md").read_text()
-    assert "## dare soup" in report and "| draw | entries_kept |" in report
+    assert "## dare soup" in report and "| draw | saved | entries_kept |" in report
 
 
 def test_a_negative_bn_variance_without_recalibration_is_refused_not_evaluated(tiny_sweep, soup_cfg, tmp_path):

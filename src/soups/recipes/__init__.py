@@ -67,7 +67,11 @@ class RecipeResult:
     def record(self) -> dict:
         """soup.json's recipe fields: the details, then the tables, the curve and the draws' mean, std and sizes."""
         optional = {"curve": self.curve, "mean": self.mean, "std": self.std, "sizes": self.sizes}
-        return {**self.details, **self.tables, **{k: v for k, v in optional.items() if v is not None}}
+        optional = {k: v for k, v in optional.items() if v is not None}
+        clash = (set(self.details) & set(self.tables)) | (set(self.details) | set(self.tables)) & set(optional)
+        if clash:  # one would overwrite the other in soup.json
+            raise ValueError(f"a recipe's details and tables share the names {sorted(clash)}")
+        return {**self.details, **self.tables, **optional}
 
 
 class Recipe(Settings, ABC):

@@ -22,8 +22,9 @@ With p = 0 every recipe of this file is the plain one it starts from (`mean`: th
 ingredient i, tensor `key` in draw d comes from a generator seeded by sha256("seed/d/i/key"): it depends on
 nothing else (not the other tensors, not the device), so a rerun draws the same masks and the evaluation
 cache serves it. `draws` > 1: each draw is evaluated on every set; the row shows their mean ± std
-(population std, as greedy_random) and the saved weights are those of the draw best on held-out (the
-first of equals). Every floating-point tensor takes part, BatchNorm statistics included (as mergekit;
+(population std, as greedy_random), the saved weights are those of the draw best on held-out (the first of
+equals), and the table `mask_draws` has each draw's metrics, `entries_kept` (the fraction of task-vector
+entries its masks kept, before any election) and whether it is the one `saved`. Every floating-point tensor takes part, BatchNorm statistics included (as mergekit;
 FusionBench's DARE moves trainable parameters only): a soup's BN statistics are recomputed when the model
 has BN (`bn_recalibration: auto`), and without that a negative running variance is refused by the scorer.
 Integer buffers come from the first ingredient; a tied copy follows its first name. Streamed: the init, the
@@ -137,7 +138,9 @@ class Dare(Recipe):
                 best, best_state = draw, state
             del state
         columns = [c for c in records[0] if c not in ("draw", "entries_kept")]
+        records = [{"draw": r["draw"], "saved": r["draw"] == best, **{k: v for k, v in r.items() if k != "draw"}}
+                   for r in records]
         spread = lambda f: {c: f([r[c] for r in records]) for c in columns}  # noqa: E731
         return RecipeResult(best_state, list(ingredients), details | {"saved_draw": best}, new_point=True,
-                            tables={"draws": records}, mean=spread(statistics.fmean), std=spread(statistics.pstdev),
+                            tables={"mask_draws": records}, mean=spread(statistics.fmean), std=spread(statistics.pstdev),
                             sizes=[len(ingredients)] * self.draws)
