@@ -94,9 +94,10 @@ class Dare(Recipe):
         if self.draws < 1:
             raise BadInput(f"draws={self.draws}; expected at least 1 mask draw")
 
-    def merged(self, ingredients, scorer, draw: int) -> tuple[dict, float]:
-        """(the merged state of one draw of masks, the fraction of task-vector entries that survived)."""
-        init = scorer.load_init()
+    def merged(self, ingredients, scorer, draw: int, init: dict | None = None) -> tuple[dict, float]:
+        """(the merged state of one draw of masks, the fraction of task-vector entries that survived). `init`:
+        the shared init's weights if the caller holds them (read once for every draw)."""
+        init = scorer.load_init() if init is None else init
         floats = [k for k, v in init.items() if v.is_floating_point() and k not in scorer.aliases]  # a tied tensor once
 
         def dropped(index, state):  # (key, τ̂ in float64, entries kept) per tensor
@@ -126,12 +127,13 @@ class Dare(Recipe):
     def __call__(self, ingredients, scorer) -> RecipeResult:
         details = {"drop": self.drop, "rescale": self.rescale, "merge": self.merge,
                    "sign_election": self.sign_election, "scale": self.scale, "seed": self.seed, "draws": self.draws}
+        init = scorer.load_init()
         if self.draws == 1:
-            state, kept = self.merged(ingredients, scorer, 0)
+            state, kept = self.merged(ingredients, scorer, 0, init)
             return RecipeResult(state, list(ingredients), details | {"entries_kept": kept}, new_point=True)
         records, best, best_state = [], None, None
         for draw in range(self.draws):
-            state, kept = self.merged(ingredients, scorer, draw)
+            state, kept = self.merged(ingredients, scorer, draw, init)
             metrics = scorer.evaluate(state, new_point=True)
             records.append({"draw": draw, "entries_kept": kept, **metrics})
             if best is None or metrics[HELD_OUT] > records[best][HELD_OUT]:
