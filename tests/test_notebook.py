@@ -30,7 +30,10 @@ def test_notebook_cells_run_on_a_soup_run(soup_run, tiny_sweep, tmp_path, monkey
 
     matplotlib.use("Agg")
     tmp, sweep = tiny_sweep
-    run_analysis(compose_cfg("analyze", own_cache(tmp, tmp_path), ["logger=none", f"pool.dir={sweep}"]), tmp_path / "analyses" / "run")
+    base = own_cache(tmp, tmp_path)
+    run_analysis(compose_cfg("analyze", base, ["logger=none", f"pool.dir={sweep}"]), tmp_path / "analyses" / "run")
+    run_analysis(compose_cfg("analyze", base, ["logger=none", f"pool.dir={sweep}", "analysis=soup_ensemble",
+                                               "analysis.betas=[1]"]), tmp_path / "analyses" / "run2")
     monkeypatch.setenv("SOUPS_RESULTS", str(soup_run))
     monkeypatch.setenv("SOUPS_ANALYSES", str(tmp_path / "analyses"))
     scope = {}
@@ -42,6 +45,7 @@ def test_notebook_cells_run_on_a_soup_run(soup_run, tiny_sweep, tmp_path, monkey
     assert "mean ± std" in printed and "<- saved" in printed and "was not run" not in printed
     assert "uniform soup             test ECE" in printed and "] p=" in printed  # calibration, intervals
     assert "pairs: 3 pairs, Spearman" in printed and "landscape: not run yet" in printed
+    assert "soup_ensemble: 3 pairs x 1 temperatures on test, observed vs approximated" in printed
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """`python src/soup.py experiment=paper_vit_b32`: the released pool's format end to end, on fake
 official checkpoints and the fake ImageNet tree. Fast with a tiny tower; the real ViT-B/32 is slow."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -85,6 +86,11 @@ def test_every_analysis_runs_on_the_released_pool(tmp_path):
                                                            "analysis.max_images=8", "analysis.models=[model_1,model_2]"]),
                          tmp_path / "landscape")
     assert plane["models"] == ["model_1", "model_2"] and len(plane["test_error"]) == 2
+    # the init (model_0) is an ingredient like any other here; ObjectNet's logits are its classes' maxima
+    for eval_set in ("test", "objectnet"):
+        gap = run_analysis(compose_cfg("analyze", tmp_path, [*base, "analysis=soup_ensemble", "analysis.betas=[1]",
+                                                             f"analysis.eval_set={eval_set}"]), tmp_path / eval_set)
+        assert len(gap["pairs"]) == 3 and all(math.isfinite(p["by_beta"]["1.0"]["predicted"]) for p in gap["pairs"])
     # model_0 is the init: no plane, one plain line (was a ValueError traceback)
     with pytest.raises(BadInput, match=r"model_1 and model_0: the first model equals|model_0.*name two fine-tunes"):
         run_analysis(compose_cfg("analyze", tmp_path, [*base, "analysis=landscape", "analysis.grid=2",

@@ -18,6 +18,10 @@ class Analysis(Settings, ABC):
         """BadInput where this pool cannot be analysed (too few ingredients, names not in it): called by the
         analyze job before any evaluation or logging, and again by __call__."""
 
+    def check_sets(self, names: list[str]) -> None:
+        """BadInput where the analysis names an evaluation set the pool does not have (`names`: held-out, test,
+        the shifts): called by the analyze job once the sets are known, before any evaluation."""
+
     @abstractmethod
     def __call__(self, pool, scorer) -> dict:
         """The record of this analysis of `pool` (soups.pools.OpenPool), measured with `scorer`

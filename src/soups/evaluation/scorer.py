@@ -114,6 +114,10 @@ class PoolScorer:
         """{set: accuracy %} (+ avg_shifts) of logits already computed ({set: [N, C]})."""
         return self.evaluator.metrics_of(logits)
 
+    def outcomes(self, logits: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{set: (logits over the set's own classes [N, C_set], labels [N])} of logits already computed."""
+        return self.evaluator.outcomes(logits)
+
     def sample_logits(self, model, data, max_images: int, shuffle_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [n, C], labels [n]) of the first `max_images` of a seeded shuffled pass over `data`."""
         return self.evaluator.sample_logits(model, data, max_images, shuffle_seed)
@@ -189,9 +193,11 @@ class PoolScorer:
             self.cache.put(key, cached)
         return self.evaluator.with_average({n: cached[n] for n in self.evaluator.sets})
 
-    def soup_logits(self, state: StateDict, new_point: bool) -> dict[str, torch.Tensor]:
-        """{set: logits [N, C]} of these weights: from the cache (or the last evaluation), else forwarded."""
-        return self._logits(state, new_point, self._weights_key(state, new_point), list(self.evaluator.sets))
+    def soup_logits(self, state: StateDict, new_point: bool, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """{set: logits [N, C]} of these weights on every set (or `names`): from the cache (or the last
+        evaluation), else forwarded."""
+        names = list(self.evaluator.sets) if names is None else names
+        return self._logits(state, new_point, self._weights_key(state, new_point), names)
 
     def _logits(self, state: StateDict, new_point: bool, key: str, names: list[str]) -> dict[str, torch.Tensor]:
         got = {n: self._recent.get((key, n)) for n in names}

@@ -23,13 +23,14 @@ def run_analysis(cfg: DictConfig, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     cfg = checked(cfg, SoupSettings)
     analysis, logger = build_analysis(cfg.analysis), build_logger(cfg.logger)
-    name = str(cfg.analysis._target_).split(".")[-2]  # the module: pairs, ingredients, landscape
+    name = str(cfg.analysis._target_).split(".")[-2]  # the module: pairs, soup_ensemble, ...
     setup(cfg.seed, cfg.get("threads"))
     device = resolve_device(cfg.device)
     pool = open_pool(cfg, device)
     analysis.check(pool.ingredients)  # before any evaluation, and before a W&B run is opened
     require_init(pool, [name] if analysis.needs_init else [])
     scorer = PoolScorer(pool, EvalSettings.of(cfg), device)
+    analysis.check_sets(list(scorer.sets))
     for ingredient in pool.ingredients:
         scorer.individual_metrics(ingredient)
     start, forwarded = time.time(), scorer.images_forwarded

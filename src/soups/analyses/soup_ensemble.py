@@ -1,0 +1,196 @@
+"""Soups against ensembles, analytically (the paper's Section 4): for every pair of ingredients θ0, θ1, the
+loss of the soup θα = (1−α)θ0 + αθ1 minus the loss of the logit ensemble (1−α)f(x;θ0) + αf(x;θ1), next to
+its second-order approximation
+
+    L_soup(α) − L_ens(α) ≈ α(1−α)/2 · ( −d²L_soup/dα² + β² E_x Var_{Y∼softmax(β f(x;θα))}[Δf_Y(x)] ),
+
+with L the cross-entropy of softmax(β · logits) (β an inverse temperature) and Δf = f(x;θ1) − f(x;θ0).
+The first term is the loss's curvature along the path (a convex path favours the soup), the second the
+spread of the logit change under the soup's own predictive distribution (a confident soup leaves the
+ensemble little to gain). Derivation (docs/analyses.md): the ensemble's logits are the soup's plus
+α(1−α)/2 · h''(α) to second order, h(α) = f(x;θα); a first-order expansion of the loss in that difference,
+the chain rule d²L/dα² = β ∇ℓ·h'' + β² h'ᵀ(diag p − ppᵀ)h', and h' ≈ Δf (exact at α = ½ for a quadratic h)
+give the formula. d²L/dα² is a central difference of soups at α ± `delta`."""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import pearsonr, spearmanr
+
+from soups import plots
+from soups.analyses import Analysis
+from soups.averaging import average
+from soups.errors import BadInput
+from soups.names import DISPLAY_NAMES, TEST
+
+log = logging.getLogger(__name__)
+
+
+def loss(logits: torch.Tensor, labels: torch.Tensor, beta: float) -> float:
+    """Mean cross-entropy of softmax(β · logits) ([N, C] logits, [N] labels), in float64."""
+    return float(F.cross_entropy(beta * logits.double(), labels))
+
+
+def confidence_term(soup: torch.Tensor, change: torch.Tensor, beta: float) -> float:
+    """E_x Var_{Y∼softmax(β soup_x)}[change_Y(x)]: [N, C] soup logits and logit change Δf, float64."""
+    p = torch.softmax(beta * soup.double(), dim=-1)
+    change = change.double()
+    mean = (p * change).sum(-1, keepdim=True)
+    return float((p * (change - mean) ** 2).sum(-1).mean())
+
+
+def loss_gap(first: torch.Tensor, second: torch.Tensor, soups: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+             labels: torch.Tensor, alpha: float, delta: float, beta: float) -> dict[str, float]:
+    """The observed and approximated L_soup(α) − L_ens(α) of one pair at one β. `first`, `second`: the two
+    models' logits [N, C]; `soups`: the soups' logits at α − δ, α, α + δ. Also the two terms of the
+    approximation (`curvature` d²L/dα², `confidence` E Var[Δf]) and both losses."""
+    ensemble = (1 - alpha) * first.double() + alpha * second.double()
+    at = [loss(s, labels, beta) for s in soups]
+    curvature = (at[0] - 2 * at[1] + at[2]) / delta ** 2
+    confidence = confidence_term(soups[1], second - first, beta)
+    ensemble_loss = loss(ensemble, labels, beta)
+    return {"observed": at[1] - ensemble_loss, "predicted": alpha * (1 - alpha) / 2 * (-curvature + beta ** 2 * confidence),
+            "curvature": curvature, "confidence": confidence, "soup_loss": at[1], "ensemble_loss": ensemble_loss}
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * float((logits.argmax(-1) == labels).double().mean())
+
+
+@dataclass
+class SoupEnsemble(Analysis):
+    eval_set: str = TEST        # where the losses are measured: held-out (val), test or a shift
+    alpha: float = 0.5          # the mix of the soup and the ensemble, in (0, 1)
+    delta: float = 0.05         # step of the central difference d²L/dα²: soups at α − δ and α + δ
+    betas: list = field(default_factory=lambda: [0.5, 1.0, 2.0])  # inverse temperatures of the loss
+    max_ingredients: int | None = None  # the best k by held-out accuracy; None: all (3 soups per pair)
+
+    def __post_init__(self):
+        super().__post_init__()
+        betas = list(self.betas) if isinstance(self.betas, (list, tuple)) else None
+        wrong = [f"{name}={value!r} (expected {expected})" for name, value, ok, expected in (
+            ("alpha", self.alpha, 0 < self.alpha < 1, "a number in (0, 1)"),
+            ("delta", self.delta, 0 < self.delta <= min(self.alpha, 1 - self.alpha),
+             "a step in (0, min(alpha, 1 − alpha)]: the soups at alpha ± delta stay between the two models"),
+            ("betas", self.betas, bool(betas) and all(_positive_number(b) for b in betas),
+             "a non-empty list of positive numbers, e.g. [1.0]")) if not ok]
+        if wrong:
+            raise BadInput("; ".join(wrong))
+        self.betas = [float(b) for b in betas]
+
+    def check(self, ingredients: list) -> None:
+        if len(ingredients[: self.max_ingredients or None]) < 2:
+            raise BadInput(f"soup_ensemble needs at least 2 ingredients, the pool has {len(ingredients)}"
+                           f"{f' (max_ingredients={self.max_ingredients})' if self.max_ingredients else ''}")
+
+    def check_sets(self, names: list[str]) -> None:
+        if self.eval_set not in names:
+            raise BadInput(f"analysis.eval_set={self.eval_set!r}: expected one of this pool's sets ({', '.join(names)})")
+
+    def __call__(self, pool, scorer) -> dict:
+        self.check(pool.ingredients)
+        self.check_sets(list(scorer.sets))
+        name, alpha, delta = self.eval_set, self.alpha, self.delta
+        chosen = sorted(pool.ingredients, key=lambda i: i.held_out, reverse=True)[: self.max_ingredients or None]
+        alone = {i.name: scorer.outcomes({name: scorer.individual_logits(i)[name]})[name] for i in chosen}
+        pairs = []
+        for first, second in itertools.combinations(chosen, 2):
+            states = [scorer.load(first), scorer.load(second)]
+            soups = [scorer.outcomes(scorer.soup_logits(average(states, [1 - a, a]), new_point=True, names=[name]))[name][0]
+                     for a in (alpha - delta, alpha, alpha + delta)]
+            (f0, labels), (f1, _) = alone[first.name], alone[second.name]
+            ensemble = (1 - alpha) * f0 + alpha * f1
+            pairs.append({"a": first.name, "b": second.name, "soup_accuracy": accuracy(soups[1], labels),
+                          "ensemble_accuracy": accuracy(ensemble, labels),
+                          "by_beta": {str(b): loss_gap(f0, f1, tuple(soups), labels, alpha, delta, b) for b in self.betas}})
+            pairs[-1]["error_gap"] = pairs[-1]["ensemble_accuracy"] - pairs[-1]["soup_accuracy"]
+            log.info("pair %d/%d %s + %s: loss gap (beta %s) observed %+.4f, predicted %+.4f", len(pairs),
+                     len(chosen) * (len(chosen) - 1) // 2, first.name, second.name, self.betas[0],
+                     pairs[-1]["by_beta"][str(self.betas[0])]["observed"],
+                     pairs[-1]["by_beta"][str(self.betas[0])]["predicted"])
+        return {"eval_set": name, "examples": len(scorer.sets[name]), "alpha": alpha, "delta": delta, "betas": self.betas,
+                "ingredients": [i.name for i in chosen], "pairs": pairs, "correlations": agreement(pairs, self.betas),
+                "bn_recalibrated": bool(scorer.settings_record()["bn_recalibration"])}
+
+    def summary(self, record: dict) -> str:
+        c, pairs = record["correlations"], record["pairs"]
+        points = [p["by_beta"][str(b)] for p in pairs for b in record["betas"]]
+        same = sum(_sign(q["observed"]) == _sign(q["predicted"]) for q in points)
+        lines = [f"{len(pairs)} pairs x {len(record['betas'])} temperatures on "
+                 f"{DISPLAY_NAMES.get(record['eval_set'], record['eval_set'])} (alpha {record['alpha']}, "
+                 f"delta {record['delta']}): soup loss minus ensemble loss, observed vs approximated",
+                 f"  Pearson r {_fmt(c['pearson'])}, Spearman rho {_fmt(c['spearman'])}; same sign in {same} of "
+                 f"{len(points)}; observed {min(q['observed'] for q in points):+.4f} to "
+                 f"{max(q['observed'] for q in points):+.4f}",
+                 f"  error gap (ensemble minus soup accuracy, points) vs approximated loss gap at beta "
+                 f"{record['betas'][0]}: Spearman rho {_fmt(c['error_spearman'])}"]
+        if record["bn_recalibrated"]:
+            lines.append("  BN statistics are recomputed for every soup, not for the two models: the path's ends are "
+                         "not the models the ensemble averages (an approximation beyond the formula's)")
+        return "\n".join(lines)
+
+    def draw(self, record: dict, path: Path, title: str) -> None:
+        plt = plots.pyplot()
+        fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+        pairs, betas = record["pairs"], record["betas"]
+        ax = axes[0]
+        for beta, color in zip(betas, plt.get_cmap("viridis")(np.linspace(0, 0.85, len(betas)))):
+            ax.scatter([p["by_beta"][str(beta)]["predicted"] for p in pairs],
+                       [p["by_beta"][str(beta)]["observed"] for p in pairs], s=25, color=color, label=f"beta = {beta:g}")
+        values = [p["by_beta"][str(b)][k] for p in pairs for b in betas for k in ("observed", "predicted")]
+        lo, hi = min(values), max(values)
+        ax.plot([lo, hi], [lo, hi], c="gray", lw=0.8, ls="--", label="observed = approximated")
+        ax.axhline(0, c="gray", lw=0.5)
+        ax.axvline(0, c="gray", lw=0.5)
+        ax.set(xlabel="approximated: a(1-a)/2 (-d2L/da2 + beta^2 E Var[delta f])",
+               ylabel="observed: soup loss - ensemble loss",
+               title=f"Pearson r {_fmt(record['correlations']['pearson'])} over pairs and temperatures")
+        ax.legend(fontsize=7)
+        ax = axes[1]
+        first = str(betas[0])
+        ax.scatter([p["by_beta"][first]["predicted"] for p in pairs], [p["error_gap"] for p in pairs], s=25)
+        ax.axhline(0, c="gray", lw=0.5)
+        ax.set(xlabel=f"approximated loss gap, beta = {betas[0]:g}",
+               ylabel="ensemble accuracy - soup accuracy (points)",
+               title=f"error: Spearman rho {_fmt(record['correlations']['error_spearman'])}")
+        fig.suptitle(f"{title}: {DISPLAY_NAMES.get(record['eval_set'], record['eval_set'])}, alpha {record['alpha']}",
+                     fontsize=10)
+        fig.tight_layout()
+        plots.save(fig, path)
+
+
+def agreement(pairs: list[dict], betas: list[float]) -> dict[str, float | None]:
+    """Pearson and Spearman correlation of observed and approximated loss gaps over every (pair, β) point, and
+    Spearman of the error gap and the approximated loss gap at the first β (None where undefined)."""
+    observed = [p["by_beta"][str(b)]["observed"] for p in pairs for b in betas]
+    predicted = [p["by_beta"][str(b)]["predicted"] for p in pairs for b in betas]
+    first = [p["by_beta"][str(betas[0])]["predicted"] for p in pairs]
+    return {"pearson": _correlation(pearsonr, predicted, observed),
+            "spearman": _correlation(spearmanr, predicted, observed),
+            "error_spearman": _correlation(spearmanr, first, [p["error_gap"] for p in pairs])}
+
+
+def _correlation(test, x: list[float], y: list[float]) -> float | None:
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    r = float(test(x, y).statistic)
+    return None if math.isnan(r) else r
+
+
+def _positive_number(b) -> bool:
+    return isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and b > 0
+
+
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.2f}"

@@ -1,0 +1,118 @@
+"""The paper's Section 4 (soups against ensembles, analytically): the approximation's terms by hand, its
+exactness on a straight path of logits, its second-order agreement on a bent one, and the analysis end to
+end on the tiny sweep, consistent with `pairs` and served by the evaluation cache."""
+import math
+
+import pytest
+import torch
+
+from conftest import compose_cfg, own_cache
+from soups.analyses.soup_ensemble import confidence_term, loss, loss_gap
+
+
+def test_the_confidence_term_is_the_variance_of_the_logit_change_under_the_soups_softmax():
+    soup = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]], dtype=torch.float64)  # softmax: [1/4, 3/4] and [1/2, 1/2] at beta 1
+    change = torch.tensor([[2.0, 6.0], [1.0, 3.0]])
+    # row 0: mean 5, variance 1/4 * 9 + 3/4 * 1 = 3; row 1: mean 2, variance 1
+    assert confidence_term(soup, change, 1.0) == pytest.approx((3.0 + 1.0) / 2, abs=1e-12)
+    # beta 2: row 0 softmax [1/10, 9/10], mean 5.6, variance 0.1 * 3.6^2 + 0.9 * 0.4^2 = 1.44; row 1 unchanged
+    assert confidence_term(soup, change, 2.0) == pytest.approx((1.44 + 1.0) / 2, abs=1e-12)
+    # the loss is the mean cross-entropy of softmax(beta * logits)
+    labels = torch.tensor([1, 0])
+    assert loss(soup, labels, 1.0) == pytest.approx((-math.log(0.75) - math.log(0.5)) / 2, abs=1e-12)
+    assert loss(soup, labels, 2.0) == pytest.approx((-math.log(0.9) - math.log(0.5)) / 2, abs=1e-12)
+
+
+def _path(f0, f1, bend, alpha):
+    """Logits on a path from f0 to f1 bent by `bend`: h(a) = (1-a) f0 + a f1 + a(1-a) bend, so h'' = -2 bend
+    and h'(1/2) = f1 - f0 exactly."""
+    return (1 - alpha) * f0 + alpha * f1 + alpha * (1 - alpha) * bend
+
+
+def _pair(seed=0, n=64, classes=5):
+    g = torch.Generator().manual_seed(seed)
+    f0, f1, bend = (torch.randn(n, classes, generator=g, dtype=torch.float64) * 2 for _ in range(3))
+    labels = torch.randint(0, classes, (n,), generator=g)
+    bend += 3 * torch.nn.functional.one_hot(labels, classes)  # the soup surer of the label than the ensemble
+    return f0, f1, bend, labels
+
+
+def test_on_a_straight_path_of_logits_the_soup_is_the_ensemble_and_the_approximation_is_zero():
+    """Logits linear in the mix: the soup's loss is the ensemble's exactly, and the two terms of the
+    approximation cancel (the curvature is then β² E Var[Δf], up to the central difference's error)."""
+    f0, f1, bend, labels = _pair()
+    alpha, delta = 0.5, 1e-3
+    for beta in (0.5, 1.0, 2.0):
+        gap = loss_gap(f0, f1, tuple(_path(f0, f1, 0 * bend, a) for a in (alpha - delta, alpha, alpha + delta)),
+                       labels, alpha, delta, beta)
+        assert gap["observed"] == 0.0
+        assert gap["curvature"] == pytest.approx(beta ** 2 * gap["confidence"], rel=1e-5)
+        assert abs(gap["predicted"]) < 1e-5 * gap["curvature"]
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.0, 2.0])
+def test_on_a_bent_path_the_approximation_agrees_with_the_observed_gap_to_second_order(beta):
+    """The observed gap is first order in the bend s; the approximation's error is second order, so the
+    relative error falls ~10x as s does (a wrong constant, sign or β power would leave it of order 1)."""
+    f0, f1, bend, labels = _pair(seed=1)
+    alpha, delta, errors = 0.5, 1e-4, []
+    for s in (1e-1, 1e-2, 1e-3):
+        soups = tuple(_path(f0, f1, s * bend, a) for a in (alpha - delta, alpha, alpha + delta))
+        gap = loss_gap(f0, f1, soups, labels, alpha, delta, beta)
+        assert abs(gap["observed"]) > 1e-2 * s  # first order in s: not a cancellation
+        errors.append(abs(gap["predicted"] - gap["observed"]) / abs(gap["observed"]))
+    assert errors[1] < 0.005 and errors[2] < errors[1] / 5 and errors[1] < errors[0] / 5
+    # without the endpoints' Δf (the loss curvature alone) the approximation is far off
+    assert abs(-alpha * (1 - alpha) / 2 * gap["curvature"] - gap["observed"]) > 10 * abs(gap["observed"])
+
+
+def analyze(sweep, tmp, out, *overrides):
+    from soups.jobs.analyze import run_analysis
+
+    cfg = compose_cfg("analyze", tmp, ["logger=none", f"pool.dir={sweep}", *overrides])
+    return run_analysis(cfg, out)
+
+
+def test_soup_ensemble_on_a_sweep_agrees_with_pairs_and_is_served_by_the_cache(tiny_sweep, tmp_path):
+    """At α = ½ the soup is the pairs analysis' midpoint (the same weights, so the same cache entry) and the
+    ensemble its ensemble: their test accuracies are those pairs reports, and only the soups at α ± δ are
+    forwarded (two per pair, on the test set alone); a rerun forwards nothing."""
+    tmp, sweep = tiny_sweep
+    tmp = own_cache(tmp, tmp_path)
+    pairs = analyze(sweep, tmp, tmp_path / "pairs", "analysis=pairs")
+    record = analyze(sweep, tmp, tmp_path / "gap", "analysis=soup_ensemble", "analysis.betas=[1,2]")
+    by_pair = {(p["a"], p["b"]): p for p in pairs["pairs"]}
+    assert len(record["pairs"]) == 3 and record["betas"] == [1.0, 2.0] and record["eval_set"] == "test"
+    for p in record["pairs"]:
+        midpoint = by_pair[(p["a"], p["b"])]
+        assert p["soup_accuracy"] == pytest.approx(midpoint["midpoint"]["test"], abs=1e-9)
+        assert p["ensemble_accuracy"] == pytest.approx(midpoint["ensemble"]["test"], abs=1e-9)
+        assert p["error_gap"] == pytest.approx(p["ensemble_accuracy"] - p["soup_accuracy"])
+        for beta, gap in p["by_beta"].items():
+            assert gap["observed"] == pytest.approx(gap["soup_loss"] - gap["ensemble_loss"])
+            assert gap["predicted"] == pytest.approx(0.125 * (-gap["curvature"] + float(beta) ** 2 * gap["confidence"]))
+    assert record["images_forwarded"] == 3 * 2 * record["examples"] > 0
+    assert set(record["correlations"]) == {"pearson", "spearman", "error_spearman"}
+    assert (tmp_path / "gap" / "soup_ensemble.png").stat().st_size > 10_000
+    again = analyze(sweep, tmp, tmp_path / "again", "analysis=soup_ensemble", "analysis.betas=[1,2]")
+    assert again["images_forwarded"] == 0 and again["pairs"] == record["pairs"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["analysis.alpha=1"], r"alpha=1.0 \(expected a number in \(0, 1\)\)"),
+    (["analysis.delta=0.6"], r"delta=0.6 \(expected a step in \(0, min\(alpha, 1 − alpha\)\]"),
+    (["analysis.betas=[]"], r"betas=\[\] \(expected a non-empty list of positive numbers"),
+    (["analysis.betas=[1,-2]"], r"betas=\[1, -2\]"),
+    (["analysis.betas=1"], r"betas=1 "),
+    (["analysis.eval_set=imagenet"], r"analysis.eval_set='imagenet': expected one of this pool's sets \(val, test, ")])
+def test_bad_settings_are_refused_in_one_line_before_any_evaluation(tiny_sweep, tmp_path, monkeypatch, args, message):
+    from soups.errors import BadInput
+    from soups.evaluation.scorer import PoolScorer
+    from soups.jobs.analyze import run_analysis
+
+    tmp, sweep = tiny_sweep
+    monkeypatch.setattr(PoolScorer, "individual_metrics", lambda *a, **k: pytest.fail("evaluation started"))
+    cfg = compose_cfg("analyze", tmp_path, ["logger=wandb", f"pool.dir={sweep}", "analysis=soup_ensemble", *args])
+    with pytest.raises(BadInput, match=message):
+        run_analysis(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
