@@ -66,6 +66,25 @@ def test_on_a_bent_path_the_approximation_agrees_with_the_observed_gap_to_second
     assert abs(-alpha * (1 - alpha) / 2 * gap["curvature"] - gap["observed"]) > 10 * abs(gap["observed"])
 
 
+@pytest.mark.parametrize("alpha", [0.3, 0.5, 0.8])
+def test_with_the_paths_own_slope_the_approximation_converges_at_any_mix(alpha):
+    """Off α = ½ the paper's h' ≈ Δf is first-order wrong (its relative error stays put as the bend shrinks);
+    the slope the soups themselves give (a central difference, exact on a quadratic path) converges at any α,
+    so the factor α(1−α)/2 and the ensemble's orientation (1−α)·first + α·second are tested off the middle."""
+    f0, f1, bend, labels = _pair(seed=2)
+    delta, errors, paper = 1e-4, [], []
+    for s in (1e-1, 1e-2, 1e-3):
+        soups = tuple(_path(f0, f1, s * bend, a) for a in (alpha - delta, alpha, alpha + delta))
+        gap = loss_gap(f0, f1, soups, labels, alpha, delta, 1.0)
+        errors.append(abs(gap["predicted_path"] - gap["observed"]) / abs(gap["observed"]))
+        paper.append(abs(gap["predicted"] - gap["observed"]) / abs(gap["observed"]))
+    assert errors[1] < 0.005 and errors[2] < errors[1] / 5 and errors[1] < errors[0] / 5
+    if alpha == 0.5:
+        assert paper == pytest.approx(errors, rel=1e-3, abs=1e-9)  # the two forms agree at the middle
+    else:
+        assert paper[2] > 0.01 and paper[2] > paper[1] / 2  # a first-order error: it does not shrink
+
+
 def analyze(sweep, tmp, out, *overrides):
     from soups.jobs.analyze import run_analysis
 
@@ -91,8 +110,11 @@ def test_soup_ensemble_on_a_sweep_agrees_with_pairs_and_is_served_by_the_cache(t
         for beta, gap in p["by_beta"].items():
             assert gap["observed"] == pytest.approx(gap["soup_loss"] - gap["ensemble_loss"])
             assert gap["predicted"] == pytest.approx(0.125 * (-gap["curvature"] + float(beta) ** 2 * gap["confidence"]))
+            assert gap["predicted_path"] == pytest.approx(
+                0.125 * (-gap["curvature"] + float(beta) ** 2 * gap["confidence_path"]))
     assert record["images_forwarded"] == 3 * 2 * record["examples"] > 0
-    assert set(record["correlations"]) == {"pearson", "spearman", "error_spearman"}
+    assert set(record["correlations"]) == {"pearson", "spearman", "pearson_path", "error_spearman"}
+    assert record["precision"] == "fp32"
     assert (tmp_path / "gap" / "soup_ensemble.png").stat().st_size > 10_000
     again = analyze(sweep, tmp, tmp_path / "again", "analysis=soup_ensemble", "analysis.betas=[1,2]")
     assert again["images_forwarded"] == 0 and again["pairs"] == record["pairs"]
@@ -100,10 +122,12 @@ def test_soup_ensemble_on_a_sweep_agrees_with_pairs_and_is_served_by_the_cache(t
 
 @pytest.mark.parametrize("args, message", [
     (["analysis.alpha=1"], r"alpha=1.0 \(expected a number in \(0, 1\)\)"),
-    (["analysis.delta=0.6"], r"delta=0.6 \(expected a step in \(0, min\(alpha, 1 − alpha\)\]"),
-    (["analysis.betas=[]"], r"betas=\[\] \(expected a non-empty list of positive numbers"),
+    (["analysis.delta=0.6"], r"delta=0.6 \(expected a step in \[0.001, min\(alpha, 1 − alpha\)\]"),
+    (["analysis.betas=[]"], r"betas=\[\] \(expected a non-empty list of distinct positive numbers"),
     (["analysis.betas=[1,-2]"], r"betas=\[1, -2\]"),
     (["analysis.betas=1"], r"betas=1 "),
+    (["analysis.betas=[1,1.0]"], r"betas=\[1, 1.0\] \(expected a non-empty list of distinct positive numbers"),
+    (["analysis.delta=1e-4"], r"delta=0.0001 \(expected a step in \[0.001, min\(alpha, 1 − alpha\)\]"),
     (["analysis.eval_set=imagenet"], r"analysis.eval_set='imagenet': expected one of this pool's sets \(val, test, ")])
 def test_bad_settings_are_refused_in_one_line_before_any_evaluation(tiny_sweep, tmp_path, monkeypatch, args, message):
     from soups.errors import BadInput
@@ -116,3 +140,32 @@ def test_bad_settings_are_refused_in_one_line_before_any_evaluation(tiny_sweep, 
     with pytest.raises(BadInput, match=message):
         run_analysis(cfg, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_off_the_middle_the_soup_and_the_ensemble_weigh_the_better_model_by_one_minus_alpha(tiny_sweep, tmp_path):
+    """α = 0.3: the soup is 0.7·θa + 0.3·θb and the ensemble 0.7·fa + 0.3·fb, a the better on held-out (as
+    recomputed here from the pool, through the same scorer); the mirrored mix gives another loss."""
+    from soups.analyses.soup_ensemble import loss
+    from soups.averaging import interpolate
+    from soups.evaluation.scorer import EvalSettings, PoolScorer
+    from soups.pools import open_pool
+    from soups.settings import SoupSettings, checked
+
+    tmp, sweep = tiny_sweep
+    tmp = own_cache(tmp, tmp_path)
+    record = analyze(sweep, tmp, tmp_path / "gap", "analysis=soup_ensemble", "analysis.alpha=0.3",
+                     "analysis.delta=0.1", "analysis.betas=[1]")
+    cfg = checked(compose_cfg("analyze", tmp, ["logger=none", f"pool.dir={sweep}"]), SoupSettings)
+    pool = open_pool(cfg, torch.device("cpu"))
+    scorer = PoolScorer(pool, EvalSettings.of(cfg), torch.device("cpu"))
+    by_name = {i.name: i for i in pool.ingredients}
+    pair = record["pairs"][0]
+    a, b = by_name[pair["a"]], by_name[pair["b"]]
+    assert a.held_out >= b.held_out
+    labels = scorer.sets["test"].labels
+    fa, fb = (scorer.outcomes({"test": scorer.individual_logits(i)["test"]})["test"][0] for i in (a, b))
+    assert pair["by_beta"]["1.0"]["ensemble_loss"] == pytest.approx(loss(0.7 * fa.double() + 0.3 * fb.double(), labels, 1.0), abs=1e-12)
+    for mix, same in ((0.3, True), (0.7, False)):
+        soup = scorer.soup_logits(interpolate(scorer.load(a), scorer.load(b), mix), new_point=True, names=["test"])
+        got = loss(scorer.outcomes(soup)["test"][0], labels, 1.0)
+        assert (got == pytest.approx(pair["by_beta"]["1.0"]["soup_loss"], abs=1e-5)) is same

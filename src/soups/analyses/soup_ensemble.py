@@ -10,7 +10,8 @@ spread of the logit change under the soup's own predictive distribution (a confi
 ensemble little to gain). Derivation (docs/analyses.md): the ensemble's logits are the soup's plus
 α(1−α)/2 · h''(α) to second order, h(α) = f(x;θα); a first-order expansion of the loss in that difference,
 the chain rule d²L/dα² = β ∇ℓ·h'' + β² h'ᵀ(diag p − ppᵀ)h', and h' ≈ Δf (exact at α = ½ for a quadratic h)
-give the formula. d²L/dα² is a central difference of soups at α ± `delta`."""
+give the formula. d²L/dα² is a central difference of soups at α ± `delta`; the same soups give the path's own
+slope h'(α), recorded as a second form of the approximation (`predicted_path`) that does not need α = ½."""
 from __future__ import annotations
 
 import itertools
@@ -31,6 +32,7 @@ from soups.errors import BadInput
 from soups.names import DISPLAY_NAMES, TEST
 
 log = logging.getLogger(__name__)
+MIN_DELTA = 1e-3  # float32 logits: below ~1e-3 their rounding, divided by δ², swamps the curvature
 
 
 def loss(logits: torch.Tensor, labels: torch.Tensor, beta: float) -> float:
@@ -49,15 +51,21 @@ def confidence_term(soup: torch.Tensor, change: torch.Tensor, beta: float) -> fl
 def loss_gap(first: torch.Tensor, second: torch.Tensor, soups: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
              labels: torch.Tensor, alpha: float, delta: float, beta: float) -> dict[str, float]:
     """The observed and approximated L_soup(α) − L_ens(α) of one pair at one β. `first`, `second`: the two
-    models' logits [N, C]; `soups`: the soups' logits at α − δ, α, α + δ. Also the two terms of the
-    approximation (`curvature` d²L/dα², `confidence` E Var[Δf]) and both losses."""
+    models' logits [N, C]; `soups`: the soups' logits at α − δ, α, α + δ. `predicted` is the paper's form (the
+    path's slope h' taken as Δf, exact at α = ½ for a quadratic path); `predicted_path` takes the slope from
+    the soups themselves, (h(α+δ) − h(α−δ)) / 2δ. Also the terms (`curvature` d²L/dα², `confidence`
+    E Var[Δf], `confidence_path` E Var[h']) and both losses."""
     ensemble = (1 - alpha) * first.double() + alpha * second.double()
     at = [loss(s, labels, beta) for s in soups]
     curvature = (at[0] - 2 * at[1] + at[2]) / delta ** 2
     confidence = confidence_term(soups[1], second - first, beta)
+    confidence_path = confidence_term(soups[1], (soups[2].double() - soups[0].double()) / (2 * delta), beta)
     ensemble_loss = loss(ensemble, labels, beta)
-    return {"observed": at[1] - ensemble_loss, "predicted": alpha * (1 - alpha) / 2 * (-curvature + beta ** 2 * confidence),
-            "curvature": curvature, "confidence": confidence, "soup_loss": at[1], "ensemble_loss": ensemble_loss}
+    factor = alpha * (1 - alpha) / 2
+    return {"observed": at[1] - ensemble_loss, "predicted": factor * (-curvature + beta ** 2 * confidence),
+            "predicted_path": factor * (-curvature + beta ** 2 * confidence_path), "curvature": curvature,
+            "confidence": confidence, "confidence_path": confidence_path, "soup_loss": at[1],
+            "ensemble_loss": ensemble_loss}
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -68,7 +76,7 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 class SoupEnsemble(Analysis):
     eval_set: str = TEST        # where the losses are measured: held-out (val), test or a shift
     alpha: float = 0.5          # the mix of the soup and the ensemble, in (0, 1)
-    delta: float = 0.05         # step of the central difference d²L/dα²: soups at α − δ and α + δ
+    delta: float = 0.05         # step of the central difference d²L/dα²: soups at α − δ and α + δ (≥ MIN_DELTA)
     betas: list = field(default_factory=lambda: [0.5, 1.0, 2.0])  # inverse temperatures of the loss
     max_ingredients: int | None = None  # the best k by held-out accuracy; None: all (3 soups per pair)
 
@@ -77,10 +85,12 @@ class SoupEnsemble(Analysis):
         betas = list(self.betas) if isinstance(self.betas, (list, tuple)) else None
         wrong = [f"{name}={value!r} (expected {expected})" for name, value, ok, expected in (
             ("alpha", self.alpha, 0 < self.alpha < 1, "a number in (0, 1)"),
-            ("delta", self.delta, 0 < self.delta <= min(self.alpha, 1 - self.alpha),
-             "a step in (0, min(alpha, 1 − alpha)]: the soups at alpha ± delta stay between the two models"),
-            ("betas", self.betas, bool(betas) and all(_positive_number(b) for b in betas),
-             "a non-empty list of positive numbers, e.g. [1.0]")) if not ok]
+            ("delta", self.delta, MIN_DELTA <= self.delta <= min(self.alpha, 1 - self.alpha),
+             f"a step in [{MIN_DELTA:g}, min(alpha, 1 − alpha)]: the soups at alpha ± delta stay between the two "
+             f"models, and a smaller step divides the logits' rounding by delta²"),
+            ("betas", self.betas, bool(betas) and all(_positive_number(b) for b in betas)
+             and len({float(b) for b in betas}) == len(betas),
+             "a non-empty list of distinct positive numbers, e.g. [1.0]")) if not ok]
         if wrong:
             raise BadInput("; ".join(wrong))
         self.betas = [float(b) for b in betas]
@@ -117,7 +127,7 @@ class SoupEnsemble(Analysis):
                      pairs[-1]["by_beta"][str(self.betas[0])]["predicted"])
         return {"eval_set": name, "examples": len(scorer.sets[name]), "alpha": alpha, "delta": delta, "betas": self.betas,
                 "ingredients": [i.name for i in chosen], "pairs": pairs, "correlations": agreement(pairs, self.betas),
-                "bn_recalibrated": bool(scorer.settings_record()["bn_recalibration"])}
+                "bn_recalibrated": bool(scorer.settings_record()["bn_recalibration"]), "precision": scorer.precision}
 
     def summary(self, record: dict) -> str:
         c, pairs = record["correlations"], record["pairs"]
@@ -131,6 +141,11 @@ class SoupEnsemble(Analysis):
                  f"{max(q['observed'] for q in points):+.4f}",
                  f"  error gap (ensemble minus soup accuracy, points) vs approximated loss gap at beta "
                  f"{record['betas'][0]}: Spearman rho {_fmt(c['error_spearman'])}"]
+        lines.append(f"  with the path's own slope in place of the models' logit difference: Pearson r "
+                     f"{_fmt(c['pearson_path'])}")
+        if record["precision"] != "fp32":
+            lines.append(f"  logits in {record['precision']}: the curvature's central difference divides their rounding "
+                         f"by delta² ({record['delta']}); fp32 is the precision to trust it at")
         if record["bn_recalibrated"]:
             lines.append("  BN statistics are recomputed for every soup, not for the two models: the path's ends are "
                          "not the models the ensemble averages (an approximation beyond the formula's)")
@@ -167,13 +182,16 @@ class SoupEnsemble(Analysis):
 
 
 def agreement(pairs: list[dict], betas: list[float]) -> dict[str, float | None]:
-    """Pearson and Spearman correlation of observed and approximated loss gaps over every (pair, β) point, and
-    Spearman of the error gap and the approximated loss gap at the first β (None where undefined)."""
+    """Pearson and Spearman correlation of observed and approximated loss gaps over every (pair, β) point (and
+    Pearson for the path-slope form), and Spearman of the error gap and the approximated loss gap at the first β
+    (None where undefined)."""
     observed = [p["by_beta"][str(b)]["observed"] for p in pairs for b in betas]
     predicted = [p["by_beta"][str(b)]["predicted"] for p in pairs for b in betas]
+    path = [p["by_beta"][str(b)]["predicted_path"] for p in pairs for b in betas]
     first = [p["by_beta"][str(betas[0])]["predicted"] for p in pairs]
     return {"pearson": _correlation(pearsonr, predicted, observed),
             "spearman": _correlation(spearmanr, predicted, observed),
+            "pearson_path": _correlation(pearsonr, path, observed),
             "error_spearman": _correlation(spearmanr, first, [p["error_gap"] for p in pairs])}
 
 
