@@ -113,7 +113,8 @@ def test_soup_ensemble_on_a_sweep_agrees_with_pairs_and_is_served_by_the_cache(t
             assert gap["predicted_path"] == pytest.approx(
                 0.125 * (-gap["curvature"] + float(beta) ** 2 * gap["confidence_path"]))
     assert record["images_forwarded"] == 3 * 2 * record["examples"] > 0
-    assert set(record["correlations"]) == {"pearson", "spearman", "pearson_path", "error_spearman"}
+    assert set(record["correlations"]) == {"pearson", "spearman", "pearson/beta=1", "pearson/beta=2", "pearson_path",
+                                           "error_spearman"}
     assert record["precision"] == "fp32"
     assert (tmp_path / "gap" / "soup_ensemble.png").stat().st_size > 10_000
     again = analyze(sweep, tmp, tmp_path / "again", "analysis=soup_ensemble", "analysis.betas=[1,2]")

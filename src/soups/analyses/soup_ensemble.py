@@ -122,9 +122,9 @@ class SoupEnsemble(Analysis):
                           "by_beta": {str(b): loss_gap(f0, f1, tuple(soups), labels, alpha, delta, b) for b in self.betas}})
             pairs[-1]["error_gap"] = pairs[-1]["ensemble_accuracy"] - pairs[-1]["soup_accuracy"]
             log.info("pair %d/%d %s + %s: loss gap (beta %s) observed %+.4f, predicted %+.4f", len(pairs),
-                     len(chosen) * (len(chosen) - 1) // 2, first.name, second.name, self.betas[0],
-                     pairs[-1]["by_beta"][str(self.betas[0])]["observed"],
-                     pairs[-1]["by_beta"][str(self.betas[0])]["predicted"])
+                     len(chosen) * (len(chosen) - 1) // 2, first.name, second.name, reference_beta(self.betas),
+                     pairs[-1]["by_beta"][str(reference_beta(self.betas))]["observed"],
+                     pairs[-1]["by_beta"][str(reference_beta(self.betas))]["predicted"])
         return {"eval_set": name, "examples": len(scorer.sets[name]), "alpha": alpha, "delta": delta, "betas": self.betas,
                 "ingredients": [i.name for i in chosen], "pairs": pairs, "correlations": agreement(pairs, self.betas),
                 "bn_recalibrated": bool(scorer.settings_record()["bn_recalibration"]), "precision": scorer.precision}
@@ -139,8 +139,10 @@ class SoupEnsemble(Analysis):
                  f"  Pearson r {_fmt(c['pearson'])}, Spearman rho {_fmt(c['spearman'])}; same sign in {same} of "
                  f"{len(points)}; observed {min(q['observed'] for q in points):+.4f} to "
                  f"{max(q['observed'] for q in points):+.4f}",
+                 "  within one temperature: Pearson r " + ", ".join(
+                     f"{_fmt(c[f'pearson/beta={b:g}'])} (beta {b:g})" for b in record["betas"]),
                  f"  error gap (ensemble minus soup accuracy, points) vs approximated loss gap at beta "
-                 f"{record['betas'][0]}: Spearman rho {_fmt(c['error_spearman'])}"]
+                 f"{reference_beta(record['betas']):g}: Spearman rho {_fmt(c['error_spearman'])}"]
         lines.append(f"  with the path's own slope in place of the models' logit difference: Pearson r "
                      f"{_fmt(c['pearson_path'])}")
         if record["precision"] != "fp32":
@@ -169,10 +171,10 @@ class SoupEnsemble(Analysis):
                title=f"Pearson r {_fmt(record['correlations']['pearson'])} over pairs and temperatures")
         ax.legend(fontsize=7)
         ax = axes[1]
-        first = str(betas[0])
-        ax.scatter([p["by_beta"][first]["predicted"] for p in pairs], [p["error_gap"] for p in pairs], s=25)
+        ref = reference_beta(betas)
+        ax.scatter([p["by_beta"][str(ref)]["predicted"] for p in pairs], [p["error_gap"] for p in pairs], s=25)
         ax.axhline(0, c="gray", lw=0.5)
-        ax.set(xlabel=f"approximated loss gap, beta = {betas[0]:g}",
+        ax.set(xlabel=f"approximated loss gap, beta = {ref:g}",
                ylabel="ensemble accuracy - soup accuracy (points)",
                title=f"error: Spearman rho {_fmt(record['correlations']['error_spearman'])}")
         fig.suptitle(f"{title}: {DISPLAY_NAMES.get(record['eval_set'], record['eval_set'])}, alpha {record['alpha']}",
@@ -182,17 +184,25 @@ class SoupEnsemble(Analysis):
 
 
 def agreement(pairs: list[dict], betas: list[float]) -> dict[str, float | None]:
-    """Pearson and Spearman correlation of observed and approximated loss gaps over every (pair, β) point (and
-    Pearson for the path-slope form), and Spearman of the error gap and the approximated loss gap at the first β
-    (None where undefined)."""
+    """Pearson and Spearman correlation of observed and approximated loss gaps over every (pair, β) point, Pearson
+    within each β (the pooled figure also reads the spread between temperatures) and for the path-slope form, and
+    Spearman of the error gap and the approximated loss gap at the β nearest 1 (None where undefined)."""
     observed = [p["by_beta"][str(b)]["observed"] for p in pairs for b in betas]
     predicted = [p["by_beta"][str(b)]["predicted"] for p in pairs for b in betas]
     path = [p["by_beta"][str(b)]["predicted_path"] for p in pairs for b in betas]
-    first = [p["by_beta"][str(betas[0])]["predicted"] for p in pairs]
+    first = [p["by_beta"][str(reference_beta(betas))]["predicted"] for p in pairs]
+    within = {f"pearson/beta={b:g}": _correlation(pearsonr, *zip(*[(p["by_beta"][str(b)]["predicted"],
+                                                                  p["by_beta"][str(b)]["observed"]) for p in pairs]))
+              for b in betas}
     return {"pearson": _correlation(pearsonr, predicted, observed),
-            "spearman": _correlation(spearmanr, predicted, observed),
+            "spearman": _correlation(spearmanr, predicted, observed), **within,
             "pearson_path": _correlation(pearsonr, path, observed),
             "error_spearman": _correlation(spearmanr, first, [p["error_gap"] for p in pairs])}
+
+
+def reference_beta(betas: list[float]) -> float:
+    """The β nearest 1 (the loss as trained) on a log scale, the first of equals: the error panel's and log's."""
+    return min(betas, key=lambda b: abs(math.log(b)))
 
 
 def _correlation(test, x: list[float], y: list[float]) -> float | None:
