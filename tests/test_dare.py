@@ -197,7 +197,7 @@ def test_soup_py_method_dare_runs_on_a_pool_with_its_init(tiny_sweep, soup_cfg, 
     assert [d["saved"] for d in record["mask_draws"]] == [d == record["saved_draw"] for d in (0, 1)]
     assert record["mean"]["val"] == pytest.approx(statistics.fmean(d["val"] for d in record["mask_draws"]))
     report = (tmp_path / "soup" / "report.md").read_text()
-    assert "## dare soup" in report and "| draw | saved | entries_kept |" in report
+    assert "## dare soup" in report and "| draw | saved | entries_kept | held-out | test |" in report  # not `val`
 
 
 def test_a_negative_bn_variance_without_recalibration_is_refused_not_evaluated(tiny_sweep, soup_cfg, tmp_path):

@@ -226,8 +226,9 @@ def recipe_sections(rows: list[dict], out_dir: Path) -> str:
         for name, table in tables.items():
             if not table:
                 continue
-            cols = list(table[0])
-            parts += [f"{name.replace('_', ' ')}:\n", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),
+            cols = list(table[0])  # metric keys shown as the main table names them (val: held-out)
+            parts += [f"{name.replace('_', ' ')}:\n", "| " + " | ".join(HEADERS.get(c, c) for c in cols) + " |",
+                      "|" + "---|" * len(cols),
                       *["| " + " | ".join(_text(r.get(c)) for c in cols) + " |" for r in table], ""]
         for name, path in figures.items():
             rel = Path(path).relative_to(out_dir) if Path(path).is_relative_to(out_dir) else Path(path)
