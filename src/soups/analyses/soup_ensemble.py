@@ -121,10 +121,10 @@ class SoupEnsemble(Analysis):
                           "ensemble_accuracy": accuracy(ensemble, labels),
                           "by_beta": {str(b): loss_gap(f0, f1, tuple(soups), labels, alpha, delta, b) for b in self.betas}})
             pairs[-1]["error_gap"] = pairs[-1]["ensemble_accuracy"] - pairs[-1]["soup_accuracy"]
-            log.info("pair %d/%d %s + %s: loss gap (beta %s) observed %+.4f, predicted %+.4f", len(pairs),
+            shown = pairs[-1]["by_beta"][str(reference_beta(self.betas))]
+            log.info("pair %d/%d %s + %s: loss gap (beta %g) observed %+.4f, predicted %+.4f", len(pairs),
                      len(chosen) * (len(chosen) - 1) // 2, first.name, second.name, reference_beta(self.betas),
-                     pairs[-1]["by_beta"][str(reference_beta(self.betas))]["observed"],
-                     pairs[-1]["by_beta"][str(reference_beta(self.betas))]["predicted"])
+                     shown["observed"], shown["predicted"])
         return {"eval_set": name, "examples": len(scorer.sets[name]), "alpha": alpha, "delta": delta, "betas": self.betas,
                 "ingredients": [i.name for i in chosen], "pairs": pairs, "correlations": agreement(pairs, self.betas),
                 "bn_recalibrated": bool(scorer.settings_record()["bn_recalibration"]), "precision": scorer.precision}
