@@ -129,6 +129,8 @@ def test_soup_ensemble_on_a_sweep_agrees_with_pairs_and_is_served_by_the_cache(t
     (["analysis.betas=1"], r"betas=1 "),
     (["analysis.betas=[1,1.0]"], r"betas=\[1, 1.0\] \(expected a non-empty list of distinct positive numbers"),
     (["analysis.delta=1e-4"], r"delta=0.0001 \(expected a step in \[0.001, min\(alpha, 1 − alpha\)\]"),
+    (["analysis.alpha=1.5"], r"^analysis: alpha=1.5 \(expected a number in \(0, 1\)\)$"),  # not delta too
+    (["analysis.max_ingredients=1"], r"needs at least 2 ingredients; max_ingredients=1 keeps 1 of the pool's 3$"),
     (["analysis.eval_set=imagenet"], r"analysis.eval_set='imagenet': expected one of this pool's sets \(val, test, ")])
 def test_bad_settings_are_refused_in_one_line_before_any_evaluation(tiny_sweep, tmp_path, monkeypatch, args, message):
     from soups.errors import BadInput

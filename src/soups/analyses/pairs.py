@@ -31,8 +31,9 @@ class Pairs(Analysis):
 
     def check(self, ingredients: list) -> None:
         if len(ingredients[: self.max_ingredients or None]) < 2:
-            raise BadInput(f"pairs needs at least 2 ingredients, the pool has {len(ingredients)}"
-                           f"{f' (max_ingredients={self.max_ingredients})' if self.max_ingredients else ''}")
+            kept = f"; max_ingredients={self.max_ingredients} keeps" if self.max_ingredients else ";"
+            raise BadInput(f"pairs needs at least 2 ingredients{kept} {len(ingredients[: self.max_ingredients or None])} "
+                           f"of the pool's {len(ingredients)}")
 
     def __call__(self, pool, scorer) -> dict:
         self.check(pool.ingredients)

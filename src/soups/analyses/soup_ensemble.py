@@ -83,9 +83,10 @@ class SoupEnsemble(Analysis):
     def __post_init__(self):
         super().__post_init__()
         betas = list(self.betas) if isinstance(self.betas, (list, tuple)) else None
+        alpha_ok = 0 < self.alpha < 1
         wrong = [f"{name}={value!r} (expected {expected})" for name, value, ok, expected in (
-            ("alpha", self.alpha, 0 < self.alpha < 1, "a number in (0, 1)"),
-            ("delta", self.delta, MIN_DELTA <= self.delta <= min(self.alpha, 1 - self.alpha),
+            ("alpha", self.alpha, alpha_ok, "a number in (0, 1)"),
+            ("delta", self.delta, not alpha_ok or MIN_DELTA <= self.delta <= min(self.alpha, 1 - self.alpha),
              f"a step in [{MIN_DELTA:g}, min(alpha, 1 − alpha)]: the soups at alpha ± delta stay between the two "
              f"models, and a smaller step divides the logits' rounding by delta²"),
             ("betas", self.betas, bool(betas) and all(_positive_number(b) for b in betas)
@@ -97,8 +98,9 @@ class SoupEnsemble(Analysis):
 
     def check(self, ingredients: list) -> None:
         if len(ingredients[: self.max_ingredients or None]) < 2:
-            raise BadInput(f"soup_ensemble needs at least 2 ingredients, the pool has {len(ingredients)}"
-                           f"{f' (max_ingredients={self.max_ingredients})' if self.max_ingredients else ''}")
+            kept = f"; max_ingredients={self.max_ingredients} keeps" if self.max_ingredients else ";"
+            raise BadInput(f"soup_ensemble needs at least 2 ingredients{kept} {len(ingredients[: self.max_ingredients or None])} "
+                           f"of the pool's {len(ingredients)}")
 
     def check_sets(self, names: list[str]) -> None:
         if self.eval_set not in names:
@@ -141,6 +143,9 @@ class SoupEnsemble(Analysis):
                  f"{max(q['observed'] for q in points):+.4f}",
                  "  within one temperature: Pearson r " + ", ".join(
                      f"{_fmt(c[f'pearson/beta={b:g}'])} (beta {b:g})" for b in record["betas"]),
+                 "  the soup's loss below the ensemble's in " + ", ".join(
+                     f"{sum(p['by_beta'][str(b)]['observed'] < 0 for p in pairs)} of {len(pairs)} pairs (beta {b:g})"
+                     for b in record["betas"]),
                  f"  error gap (ensemble minus soup accuracy, points) vs approximated loss gap at beta "
                  f"{reference_beta(record['betas']):g}: Spearman rho {_fmt(c['error_spearman'])}"]
         lines.append(f"  with the path's own slope in place of the models' logit difference: Pearson r "
