@@ -3,10 +3,12 @@ by conf/analysis/<name>.yaml (`_target_`), reading the same pool and evaluation 
 Each returns a JSON-able record (written as <name>.json) and draws it (<name>.png)."""
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
+from soups.errors import BadInput
 from soups.settings import Settings, build
 
 
@@ -39,3 +41,20 @@ class Analysis(Settings, ABC):
 def build_analysis(node) -> Analysis:
     """The Analysis that `analysis._target_` names; BadInput for any other target or a bad setting."""
     return build(node, "analysis", "soups.analyses", Analysis)
+
+
+def require_pairs(name: str, ingredients: list, max_ingredients: int | None) -> None:
+    """BadInput unless the best `max_ingredients` (None: all) of `ingredients` make at least one pair."""
+    kept = ingredients[: max_ingredients or None]
+    if len(kept) < 2:
+        said = f"; max_ingredients={max_ingredients} keeps" if max_ingredients else ";"
+        raise BadInput(f"{name} needs at least 2 ingredients{said} {len(kept)} of the pool's {len(ingredients)}")
+
+
+def correlation(test, x: list[float], y: list[float]) -> float | None:
+    """`test` (scipy.stats.pearsonr or spearmanr) of x and y; None where undefined (fewer than 3 points, a
+    constant input, NaN)."""
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    r = float(test(x, y).statistic)
+    return None if math.isnan(r) else r

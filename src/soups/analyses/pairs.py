@@ -15,9 +15,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from soups import plots
-from soups.analyses import Analysis
+from soups.analyses import Analysis, correlation, require_pairs
 from soups.averaging import angles_degrees, average, displacement_gram
-from soups.errors import BadInput
 from soups.names import AVG_SHIFTS, DISPLAY_NAMES, HELD_OUT, TEST
 
 COLUMNS = (HELD_OUT, TEST, AVG_SHIFTS)
@@ -30,10 +29,7 @@ class Pairs(Analysis):
     max_ingredients: int | None = None  # the best k by held-out accuracy; None: all (K(K-1)/2 midpoints)
 
     def check(self, ingredients: list) -> None:
-        if len(ingredients[: self.max_ingredients or None]) < 2:
-            kept = f"; max_ingredients={self.max_ingredients} keeps" if self.max_ingredients else ";"
-            raise BadInput(f"pairs needs at least 2 ingredients{kept} {len(ingredients[: self.max_ingredients or None])} "
-                           f"of the pool's {len(ingredients)}")
+        require_pairs("pairs", ingredients, self.max_ingredients)
 
     def __call__(self, pool, scorer) -> dict:
         self.check(pool.ingredients)
@@ -149,10 +145,7 @@ def correlations(pairs: list[dict]) -> dict[str, float | None]:
 
 
 def _spearman(x: list[float], y: list[float]) -> float | None:
-    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
-        return None
-    rho = float(spearmanr(x, y).statistic)
-    return None if math.isnan(rho) else rho
+    return correlation(spearmanr, x, y)
 
 
 NAMES_NOT_AMOUNTS = ("seed",)  # numbers that name a draw: different or not, never far apart

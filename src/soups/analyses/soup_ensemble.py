@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from scipy.stats import pearsonr, spearmanr
 
 from soups import plots
-from soups.analyses import Analysis
+from soups.analyses import Analysis, correlation, require_pairs
 from soups.averaging import average
 from soups.errors import BadInput
 from soups.names import DISPLAY_NAMES, TEST
@@ -68,10 +68,6 @@ def loss_gap(first: torch.Tensor, second: torch.Tensor, soups: tuple[torch.Tenso
             "ensemble_loss": ensemble_loss}
 
 
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return 100.0 * float((logits.argmax(-1) == labels).double().mean())
-
-
 @dataclass
 class SoupEnsemble(Analysis):
     eval_set: str = TEST        # where the losses are measured: held-out (val), test or a shift
@@ -97,10 +93,7 @@ class SoupEnsemble(Analysis):
         self.betas = [float(b) for b in betas]
 
     def check(self, ingredients: list) -> None:
-        if len(ingredients[: self.max_ingredients or None]) < 2:
-            kept = f"; max_ingredients={self.max_ingredients} keeps" if self.max_ingredients else ";"
-            raise BadInput(f"soup_ensemble needs at least 2 ingredients{kept} {len(ingredients[: self.max_ingredients or None])} "
-                           f"of the pool's {len(ingredients)}")
+        require_pairs("soup_ensemble", ingredients, self.max_ingredients)
 
     def check_sets(self, names: list[str]) -> None:
         if self.eval_set not in names:
@@ -115,12 +108,13 @@ class SoupEnsemble(Analysis):
         pairs = []
         for first, second in itertools.combinations(chosen, 2):
             states = [scorer.load(first), scorer.load(second)]
-            soups = [scorer.outcomes(scorer.soup_logits(average(states, [1 - a, a]), new_point=True, names=[name]))[name][0]
-                     for a in (alpha - delta, alpha, alpha + delta)]
+            raw = [scorer.soup_logits(average(states, [1 - a, a]), new_point=True, names=[name])
+                   for a in (alpha - delta, alpha, alpha + delta)]
+            soups = [scorer.outcomes(r)[name][0] for r in raw]
             (f0, labels), (f1, _) = alone[first.name], alone[second.name]
-            ensemble = (1 - alpha) * f0 + alpha * f1
-            pairs.append({"a": first.name, "b": second.name, "soup_accuracy": accuracy(soups[1], labels),
-                          "ensemble_accuracy": accuracy(ensemble, labels),
+            ensemble = (1 - alpha) * f0 + alpha * f1  # over the set's classes, as the ensemble recipe averages
+            pairs.append({"a": first.name, "b": second.name, "soup_accuracy": scorer.metrics_of(raw[1])[name],
+                          "ensemble_accuracy": scorer.metrics_of({name: ensemble})[name],
                           "by_beta": {str(b): loss_gap(f0, f1, tuple(soups), labels, alpha, delta, b) for b in self.betas}})
             pairs[-1]["error_gap"] = pairs[-1]["ensemble_accuracy"] - pairs[-1]["soup_accuracy"]
             shown = pairs[-1]["by_beta"][str(reference_beta(self.betas))]
@@ -196,25 +190,18 @@ def agreement(pairs: list[dict], betas: list[float]) -> dict[str, float | None]:
     predicted = [p["by_beta"][str(b)]["predicted"] for p in pairs for b in betas]
     path = [p["by_beta"][str(b)]["predicted_path"] for p in pairs for b in betas]
     first = [p["by_beta"][str(reference_beta(betas))]["predicted"] for p in pairs]
-    within = {f"pearson/beta={b:g}": _correlation(pearsonr, *zip(*[(p["by_beta"][str(b)]["predicted"],
+    within = {f"pearson/beta={b:g}": correlation(pearsonr, *zip(*[(p["by_beta"][str(b)]["predicted"],
                                                                   p["by_beta"][str(b)]["observed"]) for p in pairs]))
               for b in betas}
-    return {"pearson": _correlation(pearsonr, predicted, observed),
-            "spearman": _correlation(spearmanr, predicted, observed), **within,
-            "pearson_path": _correlation(pearsonr, path, observed),
-            "error_spearman": _correlation(spearmanr, first, [p["error_gap"] for p in pairs])}
+    return {"pearson": correlation(pearsonr, predicted, observed),
+            "spearman": correlation(spearmanr, predicted, observed), **within,
+            "pearson_path": correlation(pearsonr, path, observed),
+            "error_spearman": correlation(spearmanr, first, [p["error_gap"] for p in pairs])}
 
 
 def reference_beta(betas: list[float]) -> float:
     """The β nearest 1 (the loss as trained) on a log scale, the first of equals: the error panel's and log's."""
     return min(betas, key=lambda b: abs(math.log(b)))
-
-
-def _correlation(test, x: list[float], y: list[float]) -> float | None:
-    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
-        return None
-    r = float(test(x, y).statistic)
-    return None if math.isnan(r) else r
 
 
 def _positive_number(b) -> bool:
