@@ -47,10 +47,11 @@ text-demo-lora: text-data  ## the text demo with LoRA (peft): 8 adapters of Mini
 	$(PY) src/finetune.py sweep=demo experiment=text_demo_lora
 	$(PY) src/soup.py 'method=[uniform,greedy,lora_factor_mean]'
 
-peers: $(STAMP)  ## mergekit and FusionBench in their own venv (.peers/): their merges vs the project's, side by side; ECE and McNemar vs torchmetrics and statsmodels
+peers: $(STAMP)  ## mergekit and FusionBench in their own venv (.peers/): their merges vs the project's, side by side, and on BatchNorm statistics; ECE and McNemar vs torchmetrics and statsmodels
 	bash scripts/peers/setup.sh
 	$(PY) scripts/peers/compare.py $(PEERS_ARGS)
 	.peers/bin/python scripts/peers/stats.py
+	.peers/bin/python scripts/peers/buffers.py 2>/dev/null
 
 TEST_WORKERS ?= auto   # pytest-xdist workers: one per core; TEST_WORKERS=0 runs in this process
 

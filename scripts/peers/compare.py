@@ -40,7 +40,9 @@ FISHER_FLOOR, REGMEAN_ALPHA, PROJECT_RIDGE = 1e-6, 0.9, 1e-4  # the project's de
 DARE = {"dare_mean": {"merge": "mean", "rescale": "inverse", "scale": 1.0},
         "dare_sum": {"merge": "sum", "rescale": "inverse", "scale": None},
         "dare_linear": {"merge": "sum", "rescale": "l1", "scale": None},
-        "dare_ties": {"merge": "sum", "rescale": "l1", "sign_election": True, "scale": None}}
+        "dare_ties": {"merge": "sum", "rescale": "l1", "sign_election": True, "scale": None},
+        "dare_ties_mean": {"merge": "mean", "rescale": "inverse", "sign_election": True, "scale": 1.0},
+        "dare_ties_sum": {"merge": "sum", "rescale": "inverse", "sign_election": True, "scale": None}}
 
 # (row name, method, peers, project options, why a difference is expected)
 ROWS = [
@@ -75,6 +77,11 @@ ROWS = [
      "same formula (dare_linear: each dropped tensor rescaled to its L1 norm, init + λ Σ), the same masks"),
     ("dare-ties (sum, l1 rescale, λ)", "dare_ties", ("mergekit",), {},
      "same formula (dare_ties: sign of the summed dropped vectors elected, the agreeing ones summed), the same masks"),
+    ("dare-ties (mean, 1/(1−p))", "dare_ties_mean", ("fusionbench",), {},
+     "same formula (DareTiesMerging, its trim keeping every entry: init + the mean of the agreeing m ⊙ τᵢ/(1−p)), "
+     "the same masks"),
+    ("dare-ties (sum, 1/(1−p), λ)", "dare_ties_sum", ("fusionbench",), {},
+     "same formula (DareTiesMerging, merge_func sum: init + λ Σ of the agreeing m ⊙ τᵢ/(1−p)), the same masks"),
 ]
 
 

@@ -22,6 +22,9 @@ Runs in .peers (scripts/peers/setup.sh), never in the project's .venv. Methods:
     dare_linear      mergekit `dare_linear` (weight 1,    | -
                      density 1 - drop, lambda)
     dare_ties        mergekit `dare_ties` (same)          | -
+    dare_ties_mean   -                                    | FusionBench DareTiesMerging(rescale=True, merge_func=
+                                                            "mean", scaling_factor=1, threshold: no trim, below)
+    dare_ties_sum    -                                    | the same with merge_func="sum", scaling_factor=lambda
 DARE draws random masks: `--stats` holds the project's ("mask/<i>/<key>", uint8) and the peer's own random
 call (mergekit's torch.bernoulli, FusionBench's torch.rand_like) is answered with them, found by the task
 vector it is asked for (`injected_masks`), so that the peer's own drop, rescale and merge code runs on the
@@ -46,7 +49,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 MERGEKIT = ("uniform", "weighted", "model_stock", "task_arithmetic", "ties", "dare_linear", "dare_ties")
-FUSIONBENCH = MERGEKIT[:5] + ("fisher", "regmean", "dare_mean", "dare_sum")
+FUSIONBENCH = MERGEKIT[:5] + ("fisher", "regmean", "dare_mean", "dare_sum", "dare_ties_mean", "dare_ties_sum")
 
 
 def _status_mb(field: str) -> float:
@@ -185,6 +188,14 @@ def injected_masks(peer: str, table: dict):
                          f"itself, so its result is not on the project's masks")
 
 
+def no_trim(state: dict[str, torch.Tensor]) -> float:
+    """A DareTiesMerging `threshold` under which its TIES trim keeps every entry: its topk_values_mask keeps
+    |τ̂| >= the k-th smallest of a model's d entries, k = d − int(d·K); with K = 1 − 1/d, k is 1 or 2, and that
+    entry is a dropped zero (DARE leaves about p·d of them), so the bar is 0. K = 1 itself fails there (k = 0)."""
+    d = sum(t.numel() for t in state.values())
+    return 1 - 1 / d
+
+
 def mergekit_merge(method, states, base, weights, lam, stats, dtype, density=0.2, drop=0.5):
     from mergekit.merge_methods import merge_state_dicts  # mergekit/merge_methods/api.py
 
@@ -218,6 +229,17 @@ def fusionbench_merge(method, states, base, weights, lam, stats, dtype, density=
         pool = {f"m{i}": as_module(s, trainable=True) for i, s in enumerate(states)}
         algorithm = (DareSimpleAverage(sparsity_ratio=drop, only_on_linear_weights=False) if method == "dare_mean"
                      else DareTaskArithmetic(scaling_factor=lam, sparsity_ratio=drop, only_on_linear_weights=False))
+        with injected_masks("fusionbench", stats["masks"]) if stats.get("masks") is not None else contextlib.nullcontext():
+            merged = algorithm.run(BaseModelPool(pool | {"_pretrained_": as_module(base, trainable=True)}))
+        return {k: v.detach() for k, v in merged.state_dict().items()}
+    if method in ("dare_ties_mean", "dare_ties_sum"):  # DARE, then TIES' trim, election and disjoint merge
+        bare_package("fusion_bench.method.dare")
+        bare_package("fusion_bench.method.ties_merging")
+        from fusion_bench.method.dare.ties_merging import DareTiesMerging
+        algorithm = DareTiesMerging(sparsity_ratio=drop, only_on_linear_weights=False, rescale=True,
+                                    scaling_factor=1.0 if method == "dare_ties_mean" else lam,
+                                    threshold=no_trim(states[0]), remove_keys=[], merge_func=method.rsplit("_", 1)[1])
+        pool = {f"m{i}": as_module(s, trainable=True) for i, s in enumerate(states)}
         with injected_masks("fusionbench", stats["masks"]) if stats.get("masks") is not None else contextlib.nullcontext():
             merged = algorithm.run(BaseModelPool(pool | {"_pretrained_": as_module(base, trainable=True)}))
         return {k: v.detach() for k, v in merged.state_dict().items()}
@@ -279,6 +301,8 @@ def import_peer(peer: str) -> None:
     bare_package("fusion_bench.method.dare")  # its __init__ imports DARE-TIES, whose TIES imports `datasets`
     from fusion_bench.method.dare.simple_average import DareSimpleAverage  # noqa: F401
     from fusion_bench.method.dare.task_arithmetic import DareTaskArithmetic  # noqa: F401
+    bare_package("fusion_bench.method.ties_merging")
+    from fusion_bench.method.dare.ties_merging import DareTiesMerging  # noqa: F401
     from fusion_bench.method.model_stock.model_stock import ModelStock  # noqa: F401
     from fusion_bench.modelpool import BaseModelPool  # noqa: F401
     bare_package("fusion_bench.method.fisher_merging")

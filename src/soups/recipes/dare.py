@@ -12,7 +12,8 @@ init) is dropped with probability p, the survivors rescaled, and the sparse vect
              with `sign_election: true` only the τ̂ᵢ whose sign agrees with γ = sign(Σᵢ τ̂ᵢ) (a zero sum elects
              +1: soups.recipes.ties.elect_and_merge), divided by their count under `mean`: DARE-TIES as mergekit's
              `dare_ties` (= `merge: sum`, its default normalize: false), the random drop in place of TIES'
-             magnitude trim (FusionBench's DareTiesMerging trims by magnitude again after dropping). Under
+             magnitude trim (FusionBench's DareTiesMerging trims by magnitude again after dropping; with that
+             trim off it is `merge: mean` or `sum` here: BENCHMARKS.md, Peers). Under
              the election `mean` averages the agreeing survivors, each already scaled by 1/(1 − p): the step
              is about 1/(1 − p) times TIES' (2× at p = 0.5, an extrapolation); `rescale: none` keeps TIES'
              scale, and `merge: sum` with `scale` ≈ 1/K is mergekit's `dare_ties` with weights 1/K
