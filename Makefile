@@ -51,7 +51,7 @@ peers: $(STAMP)  ## mergekit and FusionBench in their own venv (.peers/): their 
 	bash scripts/peers/setup.sh
 	$(PY) scripts/peers/compare.py $(PEERS_ARGS)
 	.peers/bin/python scripts/peers/stats.py
-	.peers/bin/python scripts/peers/buffers.py 2>/dev/null
+	.peers/bin/python scripts/peers/buffers.py
 
 TEST_WORKERS ?= auto   # pytest-xdist workers: one per core; TEST_WORKERS=0 runs in this process
 

@@ -1,4 +1,4 @@
-"""What the peers' DARE merges do with BatchNorm statistics, against this project's, in the peers' venv
+"""What FusionBench's DARE merges do with BatchNorm statistics, against this project's, in the peers' venv
 (`make peers` runs it): a small BN network, its init and K fine-tunes whose running statistics moved, merged
 with p = 0 (nothing dropped, so no masks are involved and DARE-TIES is TIES' election and disjoint mean of
 the whole task vectors) by FusionBench's DareTiesMerging (its trim keeping every entry, merge_func mean,
@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import copy
 import importlib.util
+import io
 import sys
 from pathlib import Path
 
@@ -70,12 +71,13 @@ def fusionbench(name: str, init: nn.Module, tunes: list[nn.Module]) -> dict:
     from fusion_bench.method.dare.simple_average import DareSimpleAverage
     from fusion_bench.method.dare.ties_merging import DareTiesMerging
     from fusion_bench.modelpool import BaseModelPool
+    from peer_merge import no_trim  # same folder
 
     algorithm = DareSimpleAverage(sparsity_ratio=0.0, only_on_linear_weights=False) if name == "DareSimpleAverage" \
         else DareTiesMerging(sparsity_ratio=0.0, only_on_linear_weights=False, rescale=True, scaling_factor=1.0,
-                             threshold=0.99, remove_keys=[], merge_func="mean")  # 0.99: the trim keeps every entry
+                             threshold=no_trim(init.state_dict()), remove_keys=[], merge_func="mean")
     pool = {"_pretrained_": copy.deepcopy(init)} | {f"m{i}": copy.deepcopy(t) for i, t in enumerate(tunes)}
-    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):  # it prints progress
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # it prints progress
         return algorithm.run(BaseModelPool(pool)).state_dict()
 
 

@@ -95,8 +95,8 @@ def bare_package(name: str) -> None:
 
 def as_module(state: dict[str, torch.Tensor], trainable: bool = False) -> torch.nn.Module:
     """A module whose state_dict() is `state` (FusionBench pools hold nn.Modules): one empty submodule per
-    dotted prefix, float tensors as parameters (frozen unless `trainable`: FusionBench's DARE subtracts and
-    sums only trainable ones), the rest as buffers. The tensors are shared."""
+    dotted prefix, float tensors as parameters (frozen unless `trainable`: FusionBench's DARE subtracts the init
+    from trainable ones only; DareSimpleAverage / DareTaskArithmetic sum only those too), the rest as buffers. The tensors are shared."""
     root = torch.nn.Module()
     for key, tensor in state.items():
         *path, leaf = key.split(".")
@@ -190,10 +190,10 @@ def injected_masks(peer: str, table: dict):
 
 def no_trim(state: dict[str, torch.Tensor]) -> float:
     """A DareTiesMerging `threshold` under which its TIES trim keeps every entry: its topk_values_mask keeps
-    |τ̂| >= the k-th smallest of a model's d entries, k = d − int(d·K); with K = 1 − 1/d, k is 1 or 2, and that
-    entry is a dropped zero (DARE leaves about p·d of them), so the bar is 0. K = 1 itself fails there (k = 0)."""
+    |τ̂| >= the k-th smallest of a model's d entries, k = d − int(d·K); K = 1 − 1/(2d) gives d·K = d − ½, so
+    k = 1 and the bar is the smallest |τ̂| itself. K = 1 fails there (kthvalue with k = 0)."""
     d = sum(t.numel() for t in state.values())
-    return 1 - 1 / d
+    return 1 - 1 / (2 * d)
 
 
 def mergekit_merge(method, states, base, weights, lam, stats, dtype, density=0.2, drop=0.5):

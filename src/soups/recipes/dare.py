@@ -26,7 +26,8 @@ cache serves it. `draws` > 1: each draw is evaluated on every set; the row shows
 (population std, as greedy_random), the saved weights are those of the draw best on held-out (the first of
 equals), and the table `mask_draws` has each draw's metrics, `entries_kept` (the fraction of task-vector
 entries its masks kept, before any election) and whether it is the one `saved`. Every floating-point tensor takes part, BatchNorm statistics included (as mergekit;
-FusionBench's DARE moves trainable parameters only): a soup's BN statistics are recomputed when the model
+FusionBench's DareSimpleAverage / DareTaskArithmetic move trainable parameters only, its DareTiesMerging adds
+the fine-tunes' buffers themselves, not their displacements, to the init's: scripts/peers/buffers.py): a soup's BN statistics are recomputed when the model
 has BN (`bn_recalibration: auto`), and without that a negative running variance is refused by the scorer.
 Integer buffers come from the first ingredient; a tied copy follows its first name. Streamed: the init, the
 first ingredient (for its integer buffers), one more ingredient and the float64 sum (8 bytes an entry), which
