@@ -4,6 +4,7 @@
     python scripts/benchmark.py                      # every benchmark (~28 min on 2 CPU cores)
     python scripts/benchmark.py --only eval --images 1000 --passes 3
     python scripts/benchmark.py --only greedy,training --out results.json
+    python scripts/benchmark.py --only eval,training --precision bf16   # where the CPU/GPU has bf16 units
 
 eval      repeated evaluation passes: the project's evaluator on the uint8 store vs a reference loop in
           the official style (PIL decode + transforms every pass, fp32, DataLoader workers) and the
@@ -58,6 +59,8 @@ def main():
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for decoding")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="eval, training: the project's precision (the references stay fp32)")
     parser.add_argument("--repeats", type=int, default=3, help="greedy: timed runs of each side")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args()

@@ -332,6 +332,7 @@ def test_soup_and_ensemble_gain_of_a_constructed_pair(tmp_path):
 
     from soups.analyses.pairs import Pairs
     from soups.evaluation.evaluator import Evaluator
+    from soups.pools.ingredient import Ingredient
 
     save_file({"w": torch.zeros(2)}, str(tmp_path / "init.safetensors"))
     save_file({"w": torch.tensor([1.0, 0.0])}, str(tmp_path / "a.safetensors"))
@@ -348,8 +349,8 @@ def test_soup_and_ensemble_gain_of_a_constructed_pair(tmp_path):
     evaluator.sets = sets
 
     def ingredient(name):
-        return SimpleNamespace(name=name, weights=tmp_path / f"{name}.safetensors", held_out=50.0 if name == "a" else 49.0,
-                               info={"hparams": {"lr": 1e-5 if name == "a" else 1e-4}})
+        return Ingredient(name, tmp_path / f"{name}.safetensors", {"hparams": {"lr": 1e-5 if name == "a" else 1e-4},
+                                                                   "metrics": {"val": 50.0 if name == "a" else 49.0}})
 
     pool = SimpleNamespace(ingredients=[ingredient("a"), ingredient("b")])
     scorer = SimpleNamespace(

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from bench.common import demo_model, timed_passes, vit_b32, write_jpegs
+from soups.runtime import autocast
 
 
 def bench_eval(args) -> list[dict]:
@@ -37,7 +38,7 @@ def bench_eval(args) -> list[dict]:
 
         stored = StoredEvalSet(FileEvalSet("bench", paths, labels, transform, num_workers=args.workers),
                                tmp / f"cache-{size}")
-        evaluator = Evaluator({"val": stored, "test": stored}, args.batch_size, "fp32", torch.device("cpu"),
+        evaluator = Evaluator({"val": stored, "test": stored}, args.batch_size, args.precision, torch.device("cpu"),
                               progress=False)
         build_start = time.perf_counter()
         stored.array  # decoded once (counted separately: greedy's first pass pays it)
@@ -48,14 +49,15 @@ def bench_eval(args) -> list[dict]:
             evaluator.logits(model, "val")
 
         def compute_bound():
-            for x in in_memory:
-                model(x)
+            with autocast(args.precision, torch.device("cpu")):  # under timed_passes' no_grad, as the evaluator
+                for x in in_memory:
+                    model(x)
 
         ref = timed_passes(args.passes, reference)
         ours = timed_passes(args.passes, project)
         bound = timed_passes(args.passes, compute_bound)
         n = len(paths)
-        row = {"model": model_name, "images": n, "passes": args.passes, "image_size": size,
+        row = {"model": model_name, "images": n, "passes": args.passes, "image_size": size, "precision": args.precision,
                "reference_img_s": n * args.passes / sum(ref), "project_img_s": n * args.passes / sum(ours),
                "compute_bound_img_s": n * args.passes / sum(bound), "store_build_s": build_seconds}
         row["speedup"] = row["project_img_s"] / row["reference_img_s"]

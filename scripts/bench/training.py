@@ -108,7 +108,7 @@ def compare(config: str, batch_size: int, steps: int, precision: str, device=tor
 def bench_training(args) -> list[dict]:
     results = []
     for label, (config, batch_size, steps) in MODELS.items():
-        row = {"model": label, **compare(config, batch_size, steps, "fp32")}  # channels_last per config
+        row = {"model": label, **compare(config, batch_size, steps, args.precision)}  # channels_last per config
         results.append(row)
         print(json.dumps(row), flush=True)
     return results

@@ -50,7 +50,7 @@ class Pairs(Analysis):
                           "ensemble_gain": {s: ensemble[s] - mean[s] for s in ensemble},
                           "differs_most": differs_most(first, second, chosen)})
             log.info("pair %d/%d %s + %s: angle %s deg, soup gain test %+.2f, ensemble gain test %+.2f", len(pairs),
-                     len(chosen) * (len(chosen) - 1) // 2, first.name, second.name,
+                     len(chosen) * (len(chosen) - 1) // 2, first.label, second.label,
                      "undefined" if pairs[-1]["angle"] is None else f"{pairs[-1]['angle']:.2f}",
                      pairs[-1]["soup_gain"][TEST], pairs[-1]["ensemble_gain"][TEST])
         best = chosen[0]

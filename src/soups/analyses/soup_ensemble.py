@@ -119,7 +119,7 @@ class SoupEnsemble(Analysis):
             pairs[-1]["error_gap"] = pairs[-1]["ensemble_accuracy"] - pairs[-1]["soup_accuracy"]
             shown = pairs[-1]["by_beta"][str(reference_beta(self.betas))]
             log.info("pair %d/%d %s + %s: loss gap (beta %g) observed %+.4f, predicted %+.4f", len(pairs),
-                     len(chosen) * (len(chosen) - 1) // 2, first.name, second.name, reference_beta(self.betas),
+                     len(chosen) * (len(chosen) - 1) // 2, first.label, second.label, reference_beta(self.betas),
                      shown["observed"], shown["predicted"])
         return {"eval_set": name, "examples": len(scorer.sets[name]), "alpha": alpha, "delta": delta, "betas": self.betas,
                 "ingredients": [i.name for i in chosen], "pairs": pairs, "correlations": agreement(pairs, self.betas),
