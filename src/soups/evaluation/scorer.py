@@ -245,7 +245,7 @@ class PoolScorer:
         if metrics is None:
             metrics = self.evaluator.metrics_of(self._forward_all(ingredient, digest))
             self.cache.put(digest, metrics)
-            log.info("%s: %s", ingredient.name, format_metrics(metrics))
+            log.info("%s: %s", ingredient.label, format_metrics(metrics))
         info["metrics"], info["evaluation_key"] = metrics, self.key
         return metrics
 
