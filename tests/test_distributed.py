@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 from torch import nn
 
+import commands
 from conftest import ROOT, compose_cfg
 from soups.data import EvalSet, ImageArray, build_data
 from soups.distributed import Group, gather_shards, shard_rows, sum_over_ranks, sync_batchnorm, unwrap
@@ -27,8 +28,8 @@ TOLERANCE = 1e-5  # gradients are summed across processes in another order than 
 
 def test_two_gloo_processes_end_with_the_weights_of_one_process(tmp_path):
     single = tmp_path / "single"
-    subprocess.run(finetune_command(tmp_path, *SETTINGS, f"hydra.run.dir={single}"), env=ENV, check=True,
-                   capture_output=True)
+    commands.run(finetune_command(tmp_path, *SETTINGS, f"hydra.run.dir={single}"), env=ENV, check=True,
+                 capture_output=True)
     command = finetune_command(tmp_path, *SETTINGS)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *command[1:]]
     done = subprocess.run(torchrun, env=ENV, capture_output=True, text=True, cwd=ROOT)

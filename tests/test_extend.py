@@ -11,6 +11,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+import commands
 from conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,9 +31,9 @@ def added(files: dict):
 
 
 def command(script: str, args: list, tmp_path: Path, logger: str = "none") -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, f"src/{script}.py", *args, f"logger={logger}", f"paths.log_dir={tmp_path}/logs",
-                           f"paths.cache_dir={tmp_path}/cache"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=900)
+    proc = commands.run([sys.executable, f"src/{script}.py", *args, f"logger={logger}", f"paths.log_dir={tmp_path}/logs",
+                         f"paths.cache_dir={tmp_path}/cache"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                        timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -236,10 +237,10 @@ def test_a_new_head_and_a_new_logger_are_one_file_and_one_yaml_each(tmp_path):
                 ROOT / "conf" / "head" / f"{head}.yaml": f"_target_: soups.heads.{head}.ZeroHead\nbias: 0.5\n",
                 ROOT / "src" / "soups" / "tracking" / f"{logger}.py": LOGGER,
                 ROOT / "conf" / "logger" / f"{logger}.yaml": f"_target_: soups.tracking.{logger}.JsonLines\n"}):
-        proc = subprocess.run([sys.executable, "src/finetune.py", *tiny, f"head={head}", f"logger={logger}",
-                               f"paths.log_dir={tmp_path}/logs", f"paths.cache_dir={tmp_path}/cache",
-                               f"hydra.run.dir={tmp_path}/run"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                              timeout=900)
+        proc = commands.run([sys.executable, "src/finetune.py", *tiny, f"head={head}", f"logger={logger}",
+                             f"paths.log_dir={tmp_path}/logs", f"paths.cache_dir={tmp_path}/cache",
+                             f"hydra.run.dir={tmp_path}/run"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                            timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     init_dir = json.loads((tmp_path / "run" / "run.json").read_text())["init"]["dir"]
     init = json.loads((Path(init_dir) / "init.json").read_text())

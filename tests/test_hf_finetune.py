@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import commands
 from conftest import ROOT
 from test_hf_pool import tiny_bert, tokenizer
 from test_text import fake_sentences
@@ -18,8 +19,8 @@ SMALL = ["~experiment", "data=sentiment", "data.test_size=20", "data.val_size=20
 
 
 def run(script: str, args: list[str], tmp, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, f"src/{script}.py", *args, f"paths.log_dir={tmp}/logs",
-                           f"paths.cache_dir={tmp}/cache"], cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
+    return commands.run([sys.executable, f"src/{script}.py", *args, f"paths.log_dir={tmp}/logs",
+                         f"paths.cache_dir={tmp}/cache"], cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
 
 
 @pytest.fixture(scope="module")

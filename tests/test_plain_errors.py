@@ -1,29 +1,27 @@
 """Every input error a user can fix ends the real command with one plain `error: ...` and exit status 1,
 no traceback; SOUPS_FULL_ERROR=1 brings the traceback back. Each kind is a UserError in process
-(tests/test_errors.py, fast); here the commands themselves, a few kinds in `make test`, the rest slow."""
+(tests/test_errors.py); here the commands themselves, each its own process (tests/commands.py)."""
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
+import commands
 from conftest import TINY
 from soups.data.folders import WNIDS
 from soups.io.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-SLOW = pytest.mark.slow  # a subprocess each (~10 s): the same conversion as the fast ones
 
 
 def command(script, args, tmp_path, **env):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", **env}
-    return subprocess.run([sys.executable, f"src/{script}.py", *args, f"paths.log_dir={tmp_path}/logs",
-                           f"paths.cache_dir={tmp_path}/cache"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return commands.run([sys.executable, f"src/{script}.py", *args, f"paths.log_dir={tmp_path}/logs",
+                         f"paths.cache_dir={tmp_path}/cache"], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
 
 
 def assert_plain(proc, message):
@@ -58,7 +56,6 @@ def test_empty_pool(tmp_path):
     assert_plain(command("soup", [f"pool.dir={tmp_path}/empty", "logger=none"], tmp_path), "the pool is empty")
 
 
-@SLOW
 def test_pool_folder_that_does_not_exist(tmp_path):
     assert_plain(command("soup", [f"pool.dir={tmp_path}/nowhere", "logger=none"], tmp_path), "does not exist")
 
@@ -69,14 +66,12 @@ def test_missing_dataset_root(tmp_path):
     assert "get it from: https://image-net.org" in proc.stderr
 
 
-@SLOW
 def test_dataset_with_the_wrong_layout(tmp_path):
     root = fake_train_tree(tmp_path / "imagenet", WNIDS[:3])
     assert_plain(command("finetune", [*IMAGENET, f"paths.data_dir={root}"], tmp_path),
                  "has 3 class folders, expected the 1000 WordNet ids")
 
 
-@SLOW
 def test_dataset_with_the_wrong_count(tmp_path):
     root = fake_train_tree(tmp_path / "imagenet", WNIDS)
     assert_plain(command("finetune", [*IMAGENET, f"paths.data_dir={root}"], tmp_path),
@@ -91,7 +86,6 @@ def test_pool_mixing_architectures(tiny_sweep, tmp_path):
     assert_plain(command("soup", [f"pool.dir={pool}", "logger=none"], tmp_path), "mixed architectures in the pool")
 
 
-@SLOW
 def test_pool_whose_shared_init_is_gone(tiny_sweep, tmp_path):
     def gone(name, info):
         info["init"]["dir"] = str(tmp_path / "cleaned-cache" / "init")
@@ -101,14 +95,12 @@ def test_pool_whose_shared_init_is_gone(tiny_sweep, tmp_path):
     assert not (tmp_path / "cache" / "eval").exists()  # refused before any evaluation
 
 
-@SLOW
 def test_missing_init_checkpoint(tmp_path):
     tiny = [arg for arg in TINY if not arg.startswith("head.")]  # the linear probe's settings
     proc = command("finetune", [*tiny, "head=checkpoint", f"head.path={tmp_path}/model_0.pt"], tmp_path)
     assert_plain(proc, f"missing checkpoint {tmp_path}/model_0.pt")
 
 
-@SLOW
 def test_bad_search_space(tmp_path):  # bad settings of every kind: test_errors.py, in process
     assert_plain(command("finetune", [*TINY, "trial=0", "+search_space.lr=[cubic,1,2]"], tmp_path),
                  "search_space.lr=['cubic', 1, 2]: expected [kind, ...]")

@@ -3,13 +3,13 @@ official checkpoints and the fake ImageNet tree. Fast with a tiny tower; the rea
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import commands
 from conftest import ROOT, compose_cfg
 from fake_imagenet import make_tree, write_split
 from soups.errors import BadInput
@@ -121,8 +121,8 @@ def test_soup_of_three_official_vit_b32_checkpoints_through_soup_py(tmp_path):
     write_release(tmp_path / "release", cfg.model, 3, head_dim=512)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     args = [a for a in overrides(tmp_path, counts, model="vit_b32") if a != "model=vit_b32"]
-    proc = subprocess.run([sys.executable, "src/soup.py", *args, f"paths.log_dir={tmp_path}/logs",
-                           f"paths.cache_dir={tmp_path}/cache"], cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = commands.run([sys.executable, "src/soup.py", *args, f"paths.log_dir={tmp_path}/logs",
+                         f"paths.cache_dir={tmp_path}/cache"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| **greedy soup** |" in proc.stdout and "uniform vs released" in proc.stdout
 

@@ -5,7 +5,6 @@ import hashlib
 import io
 import os
 import re
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import commands
 from conftest import ROOT, compose_cfg
 from soups.data.sentiment import checked_file, read_domain
 from soups.data.text import Sentences, TextSet
@@ -119,7 +119,7 @@ def test_get_text_data_unpacks_only_the_sentence_files_of_the_sdist(tmp_path):
     sdist.write_bytes(_tar_gz({"vaderSentiment-3.3.2/setup.py": b"",
                                "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz": inner}))
     run = [sys.executable, "scripts/get_text_data.py", "--dest", str(tmp_path / "data"), "--sdist", str(sdist)]
-    proc = subprocess.run(run, cwd=ROOT, capture_output=True, text=True)
+    proc = commands.run(run, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "data" / "hutto_ICWSM_2014"
     assert sorted(p.name for p in out.iterdir()) == sorted(n.split("/")[1] for n in keep)
@@ -127,7 +127,7 @@ def test_get_text_data_unpacks_only_the_sentence_files_of_the_sdist(tmp_path):
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "data" / "escape.txt").exists()
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["hutto_ICWSM_2014"]  # no temporary folder left
     sdist.write_bytes(_tar_gz({"vaderSentiment-3.3.2/setup.py": b""}))
-    proc = subprocess.run([*run, "--force"], cwd=ROOT, capture_output=True, text=True)
+    proc = commands.run([*run, "--force"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 1 and "holds no additional_resources/hutto_ICWSM_2014.tar.gz" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -194,9 +194,9 @@ def test_a_binary_linear_probe_head_gives_the_probabilities_of_the_fitted_logist
 
 def run(args, tmp_path, *overrides):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, *args, f"paths.log_dir={tmp_path}/logs",
-                           f"paths.cache_dir={tmp_path}/cache", *overrides],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = commands.run([sys.executable, *args, f"paths.log_dir={tmp_path}/logs",
+                         f"paths.cache_dir={tmp_path}/cache", *overrides],
+                        cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
