@@ -1,41 +1,63 @@
 """The project's commands (`python src/soup.py ...`, `python scripts/export_soup.py ...`) as separate processes
 that skip the ~7 s of importing torch, timm, open_clip, transformers, Hydra and W&B: each is forked from a
 process that imported those once (multiprocessing's forkserver, one per test worker), then runs the script as
-`python <script> <args>` would: its own process, working directory, environment, argv, sys.path[0], stdout
-and stderr, exit status (an uncaught exception prints its traceback and exits 1; `sys.exit("error: ...")`
-prints the message and exits 1). The package itself (`soups`) is imported afresh by every command, so a file
-a test adds or edits is seen. `run` has `subprocess.run`'s signature for what the tests use and returns its
-`CompletedProcess`; anything but `python <existing file.py> ...` goes to `subprocess.run` unchanged. Unlike
-a fresh interpreter, the child does not wait for non-daemon threads the command left running, and
-multiprocessing names it a child of the server (no library the commands use asks). tests/test_commands.py
-compares the two; tests/test_cli.py keeps fresh interpreters, as a user starts them."""
+`python <script> <args>` would: its own process, working directory, environment, argv, sys.path, absolute
+`__file__`, stdout and stderr (decoded as subprocess does), fresh numpy and torch seeds, the platform's
+multiprocessing start method, its own exit hooks, and its exit status (an uncaught exception goes through
+`sys.excepthook` and exits 1, KeyboardInterrupt ends by SIGINT, `sys.exit("error: ...")` prints the message
+and exits 1). The package itself (`soups`) is imported afresh by every command, so a file a test adds or edits
+is seen. `run` has `subprocess.run`'s signature for what the tests use and returns its `CompletedProcess`.
+
+A command goes to `subprocess.run` unchanged unless it is `python <existing file.py> ...` in an existing folder
+with the environment the server was started with in every variable read at import (PYTHON*, HF_*, TORCH*,
+OMP_*, TMPDIR, ...). Still unlike a fresh interpreter: the hash seed is the server's, W&B's import-time media
+folder is shared by the commands of one worker, non-daemon threads are not waited for, only the script's own
+globals are torn down at exit (not every module's), and tracebacks show one frame of this module.
+tests/test_commands.py holds the two side by side; tests/test_cli.py keeps fresh interpreters, as a user
+starts them."""
 from __future__ import annotations
 
 import atexit
+import builtins
+import gc
+import importlib.machinery
+import json
+import locale
 import logging
 import multiprocessing
 import multiprocessing.util
 import os
-import runpy
+import signal
 import subprocess
 import sys
 import tempfile
-import traceback
+import types
 import weakref
 from pathlib import Path
 
 # third-party modules only: what a command imports that takes seconds (measured with python -X importtime)
 PRELOAD = ["torch", "torchvision", "timm", "open_clip", "transformers", "peft", "hydra", "omegaconf", "numpy",
            "scipy.stats", "safetensors.torch", "PIL.Image", "wandb", "huggingface_hub", "submitit"]
-_CONTEXT = None
+# environment variables that the interpreter or a preloaded module reads at start or import: a command whose
+# environment differs from the server's in one of these starts a fresh interpreter instead
+READ_AT_IMPORT = ("PYTHON", "HF_", "HUGGINGFACE", "TRANSFORMERS_", "TORCH", "OMP_", "MKL_", "OPENBLAS_", "CUDA_",
+                  "XDG_", "TMPDIR", "TEMP", "TMP", "LANG", "LC_", "HOME")
+_SERVER: dict = {}
 
 
-def _context():
-    global _CONTEXT
-    if _CONTEXT is None:
-        _CONTEXT = multiprocessing.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload(PRELOAD)
-    return _CONTEXT
+def _at_import(env) -> dict:
+    return {k: v for k, v in env.items() if k.startswith(READ_AT_IMPORT)}
+
+
+def _server():
+    """The forkserver's context, the environment it imported under, and a fresh interpreter's sys.path[1:]."""
+    if not _SERVER:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)
+        fresh = subprocess.run([sys.executable, "-c", "import json, sys; print(json.dumps(sys.path[1:]))"],
+                               capture_output=True, text=True, check=True, cwd=tempfile.gettempdir())
+        _SERVER.update(context=context, env=_at_import(os.environ), path=json.loads(fresh.stdout))
+    return _SERVER
 
 
 def _own_exit_hooks() -> None:
@@ -51,66 +73,102 @@ def _own_exit_hooks() -> None:
     atexit.register(weakref.finalize._exitfunc)
 
 
-def _as_python(script: str, args: list[str], cwd: str, env: dict, out: str, err: str) -> None:
+def _run_as_main(path: str) -> None:
+    """Execute the file as the interpreter does its script: a new `__main__` module (runpy would also set
+    sys.argv[0] to the joined path, where python keeps it as typed)."""
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__file__=path, __cached__=None, __package__=None, __spec__=None, __builtins__=builtins,
+                         __loader__=importlib.machinery.SourceFileLoader("__main__", path))
+    sys.modules["__main__"] = main
+    with open(path, "rb") as source:
+        code = compile(source.read(), path, "exec", dont_inherit=True)
+    exec(code, main.__dict__)
+
+
+def _as_python(script: str, args: list[str], cwd: str, env: dict, path: list[str], out: str, err: str) -> None:
     """The child: become `python script *args` with this cwd and env, its output going to out and err."""
+    import numpy
+    import torch
+
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
-    for fd, path in ((1, out), (2, err)):
-        with open(path, "wb") as f:
+    for fd, name in ((1, out), (2, err)):
+        with open(name, "wb") as f:
             os.dup2(f.fileno(), fd)
     sys.stdin = open(os.devnull)
     _own_exit_hooks()
+    multiprocessing.set_start_method(None, force=True)  # the platform's default, not the server's
+    numpy.random.seed()  # fresh entropy, as a new interpreter has (Python's `random` reseeds at fork itself)
+    torch.seed()
     sys.argv = [script, *args]
-    sys.path.insert(0, str(Path(script).resolve().parent))
-    code = 0
+    sys.path[:] = [str(Path(script).resolve().parent), *path]
+    code, interrupted = 0, False
     try:
-        runpy.run_path(script, run_name="__main__")
+        _run_as_main(os.path.join(cwd, script))  # as python makes `__file__`: cwd joined, not normalized
     except SystemExit as exit_:
         if exit_.code is None or isinstance(exit_.code, int):
             code = exit_.code or 0
         else:
             print(exit_.code, file=sys.stderr)
             code = 1
-    except BaseException:
-        traceback.print_exc()
-        code = 1
+    except BaseException as error:
+        sys.excepthook(type(error), error, error.__traceback__)
+        code, interrupted = 1, isinstance(error, KeyboardInterrupt)
     atexit._run_exitfuncs()
+    main = sys.modules.pop("__main__", None)
+    if main is not None:  # as finalization clears the script's globals: what they held
+        vars(main).clear()
+    gc.collect()  # is finalized (e.g. an unclosed file's buffer is written)
     sys.stdout.flush()
     sys.stderr.flush()
+    if interrupted:  # as the interpreter ends on an uncaught KeyboardInterrupt: by SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     os._exit(code)
 
 
-def _is_script(command, cwd) -> bool:
+def _forkable(command, cwd, env) -> bool:
     return (isinstance(command, (list, tuple)) and len(command) >= 2 and command[0] == sys.executable
-            and str(command[1]).endswith(".py") and Path(cwd or ".", command[1]).is_file())
+            and str(command[1]).endswith(".py") and Path(cwd or ".").is_dir()
+            and Path(cwd or ".", command[1]).is_file()
+            and _at_import(os.environ if env is None else env) == _server()["env"])
+
+
+def _decode(data: bytes) -> str:
+    """As subprocess decodes with text=True: the locale's encoding, strict, universal newlines."""
+    return data.decode(locale.getpreferredencoding(False)).replace("\r\n", "\n").replace("\r", "\n")
 
 
 def run(command, *, cwd=None, env=None, capture_output=False, text=False, timeout=None, check=False,
         **kwargs) -> subprocess.CompletedProcess:
     """`subprocess.run(command, ...)`, a script of `sys.executable` forked from the preloaded process."""
-    if kwargs or not _is_script(command, cwd):
+    if kwargs or not _forkable(command, cwd, env):
         return subprocess.run(command, cwd=cwd, env=env, capture_output=capture_output, text=text,
                               timeout=timeout, check=check, **kwargs)
     script, args = str(command[1]), [str(a) for a in command[2:]]
+    server = _server()
     with tempfile.TemporaryDirectory() as tmp:
-        out, err = f"{tmp}/stdout", f"{tmp}/stderr"
-        Path(out).touch()
-        Path(err).touch()
-        child = _context().Process(target=_as_python, args=(script, args, str(cwd or os.getcwd()),
-                                                            dict(os.environ if env is None else env), out, err))
+        out, err = Path(tmp, "stdout"), Path(tmp, "stderr")
+        out.touch()
+        err.touch()
+        child = server["context"].Process(target=_as_python, args=(
+            script, args, str(cwd or os.getcwd()), dict(os.environ if env is None else env), server["path"],
+            str(out), str(err)))
         child.start()
         child.join(timeout)
-        if child.exitcode is None:
+        timed_out = child.exitcode is None
+        if timed_out:
             child.kill()
             child.join()
-            raise subprocess.TimeoutExpired(command, timeout)
-        stdout, stderr = Path(out).read_bytes(), Path(err).read_bytes()
+        stdout, stderr = out.read_bytes(), err.read_bytes()
     if text:
-        stdout, stderr = stdout.decode(errors="replace"), stderr.decode(errors="replace")
+        stdout, stderr = _decode(stdout), _decode(stderr)
+    if timed_out:
+        raise subprocess.TimeoutExpired(command, timeout, output=stdout, stderr=stderr)
     if not capture_output:  # as subprocess.run: the output goes where the caller's goes
-        sys.stdout.write(stdout if text else stdout.decode(errors="replace"))
-        sys.stderr.write(stderr if text else stderr.decode(errors="replace"))
+        sys.stdout.write(stdout if text else _decode(stdout))
+        sys.stderr.write(stderr if text else _decode(stderr))
         stdout = stderr = None
     done = subprocess.CompletedProcess(command, child.exitcode, stdout, stderr)
     if check:

@@ -7,8 +7,9 @@ from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SOUPS_ROOT", str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "offline")
+# offline whatever the shell says; the commands a test forks (tests/commands.py) inherit these from import on
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per worker (and per process a test starts)
     os.environ["OMP_NUM_THREADS"] = "1"
