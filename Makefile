@@ -54,10 +54,9 @@ peers: $(STAMP)  ## mergekit and FusionBench in their own venv (.peers/): their 
 	.peers/bin/python scripts/peers/buffers.py
 
 TEST_WORKERS ?= auto   # pytest-xdist workers: one per core; TEST_WORKERS=0 runs in this process
-# worksteal: an idle worker takes queued tests from the other, so the minute-long ones do not end the run alone
 
 test: $(STAMP)  ## fast tests (offline; W&B offline), one worker per core
-	WANDB_MODE=offline $(PY) -m pytest -m "not slow and not cluster" -n $(TEST_WORKERS) --dist worksteal
+	WANDB_MODE=offline $(PY) -m pytest -m "not slow and not cluster" -n $(TEST_WORKERS)
 
 test-cluster: $(STAMP)  ## launcher=slurm through a real one-node SLURM cluster on this machine (root: apt-get + daemons; ~3 min)
 	timeout 10 sinfo >/dev/null 2>&1 || bash scripts/local_slurm.sh start
