@@ -66,7 +66,7 @@ def test_forked_commands_draw_fresh_seeds(tmp_path):
     assert draws[0] != draws[1]
 
 
-def test_an_environment_read_at_import_gets_a_fresh_interpreter(tmp_path, monkeypatch):
+def test_an_environment_read_at_import_gets_a_fresh_interpreter(tmp_path):
     """huggingface_hub reads HF_HUB_OFFLINE at import: a command run with another value than the server's must
     see its own, so it is not forked."""
     script = tmp_path / "offline.py"
