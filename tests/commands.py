@@ -175,3 +175,24 @@ def run(command, *, cwd=None, env=None, capture_output=False, text=False, timeou
     if check:
         done.check_returncode()
     return done
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def project(script: str, *args, tmp: Path | None = None, env: dict | None = None, cwd: Path = ROOT,
+            timeout: float | None = None) -> subprocess.CompletedProcess:
+    """`python <script> <args>` as a user types it in the repository root (`script` relative to it: "src/soup.py",
+    "scripts/export_soup.py"), stdout and stderr captured as text; the exit status is the caller's to check.
+    `tmp`: the run writes its logs and caches under it (paths.log_dir=<tmp>/logs paths.cache_dir=<tmp>/cache,
+    after `args`), never into the checkout. `env`: variables set on top of this process's environment (which
+    conftest makes offline: HF_HUB_OFFLINE=1, WANDB_MODE=offline)."""
+    paths = [f"paths.log_dir={tmp}/logs", f"paths.cache_dir={tmp}/cache"] if tmp is not None else []
+    return run([sys.executable, script, *map(str, args), *paths], cwd=cwd, env={**os.environ, **(env or {})},
+               capture_output=True, text=True, timeout=timeout)
+
+
+def succeeded(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """`proc` if it exited 0; otherwise fail the test with the end of its stderr."""
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc

@@ -1,6 +1,5 @@
 """Every bad setting is refused before any work, with a message naming it: schemas fuzzed with hypothesis."""
 import math
-import sys
 from dataclasses import fields
 
 import pytest
@@ -11,7 +10,6 @@ from hypothesis import strategies as st
 import commands
 from conftest import ROOT, TINY, compose_cfg
 from soups.settings import FinetuneSettings, SoupSettings, checked
-from test_resume import ENV
 
 ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
                       st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6),
@@ -94,14 +92,10 @@ def test_all_problems_are_named_at_once_and_values_are_converted(configs):
 
 
 def test_the_command_line_refuses_bad_values_before_any_work(tmp_path):
-    soup = commands.run([sys.executable, str(ROOT / "src" / "soup.py"), f"paths.log_dir={tmp_path}/logs",
-                         "logger=none", "bn_recalibration=sometimes"], env=ENV, capture_output=True, text=True,
-                        cwd=ROOT)
+    soup = commands.project("src/soup.py", "logger=none", "bn_recalibration=sometimes", tmp=tmp_path)
     assert soup.returncode == 1 and "Traceback" not in soup.stderr
     assert "error: bad config: bn_recalibration='sometimes' (expected auto, true or false)" in soup.stderr
-    command = [sys.executable, str(ROOT / "src" / "finetune.py"), *TINY, f"paths.log_dir={tmp_path}/logs",
-               f"paths.cache_dir={tmp_path}/cache", "lr=-1", "device=gpu"]
-    done = commands.run(command, env=ENV, capture_output=True, text=True, cwd=ROOT)
+    done = commands.project("src/finetune.py", *TINY, "lr=-1", "device=gpu", tmp=tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "error: bad config: device='gpu' (expected auto, cpu, or a torch device this machine has" in done.stderr
     assert "lr=-1 (expected a finite number > 0)" in done.stderr
@@ -114,8 +108,7 @@ def test_the_command_line_refuses_bad_values_before_any_work(tmp_path):
                                                     ("soup.py", "method=[uniform,3]", "3"),
                                                     ("finetune.py", "-m data=range(1,3)", "1")])
 def test_a_number_or_null_for_a_config_group_is_one_line_not_hydras_traceback(tmp_path, script, override, got):
-    proc = commands.run([sys.executable, str(ROOT / "src" / script), f"paths.log_dir={tmp_path}/logs",
-                         *override.split()], env=ENV, capture_output=True, text=True, cwd=ROOT)
+    proc = commands.project(f"src/{script}", *override.split(), tmp=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     group = override.split()[-1].split("=")[0]  # the message names the group's real choices
     names = sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
@@ -128,8 +121,7 @@ def test_a_number_or_null_for_a_config_group_is_one_line_not_hydras_traceback(tm
                                                         ("finetune.py", "-m data=mnist,mnsit", "mnsit")])
 def test_an_unknown_name_for_a_config_group_is_one_line_with_its_names(tmp_path, script, override, unknown):
     """Hydra's own answer was 26 lines (its search path and a hint about HYDRA_FULL_ERROR)."""
-    proc = commands.run([sys.executable, str(ROOT / "src" / script), f"paths.log_dir={tmp_path}/logs",
-                         *override.split()], env=ENV, capture_output=True, text=True, cwd=ROOT)
+    proc = commands.project(f"src/{script}", *override.split(), tmp=tmp_path)
     group = override.split()[-1].split("=")[0]
     names = sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
     assert proc.returncode == 1 and proc.stderr.strip() == (

@@ -19,7 +19,7 @@ from soups.evaluation.cache import EvaluationCache, hash_ids
 from soups.evaluation.evaluator import Evaluator
 from soups.io.files import read_json
 from soups.models.classifier import build_classifier
-from test_resume import ENV, finetune_command
+from test_resume import finetune_command
 
 # LayerNorm model (torch has no SyncBatchNorm on CPU), no random augmentation: the same steps exactly
 SETTINGS = ["model=tiny_vit", "epochs=2", "randaug=null", "mixup=0.0", "logger=none", "threads=1"]
@@ -28,11 +28,10 @@ TOLERANCE = 1e-5  # gradients are summed across processes in another order than 
 
 def test_two_gloo_processes_end_with_the_weights_of_one_process(tmp_path):
     single = tmp_path / "single"
-    commands.run(finetune_command(tmp_path, *SETTINGS, f"hydra.run.dir={single}"), env=ENV, check=True,
-                 capture_output=True)
+    commands.run(finetune_command(tmp_path, *SETTINGS, f"hydra.run.dir={single}"), check=True, capture_output=True)
     command = finetune_command(tmp_path, *SETTINGS)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *command[1:]]
-    done = subprocess.run(torchrun, env=ENV, capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(torchrun, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = list((tmp_path / "logs" / "finetune" / "runs").iterdir())
     assert len(runs) == 1  # one run dir: rank 1 worked in rank 0's and left no folder of its own

@@ -4,9 +4,7 @@ a recipe (src/soups/recipes/<name>.py + conf/method/<name>.yaml) through soup.py
 conf/model/<name>.yaml) through a finetune.py sweep and soup.py; a head (src/soups/heads/<name>.py) and a
 logger (src/soups/tracking/<name>.py), each + its YAML, through finetune.py."""
 import json
-import os
 import subprocess
-import sys
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +13,6 @@ import commands
 from conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 
 
 @contextmanager
@@ -31,11 +28,8 @@ def added(files: dict):
 
 
 def command(script: str, args: list, tmp_path: Path, logger: str = "none") -> subprocess.CompletedProcess:
-    proc = commands.run([sys.executable, f"src/{script}.py", *args, f"logger={logger}", f"paths.log_dir={tmp_path}/logs",
-                         f"paths.cache_dir={tmp_path}/cache"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                        timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    return commands.succeeded(commands.project(f"src/{script}.py", *args, f"logger={logger}", tmp=tmp_path,
+                                               timeout=900))
 
 
 def sweep_then_soup(overrides: list, tmp_path: Path, tiny=TINY) -> dict:
@@ -237,11 +231,8 @@ def test_a_new_head_and_a_new_logger_are_one_file_and_one_yaml_each(tmp_path):
                 ROOT / "conf" / "head" / f"{head}.yaml": f"_target_: soups.heads.{head}.ZeroHead\nbias: 0.5\n",
                 ROOT / "src" / "soups" / "tracking" / f"{logger}.py": LOGGER,
                 ROOT / "conf" / "logger" / f"{logger}.yaml": f"_target_: soups.tracking.{logger}.JsonLines\n"}):
-        proc = commands.run([sys.executable, "src/finetune.py", *tiny, f"head={head}", f"logger={logger}",
-                             f"paths.log_dir={tmp_path}/logs", f"paths.cache_dir={tmp_path}/cache",
-                             f"hydra.run.dir={tmp_path}/run"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                            timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+        commands.succeeded(commands.project("src/finetune.py", *tiny, f"head={head}", f"logger={logger}",
+                                            f"hydra.run.dir={tmp_path}/run", tmp=tmp_path, timeout=900))
     init_dir = json.loads((tmp_path / "run" / "run.json").read_text())["init"]["dir"]
     init = json.loads((Path(init_dir) / "init.json").read_text())
     assert init["head"]["zeroed"] is True and init["head"]["bias"] == 0.5

@@ -5,7 +5,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,21 +22,14 @@ MNIST = ["data=mnist", "data.train_per_class=2", "data.val_per_class=10", "data.
 
 
 def soup(tmp_path, *overrides, check=True):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    proc = commands.run([sys.executable, "src/soup.py", f"paths.log_dir={tmp_path}/logs",
-                         f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/soup", *MNIST, *overrides],
-                        cwd=ROOT, env=env, capture_output=True, text=True)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    proc = commands.project("src/soup.py", f"hydra.run.dir={tmp_path}/soup", *MNIST, *overrides, tmp=tmp_path)
+    return commands.succeeded(proc) if check else proc
 
 
 def export(soup_dir: Path, to: str, clip: Path | None = None) -> dict:
     """`python scripts/export_soup.py SOUP_DIR --to ...`: its export.json."""
-    extra = ["--clip", str(clip)] if clip else []
-    proc = commands.run([sys.executable, "scripts/export_soup.py", str(soup_dir), "--to", to, *extra],
-                        cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    extra = ["--clip", clip] if clip else []
+    proc = commands.succeeded(commands.project("scripts/export_soup.py", soup_dir, "--to", to, *extra))
     assert "load it with:" in proc.stdout
     return json.loads((soup_dir / "export.json").read_text())
 
@@ -172,8 +164,7 @@ def test_a_checkpoint_that_needs_code_is_refused_and_its_code_never_runs(tmp_pat
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "needs code to unpickle" in proc.stderr and "convert_checkpoint.py --allow-pickle" in proc.stderr
     assert not marker.exists()
-    refused = commands.run([sys.executable, "scripts/convert_checkpoint.py", str(folder / "wise_ft.pt")],
-                           cwd=ROOT, capture_output=True, text=True)
+    refused = commands.project("scripts/convert_checkpoint.py", folder / "wise_ft.pt")
     assert refused.returncode == 1 and "--allow-pickle" in refused.stderr and not marker.exists()
 
 
@@ -183,8 +174,7 @@ def test_a_trusted_whole_module_converts_to_safetensors_and_soups_like_its_state
     torch.manual_seed(0)
     model = timm.create_model("test_vit", num_classes=10, img_size=32)
     torch.save(model, tmp_path / "whole.pt")  # a pickled module (its class is importable here)
-    done = commands.run([sys.executable, "scripts/convert_checkpoint.py", "--allow-pickle", str(tmp_path / "whole.pt")],
-                        cwd=ROOT, capture_output=True, text=True)
+    done = commands.project("scripts/convert_checkpoint.py", "--allow-pickle", tmp_path / "whole.pt")
     assert done.returncode == 0, done.stderr
     state, record = read_checkpoint(tmp_path / "whole.safetensors")
     assert record["format"] == "safetensors" and state.keys() == model.state_dict().keys()
@@ -370,8 +360,7 @@ def test_an_open_clip_export_never_carries_a_random_text_tower(tmp_path):
     with pytest.raises(BadInput, match=r"not a timm vit_small_patch14_dinov2 of 10 classes; missing .*--to open_clip "
                                        r"\(with --clip FILE where the model has no pretrained text tower\) or --to safetensors"):
         script.export(tmp_path, "timm")  # a head alone is no timm model; the way out names --clip for this model
-    proc = commands.run([sys.executable, "scripts/export_soup.py", str(tmp_path), "--to", "open_clip"], cwd=ROOT,
-                        capture_output=True, text=True)
+    proc = commands.project("scripts/export_soup.py", tmp_path, "--to", "open_clip")
     assert proc.returncode == 1 and proc.stderr.startswith("error: the soup's model (vit_s14_dinov2) has no pretrained")
 
 

@@ -2,7 +2,6 @@
 `python src/finetune.py -m lr=...` followed by `python src/soup.py`: the runs are also transformers folders
 and peft adapter folders that load back with from_pretrained to the runs' own weights."""
 import subprocess
-import sys
 import warnings
 
 import pytest
@@ -10,7 +9,6 @@ import torch
 from safetensors.torch import load_file
 
 import commands
-from conftest import ROOT
 from test_hf_pool import tiny_bert, tokenizer
 from test_text import fake_sentences
 
@@ -18,9 +16,8 @@ SMALL = ["~experiment", "data=sentiment", "data.test_size=20", "data.val_size=20
          "epochs=1", "batch_size=8", "warmup_steps=2", "eval_batch_size=16", "head.Cs=[1.0]", "logger=none"]
 
 
-def run(script: str, args: list[str], tmp, **kw) -> subprocess.CompletedProcess:
-    return commands.run([sys.executable, f"src/{script}.py", *args, f"paths.log_dir={tmp}/logs",
-                         f"paths.cache_dir={tmp}/cache"], cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
+def run(script: str, args: list[str], tmp) -> subprocess.CompletedProcess:
+    return commands.project(f"src/{script}.py", *args, tmp=tmp, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import json
 import math
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import commands
-from conftest import ROOT, compose_cfg
+from conftest import compose_cfg
 from test_text import fake_sentences
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -79,9 +78,7 @@ def hf_pool(tmp_path_factory):
 
 
 def soup(tmp: Path, args: list[str], out: Path) -> subprocess.CompletedProcess:
-    return commands.run([sys.executable, "src/soup.py", *args, "logger=none", f"paths.log_dir={tmp}/logs",
-                         f"paths.cache_dir={tmp}/cache", f"hydra.run.dir={out}"],
-                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return commands.project("src/soup.py", *args, "logger=none", f"hydra.run.dir={out}", tmp=tmp, timeout=600)
 
 
 def test_trainer_checkpoints_are_souped_and_the_export_loads_back_to_the_soups_logits(hf_pool, tmp_path):
@@ -102,10 +99,10 @@ def test_trainer_checkpoints_are_souped_and_the_export_loads_back_to_the_soups_l
                 "wise_ft soup", "ensemble"):
         assert f"| **{row}" in report, row
     for analysis in ("pairs", "ingredients", "landscape"):  # and every analysis
-        proc = commands.run([sys.executable, "src/analyze.py", f"analysis={analysis}", "logger=none", *pool,
-                             f"paths.log_dir={tmp}/logs", f"paths.cache_dir={tmp}/cache",
-                             f"hydra.run.dir={tmp_path}/{analysis}", {"landscape": "analysis.grid=3",
-                             "ingredients": "analysis.draws=1", "pairs": "analysis.max_ingredients=3"}[analysis]], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        proc = commands.project("src/analyze.py", f"analysis={analysis}", "logger=none", *pool,
+                                f"hydra.run.dir={tmp_path}/{analysis}", {"landscape": "analysis.grid=3",
+                                "ingredients": "analysis.draws=1", "pairs": "analysis.max_ingredients=3"}[analysis],
+                                tmp=tmp, timeout=600)
         assert proc.returncode == 0, (analysis, proc.stderr[-2000:])
     rows = {r["row"]: r for r in json.loads((out / "results.json").read_text())}
     assert rows["b/checkpoint-4"]["hparams"]["global_step"] == 4  # from trainer_state.json
@@ -127,8 +124,7 @@ def test_trainer_checkpoints_are_souped_and_the_export_loads_back_to_the_soups_l
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, reference(**batch).logits, atol=1e-6, rtol=0)
     # scripts/export_soup.py: no open_clip or timm form for it, in one line naming the folder soup.py wrote
-    proc = commands.run([sys.executable, "scripts/export_soup.py", str(out / "uniform"), "--to", "timm"], cwd=ROOT,
-                        capture_output=True, text=True)
+    proc = commands.project("scripts/export_soup.py", out / "uniform", "--to", "timm")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith("error: --to timm exports open_clip or timm models; this soup is a transformers "
                                   f"model (hf:bert): src/soup.py already wrote AutoModelFor...Classification"
@@ -482,10 +478,9 @@ def test_tied_embeddings_are_merged_once_and_every_tied_copy_holds_the_recipes_v
     assert (fisher[used] - uniform[used]).abs().max() > 1e-3
     assert torch.allclose(fisher[tok.vocab_size - 1], uniform[tok.vocab_size - 1], atol=1e-6)  # an unseen token
     # the angle between the fine-tunes counts the tied tensor once, as the model has it
-    proc = commands.run([sys.executable, "src/analyze.py", "analysis=pairs", "logger=none", "pool=hf",
-                         f"pool.glob={tmp_path}/runs/*", f"pool.init={tmp_path}/init", *SMALL, *data,
-                         f"paths.log_dir={tmp_path}/logs", f"paths.cache_dir={tmp_path}/cache",
-                         f"hydra.run.dir={tmp_path}/pairs"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = commands.project("src/analyze.py", "analysis=pairs", "logger=none", "pool=hf",
+                            f"pool.glob={tmp_path}/runs/*", f"pool.init={tmp_path}/init", *SMALL, *data,
+                            f"hydra.run.dir={tmp_path}/pairs", tmp=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     models = [BartForSequenceClassification.from_pretrained(str(tmp_path / f)) for f in ("init", "runs/a", "runs/b")]
     d = [torch.cat([(p.detach().double() - q.detach().double()).flatten() for p, q in zip(m.parameters(), models[0].parameters())])

@@ -23,7 +23,7 @@ from soups.evaluation.cache import EvaluationCache, hash_ids
 from soups.io.files import atomic_save_safetensors, read_json, sha256_file, write_json
 from soups.training.resume import load_train_state
 from soups.jobs.soup import run_soup
-from test_resume import ENV, finetune_command
+from test_resume import finetune_command
 
 TINY_RUN = ["epochs=1", "logger=none"]
 
@@ -72,7 +72,7 @@ def test_a_pool_with_nothing_finished_says_why_for_each_run(tiny_sweep, soup_cfg
 def test_a_nan_run_is_marked_failed_stops_early_and_stays_out_of_pools(tmp_path):
     run = tmp_path / "sweep" / "0"
     command = finetune_command(tmp_path, *TINY_RUN, "lr=1e30", f"hydra.run.dir={run}")  # diverges for real
-    done = commands.run(command, env=ENV, capture_output=True, text=True, cwd=ROOT)
+    done = commands.run(command, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 1 and "run failed: non-finite training loss (nan)" in done.stderr
     info = read_json(run / "run.json")
     assert info["status"] == "failed" and "non-finite" in info["failure"] and "metrics" not in info
@@ -116,7 +116,7 @@ def test_a_kill_during_a_save_leaves_the_previous_file_intact(tmp_path):
     path, midway = tmp_path / "run.json", tmp_path / "midway"
     write_json({"metrics": {"val": 1.0}}, path)
     proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path), str(midway)],
-                            env={**ENV, "PYTHONPATH": str(ROOT / "src")})
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     deadline = time.time() + 60
     while not midway.exists() and time.time() < deadline:
         time.sleep(0.01)
@@ -261,7 +261,7 @@ def test_unwritable_folders_are_refused_before_any_work(tmp_path, write_protecte
     command = [c for c in command if not c.startswith(("paths.log_dir=", "paths.cache_dir="))]
     log_dir = write_protected or tmp_path
     done = commands.run([*command, f"paths.log_dir={log_dir}/logs", f"paths.cache_dir={a_file}/cache"],
-                        env=ENV, capture_output=True, text=True, cwd=ROOT)
+                        capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"paths.cache_dir={a_file}/cache: {a_file} is a file, not a folder" in done.stderr
     if write_protected is not None:

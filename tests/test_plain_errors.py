@@ -2,9 +2,7 @@
 no traceback; SOUPS_FULL_ERROR=1 brings the traceback back. Each kind is a UserError in process
 (tests/test_errors.py); here the commands themselves, each its own process (tests/commands.py)."""
 import json
-import os
 import shutil
-import sys
 from pathlib import Path
 
 from PIL import Image
@@ -14,14 +12,9 @@ from conftest import TINY
 from soups.data.folders import WNIDS
 from soups.io.files import write_json
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def command(script, args, tmp_path, **env):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", **env}
-    return commands.run([sys.executable, f"src/{script}.py", *args, f"paths.log_dir={tmp_path}/logs",
-                         f"paths.cache_dir={tmp_path}/cache"], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+    return commands.project(f"src/{script}.py", *args, tmp=tmp_path, env=env, timeout=300)
 
 
 def assert_plain(proc, message):

@@ -1,7 +1,6 @@
 """Runs that resume: a fine-tune killed with SIGKILL goes on from its last saved state (an epoch end, or
 mid-epoch with `state_every_steps`) and ends with the
 weights of an uninterrupted run; a relaunched sweep skips finished jobs; the W&B run is one run."""
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,6 @@ from soups.io.files import read_json
 from soups.names import STATE_NAME
 from soups.tracking.wandb_logger import run_id
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 
 
 def finetune_command(tmp_path: Path, *overrides: str) -> list[str]:
@@ -33,9 +31,8 @@ def test_a_killed_fine_tune_resumes_and_ends_with_the_weights_of_an_uninterrupte
     overrides = [*saves, "logger=wandb", "randaug=rand-m5-n1", "mixup=0.2",  # RNG-heavy on purpose
                  "ema_decay=0.9", "ema_warmup=true", "keep_checkpoints=2"]  # and the EMA is part of the state
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    commands.run(finetune_command(tmp_path, *overrides, f"hydra.run.dir={whole}"), env=ENV, check=True,
-                 capture_output=True)
-    proc = subprocess.Popen(finetune_command(tmp_path, *overrides, f"hydra.run.dir={killed}"), env=ENV,
+    commands.run(finetune_command(tmp_path, *overrides, f"hydra.run.dir={whole}"), check=True, capture_output=True)
+    proc = subprocess.Popen(finetune_command(tmp_path, *overrides, f"hydra.run.dir={killed}"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (killed / STATE_NAME).is_file() and proc.poll() is None and time.time() < deadline:
@@ -48,7 +45,7 @@ def test_a_killed_fine_tune_resumes_and_ends_with_the_weights_of_an_uninterrupte
         assert state["epoch"] == 0 and 0 < state["batches_done"] < 12
     else:
         assert state["epoch"] >= 1 and state["batches_done"] == 0
-    done = commands.run(finetune_command(tmp_path, *overrides, f"hydra.run.dir={killed}"), env=ENV, check=True,
+    done = commands.run(finetune_command(tmp_path, *overrides, f"hydra.run.dir={killed}"), check=True,
                         capture_output=True, text=True)
     assert "resuming from" in done.stderr + done.stdout
     kept = sorted(str(p.relative_to(whole)) for p in (whole / "checkpoints").iterdir())
@@ -66,7 +63,7 @@ def test_a_relaunched_sweep_skips_finished_jobs_and_lists_its_draws(tmp_path):
     sweep = tmp_path / "sweep"
     command = finetune_command(tmp_path, "sweep=paper_random", "search_draws=2", "search_space.epochs=[choice,1]",
                                "warmup_steps=2", "logger=none", f"hydra.sweep.dir={sweep}")
-    commands.run(command, env=ENV, check=True, capture_output=True)
+    commands.run(command, check=True, capture_output=True)
     listing = read_json(sweep / "search_draws.json")
     assert [d["trial"] for d in listing["draws"]] == [0, 1]
     for job in ("0", "1"):
@@ -75,11 +72,11 @@ def test_a_relaunched_sweep_skips_finished_jobs_and_lists_its_draws(tmp_path):
     finished = (sweep / "0" / "model.safetensors").stat().st_mtime_ns
     (sweep / "1" / "run.json").unlink()  # job 1 as if killed before it finished
     (sweep / "1" / "model.safetensors").unlink()
-    commands.run(command, env=ENV, check=True, capture_output=True)
+    commands.run(command, check=True, capture_output=True)
     assert (sweep / "0" / "model.safetensors").stat().st_mtime_ns == finished  # skipped
     assert (sweep / "1" / "run.json").is_file()  # ran again
     # relaunched into the same folder with other draws: once skipped, its old weights passed for the new lr
-    other = commands.run([*command, "search_seed=7"], env=ENV, capture_output=True, text=True)
+    other = commands.run([*command, "search_seed=7"], capture_output=True, text=True)
     said = [line for line in other.stderr.splitlines() if line.startswith("error:")]
     assert other.returncode == 1 and "Traceback" not in other.stderr, other.stderr
     assert len(said) == 1 and "already holds a run made under other settings (lr: " in said[0], other.stderr

@@ -3,9 +3,7 @@
 random BERT (model=tiny_bert) over fake sentence files in the exact layout."""
 import hashlib
 import io
-import os
 import re
-import sys
 import tarfile
 from pathlib import Path
 
@@ -118,8 +116,8 @@ def test_get_text_data_unpacks_only_the_sentence_files_of_the_sdist(tmp_path):
     sdist = tmp_path / "vaderSentiment-3.3.2.tar.gz"
     sdist.write_bytes(_tar_gz({"vaderSentiment-3.3.2/setup.py": b"",
                                "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz": inner}))
-    run = [sys.executable, "scripts/get_text_data.py", "--dest", str(tmp_path / "data"), "--sdist", str(sdist)]
-    proc = commands.run(run, cwd=ROOT, capture_output=True, text=True)
+    run = ["scripts/get_text_data.py", "--dest", tmp_path / "data", "--sdist", sdist]
+    proc = commands.project(*run)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "data" / "hutto_ICWSM_2014"
     assert sorted(p.name for p in out.iterdir()) == sorted(n.split("/")[1] for n in keep)
@@ -127,7 +125,7 @@ def test_get_text_data_unpacks_only_the_sentence_files_of_the_sdist(tmp_path):
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "data" / "escape.txt").exists()
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["hutto_ICWSM_2014"]  # no temporary folder left
     sdist.write_bytes(_tar_gz({"vaderSentiment-3.3.2/setup.py": b""}))
-    proc = commands.run([*run, "--force"], cwd=ROOT, capture_output=True, text=True)
+    proc = commands.project(*run, "--force")
     assert proc.returncode == 1 and "holds no additional_resources/hutto_ICWSM_2014.tar.gz" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -192,13 +190,8 @@ def test_a_binary_linear_probe_head_gives_the_probabilities_of_the_fitted_logist
     assert info["val_accuracy"] == pytest.approx(100 * ((probs[150:] > 0.5) == y[150:]).mean())
 
 
-def run(args, tmp_path, *overrides):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    proc = commands.run([sys.executable, *args, f"paths.log_dir={tmp_path}/logs",
-                         f"paths.cache_dir={tmp_path}/cache", *overrides],
-                        cwd=ROOT, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+def run(args, tmp_path):
+    return commands.succeeded(commands.project(*args, tmp=tmp_path))
 
 
 def test_text_finetune_sweep_then_soups_end_to_end(tmp_path):
