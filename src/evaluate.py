@@ -36,7 +36,7 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    from soups.errors import check_group_choices
+    from soups.errors import check_overrides
 
-    check_group_choices(sys.argv[1:], Path(__file__).resolve().parents[1] / "conf")  # data=123: one line, not a traceback
+    check_overrides(sys.argv[1:], Path(__file__).resolve().parents[1] / "conf", "evaluate")  # data=123, methd=...: one line
     main()

@@ -1,5 +1,6 @@
 """Every bad setting is refused before any work, with a message naming it: schemas fuzzed with hypothesis."""
 import math
+import re
 from dataclasses import fields
 
 import pytest
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 
 import commands
 from conftest import ROOT, TINY, compose_cfg
+from soups.errors import check_overrides, closed_settings, known_keys
 from soups.settings import FinetuneSettings, SoupSettings, checked
 
 ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
@@ -128,6 +130,68 @@ def test_an_unknown_name_for_a_config_group_is_one_line_with_its_names(tmp_path,
         f"error: {override.split()[-1]}: no {group} named {unknown!r} (conf/{group}/{unknown}.yaml); expected one "
         f"of {names}"), proc.stderr[-2000:]
     assert not (tmp_path / "logs").exists()  # refused before Hydra made a run folder
+
+
+@pytest.mark.parametrize("script, override, key, hint", [
+    ("soup.py", "methd=greedy", "methd", "did you mean method?"),
+    ("soup.py", "+methd=greedy", "methd", "did you mean method?"),  # what Hydra's own message advised
+    ("soup.py", "++methd.greedy.order=held_out", "methd", "did you mean method?"),
+    ("finetune.py", "-m lr=1e-3,3e-3 +lrr=1", "lrr", "did you mean lr?"),
+    ("finetune.py", "+method=greedy", "method", None),  # a group of soup.py, not of finetune.py
+    ("analyze.py", "+statistics.ece_bins=10", "statistics", None),  # soup.py's, not analyze.py's
+    ("evaluate.py", "+shardz=2", "shardz", "did you mean shard or shards?")])
+def test_a_setting_the_config_does_not_have_is_one_line_not_a_key_nothing_reads(tmp_path, script, override, key, hint):
+    """Hydra answers `methd=greedy` with 'To append to your config use +methd=greedy', and `+methd=greedy`
+    ran the default recipes with the setting silently unread."""
+    proc = commands.project(f"src/{script}", *override.split(), tmp=tmp_path)
+    job = script.removesuffix(".py")
+    hint = hint or f"its settings and groups: {sorted(known_keys(ROOT / 'conf', job, {}))}"
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        f"error: {override.split()[-1]}: no setting `{key}` in conf/{job}.yaml or the experiment in use, so nothing "
+        f"would read it; {hint}"), proc.stderr[-2000:]
+    assert not (tmp_path / "logs").exists()  # refused before Hydra made a run folder
+
+
+@pytest.mark.parametrize("script, override, hint", [
+    ("soup.py", "+greedy_rule.tie=official", "greedy_rule has no setting `tie`, so nothing would read it; did you mean ties?"),
+    ("soup.py", "+statistics.bins=10", "statistics has no setting `bins`, so nothing would read it; did you mean ece_bins?"),
+    ("finetune.py", "+paths.dataa=/data", "paths has no setting `dataa`, so nothing would read it; did you mean data_dir?")])
+def test_a_name_added_to_a_block_no_plug_in_checks_is_one_line(tmp_path, script, override, hint):
+    """`+greedy_rule.tie=official` ran greedy with its default ties rule: nothing reads greedy_rule.tie."""
+    proc = commands.project(f"src/{script}", override, tmp=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.strip() == f"error: {override}: {hint}", proc.stderr[-2000:]
+    assert not (tmp_path / "logs").exists()
+
+
+def test_the_blocks_checked_here_are_those_no_plug_in_checks():
+    conf = ROOT / "conf"
+    assert closed_settings(conf, "soup", {}) == {"greedy_rule": {"comparator", "ties"}, "paths": {
+        "root_dir", "log_dir", "cache_dir", "data_dir"}, "statistics": {"ece_bins", "resamples", "level", "seed"}}
+    assert closed_settings(conf, "finetune", {}).keys() == {"paths"}  # search_space's axes are any hyperparameter
+    assert "reference" in closed_settings(conf, "soup", {"experiment": ["paper_vit_b32"]})
+
+
+def test_the_known_settings_are_the_configs_the_command_composes():
+    conf = ROOT / "conf"
+    finetune, soup = known_keys(conf, "finetune", {}), known_keys(conf, "soup", {})
+    assert {"lr", "wd_1d", "trial", "head", "lora", "sweep", "launcher", "hydra"} <= finetune  # keys and groups
+    assert not {"method", "pool", "statistics", "analysis", "reference"} & finetune
+    assert {"method", "pool", "statistics", "greedy_rule", "model", "data"} <= soup and not {"lr", "reference"} & soup
+    assert {"shards", "shard", "method", "launcher"} <= known_keys(conf, "evaluate", {})  # evaluate.yaml: `- soup`
+    assert "reference" in known_keys(conf, "soup", {"experiment": ["paper_vit_b32"]})  # the experiment's own key
+    assert "lr" in known_keys(conf, "analyze", {"experiment": ["text_demo"]})  # docs/analyses.md's command
+    assert "lr" not in known_keys(conf, "soup", {"experiment": [None]})  # ~experiment / experiment=null
+
+
+def test_every_command_the_documentation_shows_passes_the_override_checks():
+    """The README, docs/, the Makefile, scripts/ and the notebooks: each `python src/<job>.py ...` they show."""
+    docs = [ROOT / "README.md", ROOT / "Makefile", ROOT / "BENCHMARKS.md", *(ROOT / "docs").glob("*.md"),
+            *(ROOT / "scripts").rglob("*.py"), *(ROOT / "scripts").rglob("*.sh"), *(ROOT / "notebooks").glob("*.ipynb")]
+    shown = [(m.group(1), [a.strip("'\"") for a in m.group(2).split()]) for f in docs for line in f.read_text().splitlines()
+             for m in re.finditer(r"src/(soup|finetune|analyze|evaluate)\.py((?:\s+[^\s#`|;&)\"\\]+)*)", line)]
+    assert len(shown) > 100
+    for job, args in shown:
+        check_overrides(args, ROOT / "conf", job)  # SystemExit would name the command
 
 
 def test_a_top_level_shifts_group_is_refused_not_recorded_and_ignored(configs):

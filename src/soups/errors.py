@@ -43,31 +43,99 @@ def said_plainly():
         sys.exit(f"error: {err}")
 
 
-def check_group_choices(argv: list[str], conf_dir) -> None:
-    """Exit 1 with one line where a config group (a folder of `conf_dir`: data, model, method, ...) is given a
-    number, a bool or null on the command line (`data=123`, `model=null`: Hydra meets those with a bare
-    ValueError and a page of its own traceback), or a name it has no file for (`method=median`: Hydra's page
-    lists its search path). With --config-dir or hydra.searchpath other folders may hold options: names are
-    then left to Hydra, as is anything else (a syntax error, an unknown key), whose messages are plain."""
+def _composed(conf_dir, config_name: str, chosen: dict[str, list]) -> list:
+    """The YAML files a command composes: conf/<config_name>.yaml, the primary configs its defaults list names
+    (evaluate.yaml's `- soup`), and the experiment and sweep in use: `chosen` ({"experiment": [names]}, from the
+    command line) or else the defaults list's choice."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    conf, configs, primary = Path(conf_dir), [], [config_name]
+    while primary:
+        configs.append(OmegaConf.load(conf / f"{primary.pop()}.yaml"))
+        primary += [d for d in configs[-1].get("defaults", []) if isinstance(d, str) and (conf / f"{d}.yaml").is_file()]
+    defaults = {k: v for c in configs for d in c.get("defaults", []) if OmegaConf.is_dict(d) for k, v in d.items()}
+    for group in ("experiment", "sweep"):
+        for name in chosen.get(group, [defaults.get(group)]):
+            if isinstance(name, str) and (conf / group / f"{name}.yaml").is_file():
+                configs.append(OmegaConf.load(conf / group / f"{name}.yaml"))
+    return configs
+
+
+def known_keys(conf_dir, config_name: str, chosen: dict[str, list]) -> set[str]:
+    """The top-level names a command's config can hold: the keys and the defaults' groups of the files it
+    composes (`_composed`), and `hydra`."""
+    from omegaconf import OmegaConf
+
+    keys = {"hydra"}
+    for config in _composed(conf_dir, config_name, chosen):
+        keys |= set(config.keys()) - {"defaults"}
+        for entry in config.get("defaults", []):  # "- method: [...]", "- override /model: vit_b32", "- /pool@x: y"
+            for name in (entry.keys() if OmegaConf.is_dict(entry) else []):
+                keys.add(str(name).removeprefix("override ").strip().lstrip("/").split("@")[0].split("/")[0])
+    return keys
+
+
+def closed_settings(conf_dir, config_name: str, chosen: dict[str, list]) -> dict[str, set[str]]:
+    """The settings blocks no plug-in checks, each with the names it can hold: the plain blocks of the composed
+    files that are no config group (greedy_rule, statistics, reference; not search_space, whose axes are any
+    hyperparameter) and `paths`, the one group without a class to check its keys. A name added to one
+    (`+greedy_rule.tie=official`) would be read by nothing."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    conf, blocks = Path(conf_dir), {}
+    for config in _composed(conf_dir, config_name, chosen):
+        for key, value in config.items():
+            if OmegaConf.is_dict(value) and key not in ("defaults", "hydra", "search_space") and not (conf / key).is_dir():
+                blocks.setdefault(key, set()).update(value.keys())
+    blocks["paths"] = {k for f in sorted((conf / "paths").glob("*.yaml")) for k in OmegaConf.load(f).keys()}
+    return blocks
+
+
+def check_overrides(argv: list[str], conf_dir, config_name: str) -> None:
+    """Exit 1 with one line where the command line
+    - gives a config group (a folder of `conf_dir`: data, model, method, ...) a number, a bool or null (`data=123`,
+      `model=null`: Hydra meets those with a bare ValueError and a page of its own traceback), or a name it has
+      no file for (`method=median`: Hydra's page lists its search path);
+    - names a top-level setting the config does not have (`methd=greedy`, `+lrr=1`): Hydra's own message advises
+      `+methd=greedy`, which adds a key nothing reads, so the run would go on without the setting.
+    With --config-dir, --config-name or hydra.searchpath other files may hold options and keys: those are then
+    left to Hydra, as is anything else (a syntax error, a nested key: each plug-in refuses its unknown
+    settings), whose messages are plain."""
+    import difflib
     from pathlib import Path
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep
 
     try:
         overrides = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
     except Exception:  # a syntax error: Hydra says it plainly
         return
-    own_options_only = not any(a.startswith(("--config-dir", "-cd", "hydra.searchpath", "+hydra.searchpath"))
-                               for a in argv)
+    own_options_only = not any(a.startswith(("--config-dir", "-cd", "--config-name", "-cn", "hydra.searchpath",
+                                             "+hydra.searchpath")) for a in argv)
+    chosen = {o.key_or_group: _choices(o) for o in overrides if o.key_or_group in ("experiment", "sweep")}
+    known = known_keys(conf_dir, config_name, chosen) if own_options_only else None
+    closed = closed_settings(conf_dir, config_name, chosen) if own_options_only else {}
     for override in overrides:
-        group = Path(conf_dir) / override.key_or_group
+        key = override.key_or_group
+        top, _, rest = key.partition(".")  # method.greedy.x is method's to refuse; methd.x is nobody's
+        if known is not None and "@" not in key and top not in known and not override.is_delete():
+            close = difflib.get_close_matches(top, sorted(known), n=3)
+            hint = f"did you mean {' or '.join(close)}?" if close else f"its settings and groups: {sorted(known)}"
+            sys.exit(f"error: {override.input_line}: no setting `{top}` in conf/{config_name}.yaml or the experiment "
+                     f"in use, so nothing would read it; {hint}")
+        sub = rest.split(".")[0]
+        if top in closed and sub and sub not in closed[top] and not override.is_delete():
+            close = difflib.get_close_matches(sub, sorted(closed[top]), n=3)
+            hint = f"did you mean {' or '.join(close)}?" if close else f"its settings: {sorted(closed[top])}"
+            sys.exit(f"error: {override.input_line}: {top} has no setting `{sub}`, so nothing would read it; {hint}")
+        group = Path(conf_dir) / key
         if override.is_delete() or not group.is_dir():
             continue
-        value = override.value()
-        values = value.list if isinstance(value, ChoiceSweep) else value if isinstance(value, list) else [value]
-        if not isinstance(value, (ChoiceSweep, list, str)) and hasattr(value, "start"):  # range(1,3)
-            values = [value.start]
+        value, values = override.value(), _choices(override)
         wrong = [v for v in values if v is None or isinstance(v, (bool, int, float))]
         if wrong:
             names = sorted(p.stem for p in group.glob("*.yaml"))
@@ -79,3 +147,13 @@ def check_group_choices(argv: list[str], conf_dir) -> None:
             names = sorted(p.stem for p in group.glob("*.yaml"))
             sys.exit(f"error: {override.input_line}: no {override.key_or_group} named {unknown[0]!r} "
                      f"(conf/{override.key_or_group}/{unknown[0]}.yaml); expected one of {names}")
+
+
+def _choices(override) -> list:
+    """An override's values: `a`, `[a,b]`, a sweep `a,b` -> their list; range(1,3) -> its start."""
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    value = override.value()
+    if not isinstance(value, (ChoiceSweep, list, str)) and hasattr(value, "start"):  # range(1,3)
+        return [value.start]
+    return value.list if isinstance(value, ChoiceSweep) else value if isinstance(value, list) else [value]
