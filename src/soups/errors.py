@@ -65,7 +65,11 @@ def _composed(conf_dir, config_name: str, chosen: dict[str, list]) -> list:
 
 def known_keys(conf_dir, config_name: str, chosen: dict[str, list]) -> set[str]:
     """The top-level names a command's config can hold: the keys and the defaults' groups of the files it
-    composes (`_composed`), and `hydra`."""
+    composes (`_composed`), the names its groups' options read by interpolation (analysis=ingredients reads
+    `${oc.select:greedy_rule.ties,pool}`), and `hydra`."""
+    import re
+    from pathlib import Path
+
     from omegaconf import OmegaConf
 
     keys = {"hydra"}
@@ -74,6 +78,9 @@ def known_keys(conf_dir, config_name: str, chosen: dict[str, list]) -> set[str]:
         for entry in config.get("defaults", []):  # "- method: [...]", "- override /model: vit_b32", "- /pool@x: y"
             for name in (entry.keys() if OmegaConf.is_dict(entry) else []):
                 keys.add(str(name).removeprefix("override ").strip().lstrip("/").split("@")[0].split("/")[0])
+    for group in [k for k in keys if (Path(conf_dir) / k).is_dir()]:
+        for option in (Path(conf_dir) / group).glob("*.yaml"):
+            keys |= set(re.findall(r"\$\{(?:oc\.select:)?([A-Za-z_]\w*)\.", option.read_text()))
     return keys
 
 
@@ -101,7 +108,8 @@ def check_overrides(argv: list[str], conf_dir, config_name: str) -> None:
       `model=null`: Hydra meets those with a bare ValueError and a page of its own traceback), or a name it has
       no file for (`method=median`: Hydra's page lists its search path);
     - names a top-level setting the config does not have (`methd=greedy`, `+lrr=1`): Hydra's own message advises
-      `+methd=greedy`, which adds a key nothing reads, so the run would go on without the setting.
+      `+methd=greedy`, which adds a key nothing reads, so the run would go on without the setting;
+    - adds a name to a block no plug-in checks (`+greedy_rule.tie=official`; `closed_settings`).
     With --config-dir, --config-name or hydra.searchpath other files may hold options and keys: those are then
     left to Hydra, as is anything else (a syntax error, a nested key: each plug-in refuses its unknown
     settings), whose messages are plain."""
@@ -110,25 +118,33 @@ def check_overrides(argv: list[str], conf_dir, config_name: str) -> None:
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    if any(a in ("-sc", "--shell-completion") or a.startswith("--shell-completion=") for a in argv):
+        return  # `-sc query=bash`: Hydra's shell completion, not overrides
     try:
         overrides = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
     except Exception:  # a syntax error: Hydra says it plainly
         return
-    own_options_only = not any(a.startswith(("--config-dir", "-cd", "--config-name", "-cn", "hydra.searchpath",
-                                             "+hydra.searchpath")) for a in argv)
+    own_options_only = not any(a.startswith(("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn",
+                                             "hydra.searchpath", "+hydra.searchpath")) for a in argv)
     chosen = {o.key_or_group: _choices(o) for o in overrides if o.key_or_group in ("experiment", "sweep")}
-    known = known_keys(conf_dir, config_name, chosen) if own_options_only else None
+    plain = all(isinstance(v, str) or v is None for values in chosen.values() for v in values)  # not glob(...)
+    known = known_keys(conf_dir, config_name, chosen) if own_options_only and plain else None
     closed = closed_settings(conf_dir, config_name, chosen) if own_options_only else {}
     for override in overrides:
         key = override.key_or_group
+        if not key:  # `lr =1e-3`: Hydra's message names it
+            continue
         top, _, rest = key.partition(".")  # method.greedy.x is method's to refuse; methd.x is nobody's
-        if known is not None and "@" not in key and top not in known and not override.is_delete():
+        top = top.split("/")[0]  # hydra/job_logging=disabled: Hydra's own group
+        if known is not None and top and "@" not in key and top not in known and not override.is_delete() \
+                and not (override.is_add() and _hydra_only(Path(conf_dir) / top)):  # +launcher=joblib
             close = difflib.get_close_matches(top, sorted(known), n=3)
             hint = f"did you mean {' or '.join(close)}?" if close else f"its settings and groups: {sorted(known)}"
             sys.exit(f"error: {override.input_line}: no setting `{top}` in conf/{config_name}.yaml or the experiment "
                      f"in use, so nothing would read it; {hint}")
-        sub = rest.split(".")[0]
-        if top in closed and sub and sub not in closed[top] and not override.is_delete():
+        value = None if override.is_delete() else override.value()
+        added = [rest.split(".")[0]] if rest else list(value) if isinstance(value, dict) else []  # +greedy_rule={tie: x}
+        for sub in [n for n in added if top in closed and n not in closed[top]][:1]:
             close = difflib.get_close_matches(sub, sorted(closed[top]), n=3)
             hint = f"did you mean {' or '.join(close)}?" if close else f"its settings: {sorted(closed[top])}"
             sys.exit(f"error: {override.input_line}: {top} has no setting `{sub}`, so nothing would read it; {hint}")
@@ -147,6 +163,17 @@ def check_overrides(argv: list[str], conf_dir, config_name: str) -> None:
             names = sorted(p.stem for p in group.glob("*.yaml"))
             sys.exit(f"error: {override.input_line}: no {override.key_or_group} named {unknown[0]!r} "
                      f"(conf/{override.key_or_group}/{unknown[0]}.yaml); expected one of {names}")
+
+
+def _hydra_only(group) -> bool:
+    """Whether a config group's options configure Hydra alone (conf/launcher: `override /hydra/launcher: ...`),
+    so `+launcher=joblib` adds to any command's config what Hydra itself reads."""
+    from omegaconf import OmegaConf
+
+    options = sorted(group.glob("*.yaml")) if group.is_dir() else []
+    return bool(options) and all(set(OmegaConf.load(f).keys()) <= {"defaults", "hydra"} and all(
+        str(k).removeprefix("override ").strip().startswith("/hydra/") for d in OmegaConf.load(f).get("defaults", [])
+        if OmegaConf.is_dict(d) for k in d) for f in options)
 
 
 def _choices(override) -> list:
