@@ -156,7 +156,9 @@ def test_a_setting_the_config_does_not_have_is_one_line_not_a_key_nothing_reads(
     ("soup.py", "+greedy_rule.tie=official", "greedy_rule has no setting `tie`, so nothing would read it; did you mean ties?"),
     ("soup.py", "+statistics.bins=10", "statistics has no setting `bins`, so nothing would read it; did you mean ece_bins?"),
     ("finetune.py", "+paths.dataa=/data", "paths has no setting `dataa`, so nothing would read it; did you mean data_dir?"),
-    ("soup.py", "+greedy_rule={tie:official}", "greedy_rule has no setting `tie`, so nothing would read it; did you mean ties?")])
+    ("soup.py", "+greedy_rule={tie:official}", "greedy_rule has no setting `tie`, so nothing would read it; did you mean ties?"),
+    ("finetune.py", "+model.image_sze=64", "model has no setting `image_sze`, so nothing would read it; did you mean image_size?"),
+    ("finetune.py", "+lora.alpah=32", "lora has no setting `alpah`, so nothing would read it; did you mean alpha?")])
 def test_a_name_added_to_a_block_no_plug_in_checks_is_one_line(tmp_path, script, override, hint):
     """`+greedy_rule.tie=official` ran greedy with its default ties rule: nothing reads greedy_rule.tie."""
     proc = commands.project(f"src/{script}", override, tmp=tmp_path)
@@ -166,9 +168,13 @@ def test_a_name_added_to_a_block_no_plug_in_checks_is_one_line(tmp_path, script,
 
 def test_the_blocks_checked_here_are_those_no_plug_in_checks():
     conf = ROOT / "conf"
-    assert closed_settings(conf, "soup", {}) == {"greedy_rule": {"comparator", "ties"}, "paths": {
-        "root_dir", "log_dir", "cache_dir", "data_dir"}, "statistics": {"ece_bins", "resamples", "level", "seed"}}
-    assert closed_settings(conf, "finetune", {}).keys() == {"paths"}  # search_space's axes are any hyperparameter
+    soup = closed_settings(conf, "soup", {})
+    assert soup.keys() == {"greedy_rule", "statistics", "paths", "model", "lora"}
+    assert soup["greedy_rule"] == {"comparator", "ties"} and soup["statistics"] == {"ece_bins", "resamples", "level", "seed"}
+    assert soup["paths"] == {"root_dir", "log_dir", "cache_dir", "data_dir"}
+    assert {"image_size", "timm_kwargs", "hf_classifier", "hf_crop"} <= soup["model"]  # hf_crop: derived, in no YAML
+    assert soup["lora"] == {"r", "alpha", "dropout", "target_modules", "rslora"}
+    assert closed_settings(conf, "finetune", {}).keys() == {"paths", "model", "lora"}  # search_space: any hyperparameter
     assert "reference" in closed_settings(conf, "soup", {"experiment": ["paper_vit_b32"]})
 
 
@@ -193,6 +199,7 @@ def test_the_known_settings_are_the_configs_the_command_composes():
     ("soup", ["reference=null"]), ("soup", ["experiment=paper_vit_b32", "reference.source=mine"]),
     ("soup", ["-m", "experiment=glob(paper*)", "reference=null"]), ("analyze", ["experiment=text_demo", "lr=1e-3"]),
     ("finetune", ["+search_space.lr=[log_uniform,1e-5,1e-3]", "trial=0"]), ("finetune", ["~experiment", "lr=1e-3"]),
+    ("finetune", ["+model.timm_kwargs.drop_path_rate=0.1"]), ("soup", ["+model.hf_crop=224"]),
     ("soup", ["lr", "=1e-3"])])  # a stray space: Hydra's own message
 def test_the_override_checks_leave_legitimate_command_lines_to_hydra(job, argv):
     check_overrides(argv, ROOT / "conf", job)  # no SystemExit

@@ -83,3 +83,19 @@ def test_shift_settings_are_checked_like_every_setting():
                       (("names", "rotate"), "`names`, a list")):
         with pytest.raises(BadInput, match=re.escape(said)):
             build_data(OmegaConf.merge(DATA, {"shifts": dict([bad])}), MODEL)
+
+
+def test_a_shift_setting_the_dataset_does_not_read_is_refused_not_ignored():
+    """`+data.shifts.max_image=50` (for max_images) left 500 images per shift, the typo unread."""
+    import pytest
+
+    from soups.data.imagenet import ImageNetData
+    from soups.errors import BadInput
+
+    with pytest.raises(BadInput, match=re.escape("data.shifts.max_image: not a setting of MnistData's shifts (its "
+                                                 "settings: ['names', 'max_images', 'seed'])")):
+        build_data(OmegaConf.merge(DATA, {"shifts": {"max_image": 50}}), MODEL)
+    imagenet = OmegaConf.merge(OmegaConf.load("conf/data/imagenet.yaml"), {"root": "/nonexistent"})
+    assert set(imagenet.shifts) <= set(ImageNetData.shift_settings)  # its own config passes
+    with pytest.raises(BadInput, match=re.escape("data.shifts.max_images: not a setting of ImageNetData's shifts")):
+        build_data(OmegaConf.merge(imagenet, {"shifts": {"max_images": 100}}), MODEL)  # ImageNet's shifts are whole

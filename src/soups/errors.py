@@ -84,11 +84,16 @@ def known_keys(conf_dir, config_name: str, chosen: dict[str, list]) -> set[str]:
     return keys
 
 
+# model keys no YAML sets: soups.models.hf derives them from a transformers folder's preprocessor config
+DERIVED_KEYS = {"model": {"hf_resize", "hf_resize_shortest", "hf_crop"}}
+
+
 def closed_settings(conf_dir, config_name: str, chosen: dict[str, list]) -> dict[str, set[str]]:
-    """The settings blocks no plug-in checks, each with the names it can hold: the plain blocks of the composed
-    files that are no config group (greedy_rule, statistics, reference; not search_space, whose axes are any
-    hyperparameter) and `paths`, the one group without a class to check its keys. A name added to one
-    (`+greedy_rule.tie=official`) would be read by nothing."""
+    """The settings blocks no plug-in class checks, each with the names it can hold: the plain blocks of the
+    composed files that are no config group (greedy_rule, statistics, reference; not search_space, whose axes are
+    any hyperparameter) and the groups whose options have no `_target_` (paths, model, lora: read with .get,
+    their names are those of all their options, plus DERIVED_KEYS). A name added to one (`+greedy_rule.tie=...`,
+    `+model.image_sze=64`) would be read by nothing."""
     from pathlib import Path
 
     from omegaconf import OmegaConf
@@ -98,7 +103,11 @@ def closed_settings(conf_dir, config_name: str, chosen: dict[str, list]) -> dict
         for key, value in config.items():
             if OmegaConf.is_dict(value) and key not in ("defaults", "hydra", "search_space") and not (conf / key).is_dir():
                 blocks.setdefault(key, set()).update(value.keys())
-    blocks["paths"] = {k for f in sorted((conf / "paths").glob("*.yaml")) for k in OmegaConf.load(f).keys()}
+    for group in sorted(d for d in conf.iterdir() if d.is_dir()):
+        texts = [f.read_text() for f in sorted(group.glob("*.yaml"))]
+        if texts and not any("_target_" in t or t.startswith("# @package") for t in texts):
+            blocks[group.name] = {k for t in texts for k in (OmegaConf.create(t) or {}).keys()} | \
+                DERIVED_KEYS.get(group.name, set())
     return blocks
 
 

@@ -31,6 +31,7 @@ class TaskData(Settings, ABC):
 
     modality: ClassVar[str] = "image"  # or "text": which models it serves (soups.models.classifier.modality)
     known_shifts: ClassVar[tuple[str, ...] | None] = None  # the shifts a family can make; None: any (it checks)
+    shift_settings: ClassVar[tuple[str, ...]] = ("names", "max_images", "seed")  # the `shifts` keys it reads
     class_names: ClassVar[tuple[str, ...]] = ()  # class i's name, where the family knows it (checked against a
                                                  # transformers checkpoint's id2label); (): unknown
     name: str = "data"
@@ -50,6 +51,10 @@ class TaskData(Settings, ABC):
             wrong.append(f"data.shifts.max_images={most!r} (expected an integer >= 1, or null for all)")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             wrong.append(f"data.shifts.seed={seed!r} (expected an integer >= 0)")
+        unread = [k for k in self.shifts if k not in self.shift_settings]  # +data.shifts.max_image=50: never read
+        if unread:
+            wrong.append(f"data.shifts.{unread[0]}: not a setting of {type(self).__name__}'s shifts (its settings: "
+                         f"{list(self.shift_settings)})")
         unknown = [n for n in names if self.known_shifts is not None and n not in self.known_shifts]
         if unknown:
             wrong.append(f"data.shifts.names: unknown shifts {unknown} (expected some of {list(self.known_shifts)})")

@@ -28,6 +28,7 @@ class ImageNetData(TaskData):
     num_workers: int = 8
     store_eval_sets: bool = True
     known_shifts: ClassVar[tuple[str, ...]] = tuple(BUILDERS)
+    shift_settings: ClassVar[tuple[str, ...]] = ("names", "folders", "alt_folders", "expected", "objectnet_crop_border")
     bn_recalibration_images: int = 2048
 
     def load(self, model_cfg, cache_dir=None) -> "ImageNetData":
