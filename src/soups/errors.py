@@ -119,9 +119,10 @@ def check_overrides(argv: list[str], conf_dir, config_name: str) -> None:
     - names a top-level setting the config does not have (`methd=greedy`, `+lrr=1`): Hydra's own message advises
       `+methd=greedy`, which adds a key nothing reads, so the run would go on without the setting;
     - adds a name to a block no plug-in checks (`+greedy_rule.tie=official`; `closed_settings`).
-    With --config-dir, --config-name or hydra.searchpath other files may hold options and keys: those are then
-    left to Hydra, as is anything else (a syntax error, a nested key: each plug-in refuses its unknown
-    settings), whose messages are plain."""
+    With --config-dir, --config-path, --config-name or hydra.searchpath other files may hold options and keys:
+    names are then left to Hydra, as is anything else (a syntax error, shell completion, Hydra's own groups
+    `hydra/...`, a name nested in a plug-in's settings: each plug-in refuses its unknown settings), whose
+    messages are plain."""
     import difflib
     from pathlib import Path
 
