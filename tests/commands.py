@@ -177,7 +177,7 @@ def run(command, *, cwd=None, env=None, capture_output=False, text=False, timeou
     return done
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]  # not conftest's: the forkserver imports this module, never conftest
 
 
 def project(script: str, *args, tmp: Path | None = None, env: dict | None = None, cwd: Path = ROOT,

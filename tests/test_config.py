@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import commands
 from conftest import ROOT, TINY, compose_cfg
-from soups.errors import check_overrides, closed_settings, known_keys
+from soups.errors import check_overrides, closed_settings, composed, known_keys
 from soups.settings import FinetuneSettings, SoupSettings, checked
 
 ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
@@ -132,6 +132,15 @@ def test_an_unknown_name_for_a_config_group_is_one_line_with_its_names(tmp_path,
     assert not (tmp_path / "logs").exists()  # refused before Hydra made a run folder
 
 
+def known(job: str, chosen: dict | None = None) -> set[str]:
+    """The top-level names `python src/<job>.py` accepts (soups.errors.known_keys of the files it composes)."""
+    return known_keys(ROOT / "conf", composed(ROOT / "conf", job, chosen or {}))
+
+
+def closed(job: str, chosen: dict | None = None) -> dict[str, set[str]]:
+    return closed_settings(ROOT / "conf", composed(ROOT / "conf", job, chosen or {}))
+
+
 @pytest.mark.parametrize("script, override, key, hint", [
     ("soup.py", "methd=greedy", "methd", "did you mean method?"),
     ("soup.py", "+methd=greedy", "methd", "did you mean method?"),  # what Hydra's own message advised
@@ -145,7 +154,7 @@ def test_a_setting_the_config_does_not_have_is_one_line_not_a_key_nothing_reads(
     ran the default recipes with the setting silently unread."""
     proc = commands.project(f"src/{script}", *override.split(), tmp=tmp_path)
     job = script.removesuffix(".py")
-    hint = hint or f"its settings and groups: {sorted(known_keys(ROOT / 'conf', job, {}))}"
+    hint = hint or f"its settings and groups: {sorted(known(job))}"
     assert proc.returncode == 1 and proc.stderr.strip() == (
         f"error: {override.split()[-1]}: no setting `{key}` in conf/{job}.yaml or the experiment in use, so nothing "
         f"would read it; {hint}"), proc.stderr[-2000:]
@@ -167,27 +176,25 @@ def test_a_name_added_to_a_block_no_plug_in_checks_is_one_line(tmp_path, script,
 
 
 def test_the_blocks_checked_here_are_those_no_plug_in_checks():
-    conf = ROOT / "conf"
-    soup = closed_settings(conf, "soup", {})
+    soup = closed("soup")
     assert soup.keys() == {"greedy_rule", "statistics", "paths", "model", "lora"}
     assert soup["greedy_rule"] == {"comparator", "ties"} and soup["statistics"] == {"ece_bins", "resamples", "level", "seed"}
     assert soup["paths"] == {"root_dir", "log_dir", "cache_dir", "data_dir"}
     assert {"image_size", "timm_kwargs", "hf_classifier", "hf_crop"} <= soup["model"]  # hf_crop: derived, in no YAML
     assert soup["lora"] == {"r", "alpha", "dropout", "target_modules", "rslora"}
-    assert closed_settings(conf, "finetune", {}).keys() == {"paths", "model", "lora"}  # search_space: any hyperparameter
-    assert "reference" in closed_settings(conf, "soup", {"experiment": ["paper_vit_b32"]})
+    assert closed("finetune").keys() == {"paths", "model", "lora"}  # search_space: any hyperparameter
+    assert "reference" in closed("soup", {"experiment": ["paper_vit_b32"]})
 
 
 def test_the_known_settings_are_the_configs_the_command_composes():
-    conf = ROOT / "conf"
-    finetune, soup = known_keys(conf, "finetune", {}), known_keys(conf, "soup", {})
+    finetune, soup = known("finetune"), known("soup")
     assert {"lr", "wd_1d", "trial", "head", "lora", "sweep", "launcher", "hydra"} <= finetune  # keys and groups
     assert not {"method", "pool", "statistics", "analysis", "reference"} & finetune
     assert {"method", "pool", "statistics", "greedy_rule", "reference", "model", "data"} <= soup and "lr" not in soup
-    assert {"shards", "shard", "method", "launcher"} <= known_keys(conf, "evaluate", {})  # evaluate.yaml: `- soup`
-    assert "greedy_rule" in known_keys(conf, "analyze", {}) and "greedy_rule" not in finetune  # read by interpolation
-    assert "lr" in known_keys(conf, "analyze", {"experiment": ["text_demo"]})  # docs/analyses.md's command
-    assert "lr" not in known_keys(conf, "soup", {"experiment": [None]})  # ~experiment / experiment=null
+    assert {"shards", "shard", "method", "launcher"} <= known("evaluate")  # evaluate.yaml: `- soup`
+    assert "greedy_rule" in known("analyze") and "greedy_rule" not in finetune  # read by interpolation
+    assert "lr" in known("analyze", {"experiment": ["text_demo"]})  # docs/analyses.md's command
+    assert "lr" not in known("soup", {"experiment": [None]})  # ~experiment / experiment=null
 
 
 @pytest.mark.parametrize("job, argv", [

@@ -43,7 +43,7 @@ def said_plainly():
         sys.exit(f"error: {err}")
 
 
-def _composed(conf_dir, config_name: str, chosen: dict[str, list]) -> list:
+def composed(conf_dir, config_name: str, chosen: dict[str, list]) -> list:
     """The YAML files a command composes: conf/<config_name>.yaml, the primary configs its defaults list names
     (evaluate.yaml's `- soup`), and the experiment and sweep in use: `chosen` ({"experiment": [names]}, from the
     command line) or else the defaults list's choice."""
@@ -63,9 +63,9 @@ def _composed(conf_dir, config_name: str, chosen: dict[str, list]) -> list:
     return configs
 
 
-def known_keys(conf_dir, config_name: str, chosen: dict[str, list]) -> set[str]:
+def known_keys(conf_dir, configs: list) -> set[str]:
     """The top-level names a command's config can hold: the keys and the defaults' groups of the files it
-    composes (`_composed`), the names its groups' options read by interpolation (analysis=ingredients reads
+    composes (`configs`, from `composed`), the names its groups' options read by interpolation (analysis=ingredients reads
     `${oc.select:greedy_rule.ties,pool}`), and `hydra`."""
     import re
     from pathlib import Path
@@ -73,7 +73,7 @@ def known_keys(conf_dir, config_name: str, chosen: dict[str, list]) -> set[str]:
     from omegaconf import OmegaConf
 
     keys = {"hydra"}
-    for config in _composed(conf_dir, config_name, chosen):
+    for config in configs:
         keys |= set(config.keys()) - {"defaults"}
         for entry in config.get("defaults", []):  # "- method: [...]", "- override /model: vit_b32", "- /pool@x: y"
             for name in (entry.keys() if OmegaConf.is_dict(entry) else []):
@@ -88,9 +88,9 @@ def known_keys(conf_dir, config_name: str, chosen: dict[str, list]) -> set[str]:
 DERIVED_KEYS = {"model": {"hf_resize", "hf_resize_shortest", "hf_crop"}}
 
 
-def closed_settings(conf_dir, config_name: str, chosen: dict[str, list]) -> dict[str, set[str]]:
+def closed_settings(conf_dir, configs: list) -> dict[str, set[str]]:
     """The settings blocks no plug-in class checks, each with the names it can hold: the plain blocks of the
-    composed files that are no config group (greedy_rule, statistics, reference; not search_space, whose axes are
+    composed files (`configs`) that are no config group (greedy_rule, statistics, reference; not search_space, whose axes are
     any hyperparameter) and the groups whose options have no `_target_` (paths, model, lora: read with .get,
     their names are those of all their options, plus DERIVED_KEYS). A name added to one (`+greedy_rule.tie=...`,
     `+model.image_sze=64`) would be read by nothing."""
@@ -99,7 +99,7 @@ def closed_settings(conf_dir, config_name: str, chosen: dict[str, list]) -> dict
     from omegaconf import OmegaConf
 
     conf, blocks = Path(conf_dir), {}
-    for config in _composed(conf_dir, config_name, chosen):
+    for config in configs:
         for key, value in config.items():
             if OmegaConf.is_dict(value) and key not in ("defaults", "hydra", "search_space") and not (conf / key).is_dir():
                 blocks.setdefault(key, set()).update(value.keys())
@@ -138,8 +138,9 @@ def check_overrides(argv: list[str], conf_dir, config_name: str) -> None:
                                              "hydra.searchpath", "+hydra.searchpath")) for a in argv)
     chosen = {o.key_or_group: _choices(o) for o in overrides if o.key_or_group in ("experiment", "sweep")}
     plain = all(isinstance(v, str) or v is None for values in chosen.values() for v in values)  # not glob(...)
-    known = known_keys(conf_dir, config_name, chosen) if own_options_only and plain else None
-    closed = closed_settings(conf_dir, config_name, chosen) if own_options_only else {}
+    configs = composed(conf_dir, config_name, chosen) if own_options_only else []  # read once, for both checks
+    known = known_keys(conf_dir, configs) if own_options_only and plain else None
+    closed = closed_settings(conf_dir, configs) if own_options_only else {}
     for override in overrides:
         key = override.key_or_group
         if not key:  # `lr =1e-3`: Hydra's message names it
@@ -161,7 +162,7 @@ def check_overrides(argv: list[str], conf_dir, config_name: str) -> None:
         group = Path(conf_dir) / key
         if override.is_delete() or not group.is_dir():
             continue
-        value, values = override.value(), _choices(override)
+        values = _choices(override)
         wrong = [v for v in values if v is None or isinstance(v, (bool, int, float))]
         if wrong:
             names = sorted(p.stem for p in group.glob("*.yaml"))
@@ -180,10 +181,10 @@ def _hydra_only(group) -> bool:
     so `+launcher=joblib` adds to any command's config what Hydra itself reads."""
     from omegaconf import OmegaConf
 
-    options = sorted(group.glob("*.yaml")) if group.is_dir() else []
-    return bool(options) and all(set(OmegaConf.load(f).keys()) <= {"defaults", "hydra"} and all(
-        str(k).removeprefix("override ").strip().startswith("/hydra/") for d in OmegaConf.load(f).get("defaults", [])
-        if OmegaConf.is_dict(d) for k in d) for f in options)
+    options = [OmegaConf.load(f) for f in sorted(group.glob("*.yaml"))] if group.is_dir() else []
+    return bool(options) and all(set(o.keys()) <= {"defaults", "hydra"} and all(
+        str(k).removeprefix("override ").strip().startswith("/hydra/") for d in o.get("defaults", [])
+        if OmegaConf.is_dict(d) for k in d) for o in options)
 
 
 def _choices(override) -> list:
