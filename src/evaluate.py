@@ -38,5 +38,9 @@ def main(cfg) -> None:
 if __name__ == "__main__":
     from soups.errors import check_overrides
 
-    check_overrides(sys.argv[1:], Path(__file__).resolve().parents[1] / "conf", "evaluate")  # data=123, methd=...: one line
+    soup_only = "it fills the evaluation cache and makes no soup: give it to src/soup.py"
+    check_overrides(sys.argv[1:], Path(__file__).resolve().parents[1] / "conf", "evaluate",  # data=123, methd=...: one line
+                    unread={"method": soup_only, "greedy_rule": soup_only, "statistics": soup_only, "reference": soup_only,
+                            "logger": "it has nothing to log: the numbers of the pool's models are the soup job's rows, "
+                                      "and its evaluate.json"})
     main()

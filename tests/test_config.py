@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import commands
 from conftest import ROOT, TINY, compose_cfg
-from soups.errors import check_overrides, closed_settings, composed, known_keys
+from soups.errors import check_overrides, closed_settings, composed, experiments, known_keys, unread_in_experiment
 from soups.settings import FinetuneSettings, SoupSettings, checked
 
 ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
@@ -132,13 +132,14 @@ def test_an_unknown_name_for_a_config_group_is_one_line_with_its_names(tmp_path,
     assert not (tmp_path / "logs").exists()  # refused before Hydra made a run folder
 
 
-def known(job: str, chosen: dict | None = None) -> set[str]:
+def known(job: str) -> set[str]:
     """The top-level names `python src/<job>.py` accepts (soups.errors.known_keys of the files it composes)."""
-    return known_keys(ROOT / "conf", composed(ROOT / "conf", job, chosen or {}))
+    return known_keys(ROOT / "conf", composed(ROOT / "conf", job))
 
 
 def closed(job: str, chosen: dict | None = None) -> dict[str, set[str]]:
-    return closed_settings(ROOT / "conf", composed(ROOT / "conf", job, chosen or {}))
+    configs = composed(ROOT / "conf", job)
+    return closed_settings(ROOT / "conf", configs + [c for _, c in experiments([ROOT / "conf"], configs, chosen or {})])
 
 
 @pytest.mark.parametrize("script, override, key, hint", [
@@ -148,6 +149,7 @@ def closed(job: str, chosen: dict | None = None) -> dict[str, set[str]]:
     ("finetune.py", "-m lr=1e-3,3e-3 +lrr=1", "lrr", "did you mean lr?"),
     ("finetune.py", "+method=greedy", "method", None),  # a group of soup.py, not of finetune.py
     ("analyze.py", "+statistics.ece_bins=10", "statistics", None),  # soup.py's, not analyze.py's
+    ("analyze.py", "experiment=text_demo lr=1e-3", "lr", None),  # the experiment sets lr for finetune.py
     ("evaluate.py", "+shardz=2", "shardz", "did you mean shard or shards?")])
 def test_a_setting_the_config_does_not_have_is_one_line_not_a_key_nothing_reads(tmp_path, script, override, key, hint):
     """Hydra answers `methd=greedy` with 'To append to your config use +methd=greedy', and `+methd=greedy`
@@ -156,7 +158,7 @@ def test_a_setting_the_config_does_not_have_is_one_line_not_a_key_nothing_reads(
     job = script.removesuffix(".py")
     hint = hint or f"its settings and groups: {sorted(known(job))}"
     assert proc.returncode == 1 and proc.stderr.strip() == (
-        f"error: {override.split()[-1]}: no setting `{key}` in conf/{job}.yaml or the experiment in use, so nothing "
+        f"error: {override.split()[-1]}: no setting `{key}` in conf/{job}.yaml or its groups, so nothing "
         f"would read it; {hint}"), proc.stderr[-2000:]
     assert not (tmp_path / "logs").exists()  # refused before Hydra made a run folder
 
@@ -193,8 +195,7 @@ def test_the_known_settings_are_the_configs_the_command_composes():
     assert {"method", "pool", "statistics", "greedy_rule", "reference", "model", "data"} <= soup and "lr" not in soup
     assert {"shards", "shard", "method", "launcher"} <= known("evaluate")  # evaluate.yaml: `- soup`
     assert "greedy_rule" in known("analyze") and "greedy_rule" not in finetune  # read by interpolation
-    assert "lr" in known("analyze", {"experiment": ["text_demo"]})  # docs/analyses.md's command
-    assert "lr" not in known("soup", {"experiment": [None]})  # ~experiment / experiment=null
+    assert "lr" not in known("analyze") and "oc" not in known("finetune")  # ${oc.env:...} is a resolver, no name
 
 
 @pytest.mark.parametrize("job, argv", [
@@ -204,7 +205,8 @@ def test_the_known_settings_are_the_configs_the_command_composes():
     ("soup", ["--config-path", "/elsewhere", "extra_key=1"]), ("soup", ["-cd", "/elsewhere", "+extra_key=1"]),
     ("analyze", ["analysis=ingredients", "+greedy_rule.ties=official"]),  # ingredients.yaml reads it (oc.select)
     ("soup", ["reference=null"]), ("soup", ["experiment=paper_vit_b32", "reference.source=mine"]),
-    ("soup", ["-m", "experiment=glob(paper*)", "reference=null"]), ("analyze", ["experiment=text_demo", "lr=1e-3"]),
+    ("soup", ["-m", "experiment=glob(paper*)", "reference=null"]), ("analyze", ["experiment=text_demo", "seed=1"]),
+    ("evaluate", ["experiment=paper_vit_b32", "precision=fp32"]), ("evaluate", ["~logger"]),
     ("finetune", ["+search_space.lr=[log_uniform,1e-5,1e-3]", "trial=0"]), ("finetune", ["~experiment", "lr=1e-3"]),
     ("finetune", ["+model.timm_kwargs.drop_path_rate=0.1"]), ("soup", ["+model.hf_crop=224"]),
     ("soup", ["lr", "=1e-3"])])  # a stray space: Hydra's own message
@@ -221,6 +223,68 @@ def test_every_command_the_documentation_shows_passes_the_override_checks():
     assert len(shown) > 100
     for job, args in shown:
         check_overrides(args, ROOT / "conf", job)  # SystemExit would name the command
+
+
+SOUP_ONLY = "it fills the evaluation cache and makes no soup: give it to src/soup.py"
+
+
+@pytest.mark.parametrize("override, why", [
+    ("method=greedy", SOUP_ONLY), ("+greedy_rule.ties=official", SOUP_ONLY), ("statistics.resamples=10", SOUP_ONLY),
+    ("logger=wandb", "it has nothing to log: the numbers of the pool's models are the soup job's rows, and its "
+                     "evaluate.json")])
+def test_a_setting_evaluate_py_inherits_but_does_not_read_is_one_line(tmp_path, override, why):
+    """evaluate.yaml composes soup.yaml: `logger=wandb` was overridden by its own `logger: null`, and the recipes'
+    settings were accepted and never read."""
+    proc = commands.project("src/evaluate.py", override, tmp=tmp_path)
+    top = override.lstrip("+").split(".")[0].split("=")[0]
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        f"error: {override}: src/evaluate.py does not read `{top}`: {why}"), proc.stderr[-2000:]
+    assert not (tmp_path / "logs").exists()
+
+
+HEADER = "# @package _global_\n"
+
+
+@pytest.mark.parametrize("text, problem", [
+    (HEADER + "lrr: 1e-3\n", "`lrr`: no command has such a setting (conf/*.yaml and their groups), so nothing would "
+                             "read it; did you mean lr?"),
+    (HEADER + "greedy_rule:\n  tie: official\n", "`greedy_rule.tie`: greedy_rule has no setting `tie`, so nothing "
+                                                  "would read it; did you mean ties?"),
+    (HEADER + "model:\n  image_sze: 64\n", "`model.image_sze`: model has no setting `image_sze`, so nothing would "
+                                            "read it; did you mean image_size?"),
+    ("lr: 1e-3\n", None), ("# my sweep\n" + HEADER + "lr: 1e-3\n", None)])  # Hydra reads a header before any other line
+def test_an_experiment_file_that_sets_a_name_nothing_reads_is_one_line(tmp_path, text, problem):
+    """A user's experiment (--config-dir) with `lrr:`, or without `# @package _global_` (Hydra then puts `lr` under
+    `experiment.lr`: the run trains at the default lr), ran with the setting silently unread."""
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text(text)
+    problem = problem or ("its settings would be put under `experiment.` (or `sweep.`), where nothing reads them: its "
+                          "first line must be `# @package _global_`, as in conf/experiment/demo_vit.yaml")
+    assert unread_in_experiment(ROOT / "conf", tmp_path / "experiment" / "mine.yaml") == problem
+    with pytest.raises(SystemExit, match=re.escape(f"error: {tmp_path}/experiment/mine.yaml: {problem}")):
+        check_overrides(["--config-dir", str(tmp_path), "experiment=mine"], ROOT / "conf", "finetune")
+
+
+def test_a_users_experiment_is_checked_by_the_entry_point_and_a_good_one_runs(tmp_path):
+    mine = tmp_path / "mine" / "experiment"
+    mine.mkdir(parents=True)
+    (mine / "typo.yaml").write_text(HEADER + "defaults:\n  - override /model: tiny_vit\nwarmup_step: 2\n")
+    proc = commands.project("src/finetune.py", "-cd", str(tmp_path / "mine"), "experiment=typo", tmp=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        f"error: {mine}/typo.yaml: `warmup_step`: no command has such a setting (conf/*.yaml and their groups), so "
+        f"nothing would read it; did you mean warmup_steps?"), proc.stderr[-2000:]
+    assert not (tmp_path / "logs").exists()
+    (mine / "good.yaml").write_text(HEADER + "defaults:\n  - override /model: tiny_vit\nlr: 0.5\ngreedy_rule:\n"
+                                              "  ties: official\n")  # greedy_rule: soup.py's, set here for it
+    proc = commands.project("src/finetune.py", "--cfg", "job", f"--config-dir={tmp_path / 'mine'}", "experiment=good",
+                            tmp=tmp_path)
+    assert commands.succeeded(proc) and "\nlr: 0.5\n" in proc.stdout
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "conf").glob("experiment/*.yaml")) + sorted((ROOT / "conf").glob("sweep/*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_experiment_and_sweep_of_the_project_sets_only_names_a_command_reads(path):
+    assert unread_in_experiment(ROOT / "conf", path) is None
 
 
 def test_a_top_level_shifts_group_is_refused_not_recorded_and_ignored(configs):

@@ -131,3 +131,13 @@ def test_wise_ft_on_alpha_zero_alone_completes(tiny_sweep, soup_cfg, tmp_path):
 def test_a_fine_tuning_experiment_given_to_soup_py_is_refused_not_ignored(soup_cfg, tmp_path):
     with pytest.raises(BadInput, match=re.escape("fine-tuning settings ['lr', 'epochs', 'search_space']")):
         run_soup(soup_cfg("experiment=demo_vit"), tmp_path / "out")
+
+
+def test_a_fine_tuning_experiment_given_to_evaluate_py_is_refused_not_ignored(tmp_path):
+    """It fills the cache src/soup.py reads, and src/soup.py refuses the same experiment."""
+    from soups.jobs.evaluate import run_evaluate
+
+    with pytest.raises(BadInput, match=re.escape("fine-tuning settings ['lr', 'epochs', 'search_space']") +
+                       ".*src/evaluate.py works on the pool"):
+        run_evaluate(compose_cfg("evaluate", tmp_path, ["experiment=demo_vit"]), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -245,6 +245,16 @@ def model_problems(model_cfg) -> list[str]:
     return problems
 
 
+def no_training_settings(cfg: DictConfig, job: str) -> None:
+    """BadInput when a fine-tuning experiment (experiment=demo_vit) was composed into the config of `job`
+    (src/soup.py, src/evaluate.py): its lr, epochs and search space would be silently ignored."""
+    training = [k for k in ("lr", "epochs", "search_space") if k in cfg]
+    if training:
+        raise BadInput(f"the config has fine-tuning settings {training} (a fine-tuning experiment such as "
+                       f"experiment=demo_vit?): those are for src/finetune.py; {job} works on the pool such a "
+                       f"sweep made (the latest, or pool.dir=...)")
+
+
 def checked(cfg: DictConfig, schema: type) -> DictConfig:
     """A copy of `cfg` with `schema`'s fields type-converted (a quoted "3e-5" becomes the float 3e-5); `cfg`
     itself is left as it was. Raises one ConfigError naming every field set to a wrong type or value."""

@@ -14,7 +14,7 @@ from soups.evaluation.scorer import EvalSettings, PoolScorer
 from soups.io.files import write_json
 from soups.pools import open_pool
 from soups.runtime import resolve_device, setup
-from soups.settings import SoupSettings, checked
+from soups.settings import SoupSettings, checked, no_training_settings
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ def run_evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
     holds them already; writes evaluate.json in `out_dir` ({ingredient: metrics}, images forwarded,
     seconds) and returns it."""
     cfg = checked(cfg, SoupSettings)
+    no_training_settings(cfg, "src/evaluate.py")
     shard, shards = shard_of(cfg)
     named_pool(cfg, shards)
     setup(cfg.seed, cfg.get("threads"))

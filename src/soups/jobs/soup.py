@@ -19,7 +19,7 @@ from soups.recipes import build_recipes, runnable
 from soups.reporting.records import baseline_rows, log_recipe, log_report, recipe_row, save_soup
 from soups.reporting.report import write_report
 from soups.runtime import resolve_device, setup
-from soups.settings import SoupSettings, checked
+from soups.settings import SoupSettings, checked, no_training_settings
 from soups.tracking import build_logger, tracking
 
 log = logging.getLogger(__name__)
@@ -66,11 +66,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
     before the first evaluation. Returns the report's rows."""
     out_dir = Path(out_dir)
     cfg = checked(cfg, SoupSettings)
-    training = [k for k in ("lr", "epochs", "search_space") if k in cfg]
-    if training:  # a fine-tuning experiment composed into the soup config would be silently ignored
-        raise BadInput(f"the soup config has fine-tuning settings {training} (a fine-tuning experiment such as "
-                       f"experiment=demo_vit?): those are for src/finetune.py; src/soup.py soups the pool such a "
-                       f"sweep made (the latest, or pool.dir=...)")
+    no_training_settings(cfg, "src/soup.py")
     recipes, logger = build_recipes(cfg.get("method")), build_logger(cfg.logger)
     statistics = build_statistics(cfg.get("statistics"))
     setup(cfg.seed, cfg.get("threads"))
