@@ -128,6 +128,23 @@ def test_wise_ft_on_alpha_zero_alone_completes(tiny_sweep, soup_cfg, tmp_path):
     assert rows[-1]["metrics"]["test"] == rows[0]["metrics"]["test"]  # alpha 0 is the initialization
 
 
+def test_method_all_leaves_out_the_recipes_that_need_a_missing_init_and_runs_the_rest(tiny_sweep, soup_cfg, tmp_path):
+    """method=all on a pool whose shared initialization is gone (or, for other tools' checkpoints, not named) was
+    refused as a whole; asked by name, such a recipe still is (test_plain_errors.py)."""
+    def gone(name, info):
+        return {**info, "init": {**info["init"], "dir": str(tmp_path / "cleaned-cache" / "init")}}
+
+    pool = pool_copy(tiny_sweep, tmp_path / "pool", gone)
+    rows = run_soup(soup_cfg(f"pool.dir={pool}", "method=all"), tmp_path / "out")
+    needing = ["lora_factor_mean", "model_stock", "ties", "dare", "wise_ft"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    left_out = report.split("Recipes left out")[1].split("\n\n")[0]
+    why = f"it interpolates with the pool's shared initialization: its weights {tmp_path}/cleaned-cache/init"
+    assert all(f"- {name}: {why}" in left_out for name in needing), left_out
+    ran = {r.get("method") for r in rows}
+    assert {"uniform", "greedy", "learned", "fisher", "ensemble"} <= ran and not ran & set(needing)
+
+
 def test_a_fine_tuning_experiment_given_to_soup_py_is_refused_not_ignored(soup_cfg, tmp_path):
     with pytest.raises(BadInput, match=re.escape("fine-tuning settings ['lr', 'epochs', 'search_space']")):
         run_soup(soup_cfg("experiment=demo_vit"), tmp_path / "out")

@@ -54,6 +54,15 @@ class EvalSettings:
                    cfg.bn_recalibration, cfg.paths.cache_dir)
 
 
+def init_missing(pool: OpenPool) -> str | None:
+    """Why the pool's shared initialization cannot be read (what `require_init` would refuse), or None."""
+    if pool.init_weights and pool.init_weights.is_file():
+        return None
+    if pool.init_weights is None:
+        return "this pool names none (pool=files: pool.init=FILE; pool=hf: pool.init=FOLDER)"
+    return f"its weights {pool.init_weights} are missing"
+
+
 def require_init(pool: OpenPool, users: list[str]) -> None:
     """BadInput/MissingInput naming `users` (recipes or analyses that move relative to the shared
     initialization) unless the pool's init weights exist."""

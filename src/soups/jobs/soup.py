@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from soups.errors import BadInput
 from soups.io.files import nonfinite_tensors
 from soups.evaluation.evaluator import format_metrics
-from soups.evaluation.scorer import EvalSettings, PoolScorer, require_init
+from soups.evaluation.scorer import EvalSettings, PoolScorer, init_missing, require_init
 from soups.evaluation.stats import build_statistics
 from soups.names import FIGURE_NAME
 from soups.pools import OpenPool, open_pool
@@ -79,7 +79,7 @@ def run_soup(cfg: DictConfig, out_dir: str | Path) -> list[dict]:
         log.warning("pool %s has one ingredient: every soup of it is that model (%s; pool.dir=... names another)",
                     pool.name, why)
     every_applicable = bool((cfg.get("method") or {}).get("_every_applicable"))
-    recipes, left_out = runnable(recipes, pool.ingredients, every_applicable)  # asked before any evaluation
+    recipes, left_out = runnable(recipes, pool.ingredients, every_applicable, init_missing(pool))  # before any evaluation
     require_init(pool, [name for name, recipe in recipes.items() if recipe.needs_init])
     scorer = PoolScorer(pool, EvalSettings.of(cfg), device)
     # released checkpoints carry no metrics, and a run measured under other evaluation settings

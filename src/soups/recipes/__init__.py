@@ -156,14 +156,19 @@ def build_recipes(method_cfg) -> dict:
             if not str(name).startswith("_")}  # `_every_applicable` (method=all) is a flag, not a recipe
 
 
-def runnable(recipes: dict, ingredients: list[Ingredient], every_applicable: bool) -> tuple[dict, dict]:
+def runnable(recipes: dict, ingredients: list[Ingredient], every_applicable: bool,
+             init_missing: str | None = None) -> tuple[dict, dict]:
     """(the recipes that run on `ingredients`, in the config's order; {config key: why} of those left out),
     asked before any evaluation. A recipe's `check` may refuse the pool: NotApplicable leaves it out under
-    `every_applicable` (method=all) and is raised otherwise. Each recipe's `uses` must name recipes that run
-    before it and give weights. Raises BadInput."""
+    `every_applicable` (method=all) and is raised otherwise. `init_missing` (why the pool's shared
+    initialization cannot be read; None: it can) leaves out the recipes that need it under `every_applicable`
+    (asked by name, they are the soup job's `require_init` error). Each recipe's `uses` must name recipes that
+    run before it and give weights. Raises BadInput."""
     recipes, left_out = dict(recipes), {}
     for name, recipe in list(recipes.items()):
         try:
+            if every_applicable and init_missing and recipe.needs_init:
+                raise NotApplicable(f"it interpolates with the pool's shared initialization: {init_missing}")
             recipe.check(ingredients)
         except NotApplicable as why:
             if not every_applicable:
