@@ -36,7 +36,7 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
-    from soups.errors import check_overrides
+    from soups.overrides import check_overrides
 
     soup_only = "it fills the evaluation cache and makes no soup: give it to src/soup.py"
     check_overrides(sys.argv[1:], Path(__file__).resolve().parents[1] / "conf", "evaluate",  # data=123, methd=...: one line

@@ -34,7 +34,7 @@ def main(cfg) -> float:
 
 
 if __name__ == "__main__":
-    from soups.errors import check_overrides
+    from soups.overrides import check_overrides
 
     check_overrides(sys.argv[1:], Path(__file__).resolve().parents[1] / "conf", "finetune")  # data=123, methd=...: one line
     main()

@@ -4,13 +4,13 @@ import re
 from dataclasses import fields
 
 import pytest
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import commands
 from conftest import ROOT, TINY, compose_cfg
-from soups.errors import check_overrides, closed_settings, composed, experiments, known_keys, unread_in_experiment
+from soups.overrides import check_overrides, closed_settings, composed, experiment_files, known_keys, unread_in_experiment
 from soups.settings import FinetuneSettings, SoupSettings, checked
 
 ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
@@ -139,7 +139,8 @@ def known(job: str) -> set[str]:
 
 def closed(job: str, chosen: dict | None = None) -> dict[str, set[str]]:
     configs = composed(ROOT / "conf", job)
-    return closed_settings(ROOT / "conf", configs + [c for _, c in experiments([ROOT / "conf"], configs, chosen or {})])
+    files = experiment_files([ROOT / "conf"], configs, chosen or {})
+    return closed_settings(ROOT / "conf", configs + [OmegaConf.load(f) for f in files])
 
 
 @pytest.mark.parametrize("script, override, key, hint", [
@@ -225,9 +226,14 @@ def documented_commands() -> list[tuple[str, list[str]]]:
 
 
 def test_every_command_the_documentation_shows_passes_the_override_checks():
+    """And Hydra's own argument parser: `finetune.py experiment=x -m lr=1e-5,3e-5` is refused by argparse (no
+    override may follow a flag that follows one), so `-m` goes first."""
+    from hydra._internal.utils import get_args_parser
+
     shown = documented_commands()
     assert len(shown) > 100
     for job, args in shown:
+        get_args_parser().parse_args(args)  # SystemExit: `unrecognized arguments`
         check_overrides(args, ROOT / "conf", job)  # SystemExit would name the command
 
 
@@ -306,6 +312,60 @@ def test_a_users_experiment_is_checked_by_the_entry_point_and_a_good_one_runs(tm
     proc = commands.project("src/finetune.py", "--cfg", "job", f"--config-dir={tmp_path / 'mine'}", "experiment=good",
                             tmp=tmp_path)
     assert commands.succeeded(proc) and "\nlr: 0.5\n" in proc.stdout
+
+
+@pytest.mark.parametrize("job, argv", [
+    ("finetune", ["+my_root=/data", "paths.data_dir=${my_root}/x"]),  # a name read by interpolation
+    ("soup", ["+paths.scratch=/data", "paths.data_dir=${paths.scratch}/x"]),
+    ("soup", ["method=greedy.yaml"]), ("soup", ["method=[uniform.yaml,greedy]"]),  # Hydra takes an option's file name
+    ("finetune", ["-cd", "{tmp}/a", "experiment=helper"]),  # a helper name its own settings read
+    ("finetune", ["-cd", "{tmp}/a", "experiment=broken"]),  # a YAML error: Hydra's message, not a traceback here
+    ("finetune", ["-cd", "{tmp}/b", "-cd", "{tmp}/a", "experiment=helper"]),  # argparse keeps the last -cd
+    ("finetune", ["-cd", "{tmp}/a", "-cd", "{tmp}/b", "experiment=late"])])
+def test_names_read_by_interpolation_and_hydras_own_forms_pass(tmp_path, job, argv):
+    """False refusals a user found: a helper key read through `${...}`, `method=greedy.yaml`, a broken file."""
+    for folder, name, text in [("a", "helper", HEADER + "scratch: /s\npaths:\n  scratch_dir: /t\n  data_dir: ${scratch}"
+                                "/data\n  cache_dir: ${paths.scratch_dir}/cache\n"), ("a", "broken", "lr: [1e-4\n"),
+                               ("b", "helper", "lr: 1\n"), ("a", "late", "lr: 1\n"), ("b", "late", HEADER + "lr: 1\n")]:
+        (tmp_path / folder / "experiment").mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder / "experiment" / f"{name}.yaml").write_text(text)
+    check_overrides([a.replace("{tmp}", str(tmp_path)) for a in argv], ROOT / "conf", job)  # no SystemExit
+
+
+@pytest.mark.parametrize("job, argv, files, shown, problem", [
+    ("finetune", ["experiment=mine"], {"mine": HEADER + "launcher: slurm\n"}, "mine",
+     "`launcher: slurm` sets the config group launcher as a plain value, so no launcher/slurm.yaml is loaded and "
+     "nothing reads it; choose it in the defaults list: `- override /launcher: slurm`"),
+    ("finetune", ["experiment=mine"], {"mine": HEADER + "defaults:\n  - base\n  - _self_\nlr: 1\n",
+                                       "base": HEADER + "warmup_step: 3\n"}, "base",  # an experiment's own defaults
+     "`warmup_step`: no command has such a setting (conf/*.yaml and their groups), so nothing would read it; did you "
+     "mean warmup_steps?"),
+    ("finetune", ["experiment=mine.yaml"], {"mine": "# mine\n" + HEADER + "lr: 1\n"}, "mine", None),
+    ("finetune", ["hydra.searchpath=[file://{tmp}]", "experiment=mine"], {"mine": "lr: 1\n"}, "mine", None)])
+def test_an_experiment_is_checked_however_hydra_finds_it(tmp_path, job, argv, files, shown, problem):
+    (tmp_path / "experiment").mkdir()
+    for name, text in files.items():
+        (tmp_path / "experiment" / f"{name}.yaml").write_text(text)
+    args = [a.format(tmp=tmp_path) for a in argv] + ([] if "searchpath" in argv[0] else ["-cd", str(tmp_path)])
+    problem = problem or ("its settings would be put under `experiment.` (or `sweep.`), where nothing reads them: its "
+                          "first line must be `# @package _global_`, as in conf/experiment/demo_vit.yaml")
+    with pytest.raises(SystemExit, match=re.escape(f"error: {tmp_path}/experiment/{shown}.yaml: {problem}")):
+        check_overrides(args, ROOT / "conf", job)
+
+
+@pytest.mark.parametrize("job, argv, message", [
+    ("analyze", ["+greedy_rule.tie=official"], "greedy_rule has no setting `tie`, so nothing would read it; did you mean ties?"),
+    ("finetune", ["-m", "experiment=glob(demo_*)", "+lrr=1"], "no setting `lrr` in conf/finetune.yaml or its groups")])
+def test_a_block_or_name_is_checked_whatever_the_command_or_experiment(job, argv, message):
+    """analyze.py reads greedy_rule (by interpolation) without declaring the block; glob(...) experiments."""
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        check_overrides(argv, ROOT / "conf", job)
+
+
+def test_evaluate_py_accepts_a_group_turned_off(tmp_path):
+    """`logger=none` in an override list shared with soup.py turns off what evaluate.py does not do anyway."""
+    proc = commands.project("src/evaluate.py", "--cfg", "job", "logger=none", tmp=tmp_path)
+    assert commands.succeeded(proc) and "task_name: evaluate" in proc.stdout
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "conf").glob("experiment/*.yaml")) + sorted((ROOT / "conf").glob("sweep/*.yaml")),

@@ -99,3 +99,15 @@ def test_a_shift_setting_the_dataset_does_not_read_is_refused_not_ignored():
     assert set(imagenet.shifts) <= set(ImageNetData.shift_settings)  # its own config passes
     with pytest.raises(BadInput, match=re.escape("data.shifts.max_images: not a setting of ImageNetData's shifts")):
         build_data(OmegaConf.merge(imagenet, {"shifts": {"max_images": 100}}), MODEL)  # ImageNet's shifts are whole
+
+
+def test_a_held_out_setting_imagenet_does_not_read_is_refused_not_ignored():
+    """`+data.held_out.idxs_fil=...` (for idxs_file) held out a seeded split instead of the paper's, the typo unread."""
+    import pytest
+
+    from soups.errors import BadInput
+
+    imagenet = OmegaConf.merge(OmegaConf.load("conf/data/imagenet.yaml"), {"root": "/nonexistent"})
+    with pytest.raises(BadInput, match=re.escape("held_out.idxs_fil: held_out has no setting `idxs_fil`, so nothing "
+                                                 "would read it; did you mean idxs_file?")):
+        build_data(OmegaConf.merge(imagenet, {"held_out": {"idxs_fil": "split.npy"}}), MODEL)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -117,12 +118,22 @@ SCALARS = {int: _number(int), float: _number(float), bool: lambda v: v if isinst
 class Settings:
     """Base of the dataclasses a config group builds (recipes, heads, loggers): fields typed int, float,
     bool or str (or one of them | None) are converted and checked on construction, so `lr=abc` is a
-    BadInput naming the field. A subclass with its own __post_init__ calls super().__post_init__() first."""
+    BadInput naming the field; a dict field whose default names its keys (ImageNet's `held_out`) takes no
+    other key (`held_out.idxs_fil` would be read by nothing). A subclass with its own __post_init__ calls
+    super().__post_init__() first."""
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
         for spec in dataclasses.fields(self):
             kind, value = hints.get(spec.name), getattr(self, spec.name)
+            named = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else None
+            if isinstance(named, dict) and named and isinstance(value, (dict, DictConfig)):
+                extra = sorted(set(value) - set(named))
+                if extra:
+                    close = difflib.get_close_matches(extra[0], sorted(named), n=3)
+                    hint = f"did you mean {' or '.join(close)}?" if close else f"its settings: {sorted(named)}"
+                    raise BadInput(f"{spec.name}.{extra[0]}: {spec.name} has no setting `{extra[0]}`, so nothing "
+                                   f"would read it; {hint}")
             optional = _optional_of(kind)
             if optional is not None:
                 if value is None:
