@@ -321,14 +321,25 @@ def test_a_users_experiment_is_checked_by_the_entry_point_and_a_good_one_runs(tm
     ("finetune", ["-cd", "{tmp}/a", "experiment=helper"]),  # a helper name its own settings read
     ("finetune", ["-cd", "{tmp}/a", "experiment=broken"]),  # a YAML error: Hydra's message, not a traceback here
     ("finetune", ["-cd", "{tmp}/b", "-cd", "{tmp}/a", "experiment=helper"]),  # argparse keeps the last -cd
-    ("finetune", ["-cd", "{tmp}/a", "-cd", "{tmp}/b", "experiment=late"])])
+    ("finetune", ["-cd", "{tmp}/a", "-cd", "{tmp}/b", "experiment=late"]),
+    ("soup", ["+paths.scratch=/s", "paths.cache_dir=${.scratch}/c"]), ("finetune", ["+n=4", "batch_size=${n}"]),
+    ("soup", ["+my_root=/d", "paths.data_dir=${oc.select: my_root, /data}"]), ("soup", ["+my_root=/d", "paths.data_dir=${ my_root }"]),
+    ("soup", ["+paths.scratch=/s", "paths.cache_dir=${paths[scratch]}/c"]),
+    ("finetune", ["-cd", "{tmp}/a", "experiment=commented_defaults"]),  # `defaults:` with every entry commented out
+    ("soup", ["-cd", "{tmp}/a", "+experiment@_global_=headerless"])])  # the package is given on the command line
 def test_names_read_by_interpolation_and_hydras_own_forms_pass(tmp_path, job, argv):
     """False refusals a user found: a helper key read through `${...}`, `method=greedy.yaml`, a broken file."""
     for folder, name, text in [("a", "helper", HEADER + "scratch: /s\npaths:\n  scratch_dir: /t\n  data_dir: ${scratch}"
                                 "/data\n  cache_dir: ${paths.scratch_dir}/cache\n"), ("a", "broken", "lr: [1e-4\n"),
-                               ("b", "helper", "lr: 1\n"), ("a", "late", "lr: 1\n"), ("b", "late", HEADER + "lr: 1\n")]:
+                               ("b", "helper", "lr: 1\n"), ("a", "late", "lr: 1\n"), ("b", "late", HEADER + "lr: 1\n"),
+                               ("a", "commented_defaults", HEADER + "defaults:\n#  - override /model: vit_b32\nlr: 1\n"),
+                               ("a", "headerless", "precision: bf16\n")]:
         (tmp_path / folder / "experiment").mkdir(parents=True, exist_ok=True)
         (tmp_path / folder / "experiment" / f"{name}.yaml").write_text(text)
+    (tmp_path / "a" / "notes").mkdir()  # files Hydra never reads, in the searched folder
+    (tmp_path / "a" / "notes" / "latin1.yaml").write_bytes(b"# caf\xe9\nfoo: 1\n")
+    (tmp_path / "a" / "notes" / "folder.yaml").mkdir()
+    (tmp_path / "a" / "notes" / "dangling.yaml").symlink_to(tmp_path / "nowhere")
     check_overrides([a.replace("{tmp}", str(tmp_path)) for a in argv], ROOT / "conf", job)  # no SystemExit
 
 
@@ -340,6 +351,10 @@ def test_names_read_by_interpolation_and_hydras_own_forms_pass(tmp_path, job, ar
                                        "base": HEADER + "warmup_step: 3\n"}, "base",  # an experiment's own defaults
      "`warmup_step`: no command has such a setting (conf/*.yaml and their groups), so nothing would read it; did you "
      "mean warmup_steps?"),
+    ("soup", ["experiment=mine"], {"mine": HEADER + "defaults:\n  - /experiment/base@_here_\n  - _self_\nlr: 1\n",
+                                   "base": HEADER + "precison: fp16\n"}, "base",  # a path from the config root
+     "`precison`: no command has such a setting (conf/*.yaml and their groups), so nothing would read it; did you "
+     "mean precision?"),
     ("finetune", ["experiment=mine.yaml"], {"mine": "# mine\n" + HEADER + "lr: 1\n"}, "mine", None),
     ("finetune", ["hydra.searchpath=[file://{tmp}]", "experiment=mine"], {"mine": "lr: 1\n"}, "mine", None)])
 def test_an_experiment_is_checked_however_hydra_finds_it(tmp_path, job, argv, files, shown, problem):
@@ -355,7 +370,10 @@ def test_an_experiment_is_checked_however_hydra_finds_it(tmp_path, job, argv, fi
 
 @pytest.mark.parametrize("job, argv, message", [
     ("analyze", ["+greedy_rule.tie=official"], "greedy_rule has no setting `tie`, so nothing would read it; did you mean ties?"),
-    ("finetune", ["-m", "experiment=glob(demo_*)", "+lrr=1"], "no setting `lrr` in conf/finetune.yaml or its groups")])
+    ("finetune", ["-m", "experiment=glob(demo_*)", "+lrr=1"], "no setting `lrr` in conf/finetune.yaml or its groups"),
+    ("soup", ["+now=1"], "no setting `now` in conf/soup.yaml"),  # hydra/default.yaml's ${now:...} is a resolver
+    ("finetune", ["+head@h2=zero"], "no setting `h2` in conf/finetune.yaml"),  # a head put where nothing reads it
+    ("soup", ["+reference.sourc=x"], "reference has no setting `sourc`, so nothing would read it; did you mean source?")])
 def test_a_block_or_name_is_checked_whatever_the_command_or_experiment(job, argv, message):
     """analyze.py reads greedy_rule (by interpolation) without declaring the block; glob(...) experiments."""
     with pytest.raises(SystemExit, match=re.escape(message)):

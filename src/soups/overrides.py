@@ -44,19 +44,24 @@ def experiment_files(conf_dirs: list, configs: list, chosen: dict[str, list]) ->
         group, name = wanted.pop(0)
         if not isinstance(name, str) or name == "_self_":
             continue
-        paths = [p for d in conf_dirs if (p := Path(d) / group / f"{name.removesuffix('.yaml')}.yaml").is_file()]
+        name = name.split("@")[0]  # `base@_here_`
+        if name.startswith("/"):  # `- /experiment/base`: a path from the config root
+            group, _, name = name.lstrip("/").partition("/")
+        paths = [p for d in conf_dirs if (p := Path(d) / group / f"{_stem(name)}.yaml").is_file()]
         if paths and paths[0] not in found:
             found.append(paths[0])
             own = _load(paths[0])
-            wanted += [(group, d) for d in (own.get("defaults", []) if own is not None else []) if isinstance(d, str)]
+            wanted += [(group, d) for d in ((own.get("defaults") if own is not None else None) or []) if isinstance(d, str)]
     return found
 
 
 def interpolated(text: str) -> set[str]:
     """The dotted names a YAML text or a command line's value reads by interpolation: `${greedy_rule.ties}`,
-    `${oc.select:greedy_rule.ties,pool}` -> {"greedy_rule.ties"}, `${my_root}` -> {"my_root"}; resolvers
-    (`${oc.env:HOME}`) are no names, their arguments are (`${oc.env:X,${paths.root_dir}}`)."""
-    return set(re.findall(r"\$\{(?:oc\.select:)?(?!oc\.)([A-Za-z_][\w.]*\w)", text))
+    `${oc.select: greedy_rule.ties, pool}` -> {"greedy_rule.ties"}, `${ my_root }` -> {"my_root"},
+    `${paths[scratch]}` -> {"paths.scratch"}, `${.scratch}` -> {".scratch"} (relative: `_reads`); resolvers
+    (`${oc.env:HOME}`, `${now:%H}`) are no names, their arguments are (`${oc.env:X,${paths.root_dir}}`)."""
+    names = re.findall(r"\$\{\s*(?:oc\.select:\s*)?(\.*[A-Za-z_][\w.\[\]]*)(?=\s*[},])", text)
+    return {n.replace("[", ".").replace("]", "") for n in names}
 
 
 def known_keys(conf_dir, configs: list) -> set[str]:
@@ -97,7 +102,8 @@ def check_overrides(argv: list[str], conf_dir, config_name: str, unread: dict[st
       `model=null`: Hydra meets those with a bare ValueError and a page of its own traceback), or a name it has
       no file for (`method=median`: Hydra's page lists its search path);
     - names a top-level setting the command's config does not have and nothing reads by interpolation
-      (`methd=greedy`, `+lrr=1`, `lr=` for analyze.py even where the experiment in use sets it for finetune.py);
+      (`methd=greedy`, `+lrr=1`, `lr=` for analyze.py even where the experiment in use sets it for finetune.py),
+      or puts a group under such a name (`+head@h2=zero`);
     - names a setting the config has but this command does not read (`unread`: {name: why}; evaluate.py's
       `method=greedy`; a group's `none` option, `logger=none`, turns off what is not done anyway and passes);
     - adds a name to a block no plug-in checks (`+greedy_rule.tie=official`; `closed_settings` of any command);
@@ -123,13 +129,14 @@ def check_overrides(argv: list[str], conf_dir, config_name: str, unread: dict[st
     plain = all(isinstance(v, str) or v is None for values in chosen.values() for v in values)  # not glob(...)
     configs = composed(conf_dir, config_name)  # read once, for every check
     files = experiment_files([conf_dir, *extra_dirs], configs, chosen) if plain else []
-    read = set().union(*(interpolated(a) for a in argv), *(interpolated(f.read_text()) for f in files))
-    for path in files:
-        problem = unread_in_experiment(conf_dir, path, extra_dirs, read)
+    read = set().union(*(interpolated(a) for a in argv), *(interpolated(_text(f)) for f in files))
+    packaged = {(o.key_or_group, _stem(v)) for o in overrides if o.package == "_global_" for v in _choices(o)}
+    for path in files:  # `+experiment@_global_=x` places a file without the header where the header would
+        problem = unread_in_experiment(conf_dir, path, extra_dirs, read, (path.parent.name, path.stem) not in packaged)
         if problem:
             shown = f"conf/{path.relative_to(conf_dir)}" if path.is_relative_to(conf_dir) else str(path)
             sys.exit(f"error: {shown}: {problem}")
-    known = known_keys(conf_dir, configs) | {name.split(".")[0] for name in read} if own_options_only else None
+    known = known_keys(conf_dir, configs) | {n.split(".")[0] for n in read if n[0] != "."} if own_options_only else None
     closed = _merged(closed_settings(conf_dir, configs + [c for f in files if (c := _load(f)) is not None]),
                      _every_command(str(conf_dir))[1]) if own_options_only else {}
     for override in overrides:
@@ -138,8 +145,10 @@ def check_overrides(argv: list[str], conf_dir, config_name: str, unread: dict[st
             continue
         top, _, rest = key.partition(".")  # method.greedy.x is method's to refuse; methd.x is nobody's
         top = top.split("/")[0]  # hydra/job_logging=disabled: Hydra's own group
-        if known is not None and top and "@" not in key and top not in known and not override.is_delete() \
-                and not (override.is_add() and _hydra_only(Path(conf_dir) / top)):  # +launcher=joblib
+        package = (override.package or "").split(".")[0]  # +head@h2=zero puts a head where nothing reads it
+        top = package if package and package not in ("_global_", "_here_", "_group_") else top
+        if known is not None and top and top not in known and not override.is_delete() \
+                and not (override.is_add() and _hydra_only(Path(conf_dir) / key.split("/")[0])):  # +launcher=joblib
             close = difflib.get_close_matches(top, sorted(known), n=3)
             hint = f"did you mean {' or '.join(close)}?" if close else f"its settings and groups: {sorted(known)}"
             sys.exit(f"error: {override.input_line}: no setting `{top}` in conf/{config_name}.yaml or its groups, "
@@ -170,7 +179,8 @@ def check_overrides(argv: list[str], conf_dir, config_name: str, unread: dict[st
                      f"(conf/{override.key_or_group}/{_stem(unknown[0])}.yaml); expected one of {names}")
 
 
-def unread_in_experiment(conf_dir, path, extra_dirs: list = (), read: set[str] = frozenset()) -> str | None:
+def unread_in_experiment(conf_dir, path, extra_dirs: list = (), read: set[str] = frozenset(),
+                         needs_header: bool = True) -> str | None:
     """What is wrong with an experiment or sweep file, or None (also for a file Hydra cannot read: Hydra says
     why): settings without the `# @package _global_` header (Hydra would put them under `experiment.`, where
     nothing reads them); a config group set as a plain value (`launcher: slurm` loads no launcher: the defaults
@@ -178,7 +188,7 @@ def unread_in_experiment(conf_dir, path, extra_dirs: list = (), read: set[str] =
     and nothing reads by interpolation (`read`, and the YAML files of `extra_dirs`); or a name in a block no
     plug-in checks that no command's block has (`greedy_rule: {tie: ...}`). An experiment may set names of several
     commands (lr for finetune.py, data for all); each command's own command line is checked against its own."""
-    text, config = Path(path).read_text(), _load(path)
+    text, config = _text(path), _load(path)
     if config is None:
         return None
     header = []  # Hydra reads `# @key value` lines up to the first other line (ConfigSource's header rule)
@@ -186,14 +196,15 @@ def unread_in_experiment(conf_dir, path, extra_dirs: list = (), read: set[str] =
         if not re.match(r"#\s*@", line):
             break
         header.append(line.lstrip("#").split())
-    if set(config.keys()) - {"defaults"} and ["@package", "_global_"] not in header:
+    if needs_header and set(config.keys()) - {"defaults"} and ["@package", "_global_"] not in header:
         return ("its settings would be put under `experiment.` (or `sweep.`), where nothing reads them: its first "
                 "line must be `# @package _global_`, as in conf/experiment/demo_vit.yaml")
     every, closed = _every_command(str(conf_dir))
     for option in [f for extra in extra_dirs for f in Path(extra).rglob("*.yaml")]:
-        read = read | interpolated(option.read_text())
-    every = every | {name.split(".")[0] for name in read}
+        read = read | interpolated(_text(option))
+    every = every | {n.split(".")[0] for n in read if n[0] != "."}
     for key, value in config.items():
+        key = str(key)
         if key == "defaults":
             continue
         if any((Path(d) / str(key)).is_dir() for d in [conf_dir, *extra_dirs]) and value is not None \
@@ -215,13 +226,15 @@ def unread_in_experiment(conf_dir, path, extra_dirs: list = (), read: set[str] =
 
 @functools.cache
 def _every_command(conf_dir: str) -> tuple[set[str], dict[str, set[str]]]:
-    """The top-level names and the closed blocks' names of every command (conf/<job>.yaml), read once."""
+    """The top-level names and the closed blocks' names of every command (conf/<job>.yaml, and the blocks the
+    project's experiments fill: `reference`), read once."""
     every, closed = set(), {}
     for job in sorted(Path(conf_dir).glob("*.yaml")):
         base = composed(conf_dir, job.stem)
         every |= known_keys(conf_dir, base)
         closed = _merged(closed, closed_settings(conf_dir, base))
-    return every, closed
+    shipped = [OmegaConf.load(f) for f in sorted(Path(conf_dir).glob("experiment/*.yaml"))]
+    return every, _merged(closed, closed_settings(conf_dir, shipped))  # reference: null until paper_vit_b32 sets it
 
 
 @functools.cache
@@ -245,17 +258,29 @@ def _merged(*blocks: dict[str, set[str]]) -> dict[str, set[str]]:
 
 
 def _reads(read: set[str], name: str) -> bool:
-    """Whether an interpolation reads `name` or a name inside it (`paths.scratch` for `${paths.scratch.x}`)."""
-    return any(r == name or r.startswith(f"{name}.") for r in read)
+    """Whether an interpolation reads `name` or a name inside it (`paths.scratch` for `${paths.scratch.x}`); a
+    relative one (`${.scratch}`) may read its last name in any block."""
+    last = name.split(".")[-1]
+    return any(r == name or r.startswith(f"{name}.") or (r.startswith(".") and r.lstrip(".").split(".")[0] == last)
+               for r in read)
 
 
 def _load(path):
-    """A YAML file's mapping, or None where it is none (a syntax error, a duplicate key, a list)."""
+    """A YAML file's mapping, or None where it is none (a syntax error, a duplicate key, a list, not UTF-8)."""
     try:
         config = OmegaConf.load(path)
     except Exception:  # Hydra reports it plainly when it reads the file
         return None
     return config if OmegaConf.is_dict(config) else None
+
+
+def _text(path) -> str:
+    """A file's text, or "" where it cannot be read as UTF-8 (a folder named x.yaml, a dangling link, latin-1):
+    Hydra says so if it ever reads it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def _stem(value):
