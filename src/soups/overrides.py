@@ -51,7 +51,8 @@ def experiment_files(conf_dirs: list, configs: list, chosen: dict[str, list]) ->
         if paths and paths[0] not in found:
             found.append(paths[0])
             own = _load(paths[0])
-            wanted += [(group, d) for d in ((own.get("defaults") if own is not None else None) or []) if isinstance(d, str)]
+            includes = (own.get("defaults") if own is not None else None) or []  # `defaults:` all commented: None
+            wanted += [(group, d) for d in includes if isinstance(d, str)]
     return found
 
 
@@ -172,7 +173,8 @@ def check_overrides(argv: list[str], conf_dir, config_name: str, unread: dict[st
             drop = f" (to leave the group out: ~{override.key_or_group})" if value is None else ""
             sys.exit(f"error: {override.input_line}: `{override.key_or_group}` is a config group; expected one of "
                      f"its names {names}, got {wrong[0]!r}{drop}")
-        unknown = [v for v in values if isinstance(v, str) and "$" not in v and not (group / f"{_stem(v)}.yaml").is_file()]
+        unknown = [v for v in values
+                   if isinstance(v, str) and "$" not in v and not (group / f"{_stem(v)}.yaml").is_file()]
         if unknown and own_options_only:
             names = sorted(p.stem for p in group.glob("*.yaml"))
             sys.exit(f"error: {override.input_line}: no {override.key_or_group} named {unknown[0]!r} "
@@ -214,13 +216,15 @@ def unread_in_experiment(conf_dir, path, extra_dirs: list = (), read: set[str] =
         if key not in every:
             close = difflib.get_close_matches(key, sorted(every), n=3)
             hint = f"did you mean {' or '.join(close)}?" if close else f"the settings: {sorted(every)}"
-            return f"`{key}`: no command has such a setting (conf/*.yaml and their groups), so nothing would read it; {hint}"
+            return (f"`{key}`: no command has such a setting (conf/*.yaml and their groups), so nothing would read "
+                    f"it; {hint}")
         extra_names = sorted(n for n in set(value.keys()) - closed.get(key, set()) if not _reads(read, f"{key}.{n}")) \
             if key in closed and OmegaConf.is_dict(value) else []
         if extra_names:
             close = difflib.get_close_matches(extra_names[0], sorted(closed[key]), n=3)
             hint = f"did you mean {' or '.join(close)}?" if close else f"its settings: {sorted(closed[key])}"
-            return f"`{key}.{extra_names[0]}`: {key} has no setting `{extra_names[0]}`, so nothing would read it; {hint}"
+            return (f"`{key}.{extra_names[0]}`: {key} has no setting `{extra_names[0]}`, so nothing would read it; "
+                    f"{hint}")
     return None
 
 
