@@ -10,8 +10,9 @@ settings are validated.
   (`FinetuneSettings`, `SoupSettings`): `checked(cfg, schema)` names every problem in one ConfigError and
   returns the converted values without editing the config.
 
-Config groups themselves (model, data, method, ...) are checked by Hydra: `method=median` fails at
-composition with the options that exist; a misspelled key (`lrr=...`) fails as well.
+Before Hydra composes anything, soups.overrides checks the command line and the experiment files it chooses:
+an unknown group option (`method=median`), a name nothing reads (`+lrr=1`, `+greedy_rule.tie=...`), an
+experiment without `# @package _global_`, each one plain line.
 """
 from __future__ import annotations
 
