@@ -66,7 +66,7 @@ def init_missing(pool: OpenPool) -> str | None:
 def require_init(pool: OpenPool, users: list[str]) -> None:
     """BadInput/MissingInput naming `users` (recipes or analyses that move relative to the shared
     initialization) unless the pool's init weights exist."""
-    if not users or (pool.init_weights and pool.init_weights.is_file()):
+    if not users or init_missing(pool) is None:
         return
     if pool.init_weights is None:
         raise BadInput(f"{users} interpolate with the pool's shared initialization, which this pool does "
