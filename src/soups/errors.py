@@ -41,3 +41,11 @@ def said_plainly():
         if os.environ.get("SOUPS_FULL_ERROR") == "1":
             raise
         sys.exit(f"error: {err}")
+
+
+def nearest(name: str, names, label: str = "its settings") -> str:
+    """The hint after a misspelled `name`: `did you mean x or y?` (the closest of `names`), else `<label>: [names]`."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(names), n=3)
+    return f"did you mean {' or '.join(close)}?" if close else f"{label}: {sorted(names)}"

@@ -10,13 +10,14 @@ Names nested in a plug-in's settings are the plug-in's to refuse (each checks it
 """
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from soups.errors import nearest
 
 # model keys no YAML sets: soups.models.hf derives them from a transformers folder's preprocessor config
 DERIVED_KEYS = {"model": {"hf_resize", "hf_resize_shortest", "hf_crop"}}
@@ -130,7 +131,8 @@ def check_overrides(argv: list[str], conf_dir, config_name: str, unread: dict[st
     plain = all(isinstance(v, str) or v is None for values in chosen.values() for v in values)  # not glob(...)
     configs = composed(conf_dir, config_name)  # read once, for every check
     files = experiment_files([conf_dir, *extra_dirs], configs, chosen) if plain else []
-    read = set().union(*(interpolated(a) for a in argv), *(interpolated(_text(f)) for f in files))
+    read = set().union(*(interpolated(a) for a in argv), *(interpolated(_text(f)) for f in files),
+                       *(interpolated(_text(f)) for d in extra_dirs for f in Path(d).rglob("*.yaml")))
     packaged = {(o.key_or_group, _stem(v)) for o in overrides if o.package == "_global_" for v in _choices(o)}
     for path in files:  # `+experiment@_global_=x` places a file without the header where the header would
         problem = unread_in_experiment(conf_dir, path, extra_dirs, read, (path.parent.name, path.stem) not in packaged)
@@ -150,8 +152,7 @@ def check_overrides(argv: list[str], conf_dir, config_name: str, unread: dict[st
         top = package if package and package not in ("_global_", "_here_", "_group_") else top
         if known is not None and top and top not in known and not override.is_delete() \
                 and not (override.is_add() and _hydra_only(Path(conf_dir) / key.split("/")[0])):  # +launcher=joblib
-            close = difflib.get_close_matches(top, sorted(known), n=3)
-            hint = f"did you mean {' or '.join(close)}?" if close else f"its settings and groups: {sorted(known)}"
+            hint = nearest(top, known, "its settings and groups")
             sys.exit(f"error: {override.input_line}: no setting `{top}` in conf/{config_name}.yaml or its groups, "
                      f"so nothing would read it; {hint}")
         group = Path(conf_dir) / key
@@ -161,8 +162,7 @@ def check_overrides(argv: list[str], conf_dir, config_name: str, unread: dict[st
         value = None if override.is_delete() else override.value()
         added = [rest.split(".")[0]] if rest else list(value) if isinstance(value, dict) else []  # +greedy_rule={tie: x}
         for sub in [n for n in added if top in closed and n not in closed[top] and not _reads(read, f"{top}.{n}")][:1]:
-            close = difflib.get_close_matches(sub, sorted(closed[top]), n=3)
-            hint = f"did you mean {' or '.join(close)}?" if close else f"its settings: {sorted(closed[top])}"
+            hint = nearest(sub, closed[top])
             sys.exit(f"error: {override.input_line}: {top} has no setting `{sub}`, so nothing would read it; {hint}")
         if override.is_delete() or not group.is_dir():
             continue
@@ -187,9 +187,10 @@ def unread_in_experiment(conf_dir, path, extra_dirs: list = (), read: set[str] =
     why): settings without the `# @package _global_` header (Hydra would put them under `experiment.`, where
     nothing reads them); a config group set as a plain value (`launcher: slurm` loads no launcher: the defaults
     list chooses groups); a top-level name that no command's config has (`known_keys` of every conf/<job>.yaml)
-    and nothing reads by interpolation (`read`, and the YAML files of `extra_dirs`); or a name in a block no
-    plug-in checks that no command's block has (`greedy_rule: {tie: ...}`). An experiment may set names of several
-    commands (lr for finetune.py, data for all); each command's own command line is checked against its own."""
+    and nothing reads by interpolation (`read`; check_overrides adds the YAML files of `extra_dirs`); or a name
+    in a block no plug-in checks that no command's block has (`greedy_rule: {tie: ...}`). An experiment may set
+    names of several commands (lr for finetune.py, data for all); each command's own command line is checked
+    against its own."""
     text, config = _text(path), _load(path)
     if config is None:
         return None
@@ -202,8 +203,6 @@ def unread_in_experiment(conf_dir, path, extra_dirs: list = (), read: set[str] =
         return ("its settings would be put under `experiment.` (or `sweep.`), where nothing reads them: its first "
                 "line must be `# @package _global_`, as in conf/experiment/demo_vit.yaml")
     every, closed = _every_command(str(conf_dir))
-    for option in [f for extra in extra_dirs for f in Path(extra).rglob("*.yaml")]:
-        read = read | interpolated(_text(option))
     every = every | {n.split(".")[0] for n in read if n[0] != "."}
     for key, value in config.items():
         key = str(key)
@@ -214,15 +213,13 @@ def unread_in_experiment(conf_dir, path, extra_dirs: list = (), read: set[str] =
             return (f"`{key}: {value}` sets the config group {key} as a plain value, so no {key}/{value}.yaml is "
                     f"loaded and nothing reads it; choose it in the defaults list: `- override /{key}: {value}`")
         if key not in every:
-            close = difflib.get_close_matches(key, sorted(every), n=3)
-            hint = f"did you mean {' or '.join(close)}?" if close else f"the settings: {sorted(every)}"
+            hint = nearest(key, every, "the settings")
             return (f"`{key}`: no command has such a setting (conf/*.yaml and their groups), so nothing would read "
                     f"it; {hint}")
         extra_names = sorted(n for n in set(value.keys()) - closed.get(key, set()) if not _reads(read, f"{key}.{n}")) \
             if key in closed and OmegaConf.is_dict(value) else []
         if extra_names:
-            close = difflib.get_close_matches(extra_names[0], sorted(closed[key]), n=3)
-            hint = f"did you mean {' or '.join(close)}?" if close else f"its settings: {sorted(closed[key])}"
+            hint = nearest(extra_names[0], closed[key])
             return (f"`{key}.{extra_names[0]}`: {key} has no setting `{extra_names[0]}`, so nothing would read it; "
                     f"{hint}")
     return None

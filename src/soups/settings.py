@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import math
 import types
 import typing
@@ -31,7 +30,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ValidationError
 
-from soups.errors import BadInput
+from soups.errors import BadInput, nearest
 from soups.runtime import PRECISIONS
 
 
@@ -131,10 +130,8 @@ class Settings:
             if isinstance(named, dict) and named and isinstance(value, (dict, DictConfig)):
                 extra = sorted(set(value) - set(named))
                 if extra:
-                    close = difflib.get_close_matches(extra[0], sorted(named), n=3)
-                    hint = f"did you mean {' or '.join(close)}?" if close else f"its settings: {sorted(named)}"
                     raise BadInput(f"{spec.name}.{extra[0]}: {spec.name} has no setting `{extra[0]}`, so nothing "
-                                   f"would read it; {hint}")
+                                   f"would read it; {nearest(extra[0], named)}")
             optional = _optional_of(kind)
             if optional is not None:
                 if value is None:
