@@ -177,6 +177,7 @@ def test_adapters_with_and_without_a_trained_head_export_and_average_it(lora_poo
 
 @pytest.mark.parametrize("damage, message", [
     ("bad_json", r"adapter_config.json: not readable JSON"),
+    ("not_object", r"adapter_config.json: expected a JSON object \(peft's LoraConfig\), got a list"),
     ("truncated", r"adapter_model.safetensors: not a readable safetensors file"),
     ("rank_mismatch", r"peft cannot load it on pool.base"),
     ("duplicate", r"are the same checkpoint \(equal weights\)"),
@@ -206,6 +207,8 @@ def test_adapters_that_cannot_be_merged_exactly_are_refused_by_name(lora_pool, t
         (bad / "adapter_model.safetensors").unlink()
     elif damage == "bad_json":
         (bad / "adapter_config.json").write_text("{not json")
+    elif damage == "not_object":
+        (bad / "adapter_config.json").write_text(json.dumps([config]))
     elif damage == "truncated":
         raw = (bad / "adapter_model.safetensors").read_bytes()
         (bad / "adapter_model.safetensors").write_bytes(raw[: len(raw) // 2])
@@ -225,7 +228,7 @@ def test_adapters_that_cannot_be_merged_exactly_are_refused_by_name(lora_pool, t
         write_adapter(tmp_path / "wide", bad, 1, heads=False, r=2)
         config = json.loads((bad / "adapter_config.json").read_text())
         config["base_model_name_or_path"] = "a-hub-name"  # not on this machine: caught by the shapes
-    if damage not in ("bad_json", "duplicate"):
+    if damage not in ("bad_json", "not_object", "duplicate"):
         (bad / "adapter_config.json").write_text(json.dumps(config))
     extra = ["pool.svd_rank=6"] if damage == "svd_rank" else []  # a0 + a1: ranks 2 + 4
     cfg = compose_cfg("soup", tmp_path, ["logger=none", "pool=lora", f"pool.glob={tmp_path}/pool/*",
@@ -272,7 +275,7 @@ def test_a_base_saved_sharded_is_the_same_base_and_an_unfindable_one_is_named(lo
                  tmp_path / "out2")
     assert "2 adapters name a base that is not a readable folder here" in caplog.text
     assert "a0 ('a-hub-name')" in caplog.text and "a1 (" in caplog.text and "pytorch_model.bin" in caplog.text
-    assert f"1 adapters record a relative base" in caplog.text and f"a2 ('other', found as {tmp_path / 'other'})" in caplog.text
+    assert "1 adapters record a relative base" in caplog.text and f"a2 ('other', found as {tmp_path / 'other'})" in caplog.text
 
 
 @pytest.mark.parametrize("init", ["pissa", "olora"])
@@ -320,3 +323,110 @@ def test_pissa_and_olora_adapters_are_refused_unless_saved_converted_and_then_so
     assert float((trained[module] - plain[module]).abs().max()) > 1e-2  # the two ingredients differ there
     for key in trained:  # the soup is the mean of the trained PiSSA/OLoRA model and the plain adapter's model
         torch.testing.assert_close(ours[key], (trained[key] + plain[key]) / 2, atol=2e-6, rtol=1e-5)
+
+
+class Convs(torch.nn.Module):
+    """Every convolution kind peft adapts (1-d, 2-d 1x1 and 3x3 strided and padded, 3-d), a grouped one, a linear map."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = torch.nn.Conv1d(3, 5, 3), torch.nn.Conv2d(3, 6, 1)
+        self.c3 = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.c4, self.grouped = torch.nn.Conv3d(2, 3, 2), torch.nn.Conv2d(4, 4, 3, groups=2)
+        self.fc = torch.nn.Linear(7, 2)
+
+
+def test_convolution_adapters_merge_as_peft_merges_them_and_a_grouped_one_is_refused(tmp_path):
+    """peft's own conv LoRA (get_peft_model + save_pretrained), merged here: equal to peft's merge_and_unload for
+    Conv1d, Conv2d 1x1 and 3x3, Conv3d and a Linear beside them; the mean of factors contracts the rank axis
+    the same way; a grouped convolution (peft does not merge it either) is refused by name, not a crash."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from soups.errors import BadInput
+    from soups.pools.lora import merged, read_adapter, update
+    from soups.recipes.lora_factor_mean import factor_mean
+
+    torch.manual_seed(0)
+    base = Convs()
+    w0 = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, lora_alpha=6, target_modules=["c1", "c2", "c3", "c4", "fc"],
+                                                               init_lora_weights=False))
+        model.save_pretrained(str(tmp_path / "conv"))
+        theirs = model.merge_and_unload().state_dict()
+    factors = read_adapter(tmp_path / "conv")
+    assert factors.lora["c3"][0].shape == (2, 3, 3, 3) and factors.lora["c3"][1].shape == (4, 2, 1, 1)
+    ours = merged(w0, factors, tmp_path / "conv")
+    assert max(float((ours[k] - theirs[k]).abs().max()) for k in theirs) < 1e-6
+    assert float((ours["c3.weight"] - w0["c3.weight"]).abs().max()) > 1e-2  # the adapter moved it
+    # by hand, one 3x3 entry: s·Σ_r B[o, r]·A[r, i, h, w]
+    a, b, s = factors.lora["c3"]
+    assert s == 3.0
+    torch.testing.assert_close(update(a, b, s)[1, 2, 0, 1], s * sum(b[1, r, 0, 0] * a[r, 2, 0, 1] for r in range(2)))
+    # two adapters, ranks 1 and 2: mean(s·B) (zero-padded columns) contracted with mean(A) (zero-padded rows)
+    wide = read_adapter(tmp_path / "conv")
+    narrow = copy.deepcopy(wide)
+    narrow.lora["c3"] = (a[:1], b[:, :1], s)
+    got = factor_mean(w0, [narrow, wide])["c3.weight"]
+    b_mean = (torch.cat([b[:, :1] * s, torch.zeros_like(b[:, :1])], 1) + b * s) / 2
+    a_mean = (torch.cat([a[:1], torch.zeros_like(a[:1])]) + a) / 2
+    torch.testing.assert_close(got, w0["c3.weight"] + torch.einsum("or,rihw->oihw", b_mean[:, :, 0, 0], a_mean))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        get_peft_model(copy.deepcopy(base), LoraConfig(r=2, target_modules=["grouped"], init_lora_weights=False)
+                       ).save_pretrained(str(tmp_path / "grouped"))
+    with pytest.raises(BadInput, match=r"grouped is a grouped convolution .*peft does not merge LoRA there either"):
+        read_adapter(tmp_path / "grouped")
+
+
+def test_an_image_pool_with_convolution_adapters_soups_exactly_and_exports_an_adapter_peft_loads(tmp_path):
+    """LoRA on a ViT's patch-embedding convolution and its attention, written by peft, souped through
+    `python src/soup.py pool=lora` on the digits: the soup is W0 + mean(s·ΔW) on the convolution; the exported
+    rank-Σr adapter, loaded by peft on the base, gives the soup's logits. One adapter's config without
+    `lora_alpha` (another tool's file) is read with peft's default, as peft reads it."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    from test_hf_pool import DIGITS_SMALL
+
+    config = ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=1,
+                       num_attention_heads=2, intermediate_size=64, num_labels=10,
+                       id2label={i: str(i) for i in range(10)}, label2id={str(i): i for i in range(10)},
+                       architectures=["ViTForImageClassification"])
+    torch.manual_seed(0)
+    ViTForImageClassification(config).save_pretrained(tmp_path / "base")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "base")
+    deltas = []
+    for i, r in enumerate([1, 2]):
+        torch.manual_seed(10 + i)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = get_peft_model(ViTForImageClassification.from_pretrained(str(tmp_path / "base")),
+                                   LoraConfig(r=r, lora_alpha=8, target_modules=["projection", "q_proj", "v_proj"],
+                                              init_lora_weights=False))
+            model.save_pretrained(str(tmp_path / "adapters" / f"a{i}"))
+            deltas.append(model.base_model.model.vit.embeddings.patch_embeddings.projection.get_delta_weight("default"))
+    loose = tmp_path / "adapters" / "a1" / "adapter_config.json"
+    loose.write_text(json.dumps({k: v for k, v in json.loads(loose.read_text()).items() if k != "lora_alpha"}))
+    out = tmp_path / "soup"
+    proc = soup(tmp_path, ["pool=lora", f"pool.glob={tmp_path}/adapters/*", f"pool.base={tmp_path}/base",
+                           *DIGITS_SMALL], out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    weights = {k.removeprefix("model."): v for k, v in load_file(str(out / "uniform" / "model.safetensors")).items()}
+    key = "vit.embeddings.patch_embeddings.projection.weight"
+    w0 = ViTForImageClassification.from_pretrained(str(tmp_path / "base")).state_dict()[key]
+    assert deltas[0].shape == (32, 3, 8, 8)
+    torch.testing.assert_close(weights[key], w0 + (deltas[0] + deltas[1]) / 2, atol=1e-6, rtol=0)
+    assert json.loads((out / "uniform" / "adapter" / "soups_export.json").read_text())["rank"] == 3
+    reference = ViTForImageClassification.from_pretrained(str(tmp_path / "base")).eval()
+    reference.load_state_dict(weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adapter = PeftModel.from_pretrained(ViTForImageClassification.from_pretrained(str(tmp_path / "base")),
+                                            str(out / "uniform" / "adapter")).merge_and_unload().eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(adapter(pixel_values=x).logits, reference(pixel_values=x).logits, atol=1e-5, rtol=0)

@@ -3,14 +3,14 @@
     python src/soup.py pool=lora "pool.glob='adapters/*'" pool.base=base_classifier data=sentiment
 
 A LoRA fine-tune's weights are W0 + s·B·A on each adapted linear map (s = lora_alpha/r, or lora_alpha/√r with
-rsLoRA; r is each module's own rank, rank_pattern included) and the adapter's own tensors for the modules it
-trained in full (`modules_to_save`: the classification head). Each adapter is merged so, checked against
-peft's own `merge_and_unload` of that adapter, and then is an ingredient like any full fine-tune: a soup of
-merged adapters with weights summing to one is exactly W0 + Σ wᵢ·sᵢBᵢAᵢ (with the heads averaged as plain
-tensors), for every recipe. Variants whose update is not s·B·A (DoRA, LoRA biases, embedding adapters) are
-refused by name. A soup is written back as a merged model (`<soup>/hf/`) and as one LoRA adapter
-(`<soup>/adapter/`: rank Σ rᵢ, exact up to round-off; `pool.svd_rank`: also a smaller one, its error printed;
-soups/pools/lora_export.py).
+rsLoRA; r is each module's own rank, rank_pattern included; on a convolution, Σ_r B[o, r]·A[r, i, kernel]) and
+the adapter's own tensors for the modules it trained in full (`modules_to_save`: the classification head). Each
+adapter is merged so, checked against peft's own `merge_and_unload` of that adapter, and then is an ingredient
+like any full fine-tune: a soup of merged adapters with weights summing to one is exactly W0 + Σ wᵢ·sᵢBᵢAᵢ (with
+the heads averaged as plain tensors), for every recipe. Variants whose update is not s·B·A (DoRA, LoRA biases,
+embedding adapters) and adapters on grouped convolutions (which peft does not merge either) are refused by name.
+A soup is written back as a merged model (`<soup>/hf/`) and as one LoRA adapter (`<soup>/adapter/`: rank Σ rᵢ,
+exact up to round-off; `pool.svd_rank`: also a smaller one, its error printed; soups/pools/lora_export.py).
 
 Why not peft's own combination: `add_weighted_adapter(..., "linear")` makes cross terms BᵢAⱼ, "svd" truncates
 to the largest rank, and rsLoRA, DoRA and `modules_to_save` heads are not combined correctly in peft 0.21.2
@@ -69,8 +69,9 @@ def residual_init(config: dict) -> str | None:
 
 @dataclass
 class Factors:
-    """One adapter read: {module path: (A [r, in], B [out, r], scale s)} and its fully trained tensors
-    ({HF key: tensor}, the head), with its config."""
+    """One adapter read: {module path: (A [r, in], B [out, r], scale s)} (a convolution's: A [r, in, *kernel],
+    B [out, r, 1, ...]) and its fully trained tensors ({HF key: tensor}, the head), with its config (peft's
+    default `lora_alpha` filled in where the file has none, as peft's loader fills it)."""
     lora: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
     full: dict[str, torch.Tensor]
     config: dict
@@ -93,6 +94,8 @@ def read_adapter(folder: Path) -> Factors:
         config = json.loads(config_path.read_text())
     except ValueError as err:
         raise BadInput(f"{config_path}: not readable JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise BadInput(f"{config_path}: expected a JSON object (peft's LoraConfig), got a {type(config).__name__}")
     if config.get("peft_type") != "LORA":
         raise BadInput(f"{folder}: peft_type={config.get('peft_type')!r}; pool=lora soups LoRA adapters")
     refused = [f"{k} ({why})" for k, why in REFUSED.items() if config.get(k)]
@@ -118,7 +121,8 @@ def read_adapter(folder: Path) -> Factors:
     embedding = [k for k in tensors if "lora_embedding" in k or "lora_magnitude" in k]
     if embedding:
         raise BadInput(f"{folder}: {embedding[0]}: embedding adapters and DoRA magnitudes are not merged here")
-    alpha, rslora = float(config.get("lora_alpha", 8)), bool(config.get("use_rslora"))  # 8: peft's default
+    config.setdefault("lora_alpha", 8)  # LoraConfig's default: what peft merges with where the file names none
+    alpha, rslora = float(config["lora_alpha"]), bool(config.get("use_rslora"))
     lora, full = {}, {}
     for key, value in tensors.items():
         name = key.removeprefix(ADAPTER_PREFIX)
@@ -127,6 +131,9 @@ def read_adapter(folder: Path) -> Factors:
             b = tensors.get(key.replace(".lora_A.", ".lora_B."))
             if b is None:
                 raise BadInput(f"{folder}: {key} has no lora_B")
+            if value.ndim > 2 and (b.shape[1] != value.shape[0] or any(n != 1 for n in b.shape[2:])):
+                raise BadInput(f"{folder}: {module} is a grouped convolution (A {tuple(value.shape)}, B "
+                               f"{tuple(b.shape)}): peft does not merge LoRA there either, so it is not souped here")
             r = value.shape[0]  # each module's own rank (rank_pattern)
             scale = alpha / math.sqrt(r) if rslora else alpha / r
             lora[module] = (value.float(), b.float(), scale)
@@ -136,7 +143,11 @@ def read_adapter(folder: Path) -> Factors:
 
 
 def update(a: torch.Tensor, b: torch.Tensor, scale: float, fan_in_fan_out: bool = False) -> torch.Tensor:
-    """s·B·A [out, in] (its transpose for fan_in_fan_out layers, whose weight is stored [in, out])."""
+    """s·B·A [out, in] (its transpose for fan_in_fan_out layers, whose weight is stored [in, out]); for a
+    convolution (A [r, in, *kernel], B [out, r, 1, ...]) the kernel's update [out, in, *kernel],
+    s·Σ_r B[o, r]·A[r, i, ...]: peft's _ConvNd.get_delta_weight for groups = 1, written as one contraction."""
+    if a.ndim > 2:
+        return torch.einsum("or,r...->o...", b.flatten(1), a) * scale
     delta = (b @ a) * scale
     return delta.T if fan_in_fan_out else delta
 

@@ -18,7 +18,8 @@ ADAPTER_PREFIX = "base_model.model."
 
 class AdapterExport:
     """Writes a soup as a merged transformers folder (`hf/`) and as one LoRA adapter (`adapter/`): per adapted
-    module, ΔW = W_soup − W0 factored by SVD at rank min(Σ rᵢ, out, in) (exact: ΔW is a sum of rank-rᵢ updates),
+    module, ΔW = W_soup − W0 factored by SVD at rank min(Σ rᵢ, out, in) (exact: ΔW is a sum of rank-rᵢ updates;
+    a convolution's ΔW [out, in, *kernel] as the matrix [out, in·kernel], as peft's conv LoRA factors it),
     and at `svd_rank` if set (`adapter_rank<r>/`, its relative Frobenius error over all modules printed).
     `factors`: {adapter folder: the adapter as pools.lora.read_adapter reads it (.lora, .full, .config)}."""
 
@@ -60,16 +61,18 @@ class AdapterExport:
         tensors, err2, norm2 = {}, 0.0, 0.0
         for module in self.modules:
             delta = (state[f"{module}.weight"] - self.base_state[f"{module}.weight"]).double()
-            if self.fan_in_fan_out:
+            if self.fan_in_fan_out and delta.ndim == 2:
                 delta = delta.T
-            u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+            kernel = delta.shape[2:]  # a convolution's: factored as [out, in·kernel], A [r, in, *kernel], B [out, r, 1, ...]
+            u, s, vh = torch.linalg.svd(delta.flatten(1), full_matrices=False)
             r = min(rank, len(s))
             b, a = u[:, :r] * s[:r], vh[:r]
             if r < rank:  # pad to the adapter's one rank with zero rows (no effect)
                 b = torch.cat([b, b.new_zeros(b.shape[0], rank - r)], 1)
                 a = torch.cat([a, a.new_zeros(rank - r, a.shape[1])], 0)
-            err2 += float(((b @ a) - delta).pow(2).sum())
+            err2 += float(((b @ a) - delta.flatten(1)).pow(2).sum())
             norm2 += float(delta.pow(2).sum())
+            a, b = a.reshape(rank, *delta.shape[1:]), b.reshape(*b.shape, *[1] * len(kernel))
             tensors[f"{ADAPTER_PREFIX}{module}.lora_A.weight"] = a.float().contiguous()
             tensors[f"{ADAPTER_PREFIX}{module}.lora_B.weight"] = b.float().contiguous()
         for key in self.full_keys:

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
-from soups.errors import BadInput, NotApplicable
+from soups.errors import NotApplicable
 from soups.models.hf import PREFIX
-from soups.pools.lora import read_adapter
+from soups.pools.lora import read_adapter, update
 from soups.recipes import Recipe, RecipeResult
 
 
@@ -27,14 +26,20 @@ def factor_mean(base: dict[str, torch.Tensor], adapters: list) -> dict[str, torc
     for module in sorted({m for a in adapters for m in a.lora}):
         present = [a.lora[module] for a in adapters if module in a.lora]
         rank = max(a.shape[0] for a, _, _ in present)
-        b = sum(F.pad(b * s, (0, rank - b.shape[1])) for _, b, s in present) / len(adapters)
-        a_mean = sum(F.pad(a, (0, 0, 0, rank - a.shape[0])) for a, _, _ in present) / len(adapters)
-        delta = b @ a_mean
+        b = sum(_zero_padded(b * s, 1, rank) for _, b, s in present) / len(adapters)
+        a_mean = sum(_zero_padded(a, 0, rank) for a, _, _ in present) / len(adapters)
         key = f"{module}.weight"
-        out[key] = base[key] + (delta.T if adapters[0].config.get("fan_in_fan_out") else delta)
+        out[key] = base[key] + update(a_mean, b, 1.0, bool(adapters[0].config.get("fan_in_fan_out")))
     for key in sorted({k for a in adapters for k in a.full}):
         out[key] = torch.stack([a.full.get(key, base[key]) for a in adapters]).mean(0)
     return out
+
+
+def _zero_padded(t: torch.Tensor, dim: int, rank: int) -> torch.Tensor:
+    """`t` with zeros appended along `dim` up to `rank` (A's rows, B's columns; a convolution's too)."""
+    shape = list(t.shape)
+    shape[dim] = rank - t.shape[dim]
+    return torch.cat([t, t.new_zeros(shape)], dim)
 
 
 @dataclass
