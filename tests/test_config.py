@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 import commands
 from conftest import ROOT, TINY, compose_cfg
-from soups.overrides import check_overrides, closed_settings, composed, experiment_files, known_keys, unread_in_experiment
+from soups.overrides import (check_overrides, chosen_options, closed_settings, composed, experiment_files, known_keys,
+                             unread_in_experiment)
 from soups.settings import FinetuneSettings, SoupSettings, checked
 
 ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
@@ -133,8 +134,10 @@ def test_an_unknown_name_for_a_config_group_is_one_line_with_its_names(tmp_path,
 
 
 def known(job: str) -> set[str]:
-    """The top-level names `python src/<job>.py` accepts (soups.errors.known_keys of the files it composes)."""
-    return known_keys(ROOT / "conf", composed(ROOT / "conf", job))
+    """The top-level names `python src/<job>.py` accepts with its default options (soups.overrides.known_keys)."""
+    configs = composed(ROOT / "conf", job)
+    files = experiment_files([ROOT / "conf"], configs, {})
+    return known_keys(ROOT / "conf", configs, chosen_options(ROOT / "conf", configs, files, []))
 
 
 def closed(job: str, chosen: dict | None = None) -> dict[str, set[str]]:
@@ -195,7 +198,10 @@ def test_the_known_settings_are_the_configs_the_command_composes():
     assert not {"method", "pool", "statistics", "analysis", "reference"} & finetune
     assert {"method", "pool", "statistics", "greedy_rule", "reference", "model", "data"} <= soup and "lr" not in soup
     assert {"shards", "shard", "method", "launcher"} <= known("evaluate")  # evaluate.yaml: `- soup`
-    assert "greedy_rule" in known("analyze") and "greedy_rule" not in finetune  # read by interpolation
+    analyze = composed(ROOT / "conf", "analyze")  # greedy_rule: read by interpolation, in analysis=ingredients only
+    assert "greedy_rule" in known_keys(ROOT / "conf", analyze, {"analysis": {"ingredients"}})
+    assert "greedy_rule" in known_keys(ROOT / "conf", analyze)  # the option unknown: every option counts
+    assert "greedy_rule" not in known("analyze") and "greedy_rule" not in finetune  # analysis=pairs by default
     assert "lr" not in known("analyze") and "oc" not in known("finetune")  # ${oc.env:...} is a resolver, no name
 
 
@@ -209,7 +215,10 @@ def test_the_known_settings_are_the_configs_the_command_composes():
     ("soup", ["-m", "experiment=glob(paper*)", "reference=null"]), ("analyze", ["experiment=text_demo", "seed=1"]),
     ("evaluate", ["experiment=paper_vit_b32", "precision=fp32"]), ("evaluate", ["~logger"]),
     ("finetune", ["+search_space.lr=[log_uniform,1e-5,1e-3]", "trial=0"]), ("finetune", ["~experiment", "lr=1e-3"]),
-    ("finetune", ["+model.timm_kwargs.drop_path_rate=0.1"]), ("soup", ["+model.hf_crop=224"]),
+    ("finetune", ["model=timm", "model.timm_name=resnet18", "+model.timm_kwargs.drop_path_rate=0.1"]),
+    ("soup", ["+model.hf_crop=224"]), ("finetune", ["model=hf", "+model.hf_crop=224"]),  # soup.py: the pool's model
+    ("finetune", ["-m", "model=vit_b32,minilm_l6", "+model.max_length=64"]),  # one of the sweep's models reads it
+    ("finetune", ["experiment=text_demo", "model.max_length=64"]),  # the experiment's model: minilm_l6
     ("soup", ["lr", "=1e-3"])])  # a stray space: Hydra's own message
 def test_the_override_checks_leave_legitimate_command_lines_to_hydra(job, argv):
     check_overrides(argv, ROOT / "conf", job)  # no SystemExit
@@ -326,6 +335,7 @@ def test_a_users_experiment_is_checked_by_the_entry_point_and_a_good_one_runs(tm
     ("soup", ["+my_root=/d", "paths.data_dir=${oc.select: my_root, /data}"]), ("soup", ["+my_root=/d", "paths.data_dir=${ my_root }"]),
     ("soup", ["+paths.scratch=/s", "paths.cache_dir=${paths[scratch]}/c"]),
     ("finetune", ["-cd", "{tmp}/a", "experiment=commented_defaults"]),  # `defaults:` with every entry commented out
+    ("finetune", ["-cd", "{tmp}/a", "experiment=text_model", "model=minilm_l6"]),  # the command line's model reads it
     ("soup", ["-cd", "{tmp}/a", "+experiment@_global_=headerless"])])  # the package is given on the command line
 def test_names_read_by_interpolation_and_hydras_own_forms_pass(tmp_path, job, argv):
     """False refusals a user found: a helper key read through `${...}`, `method=greedy.yaml`, a broken file."""
@@ -333,7 +343,8 @@ def test_names_read_by_interpolation_and_hydras_own_forms_pass(tmp_path, job, ar
                                 "/data\n  cache_dir: ${paths.scratch_dir}/cache\n"), ("a", "broken", "lr: [1e-4\n"),
                                ("b", "helper", "lr: 1\n"), ("a", "late", "lr: 1\n"), ("b", "late", HEADER + "lr: 1\n"),
                                ("a", "commented_defaults", HEADER + "defaults:\n#  - override /model: vit_b32\nlr: 1\n"),
-                               ("a", "headerless", "precision: bf16\n")]:
+                               ("a", "headerless", "precision: bf16\n"),
+                               ("a", "text_model", HEADER + "defaults:\n  - override /model: vit_b32\nmodel:\n  max_length: 64\n")]:
         (tmp_path / folder / "experiment").mkdir(parents=True, exist_ok=True)
         (tmp_path / folder / "experiment" / f"{name}.yaml").write_text(text)
     (tmp_path / "a" / "notes").mkdir()  # files Hydra never reads, in the searched folder
@@ -344,6 +355,8 @@ def test_names_read_by_interpolation_and_hydras_own_forms_pass(tmp_path, job, ar
 
 
 @pytest.mark.parametrize("job, argv, files, shown, problem", [
+    ("finetune", ["experiment=mine"], {"mine": HEADER + "defaults:\n  - override /model: vit_b32\nmodel:\n  max_length: 64\n"},
+     "mine", "`model.max_length`: model has no setting `max_length`, so nothing would read it; its settings: "),  # minilm_l6's
     ("finetune", ["experiment=mine"], {"mine": HEADER + "launcher: slurm\n"}, "mine",
      "`launcher: slurm` sets the config group launcher as a plain value, so no launcher/slurm.yaml is loaded and "
      "nothing reads it; choose it in the defaults list: `- override /launcher: slurm`"),
@@ -369,13 +382,20 @@ def test_an_experiment_is_checked_however_hydra_finds_it(tmp_path, job, argv, fi
 
 
 @pytest.mark.parametrize("job, argv, message", [
-    ("analyze", ["+greedy_rule.tie=official"], "greedy_rule has no setting `tie`, so nothing would read it; did you mean ties?"),
+    ("analyze", ["analysis=ingredients", "+greedy_rule.tie=official"],
+     "greedy_rule has no setting `tie`, so nothing would read it; did you mean ties?"),
+    ("analyze", ["+greedy_rule.ties=official"], "no setting `greedy_rule` in conf/analyze.yaml"),  # pairs reads none
+    ("analyze", ["-m", "analysis=pairs,landscape", "+greedy_rule.ties=official"], "no setting `greedy_rule`"),
+    ("finetune", ["model=vit_b32", "+model.max_length=64"], "model has no setting `max_length`"),  # a text model's
+    ("finetune", ["+model.timm_kwargs.drop_path_rate=0.1"], "model has no setting `timm_kwargs`"),  # the demo's ViT: open_clip
+    ("finetune", ["model=vit_b32", "+model.hf_crop=224"], "model has no setting `hf_crop`"),  # model=hf derives it
     ("finetune", ["-m", "experiment=glob(demo_*)", "+lrr=1"], "no setting `lrr` in conf/finetune.yaml or its groups"),
     ("soup", ["+now=1"], "no setting `now` in conf/soup.yaml"),  # hydra/default.yaml's ${now:...} is a resolver
     ("finetune", ["+head@h2=zero"], "no setting `h2` in conf/finetune.yaml"),  # a head put where nothing reads it
     ("soup", ["+reference.sourc=x"], "reference has no setting `sourc`, so nothing would read it; did you mean source?")])
 def test_a_block_or_name_is_checked_whatever_the_command_or_experiment(job, argv, message):
-    """analyze.py reads greedy_rule (by interpolation) without declaring the block; glob(...) experiments."""
+    """analyze.py reads greedy_rule (by interpolation, in analysis=ingredients) without declaring the block;
+    glob(...) experiments; a name of another option of the group than the chosen one (max_length is minilm_l6's)."""
     with pytest.raises(SystemExit, match=re.escape(message)):
         check_overrides(argv, ROOT / "conf", job)
 

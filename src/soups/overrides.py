@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 
 from soups.errors import nearest
 
-# model keys no YAML sets: soups.models.hf derives them from a transformers folder's preprocessor config
-DERIVED_KEYS = {"model": {"hf_resize", "hf_resize_shortest", "hf_crop"}}
+# {group: {option: keys no YAML sets}}: soups.models.hf derives these from a transformers folder's image processor
+DERIVED_KEYS = {"model": {"hf": {"hf_resize", "hf_resize_shortest", "hf_crop"}}}
 
 
 def composed(conf_dir, config_name: str) -> list:
@@ -57,6 +57,29 @@ def experiment_files(conf_dirs: list, configs: list, chosen: dict[str, list]) ->
     return found
 
 
+def chosen_options(conf_dir, configs: list, files: list, overrides: list) -> dict[str, set[str]]:
+    """{group: the option names it is composed with}, where that can be told before Hydra: the command line's
+    choice (`model=vit_b32`; a sweep's every value), else the experiment files' `override /group: x` (`files`,
+    from `experiment_files`: the one chosen wins over those it includes), else the defaults list's of `configs`
+    (`- model: efficientnet_lite0`). A group left out is not known here (a `glob(...)` sweep, an interpolated
+    name, no option chosen): then every option of it counts."""
+    chosen: dict[str, set[str]] = {}
+    for config in configs + [c for f in reversed(files) if (c := _load(f)) is not None]:
+        for entry in config.get("defaults", None) or []:
+            for key, value in (entry.items() if OmegaConf.is_dict(entry) else []):
+                group = str(key).removeprefix("override ").strip().lstrip("/")
+                if (Path(conf_dir) / group).is_dir():
+                    chosen.pop(group, None)
+                    if isinstance(value, str):
+                        chosen[group] = {_stem(value)}
+    for override in [o for o in overrides if (Path(conf_dir) / o.key_or_group).is_dir()]:
+        values = [] if override.is_delete() else _choices(override)
+        chosen.pop(override.key_or_group, None)
+        if values and all(isinstance(v, str) and "$" not in v for v in values):
+            chosen[override.key_or_group] = {_stem(v) for v in values}
+    return chosen
+
+
 def interpolated(text: str) -> set[str]:
     """The dotted names a YAML text or a command line's value reads by interpolation: `${greedy_rule.ties}`,
     `${oc.select: greedy_rule.ties, pool}` -> {"greedy_rule.ties"}, `${ my_root }` -> {"my_root"},
@@ -66,10 +89,11 @@ def interpolated(text: str) -> set[str]:
     return {n.replace("[", ".").replace("]", "") for n in names}
 
 
-def known_keys(conf_dir, configs: list) -> set[str]:
+def known_keys(conf_dir, configs: list, chosen: dict[str, set[str]] | None = None) -> set[str]:
     """The top-level names a command's config can hold: the keys and the defaults' groups of the files it
     composes (`configs`, from `composed`; an experiment's other keys are other commands'), the names its
-    groups' options read by interpolation (analysis=ingredients reads `${oc.select:greedy_rule.ties,pool}`),
+    groups' options read by interpolation (analysis=ingredients reads `${oc.select:greedy_rule.ties,pool}`; of
+    a group in `chosen`, from `chosen_options`, only its chosen options: analysis=pairs reads no greedy_rule),
     and `hydra`."""
     keys = {"hydra"}
     for config in configs:
@@ -79,7 +103,8 @@ def known_keys(conf_dir, configs: list) -> set[str]:
                 keys.add(str(name).removeprefix("override ").strip().lstrip("/").split("@")[0].split("/")[0])
     for group in [k for k in keys if (Path(conf_dir) / k).is_dir()]:
         for option in (Path(conf_dir) / group).glob("*.yaml"):
-            keys |= {name.split(".")[0] for name in interpolated(option.read_text())}
+            if group not in (chosen or {}) or option.stem in chosen[group]:
+                keys |= {name.split(".")[0] for name in interpolated(option.read_text())}
     return keys
 
 
@@ -134,14 +159,19 @@ def check_overrides(argv: list[str], conf_dir, config_name: str, unread: dict[st
     read = set().union(*(interpolated(a) for a in argv), *(interpolated(_text(f)) for f in files),
                        *(interpolated(_text(f)) for d in extra_dirs for f in Path(d).rglob("*.yaml")))
     packaged = {(o.key_or_group, _stem(v)) for o in overrides if o.package == "_global_" for v in _choices(o)}
+    options = chosen_options(conf_dir, configs, files, overrides) if plain else {}
     for path in files:  # `+experiment@_global_=x` places a file without the header where the header would
-        problem = unread_in_experiment(conf_dir, path, extra_dirs, read, (path.parent.name, path.stem) not in packaged)
+        problem = unread_in_experiment(conf_dir, path, extra_dirs, read, (path.parent.name, path.stem) not in packaged,
+                                       options)
         if problem:
             shown = f"conf/{path.relative_to(conf_dir)}" if path.is_relative_to(conf_dir) else str(path)
             sys.exit(f"error: {shown}: {problem}")
-    known = known_keys(conf_dir, configs) | {n.split(".")[0] for n in read if n[0] != "."} if own_options_only else None
+    known = known_keys(conf_dir, configs, options) | {n.split(".")[0] for n in read if n[0] != "."} \
+        if own_options_only else None
     closed = _merged(closed_settings(conf_dir, configs + [c for f in files if (c := _load(f)) is not None]),
                      _every_command(str(conf_dir))[1]) if own_options_only else {}
+    for group in [g for g in options if g in _closed_groups(str(conf_dir))]:  # model=vit_b32: its keys, not minilm's
+        closed[group] = _option_keys([conf_dir], group, options[group]) or closed[group]
     for override in overrides:
         key = override.key_or_group
         if not key:  # `lr =1e-3`: Hydra's message names it
@@ -182,13 +212,14 @@ def check_overrides(argv: list[str], conf_dir, config_name: str, unread: dict[st
 
 
 def unread_in_experiment(conf_dir, path, extra_dirs: list = (), read: set[str] = frozenset(),
-                         needs_header: bool = True) -> str | None:
+                         needs_header: bool = True, chosen: dict[str, set[str]] | None = None) -> str | None:
     """What is wrong with an experiment or sweep file, or None (also for a file Hydra cannot read: Hydra says
     why): settings without the `# @package _global_` header (Hydra would put them under `experiment.`, where
     nothing reads them); a config group set as a plain value (`launcher: slurm` loads no launcher: the defaults
     list chooses groups); a top-level name that no command's config has (`known_keys` of every conf/<job>.yaml)
     and nothing reads by interpolation (`read`; check_overrides adds the YAML files of `extra_dirs`); or a name
-    in a block no plug-in checks that no command's block has (`greedy_rule: {tie: ...}`). An experiment may set
+    in a block no plug-in checks that no command's block has (`greedy_rule: {tie: ...}`; of a closed group in
+    `chosen`, from `chosen_options`, its chosen options' names: `model: {max_length: 64}` on vit_b32). An experiment may set
     names of several commands (lr for finetune.py, data for all); each command's own command line is checked
     against its own."""
     text, config = _text(path), _load(path)
@@ -204,6 +235,8 @@ def unread_in_experiment(conf_dir, path, extra_dirs: list = (), read: set[str] =
                 "line must be `# @package _global_`, as in conf/experiment/demo_vit.yaml")
     every, closed = _every_command(str(conf_dir))
     every = every | {n.split(".")[0] for n in read if n[0] != "."}
+    closed = closed | {g: keys for g, names in (chosen or {}).items()
+                       if g in _closed_groups(str(conf_dir)) and (keys := _option_keys([conf_dir, *extra_dirs], g, names))}
     for key, value in config.items():
         key = str(key)
         if key == "defaults":
@@ -246,8 +279,18 @@ def _closed_groups(conf_dir: str) -> dict[str, set[str]]:
         texts = [f.read_text() for f in sorted(group.glob("*.yaml"))]
         if texts and not any("_target_" in t or t.startswith("# @package") for t in texts):
             groups[group.name] = {k for t in texts for k in (OmegaConf.create(t) or {}).keys()} | \
-                DERIVED_KEYS.get(group.name, set())
+                set().union(*DERIVED_KEYS.get(group.name, {}).values())
     return groups
+
+
+def _option_keys(dirs: list, group: str, names: set[str]) -> set[str]:
+    """The keys of a closed group's options `names`, each the first file found in `dirs` (conf/, then
+    --config-dir and hydra.searchpath, Hydra's order), plus DERIVED_KEYS; empty where one has no file."""
+    files = [next((f for d in dirs if (f := Path(d) / group / f"{n}.yaml").is_file()), None) for n in names]
+    if None in files:
+        return set()
+    derived = DERIVED_KEYS.get(group, {})
+    return {k for c in map(_load, files) for k in (c or {}).keys()} | set().union(*(derived.get(n, ()) for n in names))
 
 
 def _merged(*blocks: dict[str, set[str]]) -> dict[str, set[str]]:
