@@ -3,6 +3,7 @@ classifier, souped exactly through `python src/soup.py`: the LoRA soup equals pe
 add_weighted_adapter(..., "cat") + merge_and_unload, differs from the mean of factors by the hand-computed
 cross terms, and exports to a merged folder and a rank-Σr adapter that load back to the soup's logits."""
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -430,3 +431,64 @@ def test_an_image_pool_with_convolution_adapters_soups_exactly_and_exports_an_ad
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(adapter(pixel_values=x).logits, reference(pixel_values=x).logits, atol=1e-5, rtol=0)
+
+
+def test_a_batchnorm_model_exports_its_adapter_unless_its_statistics_were_recomputed(tmp_path, caplog):
+    """LoRA on a ResNet's convolutions (BatchNorm, an int64 step counter per layer): with bn_recalibration=false
+    the soup's update is the adapters' and the exported adapter, merged by peft, is the soup; recomputed BN
+    statistics lie outside the adapters (not modules_to_save), so then only hf/ is written, with a warning."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+
+    from soups.jobs.soup import run_soup
+    from test_hf_pool import DIGITS_SMALL
+
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+                          num_labels=10, id2label={i: str(i) for i in range(10)}, label2id={str(i): i for i in range(10)},
+                          architectures=["ResNetForImageClassification"])
+    torch.manual_seed(0)
+    ResNetForImageClassification(config).save_pretrained(tmp_path / "base")
+    ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0).save_pretrained(tmp_path / "base")
+    for i, r in enumerate([2, 4]):
+        torch.manual_seed(10 + i)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            get_peft_model(ResNetForImageClassification.from_pretrained(str(tmp_path / "base")),
+                           LoraConfig(r=r, lora_alpha=2 * r, target_modules=["convolution"], modules_to_save=["classifier"],
+                                      init_lora_weights=False)).save_pretrained(str(tmp_path / "adapters" / f"a{i}"))
+    args = ["logger=none", "pool=lora", f"pool.glob={tmp_path}/adapters/*", f"pool.base={tmp_path}/base", *DIGITS_SMALL]
+    run_soup(compose_cfg("soup", tmp_path, [*args, "bn_recalibration=false"]), tmp_path / "kept")
+    weights = {k.removeprefix("model."): v for k, v in load_file(str(tmp_path / "kept" / "uniform" / "model.safetensors")).items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adapter = PeftModel.from_pretrained(ResNetForImageClassification.from_pretrained(str(tmp_path / "base")),
+                                            str(tmp_path / "kept" / "uniform" / "adapter")).merge_and_unload().eval()
+    reference = ResNetForImageClassification.from_pretrained(str(tmp_path / "base")).eval()
+    reference.load_state_dict(weights)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(adapter(pixel_values=x).logits, reference(pixel_values=x).logits, atol=1e-5, rtol=0)
+    with caplog.at_level("WARNING"):
+        run_soup(compose_cfg("soup", tmp_path, args), tmp_path / "recomputed")  # bn_recalibration=auto
+    assert json.loads((tmp_path / "recomputed" / "uniform" / "soup.json").read_text())["bn_recalibrated"] is True
+    assert (tmp_path / "recomputed" / "uniform" / "hf").is_dir() and not (tmp_path / "recomputed" / "uniform" / "adapter").exists()
+    assert "uniform: not written as an adapter" in caplog.text and "running_" in caplog.text
+
+
+def test_an_entry_by_entry_merge_gets_no_exact_adapter_but_its_approximation(lora_pool, tmp_path, caplog):
+    """TIES trims and elects signs entry by entry: its update is not of rank Σ r_i, so `adapter/` (exact by its
+    name) is not written for it, with a warning naming the error; the uniform soup's is exact; pool.svd_rank
+    still writes each recipe's approximation with its error."""
+    from soups.jobs.soup import run_soup
+
+    tmp, data = lora_pool
+    with caplog.at_level("WARNING"):
+        run_soup(compose_cfg("soup", tmp_path, ["logger=none", "pool=lora", f"pool.glob={tmp}/plain/*",
+                                                f"pool.base={tmp}/base", "pool.svd_rank=2", "method=[uniform,ties]",
+                                                *SMALL, *data]), tmp_path / "out")
+    out = tmp_path / "out"
+    assert json.loads((out / "uniform" / "adapter" / "soups_export.json").read_text())["relative_error"] < 1e-6
+    assert not (out / "ties" / "adapter").exists()
+    assert float(re.search(r"ties: not written as adapter/: its update is not of rank Σ r_i = 9 \(relative error "
+                           r"([0-9.e+-]+) at that rank\)", caplog.text).group(1)) > 1e-3
+    assert 0 < json.loads((out / "ties" / "adapter_rank2" / "soups_export.json").read_text())["relative_error"] < 1
