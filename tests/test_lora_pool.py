@@ -383,6 +383,33 @@ def test_convolution_adapters_merge_as_peft_merges_them_and_a_grouped_one_is_ref
         read_adapter(tmp_path / "grouped")
 
 
+def test_a_gpt2_conv1d_adapter_is_merged_transposed_as_peft_merges_it(tmp_path):
+    """transformers' GPT-2 stores its linear maps as Conv1D, [in, out]: peft saves fan_in_fan_out=True and merges
+    (s·B·A)ᵀ; merged here the same (a module of another shape would be refused, a square one silently wrong)."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from soups.pools.lora import merged, read_adapter
+
+    torch.manual_seed(0)
+    base = GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=32, vocab_size=50,
+                                                    num_labels=2, pad_token_id=0))
+    w0 = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_proj"],
+                                                               fan_in_fan_out=True, init_lora_weights=False))
+        model.save_pretrained(str(tmp_path / "gpt2"))
+        theirs = model.merge_and_unload().state_dict()
+    factors = read_adapter(tmp_path / "gpt2")
+    assert factors.config["fan_in_fan_out"] is True and w0["transformer.h.0.attn.c_proj.weight"].shape == (16, 16)
+    ours = merged(w0, factors, tmp_path / "gpt2")
+    assert float((ours["transformer.h.0.attn.c_proj.weight"] - w0["transformer.h.0.attn.c_proj.weight"]).abs().max()) > 1e-2
+    assert max(float((ours[k] - theirs[k]).abs().max()) for k in theirs) < 1e-6
+
+
 def test_an_image_pool_with_convolution_adapters_soups_exactly_and_exports_an_adapter_peft_loads(tmp_path):
     """LoRA on a ViT's patch-embedding convolution and its attention, written by peft, souped through
     `python src/soup.py pool=lora` on the digits: the soup is W0 + mean(s·ΔW) on the convolution; the exported
