@@ -1,4 +1,4 @@
-"""pool=files: checkpoints saved the way open_clip_train and timm's train.py save them, souped through
+"""pool=files: checkpoints written by open_clip_train's own trainer and timm's own CheckpointSaver, souped through
 `python src/soup.py`, exported back and loaded by open_clip / timm to the same logits; files that need
 code to unpickle are refused without running it."""
 import argparse
@@ -41,26 +41,34 @@ def perturbed(state: dict, scale: float, seed: int) -> dict:
 
 
 def write_open_clip_train(folder: Path, n: int = 3, image_size: int = 32) -> dict:
-    """n fine-tunes of one tiny CLIP as open_clip_train saves them (epoch_N.pt; DDP `module.` keys) and one
-    bare state dict; returns the init's state dict."""
+    """n fine-tunes of one tiny CLIP from one init: n - 1 written by open_clip_train itself (its `main`, 2 epochs
+    of 4 contrastive steps on its synthetic data, `--pretrained` the init: `<run>/checkpoints/epoch_2.pt`), the
+    last a bare state dict, as open_clip's own saving of a model; returns the init's state dict."""
+    import sys
+
     from soups.models.classifier import create_clip
     from omegaconf import OmegaConf
 
     torch.manual_seed(0)
     clip = create_clip(OmegaConf.merge(OmegaConf.load(ROOT / "conf/model/tiny_clip.yaml"), {"image_size": image_size}),
                        load_pretrained=False)
-    init = {k: v.clone() for k, v in clip.state_dict().items()}  # not views: the loads below change the model
-    for i in range(n):
-        state = perturbed(init, 0.02, seed=i + 1)
-        run = folder / f"run{i}" / "checkpoints"
-        run.mkdir(parents=True)
-        if i == n - 1:  # a bare state dict, as open_clip's own saving of a model
-            torch.save(state, run / "epoch_2.pt")
-            continue
-        clip.load_state_dict(state)
-        optimizer = torch.optim.AdamW(clip.parameters(), lr=1e-5)
-        torch.save({"epoch": 2, "name": f"run{i}", "state_dict": {f"module.{k}": v for k, v in state.items()},
-                    "optimizer": optimizer.state_dict()}, run / "epoch_2.pt")
+    init = {k: v.clone() for k, v in clip.state_dict().items()}
+    folder.mkdir(parents=True)
+    torch.save(init, folder / "init.pt")
+    main = folder / "open_clip_train_main.py"  # the trainer, with this project's tiny config registered
+    main.write_text("import sys\nimport soups.models.classifier\nfrom open_clip_train.main import main\n"
+                    "main(sys.argv[1:])\n")
+    for i in range(n - 1):
+        commands.succeeded(commands.run(
+            [sys.executable, str(main), "--dataset-type", "synthetic", "--train-num-samples", "16", "--batch-size", "4",
+             "--epochs", "2", "--model", "tiny-native-clip", "--pretrained", str(folder / "init.pt"),
+             "--force-image-size", str(image_size), "--logs", str(folder), "--name", f"run{i}", "--workers", "0",
+             "--precision", "fp32", "--lr", f"{1e-3 * (i + 1)}", "--warmup", "1", "--seed", str(i), "--device", "cpu",
+             "--report-to", "", "--save-frequency", "1"], cwd=folder, capture_output=True, text=True, timeout=600))
+    last = folder / f"run{n - 1}" / "checkpoints"
+    last.mkdir(parents=True)
+    torch.save(perturbed(init, 0.02, seed=n), last / "epoch_2.pt")
+    (folder / "init.pt").unlink()
     return init
 
 
@@ -103,21 +111,26 @@ def classifier_with(soup_dir: Path):
 
 
 def write_timm_train(folder: Path, n: int = 3) -> dict:
-    """n fine-tunes of timm's test_vit as timm's train.py saves them (state_dict, state_dict_ema, args...)."""
+    """n fine-tunes of timm's test_vit, saved by timm's own CheckpointSaver as its train.py saves them
+    (`<run>/checkpoint-2.pth.tar`, `last.pth.tar`, `model_best.pth.tar`: state_dict, state_dict_ema, args, the
+    saver's state); run i's weights are perturbed(init, 0.02, seed=10 + i), its EMA's seed 20 + i."""
     import timm
+    from timm.utils import CheckpointSaver, ModelEmaV3
 
     torch.manual_seed(0)
     model = timm.create_model("test_vit", num_classes=10, img_size=32)
-    init = model.state_dict()
+    init = {k: v.clone() for k, v in model.state_dict().items()}
     for i in range(n):
         args = argparse.Namespace(model="test_vit", lr=1e-4 * (i + 1), weight_decay=0.05, epochs=3, smoothing=0.1,
                                   data_dir="/data/mnist", workers=4, model_ema=True)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+        model.load_state_dict(perturbed(init, 0.02, seed=10 + i))
+        ema = ModelEmaV3(model, decay=0.99)
+        ema.module.load_state_dict(perturbed(init, 0.02, seed=20 + i))
         out = folder / f"run{i}"
         out.mkdir(parents=True)
-        torch.save({"epoch": 2, "arch": "test_vit", "state_dict": perturbed(init, 0.02, seed=10 + i),
-                    "state_dict_ema": perturbed(init, 0.02, seed=20 + i), "optimizer": optimizer.state_dict(),
-                    "version": 2, "args": args, "metric": 0.5}, out / "model_best.pth.tar")
+        saver = CheckpointSaver(model, torch.optim.AdamW(model.parameters(), lr=args.lr), args=args, model_ema=ema,
+                                checkpoint_dir=str(out), recovery_dir=str(out))
+        saver.save_checkpoint(epoch=2, metric=0.5)
     return init
 
 
@@ -133,7 +146,7 @@ def test_timm_train_checkpoints_ema_soup_and_export_back_to_timm(tmp_path):
                                "model_ema": True}  # training settings, not timm's plumbing (data_dir, workers)
     # the EMA weights were souped: the uniform soup is their mean
     from soups.io.files import load_weights
-    emas = [torch.load(p, weights_only=False)["state_dict_ema"] for p in sorted((tmp_path / "train").glob("*/*.tar"))]
+    emas = [torch.load(p, weights_only=False)["state_dict_ema"] for p in sorted((tmp_path / "train").glob("*/model_best.pth.tar"))]
     uniform = tmp_path / "soup" / "uniform"
     soup_state = load_weights(uniform / "model.safetensors")
     torch.testing.assert_close(soup_state["head.weight"], sum(e["head.weight"].double() for e in emas).float() / 3)
@@ -246,24 +259,27 @@ def test_the_init_file_is_the_first_row_and_lets_wise_ft_run_and_a_mixed_pool_is
     assert proc.returncode == 1 and "matches folders" in proc.stderr
     save_file(timm.create_model("test_vit", num_classes=10, img_size=32).state_dict(),
               tmp_path / "train" / "run0" / "x.safetensors")
-    proc = soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/*/*", "method=uniform", check=False)
+    proc = soup(tmp_path, *timm_args, f"pool.glob='{tmp_path}/train/*/[mx]*'", "method=uniform", check=False)
     assert proc.returncode == 1 and "mixed checkpoint formats" in proc.stderr
     (tmp_path / "train" / "run0" / "x.safetensors").unlink()
+    # timm's saver writes checkpoint-2, last and model_best of each run: globbed together, one run would weigh thrice
+    proc = soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/*/*.pth.tar", "method=uniform", check=False)
+    assert proc.returncode == 1 and "are the same checkpoint" in proc.stderr
     (tmp_path / "train" / "copy").mkdir()
     (tmp_path / "train" / "copy" / "model_best.pth.tar").write_bytes((tmp_path / "train/run0/model_best.pth.tar").read_bytes())
-    proc = soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/*/*.tar", "method=uniform", check=False)
+    proc = soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/*/model_best.pth.tar", "method=uniform", check=False)
     assert proc.returncode == 1 and "are the same checkpoint" in proc.stderr  # it would weigh double
     run0 = perturbed(init, 0.02, seed=10)  # run0's weights, saved again as a bare state dict inside timm's container
     torch.save({"epoch": 9, "arch": "test_vit", "state_dict": run0, "state_dict_ema": run0, "version": 2},
                tmp_path / "train" / "copy" / "model_best.pth.tar")  # other bytes, the same weights
-    proc = soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/*/*.tar", "method=uniform", check=False)
+    proc = soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/*/model_best.pth.tar", "method=uniform", check=False)
     assert proc.returncode == 1 and "are the same checkpoint (equal weights)" in proc.stderr, proc.stderr[-800:]
     shutil.rmtree(tmp_path / "train" / "copy")
     save_file({"weight": torch.zeros(10, 4), "bias": torch.zeros(10)}, tmp_path / "head.safetensors")
-    proc = soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/*/*.tar", f"pool.head_file={tmp_path}/head.safetensors",
+    proc = soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/*/model_best.pth.tar", f"pool.head_file={tmp_path}/head.safetensors",
                 "method=uniform", check=False)  # these checkpoints hold their own head: the file would go unused
     assert proc.returncode == 1 and "would not be used" in proc.stderr and "holds its own head" in proc.stderr
-    proc = soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/run*/*.tar", "method=wise_ft", check=False)
+    proc = soup(tmp_path, *timm_args, f"pool.glob={tmp_path}/train/run*/model_best.pth.tar", "method=wise_ft", check=False)
     assert proc.returncode == 1 and "pool.init=FILE" in proc.stderr
 
 
