@@ -210,6 +210,7 @@ def test_the_known_settings_are_the_configs_the_command_composes():
     ("soup", ["-m", "+launcher=joblib", "method=greedy"]),  # a group that configures Hydra alone, appended
     ("soup", ["-sc", "query=bash"]), ("soup", ["--shell-completion", "install=bash"]),  # completion, not overrides
     ("soup", ["--config-path", "/elsewhere", "extra_key=1"]), ("soup", ["-cd", "/elsewhere", "+extra_key=1"]),
+    ("finetune", ["-cd", "/elsewhere", "model=vit_b32", "+model.foo=1"]),  # its model/ may hold another vit_b32
     ("analyze", ["analysis=ingredients", "+greedy_rule.ties=official"]),  # ingredients.yaml reads it (oc.select)
     ("soup", ["reference=null"]), ("soup", ["experiment=paper_vit_b32", "reference.source=mine"]),
     ("soup", ["-m", "experiment=glob(paper*)", "reference=null"]), ("analyze", ["experiment=text_demo", "seed=1"]),

@@ -170,7 +170,7 @@ def check_overrides(argv: list[str], conf_dir, config_name: str, unread: dict[st
         if own_options_only else None
     closed = _merged(closed_settings(conf_dir, configs + [c for f in files if (c := _load(f)) is not None]),
                      _every_command(str(conf_dir))[1]) if own_options_only else {}
-    for group in [g for g in options if g in _closed_groups(str(conf_dir))]:  # model=vit_b32: its keys, not minilm's
+    for group in [g for g in options if g in closed and g in _closed_groups(str(conf_dir))]:  # vit_b32's keys only
         closed[group] = _option_keys([conf_dir], group, options[group]) or closed[group]
     for override in overrides:
         key = override.key_or_group
