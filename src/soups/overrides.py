@@ -11,6 +11,7 @@ Names nested in a plug-in's settings are the plug-in's to refuse (each checks it
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import sys
 from pathlib import Path
@@ -19,8 +20,12 @@ from omegaconf import OmegaConf
 
 from soups.errors import nearest
 
-# {group: {option: keys no YAML sets}}: soups.models.hf derives these from a transformers folder's image processor
-DERIVED_KEYS = {"model": {"hf": {"hf_resize", "hf_resize_shortest", "hf_crop"}}}
+# {group: {a key an option sets ("*": any option): names the code also reads (.get) for such an option, which its
+# YAML need not hold}}: the training loop's channels_last for any model; what soups.models.hf derives from a
+# transformers folder's image processor; a text encoder's tokenizer from another folder (models/text.py)
+READ_ALSO = {"model": {"*": {"channels_last"},
+                       "hf_classifier": {"hf_resize", "hf_resize_shortest", "hf_crop", "interpolation"},
+                       "text_encoder": {"tokenizer"}}}
 
 
 def composed(conf_dir, config_name: str) -> list:
@@ -72,12 +77,23 @@ def chosen_options(conf_dir, configs: list, files: list, overrides: list) -> dic
                     chosen.pop(group, None)
                     if isinstance(value, str):
                         chosen[group] = {_stem(value)}
-    for override in [o for o in overrides if (Path(conf_dir) / o.key_or_group).is_dir()]:
+    for override in [o for o in overrides if (Path(conf_dir) / o.key_or_group).is_dir()
+                     and o.package in (None, "", "_group_")]:  # `+model@_global_=x` puts x elsewhere
         values = [] if override.is_delete() else _choices(override)
         chosen.pop(override.key_or_group, None)
         if values and all(isinstance(v, str) and "$" not in v for v in values):
             chosen[override.key_or_group] = {_stem(v) for v in values}
     return chosen
+
+
+def _swept_options(conf_dir, conf_dirs: list, configs: list, chosen: dict[str, list], overrides: list) -> dict:
+    """chosen_options of every job a sweep over experiments or sweeps makes (`-m experiment=a,b`: each with its
+    own files), as one {group: the union of their options}; a group unknown in one job is unknown."""
+    values = [[(group, v) for v in chosen[group]] for group in ("experiment", "sweep") if group in chosen]
+    jobs = [chosen_options(conf_dir, configs, experiment_files(conf_dirs, configs, {g: [v] for g, v in combo}),
+                           overrides) for combo in itertools.product(*values)]
+    return {group: set().union(*(job[group] for job in jobs)) for group in jobs[0]
+            if all(group in job for job in jobs)}
 
 
 def interpolated(text: str) -> set[str]:
@@ -112,7 +128,7 @@ def closed_settings(conf_dir, configs: list) -> dict[str, set[str]]:
     """The settings blocks no plug-in class checks, each with the names it can hold: the plain blocks of the
     composed files (`configs`) that are no config group (greedy_rule, statistics, reference; not search_space,
     whose axes are any hyperparameter) and the groups whose options have no `_target_` (paths, model, lora: read
-    with .get, their names are those of all their options, plus DERIVED_KEYS). A name added to one
+    with .get, their names are those of all their options, plus READ_ALSO). A name added to one
     (`+greedy_rule.tie=...`, `+model.image_sze=64`) would be read by nothing."""
     blocks = {}
     for config in configs:
@@ -145,7 +161,8 @@ def check_overrides(argv: list[str], conf_dir, config_name: str, unread: dict[st
     if any(a in ("-sc", "--shell-completion") or a.startswith("--shell-completion=") for a in argv):
         return  # `-sc query=bash`: Hydra's shell completion, not overrides
     try:
-        overrides = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
+        overrides = OverridesParser.create().parse_overrides([a for a in argv if ("=" in a or a.startswith("~"))
+                                                              and not a.startswith("-")])  # `~experiment` too
     except Exception:  # a syntax error: Hydra says it plainly
         return
     own_options_only = not any(a.startswith(("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn",
@@ -159,7 +176,7 @@ def check_overrides(argv: list[str], conf_dir, config_name: str, unread: dict[st
     read = set().union(*(interpolated(a) for a in argv), *(interpolated(_text(f)) for f in files),
                        *(interpolated(_text(f)) for d in extra_dirs for f in Path(d).rglob("*.yaml")))
     packaged = {(o.key_or_group, _stem(v)) for o in overrides if o.package == "_global_" for v in _choices(o)}
-    options = chosen_options(conf_dir, configs, files, overrides) if plain else {}
+    options = _swept_options(conf_dir, [conf_dir, *extra_dirs], configs, chosen, overrides) if plain else {}
     for path in files:  # `+experiment@_global_=x` places a file without the header where the header would
         problem = unread_in_experiment(conf_dir, path, extra_dirs, read, (path.parent.name, path.stem) not in packaged,
                                        options)
@@ -279,18 +296,21 @@ def _closed_groups(conf_dir: str) -> dict[str, set[str]]:
         texts = [f.read_text() for f in sorted(group.glob("*.yaml"))]
         if texts and not any("_target_" in t or t.startswith("# @package") for t in texts):
             groups[group.name] = {k for t in texts for k in (OmegaConf.create(t) or {}).keys()} | \
-                set().union(*DERIVED_KEYS.get(group.name, {}).values())
+                set().union(*READ_ALSO.get(group.name, {}).values())
     return groups
 
 
 def _option_keys(dirs: list, group: str, names: set[str]) -> set[str]:
-    """The keys of a closed group's options `names`, each the first file found in `dirs` (conf/, then
-    --config-dir and hydra.searchpath, Hydra's order), plus DERIVED_KEYS; empty where one has no file."""
+    """The names a closed group's options `names` can hold: each one's keys (the first file found in `dirs`:
+    conf/, then --config-dir and hydra.searchpath, Hydra's order) and what READ_ALSO adds for them; empty where
+    one has no file."""
     files = [next((f for d in dirs if (f := Path(d) / group / f"{n}.yaml").is_file()), None) for n in names]
     if None in files:
         return set()
-    derived = DERIVED_KEYS.get(group, {})
-    return {k for c in map(_load, files) for k in (c or {}).keys()} | set().union(*(derived.get(n, ()) for n in names))
+    also, keys = READ_ALSO.get(group, {}), set()
+    for own in [set((c or {}).keys()) for c in map(_load, files)]:
+        keys |= own | set().union(*(names for key, names in also.items() if key == "*" or key in own))
+    return keys
 
 
 def _merged(*blocks: dict[str, set[str]]) -> dict[str, set[str]]:
