@@ -410,6 +410,39 @@ def test_a_gpt2_conv1d_adapter_is_merged_transposed_as_peft_merges_it(tmp_path):
     assert max(float((ours[k] - theirs[k]).abs().max()) for k in theirs) < 1e-6
 
 
+def test_a_head_of_several_layers_trained_in_full_replaces_the_bases_as_peft_merges_it(tmp_path):
+    """RoBERTa's classifier is two layers (dense, out_proj): as modules_to_save, every tensor of it is the
+    adapter's own in the merge, as in peft's merge_and_unload, beside the LoRA updates of the encoder."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from soups.pools.lora import merged, read_adapter
+
+    torch.manual_seed(0)
+    base = RobertaForSequenceClassification(RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                          num_attention_heads=2, intermediate_size=32,
+                                                          max_position_embeddings=40, num_labels=3))
+    w0 = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"],
+                                                               modules_to_save=["classifier"], init_lora_weights=False))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "modules_to_save" in name:
+                    p.add_(0.1 * torch.randn_like(p))  # the head "trained"
+        model.save_pretrained(str(tmp_path / "roberta"))
+        theirs = model.merge_and_unload().state_dict()
+    factors = read_adapter(tmp_path / "roberta")
+    assert {"classifier.dense.weight", "classifier.dense.bias", "classifier.out_proj.weight",
+            "classifier.out_proj.bias"} <= set(factors.full)
+    ours = merged(w0, factors, tmp_path / "roberta")
+    assert float((ours["classifier.dense.weight"] - w0["classifier.dense.weight"]).abs().max()) > 1e-2
+    assert max(float((ours[k] - theirs[k]).abs().max()) for k in theirs) < 1e-6
+
+
 def test_an_image_pool_with_convolution_adapters_soups_exactly_and_exports_an_adapter_peft_loads(tmp_path):
     """LoRA on a ViT's patch-embedding convolution and its attention, written by peft, souped through
     `python src/soup.py pool=lora` on the digits: the soup is W0 + mean(s·ΔW) on the convolution; the exported
