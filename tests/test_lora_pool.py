@@ -52,14 +52,15 @@ def lora_pool(tmp_path_factory):
     return tmp, data
 
 
-def peft_cat(base_dir: Path, folders: list[Path]) -> dict[str, torch.Tensor]:
-    """peft's exact combination: add_weighted_adapter([...], [1/N]*N, "cat") + merge_and_unload."""
+def peft_cat(base_dir: Path, folders: list[Path], auto=None) -> dict[str, torch.Tensor]:
+    """peft's exact combination: add_weighted_adapter([...], [1/N]*N, "cat") + merge_and_unload (`auto`: the
+    transformers class that loads the base; a sequence classifier if None)."""
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(str(base_dir)),
+        model = PeftModel.from_pretrained((auto or AutoModelForSequenceClassification).from_pretrained(str(base_dir)),
                                           str(folders[0]), adapter_name="a0")
         for i, folder in enumerate(folders[1:], 1):
             model.load_adapter(str(folder), adapter_name=f"a{i}")
@@ -445,7 +446,8 @@ def test_a_head_of_several_layers_trained_in_full_replaces_the_bases_as_peft_mer
 
 def test_an_image_pool_with_convolution_adapters_soups_exactly_and_exports_an_adapter_peft_loads(tmp_path):
     """LoRA on a ViT's patch-embedding convolution and its attention, written by peft, souped through
-    `python src/soup.py pool=lora` on the digits: the soup is W0 + mean(s·ΔW) on the convolution; the exported
+    `python src/soup.py pool=lora` on the digits: the soup is W0 + mean(s·ΔW) on the convolution and equals
+    peft's own "cat" combination + merge_and_unload on every tensor; the exported
     rank-Σr adapter, loaded by peft on the base, gives the soup's logits. One adapter's config without
     `lora_alpha` (another tool's file) is read with peft's default, as peft reads it."""
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -481,6 +483,8 @@ def test_an_image_pool_with_convolution_adapters_soups_exactly_and_exports_an_ad
     w0 = ViTForImageClassification.from_pretrained(str(tmp_path / "base")).state_dict()[key]
     assert deltas[0].shape == (32, 3, 8, 8)
     torch.testing.assert_close(weights[key], w0 + (deltas[0] + deltas[1]) / 2, atol=1e-6, rtol=0)
+    theirs = peft_cat(tmp_path / "base", sorted((tmp_path / "adapters").iterdir()), ViTForImageClassification)
+    assert max(float((weights[k] - v).abs().max()) for k, v in theirs.items()) < 2e-6  # peft's own soup, conv too
     assert json.loads((out / "uniform" / "adapter" / "soups_export.json").read_text())["rank"] == 3
     reference = ViTForImageClassification.from_pretrained(str(tmp_path / "base")).eval()
     reference.load_state_dict(weights)
