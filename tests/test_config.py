@@ -211,6 +211,7 @@ def test_the_known_settings_are_the_configs_the_command_composes():
     ("soup", ["-sc", "query=bash"]), ("soup", ["--shell-completion", "install=bash"]),  # completion, not overrides
     ("soup", ["--config-path", "/elsewhere", "extra_key=1"]), ("soup", ["-cd", "/elsewhere", "+extra_key=1"]),
     ("finetune", ["-cd", "/elsewhere", "model=vit_b32", "+model.foo=1"]),  # its model/ may hold another vit_b32
+    ("finetune", ["-cd", "~/confs", "~experiment"]),  # a flag's value starting with ~ is no override
     ("finetune", ["-m", "experiment=text_demo,text_demo_lora"]),  # each experiment's files with its own model
     ("soup", ["-m", "experiment=text_demo,text_demo_lora"]),
     ("finetune", ["-m", "experiment=demo_vit,text_demo", "+model.max_length=64"]),  # text_demo's jobs read it
@@ -398,6 +399,7 @@ def test_an_experiment_is_checked_however_hydra_finds_it(tmp_path, job, argv, fi
     ("finetune", ["model=vit_b32", "+model.hf_crop=224"], "model has no setting `hf_crop`"),  # model=hf derives it
     ("finetune", ["+model@_global_=minilm_l6", "+model.max_length=64"], "model has no setting `max_length`"),  # elsewhere
     ("finetune", ["~experiment", "model=vit_b32", "+model.max_length=64"], "model has no setting `max_length`"),
+    ("finetune", ["~experiment", "+lrr=1"], "no setting `lrr` in conf/finetune.yaml"),  # `~experiment` parsed too
     ("finetune", ["-m", "experiment=glob(demo_*)", "+lrr=1"], "no setting `lrr` in conf/finetune.yaml or its groups"),
     ("soup", ["+now=1"], "no setting `now` in conf/soup.yaml"),  # hydra/default.yaml's ${now:...} is a resolver
     ("finetune", ["+head@h2=zero"], "no setting `h2` in conf/finetune.yaml"),  # a head put where nothing reads it

@@ -139,6 +139,9 @@ def closed_settings(conf_dir, configs: list) -> dict[str, set[str]]:
     return blocks | _closed_groups(str(conf_dir))
 
 
+_VALUE_FLAGS = ("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name")  # Hydra's flags with a value
+
+
 def check_overrides(argv: list[str], conf_dir, config_name: str, unread: dict[str, str] | None = None) -> None:
     """Exit 1 with one line where the command line
     - gives a config group (a folder of `conf_dir`: data, model, method, ...) a number, a bool or null (`data=123`,
@@ -161,8 +164,9 @@ def check_overrides(argv: list[str], conf_dir, config_name: str, unread: dict[st
     if any(a in ("-sc", "--shell-completion") or a.startswith("--shell-completion=") for a in argv):
         return  # `-sc query=bash`: Hydra's shell completion, not overrides
     try:
-        overrides = OverridesParser.create().parse_overrides([a for a in argv if ("=" in a or a.startswith("~"))
-                                                              and not a.startswith("-")])  # `~experiment` too
+        flag_values = {i + 1 for i, a in enumerate(argv) if a in _VALUE_FLAGS}  # `-cd '~/confs'` is no override
+        overrides = OverridesParser.create().parse_overrides([a for i, a in enumerate(argv) if i not in flag_values and (
+            "=" in a or a.startswith("~")) and not a.startswith("-")])  # `~experiment` too
     except Exception:  # a syntax error: Hydra says it plainly
         return
     own_options_only = not any(a.startswith(("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn",
