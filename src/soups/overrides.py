@@ -191,8 +191,7 @@ def check_overrides(argv: list[str], conf_dir, config_name: str, unread: dict[st
         if own_options_only else None
     closed = _merged(closed_settings(conf_dir, configs + [c for f in files if (c := _load(f)) is not None]),
                      _every_command(str(conf_dir))[1]) if own_options_only else {}
-    for group in [g for g in options if g in closed and g in _closed_groups(str(conf_dir))]:  # vit_b32's keys only
-        closed[group] = _option_keys([conf_dir], group, options[group]) or closed[group]
+    closed = _narrowed(closed, options, conf_dir, extra_dirs)  # model=vit_b32: its keys, not minilm's
     for override in overrides:
         key = override.key_or_group
         if not key:  # `lr =1e-3`: Hydra's message names it
@@ -256,8 +255,7 @@ def unread_in_experiment(conf_dir, path, extra_dirs: list = (), read: set[str] =
                 "line must be `# @package _global_`, as in conf/experiment/demo_vit.yaml")
     every, closed = _every_command(str(conf_dir))
     every = every | {n.split(".")[0] for n in read if n[0] != "."}
-    closed = closed | {g: keys for g, names in (chosen or {}).items()
-                       if g in _closed_groups(str(conf_dir)) and (keys := _option_keys([conf_dir, *extra_dirs], g, names))}
+    closed = _narrowed(closed, chosen or {}, conf_dir, extra_dirs)
     for key, value in config.items():
         key = str(key)
         if key == "defaults":
@@ -302,6 +300,14 @@ def _closed_groups(conf_dir: str) -> dict[str, set[str]]:
             groups[group.name] = {k for t in texts for k in (OmegaConf.create(t) or {}).keys()} | \
                 set().union(*READ_ALSO.get(group.name, {}).values())
     return groups
+
+
+def _narrowed(closed: dict[str, set[str]], chosen: dict[str, set[str]], conf_dir, extra_dirs) -> dict[str, set[str]]:
+    """`closed` with each closed group that `chosen` (from chosen_options) names narrowed to the names its chosen
+    options can hold (`_option_keys`); a group whose option files are not all found keeps every option's."""
+    narrowed = {g: _option_keys([conf_dir, *extra_dirs], g, names) for g, names in chosen.items()
+                if g in closed and g in _closed_groups(str(conf_dir))}
+    return closed | {g: keys for g, keys in narrowed.items() if keys}
 
 
 def _option_keys(dirs: list, group: str, names: set[str]) -> set[str]:
