@@ -49,9 +49,10 @@ class AdapterExport:
                         "layers are modules_to_save); %s/hf/ holds the soup", soup_dir.name, len(moved), moved[:2],
                         soup_dir.name)
             return written
+        svds = self.decomposed(state)  # once per soup, whatever the number of ranks written
         for rank, name in [(self.rank, "adapter")] + ([(self.svd_rank, f"adapter_rank{self.svd_rank}")]
                                                         if self.svd_rank else []):
-            tensors, error, exact = self.factored(state, rank)
+            tensors, error, exact = self.factored(svds, state, rank)
             if name == "adapter" and not exact:  # TIES, DARE, Fisher, RegMean change entries one by one
                 log.warning("%s: not written as adapter/: its update is not of rank Σ r_i = %d (relative error %.2e "
                             "at that rank), as a recipe that merges entry by entry makes it; %s/hf/ holds the soup "
@@ -65,17 +66,25 @@ class AdapterExport:
             written.append(soup_dir / name)
         return written
 
-    def factored(self, state: dict, rank: int) -> tuple[dict, float, bool]:
-        """(the soup's update as rank-`rank` LoRA tensors (peft's keys, scale 1), the relative Frobenius error
-        ||ΔW − BA||_F / ||ΔW||_F over the adapted modules, whether it is exact: an error within 1e-4 of ||ΔW||
-        plus 1e-6 of the soup's ||W|| (the fp32 round-off of W_soup − W0 where ΔW is small beside W0))."""
-        tensors, err2, norm2, weight2 = {}, 0.0, 0.0, 0.0
+    def decomposed(self, state: dict) -> dict:
+        """{adapted module: (ΔW = W_soup − W0 as stored by peft ([out, in], a convolution's [out, in, *kernel];
+        float64), its SVD as the matrix [out, in·kernel] (U, S, Vᵀ), ||W_soup||²)}."""
+        out = {}
         for module in self.modules:
             delta = (state[f"{module}.weight"] - self.base_state[f"{module}.weight"]).double()
             if self.fan_in_fan_out and delta.ndim == 2:
                 delta = delta.T
-            kernel = delta.shape[2:]  # a convolution's: factored as [out, in·kernel], A [r, in, *kernel], B [out, r, 1, ...]
-            u, s, vh = torch.linalg.svd(delta.flatten(1), full_matrices=False)
+            out[module] = (delta, torch.linalg.svd(delta.flatten(1), full_matrices=False),
+                           float(state[f"{module}.weight"].double().pow(2).sum()))
+        return out
+
+    def factored(self, svds: dict, state: dict, rank: int) -> tuple[dict, float, bool]:
+        """(the soup's update as rank-`rank` LoRA tensors (peft's keys, scale 1: A [r, in, *kernel], B [out, r,
+        1, ...]) from `decomposed`'s SVDs, the relative Frobenius error ||ΔW − BA||_F / ||ΔW||_F over the adapted
+        modules, whether it is exact: an error within 1e-4 of ||ΔW|| plus 1e-6 of the soup's ||W|| (the fp32
+        round-off of W_soup − W0 where ΔW is small beside W0))."""
+        tensors, err2, norm2, weight2 = {}, 0.0, 0.0, 0.0
+        for module, (delta, (u, s, vh), w2) in svds.items():
             r = min(rank, len(s))
             b, a = u[:, :r] * s[:r], vh[:r]
             if r < rank:  # pad to the adapter's one rank with zero rows (no effect)
@@ -83,8 +92,8 @@ class AdapterExport:
                 a = torch.cat([a, a.new_zeros(rank - r, a.shape[1])], 0)
             err2 += float(((b @ a) - delta.flatten(1)).pow(2).sum())
             norm2 += float(delta.pow(2).sum())
-            weight2 += float(state[f"{module}.weight"].double().pow(2).sum())
-            a, b = a.reshape(rank, *delta.shape[1:]), b.reshape(*b.shape, *[1] * len(kernel))
+            weight2 += w2
+            a, b = a.reshape(rank, *delta.shape[1:]), b.reshape(*b.shape, *[1] * (delta.ndim - 2))
             tensors[f"{ADAPTER_PREFIX}{module}.lora_A.weight"] = a.float().contiguous()
             tensors[f"{ADAPTER_PREFIX}{module}.lora_B.weight"] = b.float().contiguous()
         for key in self.full_keys:
